@@ -1,0 +1,183 @@
+"""The `monitor` command. Thin: parse options, call one function, render.
+
+Exit codes: 0 success; 1 a probe failed (it is still stored) or a runtime error;
+2 usage, configuration or schema errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from monitor import config as config_module
+from monitor import report
+from monitor.daemon import Prober
+from monitor.domain import Settings, Target
+from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
+from monitor.store import db
+from monitor.store.records import Recorder, probe_records
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _SetupError(click.ClickException):
+    exit_code = 2
+
+
+def _failure(error: MonitorError) -> click.ClickException:
+    """A MonitorError as one line: exit 2 when the setup is wrong (config, schema), 1 otherwise."""
+    if isinstance(error, ConfigError | SchemaNotAtHead):
+        return _SetupError(str(error))
+    return click.ClickException(str(error))
+
+
+def _config_option(function: F) -> F:
+    return click.option(
+        "--config",
+        "-c",
+        "config_path",
+        metavar="FILE",
+        help="Config file (default: $MONITOR_CONFIG, else ./monitor.toml).",
+    )(function)
+
+
+def _load(config_path: str | None) -> Settings:
+    try:
+        return config_module.load(config_path)
+    except MonitorError as error:
+        raise _failure(error) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="monitor")
+def cli() -> None:
+    """Watch hosted LLM APIs for drift: canary probes, full-fidelity history, alerts."""
+
+
+@cli.command("probe")
+@click.argument("names", nargs=-1, metavar="[TARGET]...")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored records as a JSON array.")
+@_config_option
+def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
+    """Probe the named targets (all if none) once and store every result."""
+    settings = _load(config_path)
+    targets = _select(settings, names)
+    try:
+        engine = db.open_store(settings.database_url)
+    except MonitorError as error:
+        raise _failure(error) from None
+    prober = Prober(Recorder(engine))
+    ids: list[int] = []
+    failed = False
+    try:
+        prober.register(targets)
+        width = max(len(t.name) for t in targets)
+        for result, probe_id in prober.probe_all(targets):
+            ids.append(probe_id)
+            failed = failed or not result.ok
+            if not as_json:
+                click.echo(report.probe_line(result, width))
+        if as_json:
+            click.echo(json.dumps(probe_records(engine, ids), indent=2, ensure_ascii=False))
+    finally:
+        prober.close()
+        engine.dispose()
+    sys.exit(1 if failed else 0)
+
+
+def _select(settings: Settings, names: tuple[str, ...]) -> list[Target]:
+    if not settings.targets:
+        raise click.UsageError(f"{settings.config_path} configures no [[targets]]")
+    if not names:
+        return list(settings.targets)
+    by_name = {t.name: t for t in settings.targets}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise click.UsageError(
+            f"unknown target {', '.join(map(repr, unknown))}; "
+            f"{settings.config_path} has {', '.join(by_name)}"
+        )
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Manage the database schema."""
+
+
+@db_group.command("upgrade")
+@_config_option
+def db_upgrade(config_path: str | None) -> None:
+    """Bring the database to the schema this monitor needs (creates it if empty)."""
+    settings = _load(config_path)
+    url = settings.database_url
+    try:
+        before = db.current_revision(db.create(url))
+        db.upgrade(url)
+    except MonitorError as error:
+        raise _failure(error) from None
+    head = db.head_revision()
+    where = db.display_url(url)
+    if before == head:
+        click.echo(f"{where} is already at {head}")
+    else:
+        click.echo(f"{where} upgraded from {before or 'empty'} to {head}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved targets as JSON.")
+@_config_option
+def config_check(as_json: bool, config_path: str | None) -> None:
+    """Validate the config and show each resolved target, keys masked."""
+    settings = _load(config_path)
+    if as_json:
+        click.echo(json.dumps(config_module.describe(settings), indent=2, ensure_ascii=False))
+    else:
+        click.echo(config_module.render_check(settings))
+
+
+@cli.command("sim")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=0, show_default=True, help="0 picks a free port.")
+@click.option("--scenario", "scenario_path", metavar="FILE", help="Scenario TOML file.")
+@click.option("--seed", type=int, help="Seed for ids, latency jitter and fingerprints.")
+def sim_command(host: str, port: int, scenario_path: str | None, seed: int | None) -> None:
+    """Serve an OpenAI-compatible API on loopback for demos and tests."""
+    from monitor import sim
+
+    try:
+        sim.serve(host, port, scenario_path, seed, echo=lambda line: click.echo(line))
+    except MonitorError as error:
+        raise _failure(error) from None
+
+
+@cli.command("demo")
+@click.option(
+    "--database",
+    "database_url",
+    default="sqlite:///monitor-demo.db",
+    show_default=True,
+    help="Where to store the demo's probes.",
+)
+@click.option("--rounds", default=4, show_default=True, help="Rounds of probes to send.")
+def demo_command(database_url: str, rounds: int) -> None:
+    """Probe a built-in simulator for a few rounds and show what was stored (no API key needed)."""
+    from monitor import demo
+
+    try:
+        demo.run(database_url, rounds, click.echo)
+    except MonitorError as error:
+        raise _failure(error) from None
+
+
+def main() -> None:
+    cli()

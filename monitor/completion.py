@@ -1,0 +1,255 @@
+"""Parse Chat Completions bodies and SSE streams into plain fields; no HTTP, no clock.
+
+Servers differ (see shared/fixtures): some omit `system_fingerprint` or send "", some ignore
+`stream_options` and send no usage, some end a stream without `data: [DONE]`. Whatever was sent
+is recorded as sent; whatever was not is None. A body that cannot be a completion raises
+CompletionError with the ErrorKind the probe stores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.domain import Choice, ErrorKind, Usage
+
+
+class CompletionError(Exception):
+    def __init__(self, kind: ErrorKind, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Completion:
+    response_id: str | None
+    created: int | None
+    model: str | None
+    system_fingerprint: str | None
+    service_tier: str | None
+    choices: tuple[Choice, ...]
+    usage: Usage
+    stream_chunks: int | None = None
+
+
+def _int(value: object) -> int | None:
+    # bool is an int in Python; a server sending `true` for a count sent no count.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_usage(usage: object) -> Usage:
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = usage.get("prompt_tokens_details")
+    prompt = prompt if isinstance(prompt, dict) else {}
+    completion = usage.get("completion_tokens_details")
+    completion = completion if isinstance(completion, dict) else {}
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        total_tokens=_int(usage.get("total_tokens")),
+        cached_tokens=_int(prompt.get("cached_tokens")),
+        prompt_audio_tokens=_int(prompt.get("audio_tokens")),
+        reasoning_tokens=_int(completion.get("reasoning_tokens")),
+        completion_audio_tokens=_int(completion.get("audio_tokens")),
+        accepted_prediction_tokens=_int(completion.get("accepted_prediction_tokens")),
+        rejected_prediction_tokens=_int(completion.get("rejected_prediction_tokens")),
+    )
+
+
+def _load_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CompletionError(ErrorKind.INVALID_JSON, f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise CompletionError(
+            ErrorKind.INVALID_RESPONSE, f"{what} is JSON {type(document).__name__}, not an object"
+        )
+    return document
+
+
+def _refuse_error_document(document: dict[str, Any], what: str) -> None:
+    if "choices" not in document and ("error" in document or "detail" in document):
+        message = error_message(document) or "an error object"
+        raise CompletionError(ErrorKind.INVALID_RESPONSE, f"{what} is an error: {message}")
+
+
+def parse_completion(data: bytes) -> Completion:
+    """A non-streaming `chat.completion` body."""
+    document = _load_object(data, "response body")
+    _refuse_error_document(document, "response body")
+    raw_choices = document.get("choices")
+    if not isinstance(raw_choices, list) or not all(isinstance(c, dict) for c in raw_choices):
+        raise CompletionError(
+            ErrorKind.INVALID_RESPONSE, "response body has no `choices` list of objects"
+        )
+    choices = []
+    for position, raw in enumerate(raw_choices):
+        message = raw.get("message")
+        if not isinstance(message, dict):
+            raise CompletionError(
+                ErrorKind.INVALID_RESPONSE, f"response body choices[{position}] has no `message`"
+            )
+        index = _int(raw.get("index"))
+        choices.append(
+            Choice(
+                index=position if index is None else index,
+                finish_reason=_str(raw.get("finish_reason")),
+                content=_str(message.get("content")),
+                refusal=_str(message.get("refusal")),
+            )
+        )
+    return Completion(
+        response_id=_str(document.get("id")),
+        created=_int(document.get("created")),
+        model=_str(document.get("model")),
+        system_fingerprint=_str(document.get("system_fingerprint")),
+        service_tier=_str(document.get("service_tier")),
+        choices=tuple(choices),
+        usage=parse_usage(document.get("usage")),
+    )
+
+
+def error_message(document: object) -> str | None:
+    """The human message of an error body: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}."""
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    detail = document.get("detail")
+    if isinstance(detail, str):
+        return detail
+    if detail is not None:
+        return json.dumps(detail)[:300]
+    return None
+
+
+@dataclass
+class _ChoiceParts:
+    content: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class StreamAssembler:
+    """Feeds on raw SSE bytes as they arrive; reassembles the completion when the stream ends."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._choices: dict[int, _ChoiceParts] = {}
+        self._fields: dict[str, Any] = {}
+        self._usage: object = None
+        self.chunks = 0
+        self.done = False  # saw `data: [DONE]`
+        self.saw_content = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse every complete event in `data`; raises CompletionError on a malformed chunk."""
+        self._buffer += data
+        while True:
+            end, separator = _event_end(self._buffer)
+            if end < 0:
+                return
+            event, self._buffer = self._buffer[:end], self._buffer[end + separator :]
+            self._event(event)
+
+    def _event(self, event: bytes) -> None:
+        lines = event.replace(b"\r\n", b"\n").split(b"\n")
+        data = b"\n".join(
+            line[5:].lstrip(b" ") if line.startswith(b"data:") else b""
+            for line in lines
+            if line.startswith(b"data:")
+        )
+        if not data:
+            return  # comments (": keep-alive"), `event:` or `id:` only
+        if data.strip() == b"[DONE]":
+            self.done = True
+            return
+        chunk = _load_object(data, f"stream chunk {self.chunks + 1}")
+        _refuse_error_document(chunk, f"stream chunk {self.chunks + 1}")
+        self.chunks += 1
+        for name in ("id", "created", "model", "system_fingerprint", "service_tier"):
+            if name in chunk and chunk[name] is not None:
+                self._fields[name] = chunk[name]
+        if chunk.get("usage") is not None:
+            self._usage = chunk["usage"]
+        for raw in chunk.get("choices") or ():
+            if not isinstance(raw, dict):
+                continue
+            index = _int(raw.get("index")) or 0
+            parts = self._choices.setdefault(index, _ChoiceParts())
+            delta = raw.get("delta")
+            if isinstance(delta, dict):
+                for key, target in (("content", parts.content), ("refusal", parts.refusal)):
+                    piece = delta.get(key)
+                    if isinstance(piece, str) and piece:
+                        target.append(piece)
+                        self.saw_content = True
+            if isinstance(raw.get("finish_reason"), str):
+                parts.finish_reason = raw["finish_reason"]
+
+    def finish(self) -> Completion:
+        """The reassembled completion; TRUNCATED_STREAM if the stream stopped before its end."""
+        leftover, self._buffer = self._buffer, b""
+        if leftover.strip():
+            # A last event without its blank line still counts (some servers omit it); one that
+            # does not parse was cut off in transit.
+            try:
+                self._event(leftover)
+            except CompletionError as exc:
+                if exc.kind is not ErrorKind.INVALID_JSON:
+                    raise
+                raise CompletionError(
+                    ErrorKind.TRUNCATED_STREAM,
+                    f"stream ended inside chunk {self.chunks + 1} ({len(leftover)} bytes)",
+                ) from None
+        finished = bool(self._choices) and all(
+            p.finish_reason is not None for p in self._choices.values()
+        )
+        if not (self.done or finished):
+            raise CompletionError(
+                ErrorKind.TRUNCATED_STREAM,
+                f"stream ended after {self.chunks} chunks without a finish_reason or [DONE]",
+            )
+        if not self._choices and self.chunks == 0:
+            raise CompletionError(ErrorKind.INVALID_RESPONSE, "stream carried no chunks")
+        return self.partial()
+
+    def partial(self) -> Completion:
+        """What the chunks received so far say, finished or not."""
+        fields = self._fields
+        return Completion(
+            response_id=_str(fields.get("id")),
+            created=_int(fields.get("created")),
+            model=_str(fields.get("model")),
+            system_fingerprint=_str(fields.get("system_fingerprint")),
+            service_tier=_str(fields.get("service_tier")),
+            choices=tuple(
+                Choice(
+                    index=index,
+                    finish_reason=parts.finish_reason,
+                    content="".join(parts.content) if parts.content else None,
+                    refusal="".join(parts.refusal) if parts.refusal else None,
+                )
+                for index, parts in sorted(self._choices.items())
+            ),
+            usage=parse_usage(self._usage),
+            stream_chunks=self.chunks,
+        )
+
+
+def _event_end(buffer: bytes) -> tuple[int, int]:
+    """Position and length of the first event separator (a blank line) in `buffer`, or (-1, 0)."""
+    candidates = [(buffer.find(sep), len(sep)) for sep in (b"\n\n", b"\r\n\r\n")]
+    found = [c for c in candidates if c[0] >= 0]
+    return min(found) if found else (-1, 0)

@@ -1,0 +1,631 @@
+"""Read monitor.toml and .env into Settings, refusing anything doubtful with a precise ConfigError.
+
+- Every error names the file, the key path (`targets[2].timeout`, `defaults.params.temperature`),
+  what was expected and what was found, and never an API key's value.
+- A value is checked where it is written, so a bad `[defaults]` entry is reported under `defaults`
+  even when no target uses it. Rules that combine keys (what a provider needs, timeout against
+  interval, the key's variable) are checked per target and reported under `targets[i]`.
+- Layers merge as built-in defaults < `[defaults]` < `[[targets]]`; `params` merge key by key.
+- Variables come from the environment, then the config file's .env, then ./.env: a .env never
+  overrides the environment, and os.environ is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from monitor import defaults
+from monitor.domain import Provider, Settings, Target
+from monitor.durations import format_ms, parse_ms
+from monitor.errors import ConfigError, raw
+from monitor.secrets import Secret, mask
+
+_Check = Callable[[object], Any]
+
+_NOTHING = raw("nothing")
+_DAY_MS = 86_400_000
+
+
+class _Invalid(Exception):
+    """A wrong value; `key` grows outwards through _at() until load() adds the file name."""
+
+    def __init__(self, expected: str, got: object, key: str = "") -> None:
+        super().__init__(expected)
+        self.expected = expected
+        if isinstance(got, bool):
+            got = raw("true" if got else "false")  # as TOML spells it, not Python
+        elif isinstance(got, dict):
+            got = raw("a table")  # summarised: it can be long and is rarely the useful part
+        self.got = got
+        self.key = key
+
+
+@contextmanager
+def _at(key: str) -> Iterator[None]:
+    """Prefix `key` to the key path of any _Invalid raised inside."""
+    try:
+        yield
+    except _Invalid as err:
+        if not err.key:
+            err.key = key
+        elif err.key.startswith("["):
+            err.key = key + err.key
+        else:
+            err.key = f"{key}.{err.key}"
+        raise
+
+
+def _choices(options: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(f'"{option}"' for option in options)
+
+
+# Checks for single values: each returns the value as Target holds it, or raises _Invalid.
+
+
+def _table(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid("a table", value)
+    return value
+
+
+def _read_keys(value: object, checks: Mapping[str, _Check]) -> dict[str, Any]:
+    """Check each key of a table with its rule; a key without a rule is refused."""
+    out: dict[str, Any] = {}
+    for key, item in _table(value).items():
+        check = checks.get(key)
+        if check is None:
+            # Above difflib's 0.6 so that "alerts" is not offered "targets".
+            close = difflib.get_close_matches(key, list(checks), n=1, cutoff=0.65)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            accepted = ", ".join(sorted(checks))
+            raise _Invalid(f"a known key ({accepted})", raw(f"an unknown key{hint}"), key)
+        with _at(key):
+            out[key] = check(item)
+    return out
+
+
+def _require(table: Mapping[str, Any], key: str, expected: str) -> Any:
+    if table.get(key) is None:
+        raise _Invalid(expected, _NOTHING, key)
+    return table[key]
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("a string", value)
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("a non-empty string", value)
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false", value)
+    return value
+
+
+def _one_of(options: tuple[str, ...]) -> _Check:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise _Invalid(_choices(options), value)
+        return value
+
+    return check
+
+
+def _integer(minimum: int | None = None) -> _Check:
+    expected = "an integer" if minimum is None else f"an integer of at least {minimum}"
+
+    def check(value: object) -> int:
+        # TOML booleans are Python ints; `true` where a number belongs is a mistake.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Invalid(expected, value)
+        if minimum is not None and value < minimum:
+            raise _Invalid(expected, value)
+        return value
+
+    return check
+
+
+def _number(low: float, high: float) -> _Check:
+    expected = f"a number from {low:g} to {high:g}"
+
+    def check(value: object) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _Invalid(expected, value)
+        if not low <= value <= high:  # also refuses nan
+            raise _Invalid(expected, value)
+        return value
+
+    return check
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NAME_EXPECTED = 'a name like "gpt-4o" (letters, digits, ".", "_", "-"; used on the command line)'
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise _Invalid(_NAME_EXPECTED, value)
+    return value
+
+
+def _provider(value: object) -> Provider:
+    return Provider(_one_of(tuple(Provider))(value))
+
+
+_URL_EXPECTED = "an http(s) URL"
+
+
+def _http_url(value: object) -> str:
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:
+        parts = None
+    # A query or fragment would end up in the middle of the URL once the path is appended.
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _Invalid(f'{_URL_EXPECTED} like "https://api.openai.com/v1"', value)
+    if parts.query or parts.fragment:
+        raise _Invalid(f"{_URL_EXPECTED} without a query or fragment", value)
+    return str(value).rstrip("/")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: object) -> str:
+    if isinstance(value, str) and _ENV_NAME.fullmatch(value):
+        return value
+    # People sometimes paste the key itself here: show no more of it than a masked form.
+    got = raw(f"'{mask(value)}'") if isinstance(value, str) else value
+    expected = 'the name of an environment variable like "OPENAI_API_KEY", not the key itself'
+    raise _Invalid(expected, got)
+
+
+_DURATION_EXPECTED = 'a duration like "30s"'
+
+
+def _duration_ms(value: object) -> int:
+    ms = parse_ms(value) if isinstance(value, str) else None
+    if ms is None:
+        raise _Invalid(_DURATION_EXPECTED, value)
+    return ms
+
+
+def _interval_ms(value: object) -> int:
+    ms = _duration_ms(value)
+    if ms < 1000:
+        raise _Invalid('a duration of at least "1s"', value)
+    return ms
+
+
+def _timeout_ms(value: object) -> int:
+    ms = _duration_ms(value)
+    if ms <= 0:
+        raise _Invalid('a duration longer than "0s"', value)
+    return ms
+
+
+_ROLES = ("system", "user", "assistant", "developer", "tool")
+_MESSAGE_KEYS: dict[str, _Check] = {"role": _one_of(_ROLES), "content": _string}
+
+
+def _messages(value: object) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, list) or not value:
+        expected = 'a non-empty array of tables like { role = "user", content = "..." }'
+        raise _Invalid(expected, value)
+    messages = []
+    for index, item in enumerate(value):
+        with _at(f"[{index}]"):
+            message = _read_keys(item, _MESSAGE_KEYS)
+            _require(message, "role", _choices(_ROLES))
+            _require(message, "content", "a string")
+        messages.append(message)
+    return tuple(messages)
+
+
+def _stop(value: object) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) <= 4 and all(isinstance(v, str) for v in value):
+        return value
+    raise _Invalid("a string or an array of up to 4 strings", value)
+
+
+def _is_json(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)  # TOML allows nan and inf; JSON does not
+    if isinstance(value, str | int):
+        return True
+    if isinstance(value, list):
+        return all(_is_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(_is_json(item) for item in value.values())
+    return False  # TOML dates and times
+
+
+def _json_value(value: object) -> object:
+    """Pass an unknown parameter through untouched, provided it can be sent as JSON."""
+    if not _is_json(value):
+        raise _Invalid("a JSON value (string, number, boolean, array or table)", value)
+    return value
+
+
+_CAP_KEYS = ("max_completion_tokens", "max_tokens")
+
+# Parameters monitor knows, checked so a typo'd value fails here rather than as a 400 every 5m.
+_PARAM_CHECKS: dict[str, _Check] = {
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "seed": _integer(),
+    "n": _integer(1),
+    "max_completion_tokens": _integer(1),
+    "max_tokens": _integer(1),
+    "stop": _stop,
+    "presence_penalty": _number(-2, 2),
+    "frequency_penalty": _number(-2, 2),
+    "reasoning_effort": _one_of(("minimal", "low", "medium", "high", "none")),
+}
+
+# Parts of the request monitor builds from its own keys; a second way to set them would conflict.
+_PARAM_ELSEWHERE = {
+    "model": "no model in params (use the model key)",
+    "messages": "no messages in params (use the messages key)",
+    "stream": "no stream in params (use the stream key)",
+    "stream_options": "no stream_options in params (use the stream key; monitor sets them)",
+}
+
+
+def _params(value: object) -> dict[str, Any]:
+    params = {}
+    for key, item in _table(value).items():
+        with _at(key):
+            if key in _PARAM_ELSEWHERE:
+                raise _Invalid(_PARAM_ELSEWHERE[key], item)
+            params[key] = _PARAM_CHECKS.get(key, _json_value)(item)
+    if all(key in params for key in _CAP_KEYS):
+        # OpenAI refuses a request with both.
+        raise _Invalid("max_completion_tokens or max_tokens, not both", raw("both"))
+    return params
+
+
+_DATABASE_URL = re.compile(r"sqlite:///.+|postgresql(\+\w+)?://.+")
+
+
+def _database_url(value: object) -> str:
+    if isinstance(value, str) and _DATABASE_URL.fullmatch(value):
+        return value
+    # A PostgreSQL URL may carry a password; keep it out of the message.
+    got = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value) if isinstance(value, str) else value
+    expected = (
+        'a SQLAlchemy URL like "sqlite:///monitor.db" or "postgresql+psycopg://user@host/monitor"'
+    )
+    raise _Invalid(expected, got)
+
+
+# Every key a target accepts, with the check of its value alone: a new key starts here. Rules
+# that combine keys live in _build_target.
+_TARGET_KEYS: dict[str, _Check] = {
+    "name": _name,
+    "provider": _provider,
+    "base_url": _http_url,
+    "model": _text,
+    "deployment": _text,
+    "api_version": _text,
+    "api_key_env": _env_name,
+    "messages": _messages,
+    "params": _params,
+    "stream": _bool,
+    "timeout": _timeout_ms,
+    "interval": _interval_ms,
+    "max_response_bytes": _integer(1024),
+}
+
+# A name identifies one target, so it cannot have a default.
+_DEFAULT_KEYS = {key: check for key, check in _TARGET_KEYS.items() if key != "name"}
+
+_DATABASE_KEYS: dict[str, _Check] = {"url": _database_url}
+
+
+def _targets(value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise _Invalid("an array of tables ([[targets]])", value)
+    layers = []
+    for index, item in enumerate(value):
+        with _at(f"[{index}]"):
+            layers.append(_read_keys(item, _TARGET_KEYS))
+    return layers
+
+
+# The top-level sections and the reader of each: a new section starts here.
+_SECTIONS: dict[str, _Check] = {
+    "database": lambda value: _read_keys(value, _DATABASE_KEYS),
+    "defaults": lambda value: _read_keys(value, _DEFAULT_KEYS),
+    "targets": _targets,
+}
+
+# Read like the file, so a built-in default the file would refuse fails on import.
+_BUILTIN = _read_keys(dict(defaults.TARGET), _DEFAULT_KEYS)
+
+
+# Rules that combine keys, applied to each target once its layers are merged.
+
+_URL_EXAMPLE = {
+    Provider.AZURE: "https://myres.openai.azure.com",
+    Provider.OPENAI_COMPATIBLE: "http://localhost:8000/v1",
+}
+_AZURE_ONLY = {
+    "deployment": "the deployment name",
+    "api_version": 'an API version like "2024-10-21"',
+}
+
+
+def _merge_params(layers: list[dict[str, Any]], provider: Provider) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for params in layers:
+        if any(key in params for key in _CAP_KEYS):
+            # One setting under two names: a layer that sets either replaces both below it.
+            for key in _CAP_KEYS:
+                merged.pop(key, None)
+        merged.update(params)
+    if not any(key in merged for key in _CAP_KEYS):
+        merged[defaults.CAP_KEY[provider]] = defaults.MAX_OUTPUT_TOKENS
+    return copy.deepcopy(merged)  # targets must not share mutable values
+
+
+def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Target:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    name = _require(merged, "name", _NAME_EXPECTED)
+    provider: Provider = merged["provider"]
+    required = f'(required for provider "{provider}")'
+
+    base_url = merged.get("base_url", defaults.BASE_URL.get(provider))
+    if base_url is None:
+        raise _Invalid(
+            f'{_URL_EXPECTED} like "{_URL_EXAMPLE[provider]}" {required}', _NOTHING, "base_url"
+        )
+    if provider is not Provider.AZURE:  # an Azure deployment already implies its model
+        _require(merged, "model", f"a model name {required}")
+    for key, expected in _AZURE_ONLY.items():
+        if provider is Provider.AZURE:
+            _require(merged, key, f"{expected} {required}")
+        elif key in merged:
+            raise _Invalid(
+                f'no {key} for provider "{provider}" (only "azure" uses it)', merged[key], key
+            )
+    if merged["timeout"] > merged["interval"]:
+        expected = f"a timeout no longer than the interval ({format_ms(merged['interval'])})"
+        raise _Invalid(expected, format_ms(merged["timeout"]), "timeout")
+
+    api_key_env = merged.get("api_key_env", defaults.API_KEY_ENV.get(provider))
+    api_key = None
+    if api_key_env is not None:
+        value = env.get(api_key_env)
+        if not value:
+            expected = f"environment variable {api_key_env} to be set (in the environment or .env)"
+            raise _Invalid(
+                expected, raw("an empty value") if value == "" else _NOTHING, "api_key_env"
+            )
+        api_key = Secret(value)
+
+    target = Target(
+        name=name,
+        provider=provider,
+        base_url=base_url,
+        model=merged.get("model"),
+        messages=copy.deepcopy(merged["messages"]),
+        params=_merge_params([layer.get("params", {}) for layer in layers], provider),
+        stream=merged["stream"],
+        timeout_ms=merged["timeout"],
+        interval_ms=merged["interval"],
+        max_response_bytes=merged["max_response_bytes"],
+        api_key_env=api_key_env,
+        api_key=api_key,
+        deployment=merged.get("deployment"),
+        api_version=merged.get("api_version"),
+    )
+    return replace(target, config_hash=_config_hash(target))
+
+
+def effective_config(target: Target) -> dict[str, Any]:
+    """What a probe of `target` sends and how long it waits: the part of a config that history
+    is compared by, as JSON-able data.
+
+    The interval is left out: it decides when a probe runs, not what it sends, so changing it keeps
+    history comparable. The key's variable name is in, its value never (rotating a key is no drift).
+    """
+    return copy.deepcopy(
+        {
+            "provider": target.provider.value,
+            "base_url": target.base_url,
+            "model": target.model,
+            "deployment": target.deployment,
+            "api_version": target.api_version,
+            "messages": list(target.messages),
+            "params": target.params,
+            "stream": target.stream,
+            "timeout_ms": target.timeout_ms,
+            "max_response_bytes": target.max_response_bytes,
+            "api_key_env": target.api_key_env,
+        }
+    )
+
+
+def _config_hash(target: Target) -> str:
+    """sha256 of the canonical JSON of effective_config: the same config gives the same hash on
+    any machine and in any run."""
+    canonical = json.dumps(
+        effective_config(target), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _build_targets(
+    defaults_layer: dict[str, Any], target_layers: list[dict[str, Any]], env: Mapping[str, str]
+) -> tuple[Target, ...]:
+    targets: list[Target] = []
+    first_index: dict[str, int] = {}
+    for index, layer in enumerate(target_layers):
+        with _at(f"targets[{index}]"):
+            target = _build_target([_BUILTIN, defaults_layer, layer], env)
+            if target.name in first_index:
+                expected = f"a unique name (targets[{first_index[target.name]}] already uses it)"
+                raise _Invalid(expected, target.name, "name")
+        first_index[target.name] = index
+        targets.append(target)
+    return tuple(targets)
+
+
+# Reading the file and the environment.
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    # `KEY` alone (no `=`) reads as None: it sets nothing.
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        raise ConfigError(path, "", "a readable TOML file", raw(reason)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "a UTF-8 TOML file", raw("other bytes")) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, "", "valid TOML", raw(str(err))) from None
+
+
+def _database(section: dict[str, Any], env: Mapping[str, str]) -> str:
+    override = env.get("MONITOR_DATABASE_URL")
+    if override:
+        with _at("database.url (MONITOR_DATABASE_URL)"):
+            return _database_url(override)
+    url: str = section.get("url", defaults.DATABASE_URL)
+    return url
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file and .env into Settings; raise ConfigError on anything doubtful."""
+    base = dict(os.environ if environ is None else environ)
+    cwd_dotenv = _read_dotenv(Path(".env"))
+    config_path = (
+        path
+        or base.get("MONITOR_CONFIG")
+        or cwd_dotenv.get("MONITOR_CONFIG")
+        or defaults.CONFIG_PATH
+    )
+    document = _read_toml(config_path)
+    env = {**cwd_dotenv, **_read_dotenv(Path(config_path).parent / ".env"), **base}
+    try:
+        sections = _read_keys(document, _SECTIONS)
+        database_url = _database(sections.get("database", {}), env)
+        targets = _build_targets(sections.get("defaults", {}), sections.get("targets", []), env)
+    except _Invalid as err:
+        raise ConfigError(config_path, err.key, err.expected, err.got) from None
+    return Settings(config_path=config_path, database_url=database_url, targets=targets)
+
+
+# What `monitor config check` shows.
+
+
+def _estimate_prompt_tokens(messages: tuple[dict[str, Any], ...]) -> int:
+    """An estimate, not a tokenizer: OpenAI's rule of thumb of ~4 characters a token, plus 4
+    tokens of framing per message and 3 that prime the reply. Good for a budget, not a bill."""
+    return sum(math.ceil(len(message["content"]) / 4) + 4 for message in messages) + 3
+
+
+def describe(settings: Settings) -> list[dict[str, Any]]:
+    """The resolved targets as JSON-able dicts, keys masked, with their estimated daily cost."""
+    # Imported here so that loading config never depends on the layer that sends requests.
+    from monitor.providers import chat_url
+
+    rows = []
+    for target in settings.targets:
+        cap = target.params.get("max_completion_tokens", target.params.get("max_tokens", 0))
+        tokens_per_probe = _estimate_prompt_tokens(target.messages) + cap * target.params.get(
+            "n", 1
+        )
+        probes_per_day = _DAY_MS / target.interval_ms
+        rows.append(
+            {
+                "name": target.name,
+                "provider": target.provider.value,
+                "url": chat_url(target),
+                "model": target.model,
+                "deployment": target.deployment,
+                "api_version": target.api_version,
+                "stream": target.stream,
+                "interval": format_ms(target.interval_ms),
+                "timeout": format_ms(target.timeout_ms),
+                "max_response_bytes": target.max_response_bytes,
+                "api_key_env": target.api_key_env,
+                "api_key": target.api_key.masked() if target.api_key else None,
+                "messages": [dict(message) for message in target.messages],
+                "params": copy.deepcopy(target.params),
+                "config_hash": target.config_hash,
+                "probes_per_day": round(probes_per_day, 2),
+                "estimated_tokens_per_probe": tokens_per_probe,
+                "expected_tokens_per_day": round(tokens_per_probe * probes_per_day),
+            }
+        )
+    return rows
+
+
+def _count(number: float) -> str:
+    return f"{number:,.0f}" if number == int(number) else f"{number:,.2f}"
+
+
+def render_check(settings: Settings) -> str:
+    """The resolved targets as text: what each probe will call and send, and roughly what it costs."""
+    rows = describe(settings)
+    blocks = []
+    for row in rows:
+        fields = {
+            "provider": row["provider"],
+            "url": row["url"],
+            "model": row["model"],
+            "deployment": row["deployment"],
+            "stream": "true" if row["stream"] else "false",
+            "interval": row["interval"],
+            "timeout": row["timeout"],
+            "api key": f"{row['api_key_env']} = {row['api_key']}" if row["api_key_env"] else "none",
+            "params": json.dumps(row["params"], sort_keys=True, ensure_ascii=False),
+            "per day": f"{_count(row['probes_per_day'])} probes, "
+            f"~{row['expected_tokens_per_day']:,} tokens (estimated)",
+        }
+        lines = [row["name"]]
+        lines += [f"  {label:<10}  {value}" for label, value in fields.items() if value is not None]
+        blocks.append("\n".join(lines))
+    count = len(rows)
+    probes = sum(row["probes_per_day"] for row in rows)
+    tokens = sum(row["expected_tokens_per_day"] for row in rows)
+    blocks.append(
+        f"total: {count} target{'' if count == 1 else 's'}, {_count(probes)} probes/day, "
+        f"~{tokens:,} tokens/day (estimated)"
+    )
+    return "\n\n".join(blocks)

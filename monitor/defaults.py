@@ -1,0 +1,64 @@
+"""Every default monitor applies, each with the reason it was chosen.
+
+Target defaults are written as they would be in monitor.toml, and config.py reads them with the
+same checks as the file, so a default can never be a value the file itself would refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from monitor.domain import Provider
+
+# Used when neither --config nor MONITOR_CONFIG names a file: the current directory, like .env.
+CONFIG_PATH: Final = "monitor.toml"
+
+# A single file needs no server, which suits the common case of one machine.
+DATABASE_URL: Final = "sqlite:///monitor.db"
+
+# Lowest layer under [defaults] and each [[targets]] entry.
+TARGET: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        # The API most people monitor first.
+        "provider": "openai",
+        # 288 probes a day: drift shows within minutes while the canary stays cheap.
+        "interval": "5m",
+        # Long enough for a slow but healthy reply; a probe stuck longer is an incident itself.
+        "timeout": "30s",
+        # The simplest request; streaming is opt-in, for time-to-first-token and tokens/s.
+        "stream": False,
+        # A capped canary reply is a few KB; the limit bounds memory when a server misbehaves.
+        "max_response_bytes": 1024 * 1024,
+        # A prompt with one right answer, so a change in the reply is a change in the model.
+        "messages": [{"role": "user", "content": "Reply with the single word: pong"}],
+        # A deterministic canary (temperature 0, fixed seed) makes output drift visible.
+        "params": {"temperature": 0, "seed": 7},
+    }
+)
+
+# The reply cap added to params unless the user sets one: cheap, but no lower, because OpenAI's
+# reasoning models and some Azure deployments refuse caps under 16.
+MAX_OUTPUT_TOKENS: Final = 16
+
+# The parameter that carries the cap: reasoning models reject max_tokens, while llama.cpp, older
+# vLLM and Ollama know only max_tokens.
+CAP_KEY: Final[Mapping[Provider, str]] = MappingProxyType(
+    {
+        Provider.OPENAI: "max_completion_tokens",
+        Provider.AZURE: "max_completion_tokens",
+        Provider.OPENAI_COMPATIBLE: "max_tokens",
+    }
+)
+
+# Only OpenAI has one well-known endpoint; Azure resources and compatible servers are per user.
+BASE_URL: Final[Mapping[Provider, str]] = MappingProxyType(
+    {Provider.OPENAI: "https://api.openai.com/v1"}
+)
+
+# The variables the official SDKs read, so an existing setup works unchanged. Compatible servers
+# often need no key, so they get none unless api_key_env says otherwise.
+API_KEY_ENV: Final[Mapping[Provider, str]] = MappingProxyType(
+    {Provider.OPENAI: "OPENAI_API_KEY", Provider.AZURE: "AZURE_OPENAI_API_KEY"}
+)

@@ -1,0 +1,115 @@
+"""Response headers: capture with redaction, and the numbers parsed out of them.
+
+Redaction happens here, before a ProbeResult exists, so nothing downstream can store or print a
+credential. Parsing never invents a value: a header that is missing or unreadable becomes None,
+while the raw header text is still kept in the captured dict.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from monitor.domain import RateLimits
+from monitor.durations import parse_seconds
+
+REDACTED = "[redacted]"
+
+# Headers that carry credentials or session state. Matched on the whole lower-cased name.
+_SENSITIVE_NAMES = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "api-key",
+        "x-api-key",
+        "openai-api-key",
+        "x-goog-api-key",
+    }
+)
+# Vendor variants (x-litellm-api-key, x-azure-secret, ...). "token" is deliberately absent:
+# x-ratelimit-*-tokens are counters we must keep.
+_SENSITIVE_PART = re.compile(r"(api[-_]?key|secret|password|credential|session[-_]?id)")
+
+
+def is_sensitive(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _SENSITIVE_NAMES or bool(_SENSITIVE_PART.search(lowered))
+
+
+def capture(items: Iterable[tuple[str, str]], secrets: Iterable[str] = ()) -> dict[str, str]:
+    """Lower-cased headers in arrival order, sensitive ones and any echoed secret redacted."""
+    secret_values = [s for s in secrets if s]
+    captured: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if is_sensitive(key):
+            value = REDACTED
+        else:
+            for secret in secret_values:
+                value = value.replace(secret, REDACTED)
+        # Repeated headers are one value per RFC 9110, comma-joined.
+        captured[key] = f"{captured[key]}, {value}" if key in captured else value
+    return captured
+
+
+def _number(headers: Mapping[str, str], name: str) -> float | None:
+    text = headers.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    # Azure sends -1 as "unknown"; it is kept in the raw headers but is not a quantity.
+    return value if value >= 0 else None
+
+
+def _count(headers: Mapping[str, str], name: str) -> int | None:
+    value = _number(headers, name)
+    return None if value is None else int(value)
+
+
+def _duration_s(headers: Mapping[str, str], name: str) -> float | None:
+    text = headers.get(name)
+    if text is None:
+        return None
+    seconds = parse_seconds(text)
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def rate_limits(headers: Mapping[str, str]) -> RateLimits:
+    """The six x-ratelimit-* values. Resets may be Go durations ("6m0s") or Azure's seconds."""
+    return RateLimits(
+        limit_requests=_count(headers, "x-ratelimit-limit-requests"),
+        limit_tokens=_count(headers, "x-ratelimit-limit-tokens"),
+        remaining_requests=_count(headers, "x-ratelimit-remaining-requests"),
+        remaining_tokens=_count(headers, "x-ratelimit-remaining-tokens"),
+        reset_requests_s=_duration_s(headers, "x-ratelimit-reset-requests"),
+        reset_tokens_s=_duration_s(headers, "x-ratelimit-reset-tokens"),
+    )
+
+
+def processing_ms(headers: Mapping[str, str]) -> float | None:
+    return _number(headers, "openai-processing-ms")
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait: retry-after-ms (OpenAI, Azure) wins; else retry-after, seconds or a date."""
+    ms = _number(headers, "retry-after-ms")
+    if ms is not None:
+        return ms / 1000
+    text = headers.get("retry-after")
+    if text is None:
+        return None
+    seconds = _number(headers, "retry-after")
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

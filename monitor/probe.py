@@ -1,0 +1,291 @@
+"""Send one canary, time it, and turn whatever came back into a ProbeResult.
+
+A probe never raises for an upstream failure: timeouts, resets, HTTP errors, bad JSON, truncated
+bodies and oversize answers all come back as `ProbeResult(ok=False, error_kind=..., error_detail=...)`
+with everything that did arrive. Only a bug in monitor itself raises.
+
+Timings are the probe's own, from just before the request is sent:
+- time_to_headers_ms: the status line and headers have arrived;
+- total_ms: the last byte of the body has arrived (parsing is not counted);
+- time_to_first_token_ms (streams): the first chunk carrying content has arrived;
+- output_tokens_per_s (streams): completion tokens over the time after the first token.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from monitor import headers as header_parsing
+from monitor import providers
+from monitor.completion import (
+    Completion,
+    CompletionError,
+    StreamAssembler,
+    error_message,
+    parse_completion,
+)
+from monitor.domain import ErrorKind, ProbeResult, Target
+
+_READ_SIZE = 64 * 1024
+_DETAIL_LIMIT = 300  # characters of an upstream message kept in error_detail
+
+
+class _Failure(Exception):
+    def __init__(self, kind: ErrorKind, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def run(target: Target, session: requests.Session) -> ProbeResult:
+    """Probe `target` once through `session` (reused across probes of the same target)."""
+    url = providers.chat_url(target)
+    request_payload = providers.payload(target)
+    secrets = providers.secret_values(target)
+    started_at = datetime.now(UTC)
+    started_ns = time.perf_counter_ns()
+
+    def elapsed_ms() -> float:
+        return (time.perf_counter_ns() - started_ns) / 1e6
+
+    fields: dict[str, Any] = {}
+    body = bytearray()
+    assembler: StreamAssembler | None = None
+    failure: _Failure | None = None
+    try:
+        timeout_s = target.timeout_ms / 1000
+        with session.post(
+            url, json=request_payload, stream=True, timeout=(timeout_s, timeout_s)
+        ) as response:
+            fields["time_to_headers_ms"] = elapsed_ms()
+            fields["http_status"] = response.status_code
+            fields["response_headers"] = header_parsing.capture(response.headers.items(), secrets)
+            content_type = response.headers.get("content-type", "")
+            if target.stream and response.status_code == 200 and "event-stream" in content_type:
+                assembler = StreamAssembler()
+            deadline_ms = float(target.timeout_ms)
+            try:
+                for piece in response.iter_content(_READ_SIZE if assembler is None else None):
+                    body += piece
+                    if len(body) > target.max_response_bytes:
+                        raise _Failure(
+                            ErrorKind.BODY_TOO_LARGE,
+                            f"Response body exceeded the {target.max_response_bytes}-byte cap",
+                        )
+                    if assembler is not None:
+                        _feed(assembler, piece, fields, elapsed_ms)
+                    if elapsed_ms() > deadline_ms:
+                        raise _Failure(
+                            ErrorKind.READ_TIMEOUT,
+                            f"Response not complete after {target.timeout_ms} ms",
+                        )
+            finally:
+                fields["total_ms"] = elapsed_ms()
+    except requests.RequestException as exc:
+        failure = _Failure(*classify_exception(exc, target.timeout_ms))
+        if assembler is not None and failure.kind is ErrorKind.TRUNCATED_BODY:
+            failure = _Failure(ErrorKind.TRUNCATED_STREAM, failure.detail)
+    except _Failure as exc:
+        failure = exc
+
+    completion: Completion | None = None
+    if failure is None:
+        try:
+            completion = _interpret(fields, bytes(body), assembler, target.stream)
+        except _Failure as exc:
+            failure = exc
+    if assembler is not None and completion is None and assembler.chunks:
+        # Keep what a broken stream did deliver: it is evidence.
+        completion = assembler.partial()
+
+    headers = fields.get("response_headers", {})
+    raw = bytes(body[: target.max_response_bytes])
+    for secret in secrets:
+        # A server that echoes the key back must not get it into the database.
+        raw = raw.replace(secret.encode(), header_parsing.REDACTED.encode())
+    detail = failure.detail if failure else None
+    for secret in secrets:
+        detail = detail.replace(secret, header_parsing.REDACTED) if detail else detail
+    if completion is not None:
+        fields.update(_completion_fields(completion, fields))
+    return ProbeResult(
+        uid=uuid.uuid4().hex,
+        target_name=target.name,
+        config_hash=target.config_hash,
+        started_at=started_at,
+        stream=target.stream,
+        request_url=url,
+        request_payload=request_payload,
+        ok=failure is None,
+        error_kind=failure.kind if failure else None,
+        error_detail=detail,
+        openai_processing_ms=header_parsing.processing_ms(headers),
+        openai_version=headers.get("openai-version"),
+        openai_organization=headers.get("openai-organization"),
+        x_request_id=headers.get("x-request-id"),
+        retry_after_s=header_parsing.retry_after_s(headers),
+        rate_limits=header_parsing.rate_limits(headers),
+        raw_response=raw,
+        **fields,
+    )
+
+
+def _feed(
+    assembler: StreamAssembler, piece: bytes, fields: dict[str, Any], elapsed_ms: Any
+) -> None:
+    had_content = assembler.saw_content
+    try:
+        assembler.feed(piece)
+    except CompletionError as exc:
+        raise _Failure(exc.kind, exc.detail) from None
+    if assembler.saw_content and not had_content:
+        fields["time_to_first_token_ms"] = elapsed_ms()
+
+
+def _interpret(
+    fields: dict[str, Any], body: bytes, assembler: StreamAssembler | None, stream: bool
+) -> Completion:
+    """Decide success or failure from the status, content type and body that fully arrived."""
+    status: int = fields["http_status"]
+    headers: dict[str, str] = fields["response_headers"]
+    content_type = headers.get("content-type", "")
+    if status != 200:
+        raise _Failure(*_http_failure(status, headers, body))
+    try:
+        if assembler is not None:
+            return assembler.finish()
+        if "json" not in content_type.lower():
+            shown = content_type or "no content type"
+            expected = "text/event-stream or application/json" if stream else "application/json"
+            raise _Failure(
+                ErrorKind.UNEXPECTED_CONTENT_TYPE,
+                f"Expected {expected}, got {shown} ({len(body)} bytes)",
+            )
+        # A server that ignores `stream: true` and answers plain JSON is still answering.
+        return parse_completion(body)
+    except CompletionError as exc:
+        raise _Failure(exc.kind, exc.detail) from None
+
+
+def _completion_fields(completion: Completion, fields: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "response_id": completion.response_id,
+        "response_created": completion.created,
+        "model": completion.model,
+        "system_fingerprint": completion.system_fingerprint,
+        "service_tier": completion.service_tier,
+        "choices": completion.choices,
+        "usage": completion.usage,
+        "stream_chunks": completion.stream_chunks,
+    }
+    first_token_ms = fields.get("time_to_first_token_ms")
+    tokens = completion.usage.completion_tokens
+    total_ms = fields.get("total_ms")
+    if first_token_ms is not None and tokens and total_ms and total_ms > first_token_ms:
+        # The first token is excluded: it arrives at first_token_ms, not during the interval.
+        values["output_tokens_per_s"] = max(tokens - 1, 0) / ((total_ms - first_token_ms) / 1000)
+    return values
+
+
+def _http_failure(status: int, headers: dict[str, str], body: bytes) -> tuple[ErrorKind, str]:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "status"
+    message = _upstream_message(headers.get("content-type", ""), body)
+    detail = f"HTTP {status} {phrase}" + (f": {message}" if message else "")
+    if status == 429:
+        wait = header_parsing.retry_after_s(headers)
+        if wait is not None:
+            detail += f" (retry after {wait:g} s)"
+        return ErrorKind.RATE_LIMITED, detail
+    if status in (401, 403):
+        return ErrorKind.AUTH_ERROR, detail
+    if 400 <= status < 500:
+        return ErrorKind.HTTP_CLIENT_ERROR, detail
+    if status >= 500:
+        return ErrorKind.HTTP_SERVER_ERROR, detail
+    return ErrorKind.UNEXPECTED_STATUS, detail
+
+
+def _upstream_message(content_type: str, body: bytes) -> str | None:
+    if not body:
+        return None
+    if "json" in content_type:
+        try:
+            message = error_message(json.loads(body))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            message = None
+        if message:
+            return _shorten(message)
+    text = body.decode("utf-8", "replace")
+    if "html" in content_type or text.lstrip().startswith("<"):
+        start, end = text.find("<title>"), text.find("</title>")
+        if 0 <= start < end:
+            return _shorten("HTML page: " + text[start + 7 : end].strip())
+        return "an HTML page"
+    return _shorten(text)
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception, what it wraps (urllib3 puts causes in args) and its chain, outermost first."""
+    seen: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        pending.extend(a for a in current.args if isinstance(a, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return seen
+
+
+def classify_exception(exc: requests.RequestException, timeout_ms: int) -> tuple[ErrorKind, str]:
+    """Map a requests exception to an ErrorKind and a sentence, most specific cause first."""
+    causes = _causes(exc)
+
+    def has(*types: type[BaseException]) -> bool:
+        return any(isinstance(c, types) for c in causes)
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return ErrorKind.CONNECT_TIMEOUT, f"Connection timed out after {timeout_ms} ms"
+    if isinstance(exc, requests.ReadTimeout) or has(
+        urllib3.exceptions.ReadTimeoutError, socket.timeout, TimeoutError
+    ):
+        return ErrorKind.READ_TIMEOUT, f"Read timed out after {timeout_ms} ms"
+    if has(ConnectionRefusedError):
+        return ErrorKind.CONNECTION_REFUSED, "Connection refused"
+    if has(ConnectionResetError, BrokenPipeError):
+        return ErrorKind.CONNECTION_RESET, "Connection reset by the server"
+    if has(urllib3.exceptions.IncompleteRead) or isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return ErrorKind.TRUNCATED_BODY, "Response body ended before it was complete"
+    if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
+        return ErrorKind.CONNECTION_ERROR, "Could not resolve the host name"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ErrorKind.CONNECTION_ERROR, "TLS handshake failed"
+    if isinstance(exc, requests.ConnectionError):
+        closed = has(urllib3.exceptions.ProtocolError)
+        if closed:
+            return ErrorKind.CONNECTION_RESET, "Server closed the connection without a response"
+        return ErrorKind.CONNECTION_ERROR, f"Connection failed ({type(exc).__name__})"
+    return ErrorKind.CONNECTION_ERROR, f"Request failed ({type(exc).__name__})"

@@ -1,0 +1,78 @@
+"""What to send to each kind of provider: the URL, the auth header and the JSON payload.
+
+This is the only module that reads a Secret's value, and only to put it in a request header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import requests
+import requests.auth
+
+from monitor import __version__
+from monitor.domain import Provider, Target
+
+USER_AGENT = f"monitor/{__version__} (LLM API canary)"
+
+
+def chat_url(target: Target) -> str:
+    """The Chat Completions URL; never contains a credential."""
+    if target.provider is Provider.AZURE:
+        deployment = quote(target.deployment or "", safe="")
+        query = urlencode({"api-version": target.api_version or ""})
+        return f"{target.base_url}/openai/deployments/{deployment}/chat/completions?{query}"
+    return f"{target.base_url}/chat/completions"
+
+
+def payload(target: Target) -> dict[str, Any]:
+    """The JSON body, in a stable key order so identical canaries hash identically."""
+    body: dict[str, Any] = {}
+    if target.model is not None:
+        body["model"] = target.model
+    body["messages"] = [dict(message) for message in target.messages]
+    body.update(target.params)
+    if target.stream:
+        body["stream"] = True
+        # Without this OpenAI sends no usage in a stream, and tokens/s could not be measured.
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+class _KeyAuth(requests.auth.AuthBase):
+    """Adds the key header at send time. Being the session's `auth` also stops requests from
+    replacing our header with credentials from ~/.netrc."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        key = self._target.api_key
+        if key is not None:
+            if self._target.provider is Provider.AZURE:
+                request.headers["api-key"] = key.value
+            else:
+                request.headers["Authorization"] = f"Bearer {key.value}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<_KeyAuth ****>"
+
+
+def secret_values(target: Target) -> list[str]:
+    """The strings that must never be stored: the probe scrubs them from anything it keeps."""
+    return [target.api_key.value] if target.api_key is not None else []
+
+
+def new_session(target: Target) -> requests.Session:
+    """A session per target, so its connection is reused from one probe to the next."""
+    session = requests.Session()
+    session.headers.update(
+        {
+            "User-Agent": USER_AGENT,
+            "Accept": "text/event-stream" if target.stream else "application/json",
+        }
+    )
+    session.auth = _KeyAuth(target)
+    return session

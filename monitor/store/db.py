@@ -1,0 +1,109 @@
+"""Engines for SQLite and PostgreSQL, the Alembic configuration, and the schema-version gate.
+
+Every command that reads or writes history calls `open_store(url)`, which refuses a database
+that is not at the head revision and names the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+import monitor.migrations
+from monitor.errors import SchemaNotAtHead, StoreUnavailable
+
+# Long enough to ride out another writer's checkpoint, short enough to surface a stuck lock.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Default PostgreSQL URLs to psycopg 3 (SQLAlchemy's bare default is psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden, for messages and `monitor status`."""
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
+def create(url: str) -> Engine:
+    """An engine with the per-connection settings each backend needs."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    assert isinstance(dbapi_connection, sqlite3.Connection)
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers (report, status) run while the daemon writes; NORMAL is durable across
+    # application crashes and only risks the last commits on power loss, at a fraction of
+    # FULL's fsync cost.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(monitor.migrations.__file__).parent))
+    # ConfigParser treats % as interpolation; a password may contain one.
+    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "migrations/versions holds no revision"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        raise StoreUnavailable(f"cannot reach database {engine.url!r}: {exc.orig}") from None
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database to `revision`, creating the SQLite file's directory if needed."""
+    _ensure_sqlite_dir(url)
+    command.upgrade(alembic_config(url), revision)
+
+
+def open_store(url: str) -> Engine:
+    """An engine for a database at head; SchemaNotAtHead otherwise."""
+    _ensure_sqlite_dir(url)
+    engine = create(url)
+    current = current_revision(engine)
+    head = head_revision()
+    if current != head:
+        engine.dispose()
+        raise SchemaNotAtHead(display_url(url), current, head)
+    return engine
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)

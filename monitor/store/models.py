@@ -1,0 +1,171 @@
+"""The schema, as typed SQLAlchemy 2.0 models. Alembic revisions in migrations/ are its truth;
+tests/test_migrations.py proves the two agree.
+
+Units are in column names (`total_ms`, `reset_requests_s`); every timestamp is aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints from the first revision, so later migrations (and SQLite batch mode, which
+# recreates tables) can refer to them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out. Refuses naive datetimes instead of guessing their zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: monitor stores aware UTC only")
+        value = value.astimezone(UTC)
+        # SQLite has no time zones; storing the naive UTC wall time keeps values sortable as text.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL: smaller, indexable; plain JSON text on SQLite.
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids for years of probes.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Blob = LargeBinary().with_variant(BYTEA(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TargetRow(Base):
+    """A configured target, by name. Its configurations over time are in target_configs."""
+
+    __tablename__ = "targets"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TargetConfigRow(Base):
+    """One effective configuration of a target (never the key); a new hash marks a change."""
+
+    __tablename__ = "target_configs"
+    __table_args__ = (UniqueConstraint("target_id", "config_hash"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    config_hash: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(Json)
+    first_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RequestPayloadRow(Base):
+    """A request body, stored once however many probes sent it (canaries repeat exactly)."""
+
+    __tablename__ = "request_payloads"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+
+
+class ProbeRow(Base):
+    """One canary call: queryable columns for every captured field, plus the raw exchange."""
+
+    __tablename__ = "probes"
+    __table_args__ = (
+        # Detectors, reports and `monitor probe` read one target's history in time order.
+        Index("ix_probes_target_id_started_at", "target_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # The probe's own id, fixed before it is stored: a spooled result replayed twice is one row.
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    target_config_id: Mapped[int] = mapped_column(ForeignKey("target_configs.id"))
+    request_payload_id: Mapped[int] = mapped_column(ForeignKey("request_payloads.id"))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    stream: Mapped[bool] = mapped_column(Boolean)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error_kind: Mapped[str | None] = mapped_column(String(40))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(SmallInteger)
+
+    time_to_headers_ms: Mapped[float | None] = mapped_column(Float)
+    total_ms: Mapped[float | None] = mapped_column(Float)
+    time_to_first_token_ms: Mapped[float | None] = mapped_column(Float)
+    output_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+
+    openai_processing_ms: Mapped[float | None] = mapped_column(Float)
+    openai_version: Mapped[str | None] = mapped_column(String(40))
+    openai_organization: Mapped[str | None] = mapped_column(String(200))
+    x_request_id: Mapped[str | None] = mapped_column(String(200))
+    retry_after_s: Mapped[float | None] = mapped_column(Float)
+    ratelimit_limit_requests: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_limit_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_remaining_requests: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_remaining_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_reset_requests_s: Mapped[float | None] = mapped_column(Float)
+    ratelimit_reset_tokens_s: Mapped[float | None] = mapped_column(Float)
+
+    response_id: Mapped[str | None] = mapped_column(String(200))
+    response_created_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    model: Mapped[str | None] = mapped_column(String(200))
+    system_fingerprint: Mapped[str | None] = mapped_column(String(200))
+    service_tier: Mapped[str | None] = mapped_column(String(40))
+    finish_reason: Mapped[str | None] = mapped_column(String(40))  # of the first choice
+    choices: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    stream_chunks: Mapped[int | None] = mapped_column(Integer)
+
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    prompt_audio_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_audio_tokens: Mapped[int | None] = mapped_column(Integer)
+    accepted_prediction_tokens: Mapped[int | None] = mapped_column(Integer)
+    rejected_prediction_tokens: Mapped[int | None] = mapped_column(Integer)
+
+    response_headers: Mapped[dict[str, str]] = mapped_column(Json)
+    # The body exactly as received (SSE bytes for streams), zlib-compressed: canary bodies are
+    # repetitive JSON and shrink ~2-3x, which is most of a probe's bytes on disk.
+    raw_response_zlib: Mapped[bytes] = mapped_column(Blob)
+    raw_response_bytes: Mapped[int] = mapped_column(Integer)

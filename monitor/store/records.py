@@ -1,0 +1,226 @@
+"""Write ProbeResults, and the named queries that commands read them back with.
+
+The store knows nothing of HTTP: it takes plain ProbeResults and gives back plain rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from monitor.domain import ProbeResult
+from monitor.store.models import ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class Recorder:
+    """Saves probe results, one transaction each; remembers the ids of targets, configurations
+    and payloads it has seen so a steady stream of canaries costs one INSERT per probe."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._target_ids: dict[str, int] = {}
+        self._config_ids: dict[tuple[str, str], int] = {}
+        self._payload_ids: dict[str, int] = {}
+
+    def register(self, name: str, config_hash: str, config: dict[str, Any]) -> None:
+        """Make sure a target and its current configuration exist (idempotent)."""
+        with self.engine.begin() as connection:
+            target_id = self._target_id(connection, name)
+            self._config_id(connection, name, target_id, config_hash, config)
+
+    def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
+        """Store one probe and return its id. A uid already stored returns the existing id,
+        which is what makes replaying a spool after a crash safe."""
+        try:
+            with self.engine.begin() as connection:
+                target_id = self._target_id(connection, result.target_name)
+                config_id = self._config_id(
+                    connection, result.target_name, target_id, result.config_hash, config
+                )
+                payload_id = self._payload_id(connection, result.request_payload)
+                return int(
+                    connection.execute(
+                        insert(ProbeRow).returning(ProbeRow.id),
+                        _probe_values(result, target_id, config_id, payload_id),
+                    ).scalar_one()
+                )
+        except IntegrityError:
+            existing = self.probe_id(result.uid)
+            if existing is None:
+                self._forget()  # a cached id may point at a row that was deleted
+                raise
+            return existing
+
+    def probe_id(self, uid: str) -> int | None:
+        with self.engine.connect() as connection:
+            return connection.execute(select(ProbeRow.id).where(ProbeRow.uid == uid)).scalar()
+
+    def _forget(self) -> None:
+        self._target_ids.clear()
+        self._config_ids.clear()
+        self._payload_ids.clear()
+
+    def _target_id(self, connection: Any, name: str) -> int:
+        if name in self._target_ids:
+            return self._target_ids[name]
+        found = connection.execute(select(TargetRow.id).where(TargetRow.name == name)).scalar()
+        if found is None:
+            found = connection.execute(
+                insert(TargetRow).returning(TargetRow.id),
+                {"name": name, "created_at": datetime.now(UTC)},
+            ).scalar_one()
+        self._target_ids[name] = int(found)
+        return int(found)
+
+    def _config_id(
+        self,
+        connection: Any,
+        name: str,
+        target_id: int,
+        config_hash: str,
+        config: dict[str, Any] | None,
+    ) -> int:
+        key = (name, config_hash)
+        if key in self._config_ids:
+            return self._config_ids[key]
+        found = connection.execute(
+            select(TargetConfigRow.id).where(
+                TargetConfigRow.target_id == target_id,
+                TargetConfigRow.config_hash == config_hash,
+            )
+        ).scalar()
+        if found is None:
+            found = connection.execute(
+                insert(TargetConfigRow).returning(TargetConfigRow.id),
+                {
+                    "target_id": target_id,
+                    "config_hash": config_hash,
+                    # Known to the probe's process but not to a later one draining its spool:
+                    # then the row still marks the change, with what the request showed.
+                    "config": config if config is not None else {},
+                    "first_seen_at": datetime.now(UTC),
+                },
+            ).scalar_one()
+        self._config_ids[key] = int(found)
+        return int(found)
+
+    def _payload_id(self, connection: Any, payload: dict[str, Any]) -> int:
+        text = canonical_json(payload)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest in self._payload_ids:
+            return self._payload_ids[digest]
+        found = connection.execute(
+            select(RequestPayloadRow.id).where(RequestPayloadRow.sha256 == digest)
+        ).scalar()
+        if found is None:
+            found = connection.execute(
+                insert(RequestPayloadRow).returning(RequestPayloadRow.id),
+                {"sha256": digest, "payload": payload},
+            ).scalar_one()
+        self._payload_ids[digest] = int(found)
+        return int(found)
+
+
+def _probe_values(
+    result: ProbeResult, target_id: int, config_id: int, payload_id: int
+) -> dict[str, Any]:
+    limits = result.rate_limits
+    usage = result.usage
+    created = result.response_created
+    return {
+        "uid": result.uid,
+        "target_id": target_id,
+        "target_config_id": config_id,
+        "request_payload_id": payload_id,
+        "started_at": result.started_at,
+        "stream": result.stream,
+        "ok": result.ok,
+        "error_kind": result.error_kind.value if result.error_kind else None,
+        "error_detail": result.error_detail,
+        "http_status": result.http_status,
+        "time_to_headers_ms": result.time_to_headers_ms,
+        "total_ms": result.total_ms,
+        "time_to_first_token_ms": result.time_to_first_token_ms,
+        "output_tokens_per_s": result.output_tokens_per_s,
+        "openai_processing_ms": result.openai_processing_ms,
+        "openai_version": result.openai_version,
+        "openai_organization": result.openai_organization,
+        "x_request_id": result.x_request_id,
+        "retry_after_s": result.retry_after_s,
+        "ratelimit_limit_requests": limits.limit_requests,
+        "ratelimit_limit_tokens": limits.limit_tokens,
+        "ratelimit_remaining_requests": limits.remaining_requests,
+        "ratelimit_remaining_tokens": limits.remaining_tokens,
+        "ratelimit_reset_requests_s": limits.reset_requests_s,
+        "ratelimit_reset_tokens_s": limits.reset_tokens_s,
+        "response_id": result.response_id,
+        "response_created_at": (
+            datetime.fromtimestamp(created, UTC) if created is not None else None
+        ),
+        "model": result.model,
+        "system_fingerprint": result.system_fingerprint,
+        "service_tier": result.service_tier,
+        "finish_reason": result.finish_reason,
+        "choices": [asdict(choice) for choice in result.choices] if result.choices else None,
+        "stream_chunks": result.stream_chunks,
+        **asdict(usage),
+        "response_headers": result.response_headers,
+        "raw_response_zlib": zlib.compress(result.raw_response, 9),
+        "raw_response_bytes": len(result.raw_response),
+    }
+
+
+def raw_response(row: ProbeRow) -> bytes:
+    """The body exactly as it was received."""
+    return zlib.decompress(row.raw_response_zlib)
+
+
+def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Stored probes as JSON-ready dicts: every column, the target name, the request payload and
+    the raw body (text when it is UTF-8, else base64), in the order of `ids`."""
+    if not ids:
+        return []
+    query = (
+        select(ProbeRow, TargetRow.name, RequestPayloadRow.payload)
+        .join(TargetRow, TargetRow.id == ProbeRow.target_id)
+        .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
+        .where(ProbeRow.id.in_(ids))
+    )
+    with Session(engine) as session:
+        found = {row[0].id: row for row in session.execute(query)}
+        return [_record(*found[i]) for i in ids if i in found]
+
+
+def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": probe.id, "target": target_name}
+    for column in ProbeRow.__table__.columns:
+        if column.key in ("id", "raw_response_zlib"):
+            continue
+        value = getattr(probe, column.key)
+        record[column.key] = value.isoformat() if isinstance(value, datetime) else value
+    record["request_payload"] = payload
+    body = raw_response(probe)
+    try:
+        record["raw_response"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["raw_response_base64"] = base64.b64encode(body).decode("ascii")
+    return record
+
+
+def count_probes(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count(ProbeRow.id))).scalar_one())
