@@ -13,7 +13,6 @@ import sqlite3
 import tempfile
 import time
 import uuid
-import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from sqlalchemy import text
 from monitor import probe, providers
 from monitor.domain import ProbeResult, Provider, Target
 from monitor.sim import SimClient, Simulator
-from monitor.store import db
+from monitor.store import codec, db
 from monitor.store.records import Recorder, canonical_json
 
 
@@ -61,10 +60,10 @@ def real_path_rate(url: str, results: list[ProbeResult]) -> float:
 
 
 def row_bytes(result: ProbeResult) -> tuple[str, bytes, str]:
-    """The same bytes a probe row carries: headers and choices JSON, the compressed body."""
+    """The same bytes a probe row carries: choices JSON, the compressed headers and body."""
     return (
-        canonical_json(result.response_headers) + canonical_json([asdict(c) for c in result.choices]),
-        zlib.compress(result.raw_response, 9),
+        canonical_json([asdict(c) for c in result.choices]),
+        codec.compress_headers(result.response_headers) + codec.compress(result.raw_response),
         result.uid,
     )
 

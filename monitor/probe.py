@@ -68,7 +68,6 @@ def run(target: Target, session: requests.Session) -> ProbeResult:
         ) as response:
             fields["time_to_headers_ms"] = elapsed_ms()
             fields["http_status"] = response.status_code
-            fields["response_headers"] = header_parsing.capture(response.headers.items(), secrets)
             content_type = response.headers.get("content-type", "")
             if target.stream and response.status_code == 200 and "event-stream" in content_type:
                 assembler = StreamAssembler()
@@ -90,6 +89,10 @@ def run(target: Target, session: requests.Session) -> ProbeResult:
                         )
             finally:
                 fields["total_ms"] = elapsed_ms()
+                # Captured after the clock stops: redaction is our cost, not the upstream's.
+                fields["response_headers"] = header_parsing.capture(
+                    response.headers.items(), secrets
+                )
     except requests.RequestException as exc:
         failure = _Failure(*classify_exception(exc, target.timeout_ms))
         if assembler is not None and failure.kind is ErrorKind.TRUNCATED_BODY:

@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 import requests.auth
+import requests.cookies
 
 from monitor import __version__
 from monitor.domain import Provider, Target
@@ -65,6 +66,17 @@ def secret_values(target: Target) -> list[str]:
     return [target.api_key.value] if target.api_key is not None else []
 
 
+class _NoCookies(requests.cookies.RequestsCookieJar):
+    """Every probe is a first visit: a cookie sent back (Cloudflare's __cf_bm, a load
+    balancer's affinity cookie) could pin the canary to one backend and hide a change."""
+
+    def extract_cookies(self, response: object, request: object) -> None:
+        pass
+
+    def set_cookie(self, cookie: object, *args: object, **kwargs: object) -> None:
+        pass
+
+
 def new_session(target: Target) -> requests.Session:
     """A session per target, so its connection is reused from one probe to the next."""
     session = requests.Session()
@@ -75,4 +87,5 @@ def new_session(target: Target) -> requests.Session:
         }
     )
     session.auth = _KeyAuth(target)
+    session.cookies = _NoCookies()
     return session

@@ -264,3 +264,12 @@ def test_saving_the_same_probe_twice_keeps_one_row(
     assert Recorder(engine).save(result) == first
     with engine.connect() as connection:
         assert connection.execute(select(func.count(ProbeRow.id))).scalar() == 1
+
+
+def test_probes_carry_no_cookies_between_calls(sim: SimClient, make_target: MakeTarget) -> None:
+    target = make_target()
+    with providers.new_session(target) as session:
+        first = probe.run(target, session)
+        assert "set-cookie" in first.response_headers  # the simulator sends one, like OpenAI
+        probe.run(target, session)
+        assert len(session.cookies) == 0

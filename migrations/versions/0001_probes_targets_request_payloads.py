@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 00:10:59.632833
+Create Date: 2026-11-26 01:46:37.343830
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
-import monitor.store.models
+import monitor.store.models  # noqa: F401  (custom column types such as UtcDateTime)
+from sqlalchemy.dialects import postgresql
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -89,7 +89,7 @@ def upgrade() -> None:
     sa.Column('completion_audio_tokens', sa.Integer(), nullable=True),
     sa.Column('accepted_prediction_tokens', sa.Integer(), nullable=True),
     sa.Column('rejected_prediction_tokens', sa.Integer(), nullable=True),
-    sa.Column('response_headers', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('response_headers_zlib', sa.LargeBinary().with_variant(postgresql.BYTEA(), 'postgresql'), nullable=False),
     sa.Column('raw_response_zlib', sa.LargeBinary().with_variant(postgresql.BYTEA(), 'postgresql'), nullable=False),
     sa.Column('raw_response_bytes', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['request_payload_id'], ['request_payloads.id'], name=op.f('fk_probes_request_payload_id_request_payloads')),

@@ -42,7 +42,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch()
 
+    def parse_request(self) -> bool:
+        # Delays count from the request line's arrival, so the time spent parsing and building
+        # the answer is part of the delay rather than added to it.
+        self._arrived = time.perf_counter()
+        return super().parse_request()
+
     def _dispatch(self) -> None:
+        arrived = self._arrived
         try:
             length = int(self.headers.get("content-length") or 0)
         except ValueError:
@@ -64,15 +71,27 @@ class _Handler(BaseHTTPRequestHandler):
             )
             action = api.handle(self.server.state, call)
         try:
-            self._perform(action)
+            self._perform(action, arrived)
         except OSError:  # the client went away, or stop() shut the socket: nothing to answer
             self.close_connection = True
 
-    def _perform(self, action: Action) -> None:
+    def _perform(self, action: Action, arrived: float) -> None:
         stopping = self.server.stopping
+
+        def pause(delay_s: float, since: float) -> bool:
+            """Sleep until `since + delay_s`; True if the server is stopping meanwhile. The
+            last 2 ms use time.sleep, which overshoots far less than Event.wait."""
+            coarse = delay_s - (time.perf_counter() - since) - 0.002
+            if coarse > 0 and stopping.wait(coarse):
+                return True
+            fine = delay_s - (time.perf_counter() - since)
+            if fine > 0:
+                time.sleep(fine)
+            return stopping.is_set()
+
         match action:
             case Reply():
-                if action.delay_s > 0 and stopping.wait(action.delay_s):
+                if action.delay_s > 0 and pause(action.delay_s, arrived):
                     self.close_connection = True
                     return
                 self.wfile.write(action.data)
@@ -81,7 +100,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(action.head)
                 last = len(action.events) - 1
                 for index, event in enumerate(action.events):
-                    if event.delay_s > 0 and stopping.wait(event.delay_s):
+                    # The first delay (time to first token) counts from arrival; the rest are
+                    # gaps between tokens.
+                    since = arrived if index == 0 else time.perf_counter()
+                    if event.delay_s > 0 and pause(event.delay_s, since):
                         self.close_connection = True
                         return
                     tail = responses.LAST_CHUNK if index == last and not action.cut else b""

@@ -164,8 +164,10 @@ class ProbeRow(Base):
     accepted_prediction_tokens: Mapped[int | None] = mapped_column(Integer)
     rejected_prediction_tokens: Mapped[int | None] = mapped_column(Integer)
 
-    response_headers: Mapped[dict[str, str]] = mapped_column(Json)
-    # The body exactly as received (SSE bytes for streams), zlib-compressed: canary bodies are
-    # repetitive JSON and shrink ~2-3x, which is most of a probe's bytes on disk.
+    # The headers (already redacted) as JSON and the body exactly as received (SSE bytes for
+    # streams), each compressed by store/codec.py against a preset dictionary: together they
+    # are most of a probe's bytes, and they shrink ~4x. The parsed columns above are the ones
+    # to query.
+    response_headers_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_bytes: Mapped[int] = mapped_column(Integer)

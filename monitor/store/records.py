@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from monitor.domain import ProbeResult
+from monitor.store import codec
 from monitor.store.models import ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
 
 
@@ -178,15 +178,15 @@ def _probe_values(
         "choices": [asdict(choice) for choice in result.choices] if result.choices else None,
         "stream_chunks": result.stream_chunks,
         **asdict(usage),
-        "response_headers": result.response_headers,
-        "raw_response_zlib": zlib.compress(result.raw_response, 9),
+        "response_headers_zlib": codec.compress_headers(result.response_headers),
+        "raw_response_zlib": codec.compress(result.raw_response),
         "raw_response_bytes": len(result.raw_response),
     }
 
 
 def raw_response(row: ProbeRow) -> bytes:
     """The body exactly as it was received."""
-    return zlib.decompress(row.raw_response_zlib)
+    return codec.decompress(row.raw_response_zlib)
 
 
 def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -208,10 +208,11 @@ def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
 def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"id": probe.id, "target": target_name}
     for column in ProbeRow.__table__.columns:
-        if column.key in ("id", "raw_response_zlib"):
+        if column.key in ("id", "raw_response_zlib", "response_headers_zlib"):
             continue
         value = getattr(probe, column.key)
         record[column.key] = value.isoformat() if isinstance(value, datetime) else value
+    record["response_headers"] = codec.decompress_headers(probe.response_headers_zlib)
     record["request_payload"] = payload
     body = raw_response(probe)
     try:

@@ -1,0 +1,123 @@
+"""Storage pieces that need no server: the codec and the spool file."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from monitor.domain import Choice, ErrorKind, ProbeResult, RateLimits, Usage
+from monitor.store import codec
+from monitor.store.models import ProbeRow
+from monitor.store.records import Recorder, probe_records
+from monitor.store.spool import Spool, decode, encode
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openai-chat-completion.json"
+
+
+def result(**changes: object) -> ProbeResult:
+    exchange = json.loads(FIXTURE.read_text())
+    base = ProbeResult(
+        uid=uuid.uuid4().hex,
+        target_name="gpt-4o",
+        config_hash="c" * 64,
+        started_at=datetime(2026, 11, 26, 1, 2, 3, 456789, tzinfo=UTC),
+        stream=False,
+        request_url="https://api.openai.com/v1/chat/completions",
+        request_payload=exchange["request"],
+        ok=True,
+        http_status=200,
+        total_ms=912.5,
+        response_headers=exchange["response_headers"],
+        rate_limits=RateLimits(limit_requests=500, reset_tokens_s=0.038),
+        model="gpt-4o-2024-08-06",
+        choices=(Choice(index=0, finish_reason="stop", content="Hello\n\u2028<b>"),),
+        usage=Usage(prompt_tokens=27, completion_tokens=44, total_tokens=71),
+        raw_response=json.dumps(exchange["response_body"], indent=2).encode(),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00\xff binary", json.dumps({"a": "\u00e9" * 5000}).encode(), b"data: [DONE]\n\n"],
+)
+def test_codec_round_trips_exactly(data: bytes) -> None:
+    assert codec.decompress(codec.compress(data)) == data
+
+
+def test_codec_shrinks_a_canary_response() -> None:
+    body = result().raw_response
+    assert len(codec.compress(body)) < len(body) / 3
+
+
+def test_spool_lines_round_trip_every_field() -> None:
+    original = result(ok=False, error_kind=ErrorKind.READ_TIMEOUT, error_detail="slow",
+                      raw_response=b"\x00\x01partial")
+    assert decode(encode(original)) == original
+
+
+def test_spool_drains_in_order_and_empties(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    results = [result() for _ in range(5)]
+    for item in results:
+        spool.append(item)
+    assert spool.backlog() == 5
+    taken: list[ProbeResult] = []
+    assert spool.drain(taken.append) == 5
+    assert [r.uid for r in taken] == [r.uid for r in results]
+    assert spool.backlog() == 0 and not spool.path.exists()
+
+
+def test_spool_keeps_what_the_database_did_not_take(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    results = [result() for _ in range(4)]
+    for item in results:
+        spool.append(item)
+    taken: list[str] = []
+
+    def save(item: ProbeResult) -> None:
+        if len(taken) == 2:
+            raise ConnectionError("database went away")
+        taken.append(item.uid)
+
+    with pytest.raises(ConnectionError):
+        spool.drain(save)
+    assert spool.backlog() == 2
+    rest: list[ProbeResult] = []
+    spool.drain(rest.append)
+    assert [r.uid for r in rest] == [r.uid for r in results[2:]]
+
+
+def test_a_damaged_line_is_quarantined_and_does_not_block_the_rest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    first, second = result(), result()
+    spool.append(first)
+    with open(spool.path, "ab") as file:
+        file.write(b"deadbeef {\"torn\": ")  # a crash mid-write: no newline
+    spool.append(second)
+    taken: list[ProbeResult] = []
+    assert spool.drain(taken.append) == 2
+    assert [r.uid for r in taken] == [first.uid, second.uid]
+    assert b"torn" in spool.quarantine_path.read_bytes()
+
+
+def test_drained_results_are_stored_once_even_if_replayed(tmp_path: Path, engine: Engine) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    items = [result() for _ in range(3)]
+    for item in items:
+        spool.append(item)
+    recorder = Recorder(engine)
+    for item in items[:2]:  # a crash after these were written but before the spool was trimmed
+        recorder.save(item)
+    spool.drain(recorder.save)
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count(ProbeRow.id))).scalar() == 3
+    [record] = probe_records(engine, [recorder.probe_id(items[0].uid) or 0])
+    assert record["choices"][0]["content"] == "Hello\n\u2028<b>"
+    assert record["started_at"] == "2026-11-26T01:02:03.456789+00:00"
