@@ -18,9 +18,9 @@ import threading
 import time
 
 import requests
+from canary import canary_target  # bench/ is on sys.path when run as a script
 
 from monitor import probe, providers
-from monitor.domain import Provider, Target
 from monitor.sim import SimClient, Simulator
 
 _MINIMAL_BODY = (
@@ -83,18 +83,7 @@ def bare_requests_overhead(probes: int, delay_ms: float) -> list[float]:
 
 
 def probe_overhead(sim: Simulator, probes: int, delay_ms: float, stream: bool) -> list[float]:
-    target = Target(
-        name="bench",
-        provider=Provider.OPENAI_COMPATIBLE,
-        base_url=f"{sim.url}/v1",
-        model="gpt-4o",
-        messages=({"role": "user", "content": "Reply with the single word: pong"},),
-        params={"temperature": 0, "seed": 7, "max_tokens": 16},
-        stream=stream,
-        timeout_ms=10_000,
-        interval_ms=60_000,
-        max_response_bytes=1 << 20,
-    )
+    target = canary_target(f"{sim.url}/v1", stream=stream)
     overheads = []
     with providers.new_session(target) as session:
         for _ in range(probes):

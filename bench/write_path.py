@@ -17,10 +17,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import psycopg
+from canary import canary_target  # bench/ is on sys.path when run as a script
 from sqlalchemy import text
 
 from monitor import probe, providers
-from monitor.domain import ProbeResult, Provider, Target
+from monitor.domain import ProbeResult, Target
 from monitor.sim import SimClient, Simulator
 from monitor.store import codec, db
 from monitor.store.records import Recorder, canonical_json
@@ -28,19 +29,7 @@ from monitor.store.records import Recorder, canonical_json
 
 def standard_canary(sim: Simulator) -> tuple[Target, ProbeResult]:
     """One real probe of the default canary (the simulator answers like OpenAI)."""
-    target = Target(
-        name="gpt-4o",
-        provider=Provider.OPENAI_COMPATIBLE,
-        base_url=f"{sim.url}/v1",
-        model="gpt-4o",
-        messages=({"role": "user", "content": "Reply with the single word: pong"},),
-        params={"temperature": 0, "seed": 7, "max_completion_tokens": 16},
-        stream=False,
-        timeout_ms=10_000,
-        interval_ms=60_000,
-        max_response_bytes=1 << 20,
-        config_hash="0" * 64,
-    )
+    target = canary_target(f"{sim.url}/v1")
     with providers.new_session(target) as session:
         result = probe.run(target, session)
     assert result.ok, result.error_detail

@@ -106,14 +106,22 @@ def parse_completion(data: bytes) -> Completion:
                 refusal=_str(message.get("refusal")),
             )
         )
+    return _completion(document, tuple(choices), document.get("usage"))
+
+
+def _completion(
+    fields: dict[str, Any], choices: tuple[Choice, ...], usage: object, chunks: int | None = None
+) -> Completion:
+    """The top-level fields of a completion (or of a stream's chunks), as sent."""
     return Completion(
-        response_id=_str(document.get("id")),
-        created=_int(document.get("created")),
-        model=_str(document.get("model")),
-        system_fingerprint=_str(document.get("system_fingerprint")),
-        service_tier=_str(document.get("service_tier")),
-        choices=tuple(choices),
-        usage=parse_usage(document.get("usage")),
+        response_id=_str(fields.get("id")),
+        created=_int(fields.get("created")),
+        model=_str(fields.get("model")),
+        system_fingerprint=_str(fields.get("system_fingerprint")),
+        service_tier=_str(fields.get("service_tier")),
+        choices=choices,
+        usage=parse_usage(usage),
+        stream_chunks=chunks,
     )
 
 
@@ -227,25 +235,16 @@ class StreamAssembler:
 
     def partial(self) -> Completion:
         """What the chunks received so far say, finished or not."""
-        fields = self._fields
-        return Completion(
-            response_id=_str(fields.get("id")),
-            created=_int(fields.get("created")),
-            model=_str(fields.get("model")),
-            system_fingerprint=_str(fields.get("system_fingerprint")),
-            service_tier=_str(fields.get("service_tier")),
-            choices=tuple(
-                Choice(
-                    index=index,
-                    finish_reason=parts.finish_reason,
-                    content="".join(parts.content) if parts.content else None,
-                    refusal="".join(parts.refusal) if parts.refusal else None,
-                )
-                for index, parts in sorted(self._choices.items())
-            ),
-            usage=parse_usage(self._usage),
-            stream_chunks=self.chunks,
+        choices = tuple(
+            Choice(
+                index=index,
+                finish_reason=parts.finish_reason,
+                content="".join(parts.content) if parts.content else None,
+                refusal="".join(parts.refusal) if parts.refusal else None,
+            )
+            for index, parts in sorted(self._choices.items())
         )
+        return _completion(self._fields, choices, self._usage, self.chunks)
 
 
 def _event_end(buffer: bytes) -> tuple[int, int]:
