@@ -7,19 +7,28 @@ Exit codes: 0 success; 1 a probe failed (it is still stored) or a runtime error;
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
 from monitor import config as config_module
 from monitor import report
-from monitor.daemon import Prober
+from monitor.daemon import Daemon, Prober, Service
 from monitor.domain import Settings, Target
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
 from monitor.store import db
-from monitor.store.records import Recorder, probe_records
+from monitor.store.records import (
+    Recorder,
+    count_probes,
+    count_targets,
+    last_probes,
+    probe_records,
+)
+from monitor.store.spool import Spool
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -177,6 +186,93 @@ def demo_command(database_url: str, rounds: int) -> None:
         demo.run(database_url, rounds, click.echo)
     except MonitorError as error:
         raise _failure(error) from None
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }, ensure_ascii=False)
+
+
+def _setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLines() if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("monitor")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+@cli.command("run")
+@click.option("--once", is_flag=True, help="Probe every target once, store, and exit.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per line, for log shippers.")
+@click.option("--spool", "spool_path", default="monitor-spool.jsonl", show_default=True,
+              metavar="FILE", help="Where results wait while the database is unreachable.")
+@_config_option
+def run_command(once: bool, log_format: str, spool_path: str, config_path: str | None) -> None:
+    """Probe every target on its interval until stopped (SIGTERM/SIGINT; SIGHUP reloads)."""
+    _setup_logging(log_format)
+    settings = _load(config_path)
+    if not settings.targets:
+        raise click.UsageError(f"{settings.config_path} configures no [[targets]]")
+    lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
+        "sqlite") else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        engine = db.open_store(settings.database_url)
+    except MonitorError as error:
+        raise _failure(error) from None
+    daemon = Daemon(settings, Recorder(engine), Spool(spool_path))
+    try:
+        daemon.prober.register(settings.targets)
+        if once:
+            daemon.tick(datetime.now(UTC))
+            daemon.close()
+        else:
+            Service(daemon, lambda: config_module.load(config_path)).run()
+    finally:
+        engine.dispose()
+        if lock is not None:
+            lock.release()
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The same, as one JSON document.")
+@click.option("--spool", "spool_path", default="monitor-spool.jsonl", show_default=True,
+              metavar="FILE")
+@_config_option
+def status_command(as_json: bool, spool_path: str, config_path: str | None) -> None:
+    """Show where the database is, how much history it holds and each target's last probe."""
+    settings = _load(config_path)
+    try:
+        engine = db.open_store(settings.database_url)
+    except MonitorError as error:
+        raise _failure(error) from None
+    try:
+        status = {
+            "database": db.display_url(settings.database_url),
+            "schema_revision": db.current_revision(engine),
+            "probes": count_probes(engine),
+            "targets": count_targets(engine),
+            "bytes": db.size_bytes(engine),
+            "spool_backlog": Spool(spool_path).backlog(),
+            "last_probes": last_probes(engine),
+        }
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    click.echo(report.render_status(status))
 
 
 def main() -> None:

@@ -1,17 +1,28 @@
-"""Wiring: probe targets and store the results. The CLI's `probe` and `demo` use it today;
-the scheduled daemon builds on the same pieces."""
+"""Wiring: probe targets and store the results, once (`monitor probe`, `demo`) or on a schedule
+(`monitor run`). Nothing here parses HTTP or writes SQL; it connects the parts that do."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from datetime import UTC, datetime, timedelta
 
 import requests
+from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import probe, providers
+from monitor import probe, providers, report
 from monitor.config import effective_config
-from monitor.domain import ProbeResult, Target
+from monitor.domain import ErrorKind, ProbeResult, Settings, Target
+from monitor.errors import MonitorError
 from monitor.store.records import Recorder
+from monitor.store.spool import Spool
+
+log = logging.getLogger("monitor")
 
 # Probing is I/O-bound; this bounds sockets and threads, not CPU.
 MAX_PARALLEL_PROBES = 16
@@ -29,7 +40,8 @@ class Prober:
         for target in targets:
             self.recorder.register(target.name, target.config_hash, effective_config(target))
 
-    def _session(self, target: Target) -> requests.Session:
+    def session(self, target: Target) -> requests.Session:
+        """The target's reused session; a new one when its configuration changed."""
         known = self._sessions.get(target.name)
         if known is not None and known[0] == target:
             return known[1]
@@ -45,7 +57,7 @@ class Prober:
         targets = list(targets)
         if not targets:
             return
-        sessions = {t.name: self._session(t) for t in targets}
+        sessions = {t.name: self.session(t) for t in targets}
         workers = min(MAX_PARALLEL_PROBES, len(targets))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
             futures: list[Future[ProbeResult]] = [
@@ -59,3 +71,196 @@ class Prober:
         for _, session in self._sessions.values():
             session.close()
         self._sessions.clear()
+
+
+class Daemon:
+    """Probes targets on their intervals and stores every result, through database outages.
+
+    `tick(now)` is the step: probe the targets that are due at `now`, then drain the spool.
+    `run()` drives the same per-target step from APScheduler, one job per target.
+    """
+
+    def __init__(self, settings: Settings, recorder: Recorder, spool: Spool) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.spool = spool
+        self.prober = Prober(recorder)
+        self._backoff_until: dict[str, datetime] = {}
+        self._next_due: dict[str, datetime] = {}
+        self._spooling = spool.backlog() > 0  # keep order: while anything waits, new results queue
+        self._lock = threading.Lock()
+
+    # --- one target, one slot ---------------------------------------------------------------
+
+    def probe_target(self, target: Target, now: datetime | None = None) -> ProbeResult | None:
+        """Probe `target` once unless it is backing off after a 429; store the result."""
+        now = now or datetime.now(UTC)
+        until = self._backoff_until.get(target.name)
+        if until is not None and now < until:
+            log.info("%s skipped: rate limited until %s", target.name, until.isoformat())
+            return None
+        result = probe.run(target, self.prober.session(target))
+        if result.error_kind is ErrorKind.RATE_LIMITED:
+            wait_s = _backoff_s(result, target)
+            self._backoff_until[target.name] = now + timedelta(seconds=wait_s)
+            log.warning("%s rate limited: next probe after %.0f s", target.name, wait_s)
+        else:
+            self._backoff_until.pop(target.name, None)
+        self.store(result)
+        log.info("%s", report.probe_line(result))
+        return result
+
+    def store(self, result: ProbeResult) -> None:
+        """Save to the database, or to the spool when it cannot take it (nothing is lost)."""
+        with self._lock:
+            spooling = self._spooling
+        if not spooling:
+            try:
+                self.recorder.save(result)
+                return
+            except SQLAlchemyError as exc:
+                log.error("database unavailable (%s); spooling to %s",
+                          type(exc).__name__, self.spool.path)
+                with self._lock:
+                    self._spooling = True
+        self.spool.append(result)
+
+    def drain(self) -> int:
+        """Write spooled results to the database, oldest first; returns how many."""
+        with self._lock:
+            if not self._spooling:
+                return 0
+        try:
+            drained = self.spool.drain(self.recorder.save)
+        except SQLAlchemyError:
+            return 0  # still down; the next drain tries again
+        with self._lock:
+            if self.spool.backlog() == 0:
+                self._spooling = False
+        if drained:
+            log.info("database is back: wrote %d spooled probes", drained)
+        return drained
+
+    # --- the step function ------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> int:
+        """Probe every target due at `now` (all of them on the first tick); returns how many
+        probes were sent. A target's next slot is one interval after this one."""
+        due = [t for t in self.settings.targets
+               if self._next_due.get(t.name, now) <= now]
+        for target in due:
+            self._next_due[target.name] = now + timedelta(milliseconds=target.interval_ms)
+        sent = 0
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_PROBES, len(due)))) as pool:
+            for result in pool.map(lambda t: self.probe_target(t, now), due):
+                sent += result is not None
+        self.drain()
+        return sent
+
+    def close(self) -> None:
+        self.prober.close()
+
+
+def _backoff_s(result: ProbeResult, target: Target) -> float:
+    """How long to leave a target alone after a 429: what the server said, else one interval."""
+    limits = result.rate_limits
+    for hint in (result.retry_after_s, limits.reset_requests_s, limits.reset_tokens_s):
+        if hint is not None and hint > 0:
+            return hint
+    return target.interval_ms / 1000
+
+
+# Every slot starts within one interval of the daemon's start, spread by a stable hash of the
+# target's name, so a hundred targets do not fire in the same second (and a restart keeps them
+# where they were); a little jitter on top keeps them from re-aligning with other schedules.
+JITTER_S = 1.0
+DRAIN_EVERY_S = 5.0
+
+
+def _offset_s(target: Target) -> float:
+    digest = hashlib.sha256(target.name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % max(1, target.interval_ms) / 1000
+
+
+class Service:
+    """`monitor run`: APScheduler jobs rebuilt from the config, signals, warm and cold stop."""
+
+    def __init__(self, daemon: Daemon, load_settings: Callable[[], Settings]) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.daemon = daemon
+        self._load_settings = load_settings
+        self._stopping = threading.Event()
+        self._signals = 0
+        # Enough threads that a target hanging until its timeout never holds up another.
+        workers = max(8, min(200, 2 * len(daemon.settings.targets)))
+        # In-memory job store only: the jobs are rebuilt from the config at every start.
+        self.scheduler = BackgroundScheduler(
+            executors={"default": JobExecutor(workers)}, timezone=UTC
+        )
+
+    def _schedule(self, targets: Iterable[Target]) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        now = datetime.now(UTC)
+        for target in targets:
+            interval_s = target.interval_ms / 1000
+            self.scheduler.add_job(
+                self.daemon.probe_target,
+                IntervalTrigger(seconds=interval_s, start_date=now + timedelta(
+                    seconds=_offset_s(target)), jitter=min(JITTER_S, interval_s / 10)),
+                args=[target],
+                id=f"probe:{target.name}",
+                name=target.name,
+                # A missed slot is not made up twice: the canary must never become the load.
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(1, int(interval_s / 2)),
+                replace_existing=True,
+            )
+
+    def reload(self) -> None:
+        """Apply the config file again; an invalid one is refused and the old one kept."""
+        try:
+            settings = self._load_settings()
+        except MonitorError as error:
+            log.error("reload refused, keeping the running config: %s", error)
+            return
+        old = {t.name: t for t in self.daemon.settings.targets}
+        new = {t.name: t for t in settings.targets}
+        for name in old.keys() - new.keys():
+            self.scheduler.remove_job(f"probe:{name}")
+        changed = [t for name, t in new.items() if old.get(name) != t]
+        self.daemon.prober.register(changed)
+        self.daemon.settings = settings
+        self._schedule(changed)
+        log.info("reloaded: %d targets (%d added, %d removed, %d changed)", len(new),
+                 len(new.keys() - old.keys()), len(old.keys() - new.keys()),
+                 len([n for n in new.keys() & old.keys() if old[n] != new[n]]))
+
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: finishing in-flight probes, then exiting (again to exit now)",
+                 signal.Signals(signum).name)
+        self._stopping.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self.reload())
+        self._schedule(self.daemon.settings.targets)
+        self.scheduler.add_job(self.daemon.drain, "interval", seconds=DRAIN_EVERY_S,
+                               id="drain", coalesce=True, max_instances=1)
+        self.scheduler.start()
+        log.info("running: %d targets", len(self.daemon.settings.targets))
+        while not self._stopping.wait(1.0):
+            pass
+        # Warm stop: no new slots; in-flight probes end within their own timeouts.
+        self.scheduler.shutdown(wait=True)
+        self.daemon.drain()
+        self.daemon.close()
+        log.info("stopped")

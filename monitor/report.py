@@ -4,6 +4,7 @@ came from upstream goes through `safe_text` before it reaches a terminal."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from monitor.domain import ProbeResult
 
@@ -45,3 +46,22 @@ def probe_line(result: ProbeResult, name_width: int = 0) -> str:
     if result.time_to_first_token_ms is not None:
         parts.insert(1, f"ttft {_n(result.time_to_first_token_ms, ' ms')}")
     return "  ".join(parts)
+
+
+def render_status(status: dict[str, Any]) -> str:
+    size = status["bytes"]
+    lines = [
+        f"database        {status['database']}",
+        f"schema          {status['schema_revision']}",
+        f"history         {status['probes']} probes of {status['targets']} targets"
+        + (f", {size / 1e6:.1f} MB" if size is not None else ""),
+        f"spool backlog   {status['spool_backlog']} probes waiting for the database",
+    ]
+    if status["last_probes"]:
+        lines.append("last probe per target")
+        width = max(len(p["target"]) for p in status["last_probes"])
+        for last in status["last_probes"]:
+            outcome = "ok" if last["ok"] else f"FAIL {last['error_kind']}"
+            lines.append(f"  {safe_text(last['target']).ljust(width)}  {last['started_at']}  "
+                         f"{outcome}  {_n(last['total_ms'], ' ms')}")
+    return "\n".join(lines)

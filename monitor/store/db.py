@@ -6,6 +6,7 @@ that is not at the head revision and names the command that fixes it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from pathlib import Path
@@ -107,3 +108,40 @@ def _ensure_sqlite_dir(url: str) -> None:
     parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+
+
+def size_bytes(engine: Engine) -> int | None:
+    """Bytes the database takes on disk (SQLite: file and WAL; PostgreSQL: the database)."""
+    if engine.dialect.name == "sqlite":
+        path = engine.url.database
+        if not path:
+            return None
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+    with engine.connect() as connection:
+        size = connection.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
+    return int(size) if size is not None else None
+
+
+class InstanceLock:
+    """One `monitor run` per SQLite file: SQLite cannot coordinate several writers' schedules.
+    The lock is an flock on a file beside the database, released by the OS if the process dies."""
+
+    def __init__(self, url: str) -> None:
+        self.path = make_url(normalize_url(url)).database or ""
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        # Held open for the life of the process: closing it is what releases the lock.
+        self._file = open(self.path + ".lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise StoreUnavailable(
+                f"another `monitor run` is already using {self.path}; SQLite supports one "
+                "instance (use PostgreSQL to run several)"
+            ) from None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()

@@ -225,3 +225,30 @@ def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[
 def count_probes(engine: Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count(ProbeRow.id))).scalar_one())
+
+
+def last_probes(engine: Engine) -> list[dict[str, Any]]:
+    """The newest probe of every target: when, outcome, status, total ms."""
+    newest = (
+        select(ProbeRow.target_id, func.max(ProbeRow.id).label("id"))
+        .group_by(ProbeRow.target_id)
+        .subquery()
+    )
+    query = (
+        select(TargetRow.name, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
+               ProbeRow.http_status, ProbeRow.total_ms)
+        .join(newest, newest.c.target_id == TargetRow.id)
+        .join(ProbeRow, ProbeRow.id == newest.c.id)
+        .order_by(TargetRow.name)
+    )
+    with engine.connect() as connection:
+        return [
+            {"target": name, "started_at": started.isoformat(), "ok": ok,
+             "error_kind": kind, "http_status": status, "total_ms": total_ms}
+            for name, started, ok, kind, status, total_ms in connection.execute(query)
+        ]
+
+
+def count_targets(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count(TargetRow.id))).scalar_one())

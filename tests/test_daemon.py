@@ -1,0 +1,248 @@
+"""The daemon: the step function with a fixed clock, quota backoff, the spool through a real
+database outage, and `monitor run` as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, func, select
+
+from monitor.cli import cli
+from monitor.daemon import Daemon
+from monitor.domain import ErrorKind
+from monitor.sim import SimClient, Simulator
+from monitor.store import db
+from monitor.store.models import ProbeRow
+from monitor.store.records import Recorder
+from monitor.store.spool import Spool
+from tests.conftest import MakeSettings, empty_postgres, write_config
+from tests.proxy import Proxy
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def count(engine: Engine, *where: Any) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count(ProbeRow.id)).where(*where)).scalar_one())
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, make_settings: MakeSettings) -> Iterator[Any]:
+    made: list[Daemon] = []
+
+    def make(engine: Engine, *targets: dict[str, Any]) -> Daemon:
+        settings = make_settings(*targets)
+        daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
+        daemon.prober.register(settings.targets)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.close()
+
+
+def test_tick_probes_each_target_once_per_interval(
+    sim: SimClient, engine: Engine, make_daemon: Any
+) -> None:
+    daemon = make_daemon(engine, {"name": "a", "interval": "1m"}, {"name": "b", "interval": "2m"})
+    assert daemon.tick(T0) == 2
+    assert daemon.tick(T0 + timedelta(seconds=30)) == 0
+    assert daemon.tick(T0 + timedelta(seconds=60)) == 1  # a only
+    assert daemon.tick(T0 + timedelta(seconds=120)) == 2
+    assert count(engine) == 5
+
+
+def test_after_a_429_the_target_waits_for_retry_after(
+    sim: SimClient, engine: Engine, make_daemon: Any
+) -> None:
+    daemon = make_daemon(engine, {"name": "limited", "model": "sim-429", "interval": "1s",
+                                  "timeout": "1s"})
+    assert daemon.tick(T0) == 1
+    assert count(engine, ProbeRow.error_kind == ErrorKind.RATE_LIMITED.value) == 1
+    # The simulator's retry-after is at least a second; every slot inside it is skipped.
+    assert daemon.tick(T0 + timedelta(milliseconds=999)) == 0
+    assert daemon.tick(T0 + timedelta(seconds=120)) == 1
+
+
+@pytest.fixture
+def postgres_through_proxy(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
+    """The session's PostgreSQL database, reached through a proxy the test can cut."""
+    empty_postgres(postgres_url)
+    proxy = Proxy(5432)
+    yield postgres_url.replace(":5432/", f":{proxy.port}/"), proxy
+    proxy.close()
+
+
+def test_a_database_outage_spools_and_drains_without_loss_or_duplicates(
+    sim: SimClient, make_daemon: Any, postgres_through_proxy: tuple[str, Proxy]
+) -> None:
+    url, proxy = postgres_through_proxy
+    engine = db.open_store(url)
+    daemon = make_daemon(engine, {"name": "a", "interval": "1m"}, {"name": "b", "interval": "1m"})
+    assert daemon.tick(T0) == 2
+    proxy.cut()
+    for minute in range(1, 4):
+        assert daemon.tick(T0 + timedelta(minutes=minute)) == 2
+    assert daemon.spool.backlog() == 6
+    proxy.restore()
+    assert daemon.drain() == 6
+    assert daemon.spool.backlog() == 0
+    assert count(engine) == 8
+    daemon.tick(T0 + timedelta(minutes=4))  # and new results go straight to the database again
+    assert count(engine) == 10
+    engine.dispose()
+
+
+@pytest.fixture
+def run_config(tmp_path: Path, sim_server: Simulator, database_url: str) -> Path:
+    return write_config(
+        tmp_path / "monitor.toml",
+        [{"name": "a", "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+          "model": "gpt-4o", "interval": "1s", "timeout": "1s"}],
+        database_url,
+    )
+
+
+def start(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run", "--config", str(config),
+         "--spool", str(config.parent / "spool.jsonl"), *args],
+        stderr=subprocess.PIPE, text=True, cwd=config.parent,
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], needle: str, seen: list[str]) -> str:
+    assert process.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        seen.append(line)
+        if needle in line:
+            return line
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"no line with {needle!r} in:\n{''.join(seen)}")
+
+
+def stop(process: subprocess.Popen[str], *, signal_it: bool = True) -> int:
+    if signal_it and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=20)
+    if process.stderr is not None:
+        process.stderr.close()
+    return code
+
+
+def stored(database_url: str) -> int:
+    engine = db.open_store(database_url)
+    try:
+        return count(engine)
+    finally:
+        engine.dispose()
+
+
+def test_run_once_probes_and_exits(sim: SimClient, run_config: Path, database_url: str) -> None:
+    process = start(run_config, "--once", "--log-format", "json")
+    assert process.wait(timeout=30) == 0
+    assert process.stderr is not None
+    lines = [json.loads(line) for line in process.stderr.read().splitlines()]
+    process.stderr.close()
+    assert any(line["message"].startswith("a ") and " ok " in line["message"] for line in lines)
+    assert stored(database_url) == 1
+
+
+def test_sigterm_lets_the_probe_in_flight_finish(
+    sim: SimClient, run_config: Path, database_url: str
+) -> None:
+    sim.update(latency={"base_ms": 800, "jitter_ms": 0})
+    process = start(run_config)
+    seen: list[str] = []
+    try:
+        wait_for_line(process, "a  ok", seen)  # slot s ended at s+0.8 s
+        time.sleep(0.5)  # slot s+1 (± 0.1 s jitter) runs until about s+1.8 s: in flight now
+        process.send_signal(signal.SIGTERM)
+        wait_for_line(process, "finishing in-flight probes", seen)
+        finished = wait_for_line(process, "a  ok", seen)  # after the signal, not cut off
+        assert "200" in finished
+        wait_for_line(process, "stopped", seen)
+    finally:
+        assert stop(process, signal_it=False) == 0
+    assert stored(database_url) == 2
+    assert not any("Traceback" in line for line in seen)
+
+
+def test_sighup_reloads_and_an_invalid_config_is_refused(
+    sim: SimClient, run_config: Path, sim_server: Simulator, database_url: str
+) -> None:
+    process = start(run_config)
+    seen: list[str] = []
+    try:
+        wait_for_line(process, "running: 1 targets", seen)
+        good = run_config.read_text() + (
+            f'\n[[targets]]\nname = "b"\nprovider = "openai-compatible"\n'
+            f'base_url = "{sim_server.url}/v1"\nmodel = "gpt-4o-mini"\ninterval = "1s"\n'
+            'timeout = "1s"\n'
+        )
+        run_config.write_text(good)
+        process.send_signal(signal.SIGHUP)
+        wait_for_line(process, "reloaded: 2 targets (1 added, 0 removed, 0 changed)", seen)
+        wait_for_line(process, "b ", seen)  # the new target is probed
+        run_config.write_text(good.replace('interval = "1s"', "interval = 1", 1))
+        process.send_signal(signal.SIGHUP)
+        line = wait_for_line(process, "reload refused", seen)
+        assert "targets[0].interval" in line
+        wait_for_line(process, "a ", seen)  # still probing with the old config
+    finally:
+        assert stop(process) == 0
+
+
+def test_a_second_instance_on_the_same_sqlite_file_is_refused(
+    sim: SimClient, tmp_path: Path, sim_server: Simulator
+) -> None:
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    db.upgrade(url)
+    config = write_config(
+        tmp_path / "monitor.toml",
+        [{"name": "a", "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+          "model": "gpt-4o", "interval": "1m"}],
+        url,
+    )
+    first = start(config)
+    seen: list[str] = []
+    try:
+        wait_for_line(first, "running: 1 targets", seen)
+        second = start(config)
+        assert second.wait(timeout=20) == 1
+        assert second.stderr is not None
+        assert "another `monitor run` is already using" in second.stderr.read()
+        second.stderr.close()
+    finally:
+        assert stop(first) == 0
+
+
+def test_status_reports_history_and_last_probes(
+    sim: SimClient, run_config: Path, database_url: str
+) -> None:
+    runner = CliRunner()
+    assert runner.invoke(cli, ["probe", "-c", str(run_config)]).exit_code == 0
+    result = runner.invoke(cli, ["status", "--json", "-c", str(run_config),
+                                 "--spool", str(run_config.parent / "spool.jsonl")])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["probes"] == 1 and status["targets"] == 1
+    assert status["schema_revision"] == db.head_revision()
+    assert status["last_probes"][0]["target"] == "a" and status["last_probes"][0]["ok"]
+    assert status["spool_backlog"] == 0
+    text = runner.invoke(cli, ["status", "-c", str(run_config)]).output
+    assert "1 probes of 1 targets" in text
