@@ -10,17 +10,17 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
 from monitor import config as config_module
 from monitor import report
-from monitor.daemon import Daemon, Prober, Service
+from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
 from monitor.domain import Settings, Target
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
-from monitor.store import db
+from monitor.store import db, leases
 from monitor.store.records import (
     Recorder,
     count_probes,
@@ -266,6 +266,8 @@ def status_command(as_json: bool, spool_path: str, config_path: str | None) -> N
             "bytes": db.size_bytes(engine),
             "spool_backlog": Spool(spool_path).backlog(),
             "last_probes": last_probes(engine),
+            "instances": leases.alive(engine, datetime.now(UTC),
+                                      timedelta(seconds=3 * HEARTBEAT_EVERY_S)),
         }
     finally:
         engine.dispose()

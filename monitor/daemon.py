@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import requests
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,10 +20,12 @@ from monitor import probe, providers, report
 from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.errors import MonitorError
+from monitor.store import leases
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 
 log = logging.getLogger("monitor")
+T = TypeVar("T")
 
 # Probing is I/O-bound; this bounds sockets and threads, not CPU.
 MAX_PARALLEL_PROBES = 16
@@ -88,27 +91,72 @@ class Daemon:
         self._backoff_until: dict[str, datetime] = {}
         self._next_due: dict[str, datetime] = {}
         self._spooling = spool.backlog() > 0  # keep order: while anything waits, new results queue
+        self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
 
     # --- one target, one slot ---------------------------------------------------------------
 
     def probe_target(self, target: Target, now: datetime | None = None) -> ProbeResult | None:
-        """Probe `target` once unless it is backing off after a 429; store the result."""
+        """Claim the target's current slot and probe it, unless another instance owns the slot
+        or the target is backing off after a 429; store the result."""
         now = now or datetime.now(UTC)
+        slot = slot_at(target, now)
         until = self._backoff_until.get(target.name)
         if until is not None and now < until:
             log.info("%s skipped: rate limited until %s", target.name, until.isoformat())
             return None
+        claimed = self._claim(target, slot)
+        if claimed is False:
+            return None  # another instance has this slot (or skipped it on purpose)
         result = probe.run(target, self.prober.session(target))
         if result.error_kind is ErrorKind.RATE_LIMITED:
-            wait_s = _backoff_s(result, target)
-            self._backoff_until[target.name] = now + timedelta(seconds=wait_s)
-            log.warning("%s rate limited: next probe after %.0f s", target.name, wait_s)
+            self._back_off(target, slot, result, now)
         else:
             self._backoff_until.pop(target.name, None)
         self.store(result)
+        if claimed:
+            self._db_quietly(lambda: leases.settle(
+                self.recorder.engine, self.recorder.target_id(target.name), slot, result.uid))
         log.info("%s", report.probe_line(result))
         return result
+
+    def _claim(self, target: Target, slot: datetime) -> bool | None:
+        """True: ours. False: someone else's. None: the database is down, so there is no one
+        to coordinate with; probe anyway and spool (losing the canary's eyes during a database
+        outage would be worse than a duplicate probe)."""
+        return self._db_quietly(lambda: leases.claim(
+            self.recorder.engine, self.recorder.target_id(target.name), slot, self.instance_id))
+
+    def _back_off(self, target: Target, slot: datetime, result: ProbeResult,
+                  now: datetime) -> None:
+        wait_s = _backoff_s(result, target)
+        until = now + timedelta(seconds=wait_s)
+        self._backoff_until[target.name] = until
+        interval = timedelta(milliseconds=target.interval_ms)
+        skipped = []
+        next_slot = slot + interval
+        while next_slot < until:
+            skipped.append(next_slot)
+            next_slot += interval
+        reason = f"rate limited: HTTP 429, waiting {wait_s:g} s until {until.isoformat()}"
+        # Claimed as skipped in the database, so no other instance probes them either.
+        self._db_quietly(lambda: leases.skip_many(
+            self.recorder.engine, self.recorder.target_id(target.name), skipped,
+            self.instance_id, reason))
+        log.warning("%s rate limited: skipping %d slots, next probe after %.0f s",
+                    target.name, len(skipped), wait_s)
+
+    @staticmethod
+    def _db_quietly(action: Callable[[], T]) -> T | None:
+        try:
+            return action()
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable for slot bookkeeping (%s)", type(exc).__name__)
+            return None
+
+    def heartbeat(self) -> None:
+        self._db_quietly(lambda: leases.heartbeat(
+            self.recorder.engine, self.instance_id, datetime.now(UTC)))
 
     def store(self, result: ProbeResult) -> None:
         """Save to the database, or to the spool when it cannot take it (nothing is lost)."""
@@ -158,7 +206,18 @@ class Daemon:
         return sent
 
     def close(self) -> None:
+        self._db_quietly(lambda: leases.retire(self.recorder.engine, self.instance_id))
         self.prober.close()
+
+
+def slot_at(target: Target, now: datetime) -> datetime:
+    """The start of the slot `now` falls in. Slots sit on a grid fixed by the epoch, the
+    interval and a per-target offset, so every instance computes the same slots."""
+    interval_ms = target.interval_ms
+    now_ms = int(now.timestamp() * 1000)
+    offset_ms = int(_offset_s(target) * 1000)
+    start_ms = (now_ms - offset_ms) // interval_ms * interval_ms + offset_ms
+    return datetime.fromtimestamp(start_ms / 1000, UTC)
 
 
 def _backoff_s(result: ProbeResult, target: Target) -> float:
@@ -175,6 +234,8 @@ def _backoff_s(result: ProbeResult, target: Target) -> float:
 # where they were); a little jitter on top keeps them from re-aligning with other schedules.
 JITTER_S = 1.0
 DRAIN_EVERY_S = 5.0
+# `monitor status` counts an instance alive while its heartbeat is younger than three beats.
+HEARTBEAT_EVERY_S = 10.0
 
 
 def _offset_s(target: Target) -> float:
@@ -208,8 +269,9 @@ class Service:
             interval_s = target.interval_ms / 1000
             self.scheduler.add_job(
                 self.daemon.probe_target,
-                IntervalTrigger(seconds=interval_s, start_date=now + timedelta(
-                    seconds=_offset_s(target)), jitter=min(JITTER_S, interval_s / 10)),
+                IntervalTrigger(seconds=interval_s,
+                                start_date=slot_at(target, now) + timedelta(seconds=interval_s),
+                                jitter=min(JITTER_S, interval_s / 10)),
                 args=[target],
                 id=f"probe:{target.name}",
                 name=target.name,
@@ -255,6 +317,9 @@ class Service:
         self._schedule(self.daemon.settings.targets)
         self.scheduler.add_job(self.daemon.drain, "interval", seconds=DRAIN_EVERY_S,
                                id="drain", coalesce=True, max_instances=1)
+        self.daemon.heartbeat()
+        self.scheduler.add_job(self.daemon.heartbeat, "interval", seconds=HEARTBEAT_EVERY_S,
+                               id="heartbeat", coalesce=True, max_instances=1)
         self.scheduler.start()
         log.info("running: %d targets", len(self.daemon.settings.targets))
         while not self._stopping.wait(1.0):

@@ -41,6 +41,14 @@ class ErrorKind(enum.StrEnum):
     INVALID_RESPONSE = "invalid_response"  # valid JSON without the fields a completion must have
 
 
+class SlotState(enum.StrEnum):
+    """What became of one scheduled slot of one target."""
+
+    CLAIMED = "claimed"  # an instance took it and is probing
+    PROBED = "probed"
+    SKIPPED = "skipped"  # not probed on purpose (rate limited, budget spent); see reason
+
+
 @dataclass(frozen=True)
 class Target:
     """One model endpoint to probe, with every default already merged in."""

@@ -57,6 +57,9 @@ def render_status(status: dict[str, Any]) -> str:
         + (f", {size / 1e6:.1f} MB" if size is not None else ""),
         f"spool backlog   {status['spool_backlog']} probes waiting for the database",
     ]
+    alive = status["instances"]
+    lines.append(f"instances       {len(alive)} alive" + "".join(
+        f"\n  {i['id']}  since {i['started_at']}  heartbeat {i['heartbeat_at']}" for i in alive))
     if status["last_probes"]:
         lines.append("last probe per target")
         width = max(len(p["target"]) for p in status["last_probes"])

@@ -22,7 +22,7 @@ from monitor.daemon import Daemon
 from monitor.domain import ErrorKind
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
-from monitor.store.models import ProbeRow
+from monitor.store.models import ProbeRow, SlotRow
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 from tests.conftest import MakeSettings, empty_postgres, write_config
@@ -246,3 +246,76 @@ def test_status_reports_history_and_last_probes(
     assert status["spool_backlog"] == 0
     text = runner.invoke(cli, ["status", "-c", str(run_config)]).output
     assert "1 probes of 1 targets" in text
+
+
+@pytest.mark.parametrize("instances", [2, 3])
+def test_several_instances_on_postgresql_probe_each_slot_exactly_once(
+    sim: SimClient, tmp_path: Path, sim_server: Simulator, postgres_url: str, instances: int
+) -> None:
+    empty_postgres(postgres_url)
+    config = write_config(
+        tmp_path / "monitor.toml",
+        [{"name": name, "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+          "model": "gpt-4o", "interval": "1s", "timeout": "1s"} for name in ("a", "b")],
+        postgres_url,
+    )
+    processes = [start(config) for _ in range(instances)]
+    seen: list[str] = []
+    try:
+        for process in processes:
+            wait_for_line(process, "running: 2 targets", seen)
+        time.sleep(3)
+        processes[0].kill()  # SIGKILL: no goodbye; the others must cover its slots
+        processes[0].wait(timeout=10)
+        time.sleep(3)
+    finally:
+        codes = [stop(p) for p in processes[1:]]
+        if processes[0].stderr is not None:
+            processes[0].stderr.close()
+    assert codes == [0] * (instances - 1)
+    engine = db.open_store(postgres_url)
+    try:
+        with engine.connect() as connection:
+            slots = connection.execute(
+                select(SlotRow.target_id, SlotRow.slot_at, SlotRow.state, SlotRow.probe_uid)
+                .order_by(SlotRow.target_id, SlotRow.slot_at)
+            ).all()
+            probes = connection.execute(select(ProbeRow.uid)).scalars().all()
+    finally:
+        engine.dispose()
+    probed = [s for s in slots if s.state == "probed"]
+    # Every probe belongs to exactly one slot, and every slot was probed at most once.
+    assert sorted(s.probe_uid for s in probed) == sorted(probes)
+    assert len({(s.target_id, s.slot_at) for s in slots}) == len(slots)
+    # No slot was lost when an instance died: each target's slots are one second apart.
+    for target_id in {s.target_id for s in slots}:
+        times = [s.slot_at for s in slots if s.target_id == target_id]
+        assert len(times) >= 5
+        gaps = {round((b - a).total_seconds()) for a, b in zip(times, times[1:])}
+        assert gaps == {1}, (target_id, times)
+
+
+def test_sigkill_then_restart_leaves_a_consistent_database(
+    sim: SimClient, run_config: Path, database_url: str
+) -> None:
+    seen: list[str] = []
+    first = start(run_config)
+    wait_for_line(first, "a  ok", seen)
+    time.sleep(0.4)  # likely mid-probe or mid-write
+    first.kill()
+    first.wait(timeout=10)
+    if first.stderr is not None:
+        first.stderr.close()
+    before = stored(database_url)
+    engine = db.open_store(database_url)
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    engine.dispose()
+    second = start(run_config)  # the SQLite instance lock died with the first process
+    try:
+        wait_for_line(second, "running: 1 targets", seen)
+        wait_for_line(second, "a  ok", seen)
+    finally:
+        assert stop(second) == 0
+    assert stored(database_url) > before

@@ -171,3 +171,32 @@ class ProbeRow(Base):
     response_headers_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class SlotRow(Base):
+    """One scheduled slot of one target: claimed by exactly one instance, then probed or
+    skipped (with the reason). The unique (target, slot) pair is how several daemons on one
+    PostgreSQL share the work without consensus of their own."""
+
+    __tablename__ = "slots"
+    __table_args__ = (UniqueConstraint("target_id", "slot_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    slot_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    instance_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # SlotState
+    reason: Mapped[str | None] = mapped_column(Text)
+    probe_uid: Mapped[str | None] = mapped_column(String(32))
+
+
+class InstanceRow(Base):
+    """A running `monitor run`, alive while its heartbeat is recent."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -65,6 +65,13 @@ class Recorder:
                 raise
             return existing
 
+    def target_id(self, name: str) -> int:
+        """The target's row id (creating the row if needed); cached after the first call."""
+        if name in self._target_ids:
+            return self._target_ids[name]
+        with self.engine.begin() as connection:
+            return self._target_id(connection, name)
+
     def probe_id(self, uid: str) -> int | None:
         with self.engine.connect() as connection:
             return connection.execute(select(ProbeRow.id).where(ProbeRow.uid == uid)).scalar()
