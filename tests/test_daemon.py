@@ -3,6 +3,7 @@ database outage, and `monitor run` as a real subprocess."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -291,7 +292,7 @@ def test_several_instances_on_postgresql_probe_each_slot_exactly_once(
     for target_id in {s.target_id for s in slots}:
         times = [s.slot_at for s in slots if s.target_id == target_id]
         assert len(times) >= 5
-        gaps = {round((b - a).total_seconds()) for a, b in zip(times, times[1:])}
+        gaps = {round((b - a).total_seconds()) for a, b in itertools.pairwise(times)}
         assert gaps == {1}, (target_id, times)
 
 

@@ -41,8 +41,8 @@ def claim(engine: Engine, target_id: int, slot_at: datetime, instance_id: str,
 def skip_many(engine: Engine, target_id: int, slots: Iterable[datetime], instance_id: str,
               reason: str) -> int:
     """Claim future slots as skipped (after a 429), so no other instance probes them either."""
-    rows = [dict(target_id=target_id, slot_at=s, instance_id=instance_id,
-                 state=SlotState.SKIPPED.value, reason=reason) for s in slots]
+    rows = [{"target_id": target_id, "slot_at": s, "instance_id": instance_id,
+                 "state": SlotState.SKIPPED.value, "reason": reason} for s in slots]
     if not rows:
         return 0
     statement = _insert(engine, SlotRow).on_conflict_do_nothing(

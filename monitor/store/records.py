@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -84,14 +86,11 @@ class Recorder:
     def _target_id(self, connection: Any, name: str) -> int:
         if name in self._target_ids:
             return self._target_ids[name]
-        found = connection.execute(select(TargetRow.id).where(TargetRow.name == name)).scalar()
-        if found is None:
-            found = connection.execute(
-                insert(TargetRow).returning(TargetRow.id),
-                {"name": name, "created_at": datetime.now(UTC)},
-            ).scalar_one()
-        self._target_ids[name] = int(found)
-        return int(found)
+        found = _get_or_create(
+            connection, TargetRow, {"name": name}, {"created_at": datetime.now(UTC)}
+        )
+        self._target_ids[name] = found
+        return found
 
     def _config_id(
         self,
@@ -104,42 +103,45 @@ class Recorder:
         key = (name, config_hash)
         if key in self._config_ids:
             return self._config_ids[key]
-        found = connection.execute(
-            select(TargetConfigRow.id).where(
-                TargetConfigRow.target_id == target_id,
-                TargetConfigRow.config_hash == config_hash,
-            )
-        ).scalar()
-        if found is None:
-            found = connection.execute(
-                insert(TargetConfigRow).returning(TargetConfigRow.id),
-                {
-                    "target_id": target_id,
-                    "config_hash": config_hash,
-                    # Known to the probe's process but not to a later one draining its spool:
-                    # then the row still marks the change, with what the request showed.
-                    "config": config if config is not None else {},
-                    "first_seen_at": datetime.now(UTC),
-                },
-            ).scalar_one()
-        self._config_ids[key] = int(found)
-        return int(found)
+        found = _get_or_create(
+            connection,
+            TargetConfigRow,
+            {"target_id": target_id, "config_hash": config_hash},
+            # Known to the probe's process but not to a later one draining its spool: then
+            # the row still marks the change.
+            {"config": config if config is not None else {}, "first_seen_at": datetime.now(UTC)},
+        )
+        self._config_ids[key] = found
+        return found
 
     def _payload_id(self, connection: Any, payload: dict[str, Any]) -> int:
         text = canonical_json(payload)
         digest = hashlib.sha256(text.encode()).hexdigest()
         if digest in self._payload_ids:
             return self._payload_ids[digest]
-        found = connection.execute(
-            select(RequestPayloadRow.id).where(RequestPayloadRow.sha256 == digest)
-        ).scalar()
-        if found is None:
-            found = connection.execute(
-                insert(RequestPayloadRow).returning(RequestPayloadRow.id),
-                {"sha256": digest, "payload": payload},
-            ).scalar_one()
-        self._payload_ids[digest] = int(found)
-        return int(found)
+        found = _get_or_create(
+            connection, RequestPayloadRow, {"sha256": digest}, {"payload": payload}
+        )
+        self._payload_ids[digest] = found
+        return found
+
+
+def _get_or_create(
+    connection: Any, model: Any, key: dict[str, Any], values: dict[str, Any]
+) -> int:
+    """The id of the row with `key`, inserting it if missing. ON CONFLICT DO NOTHING makes two
+    daemons registering the same target at once both succeed, with one row."""
+    where = [getattr(model, column) == value for column, value in key.items()]
+    found = connection.execute(select(model.id).where(*where)).scalar()
+    if found is None:
+        dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+        connection.execute(
+            dialect_insert(model).values(**key, **values).on_conflict_do_nothing(
+                index_elements=list(key)
+            )
+        )
+        found = connection.execute(select(model.id).where(*where)).scalar_one()
+    return int(found)
 
 
 def _probe_values(
