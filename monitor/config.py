@@ -338,6 +338,8 @@ _TARGET_KEYS: dict[str, _Check] = {
     "timeout": _timeout_ms,
     "interval": _interval_ms,
     "max_response_bytes": _integer(1024),
+    "daily_token_budget": _integer(1),
+    "daily_request_budget": _integer(1),
 }
 
 # A name identifies one target, so it cannot have a default.
@@ -444,6 +446,8 @@ def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Targe
         api_key=api_key,
         deployment=merged.get("deployment"),
         api_version=merged.get("api_version"),
+        daily_token_budget=merged.get("daily_token_budget"),
+        daily_request_budget=merged.get("daily_request_budget"),
     )
     return replace(target, config_hash=_config_hash(target))
 
@@ -452,8 +456,8 @@ def effective_config(target: Target) -> dict[str, Any]:
     """What a probe of `target` sends and how long it waits: the part of a config that history
     is compared by, as JSON-able data.
 
-    The interval is left out: it decides when a probe runs, not what it sends, so changing it keeps
-    history comparable. The key's variable name is in, its value never (rotating a key is no drift).
+    The interval and the budgets are left out: they decide when a probe runs, not what it sends,
+    so changing them keeps history comparable. The key's variable name is in, its value never (rotating a key is no drift).
     """
     return copy.deepcopy(
         {
@@ -591,6 +595,8 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
                 "probes_per_day": round(probes_per_day, 2),
                 "estimated_tokens_per_probe": tokens_per_probe,
                 "expected_tokens_per_day": round(tokens_per_probe * probes_per_day),
+                "daily_token_budget": target.daily_token_budget,
+                "daily_request_budget": target.daily_request_budget,
             }
         )
     return rows

@@ -18,10 +18,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import probe, providers, report
 from monitor.config import effective_config
-from monitor.domain import ErrorKind, ProbeResult, Settings, Target
+from monitor.domain import ErrorKind, ProbeResult, Settings, SlotState, Target
 from monitor.errors import MonitorError
 from monitor.store import leases
-from monitor.store.records import Recorder
+from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
 
 log = logging.getLogger("monitor")
@@ -90,6 +90,7 @@ class Daemon:
         self.prober = Prober(recorder)
         self._backoff_until: dict[str, datetime] = {}
         self._next_due: dict[str, datetime] = {}
+        self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
         self._spooling = spool.backlog() > 0  # keep order: while anything waits, new results queue
         self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
@@ -105,6 +106,14 @@ class Daemon:
         if until is not None and now < until:
             log.info("%s skipped: rate limited until %s", target.name, until.isoformat())
             return None
+        spent = self._budget_spent(target, now)
+        if spent is not None:
+            if self._db_quietly(lambda: leases.claim(
+                self.recorder.engine, self.recorder.target_id(target.name), slot,
+                self.instance_id, SlotState.SKIPPED, spent,
+            )):
+                log.info("%s skipped: %s", target.name, spent)
+            return None
         claimed = self._claim(target, slot)
         if claimed is False:
             return None  # another instance has this slot (or skipped it on purpose)
@@ -119,6 +128,28 @@ class Daemon:
                 self.recorder.engine, self.recorder.target_id(target.name), slot, result.uid))
         log.info("%s", report.probe_line(result))
         return result
+
+    def _budget_spent(self, target: Target, now: datetime) -> str | None:
+        """Why the target's daily budget forbids probing now, or None. Usage is read from the
+        database, so several instances share one budget; while it is down, the last reading
+        stands."""
+        if target.daily_token_budget is None and target.daily_request_budget is None:
+            return None
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        read = self._db_quietly(lambda: usage_since(
+            self.recorder.engine, self.recorder.target_id(target.name), day))
+        if read is not None:
+            self._usage[target.name] = (day, *read)
+        known_day, requests_sent, tokens_used = self._usage.get(target.name, (day, 0, 0))
+        if known_day != day:
+            requests_sent, tokens_used = 0, 0  # a new UTC day: the budget is whole again
+        budget = target.daily_request_budget
+        if budget is not None and requests_sent >= budget:
+            return f"daily request budget spent ({requests_sent} of {budget} requests today, UTC)"
+        budget = target.daily_token_budget
+        if budget is not None and tokens_used >= budget:
+            return f"daily token budget spent ({tokens_used} of {budget} tokens today, UTC)"
+        return None
 
     def _claim(self, target: Target, slot: datetime) -> bool | None:
         """True: ours. False: someone else's. None: the database is down, so there is no one

@@ -67,6 +67,9 @@ class Target:
     api_key: Secret | None = None
     deployment: str | None = None  # Azure only
     api_version: str | None = None  # Azure only
+    # Probing stops for the rest of the UTC day once either is spent (None: no limit).
+    daily_token_budget: int | None = None
+    daily_request_budget: int | None = None
     # sha256 of the effective config without the key: a change shows up as a new hash in history.
     config_hash: str = ""
 

@@ -320,3 +320,23 @@ def test_sigkill_then_restart_leaves_a_consistent_database(
     finally:
         assert stop(second) == 0
     assert stored(database_url) > before
+
+
+@pytest.mark.parametrize(
+    ("budget", "reason"),
+    [
+        pytest.param({"daily_request_budget": 2}, "daily request budget spent (2 of 2", id="requests"),
+        pytest.param({"daily_token_budget": 20}, "daily token budget spent (", id="tokens"),
+    ],
+)
+def test_a_spent_daily_budget_skips_slots_until_the_next_utc_day(
+    sim: SimClient, engine: Engine, make_daemon: Any, budget: dict[str, int], reason: str
+) -> None:
+    daemon = make_daemon(engine, {"name": "thrifty", "interval": "1s", "timeout": "1s", **budget})
+    sent = [daemon.tick(T0 + timedelta(seconds=s)) for s in range(4)]
+    assert sent == [1, 1, 0, 0]  # each canary costs 15 tokens: 2 probes spend 20 tokens too
+    with engine.connect() as connection:
+        skipped = connection.execute(
+            select(SlotRow.reason).where(SlotRow.state == "skipped")).scalars().all()
+    assert len(skipped) == 2 and all(r.startswith(reason) for r in skipped)
+    assert daemon.tick(T0 + timedelta(days=1)) == 1

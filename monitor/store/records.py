@@ -261,3 +261,13 @@ def last_probes(engine: Engine) -> list[dict[str, Any]]:
 def count_targets(engine: Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count(TargetRow.id))).scalar_one())
+
+
+def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, int]:
+    """(probes sent, tokens used) by one target since `since`, for its daily budgets."""
+    with engine.connect() as connection:
+        requests, tokens = connection.execute(
+            select(func.count(ProbeRow.id), func.coalesce(func.sum(ProbeRow.total_tokens), 0))
+            .where(ProbeRow.target_id == target_id, ProbeRow.started_at >= since)
+        ).one()
+    return int(requests), int(tokens or 0)
