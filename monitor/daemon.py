@@ -263,7 +263,7 @@ def _backoff_s(result: ProbeResult, target: Target) -> float:
 # Every slot starts within one interval of the daemon's start, spread by a stable hash of the
 # target's name, so a hundred targets do not fire in the same second (and a restart keeps them
 # where they were); a little jitter on top keeps them from re-aligning with other schedules.
-JITTER_S = 1.0
+JITTER_S = 0.1
 DRAIN_EVERY_S = 5.0
 # `monitor status` counts an instance alive while its heartbeat is younger than three beats.
 HEARTBEAT_EVERY_S = 10.0

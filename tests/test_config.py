@@ -11,6 +11,7 @@ import json
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ def target_toml(**keys: str) -> str:
 
 
 TARGET_KEYS = (
-    "api_key_env, api_version, base_url, deployment, interval, max_response_bytes, messages, "
+    "api_key_env, api_version, base_url, daily_request_budget, daily_token_budget, deployment, interval, max_response_bytes, messages, "
     "model, name, params, provider, stream, timeout"
 )
 DEFAULT_KEYS = TARGET_KEYS.replace(" name,", "")
@@ -786,6 +787,8 @@ def test_describe_resolves_masks_and_estimates_tokens_per_day() -> None:
         "probes_per_day": 144.0,
         "estimated_tokens_per_probe": 55,
         "expected_tokens_per_day": 7920,
+        "daily_token_budget": None,
+        "daily_request_budget": None,
     }
     assert json.loads(json.dumps(row)) == row
 
@@ -875,3 +878,20 @@ def test_key_value_appears_in_no_error_description_or_repr() -> None:
         with pytest.raises(ConfigError) as caught:
             load(text)
         assert KEY not in str(caught.value)
+
+
+def test_budgets_are_positive_integers_and_do_not_change_the_config_hash(tmp_path: Path) -> None:
+    def load_with(extra: str) -> Any:
+        path = tmp_path / "monitor.toml"
+        path.write_text(
+            '[[targets]]\nname = "a"\nprovider = "openai-compatible"\n'
+            f'base_url = "http://127.0.0.1:1/v1"\nmodel = "m"\n{extra}'
+        )
+        return config.load(str(path), environ={})
+
+    with pytest.raises(ConfigError) as caught:
+        load_with("daily_token_budget = 0\n")
+    assert "targets[0].daily_token_budget: expected" in str(caught.value)
+    budgeted = load_with("daily_token_budget = 5000\ndaily_request_budget = 100\n").targets[0]
+    assert budgeted.daily_token_budget == 5000 and budgeted.daily_request_budget == 100
+    assert budgeted.config_hash == load_with("").targets[0].config_hash
