@@ -1,0 +1,141 @@
+"""Daemon under load: N targets at one interval against the simulator for a while.
+
+The simulator runs in its own process (so the daemon's CPU is its own), answering after
+200 ms +- 50 ms. `monitor run` runs as a real subprocess; every 5 s its RSS and CPU are read
+from /proc. Afterwards the slots table says what happened: schedule lag (probe start minus
+slot start), slots probed, missed (no row) and duplicated (impossible by constraint, checked
+against the probes anyway).
+
+    python bench/daemon_load.py --targets 2000 --interval 60 --minutes 5 --database sqlite
+    python bench/daemon_load.py --targets 2000 --interval 60 --minutes 5 \
+        --database postgresql://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import requests
+from sqlalchemy import func, select
+
+from monitor.store import db
+from monitor.store.models import ProbeRow, SlotRow
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_sample(pid: int) -> tuple[float, float]:
+    """(RSS in MB, CPU seconds so far) of a process."""
+    with open(f"/proc/{pid}/statm") as file:
+        rss_mb = int(file.read().split()[1]) * PAGE / 1e6
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rsplit(")", 1)[1].split()
+    return rss_mb, (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def start_simulator() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen([sys.executable, "-m", "monitor", "sim", "--port", "0"],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    url = re.sub(r"^listening on ", "", process.stdout.readline().strip())
+    requests.post(f"{url}/_sim/scenario", json={
+        "latency": {"base_ms": 200, "jitter_ms": 50},
+        "rate_limits": {"requests_per_window": 10**9, "tokens_per_window": 10**12},
+    }, timeout=10).raise_for_status()
+    return process, url
+
+
+def database_url(choice: str, workdir: Path) -> tuple[str, str | None]:
+    if choice == "sqlite":
+        return f"sqlite:///{workdir / 'load.db'}", None
+    name = f"monitor_load_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(choice, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return f"{choice.rsplit('/', 1)[0]}/{name}", name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=int, default=2000)
+    parser.add_argument("--interval", type=int, default=60, help="seconds")
+    parser.add_argument("--minutes", type=float, default=5)
+    parser.add_argument("--database", default="sqlite", help="sqlite or a PostgreSQL URL")
+    args = parser.parse_args()
+    sim, sim_url = start_simulator()
+    workdir = Path(tempfile.mkdtemp(prefix="monitor-load-"))
+    url, pg_name = database_url(args.database, workdir)
+    db.upgrade(url)
+    config = workdir / "monitor.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n\n[defaults]\nprovider = "openai-compatible"\n'
+                      f'base_url = "{sim_url}/v1"\nmodel = "gpt-4o"\ninterval = "{args.interval}s"\n'
+                      'timeout = "10s"\n\n' + "".join(
+                          f'[[targets]]\nname = "t{i:05d}"\n\n' for i in range(args.targets)))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run", "-c", str(config),
+         "--spool", str(workdir / "spool.jsonl")],
+        stderr=open(workdir / "daemon.log", "w"), cwd=workdir)
+    started = time.monotonic()
+    samples: list[tuple[float, float, float]] = []
+    while (elapsed := time.monotonic() - started) < args.minutes * 60:
+        time.sleep(5)
+        rss, cpu = proc_sample(daemon.pid)
+        samples.append((time.monotonic() - started, rss, cpu))
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=120)
+    sim.terminate()
+    sim.wait()
+
+    engine = db.open_store(url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(SlotRow.slot_at, ProbeRow.started_at, SlotRow.target_id)
+            .join(ProbeRow, ProbeRow.uid == SlotRow.probe_uid)).all()
+        slots = connection.execute(select(func.count(SlotRow.id))).scalar_one()
+        probes = connection.execute(select(func.count(ProbeRow.id))).scalar_one()
+        failed = connection.execute(
+            select(func.count(ProbeRow.id)).where(ProbeRow.ok.is_(False))).scalar_one()
+    engine.dispose()
+    lags = sorted((started_at - slot).total_seconds() for slot, started_at, _ in rows)
+    # Slots that should exist: each target's grid points between the first and last full one.
+    first = min(slot for slot, _, _ in rows)
+    last = max(slot for slot, _, _ in rows)
+    per_target: dict[int, set[object]] = {}
+    for slot, _, target_id in rows:
+        per_target.setdefault(target_id, set()).add(slot)
+    interval = timedelta(seconds=args.interval)
+    missed = 0
+    for seen in per_target.values():
+        ordered = sorted(seen)  # type: ignore[type-var]
+        missed += sum(round((b - a) / interval) - 1 for a, b in zip(ordered, ordered[1:]))
+    cpu_s = samples[-1][2]
+    after_2 = [rss for t, rss, _ in samples if t >= 120]
+    print(f"{args.targets} targets every {args.interval}s for {args.minutes:g} min on "
+          f"{'SQLite' if pg_name is None else 'PostgreSQL'} ({first:%H:%M:%S}-{last:%H:%M:%S})")
+    print(f"  probes stored {probes} (failed {failed}), slots {slots}, "
+          f"probed slots {len(rows)}, duplicated {probes - len(rows)}, missed {missed}, "
+          f"targets never probed {args.targets - len(per_target)}")
+    q = statistics.quantiles(lags, n=100)
+    print(f"  schedule lag s: p50 {q[49]:.3f}  p99 {q[98]:.3f}  max {lags[-1]:.3f}")
+    print(f"  daemon CPU {cpu_s:.1f} s over {elapsed:.0f} s = {100 * cpu_s / elapsed:.1f}% of one core")
+    if after_2:
+        print(f"  RSS MB: at 2 min {after_2[0]:.1f}, end {after_2[-1]:.1f}, max {max(after_2):.1f}")
+    if pg_name is not None:
+        with psycopg.connect(args.database, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{pg_name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
