@@ -37,6 +37,7 @@ class Prober:
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
         self._sessions: dict[str, tuple[Target, requests.Session]] = {}
+        self._sessions_lock = threading.Lock()  # scheduler threads ask for sessions at once
 
     def register(self, targets: Iterable[Target]) -> None:
         """Record the targets' current configurations; call before probing them."""
@@ -45,14 +46,15 @@ class Prober:
 
     def session(self, target: Target) -> requests.Session:
         """The target's reused session; a new one when its configuration changed."""
-        known = self._sessions.get(target.name)
-        if known is not None and known[0] == target:
-            return known[1]
-        if known is not None:
-            known[1].close()  # the target changed: its old connection settings must not linger
-        session = providers.new_session(target)
-        self._sessions[target.name] = (target, session)
-        return session
+        with self._sessions_lock:
+            known = self._sessions.get(target.name)
+            if known is not None and known[0] == target:
+                return known[1]
+            if known is not None:
+                known[1].close()  # the target changed: its old settings must not linger
+            session = providers.new_session(target)
+            self._sessions[target.name] = (target, session)
+            return session
 
     def probe_all(self, targets: Iterable[Target]) -> Iterator[tuple[ProbeResult, int]]:
         """Probe every target at once (a slow one does not hold up the others); yield each
@@ -80,7 +82,7 @@ class Daemon:
     """Probes targets on their intervals and stores every result, through database outages.
 
     `tick(now)` is the step: probe the targets that are due at `now`, then drain the spool.
-    `run()` drives the same per-target step from APScheduler, one job per target.
+    `Service.run()` drives the same per-target step from APScheduler, one job per target.
     """
 
     def __init__(self, settings: Settings, recorder: Recorder, spool: Spool) -> None:
