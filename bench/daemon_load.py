@@ -14,6 +14,7 @@ against the probes anyway).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import signal
@@ -83,10 +84,11 @@ def main() -> None:
                       f'base_url = "{sim_url}/v1"\nmodel = "gpt-4o"\ninterval = "{args.interval}s"\n'
                       'timeout = "10s"\n\n' + "".join(
                           f'[[targets]]\nname = "t{i:05d}"\n\n' for i in range(args.targets)))
+    log_file = open(workdir / "daemon.log", "w")  # noqa: SIM115  (outlives this block)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "monitor", "run", "-c", str(config),
          "--spool", str(workdir / "spool.jsonl")],
-        stderr=open(workdir / "daemon.log", "w"), cwd=workdir)
+        stderr=log_file, cwd=workdir)
     started = time.monotonic()
     samples: list[tuple[float, float, float]] = []
     while (elapsed := time.monotonic() - started) < args.minutes * 60:
@@ -95,6 +97,7 @@ def main() -> None:
         samples.append((time.monotonic() - started, rss, cpu))
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=120)
+    log_file.close()
     sim.terminate()
     sim.wait()
 
@@ -119,7 +122,7 @@ def main() -> None:
     missed = 0
     for seen in per_target.values():
         ordered = sorted(seen)  # type: ignore[type-var]
-        missed += sum(round((b - a) / interval) - 1 for a, b in zip(ordered, ordered[1:]))
+        missed += sum(round((b - a) / interval) - 1 for a, b in itertools.pairwise(ordered))
     cpu_s = samples[-1][2]
     after_2 = [rss for t, rss, _ in samples if t >= 120]
     print(f"{args.targets} targets every {args.interval}s for {args.minutes:g} min on "
