@@ -192,32 +192,38 @@ class Daemon:
             self.recorder.engine, self.instance_id, datetime.now(UTC)))
 
     def store(self, result: ProbeResult) -> None:
-        """Save to the database, or to the spool when it cannot take it (nothing is lost)."""
+        """Save to the database, or to the spool when it cannot take it (nothing is lost).
+        While anything waits in the spool, new results queue behind it, keeping their order."""
         with self._lock:
-            spooling = self._spooling
-        if not spooling:
-            try:
-                self.recorder.save(result)
+            if self._spooling:
+                self.spool.append(result)
                 return
-            except SQLAlchemyError as exc:
-                log.error("database unavailable (%s); spooling to %s",
-                          type(exc).__name__, self.spool.path)
-                with self._lock:
-                    self._spooling = True
-        self.spool.append(result)
+        try:
+            self.recorder.save(result)
+            return
+        except SQLAlchemyError as exc:
+            log.error("database unavailable (%s); spooling to %s",
+                      type(exc).__name__, self.spool.path)
+        with self._lock:
+            self._spooling = True
+            self.spool.append(result)
 
     def drain(self) -> int:
-        """Write spooled results to the database, oldest first; returns how many."""
+        """Write spooled results to the database, oldest first, until the spool is empty
+        (results keep arriving meanwhile); returns how many were written."""
         with self._lock:
             if not self._spooling:
                 return 0
+        drained = 0
         try:
-            drained = self.spool.drain(self.recorder.save)
+            while True:
+                drained += self.spool.drain(self.recorder.save)
+                with self._lock:  # no append can slip in between this check and the switch
+                    if self.spool.backlog() == 0:
+                        self._spooling = False
+                        break
         except SQLAlchemyError:
-            return 0  # still down; the next drain tries again
-        with self._lock:
-            if self.spool.backlog() == 0:
-                self._spooling = False
+            pass  # still (or again) down; the next drain tries again
         if drained:
             log.info("database is back: wrote %d spooled probes", drained)
         return drained
