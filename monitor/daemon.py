@@ -216,7 +216,9 @@ class Daemon:
                 return 0
         drained = 0
         try:
-            while True:
+            # Bounded: if results ever arrive faster than they drain, the next drain job
+            # carries on; nothing is lost while they wait in the spool.
+            for _ in range(DRAIN_ROUNDS):
                 drained += self.spool.drain(self.recorder.save)
                 with self._lock:  # no append can slip in between this check and the switch
                     if self.spool.backlog() == 0:
@@ -273,6 +275,7 @@ def _backoff_s(result: ProbeResult, target: Target) -> float:
 # where they were); a little jitter on top keeps them from re-aligning with other schedules.
 JITTER_S = 0.1
 DRAIN_EVERY_S = 5.0
+DRAIN_ROUNDS = 20
 # `monitor status` counts an instance alive while its heartbeat is younger than three beats.
 HEARTBEAT_EVERY_S = 10.0
 
