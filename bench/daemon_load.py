@@ -47,13 +47,14 @@ def proc_sample(pid: int) -> tuple[float, float]:
     return rss_mb, (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def start_simulator() -> tuple[subprocess.Popen[str], str]:
+def start_simulator(base_ms: int = 200, jitter_ms: int = 50) -> tuple[subprocess.Popen[str], str]:
+    """`monitor sim` in its own process, with rate limits out of the way; (process, URL)."""
     process = subprocess.Popen([sys.executable, "-m", "monitor", "sim", "--port", "0"],
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     url = re.sub(r"^listening on ", "", process.stdout.readline().strip())
     requests.post(f"{url}/_sim/scenario", json={
-        "latency": {"base_ms": 200, "jitter_ms": 50},
+        "latency": {"base_ms": base_ms, "jitter_ms": jitter_ms},
         "rate_limits": {"requests_per_window": 10**9, "tokens_per_window": 10**12},
     }, timeout=10).raise_for_status()
     return process, url

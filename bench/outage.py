@@ -10,7 +10,6 @@ count), probes stored, the spool's peak, and the time from restore until the spo
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import requests
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.proxy
+
+from daemon_load import start_simulator  # bench/ is on sys.path when run as a script
 
 from monitor.store import db
 from monitor.store.models import ProbeRow
@@ -39,14 +40,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=1, help="seconds")
     parser.add_argument("--outage-minutes", type=float, default=10)
     args = parser.parse_args()
-    sim = subprocess.Popen([sys.executable, "-m", "monitor", "sim", "--port", "0"],
-                           stdout=subprocess.PIPE, text=True)
-    assert sim.stdout is not None
-    sim_url = re.sub(r"^listening on ", "", sim.stdout.readline().strip())
-    requests.post(f"{sim_url}/_sim/scenario", json={
-        "latency": {"base_ms": 50, "jitter_ms": 20},
-        "rate_limits": {"requests_per_window": 10**9, "tokens_per_window": 10**12},
-    }, timeout=10).raise_for_status()
+    sim, sim_url = start_simulator(base_ms=50, jitter_ms=20)
     name = f"monitor_outage_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
