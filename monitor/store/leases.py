@@ -60,16 +60,6 @@ def settle(engine: Engine, target_id: int, slot_at: datetime, probe_uid: str) ->
         )
 
 
-def owned_skip(engine: Engine, target_id: int, slot_at: datetime) -> str | None:
-    """The reason, if this slot was claimed in advance as skipped."""
-    with engine.connect() as connection:
-        return connection.execute(
-            select(SlotRow.reason).where(
-                SlotRow.target_id == target_id, SlotRow.slot_at == slot_at,
-                SlotRow.state == SlotState.SKIPPED.value)
-        ).scalar()
-
-
 def new_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
