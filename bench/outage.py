@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.proxy
 
-from daemon_load import start_simulator  # bench/ is on sys.path when run as a script
+from daemon_load import proc_sample, start_simulator  # bench/ is on sys.path when run as a script
 
 from monitor.store import db
 from monitor.store.models import ProbeRow
@@ -61,9 +61,14 @@ def main() -> None:
     proxy.cut()
     outage_started = time.monotonic()
     peak = 0
+    rss_before, _ = proc_sample(daemon.pid)
+    rss_samples = []
     while time.monotonic() - outage_started < args.outage_minutes * 60:
         time.sleep(10)
         peak = max(peak, spool.backlog())
+        rss_samples.append(proc_sample(daemon.pid)[0])
+        print(f"  outage +{time.monotonic() - outage_started:4.0f} s: spool {peak}, "
+              f"RSS {rss_samples[-1]:.0f} MB", flush=True)
     proxy.restore()
     restored = time.monotonic()
     while spool.backlog() > 0 and time.monotonic() - restored < 600:
@@ -87,6 +92,8 @@ def main() -> None:
     print(f"{args.targets} targets every {args.interval}s; PostgreSQL cut for "
           f"{args.outage_minutes:g} min")
     print(f"  spool peak {peak} probes; drained in {drain_s:.1f} s after the database came back")
+    print(f"  daemon RSS {rss_before:.0f} MB before the outage, "
+          f"{max(rss_samples, default=0):.0f} MB at most during it")
     print(f"  probes sent {sent}, stored {stored} (distinct uids {distinct}): "
           f"{'equal' if sent == stored == distinct else 'MISMATCH'}")
 

@@ -19,7 +19,7 @@ from monitor import config as config_module
 from monitor import report
 from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
 from monitor.domain import Settings, Target
-from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
+from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead, StoreUnavailable
 from monitor.store import db, leases
 from monitor.store.records import (
     Recorder,
@@ -228,12 +228,20 @@ def run_command(once: bool, log_format: str, spool_path: str, config_path: str |
     try:
         if lock is not None:
             lock.acquire()
+    except MonitorError as error:
+        raise _failure(error) from None
+    try:
         engine = db.open_store(settings.database_url)
+    except StoreUnavailable as error:
+        # The canary matters most when things are failing: probe now, spool, store later.
+        logging.getLogger("monitor").error("%s; probing anyway and spooling to %s until it is "
+                                           "back", error, spool_path)
+        engine = db.create(settings.database_url)
     except MonitorError as error:
         raise _failure(error) from None
     daemon = Daemon(settings, Recorder(engine), Spool(spool_path))
     try:
-        daemon.prober.register(settings.targets)
+        daemon.register()
         if once:
             daemon.tick(datetime.now(UTC))
             daemon.close()

@@ -19,8 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor import probe, providers, report
 from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Settings, SlotState, Target
-from monitor.errors import MonitorError
-from monitor.store import leases
+from monitor.errors import MonitorError, StoreError, StoreUnavailable
+from monitor.store import db, leases
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
 
@@ -93,7 +93,8 @@ class Daemon:
         self._backoff_until: dict[str, datetime] = {}
         self._next_due: dict[str, datetime] = {}
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
-        self._spooling = spool.backlog() > 0  # keep order: while anything waits, new results queue
+        self._spooling = not spool.empty()  # keep order: while anything waits, new results queue
+        self._registered = False
         self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
 
@@ -199,8 +200,9 @@ class Daemon:
                 self.spool.append(result)
                 return
         try:
-            self.recorder.save(result)
-            return
+            if self.register():
+                self.recorder.save(result)
+                return
         except SQLAlchemyError as exc:
             log.error("database unavailable (%s); spooling to %s",
                       type(exc).__name__, self.spool.path)
@@ -208,20 +210,47 @@ class Daemon:
             self._spooling = True
             self.spool.append(result)
 
+    def register(self) -> bool:
+        """Store the targets' configurations (once per config; at start, or when the database
+        is back if it was down then) after checking the schema; False while that cannot be
+        done, so results wait in the spool rather than land without their configuration."""
+        if self._registered:
+            return True
+        try:
+            db.check_schema(self.recorder.engine)
+            self.prober.register(self.settings.targets)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            log.warning("database unavailable for registering targets (%s)", type(exc).__name__)
+            return False
+        except StoreError as error:
+            log.error("%s; results wait in the spool", error)
+            return False
+        self._registered = True
+        return True
+
+    def use(self, settings: Settings) -> None:
+        """Switch to a new configuration (SIGHUP); its targets are registered at once, or when
+        the database can take them."""
+        self.settings = settings
+        self._registered = False
+        self.register()
+
     def drain(self) -> int:
         """Write spooled results to the database, oldest first, until the spool is empty
         (results keep arriving meanwhile); returns how many were written."""
         with self._lock:
             if not self._spooling:
                 return 0
+        if not self.register():
+            return 0  # a target's configuration must be stored before its probes
         drained = 0
         try:
             # Bounded: if results ever arrive faster than they drain, the next drain job
             # carries on; nothing is lost while they wait in the spool.
             for _ in range(DRAIN_ROUNDS):
-                drained += self.spool.drain(self.recorder.save)
+                drained += self.spool.drain(self.recorder.save_many)
                 with self._lock:  # no append can slip in between this check and the switch
-                    if self.spool.backlog() == 0:
+                    if self.spool.empty():
                         self._spooling = False
                         break
         except SQLAlchemyError:
@@ -336,8 +365,7 @@ class Service:
         for name in old.keys() - new.keys():
             self.scheduler.remove_job(f"probe:{name}")
         changed = [t for name, t in new.items() if old.get(name) != t]
-        self.daemon.prober.register(changed)
-        self.daemon.settings = settings
+        self.daemon.use(settings)
         self._schedule(changed)
         log.info("reloaded: %d targets (%d added, %d removed, %d changed)", len(new),
                  len(new.keys() - old.keys()), len(old.keys() - new.keys()),

@@ -26,7 +26,7 @@ from monitor.daemon import Daemon
 from monitor.domain import ErrorKind
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
-from monitor.store.models import ProbeRow, SlotRow
+from monitor.store.models import ProbeRow, SlotRow, TargetConfigRow
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 from tests.conftest import MakeSettings, empty_postgres, write_config
@@ -106,6 +106,38 @@ def test_a_database_outage_spools_and_drains_without_loss_or_duplicates(
     daemon.tick(T0 + timedelta(minutes=4))  # and new results go straight to the database again
     assert count(engine) == 10
     engine.dispose()
+
+
+def test_run_starts_while_the_database_is_down_and_stores_everything_once_it_is_back(
+    tmp_path: Path, sim_server: Simulator, sim: SimClient,
+    postgres_through_proxy: tuple[str, Proxy],
+) -> None:
+    url, proxy = postgres_through_proxy
+    db.upgrade(url)
+    proxy.cut()
+    config = write_config(
+        tmp_path / "monitor.toml",
+        [{"name": "a", "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+          "model": "gpt-4o", "interval": "1s", "timeout": "1s"}],
+        url,
+    )
+    process = start(config)
+    seen: list[str] = []
+    wait_for_line(process, "probing anyway and spooling", seen)
+    wait_for_line(process, " ok ", seen)
+    time.sleep(2)
+    proxy.restore()
+    wait_for_line(process, "wrote", seen)  # "database is back: wrote N spooled probes"
+    assert stop(process) == 0
+    sent = sim.stats()["by_path"]["/v1/chat/completions"]
+    engine = db.open_store(url)
+    with engine.connect() as connection:
+        assert count(engine) == sent
+        assert connection.execute(select(func.count(func.distinct(ProbeRow.uid)))).scalar() == sent
+        # The target's configuration was registered when the database came back, not lost.
+        configs = connection.execute(select(TargetConfigRow.config)).scalars().all()
+    engine.dispose()
+    assert [c["model"] for c in configs] == ["gpt-4o"]
 
 
 @pytest.fixture

@@ -69,9 +69,10 @@ def test_spool_drains_in_order_and_empties(tmp_path: Path) -> None:
         spool.append(item)
     assert spool.backlog() == 5
     taken: list[ProbeResult] = []
-    assert spool.drain(taken.append) == 5
+    assert spool.drain(taken.extend, batch_size=2) == 5
     assert [r.uid for r in taken] == [r.uid for r in results]
-    assert spool.backlog() == 0 and not spool.path.exists()
+    assert spool.backlog() == 0 and spool.empty()
+    assert not spool.path.exists() and not spool.offset_path.exists()
 
 
 def test_spool_keeps_what_the_database_did_not_take(tmp_path: Path) -> None:
@@ -81,17 +82,46 @@ def test_spool_keeps_what_the_database_did_not_take(tmp_path: Path) -> None:
         spool.append(item)
     taken: list[str] = []
 
-    def save(item: ProbeResult) -> None:
-        if len(taken) == 2:
+    def save(batch: list[ProbeResult]) -> None:
+        if taken:
             raise ConnectionError("database went away")
-        taken.append(item.uid)
+        taken.extend(item.uid for item in batch)
 
     with pytest.raises(ConnectionError):
-        spool.drain(save)
-    assert spool.backlog() == 2
+        spool.drain(save, batch_size=2)
+    assert spool.backlog() == 2 and not spool.empty()
+    # A new Spool on the same file (a restart) continues from the recorded offset.
     rest: list[ProbeResult] = []
-    spool.drain(rest.append)
+    Spool(spool.path).drain(rest.extend)
     assert [r.uid for r in rest] == [r.uid for r in results[2:]]
+    assert not spool.path.exists()
+
+
+def test_results_appended_during_a_drain_are_drained_too(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    first = [result() for _ in range(3)]
+    for item in first:
+        spool.append(item)
+    late = result()
+    taken: list[str] = []
+
+    def save(batch: list[ProbeResult]) -> None:
+        taken.extend(item.uid for item in batch)
+        if len(taken) == 1:
+            spool.append(late)  # a probe finishing while the backlog drains
+
+    assert spool.drain(save, batch_size=1) == 4
+    assert taken == [item.uid for item in first] + [late.uid]
+    assert spool.empty() and not spool.path.exists()
+
+
+def test_an_offset_beyond_the_file_counts_as_none(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    spool.offset_path.write_text("999999")  # left over after the spool was removed by hand
+    item = result()
+    spool.append(item)
+    taken: list[ProbeResult] = []
+    assert spool.drain(taken.extend) == 1 and taken == [item]
 
 
 def test_a_damaged_line_is_quarantined_and_does_not_block_the_rest(tmp_path: Path) -> None:
@@ -102,7 +132,7 @@ def test_a_damaged_line_is_quarantined_and_does_not_block_the_rest(tmp_path: Pat
         file.write(b"deadbeef {\"torn\": ")  # a crash mid-write: no newline
     spool.append(second)
     taken: list[ProbeResult] = []
-    assert spool.drain(taken.append) == 2
+    assert spool.drain(taken.extend) == 2
     assert [r.uid for r in taken] == [first.uid, second.uid]
     assert b"torn" in spool.quarantine_path.read_bytes()
 
@@ -113,9 +143,9 @@ def test_drained_results_are_stored_once_even_if_replayed(tmp_path: Path, engine
     for item in items:
         spool.append(item)
     recorder = Recorder(engine)
-    for item in items[:2]:  # a crash after these were written but before the spool was trimmed
+    for item in items[:2]:  # a crash after these were written but before the offset was
         recorder.save(item)
-    spool.drain(recorder.save)
+    spool.drain(recorder.save_many)
     with engine.connect() as connection:
         assert connection.execute(select(func.count(ProbeRow.id))).scalar() == 3
     [record] = probe_records(engine, [recorder.probe_id(items[0].uid) or 0])

@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 import monitor.migrations
-from monitor.errors import SchemaNotAtHead, StoreUnavailable
+from monitor.errors import SchemaNotAtHead, StoreError, StoreUnavailable
 
 # Long enough to ride out another writer's checkpoint, short enough to surface a stuck lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -93,15 +93,23 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def open_store(url: str) -> Engine:
-    """An engine for a database at head; SchemaNotAtHead otherwise."""
+    """An engine for a database at head; SchemaNotAtHead (or StoreUnavailable) otherwise."""
     _ensure_sqlite_dir(url)
     engine = create(url)
+    try:
+        check_schema(engine)
+    except StoreError:
+        engine.dispose()
+        raise
+    return engine
+
+
+def check_schema(engine: Engine) -> None:
+    """SchemaNotAtHead unless the database is at this monitor's head revision."""
     current = current_revision(engine)
     head = head_revision()
     if current != head:
-        engine.dispose()
-        raise SchemaNotAtHead(display_url(url), current, head)
-    return engine
+        raise SchemaNotAtHead(display_url(str(engine.url)), current, head)
 
 
 def _ensure_sqlite_dir(url: str) -> None:

@@ -67,6 +67,32 @@ class Recorder:
                 raise
             return existing
 
+    def save_many(self, results: Sequence[ProbeResult]) -> None:
+        """Store a batch in one transaction (draining a spool). Results whose uid is already
+        stored are skipped, so a batch handed over twice is stored once."""
+        if not results:
+            return
+        try:
+            self._insert_many(results)
+        except Exception:
+            self._forget()  # ids cached inside the failed transaction may not exist
+            raise
+
+    def _insert_many(self, results: Sequence[ProbeResult]) -> None:
+        with self.engine.begin() as connection:
+            rows = []
+            for result in results:
+                target_id = self._target_id(connection, result.target_name)
+                config_id = self._config_id(
+                    connection, result.target_name, target_id, result.config_hash, None
+                )
+                payload_id = self._payload_id(connection, result.request_payload)
+                rows.append(_probe_values(result, target_id, config_id, payload_id))
+            dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+            connection.execute(
+                dialect_insert(ProbeRow).on_conflict_do_nothing(index_elements=["uid"]), rows
+            )
+
     def target_id(self, name: str) -> int:
         """The target's row id (creating the row if needed); cached after the first call."""
         if name in self._target_ids:

@@ -1,9 +1,12 @@
 """An append-only local file for results the database could not take yet.
 
 Each line is one ProbeResult as JSON with a CRC32 of that JSON, written and fsync'd before
-`append` returns, so a crash loses nothing that was spooled. `drain` hands lines back in order;
-a result is removed from the spool only after the database took it, and because every result
-carries its own uid, handing one back twice (a crash mid-drain) still stores it once.
+`append` returns, so a crash loses nothing that was spooled. `drain` hands lines back in order,
+in batches, reading the file as a stream (a spool can grow to gigabytes during a long outage
+and must not be loaded whole). How far the database has taken the file is kept in
+`<spool>.offset`, written atomically after each batch; the file is removed once all of it is
+taken. Because every result carries its own uid, handing a batch back twice (a crash between
+the database commit and the offset write) still stores it once.
 
 A line that fails its checksum or does not parse (a torn write from a crash, disk trouble) is
 moved to `<spool>.quarantine` with a log line and never blocks the lines after it.
@@ -53,13 +56,20 @@ def decode(line: bytes) -> ProbeResult:
     return ProbeResult(**document)
 
 
+# Lines handed to the database per transaction while draining: big enough that a backlog of
+# an outage drains in seconds, small enough that a batch is a few MB in memory.
+DRAIN_BATCH = 500
+
+
 class Spool:
     """Results waiting for the database, oldest first. Safe to share between threads."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.quarantine_path = self.path.with_name(self.path.name + ".quarantine")
-        self._lock = threading.Lock()
+        self.offset_path = self.path.with_name(self.path.name + ".offset")
+        self._lock = threading.Lock()  # guards the file's end and the offset
+        self._draining = threading.Lock()  # one drain at a time owns the offset
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, result: ProbeResult) -> None:
@@ -73,60 +83,103 @@ class Spool:
             file.flush()
             os.fsync(file.fileno())
 
-    def backlog(self) -> int:
-        """How many results are waiting (lines in the file)."""
+    def empty(self) -> bool:
+        """Nothing waits (cheap: two stat calls)."""
         with self._lock:
-            if not self.path.exists():
+            return self._size() <= self._offset()
+
+    def backlog(self) -> int:
+        """How many results are waiting (lines not yet taken), counted as a stream."""
+        with self._lock:
+            offset = self._offset()
+            if self._size() <= offset:
                 return 0
             with open(self.path, "rb") as file:
+                file.seek(offset)
                 return sum(1 for line in file if line.strip())
 
-    def drain(self, save: Callable[[ProbeResult], object]) -> int:
-        """Pass each spooled result to `save`, oldest first, removing those it took. Stops at
-        the first `save` that raises (the database went away again), keeping the rest."""
-        with self._lock:
-            if not self.path.exists():
-                return 0
-            lines = self.path.read_bytes().splitlines(keepends=True)
-        saved = 0
-        damaged: list[bytes] = []
-        try:
-            for line in lines:
-                if not line.strip():
-                    saved += 1
-                    continue
-                try:
-                    result = decode(line)
-                except (ValueError, KeyError, TypeError) as exc:
-                    damaged.append(line)
-                    log.error("spool: quarantined a damaged line (%s) to %s", exc,
-                              self.quarantine_path)
-                    saved += 1
-                    continue
-                save(result)
-                saved += 1
-        finally:
-            self._settle(saved, damaged)
-        return saved - len(damaged)
+    def drain(self, save_batch: Callable[[list[ProbeResult]], object],
+              batch_size: int = DRAIN_BATCH) -> int:
+        """Pass spooled results to `save_batch`, oldest first, a batch at a time, until the
+        file's end as it was when each batch was read. Stops at the first batch `save_batch`
+        raises on (the database went away again), keeping it and the rest; returns how many
+        results the database took."""
+        with self._draining:
+            return self._drain(save_batch, batch_size)
 
-    def _settle(self, done: int, damaged: list[bytes]) -> None:
-        """Rewrite the spool without the `done` lines we read, keeping any appended since."""
+    def _drain(self, save_batch: Callable[[list[ProbeResult]], object], batch_size: int) -> int:
+        drained = 0
         with self._lock:
-            if damaged:
-                with open(self.quarantine_path, "ab") as file:
-                    file.writelines(line if line.endswith(b"\n") else line + b"\n"
-                                    for line in damaged)
-                    file.flush()
-                    os.fsync(file.fileno())
-            if done == 0:
-                return
-            remaining = self.path.read_bytes().splitlines(keepends=True)[done:]
-            if not remaining:
+            offset, end = self._offset(), self._size()
+        if end <= offset:
+            return 0
+        with open(self.path, "rb") as file:
+            file.seek(offset)
+            while offset < end:
+                batch, damaged, offset_after = self._read_batch(file, offset, end, batch_size)
+                if batch:
+                    save_batch(batch)
+                if damaged:
+                    self._quarantine(damaged)
+                offset = offset_after
+                self._write_offset(offset)
+                drained += len(batch)
+                with self._lock:
+                    end = self._size()  # results appended meanwhile are drained too
+        self._remove_if_taken()
+        return drained
+
+    def _read_batch(self, file: Any, offset: int, end: int,
+                    batch_size: int) -> tuple[list[ProbeResult], list[bytes], int]:
+        batch: list[ProbeResult] = []
+        damaged: list[bytes] = []
+        while offset < end and len(batch) < batch_size:
+            line = file.readline(end - offset)  # never past `end`: an append may be under way
+            offset += len(line)
+            if not line.strip():
+                continue
+            try:
+                batch.append(decode(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                damaged.append(line)
+                log.error("spool: quarantined a damaged line (%s) to %s", exc,
+                          self.quarantine_path)
+        return batch, damaged, offset
+
+    def _quarantine(self, damaged: list[bytes]) -> None:
+        with open(self.quarantine_path, "ab") as file:
+            file.writelines(line if line.endswith(b"\n") else line + b"\n" for line in damaged)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def _remove_if_taken(self) -> None:
+        """Delete the spool and its offset once the database has all of it, so the file
+        never grows across outages."""
+        with self._lock:
+            if self.path.exists() and self._size() <= self._offset():
                 self.path.unlink()
-                return
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            with open(temporary, "wb") as file:
-                file.writelines(remaining)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)  # atomic: a crash leaves the old or the new file
+            if not self.path.exists():
+                self.offset_path.unlink(missing_ok=True)
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _offset(self) -> int:
+        """Bytes of the spool the database already has. An offset beyond the file (the spool
+        was removed by hand) counts as none."""
+        try:
+            offset = int(self.offset_path.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+        return offset if offset <= self._size() else 0
+
+    def _write_offset(self, offset: int) -> None:
+        temporary = self.offset_path.with_name(self.offset_path.name + ".tmp")
+        with open(temporary, "w") as file:
+            file.write(str(offset))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.offset_path)  # atomic: a crash leaves the old or the new
