@@ -162,3 +162,138 @@ class ProbeResult:
     @property
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason if self.choices else None
+
+
+# --- drift detection ------------------------------------------------------------------------
+
+
+class DriftKind(enum.StrEnum):
+    """What changed. Stored as-is, so values never change once released."""
+
+    FINGERPRINT = "fingerprint"
+    MODEL = "model"
+    LATENCY = "latency"
+    QUOTA = "quota"
+    AVAILABILITY = "availability"
+    OUTPUT = "output"
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class DetectionThresholds:
+    """When a detector speaks up. Set under [defaults.detect] or a target's `detect` table;
+    a key ending in `_ms` is written in the file without it, as a duration ("6h").
+    monitor/detect/<kind>.py says how each one is used."""
+
+    # The first probes of a target form its baselines (fingerprint pool, model, limits, output)
+    # and never alert. Each baseline counts only the probes that carry its value, so a target
+    # that fails at first, or a server that starts sending a header later, still gets a whole
+    # baseline. 10 probes: under an hour at the usual intervals.
+    warmup_probes: int = 10
+    # A condition opened by a changed value (model, limit, output) clears after this many
+    # probes in a row back on the baseline, and rate_limited after this many without a 429.
+    # 1 would let a flapping value open and clear on every probe.
+    revert_probes: int = 3
+    # fingerprint
+    # The pool needs longer than the other baselines: a backend that answers 1 probe in 5 is
+    # missed by 10 probes 11% of the time, by 30 probes 0.1% of the time.
+    fingerprint_warmup_probes: int = 30
+    # A new fingerprint not seen for this many fingerprinted probes counts as reverted: more
+    # than revert_probes, since a new backend taking a small share would otherwise flap.
+    fingerprint_revert_probes: int = 10
+    # A day: long enough to span a day's load pattern, short enough that a rotation (new
+    # fingerprint in, old one out) is settled by the next day.
+    fingerprint_retired_after_ms: int = 24 * 3_600_000
+    fingerprint_accept_after_ms: int = 24 * 3_600_000
+    # Share shift: the last `recent` fingerprinted probes against the `window` before them;
+    # 100 recent probes are the fewest in which a backend with a 25% share going silent is
+    # significant at the p-value below.
+    fingerprint_share_window: int = 200
+    fingerprint_share_recent: int = 100
+    # Both must hold: a chi-square p-value under 1e-5 (the test runs at every probe, so a
+    # looser one would fire on chance streaks) and one fingerprint's share moving by 20 points.
+    fingerprint_share_p_value: float = 1e-5
+    fingerprint_share_min_change: float = 0.2
+    # model: a day, as for fingerprints; by then a re-pointed alias is the new normal.
+    model_accept_after_ms: int = 24 * 3_600_000
+    # latency (each of total, time to first token and openai-processing-ms on its own)
+    # 1.5x: healthy jitter moves a median by far less, users notice by then.
+    latency_ratio: float = 1.5
+    # An hour at one probe a minute: enough for a stable p95, short enough to follow slow
+    # daily trends.
+    latency_baseline_probes: int = 60
+    # 10 recent probes: a 2x regression is significant after 8 of them.
+    latency_recent_probes: int = 10
+    latency_min_samples: int = 8
+    # 1e-4 keeps steady-state jitter with tail spikes quiet (bench/detect_false_alerts.py)
+    # and still catches a 2x regression within 10 probes (bench/detect_delay.py).
+    latency_p_value: float = 1e-4
+    # Hysteresis: a condition clears only once the recent window is plainly not slower.
+    latency_clear_p_value: float = 0.05
+    # Absolute limits on the recent median (None: off), for targets with a latency SLO.
+    latency_max_total_ms: float | None = None
+    latency_max_ttft_ms: float | None = None
+    latency_max_processing_ms: float | None = None
+    # quota
+    # Under 10% left: the next burst of the organisation's own traffic will hit 429s.
+    quota_remaining_fraction: float = 0.1
+    quota_accept_after_ms: int = 24 * 3_600_000
+    # A single 429 is what a shared organisation limit does now and then; two within 10
+    # probes mean the canary is being throttled.
+    quota_rate_limited_probes: int = 2
+    quota_rate_limited_window: int = 10
+    # availability (429s are excluded: they are quota's business)
+    # 3 in a row: one or two are the blips any API has; at 0.5% single errors, 3 in a row
+    # happen by chance once in 8 million probes.
+    availability_consecutive_failures: int = 3
+    availability_window_probes: int = 20
+    # More than 1 probe in 5 failing is an incident for the people using the API; at 0.5%
+    # background errors, 5 of 20 happens about once in 20 million windows.
+    availability_error_rate: float = 0.2
+    # output (deterministic canaries only: temperature 0 and a seed); a day, as above.
+    output_accept_after_ms: int = 24 * 3_600_000
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the detectors see of one probe: the fields drift is judged on, nothing heavy.
+    Built the same way from a fresh ProbeResult and from a stored probe."""
+
+    uid: str
+    started_at: datetime  # aware UTC
+    ok: bool
+    error_kind: ErrorKind | None
+    http_status: int | None
+    requested_model: str | None
+    model: str | None
+    system_fingerprint: str | None
+    total_ms: float | None
+    time_to_first_token_ms: float | None
+    openai_processing_ms: float | None
+    rate_limits: RateLimits
+    content: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    request_hash: str  # identical requests (payload and URL) share it
+    deterministic: bool  # temperature 0 and a seed: the same request should get the same answer
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """A condition that began (`opened`) or ended at one probe of one target."""
+
+    target: str
+    kind: DriftKind
+    key: str  # the condition within target and kind, e.g. "new:fp_abc" or "total_ms"
+    opened: bool
+    severity: Severity
+    at: datetime  # the probe's started_at
+    before: Any  # JSON-able
+    after: Any  # JSON-able
+    probe_uids: tuple[str, ...]  # the probes that show it, oldest first
+    explanation: str  # one sentence a person understands

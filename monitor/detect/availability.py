@@ -1,0 +1,137 @@
+"""Availability drift: probes failing in a row, or too many of them failing lately.
+
+429s are left out entirely (quota's "rate_limited" reports them): a throttled canary says the
+organisation is out of quota, not that the API is down, and counting it twice would alert
+twice. A 429 neither extends nor breaks a run of failures.
+
+Conditions (key), both critical:
+- "consecutive_failures": opens at exactly the `availability_consecutive_failures`-th failure in
+  a row; clears at the first success. before/after = failures by error kind ({} when none).
+- "error_rate": of the last `availability_window_probes` probes (a full window), more than
+  `availability_error_rate` failed; opens on a failing probe and only while no run of failures
+  is already open, so one outage is one alert. Clears once the rate is at or under half the
+  threshold, so a rate hovering at it does not flap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+
+from monitor.detect.base import MAX_UIDS, Detector
+from monitor.domain import (
+    DetectionThresholds,
+    DriftEvent,
+    DriftKind,
+    ErrorKind,
+    Observation,
+    Severity,
+)
+
+
+def _breakdown(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{kind}: {count}" for kind, count in sorted(kinds.items()))
+
+
+class AvailabilityDetector(Detector):
+    kind = DriftKind.AVAILABILITY
+
+    def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
+        super().__init__(target, thresholds)
+        self.learned = 0
+        self.run_kinds: dict[str, int] = {}  # the current run of failures, by error kind
+        self.run_uids: deque[str] = deque(maxlen=MAX_UIDS)
+        # None for a success, else the error kind
+        self.window: deque[str | None] = deque(maxlen=thresholds.availability_window_probes)
+
+    def step(self, obs: Observation) -> list[DriftEvent]:
+        if obs.error_kind == ErrorKind.RATE_LIMITED:
+            return []
+        learning = self.learned < self.thresholds.warmup_probes
+        if learning:
+            self.learned += 1
+        events = []
+        failed = not obs.ok
+        kind = None
+        if failed:
+            kind = obs.error_kind.value if obs.error_kind is not None else "unknown_error"
+            self.run_kinds[kind] = self.run_kinds.get(kind, 0) + 1
+            self.run_uids.append(obs.uid)
+        self.window.append(kind)
+        if not failed:
+            events += self._recover(obs)
+        if not learning:
+            if failed:
+                events += self._run(obs)
+            events += self._rate(obs, failed)
+        return events
+
+    def _run(self, obs: Observation) -> list[DriftEvent]:
+        failures = sum(self.run_kinds.values())
+        needed = self.thresholds.availability_consecutive_failures
+        if self.conditions.is_open("consecutive_failures") or failures < needed:
+            return []
+        return [self.conditions.open(
+            "consecutive_failures", obs, Severity.CRITICAL, before={}, after=dict(self.run_kinds),
+            uids=self.run_uids,
+            explanation=f"{self.target} failed {failures} probes in a row "
+            f"({_breakdown(self.run_kinds)}).",
+        )]
+
+    def _recover(self, obs: Observation) -> list[DriftEvent]:
+        failures = sum(self.run_kinds.values())
+        kinds = self.run_kinds
+        self.run_kinds = {}
+        self.run_uids.clear()
+        if not self.conditions.is_open("consecutive_failures"):
+            return []
+        return [self.conditions.close(
+            "consecutive_failures", obs, before=kinds, after={}, uids=[obs.uid],
+            explanation=f"{self.target} answered again after {failures} failed probes in a row "
+            f"({_breakdown(kinds)}).",
+        )]
+
+    def _rate(self, obs: Observation, failed: bool) -> list[DriftEvent]:
+        size = self.thresholds.availability_window_probes
+        if len(self.window) < size:
+            return []
+        kinds = dict(Counter(kind for kind in self.window if kind is not None))
+        failures = sum(kinds.values())
+        rate = failures / size
+        now = {"error_rate": round(rate, 3), "n": size, "by_kind": kinds}
+        threshold = self.thresholds.availability_error_rate
+        opening = self.conditions.get("error_rate")
+        if opening is None:
+            if (
+                not failed
+                or rate <= threshold
+                or self.conditions.is_open("consecutive_failures")
+            ):
+                return []
+            return [self.conditions.open(
+                "error_rate", obs, Severity.CRITICAL, before={"max_error_rate": threshold},
+                after=now, uids=[obs.uid],
+                explanation=f"{self.target} failed {failures} of its last {size} probes "
+                f"({_breakdown(kinds)}), more than the {threshold:.0%} allowed.",
+            )]
+        if rate > threshold / 2:
+            return []
+        return [self.conditions.close(
+            "error_rate", obs, before=opening.after, after=now, uids=[obs.uid],
+            explanation=f"{self.target} failed {failures} of its last {size} probes, down to "
+            f"{rate:.0%}.",
+        )]
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "learned": self.learned,
+            "run_kinds": self.run_kinds,
+            "run_uids": list(self.run_uids),
+            "window": list(self.window),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.learned = state["learned"]
+        self.run_kinds = dict(state["run_kinds"])
+        self.run_uids.extend(state["run_uids"])
+        self.window.extend(state["window"])

@@ -1,0 +1,187 @@
+"""What every detector shares: the open conditions, how events are made, and state snapshots.
+
+A condition opens with one event and clears with another of the same key; in between, the
+opening event is the condition. Detectors keep nothing but these events and bounded windows,
+and both survive `snapshot()` -> JSON -> `restore()` unchanged, so a fold can stop and resume
+anywhere in a history.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Self
+
+from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Enough probes to go and look at, few enough that an event stays a small row.
+MAX_UIDS = 5
+# Model output and server-sent names are untrusted and unbounded: events keep a preview.
+MAX_VALUE_CHARS = 200
+# A name quoted inside an explanation sentence.
+MAX_NAME_CHARS = 64
+
+
+def ms(at: datetime) -> int:
+    """Milliseconds since the epoch, exactly (no float rounding), for an aware datetime."""
+    return (at - _EPOCH) // timedelta(milliseconds=1)
+
+
+def clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def name(text: str | None) -> str:
+    """A server-sent value as it reads in a sentence."""
+    return "none" if text is None else clip(text, MAX_NAME_CHARS)
+
+
+def last_uids(uids: Iterable[str]) -> tuple[str, ...]:
+    """The newest MAX_UIDS probe uids, oldest first."""
+    return tuple(list(uids)[-MAX_UIDS:])
+
+
+def duration(milliseconds: int) -> str:
+    """'24 h', '90 min', '45 s': how long a person would say."""
+    if milliseconds >= 3_600_000 and milliseconds % 3_600_000 == 0:
+        return f"{milliseconds // 3_600_000} h"
+    if milliseconds >= 60_000:
+        return f"{round(milliseconds / 60_000)} min"
+    return f"{round(milliseconds / 1000)} s"
+
+
+def event_to_json(event: DriftEvent) -> dict[str, Any]:
+    return {
+        "target": event.target,
+        "kind": event.kind.value,
+        "key": event.key,
+        "opened": event.opened,
+        "severity": event.severity.value,
+        "at": event.at.isoformat(),
+        "before": event.before,
+        "after": event.after,
+        "probe_uids": list(event.probe_uids),
+        "explanation": event.explanation,
+    }
+
+
+def event_from_json(data: dict[str, Any]) -> DriftEvent:
+    return DriftEvent(
+        target=data["target"],
+        kind=DriftKind(data["kind"]),
+        key=data["key"],
+        opened=data["opened"],
+        severity=Severity(data["severity"]),
+        at=datetime.fromisoformat(data["at"]),
+        before=data["before"],
+        after=data["after"],
+        probe_uids=tuple(data["probe_uids"]),
+        explanation=data["explanation"],
+    )
+
+
+class Conditions:
+    """The open conditions of one detector, by key, and the events that open and clear them.
+
+    before/after must be built from lists, dicts, str, numbers and None only (never tuples), so
+    that an event restored from JSON equals the one that was saved.
+    """
+
+    def __init__(self, target: str, kind: DriftKind) -> None:
+        self.target = target
+        self.kind = kind
+        self._open: dict[str, DriftEvent] = {}
+
+    def get(self, key: str) -> DriftEvent | None:
+        return self._open.get(key)
+
+    def is_open(self, key: str) -> bool:
+        return key in self._open
+
+    def open(
+        self,
+        key: str,
+        obs: Observation,
+        severity: Severity,
+        *,
+        before: Any,
+        after: Any,
+        uids: Iterable[str],
+        explanation: str,
+    ) -> DriftEvent:
+        if key in self._open:
+            raise ValueError(f"{self.kind.value} condition {key!r} is already open")
+        event = DriftEvent(
+            target=self.target, kind=self.kind, key=key, opened=True, severity=severity,
+            at=obs.started_at, before=before, after=after, probe_uids=last_uids(uids),
+            explanation=explanation,
+        )
+        self._open[key] = event
+        return event
+
+    def close(
+        self,
+        key: str,
+        obs: Observation,
+        *,
+        before: Any,
+        after: Any,
+        uids: Iterable[str],
+        explanation: str,
+    ) -> DriftEvent:
+        opening = self._open.pop(key)
+        return DriftEvent(
+            target=self.target, kind=self.kind, key=key, opened=False, severity=opening.severity,
+            at=obs.started_at, before=before, after=after, probe_uids=last_uids(uids),
+            explanation=explanation,
+        )
+
+    def active(self) -> list[DriftEvent]:
+        return list(self._open.values())
+
+    def dump(self) -> list[dict[str, Any]]:
+        return [event_to_json(event) for event in self._open.values()]
+
+    def load(self, data: list[dict[str, Any]]) -> None:
+        self._open = {event.key: event for event in map(event_from_json, data)}
+
+
+class Detector(abc.ABC):
+    """One drift kind folded over one target's observations, in time order.
+
+    `step` must depend only on the observation and the state that `dump` saves, never on a
+    clock or anything outside, so live detection and a replay of history agree.
+    """
+
+    kind: ClassVar[DriftKind]
+
+    def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
+        self.target = target
+        self.thresholds = thresholds
+        self.conditions = Conditions(target, self.kind)
+
+    @abc.abstractmethod
+    def step(self, obs: Observation) -> list[DriftEvent]:
+        """Take in one observation; return the events of conditions it opened or cleared."""
+
+    @abc.abstractmethod
+    def dump(self) -> dict[str, Any]:
+        """Everything but the open conditions, as JSON-able data."""
+
+    @abc.abstractmethod
+    def load(self, state: dict[str, Any]) -> None:
+        """Take back what `dump` gave, sized to the current thresholds."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"conditions": self.conditions.dump(), "state": self.dump()}
+
+    @classmethod
+    def restore(
+        cls, target: str, thresholds: DetectionThresholds, snapshot: dict[str, Any]
+    ) -> Self:
+        detector = cls(target, thresholds)
+        detector.conditions.load(snapshot["conditions"])
+        detector.load(snapshot["state"])
+        return detector

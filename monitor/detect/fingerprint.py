@@ -1,0 +1,253 @@
+"""system_fingerprint drift: a backend never seen before, one gone for good, or a shifted mix.
+
+Conditions (key):
+- "new:<fp>" (warning): a fingerprint outside the known pool answered. Clears when it has not
+  answered for `fingerprint_revert_probes` fingerprinted probes (reverted), or when it answers
+  `fingerprint_accept_after_ms` after it first did (accepted: it joins the pool).
+- "retired:<fp>" (info): a known fingerprint has not answered for `fingerprint_retired_after_ms`.
+  Clears when it answers again, or after another `fingerprint_accept_after_ms` (it leaves the
+  pool, and answering later would make it new).
+- "share" (info): the mix among known fingerprints moved: the last `fingerprint_share_recent`
+  probes against the `fingerprint_share_window` before them differ by a chi-square p-value under
+  `fingerprint_share_p_value` and by at least `fingerprint_share_min_change` in one share. The
+  baseline freezes while it is open; clears when no share differs by half that any more, or
+  after `fingerprint_accept_after_ms` (accepted: the baseline refills from new probes).
+
+Alternation inside the pool (load-balanced backends) is never a condition by itself. Probes
+without a fingerprint (failed, or a server that sends none) are not looked at.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+
+from monitor.detect.base import Detector, clip, duration, ms, name
+from monitor.detect.stats import homogeneity_p_value
+from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
+
+# A server that invents a fingerprint per answer would otherwise open a condition per probe
+# and grow this state without bound.
+MAX_NEW = 8
+
+
+def _pool(prints: Any) -> str:
+    return ", ".join(name(fp) for fp in sorted(prints)) or "none"
+
+
+class FingerprintDetector(Detector):
+    kind = DriftKind.FINGERPRINT
+
+    def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
+        super().__init__(target, thresholds)
+        self.learned = 0
+        self.known: dict[str, int] = {}  # the pool: fingerprint -> last answered (ms)
+        self.unseen: dict[str, int] = {}  # open "new:" fingerprints -> probes since they answered
+        self.recent: deque[tuple[str, str]] = deque(maxlen=thresholds.fingerprint_share_recent)
+        self.baseline: deque[str] = deque(maxlen=thresholds.fingerprint_share_window)
+        self.recent_counts: Counter[str] = Counter()
+        self.baseline_counts: Counter[str] = Counter()
+
+    def step(self, obs: Observation) -> list[DriftEvent]:
+        fp = obs.system_fingerprint
+        if not obs.ok or fp is None:
+            return []
+        fp = clip(fp)
+        now = ms(obs.started_at)
+        if self.learned < self.thresholds.fingerprint_warmup_probes:
+            self.learned += 1
+            self.known[fp] = now
+            self._count(fp, obs.uid, frozen=False)
+            return []
+        events: list[DriftEvent] = []
+        if fp in self.known:
+            self.known[fp] = now
+            if self.conditions.is_open(f"retired:{fp}"):
+                events.append(self._come_back(fp, obs))
+        else:
+            events += self._sight_new(fp, obs, now)
+        events += self._forget_reverted(fp, obs)
+        events += self._retire(obs, now)
+        if fp in self.known:
+            events += self._share(fp, obs, now)
+        return events
+
+    # --- new fingerprints ---------------------------------------------------------------
+
+    def _sight_new(self, fp: str, obs: Observation, now: int) -> list[DriftEvent]:
+        key = f"new:{fp}"
+        opening = self.conditions.get(key)
+        if opening is None:
+            if len(self.unseen) >= MAX_NEW:
+                return []
+            self.unseen[fp] = 0
+            return [self.conditions.open(
+                key, obs, Severity.WARNING, before=sorted(self.known), after=fp, uids=[obs.uid],
+                explanation=f"{self.target} started answering with system_fingerprint {name(fp)}, "
+                f"never seen before for this target (known: {_pool(self.known)}).",
+            )]
+        self.unseen[fp] = 0
+        accept_ms = self.thresholds.fingerprint_accept_after_ms
+        if now - ms(opening.at) < accept_ms:
+            return []
+        del self.unseen[fp]
+        self.known[fp] = now
+        self._restart_share()
+        return [self.conditions.close(
+            key, obs, before=opening.before, after=sorted(self.known),
+            uids=[*opening.probe_uids, obs.uid],
+            explanation=f"{self.target}'s system_fingerprint {name(fp)} has been answering for "
+            f"{duration(accept_ms)} and is accepted into the known pool.",
+        )]
+
+    def _forget_reverted(self, fp: str, obs: Observation) -> list[DriftEvent]:
+        events = []
+        for other in list(self.unseen):
+            if other == fp:
+                continue
+            self.unseen[other] += 1
+            if self.unseen[other] < self.thresholds.fingerprint_revert_probes:
+                continue
+            del self.unseen[other]
+            events.append(self.conditions.close(
+                f"new:{other}", obs, before=other, after=sorted(self.known), uids=[obs.uid],
+                explanation=f"{self.target}'s system_fingerprint {name(other)} has not answered "
+                f"the last {self.thresholds.fingerprint_revert_probes} probes, so the change "
+                "looks reverted.",
+            ))
+        return events
+
+    # --- retired fingerprints -----------------------------------------------------------
+
+    def _retire(self, obs: Observation, now: int) -> list[DriftEvent]:
+        events = []
+        for fp, last in list(self.known.items()):
+            key = f"retired:{fp}"
+            opening = self.conditions.get(key)
+            if opening is None:
+                after_ms = self.thresholds.fingerprint_retired_after_ms
+                if now - last >= after_ms:
+                    events.append(self.conditions.open(
+                        key, obs, Severity.INFO, before=sorted(self.known),
+                        after=sorted(set(self.known) - {fp}), uids=[obs.uid],
+                        explanation=f"{self.target}'s system_fingerprint {name(fp)} has not "
+                        f"answered for {duration(after_ms)}; it was part of the known pool.",
+                    ))
+            elif now - ms(opening.at) >= self.thresholds.fingerprint_accept_after_ms:
+                del self.known[fp]
+                self._restart_share()
+                events.append(self.conditions.close(
+                    key, obs, before=opening.before, after=sorted(self.known), uids=[obs.uid],
+                    explanation=f"{self.target}'s system_fingerprint {name(fp)} stayed away for "
+                    "another "
+                    f"{duration(self.thresholds.fingerprint_accept_after_ms)} and is dropped "
+                    "from the known pool.",
+                ))
+        return events
+
+    def _come_back(self, fp: str, obs: Observation) -> DriftEvent:
+        opening = self.conditions.get(f"retired:{fp}")
+        assert opening is not None
+        return self.conditions.close(
+            f"retired:{fp}", obs, before=opening.after, after=sorted(self.known), uids=[obs.uid],
+            explanation=f"{self.target}'s system_fingerprint {name(fp)} is answering again.",
+        )
+
+    # --- share among the pool -----------------------------------------------------------
+
+    def _count(self, fp: str, uid: str, *, frozen: bool) -> None:
+        """Add a probe to the recent window; the one it pushes out joins the baseline window,
+        unless the baseline is frozen (a shifted mix must not become the baseline)."""
+        if len(self.recent) == self.recent.maxlen:
+            old = self.recent[0][0]
+            _decrement(self.recent_counts, old)
+            if not frozen:
+                if len(self.baseline) == self.baseline.maxlen:
+                    _decrement(self.baseline_counts, self.baseline[0])
+                self.baseline.append(old)
+                self.baseline_counts[old] += 1
+        self.recent.append((fp, uid))
+        self.recent_counts[fp] += 1
+
+    def _restart_share(self) -> None:
+        """The pool changed, so shares measured over the old pool compare nothing."""
+        self.recent.clear()
+        self.baseline.clear()
+        self.recent_counts.clear()
+        self.baseline_counts.clear()
+
+    def _share(self, fp: str, obs: Observation, now: int) -> list[DriftEvent]:
+        opening = self.conditions.get("share")
+        full = len(self.baseline) == self.baseline.maxlen
+        self._count(fp, obs.uid, frozen=opening is not None and full)
+        accept_ms = self.thresholds.fingerprint_accept_after_ms
+        if opening is not None and now - ms(opening.at) >= accept_ms:
+            self.baseline.clear()
+            self.baseline_counts.clear()
+            return [self.conditions.close(
+                "share", obs, before=opening.before, after=opening.after, uids=[obs.uid],
+                explanation=f"{self.target}'s new mix of fingerprints has lasted "
+                f"{duration(accept_ms)} and is accepted as the new baseline.",
+            )]
+        if (
+            len(self.known) < 2
+            or len(self.recent) < self.thresholds.fingerprint_share_recent
+            or len(self.baseline) < self.thresholds.fingerprint_share_window
+        ):
+            return []
+        prints = sorted(set(self.recent_counts) | set(self.baseline_counts))
+        before = {p: self.baseline_counts[p] / len(self.baseline) for p in prints}
+        after = {p: self.recent_counts[p] / len(self.recent) for p in prints}
+        change = max(abs(after[p] - before[p]) for p in prints)
+        min_change = self.thresholds.fingerprint_share_min_change
+        shares = ", ".join(f"{name(p)} {before[p]:.0%} -> {after[p]:.0%}" for p in prints)
+        window = f"the last {len(self.recent)} probes against the {len(self.baseline)} before"
+        if opening is None:
+            if change < min_change or homogeneity_p_value(
+                [self.baseline_counts[p] for p in prints], [self.recent_counts[p] for p in prints]
+            ) >= self.thresholds.fingerprint_share_p_value:
+                return []
+            return [self.conditions.open(
+                "share", obs, Severity.INFO, before=_rounded(before), after=_rounded(after),
+                uids=[uid for _, uid in self.recent],
+                explanation=f"{self.target}'s answers shifted between its known fingerprints: "
+                f"{shares} ({window}).",
+            )]
+        if change >= min_change / 2:
+            return []
+        return [self.conditions.close(
+            "share", obs, before=opening.after, after=_rounded(after),
+            uids=[uid for _, uid in self.recent],
+            explanation=f"{self.target}'s mix of fingerprints is back to its baseline: "
+            f"{shares} ({window}).",
+        )]
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "learned": self.learned,
+            "known": self.known,
+            "unseen": self.unseen,
+            "recent": [list(pair) for pair in self.recent],
+            "baseline": list(self.baseline),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.learned = state["learned"]
+        self.known = dict(state["known"])
+        self.unseen = dict(state["unseen"])
+        self.recent.extend((fp, uid) for fp, uid in state["recent"])
+        self.baseline.extend(state["baseline"])
+        self.recent_counts = Counter(fp for fp, _ in self.recent)
+        self.baseline_counts = Counter(self.baseline)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if not counts[key]:
+        del counts[key]
+
+
+def _rounded(shares: dict[str, float]) -> dict[str, float]:
+    return {fp: round(share, 3) for fp, share in shares.items()}

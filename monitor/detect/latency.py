@@ -1,0 +1,194 @@
+"""Latency drift, on total_ms, time_to_first_token_ms and openai_processing_ms separately.
+
+Keeping the three apart tells a slower network (total up, processing flat) from a slower model
+(processing up). Only successful probes that measured the value count.
+
+Relative condition (key "total_ms", "ttft_ms" or "processing_ms"), warning: the last
+`latency_recent_probes` values against the `latency_baseline_probes` before them, both holding at
+least `latency_min_samples`. Opens when the recent p50 or p95 is at least `latency_ratio` times
+the baseline's AND a one-sided Mann-Whitney U test gives p < `latency_p_value`. While it is open
+the baseline is frozen, so slow probes never become the baseline and quietly resolve it. Clears
+when the recent p50 is under `latency_ratio` times the baseline's and the test no longer comes
+near significance (p >= `latency_clear_p_value`). before/after = {"p50_ms", "p95_ms", "n"} of
+the baseline and the recent window.
+
+Absolute condition (key "max_total_ms", "max_ttft_ms", "max_processing_ms"), warning, only where
+the threshold is set: opens when the recent p50 exceeds it, clears when it is back under.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, insort
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.detect.base import Detector
+from monitor.detect.stats import mann_whitney_greater, percentile
+from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    read: Callable[[Observation], float | None]
+    limit: Callable[[DetectionThresholds], float | None]
+
+
+METRICS = (
+    Metric("total_ms", "total time", lambda o: o.total_ms, lambda t: t.latency_max_total_ms),
+    Metric(
+        "ttft_ms", "time to first token", lambda o: o.time_to_first_token_ms,
+        lambda t: t.latency_max_ttft_ms,
+    ),
+    Metric(
+        "processing_ms", "processing time reported by the server (openai-processing-ms)",
+        lambda o: o.openai_processing_ms, lambda t: t.latency_max_processing_ms,
+    ),
+)
+
+
+class Series:
+    """One metric's recent window and the baseline window behind it (kept sorted as well,
+    so percentiles cost no sort per probe)."""
+
+    def __init__(self, thresholds: DetectionThresholds) -> None:
+        self.recent: deque[tuple[float, str]] = deque(maxlen=thresholds.latency_recent_probes)
+        self.baseline: deque[float] = deque(maxlen=thresholds.latency_baseline_probes)
+        self.sorted_baseline: list[float] = []
+
+    def add(self, value: float, uid: str, *, frozen: bool) -> None:
+        if len(self.recent) == self.recent.maxlen and not frozen:
+            if len(self.baseline) == self.baseline.maxlen:
+                gone = self.baseline[0]
+                del self.sorted_baseline[bisect_left(self.sorted_baseline, gone)]
+            moved = self.recent[0][0]
+            self.baseline.append(moved)
+            insort(self.sorted_baseline, moved)
+        self.recent.append((value, uid))
+
+    def stats(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        recent = sorted(value for value, _ in self.recent)
+        return _summary(self.sorted_baseline), _summary(recent)
+
+    def dump(self) -> dict[str, Any]:
+        return {"recent": [list(pair) for pair in self.recent], "baseline": list(self.baseline)}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.recent.extend((value, uid) for value, uid in state["recent"])
+        self.baseline.extend(state["baseline"])
+        self.sorted_baseline = sorted(self.baseline)
+
+
+def _summary(sorted_values: list[float]) -> dict[str, Any]:
+    if not sorted_values:
+        return {"p50_ms": None, "p95_ms": None, "n": 0}
+    return {
+        "p50_ms": round(percentile(sorted_values, 50), 1),
+        "p95_ms": round(percentile(sorted_values, 95), 1),
+        "n": len(sorted_values),
+    }
+
+
+class LatencyDetector(Detector):
+    kind = DriftKind.LATENCY
+
+    def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
+        super().__init__(target, thresholds)
+        self.learned = 0
+        self.series = {metric.key: Series(thresholds) for metric in METRICS}
+
+    def step(self, obs: Observation) -> list[DriftEvent]:
+        if not obs.ok:
+            return []
+        learning = self.learned < self.thresholds.warmup_probes
+        if learning:
+            self.learned += 1
+        events = []
+        for metric in METRICS:
+            value = metric.read(obs)
+            if value is None or not math.isfinite(value):
+                continue
+            series = self.series[metric.key]
+            series.add(value, obs.uid, frozen=self.conditions.is_open(metric.key))
+            if not learning:
+                events += self._relative(metric, series, obs)
+                events += self._absolute(metric, series, obs)
+        return events
+
+    def _relative(self, metric: Metric, series: Series, obs: Observation) -> list[DriftEvent]:
+        t = self.thresholds
+        if min(len(series.recent), len(series.baseline)) < t.latency_min_samples:
+            return []
+        recent = sorted(value for value, _ in series.recent)
+        base = series.sorted_baseline
+        r50, b50 = percentile(recent, 50), percentile(base, 50)
+        opening = self.conditions.get(metric.key)
+        if opening is None:
+            slower = (
+                r50 >= t.latency_ratio * b50
+                or percentile(recent, 95) >= t.latency_ratio * percentile(base, 95)
+            )
+            if not slower or mann_whitney_greater(recent, base) >= t.latency_p_value:
+                return []
+            before, after = series.stats()
+            return [self.conditions.open(
+                metric.key, obs, Severity.WARNING, before=before, after=after,
+                uids=[uid for _, uid in series.recent],
+                explanation=f"{self.target}'s {metric.label} slowed down: median "
+                f"{after['p50_ms']:.0f} ms and p95 {after['p95_ms']:.0f} ms over the last "
+                f"{after['n']} probes, against {before['p50_ms']:.0f} ms and "
+                f"{before['p95_ms']:.0f} ms over the {before['n']} before.",
+            )]
+        if r50 >= t.latency_ratio * b50 or (
+            mann_whitney_greater(recent, base) < t.latency_clear_p_value
+        ):
+            return []
+        before, after = series.stats()
+        return [self.conditions.close(
+            metric.key, obs, before=before, after=after, uids=[obs.uid],
+            explanation=f"{self.target}'s {metric.label} is back to normal: median "
+            f"{after['p50_ms']:.0f} ms over the last {after['n']} probes, against "
+            f"{before['p50_ms']:.0f} ms before it slowed down.",
+        )]
+
+    def _absolute(self, metric: Metric, series: Series, obs: Observation) -> list[DriftEvent]:
+        key = f"max_{metric.key}"
+        limit = metric.limit(self.thresholds)
+        opening = self.conditions.get(key)
+        if (limit is None and opening is None) or (
+            len(series.recent) < self.thresholds.latency_min_samples
+        ):
+            return []
+        after = series.stats()[1]
+        over = limit is not None and percentile(sorted(v for v, _ in series.recent), 50) > limit
+        if opening is None and over:
+            return [self.conditions.open(
+                key, obs, Severity.WARNING, before={"max_p50_ms": limit}, after=after,
+                uids=[uid for _, uid in series.recent],
+                explanation=f"{self.target}'s {metric.label} has a median of "
+                f"{after['p50_ms']:.0f} ms over the last {after['n']} probes, over the "
+                f"{limit:.0f} ms allowed.",
+            )]
+        if opening is not None and not over:
+            reason = "no limit is set any more" if limit is None else f"under {limit:.0f} ms"
+            return [self.conditions.close(
+                key, obs, before=opening.after, after=after, uids=[obs.uid],
+                explanation=f"{self.target}'s {metric.label} has a median of "
+                f"{after['p50_ms']:.0f} ms over the last {after['n']} probes, {reason}.",
+            )]
+        return []
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "learned": self.learned,
+            "series": {key: series.dump() for key, series in self.series.items()},
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.learned = state["learned"]
+        for key, series in state["series"].items():
+            self.series[key].load(series)
