@@ -46,6 +46,14 @@ def latency_doubled(o: Observation, rng: random.Random) -> Observation:
     return replace(o, total_ms=2 * o.total_ms) if o.total_ms is not None else o
 
 
+def model_slower(o: Observation, rng: random.Random) -> Observation:
+    """The model itself takes twice as long: the server's own time doubles with the total."""
+    if o.total_ms is None:
+        return o
+    processing = o.openai_processing_ms if o.openai_processing_ms is not None else 0.8 * o.total_ms
+    return replace(o, total_ms=o.total_ms + processing, openai_processing_ms=2 * processing)
+
+
 def failing(o: Observation, rng: random.Random) -> Observation:
     return replace(o, ok=False, error_kind=ErrorKind.READ_TIMEOUT, model=None,
                    system_fingerprint=None, total_ms=None, content=None)
@@ -64,6 +72,7 @@ SCENARIOS: dict[str, tuple[DriftKind, Change | None, Change, str, int]] = {
     "quota limit halved": (DriftKind.QUOTA, None, limit_halved, "<=", 2),
     "latency 2x (200 +- 40 ms)": (DriftKind.LATENCY, jitter_200_40, latency_doubled, "<=", 10),
     "latency 2x (lognormal, spikes)": (DriftKind.LATENCY, None, latency_doubled, "<=", 10),
+    "model 2x slower (processing-ms)": (DriftKind.LATENCY, None, model_slower, "<=", 10),
     f"{THRESHOLDS.availability_consecutive_failures} failures": (
         DriftKind.AVAILABILITY, None, failing, "==", THRESHOLDS.availability_consecutive_failures
     ),

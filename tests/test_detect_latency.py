@@ -60,7 +60,16 @@ def test_a_slower_network_is_told_apart_from_a_slower_model() -> None:
     history[200:] = slower(history[200:], 2)  # total doubles, the server's own time does not
     assert {e.key for e in latency_events(history)} == {"total_ms"}
     history[200:] = slower(history[200:], 3, "openai_processing_ms")
-    assert {e.key for e in latency_events(history)} == {"total_ms", "processing_ms"}
+    # The model itself is slower: one condition, on the metric that explains it.
+    assert [(e.key, e.opened) for e in latency_events(history)] == [("processing_ms", True)]
+
+
+def test_a_slower_first_token_explains_a_slower_total() -> None:
+    rng = random.Random(11)
+    history = [replace(o, time_to_first_token_ms=rng.uniform(80, 120)) for o in steady(0, 300)]
+    history[200:260] = slower(slower(history[200:260], 3, "time_to_first_token_ms"), 2)
+    assert [(e.key, e.opened) for e in latency_events(history)] == [
+        ("ttft_ms", True), ("ttft_ms", False)]
 
 
 def test_time_to_first_token_has_its_own_condition() -> None:
