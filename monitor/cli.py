@@ -244,6 +244,7 @@ def run_command(once: bool, log_format: str, spool_path: str, config_path: str |
         daemon.register()
         if once:
             daemon.tick(datetime.now(UTC))
+            daemon.dispatch(flush=True)  # no one will be around in group_wait
             daemon.close()
         else:
             Service(daemon, lambda: config_module.load(config_path)).run()

@@ -22,7 +22,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from monitor import defaults
-from monitor.domain import Provider, Settings, Target
+from monitor.domain import AlertSettings, DetectionThresholds, Provider, Settings, Target
 from monitor.durations import format_ms, parse_ms
 from monitor.errors import ConfigError, raw
 from monitor.secrets import Secret, mask
@@ -322,6 +322,117 @@ def _database_url(value: object) -> str:
     raise _Invalid(expected, got)
 
 
+def _positive_number(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise _Invalid("a number greater than 0", value)
+    return float(value)
+
+
+def _fraction(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1:
+        raise _Invalid("a number between 0 and 1", value)
+    return float(value)
+
+
+def _threshold_check(name: str, annotation: str) -> _Check:
+    """The check of one DetectionThresholds field, from its name and type."""
+    check: _Check
+    if name.endswith("_ms"):
+        check = _duration_ms
+    elif annotation.startswith("int"):
+        check = _integer(1)
+    elif name.endswith(("p_value", "fraction", "error_rate", "min_change")):
+        check = _fraction
+    else:
+        check = _positive_number
+    if "None" in annotation:  # optional limits: `false` turns one off again under a target
+        return lambda value: None if value is False else check(value)
+    return check
+
+
+# `detect` keys as written in the file: a duration field loses its `_ms` ("24h", not ms).
+_DETECT_FIELDS = {f.name.removesuffix("_ms"): f for f in fields(DetectionThresholds)}
+_DETECT_KEYS: dict[str, _Check] = {
+    key: _threshold_check(f.name, str(f.type)) for key, f in _DETECT_FIELDS.items()
+}
+
+
+def _detect(value: object) -> dict[str, Any]:
+    return _read_keys(value, _DETECT_KEYS)
+
+
+def _thresholds(layers: list[dict[str, Any]]) -> DetectionThresholds:
+    """Merge `detect` tables key by key, [defaults] under the target's own."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    return DetectionThresholds(**{_DETECT_FIELDS[key].name: v for key, v in merged.items()})
+
+
+def _webhook_url(value: object) -> str:
+    """An http(s) URL, or "env:NAME" to read it from the environment (they carry tokens)."""
+    if isinstance(value, str) and value.startswith("env:"):
+        return value
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        # The URL may hold a token: show only its shape.
+        got = raw("a string that is not one") if isinstance(value, str) else value
+        raise _Invalid('an http(s) URL or "env:VARIABLE"', got)
+    return value  # type: ignore[return-value]  # checked by urlsplit above
+
+
+def _webhook_urls(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid('an array of URLs like ["https://hooks.example.com/monitor"]', value)
+    urls = []
+    for index, item in enumerate(value):
+        with _at(f"[{index}]"):
+            urls.append(_webhook_url(item))
+    return tuple(urls)
+
+
+_ALERT_KEYS: dict[str, _Check] = {
+    "webhooks": _webhook_urls,
+    "slack_webhooks": _webhook_urls,
+    "open_after": _integer(1),
+    "resolve_after": _integer(1),
+    "cooldown": _duration_ms,
+    "remind_every": lambda value: None if value is False else _timeout_ms(value),
+    "group_wait": _duration_ms,
+    "give_up_after": _timeout_ms,
+    "maintenance": lambda value: value,  # read by alerts.maintenance, which knows the targets
+}
+
+
+def _alert_settings(section: dict[str, Any], env: Mapping[str, str],
+                    path: str, target_names: list[str]) -> AlertSettings:
+    from monitor.alerts.maintenance import parse_windows
+
+    def resolve(key: str) -> tuple[str, ...]:
+        urls = []
+        for index, url in enumerate(section.get(key, ())):
+            if url.startswith("env:"):
+                name = url[4:]
+                if not env.get(name):
+                    raise _Invalid(f"environment variable {name} to be set to a webhook URL",
+                                   _NOTHING, f"alerts.{key}[{index}]")
+                with _at(f"alerts.{key}[{index}] ({name})"):
+                    url = _webhook_url(env[name])
+            urls.append(url)
+        return tuple(urls)
+
+    windows = parse_windows(section.get("maintenance", []), path, known_targets=target_names)
+    renamed = {"cooldown": "cooldown_ms", "remind_every": "remind_every_ms",
+               "group_wait": "group_wait_ms", "give_up_after": "give_up_after_ms"}
+    plain = {renamed.get(k, k): v for k, v in section.items()
+             if k not in ("webhooks", "slack_webhooks", "maintenance")}
+    return AlertSettings(webhooks=resolve("webhooks"), slack_webhooks=resolve("slack_webhooks"),
+                         maintenance=windows, **plain)
+
+
 # Every key a target accepts, with the check of its value alone: a new key starts here. Rules
 # that combine keys live in _build_target.
 _TARGET_KEYS: dict[str, _Check] = {
@@ -340,6 +451,7 @@ _TARGET_KEYS: dict[str, _Check] = {
     "max_response_bytes": _integer(1024),
     "daily_token_budget": _integer(1),
     "daily_request_budget": _integer(1),
+    "detect": _detect,
 }
 
 # A name identifies one target, so it cannot have a default.
@@ -363,6 +475,7 @@ _SECTIONS: dict[str, _Check] = {
     "database": lambda value: _read_keys(value, _DATABASE_KEYS),
     "defaults": lambda value: _read_keys(value, _DEFAULT_KEYS),
     "targets": _targets,
+    "alerts": lambda value: _read_keys(value, _ALERT_KEYS),
 }
 
 # Read like the file, so a built-in default the file would refuse fails on import.
@@ -448,6 +561,7 @@ def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Targe
         api_version=merged.get("api_version"),
         daily_token_budget=merged.get("daily_token_budget"),
         daily_request_budget=merged.get("daily_request_budget"),
+        detection=_thresholds([layer.get("detect", {}) for layer in layers]),
     )
     return replace(target, config_hash=_config_hash(target))
 
@@ -549,9 +663,12 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
         sections = _read_keys(document, _SECTIONS)
         database_url = _database(sections.get("database", {}), env)
         targets = _build_targets(sections.get("defaults", {}), sections.get("targets", []), env)
+        alerts = _alert_settings(sections.get("alerts", {}), env, config_path,
+                                 [t.name for t in targets])
     except _Invalid as err:
         raise ConfigError(config_path, err.key, err.expected, err.got) from None
-    return Settings(config_path=config_path, database_url=database_url, targets=targets)
+    return Settings(config_path=config_path, database_url=database_url, targets=targets,
+                    alerts=alerts)
 
 
 # What `monitor config check` shows.

@@ -17,12 +17,14 @@ import requests
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import probe, providers, report
+from monitor.alerts.dispatch import Dispatcher
 from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Settings, SlotState, Target
 from monitor.errors import MonitorError, StoreError, StoreUnavailable
 from monitor.store import db, leases
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
+from monitor.watch import Watcher
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
@@ -97,6 +99,8 @@ class Daemon:
         self._registered = False
         self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
+        self.watcher = Watcher(recorder.engine, settings.alerts)
+        self.dispatcher = Dispatcher(recorder.engine, settings.alerts)
 
     # --- one target, one slot ---------------------------------------------------------------
 
@@ -125,7 +129,9 @@ class Daemon:
             self._back_off(target, slot, result, now)
         else:
             self._backoff_until.pop(target.name, None)
-        self.store(result)
+        probe_id = self.store(result)
+        if probe_id is not None:
+            self.detect(target, probe_id)
         if claimed:
             self._db_quietly(lambda: leases.settle(
                 self.recorder.engine, self.recorder.target_id(target.name), slot, result.uid))
@@ -192,23 +198,44 @@ class Daemon:
         self._db_quietly(lambda: leases.heartbeat(
             self.recorder.engine, self.instance_id, datetime.now(UTC)))
 
-    def store(self, result: ProbeResult) -> None:
-        """Save to the database, or to the spool when it cannot take it (nothing is lost).
-        While anything waits in the spool, new results queue behind it, keeping their order."""
+    def store(self, result: ProbeResult) -> int | None:
+        """Save to the database and return the probe's id, or to the spool when it cannot
+        take it (nothing is lost; None). While anything waits in the spool, new results queue
+        behind it, keeping their order."""
         with self._lock:
             if self._spooling:
                 self.spool.append(result)
-                return
+                return None
         try:
             if self.register():
-                self.recorder.save(result)
-                return
+                return self.recorder.save(result)
         except SQLAlchemyError as exc:
             log.error("database unavailable (%s); spooling to %s",
                       type(exc).__name__, self.spool.path)
         with self._lock:
             self._spooling = True
             self.spool.append(result)
+        return None
+
+    def detect(self, target: Target, probe_id: int) -> None:
+        """Run the target's detectors over its new probes and move its alerts. Detection
+        failing (the database went away, a bug) is logged and never stops probing; the
+        probes it missed are folded after the next one."""
+        try:
+            self.watcher.catch_up(target, self.recorder.target_id(target.name), probe_id)
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable for detection (%s)", type(exc).__name__)
+        except Exception:
+            log.exception("detection failed for %s", target.name)
+
+    def dispatch(self, *, flush: bool = False) -> None:
+        """Send due notifications (a scheduler job of its own: receivers never slow probes)."""
+        try:
+            self.dispatcher.run(flush=flush)
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable for notifications (%s)", type(exc).__name__)
+        except Exception:
+            log.exception("notification dispatch failed")
 
     def register(self) -> bool:
         """Store the targets' configurations (once per config; at start, or when the database
@@ -232,6 +259,7 @@ class Daemon:
         """Switch to a new configuration (SIGHUP); its targets are registered at once, or when
         the database can take them."""
         self.settings = settings
+        self.watcher.policy = self.dispatcher.policy = settings.alerts
         self._registered = False
         self.register()
 
@@ -278,6 +306,7 @@ class Daemon:
     def close(self) -> None:
         self._db_quietly(lambda: leases.retire(self.recorder.engine, self.instance_id))
         self.prober.close()
+        self.dispatcher.close()
 
 
 def slot_at(target: Target, now: datetime) -> datetime:
@@ -305,6 +334,8 @@ def _backoff_s(result: ProbeResult, target: Target) -> float:
 JITTER_S = 0.1
 DRAIN_EVERY_S = 5.0
 DRAIN_ROUNDS = 20
+# Notifications wait `group_wait` anyway; a second is fine grain for that and for retries.
+DISPATCH_EVERY_S = 1.0
 # `monitor status` counts an instance alive while its heartbeat is younger than three beats.
 HEARTBEAT_EVERY_S = 10.0
 
@@ -387,6 +418,8 @@ class Service:
         self._schedule(self.daemon.settings.targets)
         self.scheduler.add_job(self.daemon.drain, "interval", seconds=DRAIN_EVERY_S,
                                id="drain", coalesce=True, max_instances=1)
+        self.scheduler.add_job(self.daemon.dispatch, "interval", seconds=DISPATCH_EVERY_S,
+                               id="dispatch", coalesce=True, max_instances=1)
         self.daemon.heartbeat()
         self.scheduler.add_job(self.daemon.heartbeat, "interval", seconds=HEARTBEAT_EVERY_S,
                                id="heartbeat", coalesce=True, max_instances=1)
@@ -397,5 +430,6 @@ class Service:
         # Warm stop: no new slots; in-flight probes end within their own timeouts.
         self.scheduler.shutdown(wait=True)
         self.daemon.drain()
+        self.daemon.dispatch()  # what is due now; the rest is sent by the next start
         self.daemon.close()
         log.info("stopped")

@@ -135,10 +135,15 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def write_config(path: Path, targets: list[dict[str, Any]], database_url: str = "") -> Path:
+def write_config(path: Path, targets: list[dict[str, Any]], database_url: str = "",
+                 alerts: dict[str, Any] | None = None) -> Path:
     lines = []
     if database_url:
         lines += ["[database]", f"url = {toml_value(database_url)}", ""]
+    if alerts:
+        lines.append("[alerts]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in alerts.items()]
+        lines.append("")
     for target in targets:
         lines.append("[[targets]]")
         lines += [f"{key} = {toml_value(value)}" for key, value in target.items()]
@@ -157,7 +162,8 @@ def make_settings(
     """Settings from a real monitor.toml whose targets point at the simulator by default."""
     monkeypatch.chdir(tmp_path)  # so a developer's ./.env cannot feed the test
 
-    def make(*targets: dict[str, Any], database_url: str = "", **environ: str) -> Settings:
+    def make(*targets: dict[str, Any], database_url: str = "",
+             alerts: dict[str, Any] | None = None, **environ: str) -> Settings:
         resolved = []
         for target in targets or ({"name": "canary"},):
             entry = {"provider": "openai-compatible", **target}
@@ -165,7 +171,7 @@ def make_settings(
                 entry.setdefault("model", "gpt-4o")
             entry.setdefault("base_url", f"{sim_server.url}/v1")
             resolved.append(entry)
-        path = write_config(tmp_path / "monitor.toml", resolved, database_url)
+        path = write_config(tmp_path / "monitor.toml", resolved, database_url, alerts)
         return config.load(str(path), environ=environ)
 
     return make

@@ -63,7 +63,7 @@ def target_toml(**keys: str) -> str:
 
 
 TARGET_KEYS = (
-    "api_key_env, api_version, base_url, daily_request_budget, daily_token_budget, deployment, interval, max_response_bytes, messages, "
+    "api_key_env, api_version, base_url, daily_request_budget, daily_token_budget, deployment, detect, interval, max_response_bytes, messages, "
     "model, name, params, provider, stream, timeout"
 )
 DEFAULT_KEYS = TARGET_KEYS.replace(" name,", "")
@@ -78,13 +78,14 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
     [
         # The top level.
         pytest.param(
-            "alerts = 1\n",
-            "alerts: expected a known key (database, defaults, targets), got an unknown key",
+            "alert = 1\n",
+            "alert: expected a known key (alerts, database, defaults, targets), got an unknown key"
+            ' (did you mean "alerts"?)',
             id="top-unknown-section",
         ),
         pytest.param(
             '[target]\nname = "a"\n',
-            "target: expected a known key (database, defaults, targets), "
+            "target: expected a known key (alerts, database, defaults, targets), "
             'got an unknown key (did you mean "targets"?)',
             id="top-typo",
         ),
@@ -895,3 +896,70 @@ def test_budgets_are_positive_integers_and_do_not_change_the_config_hash(tmp_pat
     budgeted = load_with("daily_token_budget = 5000\ndaily_request_budget = 100\n").targets[0]
     assert budgeted.daily_token_budget == 5000 and budgeted.daily_request_budget == 100
     assert budgeted.config_hash == load_with("").targets[0].config_hash
+
+
+def test_detect_thresholds_merge_defaults_under_targets_key_by_key() -> None:
+    settings = load(
+        '[defaults.detect]\nlatency_ratio = 2\nfingerprint_accept_after = "1h"\n'
+        + MINIMAL
+        + target_toml(detect='{ latency_ratio = 3, latency_max_total = "2s" }').replace(
+            '"a"', '"b"')
+    )
+    plain, tuned = settings.targets
+    assert plain.detection.latency_ratio == 2
+    assert plain.detection.fingerprint_accept_after_ms == 3_600_000
+    assert plain.detection.latency_max_total_ms is None
+    assert tuned.detection.latency_ratio == 3
+    assert tuned.detection.fingerprint_accept_after_ms == 3_600_000  # from [defaults]
+    assert tuned.detection.latency_max_total_ms == 2000
+    assert tuned.config_hash == plain.config_hash  # thresholds do not change what is sent
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (target_toml(detect="{ latency_ratio = 0 }"),
+         "targets[0].detect.latency_ratio: expected a number greater than 0, got 0"),
+        (target_toml(detect="{ latency_p_value = 2 }"),
+         "targets[0].detect.latency_p_value: expected a number between 0 and 1, got 2"),
+        (target_toml(detect='{ fingerprint_accept_after = "soon" }'),
+         ("targets[0].detect.fingerprint_accept_after: expected a duration like \"30s\", "
+         "got 'soon'")),
+        ('[defaults.detect]\nwarmup = 3\n',
+         "defaults.detect.warmup: expected a known key"),
+        ('[alerts]\nwebhooks = ["ftp://hooks.example/secret-token"]\n',
+         ("alerts.webhooks[0]: expected an http(s) URL or \"env:VARIABLE\", got a string that "
+         "is not one")),
+        ('[alerts]\nslack_webhooks = ["env:SLACK_URL"]\n',
+         ("alerts.slack_webhooks[0]: expected environment variable SLACK_URL to be set to a "
+         "webhook URL, got nothing")),
+        ('[alerts]\nresolve_after = 0\n',
+         "alerts.resolve_after: expected an integer of at least 1, got 0"),
+        ('[alerts]\ncooldown = 5\n', "alerts.cooldown: expected a duration like \"30s\", got 5"),
+        ('[[alerts.maintenance]]\nstart = "02:00"\nduration = "1h"\ntimezone = "Mars/Base"\n',
+         "alerts.maintenance[0].timezone: expected an IANA time zone"),
+    ],
+)
+def test_detect_and_alerts_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(text if text.startswith("[[targets]]") else MINIMAL + text)
+    assert f"monitor.toml: {message}" in str(caught.value)
+
+
+def test_alerts_section_with_webhooks_from_the_environment_keeps_urls_out_of_repr() -> None:
+    secret = "https://hooks.example.com/services/T000/B000/token-value"
+    settings = load(
+        MINIMAL + '[alerts]\nwebhooks = ["https://hooks.example.com/monitor"]\n'
+        'slack_webhooks = ["env:SLACK_URL"]\nopen_after = 2\ncooldown = "5m"\n'
+        'remind_every = "4h"\ngroup_wait = "10s"\n'
+        '[[alerts.maintenance]]\nstart = 2026-12-01T02:00:00Z\nend = 2026-12-01T04:00:00Z\n',
+        environ={**ENV, "SLACK_URL": secret},
+    )
+    alerts = settings.alerts
+    assert alerts.webhooks == ("https://hooks.example.com/monitor",)
+    assert alerts.slack_webhooks == (secret,)
+    assert (alerts.open_after, alerts.resolve_after) == (2, 3)
+    assert (alerts.cooldown_ms, alerts.remind_every_ms, alerts.group_wait_ms) == (
+        300_000, 14_400_000, 10_000)
+    assert len(alerts.maintenance) == 1
+    assert "token-value" not in repr(settings)

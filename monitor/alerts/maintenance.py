@@ -16,66 +16,17 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from monitor.domain import MaintenanceWindow, OneOff, Recurring
 from monitor.durations import parse_ms
 from monitor.errors import ConfigError, raw
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
 # Longer would overlap next week's window; seven days on one weekday is already "always".
 MAX_RECURRING = timedelta(days=7)
-
-
-@dataclass(frozen=True)
-class OneOff:
-    start: datetime  # aware
-    end: datetime  # aware, after start
-
-    def covers(self, at: datetime) -> bool:
-        return self.start <= at < self.end
-
-
-@dataclass(frozen=True)
-class Recurring:
-    days: tuple[int, ...]  # weekdays the window starts on, 0 = Monday
-    start: time  # local, in `zone`
-    until: timedelta | time  # elapsed time, or a local end time (the next day if before start)
-    zone: ZoneInfo
-
-    def covers(self, at: datetime) -> bool:
-        moment = at.astimezone(UTC)
-        today = at.astimezone(self.zone).date()
-        # A window can start up to 7 days (plus a DST hour) before the local date of `at`.
-        for back in range(9):
-            day = today - timedelta(days=back)
-            if day.weekday() in self.days:
-                start, end = self._bounds(day)
-                if start <= moment < end:
-                    return True
-        return False
-
-    def _bounds(self, day: date) -> tuple[datetime, datetime]:
-        # Arithmetic on datetimes sharing a tzinfo is wall-clock arithmetic, and comparing them
-        # ignores `fold`: both are done in UTC.
-        start = datetime.combine(day, self.start, tzinfo=self.zone).astimezone(UTC)
-        if isinstance(self.until, timedelta):
-            return start, start + self.until
-        end_day = day if self.until > self.start else day + timedelta(days=1)
-        return start, datetime.combine(end_day, self.until, tzinfo=self.zone).astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class MaintenanceWindow:
-    name: str
-    when: OneOff | Recurring
-    targets: tuple[str, ...] = ()  # empty: every target
-    reason: str = ""
-
-    def applies_to(self, target: str) -> bool:
-        return not self.targets or target in self.targets
 
 
 def active_window(

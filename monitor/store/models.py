@@ -200,3 +200,134 @@ class InstanceRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DetectorStateRow(Base):
+    """Where live detection stands for one target: the detectors' snapshot after folding every
+    probe up to `last_probe_id`. Several daemons share it, so each folds what the others
+    stored; a changed `thresholds_hash` means folding the history again."""
+
+    __tablename__ = "detector_states"
+
+    target_id: Mapped[int] = mapped_column(
+        ForeignKey("targets.id", ondelete="CASCADE"), primary_key=True
+    )
+    thresholds_hash: Mapped[str] = mapped_column(String(64))
+    last_probe_id: Mapped[int] = mapped_column(Id)
+    state: Mapped[dict[str, Any]] = mapped_column(Json)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class DriftEventRow(Base):
+    """A condition that opened or cleared at one probe (a DriftEvent). Unique per probe, so
+    folding the same probe twice (a crash before the state was saved) stores it once."""
+
+    __tablename__ = "drift_events"
+    __table_args__ = (
+        UniqueConstraint("probe_uid", "kind", "key", "opened"),
+        Index("ix_drift_events_target_id_at", "target_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # DriftKind
+    key: Mapped[str] = mapped_column(String(300))
+    opened: Mapped[bool] = mapped_column(Boolean)
+    severity: Mapped[str] = mapped_column(String(10))  # Severity
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    probe_uid: Mapped[str] = mapped_column(String(32))  # the probe it happened at
+    before: Mapped[Any] = mapped_column(Json, nullable=True)
+    after: Mapped[Any] = mapped_column(Json, nullable=True)
+    probe_uids: Mapped[list[str]] = mapped_column(Json)
+    explanation: Mapped[str] = mapped_column(Text)
+
+
+class AlertRow(Base):
+    """One alert: a condition that held long enough to open, until it resolved. `pending`
+    rows are conditions not yet held for `open_after` probes; they notify nobody."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_target_id_kind_key", "target_id", "kind", "key"),
+        Index("ix_alerts_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    key: Mapped[str] = mapped_column(String(300))
+    severity: Mapped[str] = mapped_column(String(10))
+    state: Mapped[str] = mapped_column(String(10))  # pending | open | resolved
+    # Probes in a row the condition has held (pending) or has been clear (open).
+    streak: Mapped[int] = mapped_column(Integer)
+    # Times it re-opened within the cooldown, silently, instead of a new alert.
+    flaps: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)  # the condition's first probe
+    opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    before: Mapped[Any] = mapped_column(Json, nullable=True)
+    after: Mapped[Any] = mapped_column(Json, nullable=True)
+    probe_uids: Mapped[list[str]] = mapped_column(Json)
+    explanation: Mapped[str] = mapped_column(Text)
+    resolution: Mapped[str | None] = mapped_column(Text)  # why it cleared
+    last_notified_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    acked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class OutboxRow(Base):
+    """An alert's state change to tell people about, written in the transaction that made
+    it. `pending` rows wait to be grouped into a notification; `held` ones arrived during a
+    maintenance window; `dropped` ones were outlived by a later change."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_state", "state"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"))
+    change: Mapped[str] = mapped_column(String(10))  # opened | resolved | reminder
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    state: Mapped[str] = mapped_column(String(10))  # pending | held | grouped | dropped
+    note: Mapped[str | None] = mapped_column(Text)
+    notification_id: Mapped[int | None] = mapped_column(
+        ForeignKey("notifications.id", ondelete="SET NULL")
+    )
+
+
+class NotificationRow(Base):
+    """One message about one or more alert changes (grouped), sent on every channel."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)  # the receivers' idempotency key
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    change: Mapped[str] = mapped_column(String(10))
+    title: Mapped[str] = mapped_column(Text)
+
+
+class DeliveryRow(Base):
+    """A notification on one channel: the exact body to send, and how sending it went.
+    Delivered once it got a 2xx; retried with backoff until then, across restarts."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "channel"),
+        Index("ix_deliveries_next_attempt_at", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    # "log", or "webhook:"/"slack:" and a hash of the URL (URLs are secrets: never stored).
+    channel: Mapped[str] = mapped_column(String(80))
+    destination: Mapped[str] = mapped_column(String(300))  # the URL, redacted
+    body: Mapped[dict[str, Any]] = mapped_column(Json)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # None: finished
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)  # an instance is sending
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    gave_up_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)

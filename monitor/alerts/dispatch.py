@@ -1,0 +1,307 @@
+"""From outbox to receivers: group alert changes into notifications and deliver them on every
+channel, with retries and backoff that survive restarts.
+
+One pass (`Dispatcher.run`) does, in order:
+1. release changes held by a maintenance window that has ended, if they are still true;
+2. queue reminders for alerts open and unacknowledged for `remind_every`;
+3. group pending changes: all changes of one kind and direction ("availability opened") that
+   arrived within `group_wait` become one notification naming every target; a 'resolved' also
+   waits out the cooldown (flap damping, see engine.py);
+4. deliver due deliveries. Each is claimed with a short lease first, so several daemons on one
+   PostgreSQL never send the same one at once; a 2xx marks it delivered. A crash between the
+   receiver's 2xx and that mark re-sends it after the lease: receivers dedupe on the
+   `Idempotency-Key` header, which is the notification's id on every attempt.
+
+Runs on its own scheduler thread: a slow or failing receiver never delays a probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from sqlalchemy import Connection, Engine, and_, exists, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from monitor.alerts import engine as alert_engine
+from monitor.alerts import lifecycle
+from monitor.alerts.maintenance import active_window
+from monitor.alerts.notifiers import (
+    AlertSummary,
+    Notification,
+    deliver,
+    log_line,
+    redact_url,
+    retry_delay_s,
+    slack_payload,
+    webhook_payload,
+)
+from monitor.domain import AlertSettings, DriftKind, Severity
+from monitor.store.models import (
+    AlertRow,
+    DeliveryRow,
+    NotificationRow,
+    OutboxRow,
+    TargetRow,
+)
+
+log = logging.getLogger("monitor")
+
+# A receiver gets this long to answer one POST.
+DELIVERY_TIMEOUT_S = 10.0
+# An instance owns a delivery this long while sending it (well over the timeout).
+LEASE = timedelta(minutes=2)
+# Deliveries attempted per pass; the rest wait for the next pass (one second later).
+BATCH = 50
+
+Render = Callable[[Notification], dict[str, Any]]
+_RENDER: dict[str, Render] = {
+    "log": lambda n: {"line": log_line(n)},
+    "webhook": webhook_payload,
+    "slack": slack_payload,
+}
+
+
+def channels(policy: AlertSettings) -> dict[str, tuple[str, str | None]]:
+    """channel id -> (kind, URL). A URL is known by its hash: it is a secret, never stored."""
+    found: dict[str, tuple[str, str | None]] = {"log": ("log", None)}
+    for kind, urls in (("webhook", policy.webhooks), ("slack", policy.slack_webhooks)):
+        for url in urls:
+            found[f"{kind}:{hashlib.sha256(url.encode()).hexdigest()[:16]}"] = (kind, url)
+    return found
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, policy: AlertSettings) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.session = requests.Session()
+
+    def run(self, now: datetime | None = None, *, flush: bool = False) -> int:
+        """One pass; returns how many deliveries succeeded. `flush` groups at once (for
+        `monitor run --once`, which will not be around in `group_wait`)."""
+        now = now or datetime.now(UTC)
+        with self.engine.begin() as connection:
+            self._release_held(connection, now)
+            self._queue_reminders(connection, now)
+            self._group(connection, now, flush)
+        return self._deliver_due(now)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- 1. maintenance --------------------------------------------------------------------
+
+    def _release_held(self, connection: Connection, now: datetime) -> None:
+        held = Session(connection).execute(
+            select(OutboxRow, AlertRow.state, TargetRow.name)
+            .join(AlertRow, AlertRow.id == OutboxRow.alert_id)
+            .join(TargetRow, TargetRow.id == AlertRow.target_id)
+            .where(OutboxRow.state == "held")
+        ).all()
+        for row, alert_state, target in held:
+            if active_window(self.policy.maintenance, target, now):
+                continue
+            # After the window, people hear of the state that outlasted it, nothing else.
+            still_true = (
+                (row.change == lifecycle.OPENED and alert_state == lifecycle.OPEN)
+                or (row.change == lifecycle.RESOLVED and alert_state == lifecycle.RESOLVED
+                    and _was_announced(connection, row.alert_id))
+            )
+            connection.execute(update(OutboxRow).where(OutboxRow.id == row.id).values(
+                state="pending" if still_true else "dropped",
+                note=row.note if still_true else "outlived by a later change in maintenance",
+            ))
+
+    # --- 2. reminders ------------------------------------------------------------------------
+
+    def _queue_reminders(self, connection: Connection, now: datetime) -> None:
+        if self.policy.remind_every_ms is None:
+            return
+        waiting = exists().where(OutboxRow.alert_id == AlertRow.id,
+                                 OutboxRow.state.in_(("pending", "held")))
+        due = connection.execute(
+            select(AlertRow.id, AlertRow.last_notified_at, TargetRow.name)
+            .join(TargetRow, TargetRow.id == AlertRow.target_id)
+            .where(AlertRow.state == lifecycle.OPEN, AlertRow.acked_at.is_(None), ~waiting)
+        ).all()
+        for alert_id, last_notified_at, target in due:
+            if lifecycle.reminder_due(last_notified_at, now, self.policy):
+                alert_engine.queue(connection, self.policy, alert_id, target,
+                                   lifecycle.REMINDER, now)
+
+    # --- 3. grouping -------------------------------------------------------------------------
+
+    def _group(self, connection: Connection, now: datetime, flush: bool) -> None:
+        query = (
+            select(OutboxRow, AlertRow, TargetRow.name)
+            .join(AlertRow, AlertRow.id == OutboxRow.alert_id)
+            .join(TargetRow, TargetRow.id == AlertRow.target_id)
+            .where(OutboxRow.state == "pending")
+            .order_by(OutboxRow.id)
+        )
+        if connection.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=OutboxRow)
+        groups: dict[tuple[str, str], list[tuple[OutboxRow, AlertRow, str]]] = defaultdict(list)
+        for row, alert, target in Session(connection).execute(query).all():
+            groups[(row.change, alert.kind)].append((row, alert, target))
+        for (change, _), members in groups.items():
+            wait_ms = self.policy.group_wait_ms
+            if change == lifecycle.RESOLVED:
+                wait_ms = max(wait_ms, self.policy.cooldown_ms)
+            oldest = min(row.created_at for row, _, _ in members)
+            if flush or now - oldest >= timedelta(milliseconds=wait_ms):
+                self._notify(connection, now, change, members)
+
+    def _notify(self, connection: Connection, now: datetime, change: str,
+                members: list[tuple[OutboxRow, AlertRow, str]]) -> None:
+        alerts: dict[int, AlertSummary] = {}
+        for _, alert, target in members:
+            alerts[alert.id] = _summary(alert, target)
+        notification = Notification(id=uuid.uuid4().hex, created_at=now, change=change,
+                                    alerts=tuple(alerts.values()))
+        notification_id = connection.execute(insert(NotificationRow).values(
+            uid=notification.id, created_at=now, change=change, title=notification.title,
+        ).returning(NotificationRow.id)).scalar_one()
+        connection.execute(
+            update(OutboxRow).where(OutboxRow.id.in_([row.id for row, _, _ in members]))
+            .values(state="grouped", notification_id=notification_id))
+        connection.execute(update(AlertRow).where(AlertRow.id.in_(list(alerts)))
+                           .values(last_notified_at=now))
+        connection.execute(insert(DeliveryRow), [
+            {"notification_id": notification_id, "channel": channel,
+             "destination": "log" if url is None else redact_url(url),
+             "body": _RENDER[kind](notification), "attempts": 0, "next_attempt_at": now}
+            for channel, (kind, url) in channels(self.policy).items()
+        ])
+
+    # --- 4. delivery -------------------------------------------------------------------------
+
+    def _deliver_due(self, now: datetime) -> int:
+        """Deliver, channel by channel, in order: a notification waits for the ones before it
+        on its channel, so a receiver never hears 'resolved' before 'opened'."""
+        with self.engine.connect() as connection:
+            busy = connection.execute(
+                select(DeliveryRow.channel).where(DeliveryRow.next_attempt_at.is_not(None))
+                .distinct()
+            ).scalars().all()
+        known = channels(self.policy)
+        delivered = 0
+        for channel in busy:
+            for _ in range(BATCH):
+                head = self._head(channel, now)
+                claimed = None if head is None else self._claim(head, now)
+                if claimed is None:
+                    break  # nothing due, or another instance is sending it
+                outcome = self._attempt(claimed, known, now)
+                delivered += outcome == "delivered"
+                if outcome == "retry":
+                    break
+        return delivered
+
+    def _head(self, channel: str, now: datetime) -> int | None:
+        """The channel's oldest unfinished delivery, if it is due and nobody is sending it."""
+        with self.engine.connect() as connection:
+            head = connection.execute(
+                select(DeliveryRow.id, DeliveryRow.next_attempt_at, DeliveryRow.lease_until)
+                .where(DeliveryRow.channel == channel, DeliveryRow.next_attempt_at.is_not(None))
+                .order_by(DeliveryRow.id)
+                .limit(1)
+            ).first()
+        if head is None or head.next_attempt_at > now or (
+            head.lease_until is not None and head.lease_until >= now
+        ):
+            return None
+        return int(head.id)
+
+    def _claim(self, delivery_id: int, now: datetime) -> tuple[DeliveryRow, str, datetime] | None:
+        with self.engine.begin() as connection:
+            won = connection.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id, DeliveryRow.next_attempt_at.is_not(None),
+                       or_(DeliveryRow.lease_until.is_(None), DeliveryRow.lease_until < now))
+                .values(lease_until=now + LEASE)
+                .returning(DeliveryRow.id)  # not rowcount: psycopg 3 may report -1
+            ).first()
+            if won is None:
+                return None  # another instance is sending it
+            row, uid, created_at = Session(connection).execute(
+                select(DeliveryRow, NotificationRow.uid, NotificationRow.created_at)
+                .join(NotificationRow, NotificationRow.id == DeliveryRow.notification_id)
+                .where(DeliveryRow.id == delivery_id)
+            ).one()
+            return row, uid, created_at
+
+    def _attempt(self, claimed: tuple[DeliveryRow, str, datetime],
+                 known: dict[str, tuple[str, str | None]], now: datetime) -> str:
+        """'delivered', 'gave_up' or 'retry'."""
+        row, uid, created_at = claimed
+        attempts = row.attempts + 1
+        if row.channel not in known:
+            self._finish(row.id, attempts, now, gave_up="the channel is no longer configured")
+            return "gave_up"
+        if now - created_at > timedelta(milliseconds=self.policy.give_up_after_ms):
+            log.error("notification %s to %s given up after %d attempts: %s", uid,
+                      row.destination, row.attempts, row.last_error)
+            self._finish(row.id, row.attempts, now, gave_up=row.last_error or "too old")
+            return "gave_up"
+        _, url = known[row.channel]
+        if url is None:
+            log.warning("%s", row.body["line"])
+            self._finish(row.id, attempts, now, delivered=True)
+            return "delivered"
+        outcome = deliver(self.session, url, row.body, idempotency_key=uid,
+                          timeout_s=DELIVERY_TIMEOUT_S)
+        if outcome.ok:
+            self._finish(row.id, attempts, now, delivered=True, status=outcome.status)
+            return "delivered"
+        if not outcome.retryable:
+            log.error("notification %s to %s refused, not retrying: %s", uid, row.destination,
+                      outcome.error)
+            self._finish(row.id, attempts, now, gave_up=outcome.error, status=outcome.status)
+            return "gave_up"
+        wait_s = retry_delay_s(attempts, outcome.retry_after_s)
+        log.warning("notification %s to %s failed (attempt %d), retrying in %.0f s: %s", uid,
+                    row.destination, attempts, wait_s, outcome.error)
+        with self.engine.begin() as connection:
+            connection.execute(update(DeliveryRow).where(DeliveryRow.id == row.id).values(
+                attempts=attempts, next_attempt_at=now + timedelta(seconds=wait_s),
+                lease_until=None, last_status=outcome.status, last_error=outcome.error))
+        return "retry"
+
+    def _finish(self, delivery_id: int, attempts: int, now: datetime, *,
+                delivered: bool = False, gave_up: str | None = None,
+                status: int | None = None) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(update(DeliveryRow).where(DeliveryRow.id == delivery_id).values(
+                attempts=attempts, next_attempt_at=None, lease_until=None,
+                delivered_at=now if delivered else None,
+                gave_up_at=None if delivered else now,
+                last_status=status, last_error=gave_up))
+
+
+def _was_announced(connection: Connection, alert_id: int) -> bool:
+    return connection.execute(
+        select(OutboxRow.id).where(and_(OutboxRow.alert_id == alert_id,
+                                        OutboxRow.change == lifecycle.OPENED,
+                                        OutboxRow.state == "grouped")).limit(1)
+    ).first() is not None
+
+
+def _summary(alert: AlertRow, target: str) -> AlertSummary:
+    return AlertSummary(
+        alert_id=alert.id, target=target, kind=DriftKind(alert.kind), key=alert.key,
+        severity=Severity(alert.severity),
+        state=lifecycle.RESOLVED if alert.state == lifecycle.RESOLVED else lifecycle.OPEN,
+        opened_at=alert.opened_at or alert.started_at, resolved_at=alert.resolved_at,
+        before=alert.before, after=alert.after,
+        explanation=alert.resolution if alert.state == lifecycle.RESOLVED and alert.resolution
+        else alert.explanation,
+        probe_uids=tuple(alert.probe_uids),
+    )

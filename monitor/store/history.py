@@ -1,0 +1,155 @@
+"""What detection reads and writes: a target's probes as Observations (in the order they were
+stored), the detectors' saved state, and the DriftEvents they produced.
+
+Probes are folded in id order (the order the database took them), not by started_at: a probe
+that waited in the spool during an outage is stored late, and folding by id is the one order
+that live detection and a re-run over stored history can both follow exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from monitor.domain import DriftEvent, ErrorKind, Observation, RateLimits
+from monitor.store.models import DetectorStateRow, DriftEventRow, ProbeRow, RequestPayloadRow
+
+# Probes read per query while folding a long history.
+CHUNK = 5000
+
+_COLUMNS = (
+    ProbeRow.id, ProbeRow.uid, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
+    ProbeRow.http_status, ProbeRow.model, ProbeRow.system_fingerprint, ProbeRow.total_ms,
+    ProbeRow.time_to_first_token_ms, ProbeRow.openai_processing_ms,
+    ProbeRow.ratelimit_limit_requests, ProbeRow.ratelimit_limit_tokens,
+    ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens,
+    ProbeRow.ratelimit_reset_requests_s, ProbeRow.ratelimit_reset_tokens_s,
+    ProbeRow.choices, ProbeRow.finish_reason, ProbeRow.prompt_tokens,
+    ProbeRow.request_payload_id,
+)
+
+
+class ObservationReader:
+    """Turns stored probes into Observations; remembers what it learnt of each payload."""
+
+    def __init__(self) -> None:
+        # payload id -> (sha256, requested model, deterministic)
+        self._payloads: dict[int, tuple[str, str | None, bool]] = {}
+
+    def after(self, connection: Connection, target_id: int, after_id: int,
+              limit: int = CHUNK) -> list[tuple[int, Observation]]:
+        """The target's probes stored after probe `after_id`, oldest first, with their ids."""
+        rows = connection.execute(
+            select(*_COLUMNS)
+            .where(ProbeRow.target_id == target_id, ProbeRow.id > after_id)
+            .order_by(ProbeRow.id)
+            .limit(limit)
+        ).all()
+        self._learn(connection, {row.request_payload_id for row in rows})
+        return [(row.id, self._observation(row)) for row in rows]
+
+    def all(self, connection: Connection, target_id: int) -> Iterator[tuple[int, Observation]]:
+        """Every probe of the target, oldest first, read in chunks."""
+        last = 0
+        while chunk := self.after(connection, target_id, last):
+            yield from chunk
+            last = chunk[-1][0]
+
+    def _learn(self, connection: Connection, payload_ids: set[int]) -> None:
+        missing = payload_ids - self._payloads.keys()
+        if not missing:
+            return
+        query = select(RequestPayloadRow.id, RequestPayloadRow.sha256, RequestPayloadRow.payload)
+        for payload_id, digest, payload in connection.execute(
+            query.where(RequestPayloadRow.id.in_(missing))
+        ):
+            model = payload.get("model")
+            # The same request should get the same answer only when nothing is sampled.
+            deterministic = payload.get("temperature") == 0 and payload.get("seed") is not None
+            self._payloads[payload_id] = (digest, model if isinstance(model, str) else None,
+                                          deterministic)
+
+    def _observation(self, row: Any) -> Observation:
+        digest, requested_model, deterministic = self._payloads[row.request_payload_id]
+        choices = row.choices or []
+        return Observation(
+            uid=row.uid,
+            started_at=row.started_at,
+            ok=row.ok,
+            error_kind=ErrorKind(row.error_kind) if row.error_kind else None,
+            http_status=row.http_status,
+            requested_model=requested_model,
+            model=row.model,
+            system_fingerprint=row.system_fingerprint,
+            total_ms=row.total_ms,
+            time_to_first_token_ms=row.time_to_first_token_ms,
+            openai_processing_ms=row.openai_processing_ms,
+            rate_limits=RateLimits(
+                limit_requests=row.ratelimit_limit_requests,
+                limit_tokens=row.ratelimit_limit_tokens,
+                remaining_requests=row.ratelimit_remaining_requests,
+                remaining_tokens=row.ratelimit_remaining_tokens,
+                reset_requests_s=row.ratelimit_reset_requests_s,
+                reset_tokens_s=row.ratelimit_reset_tokens_s,
+            ),
+            content=choices[0].get("content") if choices else None,
+            finish_reason=row.finish_reason,
+            prompt_tokens=row.prompt_tokens,
+            request_hash=digest,
+            deterministic=deterministic,
+        )
+
+
+def lock_state(connection: Connection, target_id: int) -> DetectorStateRow | None:
+    """The target's saved detection state, locked until the transaction ends (PostgreSQL), so
+    two daemons never fold the same probes at once. SQLite has one writer anyway."""
+    query = select(DetectorStateRow).where(DetectorStateRow.target_id == target_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return Session(connection).scalars(query).first()
+
+
+def claim_state(connection: Connection, target_id: int, now: datetime) -> None:
+    """Make sure the target has a state row to lock (ON CONFLICT: daemons race here)."""
+    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    connection.execute(
+        dialect_insert(DetectorStateRow).values(
+            target_id=target_id, thresholds_hash="", last_probe_id=0, state={}, updated_at=now
+        ).on_conflict_do_nothing(index_elements=["target_id"])
+    )
+
+
+def save_state(connection: Connection, target_id: int, thresholds_hash: str,
+               last_probe_id: int, state: dict[str, Any], now: datetime) -> None:
+    connection.execute(
+        update(DetectorStateRow)
+        .where(DetectorStateRow.target_id == target_id)
+        .values(thresholds_hash=thresholds_hash, last_probe_id=last_probe_id, state=state,
+                updated_at=now)
+    )
+
+
+def record_events(connection: Connection, target_id: int, probe_uid: str,
+                  events: Sequence[DriftEvent]) -> None:
+    """Store the events one probe produced; ones already stored (a re-fold) are kept as they
+    were."""
+    if not events:
+        return
+    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    connection.execute(
+        dialect_insert(DriftEventRow).on_conflict_do_nothing(
+            index_elements=["probe_uid", "kind", "key", "opened"]),
+        [
+            {"target_id": target_id, "kind": e.kind.value, "key": e.key, "opened": e.opened,
+             "severity": e.severity.value, "at": e.at, "probe_uid": probe_uid,
+             "before": e.before, "after": e.after, "probe_uids": list(e.probe_uids),
+             "explanation": e.explanation}
+            for e in events
+        ],
+    )

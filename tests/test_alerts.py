@@ -1,0 +1,323 @@
+"""Drift scenarios end to end: the daemon's step (real HTTP to the simulator, real databases)
+raises exactly one alert per injected change, with its before/after, and resolves it after
+the simulator reverts; notifications go through the outbox to the log and a real webhook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from monitor.alerts import lifecycle
+from monitor.daemon import Daemon
+from monitor.domain import AlertSettings
+from monitor.sim import SimClient
+from monitor.store.models import AlertRow, DeliveryRow, DriftEventRow, NotificationRow, OutboxRow
+from monitor.store.records import Recorder
+from monitor.store.spool import Spool
+from tests.conftest import MakeSettings
+from tests.receiver import Receiver
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+# Short baselines, so a scenario takes tens of probes, not hundreds.
+FAST = {"warmup_probes": 5, "fingerprint_warmup_probes": 5, "fingerprint_revert_probes": 3,
+        "latency_baseline_probes": 20, "latency_min_samples": 8}
+
+
+class Run:
+    """One target probed once a minute of fake clock (the HTTP and the database are real)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.minute = 0
+
+    def probes(self, count: int) -> None:
+        for _ in range(count):
+            assert self.daemon.tick(T0 + timedelta(minutes=self.minute)) == 1
+            self.minute += 1
+
+    def alerts(self) -> list[AlertRow]:
+        with self.daemon.recorder.engine.connect() as connection:
+            return list(connection.execute(select(AlertRow).order_by(AlertRow.id)).all())
+
+
+@pytest.fixture
+def run(tmp_path: Path, engine: Engine, make_settings: MakeSettings,
+        sim: SimClient) -> Iterator[Callable[..., Run]]:
+    made: list[Daemon] = []
+
+    def make(alerts: dict[str, Any] | None = None, **target: Any) -> Run:
+        settings = make_settings(
+            {"name": "canary", "interval": "1m", "detect": FAST, **target},
+            alerts={"group_wait": "0s", **(alerts or {})},
+        )
+        daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
+        daemon.register()
+        made.append(daemon)
+        return Run(daemon)
+
+    yield make
+    for daemon in made:
+        daemon.close()
+
+
+def only_alert(run: Run) -> AlertRow:
+    alerts = [a for a in run.alerts() if a.state != lifecycle.PENDING]
+    assert len(alerts) == 1, [(a.kind, a.key, a.state) for a in alerts]
+    return alerts[0]
+
+
+SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], str, str]] = {
+    # name: (target keys, change, revert, kind, key)
+    "fingerprint": ({}, {"fingerprints": [{"value": "fp_new0000001"}]},
+                    {"fingerprints": [{"value": "fp_6ec83003ad"}]}, "fingerprint",
+                    "new:fp_new0000001"),
+    "model": ({}, {"aliases": {"gpt-4o": "gpt-4o-2025-05-13"}},
+              {"aliases": {"gpt-4o": "gpt-4o-2024-08-06"}}, "model", "gpt-4o"),
+    "quota-limit": ({}, {"rate_limits": {"requests_per_window": 5000}},
+                    {"rate_limits": {"requests_per_window": 10000}}, "quota", "limit_requests"),
+    "availability": ({}, {"faults": {"rate": 1.0, "kinds": ["http_503"]}},
+                     {"faults": {"rate": 0.0}}, "availability", "consecutive_failures"),
+    "output": ({}, {"hidden_system_prompt_tokens": 25}, {"hidden_system_prompt_tokens": 0},
+               "output", "prompt_tokens"),
+    "latency": ({}, {"latency": {"base_ms": 60, "jitter_ms": 6}},
+                {"latency": {"base_ms": 20, "jitter_ms": 2}}, "latency", "processing_ms"),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_each_drift_kind_raises_exactly_one_alert_and_resolves_after_revert(
+    name: str, sim: SimClient, run: Callable[..., Run]
+) -> None:
+    target, change, revert, kind, key = SCENARIOS[name]
+    sim.update(latency={"base_ms": 20, "jitter_ms": 2})
+    canary = run(**target)
+    canary.probes(30)
+    assert canary.alerts() == []  # warm-up and a steady baseline raise nothing
+    sim.update(**change)
+    canary.probes(12)
+    alert = only_alert(canary)
+    assert (alert.kind, alert.key, alert.state) == (kind, key, lifecycle.OPEN)
+    assert alert.before is not None and alert.after is not None and alert.before != alert.after
+    sim.update(**revert)
+    canary.probes(25)
+    alert = only_alert(canary)
+    assert alert.state == lifecycle.RESOLVED and alert.resolution
+    with canary.daemon.recorder.engine.connect() as connection:
+        changes = connection.execute(
+            select(OutboxRow.change).where(OutboxRow.alert_id == alert.id).order_by(OutboxRow.id)
+        ).scalars().all()
+    assert changes == ["opened", "resolved"]
+
+
+def test_before_and_after_values_name_what_changed(sim: SimClient, run: Callable[..., Run]) -> None:
+    canary = run()
+    canary.probes(10)
+    sim.update(aliases={"gpt-4o": "gpt-4o-2025-05-13"})
+    canary.probes(1)  # found at the first probe that shows it
+    alert = only_alert(canary)
+    assert (alert.before, alert.after) == ("gpt-4o-2024-08-06", "gpt-4o-2025-05-13")
+    assert "gpt-4o-2025-05-13" in alert.explanation
+
+
+def test_a_steady_run_with_alternating_fingerprints_and_one_error_raises_nothing(
+    sim: SimClient, run: Callable[..., Run]
+) -> None:
+    sim.update(latency={"base_ms": 20, "jitter_ms": 8},
+               fingerprints=[{"value": "fp_aaaaaaaaaa", "weight": 3},
+                             {"value": "fp_bbbbbbbbbb", "weight": 1}])
+    # The default pool warm-up (30 probes): a 1-in-4 backend is in it.
+    canary = run(detect={**FAST, "fingerprint_warmup_probes": 30})
+    canary.probes(60)
+    sim.enqueue({"fault": "http_502"})
+    canary.probes(60)
+    assert canary.alerts() == []
+
+
+def test_availability_opens_at_exactly_the_nth_failure(
+    sim: SimClient, run: Callable[..., Run]
+) -> None:
+    canary = run()
+    canary.probes(10)
+    sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+    canary.probes(2)
+    assert canary.alerts() == []
+    canary.probes(1)
+    alert = only_alert(canary)
+    assert alert.state == lifecycle.OPEN and alert.severity == "critical"
+
+
+def test_a_flap_within_the_cooldown_continues_the_alert_silently(
+    sim: SimClient, run: Callable[..., Run]
+) -> None:
+    canary = run(alerts={"cooldown": "1h"})
+    canary.probes(10)
+    for _ in range(2):
+        sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+        canary.probes(3)
+        sim.update(faults={"rate": 0.0})
+        canary.probes(4)  # clear for resolve_after (3) probes: resolved...
+    alert = only_alert(canary)  # ...but it came back within the hour: the same alert
+    assert alert.flaps == 1
+    canary.daemon.dispatch()
+    with canary.daemon.recorder.engine.connect() as connection:
+        outbox = connection.execute(select(OutboxRow.change, OutboxRow.state)
+                                    .order_by(OutboxRow.id)).all()
+    # One 'opened' sent; the first 'resolved' dropped by the flap; the last still waits out
+    # the cooldown before anyone hears the alert resolved.
+    assert [tuple(row) for row in outbox] == [
+        ("opened", "grouped"), ("resolved", "dropped"), ("resolved", "pending")]
+
+
+def test_open_after_and_resolve_after_are_honoured(sim: SimClient, run: Callable[..., Run]) -> None:
+    canary = run(alerts={"open_after": 2, "resolve_after": 1})
+    canary.probes(10)
+    sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+    canary.probes(3)  # the condition opens at the 3rd failure: pending, not an alert yet
+    assert [a.state for a in canary.alerts()] == [lifecycle.PENDING]
+    canary.probes(1)
+    assert only_alert(canary).state == lifecycle.OPEN
+    sim.update(faults={"rate": 0.0})
+    canary.probes(1)
+    assert only_alert(canary).state == lifecycle.RESOLVED
+
+
+def test_maintenance_holds_notifications_and_releases_what_outlasts_it(
+    sim: SimClient, run: Callable[..., Run], make_settings: MakeSettings
+) -> None:
+    now = datetime.now(UTC)
+    window = {"start": (now - timedelta(minutes=1)).isoformat(),
+              "end": (now + timedelta(minutes=1)).isoformat()}
+    canary = run(alerts={"maintenance": [window]})
+    canary.probes(10)
+    sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+    canary.probes(3)
+    canary.daemon.dispatch()
+    engine = canary.daemon.recorder.engine
+    with engine.connect() as connection:
+        assert connection.execute(select(OutboxRow.state)).scalars().all() == ["held"]
+        assert connection.execute(select(NotificationRow.id)).all() == []
+    # The window ends with the alert still open: people hear of it then.
+    canary.daemon.dispatcher.run(now + timedelta(minutes=2))
+    with engine.connect() as connection:
+        assert connection.execute(select(OutboxRow.state)).scalars().all() == ["grouped"]
+
+
+def test_ten_targets_failing_together_send_one_notification(
+    sim: SimClient, tmp_path: Path, engine: Engine, make_settings: MakeSettings
+) -> None:
+    names = [f"t{i}" for i in range(10)]
+    settings = make_settings(*({"name": n, "interval": "1m", "detect": FAST} for n in names),
+                             alerts={"group_wait": "30s"})
+    daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
+    daemon.register()
+    try:
+        for minute in range(10):
+            daemon.tick(T0 + timedelta(minutes=minute))
+        sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+        for minute in range(10, 13):
+            daemon.tick(T0 + timedelta(minutes=minute))
+        daemon.dispatcher.run(datetime.now(UTC))  # within group_wait: nothing yet
+        with engine.connect() as connection:
+            assert connection.execute(select(NotificationRow.id)).all() == []
+        daemon.dispatcher.run(datetime.now(UTC) + timedelta(seconds=31))
+        with engine.connect() as connection:
+            titles = connection.execute(select(NotificationRow.title)).scalars().all()
+            bodies = connection.execute(
+                select(DeliveryRow.body).where(DeliveryRow.channel == "log")).scalars().all()
+        assert titles == ["10 targets: availability opened (critical)"]
+        assert all(f"target=\"{name}\"" in bodies[0]["line"] for name in names)
+    finally:
+        daemon.close()
+
+
+def test_a_webhook_down_for_a_while_gets_each_notification_exactly_once(
+    sim: SimClient, run: Callable[..., Run]
+) -> None:
+    with Receiver() as receiver:
+        receiver.down()
+        canary = run(alerts={"webhooks": [receiver.url], "cooldown": "0s"})
+        canary.probes(10)
+        sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+        canary.probes(3)
+        sim.update(faults={"rate": 0.0})
+        canary.probes(3)
+        dispatcher = canary.daemon.dispatcher
+        now = datetime.now(UTC)
+        for second in range(0, 600, 20):  # ten minutes of retries while it is down
+            dispatcher.run(now + timedelta(seconds=second))
+        assert receiver.received == []
+        receiver.up()
+        for second in range(600, 1200, 20):  # back: every notification arrives, once
+            dispatcher.run(now + timedelta(seconds=second))
+        ids = [headers["idempotency-key"] for headers, _, _ in receiver.received]
+        changes = [body["change"] for _, body, _ in receiver.received]
+        assert changes == ["opened", "resolved"] and len(set(ids)) == 2
+        # A fresh dispatcher (a restart) finds nothing left to send.
+        restarted = type(dispatcher)(dispatcher.engine, dispatcher.policy)
+        restarted.run(now + timedelta(seconds=1300))
+        restarted.close()
+        assert len(receiver.received) == 2
+
+
+def test_a_failing_notifier_never_stops_probing(sim: SimClient, run: Callable[..., Run]) -> None:
+    canary = run(alerts={"webhooks": ["http://127.0.0.1:9/unreachable"]})
+    canary.probes(10)
+    sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+    canary.probes(3)
+    canary.daemon.dispatch()
+    canary.probes(3)  # still probing
+    with canary.daemon.recorder.engine.connect() as connection:
+        webhook = connection.execute(select(DeliveryRow).where(
+            DeliveryRow.channel != "log")).one()
+    assert webhook.delivered_at is None and webhook.attempts == 1
+    assert webhook.destination == "http://127.0.0.1:9/…"
+    assert "unreachable" not in (webhook.last_error or "")
+
+
+def test_drift_events_are_stored_once_per_probe(sim: SimClient, run: Callable[..., Run]) -> None:
+    canary = run()
+    canary.probes(10)
+    sim.update(fingerprints=[{"value": "fp_new0000001"}])
+    canary.probes(2)
+    with canary.daemon.recorder.engine.connect() as connection:
+        events = connection.execute(select(DriftEventRow.kind, DriftEventRow.key,
+                                           DriftEventRow.opened)).all()
+    assert [tuple(e) for e in events] == [("fingerprint", "new:fp_new0000001", True)]
+
+
+# --- the lifecycle on its own ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "streak", "holds", "expected"),
+    [
+        ("pending", 0, True, lifecycle.Step("open", 0, "opened")),
+        ("pending", 0, False, lifecycle.Step(None, 0, None)),
+        ("open", 0, True, lifecycle.Step("open", 0, None)),
+        ("open", 0, False, lifecycle.Step("open", 1, None)),
+        ("open", 2, False, lifecycle.Step("resolved", 0, "resolved")),
+        ("open", 2, True, lifecycle.Step("open", 0, None)),
+    ],
+)
+def test_lifecycle_steps(state: str, streak: int, holds: bool, expected: lifecycle.Step) -> None:
+    assert lifecycle.advance(state, streak, holds, AlertSettings()) == expected
+
+
+def test_open_after_counts_probes_in_a_row() -> None:
+    policy = AlertSettings(open_after=3)
+    step = lifecycle.advance("pending", 0, True, policy)
+    assert step == lifecycle.Step("pending", 1, None)
+    step = lifecycle.advance("pending", 2, True, policy)
+    assert step == lifecycle.Step("open", 0, "opened")
+
+
+def test_reminders_are_due_after_remind_every() -> None:
+    policy = AlertSettings(remind_every_ms=3_600_000)
+    assert not lifecycle.reminder_due(T0, T0 + timedelta(minutes=59), policy)
+    assert lifecycle.reminder_due(T0, T0 + timedelta(hours=1), policy)
+    assert not lifecycle.reminder_due(T0, T0 + timedelta(days=9), AlertSettings())
