@@ -8,25 +8,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy import Engine
 
 from monitor import config as config_module
-from monitor import report
+from monitor import report, watch
+from monitor.alerts.dispatch import notify_now
 from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
+from monitor.detect.base import event_to_json
 from monitor.domain import Settings, Target
+from monitor.durations import parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead, StoreUnavailable
-from monitor.store import db, leases
+from monitor.store import alert_reads, db, leases
 from monitor.store.records import (
     Recorder,
     count_probes,
     count_targets,
     last_probes,
     probe_records,
+    target_id_of,
 )
 from monitor.store.spool import Spool
 
@@ -284,6 +290,108 @@ def status_command(as_json: bool, spool_path: str, config_path: str | None) -> N
         click.echo(json.dumps(status, indent=2))
         return
     click.echo(report.render_status(status))
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    moment = parse_since(value, datetime.now(UTC))
+    if moment is None:
+        raise click.BadParameter(
+            f'{value!r}: expected a duration back from now ("24h", "7d"), a date '
+            '("2026-11-01") or an ISO 8601 time', param_hint="--since")
+    return moment
+
+
+def _open(settings: Settings) -> Engine:
+    try:
+        return db.open_store(settings.database_url)
+    except MonitorError as error:
+        raise _failure(error) from None
+
+
+_since_option = click.option("--since", metavar="WHEN",
+                             help='"24h", "7d", a date (2026-11-01) or an ISO 8601 time.')
+_json_option = click.option("--json", "as_json", is_flag=True, help="As JSON.")
+
+
+@cli.command("alerts")
+@click.option("--open", "open_only", is_flag=True, help="Only alerts still open.")
+@click.option("--target", metavar="NAME", help="Only this target.")
+@_since_option
+@_json_option
+@_config_option
+def alerts_command(open_only: bool, target: str | None, since: str | None, as_json: bool,
+                   config_path: str | None) -> None:
+    """List alerts, newest first: what changed, before and after, and why."""
+    engine = _open(_load(config_path))
+    try:
+        alerts = alert_reads.list_alerts(engine, open_only=open_only, target=target,
+                                         since=_since(since))
+    finally:
+        engine.dispose()
+    click.echo(json.dumps(alerts, indent=2) if as_json else report.render_alerts(alerts))
+
+
+@cli.command("ack")
+@click.argument("alert_id", type=int)
+@click.option("--by", default=None, help="Who acknowledges (default: $USER).")
+@_config_option
+def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
+    """Acknowledge an alert: it stays open until it resolves, but sends no more reminders."""
+    engine = _open(_load(config_path))
+    try:
+        who = by or os.environ.get("USER") or "unknown"
+        alert = alert_reads.acknowledge(engine, alert_id, who, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    if alert is None:
+        raise click.ClickException(f"no alert #{alert_id}")
+    click.echo(report.render_alerts([alert]))
+
+
+@cli.command("fingerprints")
+@click.option("--target", metavar="NAME", help="Only this target.")
+@_since_option
+@_json_option
+@_config_option
+def fingerprints_command(target: str | None, since: str | None, as_json: bool,
+                         config_path: str | None) -> None:
+    """Every system_fingerprint per target: first and last seen, count, share, and the
+    timeline of changes."""
+    engine = _open(_load(config_path))
+    try:
+        found = alert_reads.fingerprint_history(engine, target=target, since=_since(since))
+    finally:
+        engine.dispose()
+    click.echo(json.dumps(found, indent=2) if as_json else report.render_fingerprints(found))
+
+
+@cli.command("detect")
+@_since_option
+@click.option("--notify", is_flag=True, help="Also send the events to the configured channels.")
+@_json_option
+@_config_option
+def detect_command(since: str | None, notify: bool, as_json: bool,
+                   config_path: str | None) -> None:
+    """Re-run detection over stored history with this configuration's thresholds and list
+    the events that would have fired (since --since). Nothing is stored; --notify sends them."""
+    settings = _load(config_path)
+    engine = _open(settings)
+    try:
+        events = []
+        for target in settings.targets:
+            target_id = target_id_of(engine, target.name)
+            if target_id is not None:
+                events += watch.rerun(engine, target, target_id, _since(since))
+    finally:
+        engine.dispose()
+    events.sort(key=lambda e: (e.at, e.target))
+    rendered = [event_to_json(e) for e in events]
+    click.echo(json.dumps(rendered, indent=2) if as_json else report.render_events(rendered))
+    if notify:
+        for failure in notify_now(settings.alerts, events):
+            click.echo(f"notification not delivered: {failure}", err=True)
 
 
 def main() -> None:

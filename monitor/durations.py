@@ -7,6 +7,7 @@ time.Duration format). A bare number is seconds, the unit Azure and retry-after 
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime, timedelta
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)")
@@ -46,3 +47,20 @@ def format_ms(ms: float) -> str:
     if minutes < 60 or minutes % 60:
         return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60}m"
     return f"{minutes // 60}h"
+
+
+def parse_since(text: str, now: datetime) -> datetime | None:
+    """A point in time as the CLI takes it: a duration back from `now` ("24h", "7d"), a date
+    ("2026-11-01", midnight UTC) or an ISO 8601 time (UTC unless it has an offset); None when
+    it is none of these."""
+    ms = parse_ms(text)
+    if ms is not None:
+        return now - timedelta(milliseconds=ms)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -3,6 +3,7 @@ came from upstream goes through `safe_text` before it reaches a terminal."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -68,3 +69,55 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"  {safe_text(last['target']).ljust(width)}  {last['started_at']}  "
                          f"{outcome}  {_n(last['total_ms'], ' ms')}")
     return "\n".join(lines)
+
+
+def _value(value: Any, limit: int = 60) -> str:
+    """A before/after value (server-sent, untrusted) on one line."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return safe_text(text, limit)
+
+
+def render_alerts(alerts: list[dict[str, Any]]) -> str:
+    if not alerts:
+        return "no alerts"
+    lines = []
+    for a in alerts:
+        when = f"opened {a['opened_at']}"
+        if a["resolved_at"]:
+            when += f", resolved {a['resolved_at']}"
+        acked = f", acked by {safe_text(a['acked_by'] or '?')}" if a["acked_at"] else ""
+        lines.append(f"#{a['id']}  {a['state'].upper():<8} {a['severity']:<8} "
+                     f"{safe_text(a['target'])}  {a['kind']} {safe_text(a['key'])}  "
+                     f"{when}{acked}")
+        lines.append(f"      {_value(a['before'])} -> {_value(a['after'])}")
+        lines.append(f"      {safe_text(a['resolution'] or a['explanation'], 200)}")
+    return "\n".join(lines)
+
+
+def render_fingerprints(history: list[dict[str, Any]]) -> str:
+    if not history:
+        return "no fingerprints stored"
+    blocks = []
+    for entry in history:
+        lines = [safe_text(entry["target"])]
+        for f in entry["fingerprints"]:
+            lines.append(f"  {safe_text(f['fingerprint'], 40):<24} {f['share']:>7.1%} "
+                         f"{f['count']:>8} probes  first {f['first_seen']}  "
+                         f"last {f['last_seen']}")
+        if entry["timeline"]:
+            lines.append("  changes")
+            lines += [f"    {c['at']}  {c['change']:<7} {safe_text(c['key'], 40)}: "
+                      f"{safe_text(c['explanation'], 160)}" for c in entry["timeline"]]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def render_events(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return "no drift events"
+    return "\n".join(
+        f"{e['at']}  {safe_text(e['target'])}  {e['kind']} {safe_text(e['key'], 40)} "
+        f"{'opened' if e['opened'] else 'cleared'} ({e['severity']}): "
+        f"{safe_text(e['explanation'], 200)}"
+        for e in events
+    )

@@ -8,6 +8,7 @@ history (`monitor detect`) follows: both give the same events.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,11 +22,13 @@ from sqlalchemy import Connection, Engine
 from monitor.alerts import engine as alerts
 from monitor.detect import TargetDetector
 from monitor.domain import AlertSettings, DetectionThresholds, DriftEvent, Observation, Target
+from monitor.report import safe_text
 from monitor.store import history
 
 log = logging.getLogger("monitor")
 
 
+@functools.lru_cache(maxsize=256)
 def thresholds_hash(thresholds: DetectionThresholds) -> str:
     text = json.dumps(asdict(thresholds), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -38,9 +41,10 @@ class Watcher:
         self.engine = engine
         self.policy = policy
         self._reader = history.ObservationReader()
-        # name -> (last folded probe id, thresholds hash, detector): saves a restore per probe
-        # while this daemon is the only one folding the target.
-        self._cache: dict[str, tuple[int, str, TargetDetector]] = {}
+        # name -> (last folded probe id, thresholds hash, detector, whether the target has
+        # pending or open alerts): saves a restore and a query per probe while this daemon
+        # is the only one folding the target (no one else moved its state or alerts).
+        self._cache: dict[str, tuple[int, str, TargetDetector, bool]] = {}
         self._lock = threading.Lock()
 
     def catch_up(self, target: Target, target_id: int, probe_id: int) -> list[DriftEvent]:
@@ -59,44 +63,55 @@ class Watcher:
         return events
 
     def _fold(self, connection: Connection, target: Target, target_id: int,
-              probe_id: int) -> tuple[list[DriftEvent], tuple[int, str, TargetDetector]]:
+              probe_id: int) -> tuple[list[DriftEvent], tuple[int, str, TargetDetector, bool]]:
         now = datetime.now(UTC)
-        history.claim_state(connection, target_id, now)
-        row = history.lock_state(connection, target_id)
-        assert row is not None  # claimed just above
+        if connection.dialect.name == "postgresql":
+            # Safe to lose in a crash: the probes are already stored durably, and a lost fold
+            # (state, events, alerts and outbox go together) is simply folded again.
+            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        position = history.lock_position(connection, target_id)
+        if position is None:
+            history.claim_state(connection, target_id, now)
+            position = history.lock_position(connection, target_id)
+            assert position is not None
+        saved_hash, last = position
         wanted = thresholds_hash(target.detection)
         with self._lock:
             cached = self._cache.get(target.name)
-        last = row.last_probe_id
-        if cached is not None and cached[:2] == (last, wanted) == (last, row.thresholds_hash):
-            detector = cached[2]
-        elif row.thresholds_hash == wanted:
-            detector = TargetDetector.restore(target.name, target.detection, row.state)
+        live = True  # unknown: ask the database
+        if cached is not None and cached[:2] == (last, wanted) and saved_hash == wanted:
+            detector, live = cached[2], cached[3]
+        elif saved_hash == wanted:
+            detector = TargetDetector.restore(target.name, target.detection,
+                                              history.load_state(connection, target_id))
         else:
             # New, or its thresholds changed: rebuild from history without alerting on it.
             detector = TargetDetector(target.name, target.detection)
-            last = last if row.thresholds_hash else probe_id - 1
+            last = last if saved_hash else probe_id - 1
             for _, observation in self._stored(connection, target_id, until=last):
                 detector.step(observation)
         events: list[DriftEvent] = []
         while chunk := self._reader.after(connection, target_id, last):
             for stored_id, observation in chunk:
-                events += self._step(connection, detector, target, target_id, observation)
+                stepped, live = self._step(connection, detector, target, target_id,
+                                           observation, live)
+                events += stepped
                 last = stored_id
         history.save_state(connection, target_id, wanted, last, detector.snapshot(), now)
-        return events, (last, wanted, detector)
+        return events, (last, wanted, detector, live)
 
     def _step(self, connection: Connection, detector: TargetDetector, target: Target,
-              target_id: int, observation: Observation) -> list[DriftEvent]:
+              target_id: int, observation: Observation,
+              live: bool) -> tuple[list[DriftEvent], bool]:
         events = detector.step(observation)
         history.record_events(connection, target_id, observation.uid, events)
         active = {(e.kind.value, e.key): e for e in detector.active()}
-        alerts.apply(connection, self.policy, target_id, target.name, observation.started_at,
-                     events, active)
+        live = alerts.apply(connection, self.policy, target_id, target.name,
+                            observation.started_at, events, active, none_live=not live)
         for event in events:
             log.warning("%s %s %s: %s", target.name, event.kind.value,
-                        "opened" if event.opened else "cleared", event.explanation)
-        return events
+                        "opened" if event.opened else "cleared", safe_text(event.explanation, 300))
+        return events, live
 
     def _stored(self, connection: Connection, target_id: int,
                 until: int) -> Iterator[tuple[int, Observation]]:

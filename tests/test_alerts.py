@@ -4,22 +4,29 @@ the simulator reverts; notifications go through the outbox to the log and a real
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
 from monitor.alerts import lifecycle
+from monitor.cli import cli
 from monitor.daemon import Daemon
 from monitor.domain import AlertSettings
 from monitor.sim import SimClient
 from monitor.store.models import AlertRow, DeliveryRow, DriftEventRow, NotificationRow, OutboxRow
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
-from tests.conftest import MakeSettings
+from tests.conftest import MakeSettings, write_config
 from tests.receiver import Receiver
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -46,14 +53,14 @@ class Run:
 
 
 @pytest.fixture
-def run(tmp_path: Path, engine: Engine, make_settings: MakeSettings,
+def run(tmp_path: Path, engine: Engine, database_url: str, make_settings: MakeSettings,
         sim: SimClient) -> Iterator[Callable[..., Run]]:
     made: list[Daemon] = []
 
     def make(alerts: dict[str, Any] | None = None, **target: Any) -> Run:
         settings = make_settings(
             {"name": "canary", "interval": "1m", "detect": FAST, **target},
-            alerts={"group_wait": "0s", **(alerts or {})},
+            alerts={"group_wait": "0s", **(alerts or {})}, database_url=database_url,
         )
         daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
         daemon.register()
@@ -321,3 +328,121 @@ def test_reminders_are_due_after_remind_every() -> None:
     assert not lifecycle.reminder_due(T0, T0 + timedelta(minutes=59), policy)
     assert lifecycle.reminder_due(T0, T0 + timedelta(hours=1), policy)
     assert not lifecycle.reminder_due(T0, T0 + timedelta(days=9), AlertSettings())
+
+
+# --- the CLI over stored alerts and history ---------------------------------------------------
+
+
+def test_live_detection_and_monitor_detect_give_the_same_events(
+    sim: SimClient, run: Callable[..., Run], tmp_path: Path
+) -> None:
+    canary = run()
+    canary.probes(10)
+    sim.update(fingerprints=[{"value": "fp_new0000001"}], faults={"rate": 1.0,
+                                                                   "kinds": ["http_503"]})
+    canary.probes(4)
+    sim.update(faults={"rate": 0.0}, aliases={"gpt-4o": "gpt-4o-2025-05-13"})
+    canary.probes(6)
+    sim.update(fingerprints=[{"value": "fp_6ec83003ad"}], aliases={"gpt-4o": "gpt-4o-2024-08-06"})
+    canary.probes(8)
+    with canary.daemon.recorder.engine.connect() as connection:
+        live = [
+            (row.kind, row.key, row.opened, row.probe_uid, row.before, row.after)
+            for row in connection.execute(select(DriftEventRow).order_by(DriftEventRow.id))
+        ]
+    assert {kind for kind, *_ in live} == {"fingerprint", "availability", "model"}
+    result = CliRunner().invoke(cli, ["detect", "--json", "--config",
+                                      str(tmp_path / "monitor.toml")])
+    assert result.exit_code == 0, result.output
+    rerun = [(e["kind"], e["key"], e["opened"], e["probe_uids"][-1], e["before"], e["after"])
+             for e in json.loads(result.output)]
+    assert sorted(rerun, key=repr) == sorted(live, key=repr)
+
+
+def test_detect_with_other_thresholds_and_notify(
+    sim: SimClient, run: Callable[..., Run], tmp_path: Path
+) -> None:
+    canary = run()
+    canary.probes(10)
+    sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+    canary.probes(4)
+    config = (tmp_path / "monitor.toml").read_text()
+    with Receiver() as receiver:
+        hooked = config.replace('group_wait = "0s"',
+                                f'group_wait = "0s"\nwebhooks = ["{receiver.url}"]')
+        stricter = tmp_path / "stricter.toml"
+        stricter.write_text(hooked.replace(
+            "{warmup_probes = 5,", "{warmup_probes = 5, availability_consecutive_failures = 5,"))
+        quiet = CliRunner().invoke(cli, ["detect", "--notify", "--config", str(stricter)])
+        assert quiet.exit_code == 0, quiet.output
+        assert quiet.output.strip() == "no drift events" and receiver.received == []
+        notifying = tmp_path / "notifying.toml"
+        notifying.write_text(hooked)
+        loud = CliRunner().invoke(cli, ["detect", "--since", "1h", "--notify", "--config",
+                                        str(notifying)])
+        assert loud.exit_code == 0, loud.output
+        assert "availability consecutive_failures opened (critical)" in loud.output
+        [(_, body, _)] = receiver.received
+        assert body["change"] == "opened" and body["alerts"][0]["kind"] == "availability"
+    bad = CliRunner().invoke(cli, ["detect", "--since", "soon", "--config", str(stricter)])
+    assert bad.exit_code == 2 and "--since" in bad.output
+
+
+def test_alerts_ack_and_fingerprints_commands(
+    sim: SimClient, run: Callable[..., Run], tmp_path: Path
+) -> None:
+    canary = run()
+    canary.probes(10)
+    sim.update(fingerprints=[{"value": "fp_new\u001b[31m"}])  # a hostile value
+    canary.probes(3)
+    config = ["--config", str(tmp_path / "monitor.toml")]
+    listed = CliRunner().invoke(cli, ["alerts", "--open", *config])
+    assert listed.exit_code == 0, listed.output
+    assert "OPEN" in listed.output and "fingerprint" in listed.output
+    assert "\u001b" not in listed.output  # escaped, never sent to the terminal raw
+    [alert] = json.loads(CliRunner().invoke(cli, ["alerts", "--json", *config]).output)
+    acked = CliRunner().invoke(cli, ["ack", str(alert["id"]), "--by", "ana", *config])
+    assert acked.exit_code == 0 and "acked by ana" in acked.output
+    assert CliRunner().invoke(cli, ["ack", "999", *config]).exit_code == 1
+    assert json.loads(CliRunner().invoke(cli, ["alerts", "--json", "--target", "other",
+                                               *config]).output) == []
+    found = json.loads(CliRunner().invoke(cli, ["fingerprints", "--json", *config]).output)
+    [entry] = found
+    shares = {f["fingerprint"]: (f["count"], f["share"]) for f in entry["fingerprints"]}
+    assert shares == {"fp_6ec83003ad": (10, round(10 / 13, 4)),
+                      "fp_new\u001b[31m": (3, round(3 / 13, 4))}
+    assert [c["change"] for c in entry["timeline"]] == ["opened"]
+    text = CliRunner().invoke(cli, ["fingerprints", "--since", "1d", *config]).output
+    assert "fp_6ec83003ad" in text and "\u001b" not in text
+
+
+def test_monitor_run_notifies_a_webhook_when_an_alert_opens_and_resolves(
+    sim: SimClient, sim_server: Any, tmp_path: Path, database_url: str
+) -> None:
+    with Receiver() as receiver:
+        config = write_config(
+            tmp_path / "monitor.toml",
+            [{"name": "a", "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+              "model": "gpt-4o", "interval": "1s", "timeout": "1s",
+              "detect": {"warmup_probes": 3}}],
+            database_url,
+            alerts={"webhooks": [receiver.url], "group_wait": "0s", "cooldown": "0s",
+                    "resolve_after": 1},
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config),
+             "--spool", str(tmp_path / "spool.jsonl")],
+            stderr=subprocess.DEVNULL, cwd=tmp_path)
+        try:
+            time.sleep(4)
+            sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
+            receiver.wait_for(1, timeout=20)
+            sim.update(faults={"rate": 0.0})
+            receiver.wait_for(2, timeout=20)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+    opened, resolved = (body for _, body, _ in receiver.received[:2])
+    assert (opened["change"], resolved["change"]) == ("opened", "resolved")
+    assert opened["alerts"][0]["kind"] == "availability"
+    assert opened["alerts"][0]["target"] == "a"

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import monitor.store.models  # noqa: F401  (custom column types such as UtcDateTime)
+import monitor.store.models
 
 revision: str = '0003'
 down_revision: str | None = '0002'

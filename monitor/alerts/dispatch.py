@@ -42,7 +42,7 @@ from monitor.alerts.notifiers import (
     slack_payload,
     webhook_payload,
 )
-from monitor.domain import AlertSettings, DriftKind, Severity
+from monitor.domain import AlertSettings, DriftEvent, DriftKind, Severity
 from monitor.store.models import (
     AlertRow,
     DeliveryRow,
@@ -304,4 +304,41 @@ def _summary(alert: AlertRow, target: str) -> AlertSummary:
         explanation=alert.resolution if alert.state == lifecycle.RESOLVED and alert.resolution
         else alert.explanation,
         probe_uids=tuple(alert.probe_uids),
+    )
+
+
+def notify_now(policy: AlertSettings, events: list[DriftEvent]) -> list[str]:
+    """`monitor detect --notify`: send re-detected events straight to every channel, grouped
+    like live ones (one notification per kind and direction), one attempt each; returns a
+    line per failed delivery. Nothing is stored: these are not live alerts."""
+    groups: dict[tuple[bool, str], list[DriftEvent]] = defaultdict(list)
+    for event in events:
+        groups[(event.opened, event.kind.value)].append(event)
+    failures = []
+    with requests.Session() as session:
+        for (opened, _), members in groups.items():
+            notification = Notification(
+                id=uuid.uuid4().hex, created_at=datetime.now(UTC),
+                change=lifecycle.OPENED if opened else lifecycle.RESOLVED,
+                alerts=tuple(_event_summary(e) for e in members))
+            for kind, url in channels(policy).values():
+                body = _RENDER[kind](notification)
+                if url is None:
+                    log.warning("%s", body["line"])
+                    continue
+                outcome = deliver(session, url, body, idempotency_key=notification.id,
+                                  timeout_s=DELIVERY_TIMEOUT_S)
+                if not outcome.ok:
+                    failures.append(outcome.error or redact_url(url))
+    return failures
+
+
+def _event_summary(event: DriftEvent) -> AlertSummary:
+    """A re-detected event as a notification shows it; alert id 0: it is no stored alert."""
+    return AlertSummary(
+        alert_id=0, target=event.target, kind=event.kind, key=event.key,
+        severity=event.severity, state=lifecycle.OPEN if event.opened else lifecycle.RESOLVED,
+        opened_at=event.at, resolved_at=None if event.opened else event.at,
+        before=event.before, after=event.after, explanation=event.explanation,
+        probe_uids=event.probe_uids,
     )

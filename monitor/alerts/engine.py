@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from monitor.alerts import lifecycle
@@ -18,28 +19,36 @@ from monitor.store.models import AlertRow, OutboxRow
 
 ConditionKey = tuple[str, str]  # (kind, key)
 
+# Built once: this runs after every probe.
+_LIVE = select(AlertRow.id, AlertRow.kind, AlertRow.key, AlertRow.state, AlertRow.streak).where(
+    AlertRow.target_id == bindparam("target_id"),
+    AlertRow.state.in_((lifecycle.PENDING, lifecycle.OPEN)))
+
 
 def apply(connection: Connection, policy: AlertSettings, target_id: int, target_name: str,
           at: datetime, events: Sequence[DriftEvent],
-          active: Mapping[ConditionKey, DriftEvent]) -> None:
+          active: Mapping[ConditionKey, DriftEvent], *, none_live: bool = False) -> bool:
     """Advance the target's alerts after one probe at `at`. `events` are what this probe
-    opened or cleared; `active` every condition open after it."""
+    opened or cleared; `active` every condition open after it. `none_live`: the caller
+    knows the target has no pending or open alert (saves a query after most probes).
+    Returns whether the target has pending or open alerts now."""
+    if none_live and not active:
+        return False  # the usual case: nothing open, nothing opening
+    live: dict[ConditionKey, Any] = {  # rows with id, state and streak
+        (row.kind, row.key): row for row in connection.execute(_LIVE, {"target_id": target_id})}
+    if not live and not active:
+        return False
     session = Session(connection)  # reads rows as objects; writes go through Core below
-    live = {
-        (row.kind, row.key): row
-        for row in session.scalars(
-            select(AlertRow).where(AlertRow.target_id == target_id,
-                                   AlertRow.state.in_((lifecycle.PENDING, lifecycle.OPEN)))
-        )
-    }
     cleared = {(e.kind.value, e.key): e for e in events if not e.opened}
     for condition, event in active.items():
         if condition not in live:
             row_id = _reopen(session, policy, target_id, condition, at) or _new_pending(
                 connection, target_id, event)
             live[condition] = session.get_one(AlertRow, row_id, populate_existing=True)
+    still_live = False
     for condition, row in live.items():
         step = lifecycle.advance(row.state, row.streak, condition in active, policy)
+        still_live = still_live or step.state in (lifecycle.PENDING, lifecycle.OPEN)
         if step.state is None:
             connection.execute(delete(AlertRow).where(AlertRow.id == row.id))
             continue
@@ -53,6 +62,7 @@ def apply(connection: Connection, policy: AlertSettings, target_id: int, target_
         connection.execute(update(AlertRow).where(AlertRow.id == row.id).values(**values))
         if step.change is not None:
             queue(connection, policy, row.id, target_name, step.change, at)
+    return still_live
 
 
 def queue(connection: Connection, policy: AlertSettings, alert_id: int, target_name: str,

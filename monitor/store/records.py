@@ -284,6 +284,12 @@ def last_probes(engine: Engine) -> list[dict[str, Any]]:
         ]
 
 
+def target_id_of(engine: Engine, name: str) -> int | None:
+    """The stored target's id, or None if it never probed."""
+    with engine.connect() as connection:
+        return connection.execute(select(TargetRow.id).where(TargetRow.name == name)).scalar()
+
+
 def count_targets(engine: Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count(TargetRow.id))).scalar_one())
