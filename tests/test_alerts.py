@@ -78,6 +78,22 @@ def only_alert(run: Run) -> AlertRow:
     return alerts[0]
 
 
+def near(value: float) -> Callable[[Any], bool]:
+    return lambda found: abs(found["p50_ms"] - value) < value * 0.2
+
+
+Check = Callable[[Any], bool] | Any  # a predicate, or the exact value
+
+# Before and after, as the alert must record them.
+EXPECTED: dict[str, tuple[Check, Check]] = {
+    "fingerprint": (["fp_6ec83003ad"], "fp_new0000001"),
+    "model": ("gpt-4o-2024-08-06", "gpt-4o-2025-05-13"),
+    "quota-limit": (10000, 5000),
+    "availability": ({}, {"http_server_error": 3}),  # failures by error kind: none, then 3
+    "output": ([14], 39),  # the prompt grew by the 25 hidden system-prompt tokens
+    "latency": (near(20), near(60)),
+}
+
 SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], str, str]] = {
     # name: (target keys, change, revert, kind, key)
     "fingerprint": ({}, {"fingerprints": [{"value": "fp_new0000001"}]},
@@ -109,7 +125,8 @@ def test_each_drift_kind_raises_exactly_one_alert_and_resolves_after_revert(
     canary.probes(12)
     alert = only_alert(canary)
     assert (alert.kind, alert.key, alert.state) == (kind, key, lifecycle.OPEN)
-    assert alert.before is not None and alert.after is not None and alert.before != alert.after
+    for check, found in zip(EXPECTED[name], (alert.before, alert.after), strict=True):
+        assert check(found) if callable(check) else found == check, (alert.before, alert.after)
     sim.update(**revert)
     canary.probes(25)
     alert = only_alert(canary)
@@ -247,7 +264,8 @@ def test_a_webhook_down_for_a_while_gets_each_notification_exactly_once(
 ) -> None:
     with Receiver() as receiver:
         receiver.down()
-        canary = run(alerts={"webhooks": [receiver.url], "cooldown": "0s"})
+        canary = run(alerts={"webhooks": [f"{receiver.url}/generic"],
+                             "slack_webhooks": [f"{receiver.url}/slack"], "cooldown": "0s"})
         canary.probes(10)
         sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
         canary.probes(3)
@@ -255,20 +273,24 @@ def test_a_webhook_down_for_a_while_gets_each_notification_exactly_once(
         canary.probes(3)
         dispatcher = canary.daemon.dispatcher
         now = datetime.now(UTC)
-        for second in range(0, 600, 20):  # ten minutes of retries while it is down
+        for second in range(0, 3600, 30):  # an hour of retries while it is down
             dispatcher.run(now + timedelta(seconds=second))
         assert receiver.received == []
         receiver.up()
-        for second in range(600, 1200, 20):  # back: every notification arrives, once
+        for second in range(3600, 4200, 30):  # back: every notification arrives, once, in order
             dispatcher.run(now + timedelta(seconds=second))
-        ids = [headers["idempotency-key"] for headers, _, _ in receiver.received]
-        changes = [body["change"] for _, body, _ in receiver.received]
-        assert changes == ["opened", "resolved"] and len(set(ids)) == 2
+        generic = [(h, b) for h, b, path in receiver.received if path == "/generic"]
+        slack = [b for _, b, path in receiver.received if path == "/slack"]
+        assert [body["change"] for _, body in generic] == ["opened", "resolved"]
+        assert len({headers["idempotency-key"] for headers, _ in generic}) == 2
+        assert [("opened" in b["text"], "resolved" in b["text"]) for b in slack] == [
+            (True, False), (False, True)]
+        assert all(body["blocks"] for body in slack)
         # A fresh dispatcher (a restart) finds nothing left to send.
         restarted = type(dispatcher)(dispatcher.engine, dispatcher.policy)
-        restarted.run(now + timedelta(seconds=1300))
+        restarted.run(now + timedelta(seconds=4300))
         restarted.close()
-        assert len(receiver.received) == 2
+        assert len(receiver.received) == 4
 
 
 def test_a_failing_notifier_never_stops_probing(sim: SimClient, run: Callable[..., Run]) -> None:

@@ -163,7 +163,7 @@ class Dispatcher:
                 members: list[tuple[OutboxRow, AlertRow, str]]) -> None:
         alerts: dict[int, AlertSummary] = {}
         for _, alert, target in members:
-            alerts[alert.id] = _summary(alert, target)
+            alerts[alert.id] = _summary(alert, target, change)
         notification = Notification(id=uuid.uuid4().hex, created_at=now, change=change,
                                     alerts=tuple(alerts.values()))
         notification_id = connection.execute(insert(NotificationRow).values(
@@ -294,14 +294,16 @@ def _was_announced(connection: Connection, alert_id: int) -> bool:
     ).first() is not None
 
 
-def _summary(alert: AlertRow, target: str) -> AlertSummary:
+def _summary(alert: AlertRow, target: str, change: str) -> AlertSummary:
+    """The alert as of now (its state may have moved on since the change), explained as the
+    change: why it opened, or why it resolved."""
     return AlertSummary(
         alert_id=alert.id, target=target, kind=DriftKind(alert.kind), key=alert.key,
         severity=Severity(alert.severity),
         state=lifecycle.RESOLVED if alert.state == lifecycle.RESOLVED else lifecycle.OPEN,
         opened_at=alert.opened_at or alert.started_at, resolved_at=alert.resolved_at,
         before=alert.before, after=alert.after,
-        explanation=alert.resolution if alert.state == lifecycle.RESOLVED and alert.resolution
+        explanation=alert.resolution if change == lifecycle.RESOLVED and alert.resolution
         else alert.explanation,
         probe_uids=tuple(alert.probe_uids),
     )
