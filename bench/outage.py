@@ -81,7 +81,7 @@ def main() -> None:
         "/v1/chat/completions", 0)
     sim.terminate()
     sim.wait()
-    engine = db.open_store(url)
+    engine = db.create(url)  # no schema gate: only counting
     with engine.connect() as connection:
         stored = connection.execute(select(func.count(ProbeRow.id))).scalar_one()
         distinct = connection.execute(select(func.count(func.distinct(ProbeRow.uid)))).scalar_one()

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor import probe, providers, report
 from monitor.alerts.dispatch import Dispatcher
 from monitor.config import effective_config
-from monitor.domain import ErrorKind, ProbeResult, Settings, SlotState, Target
+from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.errors import MonitorError, StoreError, StoreUnavailable
 from monitor.store import db, leases
 from monitor.store.records import Recorder, usage_since
@@ -97,6 +97,8 @@ class Daemon:
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
         self._spooling = not spool.empty()  # keep order: while anything waits, new results queue
         self._registered = False
+        # (target, slots, reason) skipped while the database was down, recorded when it is back
+        self._unrecorded_skips: list[tuple[str, list[datetime], str]] = []
         self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
         self.watcher = Watcher(recorder.engine, settings.alerts)
@@ -115,10 +117,7 @@ class Daemon:
             return None
         spent = self._budget_spent(target, now)
         if spent is not None:
-            if self._db_quietly(lambda: leases.claim(
-                self.recorder.engine, self.recorder.target_id(target.name), slot,
-                self.instance_id, SlotState.SKIPPED, spent,
-            )):
+            if self._skip(target.name, [slot], spent):
                 log.info("%s skipped: %s", target.name, spent)
             return None
         claimed = self._claim(target, slot)
@@ -180,11 +179,32 @@ class Daemon:
             next_slot += interval
         reason = f"rate limited: HTTP 429, waiting {wait_s:g} s until {until.isoformat()}"
         # Claimed as skipped in the database, so no other instance probes them either.
-        self._db_quietly(lambda: leases.skip_many(
-            self.recorder.engine, self.recorder.target_id(target.name), skipped,
-            self.instance_id, reason))
+        self._skip(target.name, skipped, reason)
         log.warning("%s rate limited: skipping %d slots, next probe after %.0f s",
                     target.name, len(skipped), wait_s)
+
+    def _skip(self, name: str, slots: list[datetime], reason: str) -> bool:
+        """Record slots as skipped on purpose; True if any was ours to skip. While the
+        database is down they are remembered and recorded once it is back (drain)."""
+        recorded = self._write_skips(name, slots, reason)
+        if recorded is None:
+            with self._lock:
+                self._unrecorded_skips.append((name, slots, reason))
+            return True
+        return recorded > 0
+
+    def _record_skips(self) -> None:
+        with self._lock:
+            waiting, self._unrecorded_skips = self._unrecorded_skips, []
+        for index, (name, slots, reason) in enumerate(waiting):
+            if self._write_skips(name, slots, reason) is None:
+                with self._lock:  # down again: keep the rest for the next drain
+                    self._unrecorded_skips[:0] = waiting[index:]
+                return
+
+    def _write_skips(self, name: str, slots: list[datetime], reason: str) -> int | None:
+        return self._db_quietly(lambda: leases.skip_many(
+            self.recorder.engine, self.recorder.target_id(name), slots, self.instance_id, reason))
 
     @staticmethod
     def _db_quietly(action: Callable[[], T]) -> T | None:
@@ -267,7 +287,7 @@ class Daemon:
         """Write spooled results to the database, oldest first, until the spool is empty
         (results keep arriving meanwhile); returns how many were written."""
         with self._lock:
-            if not self._spooling:
+            if not self._spooling and not self._unrecorded_skips:
                 return 0
         if not self.register():
             return 0  # a target's configuration must be stored before its probes
@@ -282,7 +302,8 @@ class Daemon:
                         self._spooling = False
                         break
         except SQLAlchemyError:
-            pass  # still (or again) down; the next drain tries again
+            return drained  # still (or again) down; the next drain tries again
+        self._record_skips()
         if drained:
             log.info("database is back: wrote %d spooled probes", drained)
         return drained

@@ -140,6 +140,25 @@ def test_run_starts_while_the_database_is_down_and_stores_everything_once_it_is_
     assert [c["model"] for c in configs] == ["gpt-4o"]
 
 
+def test_slots_skipped_while_the_database_is_down_are_recorded_when_it_is_back(
+    sim: SimClient, make_daemon: Any, postgres_through_proxy: tuple[str, Proxy]
+) -> None:
+    url, proxy = postgres_through_proxy
+    engine = db.open_store(url)
+    daemon = make_daemon(engine, {"name": "a", "interval": "1m"})
+    daemon.tick(T0)
+    proxy.cut()
+    sim.enqueue({"fault": "rate_limited"})  # retry-after: the window's end, minutes away
+    daemon.tick(T0 + timedelta(minutes=1))
+    proxy.restore()
+    daemon.drain()
+    with engine.connect() as connection:
+        skipped = connection.execute(
+            select(SlotRow.reason).where(SlotRow.state == "skipped")).scalars().all()
+    engine.dispose()
+    assert skipped and all(reason.startswith("rate limited: HTTP 429") for reason in skipped)
+
+
 @pytest.fixture
 def run_config(tmp_path: Path, sim_server: Simulator, database_url: str) -> Path:
     return write_config(
