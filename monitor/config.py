@@ -476,6 +476,7 @@ _SECTIONS: dict[str, _Check] = {
     "defaults": lambda value: _read_keys(value, _DEFAULT_KEYS),
     "targets": _targets,
     "alerts": lambda value: _read_keys(value, _ALERT_KEYS),
+    "retention": lambda value: _read_keys(value, {"raw": _timeout_ms}),
 }
 
 # Read like the file, so a built-in default the file would refuse fails on import.
@@ -667,8 +668,10 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
                                  [t.name for t in targets])
     except _Invalid as err:
         raise ConfigError(config_path, err.key, err.expected, err.got) from None
+    retention = sections.get("retention", {})
     return Settings(config_path=config_path, database_url=database_url, targets=targets,
-                    alerts=alerts)
+                    alerts=alerts, **({"raw_retention_ms": retention["raw"]}
+                                      if "raw" in retention else {}))
 
 
 # What `monitor config check` shows.

@@ -82,6 +82,9 @@ class Settings:
     database_url: str
     targets: tuple[Target, ...]
     alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
+    # [retention] raw: raw bodies and headers older than this are pruned (daily, and by
+    # `monitor prune`); rollups, fingerprint history and every parsed column stay forever.
+    raw_retention_ms: int = 30 * 86_400_000
 
 
 @dataclass(frozen=True)

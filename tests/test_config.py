@@ -79,13 +79,13 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         # The top level.
         pytest.param(
             "alert = 1\n",
-            "alert: expected a known key (alerts, database, defaults, targets), got an unknown key"
+            "alert: expected a known key (alerts, database, defaults, retention, targets), got an unknown key"
             ' (did you mean "alerts"?)',
             id="top-unknown-section",
         ),
         pytest.param(
             '[target]\nname = "a"\n',
-            "target: expected a known key (alerts, database, defaults, targets), "
+            "target: expected a known key (alerts, database, defaults, retention, targets), "
             'got an unknown key (did you mean "targets"?)',
             id="top-typo",
         ),
@@ -963,3 +963,11 @@ def test_alerts_section_with_webhooks_from_the_environment_keeps_urls_out_of_rep
         300_000, 14_400_000, 10_000)
     assert len(alerts.maintenance) == 1
     assert "token-value" not in repr(settings)
+
+
+def test_retention_of_raw_bodies_defaults_to_30_days_and_can_be_set() -> None:
+    assert load(MINIMAL).raw_retention_ms == 30 * 86_400_000
+    assert load(MINIMAL + '[retention]\nraw = "7d"\n').raw_retention_ms == 7 * 86_400_000
+    with pytest.raises(ConfigError) as caught:
+        load(MINIMAL + '[retention]\nraw = "0s"\n')
+    assert "retention.raw: expected a duration longer than" in str(caught.value)
