@@ -1,0 +1,88 @@
+"""`monitor report --format table`: one compact block per target for a terminal.
+
+Fingerprints, models, error kinds, alert texts and error details come from servers and models:
+each goes through `safe_text`, so none can move the cursor or recolour the terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitor.render.fields import PHASES, QUANTILES, number, percent
+from monitor.report import safe_text
+
+_LABEL = 14  # width of the field names on the left
+
+
+def render_table(doc: dict[str, Any]) -> str:
+    """The report document (docs/report.md) as text, one block per target."""
+    head = (f"report {safe_text(doc['since'])} .. {safe_text(doc['until'])}"
+            f"  (generated {safe_text(doc['generated_at'])})")
+    if not doc["targets"]:
+        return f"{head}\n\nno targets in this report"
+    return "\n\n".join([head] + [_block(t) for t in doc["targets"]])
+
+
+def _row(label: str, value: str) -> str:
+    return f"  {label:<{_LABEL}}{value}"
+
+
+def _block(t: dict[str, Any]) -> str:
+    lines = [safe_text(t["target"])]
+    ok_rate = f" ({percent(t['success_rate'], 2)})" if t["success_rate"] is not None else ""
+    lines.append(_row("probes", f"{number(t['probes'])}, {number(t['ok'])} ok{ok_rate}"))
+    errors = ", ".join(f"{safe_text(kind, 40)} {number(n)}" for kind, n in t["errors"].items())
+    lines.append(_row("errors", errors or "none"))
+    lines += _latency(t["latency_ms"])
+    speed = t["output_tokens_per_s"]
+    lines.append(_row("tokens/s", "  ".join(f"{q} {number(speed[q], 1)}" for q in QUANTILES)
+                      if speed else "-"))
+    tokens = t["tokens"]
+    lines.append(_row("tokens", f"{number(tokens['prompt'])} prompt + "
+                                f"{number(tokens['completion'])} completion = "
+                                f"{number(tokens['total'])}"))
+    lines.append(_row("fingerprints", _shares(t["fingerprints"], "fingerprint")))
+    lines.append(_row("models", _shares(t["models"], "model")))
+    lines.append(_row("rate limits", _limits(t["rate_limits"])))
+    alerts = t["open_alerts"]
+    lines.append(_row("open alerts", "none" if not alerts else str(len(alerts))))
+    lines += [f"    #{a['id']} {safe_text(a['severity'], 10)} {safe_text(a['kind'], 20)} "
+              f"{safe_text(a['key'], 40)} since {safe_text(a['opened_at'])}: "
+              f"{safe_text(a['explanation'], 160)}" for a in alerts]
+    error = t["last_error"]
+    if error is not None:
+        status = error["http_status"] if error["http_status"] is not None else "-"
+        lines.append(_row("last error", f"{safe_text(error['at'])} "
+                                        f"{safe_text(error['error_kind'], 40)} (HTTP {status}): "
+                                        f"{safe_text(error['detail'] or '', 160)}"))
+    return "\n".join(lines)
+
+
+def _latency(latency: dict[str, Any]) -> list[str]:
+    measured = [(phase, latency[phase]) for phase in PHASES if latency.get(phase)]
+    if not measured:
+        return [_row("latency ms", "-")]
+    lines = [_row("latency ms", "".join(f"{q:>9}" for q in QUANTILES))]
+    for phase, values in measured:
+        lines.append(f"    {phase:<{_LABEL - 2}}"
+                     + "".join(f"{number(values[q]):>9}" for q in QUANTILES))
+    return lines
+
+
+def _shares(entries: list[dict[str, Any]], key: str) -> str:
+    if not entries:
+        return "-"
+    return ", ".join(f"{safe_text(e[key], 40)} {percent(e['share'])}" for e in entries)
+
+
+def _limits(limits: dict[str, Any]) -> str:
+    parts = []
+    for kind in ("requests", "tokens"):
+        limit, left = limits[f"limit_{kind}"], limits[f"remaining_{kind}"]
+        if limit is None and left is None:
+            continue
+        parts.append(f"{kind} {number(left)} of {number(limit)} left "
+                     f"({percent(limits[f'headroom_{kind}'], 2)})")
+    if not parts:
+        return "-"
+    return ", ".join(parts) + (f"  at {safe_text(limits['at'])}" if limits["at"] else "")

@@ -1,0 +1,301 @@
+"""`monitor serve` and `monitor run --http`: the dashboard, the report and alerts as JSON,
+/metrics for Prometheus and /healthz, on a small threaded WSGI server.
+
+    /               dashboard: the HTML report's charts, refreshed in place
+    /api/report     the report document (docs/report.md); ?since=24h&until=...&target=a
+    /api/alerts     alerts as `monitor alerts --json` lists them; ?open=1 for open ones only
+    /metrics        Prometheus exposition of the store's numbers
+    /healthz        200 or 503 with the reasons as JSON; never needs the token
+
+The app reads only through the callables it is given, so it holds no session and tests hand it
+fixture documents. With a token, every route but /healthz wants `Authorization: Bearer
+<token>`, compared in constant time; the token is never logged (access lines carry the request
+line only) nor sent back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from socketserver import ThreadingMixIn
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from monitor.domain import TargetMetrics
+from monitor.durations import parse_since
+from monitor.errors import MonitorError
+from monitor.render import exposition_registry, render_dashboard, render_metrics
+from monitor.render.dashboard import POLICY
+
+log = logging.getLogger(__name__)
+
+ReportSource = Callable[[datetime, datetime, list[str] | None], dict[str, Any]]
+AlertsSource = Callable[[bool], list[dict[str, Any]]]
+MetricsSource = Callable[[], list[TargetMetrics]]
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+
+DEFAULT_HOST = "127.0.0.1"  # the dashboard shows upstream data: public only when asked
+DEFAULT_SINCE = "24h"  # as `monitor report`
+DEFAULT_REFRESH_S = 60  # probes come minutes apart; a faster refresh only costs queries
+_MAX_REFRESH_S = 86_400
+_HANDLER_TIMEOUT_S = 30  # a client that stops sending mid-request frees its thread
+_JSON = "application/json; charset=utf-8"
+_ALWAYS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+_STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+class _BadRequest(Exception):
+    """A query parameter the route cannot use; its message is the 400's error."""
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = _JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json(status: int, payload: Any, *headers: tuple[str, str]) -> _Response:
+    return _Response(status, json.dumps(payload, ensure_ascii=False).encode(), _JSON, headers)
+
+
+def make_app(report_source: ReportSource, alerts_source: AlertsSource,
+             metrics_source: MetricsSource, health: HealthCheck, token: str | None, *,
+             clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+             refresh_s: int = DEFAULT_REFRESH_S) -> WSGIApplication:
+    """The WSGI app behind `monitor serve`; `token` None leaves every route open."""
+    if token is not None and not token.strip():
+        raise ValueError("an empty token would accept `Authorization: Bearer ` from anyone")
+    return _App(report_source, alerts_source, metrics_source, health, token, clock, refresh_s)
+
+
+class _App:
+    def __init__(self, report_source: ReportSource, alerts_source: AlertsSource,
+                 metrics_source: MetricsSource, health: HealthCheck, token: str | None,
+                 clock: Callable[[], datetime], refresh_s: int) -> None:
+        self._report = report_source
+        self._alerts = alerts_source
+        self._registry = exposition_registry(metrics_source)
+        self._health = health
+        self._token = token.encode() if token is not None else None
+        self._clock = clock
+        self._refresh_s = refresh_s
+        self._routes: dict[str, Callable[[dict[str, list[str]], WSGIEnvironment], _Response]] = {
+            "/": self._dashboard, "/api/report": self._api_report,
+            "/api/alerts": self._api_alerts, "/metrics": self._metrics, "/healthz": self._healthz,
+        }
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        response = self._respond(environ)
+        start_response(f"{response.status} {_STATUS[response.status]}", [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))), *_ALWAYS, *response.headers])
+        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [response.body]
+
+    def _respond(self, environ: WSGIEnvironment) -> _Response:
+        path = environ.get("PATH_INFO") or "/"
+        route = self._routes.get(path)
+        if route is None:
+            return _json(404, {"error": "not found", "routes": sorted(self._routes)})
+        if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
+            return _json(405, {"error": "only GET and HEAD"}, ("Allow", "GET, HEAD"))
+        if path != "/healthz" and not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
+            return _json(401, {"error": "this server wants `Authorization: Bearer <token>`"},
+                         ("WWW-Authenticate", 'Bearer realm="monitor"'))
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        try:
+            return route(query, environ)
+        except _BadRequest as error:
+            return _json(400, {"error": str(error)})
+        except MonitorError as error:  # the store is down or behind: say so, keep serving
+            return _json(503, {"error": str(error)})
+
+    def _authorized(self, header: str) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = header.partition(" ")
+        # compare_digest takes as long for a near miss as for a far one.
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), self._token)
+
+    def _range(self, query: dict[str, list[str]]) -> tuple[datetime, datetime, list[str] | None]:
+        now = self._clock()
+        since = _time(query, "since", DEFAULT_SINCE, now)
+        until = _time(query, "until", None, now)
+        if since >= until:
+            raise _BadRequest(f"since ({since.isoformat()}) must be before until "
+                              f"({until.isoformat()})")
+        targets = query.get("target")
+        if targets is not None and not all(t.strip() for t in targets):
+            raise _BadRequest("target: expected a target name, got an empty one")
+        return since, until, targets
+
+    def _dashboard(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
+        _only(query, "since", "until", "target", "refresh")
+        refresh = _one(query, "refresh")
+        if refresh is None:
+            refresh_s = self._refresh_s
+        elif refresh.isdigit() and 1 <= int(refresh) <= _MAX_REFRESH_S:
+            refresh_s = int(refresh)
+        else:
+            raise _BadRequest(f"refresh: expected whole seconds from 1 to {_MAX_REFRESH_S}, "
+                              f"got {refresh[:40]!r}")
+        since, until, targets = self._range(query)
+        page = render_dashboard(self._report(since, until, targets), self._alerts(True),
+                                since=_one(query, "since") or DEFAULT_SINCE, targets=targets,
+                                refresh_s=refresh_s)
+        return _Response(200, page.encode(), "text/html; charset=utf-8",
+                         (("Content-Security-Policy", POLICY), ("Referrer-Policy", "no-referrer")))
+
+    def _api_report(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
+        _only(query, "since", "until", "target")
+        return _json(200, self._report(*self._range(query)))
+
+    def _api_alerts(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
+        _only(query, "open")
+        flag = _one(query, "open") or "0"
+        if flag not in ("0", "1", "false", "true"):
+            raise _BadRequest(f"open: expected 1 or 0, got {flag[:40]!r}")
+        return _json(200, self._alerts(flag in ("1", "true")))
+
+    def _metrics(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
+        body, content_type = render_metrics(self._registry, environ.get("HTTP_ACCEPT", ""))
+        return _Response(200, body, content_type)
+
+    def _healthz(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
+        ok, reasons = self._health()
+        return _json(200 if ok else 503, {"ok": ok, "reasons": reasons})
+
+
+def _only(query: dict[str, list[str]], *names: str) -> None:
+    unknown = sorted(set(query) - set(names))
+    if unknown:
+        raise _BadRequest(f"unknown parameter {unknown[0][:40]!r}; this route takes "
+                          + ", ".join(names))
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise _BadRequest(f"{name}: expected one value, got {len(values)}")
+    return values[0]
+
+
+def _time(query: dict[str, list[str]], name: str, default: str | None,
+          now: datetime) -> datetime:
+    text = _one(query, name) or default
+    if text is None:
+        return now
+    moment = parse_since(text, now)
+    if moment is None:
+        raise _BadRequest(f'{name}: expected a duration back from now like "24h", a date like '
+                          f'"2026-11-01" or an ISO 8601 time, got {text[:40]!r}')
+    return moment
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = _HANDLER_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # To logging rather than stderr; the request line holds no credentials.
+        log.info("%s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow client never holds up stop()
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class WebServer:
+    """The app on a background thread: start(), .url, stop(); also a context manager.
+    `monitor run --http` starts one beside the daemon's loop."""
+
+    def __init__(self, app: WSGIApplication, host: str = DEFAULT_HOST, port: int = 0) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Listen (port 0 picks a free one) and serve in a daemon thread."""
+        if self._server is not None:
+            raise MonitorError(f"the web server is already running at {self.url}")
+        kind = _Server6 if ":" in self._host else _Server
+        try:
+            server = kind((self._host, self._port), _Handler)
+        except OSError as error:
+            raise MonitorError(f"cannot listen on {self._host}:{self._port}: "
+                               f"{error.strerror or error}") from None
+        server.set_app(self._app)
+        # A short poll interval makes stop() return quickly.
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                  name=f"monitor-web-{server.server_port}", daemon=True)
+        self._server, self._thread = server, thread
+        thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        """http://host:port, without a trailing slash."""
+        if self._server is None:
+            raise MonitorError("the web server is not running: call start() first")
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._server.server_port}"
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+def serve(host: str, port: int, app: WSGIApplication,
+          ready: Callable[[str], None] | None = None, *,
+          stop: threading.Event | None = None) -> None:
+    """Serve until Ctrl-C, SIGTERM or `stop`; `ready` gets `listening on <url>` first."""
+    stop = stop or threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    # Signal handlers can only be installed from the main thread.
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
+    try:
+        with WebServer(app, host, port) as server:
+            if ready is not None:
+                ready(f"listening on {server.url}")
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
