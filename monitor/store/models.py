@@ -174,6 +174,11 @@ class ProbeRow(Base):
     response_headers_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_bytes: Mapped[int] = mapped_column(Integer)
+    # The probe whose stored request this one re-sent (`monitor replay`); None for a canary.
+    # Indexed for finding an original's replays and for export, which carries the link along.
+    replay_of: Mapped[int | None] = mapped_column(
+        Id, ForeignKey("probes.id", ondelete="SET NULL"), index=True
+    )
 
 
 class SlotRow(Base):
@@ -336,3 +341,160 @@ class DeliveryRow(Base):
     gave_up_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class _RollupColumns:
+    """One target's probes in one UTC hour or day, folded by store/rollups.py: what reports
+    read instead of raw probes. Sketches are monitor.sketch encodings (None: nothing
+    measured); `fingerprints` and `models` map each value to [count, first seen, last seen]
+    (microseconds since the epoch), so first/last seen outlive raw-probe retention."""
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    start_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    probes: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[dict[str, int]] = mapped_column(Json)  # error_kind -> probes
+    # Usage summed over successful probes.
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Latency of successful probes, and streaming output speed.
+    total_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    headers_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    ttft_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    processing_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    tokens_per_s_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    fingerprints: Mapped[dict[str, list[int]]] = mapped_column(Json)
+    models: Mapped[dict[str, list[int]]] = mapped_column(Json)
+    # The newest probe in the bucket that carried rate-limit headers, and the lowest
+    # remaining / limit seen in it.
+    limits_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    limit_requests: Mapped[int | None] = mapped_column(BigInteger)
+    limit_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    remaining_requests: Mapped[int | None] = mapped_column(BigInteger)
+    remaining_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    min_headroom_requests: Mapped[float | None] = mapped_column(Float)
+    min_headroom_tokens: Mapped[float | None] = mapped_column(Float)
+    # The newest failed probe in the bucket.
+    last_error_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error_kind: Mapped[str | None] = mapped_column(String(40))
+    last_error_status: Mapped[int | None] = mapped_column(SmallInteger)
+    last_error_detail: Mapped[str | None] = mapped_column(Text)
+
+
+class HourlyRollupRow(_RollupColumns, Base):
+    """One target's probes in one UTC hour (the columns are described in _RollupColumns)."""
+
+    __tablename__ = "hourly_rollups"
+    # Reports read a target's hours over a time range; catch_up looks rows up by key.
+    __table_args__ = (UniqueConstraint("target_id", "start_at"),)
+
+
+class DailyRollupRow(_RollupColumns, Base):
+    """The same per UTC day. A table of its own: a year's report reads 365 rows per target,
+    which sit together here instead of scattered among 24 times as many hours."""
+
+    __tablename__ = "daily_rollups"
+    __table_args__ = (UniqueConstraint("target_id", "start_at"),)
+
+
+class RollupTotalRow(Base):
+    """One target's outcomes and latency sketches over all its history, for /metrics."""
+
+    __tablename__ = "rollup_totals"
+
+    target_id: Mapped[int] = mapped_column(
+        ForeignKey("targets.id", ondelete="CASCADE"), primary_key=True
+    )
+    probes: Mapped[int] = mapped_column(BigInteger)
+    ok: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[dict[str, int]] = mapped_column(Json)
+    total_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    headers_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    ttft_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+    processing_ms_sketch: Mapped[bytes | None] = mapped_column(Blob)
+
+
+class RollupStateRow(Base):
+    """How far rollups have folded probes (one row, id 1; locked by each catch_up). Ids up to
+    `last_probe_id` were read, except `gaps`: ranges [first, last, noticed at (us)] missing
+    when read, because a transaction that took those ids had not committed yet (PostgreSQL
+    hands out ids before commit) or rolled back; they are looked for again until they expire."""
+
+    __tablename__ = "rollup_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_probe_id: Mapped[int] = mapped_column(Id)
+    gaps: Mapped[list[list[int]]] = mapped_column(Json)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RetentionStateRow(Base):
+    """How far raw-probe retention has got (one row, id 1): every probe started before
+    `pruned_before` with id up to `checked_id` has had its raw body and headers emptied."""
+
+    __tablename__ = "retention_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pruned_before: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    checked_id: Mapped[int] = mapped_column(Id)
+    # Bytes emptied on SQLite since its last VACUUM: what a VACUUM would give back.
+    unreclaimed_bytes: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# `monitor sim --recorded` looks up the newest successful answer to one request payload: an
+# index seek by payload, then backwards by id, instead of a scan of every probe.
+Index("ix_probes_request_payload_id_ok_id", ProbeRow.request_payload_id, ProbeRow.ok, ProbeRow.id)
+
+
+class ReplayRunRow(Base):
+    """One batch replay (`monitor replay --target T --since D`): the stored requests it re-sends,
+    fixed when it starts, so that running the same command again after an interruption resumes
+    it instead of sending anything twice. `open_key` is the command's identity while the run is
+    unfinished and None after: at most one open run per command, and a finished one can be
+    run afresh."""
+
+    __tablename__ = "replay_runs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))  # sha256 of the command's options
+    open_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    source_target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    destination_target_id: Mapped[int] = mapped_column(
+        ForeignKey("targets.id", ondelete="CASCADE")
+    )
+    since_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    until_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    max_probes: Mapped[int | None] = mapped_column(Integer)  # --limit
+    items: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ReplayItemRow(Base):
+    """One stored request of a batch replay. `pending`, then `sending` (claimed, committed
+    before the request goes out), then `done` with the replay's probe stored in the same
+    transaction. A `sending` item whose process died is never sent again: the request may have
+    reached the server."""
+
+    __tablename__ = "replay_items"
+    __table_args__ = (
+        UniqueConstraint("run_id", "probe_id"),
+        # Workers claim the run's next pending item in position order.
+        Index("ix_replay_items_run_id_state_position", "run_id", "state", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("replay_runs.id", ondelete="CASCADE"))
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probes.id", ondelete="CASCADE"))
+    # The original's, copied so that a claim is one statement.
+    request_payload_id: Mapped[int] = mapped_column(ForeignKey("request_payloads.id"))
+    position: Mapped[int] = mapped_column(Integer)  # oldest original first
+    state: Mapped[str] = mapped_column(String(10))  # ReplayState
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    replay_probe_id: Mapped[int | None] = mapped_column(
+        ForeignKey("probes.id", ondelete="SET NULL")
+    )
+    rate_limited: Mapped[int] = mapped_column(Integer)  # 429s waited out before the answer

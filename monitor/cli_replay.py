@@ -1,0 +1,224 @@
+"""The replay commands: `monitor replay`, `monitor export`, `monitor import`, and what
+`monitor sim --recorded` runs. Thin, like cli.py: parse, call one function, render.
+
+They are defined here and added to the `monitor` group in cli.py. This module does not import
+cli.py, so it can be imported from there without a cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+
+from monitor import config as config_module
+from monitor import recorded, replay_diff
+from monitor.durations import parse_since
+from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
+from monitor.replay import destination, replay_probe
+from monitor.replay_batch import BatchSpec, BatchSummary, run_batch
+from monitor.store import db, transfer
+from monitor.store.replays import Run
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _SetupError(click.ClickException):
+    exit_code = 2
+
+
+def _failure(error: MonitorError) -> click.ClickException:
+    """As in cli.py: exit 2 when the setup is wrong (config, schema), 1 otherwise."""
+    if isinstance(error, ConfigError | SchemaNotAtHead):
+        return _SetupError(str(error))
+    return click.ClickException(str(error))
+
+
+def _config_option(function: F) -> F:
+    return click.option("--config", "-c", "config_path", metavar="FILE",
+                        help="Config file (default: $MONITOR_CONFIG, else ./monitor.toml).")(function)
+
+
+def _database_option(function: F) -> F:
+    return click.option("--database", "database_url", metavar="URL",
+                        help="This database instead of the configured one.")(function)
+
+
+def _time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    moment = parse_since(value, datetime.now(UTC))
+    if moment is None:
+        raise click.BadParameter(
+            f'{value!r}: expected a duration back from now ("24h", "7d"), a date '
+            '("2026-11-01") or an ISO 8601 time', param_hint=option)
+    return moment
+
+
+def _engine(config_path: str | None, database_url: str | None = None) -> Engine:
+    try:
+        url = database_url or config_module.load(config_path).database_url
+        return db.open_store(url)
+    except MonitorError as error:
+        raise _failure(error) from None
+
+
+@click.command("replay")
+@click.argument("probe_id", type=int, required=False)
+@click.option("--to", metavar="TARGET",
+              help="Send to this configured target instead (a pinned snapshot, another "
+                   "provider); the payload's model becomes its model.")
+@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
+              help="Send the request this many times.")
+@click.option("--target", "source", metavar="TARGET",
+              help="Batch: replay this target's stored requests, oldest first.")
+@click.option("--since", metavar="WHEN",
+              help='Batch: from ("24h", "7d", a date or an ISO 8601 time).')
+@click.option("--until", metavar="WHEN", help="Batch: up to (excluded).")
+@click.option("--limit", type=click.IntRange(1), help="Batch: at most this many requests.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Batch: requests in flight at once.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the comparison, or a batch's summary, as JSON.")
+@_config_option
+def replay_command(probe_id: int | None, to: str | None, repeat: int, source: str | None,
+                   since: str | None, until: str | None, limit: int | None, concurrency: int,
+                   as_json: bool, config_path: str | None) -> None:
+    """Re-send a stored probe's exact request (PROBE_ID), or a target's stored requests over a
+    time range (--target, --since), store the answers linked to the originals, and compare."""
+    if (probe_id is None) == (source is None):
+        raise click.UsageError("give a PROBE_ID, or --target and --since for a batch")
+    if probe_id is not None and (since or until or limit):
+        raise click.UsageError("--since, --until and --limit select a batch: use them with "
+                               "--target instead of a PROBE_ID")
+    if source is not None and since is None:
+        raise click.UsageError("a batch needs --since (replaying a whole history costs money)")
+    if source is not None and repeat != 1:
+        raise click.UsageError("--repeat is for a single PROBE_ID")
+    try:
+        settings = config_module.load(config_path)
+    except MonitorError as error:
+        raise _failure(error) from None
+    engine = _engine(config_path, settings.database_url)
+    try:
+        if probe_id is not None:
+            outcome = replay_probe(engine, settings, probe_id, to, repeat)
+            click.echo(replay_diff.outcome_json(outcome) if as_json
+                       else replay_diff.render_outcome(outcome))
+            failed = not all(r.ok for r in outcome.replays)
+        else:
+            assert source is not None and since is not None
+            spec = BatchSpec(source, destination(settings, source, to), since, until,
+                             _time(since, "--since"), _time(until, "--until"), limit,
+                             concurrency)
+            summary = _run_batch(engine, spec)
+            click.echo(replay_diff.summary_json(summary) if as_json
+                       else replay_diff.render_summary(summary))
+            failed = summary.stopped is not None or summary.pending > 0
+    except MonitorError as error:
+        raise _failure(error) from None
+    finally:
+        engine.dispose()
+    sys.exit(1 if failed else 0)
+
+
+def _run_batch(engine: Engine, spec: BatchSpec) -> BatchSummary:
+    """run_batch with a progress bar on stderr and warm/cold stop on Ctrl-C and SIGTERM."""
+    stop = threading.Event()
+    signals = 0
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os._exit(130)  # cold: what is in flight may be lost, and is never re-sent
+        stop.set()
+        click.echo(f"\n{signal.Signals(signum).name}: finishing the requests in flight "
+                   "(again to exit now)", err=True)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = ([(s, signal.signal(s, on_signal)) for s in (signal.SIGINT, signal.SIGTERM)]
+                if in_main else [])
+    with contextlib.ExitStack() as stack:
+        bars: list[Any] = []
+
+        def on_start(run: Run, done: int) -> None:
+            label = f"run #{run.id}" + (" (resumed)" if run.resumed else "")
+            bar = stack.enter_context(click.progressbar(length=run.items, label=label,
+                                                        file=sys.stderr, show_pos=True))
+            bar.update(done)
+            bars.append(bar)
+
+        try:
+            return run_batch(engine, spec, stop, on_start,
+                             lambda n: bars[0].update(n) if bars else None)
+        finally:
+            for signum, handler in previous:
+                signal.signal(signum, handler)
+
+
+@click.command("export")
+@click.option("--target", metavar="NAME", help="Only this target's probes.")
+@click.option("--since", metavar="WHEN", help="Probes started from then on.")
+@click.option("--until", metavar="WHEN", help="Probes started before then.")
+@click.option("--output", "-o", default="-", metavar="FILE",
+              help="Where to write (default: standard output).")
+@_database_option
+@_config_option
+def export_command(target: str | None, since: str | None, until: str | None, output: str,
+                   database_url: str | None, config_path: str | None) -> None:
+    """Write probes, with their requests, targets, configurations and raw answers, as JSON
+    Lines that `monitor import` reads into another database."""
+    since_at, until_at = _time(since, "--since"), _time(until, "--until")
+    engine = _engine(config_path, database_url)
+    try:
+        # atomic: a file is only replaced once the export is whole.
+        with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+            written = transfer.export(engine, out, target, since_at, until_at)
+    finally:
+        engine.dispose()
+    click.echo(f"exported {written} probes" + ("" if output == "-" else f" to {output}"),
+               err=True)
+
+
+@click.command("import")
+@click.argument("file", metavar="FILE")
+@_database_option
+@_config_option
+def import_command(file: str, database_url: str | None, config_path: str | None) -> None:
+    """Read a `monitor export` file into the database; probes already there (same uid) are
+    skipped, so importing twice is harmless."""
+    engine = _engine(config_path, database_url)
+    try:
+        with click.open_file(file, encoding="utf-8") as lines:
+            summary = transfer.import_lines(engine, lines, "<stdin>" if file == "-" else file)
+    except MonitorError as error:
+        raise _failure(error) from None
+    finally:
+        engine.dispose()
+    message = (f"imported {summary.inserted} probes, skipped {summary.skipped} already "
+               "stored")
+    if summary.unlinked:
+        message += (f"; {summary.unlinked} replays kept without their link, as their "
+                    "originals are not in the database")
+    click.echo(message)
+
+
+def serve_recorded(config_path: str | None, host: str, port: int, target: str | None,
+                   latency: bool) -> None:
+    """`monitor sim --recorded`: answer from the configured database until stopped."""
+    engine = _engine(config_path)
+    try:
+        recorded.serve(engine, host, port, target, latency, echo=click.echo)
+    except MonitorError as error:
+        raise _failure(error) from None
+    finally:
+        engine.dispose()

@@ -1,0 +1,278 @@
+"""The health report (docs/report.md, JSON version 1) and the per-target numbers /metrics
+exposes, read from rollups so that a year costs about what a day does.
+
+A range [since, until) is read in three grains: whole days from daily rollups (only when the
+series is daily, beyond 14 days), whole hours from hourly rollups, and raw probes only for the
+partial hours at its two edges. Percentiles come from merged sketches (within 1%). Rollups are
+read as last caught up: callers that want the newest probes in whole hours call
+`rollups.catch_up` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select
+
+from monitor.domain import LATENCY_BUCKETS_S, Histogram, TargetMetrics
+from monitor.sketch import Sketch
+from monitor.store import rollups
+from monitor.store.models import AlertRow, ProbeRow, TargetRow
+from monitor.store.rollups import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
+
+VERSION = 1
+# Hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
+HOURLY_SERIES_UP_TO = timedelta(days=14)
+
+
+def build_report(engine: Engine, since: datetime, until: datetime,
+                 targets: Sequence[str] | None, now: datetime) -> dict[str, Any]:
+    """The report over [since, until) for the named targets (None: every stored target)."""
+    since, until = since.astimezone(UTC), until.astimezone(UTC)
+    bucket = "hour" if until - since <= HOURLY_SERIES_UP_TO else "day"
+    floor = floor_hour if bucket == "hour" else floor_day
+    with engine.connect() as connection:
+        names = _target_names(connection, targets)
+        ids = list(names)
+        totals = {i: Aggregate() for i in ids}
+        points: dict[int, dict[datetime, dict[str, Any]]] = {i: {} for i in ids}
+        # Buckets cut by the range's edges, or made of finer rows than the series' bucket.
+        partial: dict[int, dict[datetime, Aggregate]] = {i: {} for i in ids}
+        for span, low, high in _segments(since, until, bucket) if ids else ():
+            if span is None:
+                for probe in rollups.read_probes(connection, low, high, ids):
+                    point = floor(probe.started_at)
+                    partial[probe.target_id].setdefault(point, Aggregate()).add(probe)
+                continue
+            for target_id, start, aggregate in rollups.read_rollups(
+                    connection, span, low, high, ids):
+                if span == bucket:
+                    # A whole bucket in one row: done at once, so a year of rows is never
+                    # held in memory.
+                    totals[target_id].merge(aggregate)
+                    points[target_id][start] = _point(start, aggregate)
+                else:
+                    partial[target_id].setdefault(floor(start), Aggregate()).merge(aggregate)
+        for target_id, buckets in partial.items():
+            for start, aggregate in buckets.items():
+                totals[target_id].merge(aggregate)
+                points[target_id][start] = _point(start, aggregate)
+        alerts = _alerts(connection, ids, since, until)
+    return {
+        "version": VERSION,
+        "generated_at": now.astimezone(UTC).isoformat(),
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "targets": [_target(names[i], totals[i], points[i], bucket, alerts.get(i, []),
+                            since, until)
+                    for i in sorted(ids, key=names.__getitem__)],
+    }
+
+
+def _segments(since: datetime, until: datetime,
+              bucket: str) -> list[tuple[str | None, datetime, datetime]]:
+    """[since, until) as (grain, start, end) pieces: None for raw probes, else a rollup span."""
+    first_hour = floor_hour(since) + (timedelta(hours=1) if since != floor_hour(since)
+                                      else timedelta())
+    last_hour = floor_hour(until)
+    if first_hour >= last_hour:
+        return [(None, since, until)]
+    middle: list[tuple[str | None, datetime, datetime]] = [("hour", first_hour, last_hour)]
+    if bucket == "day":
+        first_day = floor_day(first_hour) + (
+            timedelta(days=1) if first_hour != floor_day(first_hour) else timedelta())
+        last_day = floor_day(last_hour)
+        if first_day < last_day:
+            middle = [("hour", first_hour, first_day), ("day", first_day, last_day),
+                      ("hour", last_day, last_hour)]
+    pieces = [(None, since, first_hour), *middle, (None, last_hour, until)]
+    return [piece for piece in pieces if piece[1] < piece[2]]
+
+
+def _target_names(connection: Connection, targets: Sequence[str] | None) -> dict[int, str]:
+    query = select(TargetRow.id, TargetRow.name)
+    if targets is not None:
+        query = query.where(TargetRow.name.in_(targets))
+    return {row.id: row.name for row in connection.execute(query)}
+
+
+def _alerts(connection: Connection, target_ids: Sequence[int], since: datetime,
+            until: datetime) -> dict[int, list[Any]]:
+    """Per target: alerts open now, and those open at any time in the range (pending
+    conditions are not alerts)."""
+    if not target_ids:
+        return {}
+    query = (
+        select(AlertRow.__table__)
+        .where(AlertRow.target_id.in_(target_ids), AlertRow.state != "pending",
+               or_(AlertRow.state == "open",
+                   (AlertRow.opened_at < until)
+                   & (AlertRow.resolved_at.is_(None) | (AlertRow.resolved_at >= since))))
+        .order_by(AlertRow.opened_at, AlertRow.id)
+    )
+    found: dict[int, list[Any]] = {}
+    for alert in connection.execute(query):
+        found.setdefault(alert.target_id, []).append(alert)
+    return found
+
+
+def _target(name: str, total: Aggregate, points: dict[datetime, dict[str, Any]], bucket: str,
+            alerts: list[Any], since: datetime, until: datetime) -> dict[str, Any]:
+    error = total.last_error
+    return {
+        "target": name,
+        "probes": total.probes,
+        "ok": total.ok,
+        "success_rate": _fraction(total.ok / total.probes) if total.probes else None,
+        "errors": dict(sorted(total.errors.items())),
+        "latency_ms": {phase: _percentiles(total.sketch(phase)) for phase in TOTAL_PHASES},
+        "output_tokens_per_s": _percentiles(total.sketch("tokens_per_s")),
+        "tokens": {"prompt": total.prompt_tokens, "completion": total.completion_tokens,
+                   "total": total.total_tokens},
+        "fingerprints": _seen("fingerprint", total.fingerprints),
+        "models": _seen("model", total.models),
+        "rate_limits": _rate_limits(total),
+        "open_alerts": [
+            {"id": a.id, "kind": a.kind, "key": a.key, "severity": a.severity,
+             "opened_at": _iso(a.opened_at), "explanation": a.explanation}
+            for a in alerts if a.state == "open"],
+        "alerts": [
+            {"id": a.id, "kind": a.kind, "key": a.key, "severity": a.severity,
+             "state": a.state, "opened_at": _iso(a.opened_at),
+             "resolved_at": _iso(a.resolved_at), "explanation": a.explanation}
+            for a in alerts if _open_within(a, since, until)],
+        "last_error": None if error is None else {
+            "at": error.at.isoformat(), "error_kind": error.kind,
+            "http_status": error.status, "detail": error.detail},
+        "series": {"bucket": bucket,
+                   "points": [points[start] for start in sorted(points)]},
+    }
+
+
+def _open_within(alert: Any, since: datetime, until: datetime) -> bool:
+    return (alert.opened_at is not None and alert.opened_at < until
+            and (alert.resolved_at is None or alert.resolved_at >= since))
+
+
+def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
+    p50, p95 = aggregate.sketch("total").quantiles((0.5, 0.95))
+    fingerprints = aggregate.fingerprints
+    return {
+        "t": start.isoformat(),
+        "probes": aggregate.probes,
+        "errors": aggregate.probes - aggregate.ok,
+        "p50_ms": None if p50 is None else _ms(p50),
+        "p95_ms": None if p95 is None else _ms(p95),
+        # Most frequent; of equally frequent ones, the first by name, so output is stable.
+        "fingerprint": min(fingerprints, key=lambda f: (-fingerprints[f][0], f))
+        if fingerprints else None,
+        "headroom_requests": _fraction(aggregate.min_headroom_requests),
+        "headroom_tokens": _fraction(aggregate.min_headroom_tokens),
+    }
+
+
+def _percentiles(sketch: Sketch) -> dict[str, float] | None:
+    if not sketch:
+        return None
+    p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
+    return {"p50": _ms(p50 or 0.0), "p95": _ms(p95 or 0.0), "p99": _ms(p99 or 0.0)}
+
+
+def _seen(label: str, table: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """Every value with its share of the probes that carried one, most frequent first."""
+    carried = sum(count for count, _, _ in table.values())
+    ordered = sorted(table.items(), key=lambda item: (-item[1][0], item[0]))
+    return [{label: value, "count": count, "share": _fraction(count / carried),
+             "first_seen": from_micros(first).isoformat(),
+             "last_seen": from_micros(last).isoformat()}
+            for value, (count, first, last) in ordered]
+
+
+def _rate_limits(total: Aggregate) -> dict[str, Any] | None:
+    limits = total.limits
+    if limits is None:
+        return None
+    return {
+        "limit_requests": limits.limit_requests, "limit_tokens": limits.limit_tokens,
+        "remaining_requests": limits.remaining_requests,
+        "remaining_tokens": limits.remaining_tokens,
+        "headroom_requests": _fraction(
+            rollups.headroom(limits.remaining_requests, limits.limit_requests)),
+        "headroom_tokens": _fraction(
+            rollups.headroom(limits.remaining_tokens, limits.limit_tokens)),
+        "at": limits.at.isoformat(),
+    }
+
+
+def _ms(value: float) -> float:
+    # Four significant digits: the sketch is good to 0.5%, so more would be noise.
+    return float(f"{value:.4g}")
+
+
+def _fraction(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# --- /metrics -------------------------------------------------------------------------------
+
+
+def metrics_snapshot(engine: Engine) -> list[TargetMetrics]:
+    """Per stored target: latency histograms and outcomes over all history (rollup totals,
+    as last caught up), the newest successful probe's fingerprint and model, the newest
+    rate-limit values, and open alerts by severity."""
+    bounds_ms = [bound * 1000 for bound in LATENCY_BUCKETS_S]
+    with engine.connect() as connection:
+        names = _target_names(connection, None)
+        totals = rollups.read_totals(connection)
+        open_alerts: dict[int, dict[str, int]] = {}
+        for target_id, severity, count in connection.execute(
+                select(AlertRow.target_id, AlertRow.severity, func.count())
+                .where(AlertRow.state == "open")
+                .group_by(AlertRow.target_id, AlertRow.severity)):
+            open_alerts.setdefault(target_id, {})[severity] = count
+        metrics = []
+        for target_id in sorted(names, key=names.__getitem__):
+            total = totals.get(target_id, Aggregate())
+            newest_ok = connection.execute(_NEWEST_OK, {"target_id": target_id}).first()
+            limits = connection.execute(_NEWEST_LIMITS, {"target_id": target_id}).first()
+            metrics.append(TargetMetrics(
+                target=names[target_id],
+                latency={phase: Histogram(
+                    bounds_s=LATENCY_BUCKETS_S,
+                    cumulative=tuple(sketch.cumulative_at(bounds_ms)),
+                    count=sketch.count, sum_s=sketch.sum / 1000)
+                    for phase in TOTAL_PHASES if (sketch := total.sketch(phase))},
+                outcomes={"ok": total.ok, **total.errors} if total.probes else {},
+                fingerprint=newest_ok.system_fingerprint if newest_ok else None,
+                model=newest_ok.model if newest_ok else None,
+                limit_requests=limits.ratelimit_limit_requests if limits else None,
+                limit_tokens=limits.ratelimit_limit_tokens if limits else None,
+                remaining_requests=limits.ratelimit_remaining_requests if limits else None,
+                remaining_tokens=limits.ratelimit_remaining_tokens if limits else None,
+                open_alerts=open_alerts.get(target_id, {}),
+            ))
+    return metrics
+
+
+# Both walk ix_probes_target_id_started_at backwards and stop at the first match.
+_NEWEST_OK = (
+    select(ProbeRow.system_fingerprint, ProbeRow.model)
+    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.ok.is_(True))
+    .order_by(ProbeRow.started_at.desc()).limit(1)
+)
+_NEWEST_LIMITS = (
+    select(ProbeRow.ratelimit_limit_requests, ProbeRow.ratelimit_limit_tokens,
+           ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens)
+    .where(ProbeRow.target_id == bindparam("target_id"),
+           ProbeRow.ratelimit_limit_requests.is_not(None)
+           | ProbeRow.ratelimit_limit_tokens.is_not(None)
+           | ProbeRow.ratelimit_remaining_requests.is_not(None)
+           | ProbeRow.ratelimit_remaining_tokens.is_not(None))
+    .order_by(ProbeRow.started_at.desc()).limit(1)
+)

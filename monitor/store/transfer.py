@@ -1,0 +1,326 @@
+"""Move probes between databases as JSON Lines (`monitor export`, `monitor import`).
+
+The file holds a header line, then the probes in id order. Before a probe's line come the
+target, configuration and request payload it refers to, each written once, before its first
+use:
+
+    {"kind": "monitor-export", "version": 1, "schema": "0006", "exported_at": "..."}
+    {"kind": "target", "name": "canary", "created_at": "..."}
+    {"kind": "config", "target": "canary", "config_hash": "...", "config": {...}, "first_seen_at": "..."}
+    {"kind": "payload", "sha256": "...", "payload": {...}}
+    {"kind": "probe", "uid": "...", "target": "canary", "config_hash": "...",
+     "request_sha256": "...", "replay_of_uid": null, ...every other column...,
+     "response_headers": {...}, "raw_response": "..."}      (or "raw_response_base64")
+
+Row ids are not exported. References go by target name, config hash, payload sha256 and probe
+uid, so a file imports into any database. Import is idempotent by probe uid: a probe already
+there is skipped, untouched. Export then import reproduces every column. The compressed body and
+headers are re-encoded from the exported bytes, and decode to the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import aliased
+
+from monitor.errors import MonitorError
+from monitor.store import codec
+from monitor.store.db import head_revision
+from monitor.store.models import (
+    ProbeRow,
+    RequestPayloadRow,
+    TargetConfigRow,
+    TargetRow,
+    UtcDateTime,
+)
+from monitor.store.records import _get_or_create, canonical_json
+
+FORMAT = "monitor-export"
+VERSION = 1
+# Probes inserted per transaction on import: large enough to amortise the commit.
+BATCH = 1000
+# Ids and the compressed blobs are not exported as they are; the rest is, column for column.
+_NOT_EXPORTED = {"id", "target_id", "target_config_id", "request_payload_id", "replay_of",
+                 "response_headers_zlib", "raw_response_zlib"}
+_PROBES: Table = ProbeRow.__table__  # type: ignore[assignment]
+_COLUMNS = [c for c in ProbeRow.__table__.columns if c.key not in _NOT_EXPORTED]
+_TIMES = {c.key for c in _COLUMNS if isinstance(c.type, UtcDateTime)}
+_REQUIRED = {c.key for c in _COLUMNS if not c.nullable}
+_REFERENCES = {"kind", "target", "config_hash", "request_sha256", "replay_of_uid",
+               "response_headers", "raw_response", "raw_response_base64"}
+
+
+class TransferError(MonitorError):
+    """An import file that cannot be read as a monitor export; names the file and line."""
+
+    def __init__(self, source: str, line: int, message: str) -> None:
+        super().__init__(f"{source}:{line}: {message}")
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    probes: int  # probe lines read
+    inserted: int
+    skipped: int  # already in the database (same uid)
+    unlinked: int  # replays whose original is neither in the file nor in the database
+
+
+def _line(record: dict[str, Any]) -> str:
+    # ASCII-only: the file may be shown on a terminal, and model text is untrusted.
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def export(engine: Engine, out: IO[str], target: str | None = None,
+           since: datetime | None = None, until: datetime | None = None) -> int:
+    """Write the selected probes (by target name, started_at in [since, until)) with what they
+    refer to; returns how many probes were written."""
+    original = aliased(ProbeRow)
+    query = (
+        select(*_COLUMNS, ProbeRow.response_headers_zlib, ProbeRow.raw_response_zlib,
+               ProbeRow.target_config_id, ProbeRow.request_payload_id,
+               TargetRow.name.label("target_name"), TargetRow.created_at.label("target_created_at"),
+               RequestPayloadRow.sha256.label("request_sha256"),
+               original.uid.label("replay_of_uid"))
+        .join(TargetRow, TargetRow.id == ProbeRow.target_id)
+        .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
+        .outerjoin(original, original.id == ProbeRow.replay_of)
+        .order_by(ProbeRow.id)
+    )
+    if target is not None:
+        query = query.where(TargetRow.name == target)
+    if since is not None:
+        query = query.where(ProbeRow.started_at >= since)
+    if until is not None:
+        query = query.where(ProbeRow.started_at < until)
+    out.write(_line({"kind": FORMAT, "version": VERSION, "schema": head_revision(),
+                     "exported_at": datetime.now(UTC).isoformat()}))
+    targets: set[str] = set()
+    configs: dict[int, str] = {}  # config id -> hash
+    payloads: set[int] = set()
+    written = 0
+    with engine.connect() as connection:
+        rows = connection.execution_options(yield_per=BATCH).execute(query)
+        for row in rows:
+            if row.target_name not in targets:
+                targets.add(row.target_name)
+                out.write(_line({"kind": "target", "name": row.target_name,
+                                 "created_at": _time(row.target_created_at)}))
+            if row.target_config_id not in configs:
+                configs[row.target_config_id] = _write_config(
+                    connection, out, row.target_name, row.target_config_id)
+            if row.request_payload_id not in payloads:
+                payloads.add(row.request_payload_id)
+                payload = connection.execute(select(RequestPayloadRow.payload).where(
+                    RequestPayloadRow.id == row.request_payload_id)).scalar_one()
+                out.write(_line({"kind": "payload", "sha256": row.request_sha256,
+                                 "payload": payload}))
+            out.write(_line(_probe_record(row, configs[row.target_config_id])))
+            written += 1
+    return written
+
+
+def _write_config(connection: Connection, out: IO[str], target: str, config_id: int) -> str:
+    config = connection.execute(
+        select(TargetConfigRow.config_hash, TargetConfigRow.config, TargetConfigRow.first_seen_at)
+        .where(TargetConfigRow.id == config_id)).one()
+    out.write(_line({"kind": "config", "target": target, "config_hash": config.config_hash,
+                     "config": config.config, "first_seen_at": _time(config.first_seen_at)}))
+    return str(config.config_hash)
+
+
+def _probe_record(row: Any, config_hash: str) -> dict[str, Any]:
+    record: dict[str, Any] = {"kind": "probe", "target": row.target_name,
+                              "config_hash": config_hash, "request_sha256": row.request_sha256,
+                              "replay_of_uid": row.replay_of_uid}
+    for column in _COLUMNS:
+        value = getattr(row, column.key)
+        record[column.key] = _time(value) if column.key in _TIMES else value
+    record["response_headers"] = codec.decompress_headers(row.response_headers_zlib)
+    body = codec.decompress(row.raw_response_zlib)
+    try:
+        record["raw_response"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["raw_response_base64"] = base64.b64encode(body).decode("ascii")
+    return record
+
+
+def import_lines(engine: Engine, lines: Iterable[str], source: str) -> ImportSummary:
+    """Store the probes of an export (`source` names it in errors), skipping uids already
+    stored. Each batch of probes is one transaction; importing the same file again after a
+    failure carries on where it stopped."""
+    importer = _Importer(source)
+    with engine.connect() as connection:
+        for number, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except ValueError:
+                raise TransferError(source, number, "not a JSON object") from None
+            if not isinstance(record, dict):
+                raise TransferError(source, number, "not a JSON object")
+            importer.take(connection, record, number)
+            if len(importer.rows) >= BATCH:
+                importer.flush(connection)
+                connection.commit()
+        importer.flush(connection)
+        connection.commit()
+    if not importer.header_seen:
+        raise TransferError(source, 1, f"empty: expected a {FORMAT} header line")
+    return ImportSummary(importer.probes, importer.inserted, importer.probes - importer.inserted,
+                         importer.unlinked)
+
+
+class _Importer:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.header_seen = False
+        self.targets: dict[str, int] = {}
+        self.configs: dict[tuple[str, str], int] = {}
+        self.payloads: dict[str, int] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.links: dict[str, str] = {}  # uid -> the original's uid
+        self.probes = self.inserted = self.unlinked = 0
+
+    def _fail(self, line: int, message: str) -> TransferError:
+        return TransferError(self.source, line, message)
+
+    def take(self, connection: Connection, record: dict[str, Any], line: int) -> None:
+        kind = record.get("kind")
+        if not self.header_seen:
+            if kind != FORMAT:
+                raise self._fail(line, f"expected a {FORMAT} header line first")
+            if record.get("version") != VERSION:
+                raise self._fail(line, f"export format version {record.get('version')!r}; "
+                                       f"this monitor reads version {VERSION}")
+            self.header_seen = True
+            return
+        try:
+            if kind == "target":
+                self.targets[record["name"]] = _get_or_create(
+                    connection, TargetRow, {"name": record["name"]},
+                    {"created_at": _parse_time(record["created_at"])})
+            elif kind == "config":
+                target_id = self._target(connection, record["target"], line)
+                self.configs[(record["target"], record["config_hash"])] = _get_or_create(
+                    connection, TargetConfigRow,
+                    {"target_id": target_id, "config_hash": record["config_hash"]},
+                    {"config": record["config"],
+                     "first_seen_at": _parse_time(record["first_seen_at"])})
+            elif kind == "payload":
+                digest = hashlib.sha256(canonical_json(record["payload"]).encode()).hexdigest()
+                if digest != record["sha256"]:
+                    raise self._fail(line, f"payload sha256 {record['sha256']} does not match "
+                                           f"its content ({digest})")
+                self.payloads[digest] = _get_or_create(
+                    connection, RequestPayloadRow, {"sha256": digest},
+                    {"payload": record["payload"]})
+            elif kind == "probe":
+                self.rows.append(self._probe_row(connection, record, line))
+                if record.get("replay_of_uid") is not None:
+                    self.links[record["uid"]] = record["replay_of_uid"]
+                self.probes += 1
+            else:
+                raise self._fail(line, f"unknown kind {kind!r}")
+        except KeyError as missing:
+            raise self._fail(line, f"{kind} without {missing}") from None
+        except (TypeError, ValueError) as error:
+            raise self._fail(line, f"unreadable {kind}: {error}") from None
+
+    def _target(self, connection: Connection, name: str, line: int) -> int:
+        if name not in self.targets:
+            found = connection.execute(select(TargetRow.id).where(TargetRow.name == name)).scalar()
+            if found is None:
+                raise self._fail(line, f"refers to target {name!r}, which neither the lines "
+                                       "before it nor the database define")
+            self.targets[name] = found
+        return self.targets[name]
+
+    def _probe_row(self, connection: Connection, record: dict[str, Any],
+                   line: int) -> dict[str, Any]:
+        known = {c.key for c in _COLUMNS} | _REFERENCES
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise self._fail(line, f"unknown probe fields {', '.join(unknown)} (an export from "
+                                   "a newer monitor?)")
+        missing = sorted(_REQUIRED - set(record))
+        if missing:
+            raise self._fail(line, f"probe without {', '.join(missing)}")
+        name, config_hash = record["target"], record["config_hash"]
+        target_id = self._target(connection, name, line)
+        config_id = self.configs.get((name, config_hash))
+        if config_id is None:
+            config_id = connection.execute(select(TargetConfigRow.id).where(
+                TargetConfigRow.target_id == target_id,
+                TargetConfigRow.config_hash == config_hash)).scalar()
+            if config_id is None:
+                raise self._fail(line, f"refers to configuration {config_hash} of {name!r}, "
+                                       "which neither the lines before it nor the database hold")
+            self.configs[(name, config_hash)] = config_id
+        digest = record["request_sha256"]
+        payload_id = self.payloads.get(digest)
+        if payload_id is None:
+            payload_id = connection.execute(select(RequestPayloadRow.id).where(
+                RequestPayloadRow.sha256 == digest)).scalar()
+            if payload_id is None:
+                raise self._fail(line, f"refers to request payload {digest}, which neither the "
+                                       "lines before it nor the database hold")
+            self.payloads[digest] = payload_id
+        row = {c.key: record.get(c.key) for c in _COLUMNS}
+        for key in _TIMES:
+            row[key] = _parse_time(row[key])
+        if "raw_response_base64" in record:
+            body = base64.b64decode(record["raw_response_base64"], validate=True)
+        else:
+            body = record["raw_response"].encode("utf-8")
+        row.update(target_id=target_id, target_config_id=config_id, request_payload_id=payload_id,
+                   response_headers_zlib=codec.compress_headers(record["response_headers"]),
+                   raw_response_zlib=codec.compress(body))
+        return row
+
+    def flush(self, connection: Connection) -> None:
+        """Insert the pending probes (skipping stored uids), then link the new replays."""
+        if not self.rows:
+            return
+        insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(ProbeRow).on_conflict_do_nothing(index_elements=["uid"])
+        # RETURNING, not rowcount: psycopg 3 reports -1 for an INSERT ... ON CONFLICT here.
+        inserted = set(connection.execute(statement.returning(ProbeRow.uid), self.rows).scalars())
+        self.inserted += len(inserted)
+        links = {uid: original for uid, original in self.links.items() if uid in inserted}
+        if links:
+            ids = dict(connection.execute(select(ProbeRow.uid, ProbeRow.id).where(
+                ProbeRow.uid.in_(set(links.values())))).all())
+            updates = [{"link_uid": uid, "link_id": ids[original]}
+                       for uid, original in links.items() if original in ids]
+            self.unlinked += len(links) - len(updates)
+            if updates:
+                connection.execute(
+                    # The table, not the class: an ORM UPDATE with many rows wants their ids.
+                    update(_PROBES).where(_PROBES.c.uid == bindparam("link_uid"))
+                    .values(replay_of=bindparam("link_id")), updates)
+        self.rows = []
+        self.links = {}
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(f"time {value!r} has no UTC offset")
+    return moment

@@ -1,0 +1,213 @@
+"""The report's numbers equal those computed independently from the probes that were stored:
+counts, errors and tokens exactly, percentiles within 1%, for ranges that cut through hours
+and days, on both databases."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert, select
+
+from monitor.domain import ProbeResult, RateLimits
+from monitor.reporting import build_report, metrics_snapshot
+from monitor.store import rollups
+from monitor.store.models import AlertRow, TargetRow
+from tests.test_rollups import START, nearest_rank, store, varied_history
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+PHASES = {"total": "total_ms", "headers": "time_to_headers_ms",
+          "ttft": "time_to_first_token_ms", "processing": "openai_processing_ms"}
+
+
+@pytest.fixture
+def history(engine: Engine) -> dict[str, list[ProbeResult]]:
+    """17 days of two targets, one streaming, every 20 minutes; rollups caught up."""
+    stored = {"gpt-4o": varied_history(1224, seed=11),
+              "gpt-4o-stream": varied_history(1224, target="gpt-4o-stream", stream=True,
+                                              seed=12)}
+    store(engine, [r for results in stored.values() for r in results])
+    rollups.catch_up(engine)
+    return stored
+
+
+def expected(results: list[ProbeResult], since: datetime, until: datetime,
+             bucket: str) -> dict[str, Any]:
+    """The report's target entry, computed from the probes alone."""
+    inside = sorted((r for r in results if since <= r.started_at < until),
+                    key=lambda r: r.started_at)
+    ok = [r for r in inside if r.ok]
+    failed = [r for r in inside if not r.ok]
+    limited = [r for r in inside if r.rate_limits != RateLimits()]
+    floor = rollups.floor_hour if bucket == "hour" else rollups.floor_day
+    series: dict[datetime, list[ProbeResult]] = {}
+    for r in inside:
+        series.setdefault(floor(r.started_at), []).append(r)
+    speeds = [r.output_tokens_per_s for r in ok if r.output_tokens_per_s is not None]
+    return {
+        "target": results[0].target_name,
+        "probes": len(inside),
+        "ok": len(ok),
+        "success_rate": round(len(ok) / len(inside), 4) if inside else None,
+        "errors": dict(sorted(Counter(r.error_kind.value for r in failed
+                                      if r.error_kind).items())),
+        "latency_ms": {key: percentiles([getattr(r, column) for r in ok])
+                       for key, column in PHASES.items()},
+        "output_tokens_per_s": percentiles(speeds),
+        "tokens": {"prompt": sum(r.usage.prompt_tokens or 0 for r in ok),
+                   "completion": sum(r.usage.completion_tokens or 0 for r in ok),
+                   "total": sum(r.usage.total_tokens or 0 for r in ok)},
+        "fingerprints": seen("fingerprint", [(r.system_fingerprint, r.started_at)
+                                             for r in inside]),
+        "models": seen("model", [(r.model, r.started_at) for r in inside]),
+        "rate_limits": limits(limited[-1]) if limited else None,
+        "last_error": {"at": failed[-1].started_at.isoformat(),
+                       "error_kind": failed[-1].error_kind,
+                       "http_status": failed[-1].http_status,
+                       "detail": failed[-1].error_detail} if failed else None,
+        "series": {"bucket": bucket,
+                   "points": [point(t, series[t]) for t in sorted(series)]},
+    }
+
+
+def percentiles(values: list[float | None]) -> dict[str, float] | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return {name: nearest_rank(present, q) for name, q in PERCENTILES.items()}
+
+
+def seen(label: str, values: list[tuple[str | None, datetime]]) -> list[dict[str, Any]]:
+    counts = Counter(v for v, _ in values if v is not None)
+    carried = sum(counts.values())
+    return [{label: v, "count": c, "share": round(c / carried, 4),
+             "first_seen": min(at for x, at in values if x == v).isoformat(),
+             "last_seen": max(at for x, at in values if x == v).isoformat()}
+            for v, c in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def fraction(remaining: int | None, limit: int | None) -> float | None:
+    return None if remaining is None or not limit else round(remaining / limit, 4)
+
+
+def limits(r: ProbeResult) -> dict[str, Any]:
+    rl = r.rate_limits
+    return {"limit_requests": rl.limit_requests, "limit_tokens": rl.limit_tokens,
+            "remaining_requests": rl.remaining_requests,
+            "remaining_tokens": rl.remaining_tokens,
+            "headroom_requests": fraction(rl.remaining_requests, rl.limit_requests),
+            "headroom_tokens": fraction(rl.remaining_tokens, rl.limit_tokens),
+            "at": r.started_at.isoformat()}
+
+
+def point(t: datetime, results: list[ProbeResult]) -> dict[str, Any]:
+    totals = [r.total_ms for r in results if r.ok and r.total_ms is not None]
+    fingerprints = Counter(r.system_fingerprint for r in results if r.system_fingerprint)
+    headrooms = [(fraction(r.rate_limits.remaining_requests, r.rate_limits.limit_requests),
+                  fraction(r.rate_limits.remaining_tokens, r.rate_limits.limit_tokens))
+                 for r in results]
+    requests = [h for h, _ in headrooms if h is not None]
+    tokens = [h for _, h in headrooms if h is not None]
+    return {"t": t.isoformat(), "probes": len(results),
+            "errors": sum(not r.ok for r in results),
+            "p50_ms": nearest_rank(totals, 0.5) if totals else None,
+            "p95_ms": nearest_rank(totals, 0.95) if totals else None,
+            "fingerprint": min(fingerprints, key=lambda f: (-fingerprints[f], f))
+            if fingerprints else None,
+            "headroom_requests": min(requests) if requests else None,
+            "headroom_tokens": min(tokens) if tokens else None}
+
+
+def assert_matches(got: Any, want: Any, path: str = "") -> None:
+    """Equal, except percentiles (within 1%) and headroom minima (rounded after the min)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), path
+        for key in want:
+            assert_matches(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_matches(g, w, f"{path}[{i}]")
+    elif path.rsplit(".", 1)[-1] in {"p50", "p95", "p99", "p50_ms", "p95_ms"}:
+        assert got == pytest.approx(want, rel=0.01), path
+    elif path.rsplit(".", 1)[-1].startswith("headroom_") and want is not None:
+        assert got == pytest.approx(want, abs=1e-4), path
+    else:
+        assert got == want, path
+
+
+def target_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
+    [entry] = [t for t in report["targets"] if t["target"] == name]
+    return {k: v for k, v in entry.items() if k not in ("open_alerts", "alerts")}
+
+
+@pytest.mark.parametrize(("since", "until", "bucket"), [
+    pytest.param(START + timedelta(hours=7, minutes=13, seconds=5),
+                 START + timedelta(days=16, hours=5, minutes=41), "day", id="16-days"),
+    pytest.param(START + timedelta(days=2, hours=22, minutes=59),
+                 START + timedelta(days=5, hours=1, minutes=2), "hour", id="2-days"),
+    pytest.param(START + timedelta(days=3, hours=4, minutes=10),
+                 START + timedelta(days=3, hours=4, minutes=50), "hour", id="inside-an-hour"),
+    pytest.param(START + timedelta(days=1), START + timedelta(days=16), "day",
+                 id="whole-days"),
+    pytest.param(START - timedelta(days=30), NOW, "day", id="everything"),
+])
+def test_report_numbers_equal_those_computed_from_the_probes(
+        engine: Engine, history: dict[str, list[ProbeResult]], since: datetime,
+        until: datetime, bucket: str) -> None:
+    report = build_report(engine, since, until, None, NOW)
+    assert report["version"] == 1
+    assert (report["since"], report["until"]) == (since.isoformat(), until.isoformat())
+    assert report["generated_at"] == NOW.isoformat()
+    assert [t["target"] for t in report["targets"]] == ["gpt-4o", "gpt-4o-stream"]
+    for name, results in history.items():
+        assert_matches(target_entry(report, name), expected(results, since, until, bucket))
+
+
+def test_only_the_named_targets_are_reported(
+        engine: Engine, history: dict[str, list[ProbeResult]]) -> None:
+    report = build_report(engine, START, NOW, ["gpt-4o-stream", "unknown"], NOW)
+    assert [t["target"] for t in report["targets"]] == ["gpt-4o-stream"]
+
+
+def test_a_range_without_probes_reports_nothing_measured(
+        engine: Engine, history: dict[str, list[ProbeResult]]) -> None:
+    entry = build_report(engine, NOW, NOW + timedelta(days=1), ["gpt-4o"], NOW)["targets"][0]
+    assert (entry["probes"], entry["success_rate"], entry["rate_limits"]) == (0, None, None)
+    assert entry["latency_ms"] == {"total": None, "headers": None, "ttft": None,
+                                   "processing": None}
+    assert entry["series"] == {"bucket": "hour", "points": []}
+
+
+def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:
+    store(engine, varied_history(10))
+    with engine.begin() as connection:
+        target_id = connection.execute(select(TargetRow.id)).scalar_one()
+
+        def alert(state: str, opened: datetime | None, resolved: datetime | None) -> int:
+            return int(connection.execute(insert(AlertRow).returning(AlertRow.id).values(
+                target_id=target_id, kind="latency", key="total_ms", severity="warning",
+                state=state, streak=0, flaps=0, started_at=opened or START,
+                opened_at=opened, resolved_at=resolved, probe_uids=[],
+                explanation=f"{state} alert")).scalar_one())
+
+        day = timedelta(days=1)
+        before = alert("resolved", START - 3 * day, START - 2 * day)
+        spans = alert("resolved", START - day, START + day)
+        still_open = alert("open", START + 2 * day, None)
+        alert("pending", START + 2 * day, None)
+        later = alert("open", START + 9 * day, None)
+    entry = build_report(engine, START, START + 3 * day, None, NOW)["targets"][0]
+    assert [a["id"] for a in entry["alerts"]] == [spans, still_open]
+    assert [a["id"] for a in entry["open_alerts"]] == [still_open, later]
+    assert entry["alerts"][0] == {
+        "id": spans, "kind": "latency", "key": "total_ms", "severity": "warning",
+        "state": "resolved", "opened_at": (START - day).isoformat(),
+        "resolved_at": (START + day).isoformat(), "explanation": "resolved alert"}
+    assert set(entry["open_alerts"][0]) == {"id", "kind", "key", "severity", "opened_at",
+                                            "explanation"}
+    assert before not in [a["id"] for a in entry["alerts"]]
+    assert metrics_snapshot(engine)[0].open_alerts == {"warning": 2}

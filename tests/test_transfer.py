@@ -1,0 +1,194 @@
+"""`monitor export` / `monitor import`: probes moved between SQLite and PostgreSQL as JSON Lines,
+every column equal on arrival, importing twice harmless."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, aliased
+
+from monitor import probe, providers
+from monitor.cli_replay import export_command, import_command
+from monitor.replay import replay_probe
+from monitor.sim import SimClient
+from monitor.store import codec, db, transfer
+from monitor.store.models import ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
+from monitor.store.records import Recorder
+from tests.conftest import MakeSettings, empty_postgres
+from tests.test_replay import store_probes, target
+
+
+@pytest.fixture
+def other_url(database_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on the other backend: exports cross from SQLite to PostgreSQL and
+    back."""
+    if database_url.startswith("sqlite"):
+        url: str = request.getfixturevalue("postgres_url")
+        empty_postgres(url)
+        return url
+    path = tmp_path / "other.db"
+    shutil.copy(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+def a_varied_history(sim: SimClient, make_settings: MakeSettings, engine: Engine,
+                     sim_url: str) -> None:
+    """Plain, streamed, failed, Azure, a replay and a body that is not UTF-8."""
+    settings = make_settings(
+        {"name": "canary"}, {"name": "streamed", "stream": True},
+        {"name": "azure", "provider": "azure", "base_url": sim_url,
+         "deployment": "gpt-4o-prod", "api_version": "2024-10-21"},
+        AZURE_OPENAI_API_KEY="azure-key")
+    [first, _] = store_probes(engine, target(settings, "canary"), 2)
+    store_probes(engine, target(settings, "streamed"))
+    store_probes(engine, target(settings, "azure"))
+    sim.enqueue({"fault": "http_503"})
+    store_probes(engine, target(settings, "canary"))
+    replay_probe(engine, settings, first)
+    canary = target(settings, "canary")
+    with providers.new_session(canary) as session:
+        result = probe.run(canary, session)
+    Recorder(engine).save(replace(result, uid=uuid.uuid4().hex, raw_response=b"\xff\x00\xfe"))
+
+
+def snapshot(engine: Engine) -> dict[str, dict[str, Any]]:
+    """Every probe by uid, every column, with ids replaced by what they point at."""
+    original = aliased(ProbeRow)
+    query = (select(ProbeRow, TargetRow.name, TargetRow.created_at, TargetConfigRow.config_hash,
+                    TargetConfigRow.config, TargetConfigRow.first_seen_at,
+                    RequestPayloadRow.sha256, RequestPayloadRow.payload, original.uid)
+             .join(TargetRow, TargetRow.id == ProbeRow.target_id)
+             .join(TargetConfigRow, TargetConfigRow.id == ProbeRow.target_config_id)
+             .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
+             .outerjoin(original, original.id == ProbeRow.replay_of))
+    found = {}
+    with Session(engine) as session:
+        for row in session.execute(query):
+            probe_row = row[0]
+            record = {c.key: getattr(probe_row, c.key) for c in ProbeRow.__table__.columns
+                      if c.key not in ("id", "target_id", "target_config_id",
+                                       "request_payload_id", "replay_of")}
+            record.update(target=row[1], target_created_at=row[2], config_hash=row[3],
+                          config=row[4], config_first_seen_at=row[5], payload_sha256=row[6],
+                          payload=row[7], replay_of_uid=row[8],
+                          body=codec.decompress(probe_row.raw_response_zlib),
+                          headers=codec.decompress_headers(probe_row.response_headers_zlib))
+            found[probe_row.uid] = record
+    return found
+
+
+def test_export_then_import_reproduces_every_column(
+    sim: SimClient, sim_server: Any, make_settings: MakeSettings, engine: Engine, other_url: str
+) -> None:
+    a_varied_history(sim, make_settings, engine, sim_server.url)
+    out = io.StringIO()
+    assert transfer.export(engine, out) == 7
+
+    other = db.open_store(other_url)
+    try:
+        summary = transfer.import_lines(other, io.StringIO(out.getvalue()), "export.jsonl")
+        assert summary == transfer.ImportSummary(probes=7, inserted=7, skipped=0, unlinked=0)
+        before, after = snapshot(engine), snapshot(other)
+        assert after.keys() == before.keys()
+        for uid, record in before.items():
+            assert after[uid] == record, uid
+        assert any(r["body"] == b"\xff\x00\xfe" for r in after.values())
+        assert sum(r["replay_of_uid"] is not None for r in after.values()) == 1
+
+        again = transfer.import_lines(other, io.StringIO(out.getvalue()), "export.jsonl")
+        assert again == transfer.ImportSummary(probes=7, inserted=0, skipped=7, unlinked=0)
+        assert snapshot(other) == after
+    finally:
+        other.dispose()
+
+
+def test_export_selects_by_target_and_time(
+    sim: SimClient, sim_server: Any, make_settings: MakeSettings, engine: Engine
+) -> None:
+    a_varied_history(sim, make_settings, engine, sim_server.url)
+    now = datetime.now(UTC)
+
+    def kinds(**selection: Any) -> list[str]:
+        out = io.StringIO()
+        transfer.export(engine, out, **selection)
+        return [json.loads(line)["kind"] for line in out.getvalue().splitlines()]
+
+    azure = kinds(target="azure")
+    assert azure == ["monitor-export", "target", "config", "payload", "probe"]
+    assert kinds(since=now + timedelta(minutes=1)) == ["monitor-export"]
+    assert kinds(until=now - timedelta(hours=1)) == ["monitor-export"]
+    assert kinds().count("probe") == 7
+
+
+def test_a_replay_whose_original_stays_behind_is_imported_without_its_link(
+    sim: SimClient, make_settings: MakeSettings, engine: Engine, other_url: str
+) -> None:
+    settings = make_settings({"name": "canary"}, {"name": "pinned", "model": "gpt-4o-mini"})
+    [original] = store_probes(engine, target(settings, "canary"))
+    replay_probe(engine, settings, original, to="pinned")
+    out = io.StringIO()
+    transfer.export(engine, out, target="pinned")
+
+    other = db.open_store(other_url)
+    try:
+        summary = transfer.import_lines(other, io.StringIO(out.getvalue()), "pinned.jsonl")
+        assert summary.inserted == 1 and summary.unlinked == 1
+        [record] = snapshot(other).values()
+        assert record["replay_of_uid"] is None
+    finally:
+        other.dispose()
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    pytest.param(['{"kind": "probe"}'], "f.jsonl:1: expected a monitor-export header line first",
+                 id="no-header"),
+    pytest.param(['{"kind": "monitor-export", "version": 9}'], "format version 9", id="version"),
+    pytest.param(['{"kind": "monitor-export", "version": 1}', "[1]"], "f.jsonl:2: not a JSON",
+                 id="not-an-object"),
+    pytest.param(['{"kind": "monitor-export", "version": 1}',
+                  '{"kind": "payload", "sha256": "00", "payload": {}}'],
+                 "f.jsonl:2: payload sha256 00 does not match", id="bad-digest"),
+    pytest.param(['{"kind": "monitor-export", "version": 1}',
+                  ('{"kind": "config", "target": "ghost", "config_hash": "h", "config": {},'
+                   ' "first_seen_at": "2026-01-01T00:00:00+00:00"}')],
+                 "refers to target 'ghost'", id="unknown-target"),
+    pytest.param(['{"kind": "monitor-export", "version": 1}', '{"kind": "probe", "x": 1}'],
+                 "unknown probe fields x", id="unknown-field"),
+    pytest.param([], "empty", id="empty"),
+])
+def test_a_file_that_is_not_an_export_is_refused_with_its_line(
+    engine: Engine, lines: list[str], message: str
+) -> None:
+    with pytest.raises(transfer.TransferError, match=message):
+        transfer.import_lines(engine, lines, "f.jsonl")
+
+
+def test_the_commands_move_probes_between_databases(
+    sim: SimClient, make_settings: MakeSettings, engine: Engine, database_url: str,
+    other_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings({"name": "canary"}, database_url=database_url)
+    store_probes(engine, settings.targets[0], 3)
+    path = tmp_path / "probes.jsonl"
+    runner = CliRunner()
+
+    exported = runner.invoke(export_command, ["-c", settings.config_path, "-o", str(path),
+                                              "--target", "canary", "--since", "1h"])
+    assert exported.exit_code == 0, exported.output
+    assert "exported 3 probes" in exported.output
+
+    imported = runner.invoke(import_command, [str(path), "--database", other_url])
+    assert imported.exit_code == 0, imported.output
+    assert imported.output.strip() == "imported 3 probes, skipped 0 already stored"
+    again = runner.invoke(import_command, [str(path), "--database", other_url])
+    assert again.output.strip() == "imported 0 probes, skipped 3 already stored"
