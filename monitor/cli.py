@@ -12,20 +12,24 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from sqlalchemy import Engine
 
 from monitor import config as config_module
-from monitor import report, watch
+from monitor import report, serving, watch, web
 from monitor.alerts.dispatch import notify_now
+from monitor.cli_replay import export_command, import_command, replay_command, serve_recorded
 from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
 from monitor.detect.base import event_to_json
 from monitor.domain import Settings, Target
 from monitor.durations import parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead, StoreUnavailable
-from monitor.store import alert_reads, db, leases
+from monitor.render import render_csv, render_html, render_table
+from monitor.reporting import build_report
+from monitor.store import alert_reads, db, leases, retention, rollups
 from monitor.store.records import (
     Recorder,
     count_probes,
@@ -165,10 +169,21 @@ def config_check(as_json: bool, config_path: str | None) -> None:
 @click.option("--port", default=0, show_default=True, help="0 picks a free port.")
 @click.option("--scenario", "scenario_path", metavar="FILE", help="Scenario TOML file.")
 @click.option("--seed", type=int, help="Seed for ids, latency jitter and fingerprints.")
-def sim_command(host: str, port: int, scenario_path: str | None, seed: int | None) -> None:
-    """Serve an OpenAI-compatible API on loopback for demos and tests."""
+@click.option("--recorded", is_flag=True,
+              help="Answer with the stored answers of the configured database instead.")
+@click.option("--target", metavar="NAME", help="--recorded: only this target's answers.")
+@click.option("--latency", is_flag=True, help="--recorded: wait the recorded latency.")
+@_config_option
+def sim_command(host: str, port: int, scenario_path: str | None, seed: int | None,
+                recorded: bool, target: str | None, latency: bool,
+                config_path: str | None) -> None:
+    """Serve an OpenAI-compatible API on loopback for demos and tests; with --recorded, the
+    answers stored in the database, byte for byte, for offline tests of your own app."""
     from monitor import sim
 
+    if recorded:
+        serve_recorded(config_path, host, port, target, latency)
+        return
     try:
         sim.serve(host, port, scenario_path, seed, echo=lambda line: click.echo(line))
     except MonitorError as error:
@@ -222,8 +237,11 @@ def _setup_logging(log_format: str) -> None:
               show_default=True, help="json: one JSON object per line, for log shippers.")
 @click.option("--spool", "spool_path", default="monitor-spool.jsonl", show_default=True,
               metavar="FILE", help="Where results wait while the database is unreachable.")
+@click.option("--http", "http_address", metavar="HOST:PORT",
+              help="Also serve the dashboard, API and /metrics there (as `monitor serve`).")
 @_config_option
-def run_command(once: bool, log_format: str, spool_path: str, config_path: str | None) -> None:
+def run_command(once: bool, log_format: str, spool_path: str, http_address: str | None,
+                config_path: str | None) -> None:
     """Probe every target on its interval until stopped (SIGTERM/SIGINT; SIGHUP reloads)."""
     _setup_logging(log_format)
     settings = _load(config_path)
@@ -251,9 +269,22 @@ def run_command(once: bool, log_format: str, spool_path: str, config_path: str |
         if once:
             daemon.tick(datetime.now(UTC))
             daemon.dispatch(flush=True)  # no one will be around in group_wait
+            daemon.roll_up()
             daemon.close()
         else:
-            Service(daemon, lambda: config_module.load(config_path)).run()
+            service = Service(daemon, lambda: config_module.load(config_path))
+            server = None
+            if http_address is not None:
+                host, port = _address(http_address)
+                app = serving.build_app(engine, _web_token(),
+                                        scheduler_alive=lambda: service.scheduler.running)
+                server = web.WebServer(app, host, port).start()
+                click.echo(f"listening on {server.url}", err=True)
+            try:
+                service.run()
+            finally:
+                if server is not None:
+                    server.stop()
     finally:
         engine.dispose()
         if lock is not None:
@@ -290,6 +321,22 @@ def status_command(as_json: bool, spool_path: str, config_path: str | None) -> N
         click.echo(json.dumps(status, indent=2))
         return
     click.echo(report.render_status(status))
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r}: expected HOST:PORT, like 127.0.0.1:8765",
+                                 param_hint="--http")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+# Read from the environment, never a flag: `ps` would show a flag to every local user.
+TOKEN_ENV = "MONITOR_WEB_TOKEN"
+
+
+def _web_token() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def _since(value: str | None) -> datetime | None:
@@ -392,6 +439,82 @@ def detect_command(since: str | None, notify: bool, as_json: bool,
     if notify:
         for failure in notify_now(settings.alerts, events):
             click.echo(f"notification not delivered: {failure}", err=True)
+
+
+@cli.command("report")
+@click.option("--since", default="24h", show_default=True, metavar="WHEN",
+              help='"24h", "7d", a date (2026-11-01) or an ISO 8601 time.')
+@click.option("--until", metavar="WHEN", help="End of the range (default: now).")
+@click.option("--target", "targets", multiple=True, metavar="NAME",
+              help="Only this target (repeat for several).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]),
+              default="table", show_default=True)
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
+@_config_option
+def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt: str,
+                   output: str | None, config_path: str | None) -> None:
+    """Per-target health over a time range: success, errors, latency percentiles, tokens,
+    fingerprints, models, rate limits and alerts (docs/report.md)."""
+    now = datetime.now(UTC)
+    start = _since(since)
+    end = _since(until) or now
+    assert start is not None  # --since has a default
+    if start >= end:
+        raise click.BadParameter("must be before --until", param_hint="--since")
+    engine = _open(_load(config_path))
+    try:
+        rollups.catch_up(engine)  # probes stored since the daemon last rolled up (or without one)
+        document = build_report(engine, start, end, list(targets) or None, now)
+    finally:
+        engine.dispose()
+    renderers: dict[str, Callable[[dict[str, Any]], str]] = {
+        "json": lambda d: json.dumps(d, indent=2) + "\n", "table": lambda d: render_table(d) + "\n",
+        "csv": render_csv, "html": render_html}
+    rendered = renderers[fmt](document)
+    if output is None:
+        click.echo(rendered, nl=False)
+    else:
+        # newline="": the CSV's CRLF line ends are part of its format.
+        Path(output).write_text(rendered, encoding="utf-8", newline="")
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@_config_option
+def serve_command(host: str, port: int, config_path: str | None) -> None:
+    """The dashboard, /api/report, /api/alerts, /metrics and /healthz over the store.
+    Set MONITOR_WEB_TOKEN to require `Authorization: Bearer <token>` (not on /healthz)."""
+    engine = _open(_load(config_path))
+    try:
+        web.serve(host, port, serving.build_app(engine, _web_token()), ready=click.echo)
+    except MonitorError as error:
+        raise _failure(error) from None
+    finally:
+        engine.dispose()
+
+
+@cli.command("prune")
+@_config_option
+def prune_command(config_path: str | None) -> None:
+    """Apply the retention policy now: empty raw bodies and headers older than [retention]
+    raw (default 30 days), after folding them into the rollups. The daemon does it daily."""
+    settings = _load(config_path)
+    engine = _open(settings)
+    now = datetime.now(UTC)
+    try:
+        done = retention.prune(engine, now - timedelta(milliseconds=settings.raw_retention_ms),
+                               now)
+    finally:
+        engine.dispose()
+    click.echo(f"folded {done['folded']} probes into rollups; emptied the raw body and headers "
+               f"of {done['pruned']} probes ({done['freed_bytes']:,} bytes)"
+               + ("; database vacuumed" if done["vacuumed"] else ""))
+
+
+cli.add_command(replay_command)
+cli.add_command(export_command)
+cli.add_command(import_command)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from monitor.alerts.dispatch import Dispatcher
 from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.errors import MonitorError, StoreError, StoreUnavailable
-from monitor.store import db, leases
+from monitor.store import db, leases, retention, rollups
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
 from monitor.watch import Watcher
@@ -248,6 +248,26 @@ class Daemon:
         except Exception:
             log.exception("detection failed for %s", target.name)
 
+    def roll_up(self) -> None:
+        """Fold newly stored probes into the hourly and daily rollups (a job of its own)."""
+        try:
+            rollups.catch_up(self.recorder.engine)
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable for rollups (%s)", type(exc).__name__)
+
+    def prune(self) -> None:
+        """Apply the retention policy (daily): raw bodies and headers older than
+        [retention] raw are emptied, after the rollups cover them."""
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(milliseconds=self.settings.raw_retention_ms)
+        try:
+            done = retention.prune(self.recorder.engine, cutoff, now)
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable for pruning (%s)", type(exc).__name__)
+            return
+        log.info("pruned the raw bodies and headers of %d probes older than %s (%d bytes)",
+                 done["pruned"], cutoff.isoformat(), done["freed_bytes"])
+
     def dispatch(self, *, flush: bool = False) -> None:
         """Send due notifications (a scheduler job of its own: receivers never slow probes)."""
         try:
@@ -355,6 +375,12 @@ def _backoff_s(result: ProbeResult, target: Target) -> float:
 JITTER_S = 0.1
 DRAIN_EVERY_S = 5.0
 DRAIN_ROUNDS = 20
+# Rollups trail the probes by at most this; a batch every few seconds costs less than a
+# fold after every probe, and reports catch up the rest themselves.
+ROLLUP_EVERY_S = 5.0
+# Retention runs daily, first a minute after start (not at once: a restart loop must not
+# turn into a pruning loop, and the first probes matter more).
+PRUNE_FIRST_AFTER = timedelta(minutes=1)
 # Notifications wait `group_wait` anyway; a second is fine grain for that and for retries.
 DISPATCH_EVERY_S = 1.0
 # `monitor status` counts an instance alive while its heartbeat is younger than three beats.
@@ -441,6 +467,11 @@ class Service:
                                id="drain", coalesce=True, max_instances=1)
         self.scheduler.add_job(self.daemon.dispatch, "interval", seconds=DISPATCH_EVERY_S,
                                id="dispatch", coalesce=True, max_instances=1)
+        self.scheduler.add_job(self.daemon.roll_up, "interval", seconds=ROLLUP_EVERY_S,
+                               id="rollups", coalesce=True, max_instances=1)
+        self.scheduler.add_job(self.daemon.prune, "interval", hours=24, id="prune",
+                               next_run_time=datetime.now(UTC) + PRUNE_FIRST_AFTER,
+                               coalesce=True, max_instances=1)
         self.daemon.heartbeat()
         self.scheduler.add_job(self.daemon.heartbeat, "interval", seconds=HEARTBEAT_EVERY_S,
                                id="heartbeat", coalesce=True, max_instances=1)
@@ -451,6 +482,7 @@ class Service:
         # Warm stop: no new slots; in-flight probes end within their own timeouts.
         self.scheduler.shutdown(wait=True)
         self.daemon.drain()
+        self.daemon.roll_up()
         self.daemon.dispatch()  # what is due now; the rest is sent by the next start
         self.daemon.close()
         log.info("stopped")

@@ -1,0 +1,71 @@
+"""Wiring the web app (monitor/web.py) to the store, for `monitor serve` and `monitor run
+--http`: the report, alerts and metrics sources, and what /healthz checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from monitor import web
+from monitor.domain import TargetMetrics
+from monitor.errors import StoreUnavailable
+from monitor.reporting import build_report, metrics_snapshot
+from monitor.store import alert_reads, leases, rollups
+
+T = TypeVar("T")
+
+# A `monitor run` counts as alive while its heartbeat is younger than this (three beats).
+ALIVE_WITHIN = timedelta(seconds=30)
+
+
+def _store(action: Callable[[], T]) -> T:
+    """Database errors as StoreUnavailable, which the app answers with a 503."""
+    try:
+        return action()
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+
+
+def health(engine: Engine, scheduler_alive: Callable[[], bool] | None) -> tuple[bool, dict[str, str]]:
+    """Healthy when the database answers and a scheduler is alive: this process's own
+    (`monitor run --http`), or for `monitor serve` any `monitor run` with a fresh heartbeat."""
+    reasons: dict[str, str] = {}
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        reasons["database"] = "reachable"
+    except SQLAlchemyError as exc:
+        reasons["database"] = f"unreachable ({type(exc).__name__})"
+        return False, reasons
+    if scheduler_alive is not None:
+        alive = scheduler_alive()
+        reasons["scheduler"] = "running" if alive else "stopped"
+        return alive, reasons
+    instances = leases.alive(engine, datetime.now(UTC), ALIVE_WITHIN)
+    if not instances:
+        reasons["scheduler"] = "no monitor run instance has sent a heartbeat in 30 s"
+        return False, reasons
+    reasons["scheduler"] = f"{len(instances)} monitor run instance(s) alive"
+    return True, reasons
+
+
+def build_app(engine: Engine, token: str | None,
+              scheduler_alive: Callable[[], bool] | None = None) -> Any:
+    def report(since: datetime, until: datetime, targets: list[str] | None) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            rollups.catch_up(engine)  # idempotent; cheap when the daemon keeps up
+            return build_report(engine, since, until, targets, datetime.now(UTC))
+        return _store(read)
+
+    def alerts(open_only: bool) -> list[dict[str, Any]]:
+        return _store(lambda: alert_reads.list_alerts(engine, open_only=open_only))
+
+    def metrics() -> list[TargetMetrics]:
+        return _store(lambda: metrics_snapshot(engine))
+
+    return web.make_app(report, alerts, metrics, lambda: health(engine, scheduler_alive),
+                        token)
