@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from sqlalchemy import Engine
@@ -21,12 +21,12 @@ from sqlalchemy import Engine
 from monitor import config as config_module
 from monitor import report, serving, watch, web
 from monitor.alerts.dispatch import notify_now
+from monitor.cli_common import config_option, failure, moment
 from monitor.cli_replay import export_command, import_command, replay_command, serve_recorded
 from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
 from monitor.detect.base import event_to_json
 from monitor.domain import Settings, Target
-from monitor.durations import parse_since
-from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead, StoreUnavailable
+from monitor.errors import MonitorError, StoreUnavailable
 from monitor.render import render_csv, render_html, render_table
 from monitor.reporting import build_report
 from monitor.store import alert_reads, db, leases, retention, rollups
@@ -40,35 +40,12 @@ from monitor.store.records import (
 )
 from monitor.store.spool import Spool
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _SetupError(click.ClickException):
-    exit_code = 2
-
-
-def _failure(error: MonitorError) -> click.ClickException:
-    """A MonitorError as one line: exit 2 when the setup is wrong (config, schema), 1 otherwise."""
-    if isinstance(error, ConfigError | SchemaNotAtHead):
-        return _SetupError(str(error))
-    return click.ClickException(str(error))
-
-
-def _config_option(function: F) -> F:
-    return click.option(
-        "--config",
-        "-c",
-        "config_path",
-        metavar="FILE",
-        help="Config file (default: $MONITOR_CONFIG, else ./monitor.toml).",
-    )(function)
-
 
 def _load(config_path: str | None) -> Settings:
     try:
         return config_module.load(config_path)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,7 +57,7 @@ def cli() -> None:
 @cli.command("probe")
 @click.argument("names", nargs=-1, metavar="[TARGET]...")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored records as a JSON array.")
-@_config_option
+@config_option
 def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
     """Probe the named targets (all if none) once and store every result."""
     settings = _load(config_path)
@@ -88,7 +65,7 @@ def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None
     try:
         engine = db.open_store(settings.database_url)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     prober = Prober(Recorder(engine))
     ids: list[int] = []
     failed = False
@@ -129,7 +106,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@_config_option
+@config_option
 def db_upgrade(config_path: str | None) -> None:
     """Bring the database to the schema this monitor needs (creates it if empty)."""
     settings = _load(config_path)
@@ -138,7 +115,7 @@ def db_upgrade(config_path: str | None) -> None:
         before = db.current_revision(db.create(url))
         db.upgrade(url)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     head = db.head_revision()
     where = db.display_url(url)
     if before == head:
@@ -154,7 +131,7 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved targets as JSON.")
-@_config_option
+@config_option
 def config_check(as_json: bool, config_path: str | None) -> None:
     """Validate the config and show each resolved target, keys masked."""
     settings = _load(config_path)
@@ -173,7 +150,7 @@ def config_check(as_json: bool, config_path: str | None) -> None:
               help="Answer with the stored answers of the configured database instead.")
 @click.option("--target", metavar="NAME", help="--recorded: only this target's answers.")
 @click.option("--latency", is_flag=True, help="--recorded: wait the recorded latency.")
-@_config_option
+@config_option
 def sim_command(host: str, port: int, scenario_path: str | None, seed: int | None,
                 recorded: bool, target: str | None, latency: bool,
                 config_path: str | None) -> None:
@@ -187,7 +164,7 @@ def sim_command(host: str, port: int, scenario_path: str | None, seed: int | Non
     try:
         sim.serve(host, port, scenario_path, seed, echo=lambda line: click.echo(line))
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
 
 
 @cli.command("demo")
@@ -206,7 +183,7 @@ def demo_command(database_url: str, rounds: int) -> None:
     try:
         demo.run(database_url, rounds, click.echo)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
 
 
 class _JsonLines(logging.Formatter):
@@ -239,7 +216,7 @@ def _setup_logging(log_format: str) -> None:
               metavar="FILE", help="Where results wait while the database is unreachable.")
 @click.option("--http", "http_address", metavar="HOST:PORT",
               help="Also serve the dashboard, API and /metrics there (as `monitor serve`).")
-@_config_option
+@config_option
 def run_command(once: bool, log_format: str, spool_path: str, http_address: str | None,
                 config_path: str | None) -> None:
     """Probe every target on its interval until stopped (SIGTERM/SIGINT; SIGHUP reloads)."""
@@ -253,7 +230,7 @@ def run_command(once: bool, log_format: str, spool_path: str, http_address: str 
         if lock is not None:
             lock.acquire()
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     try:
         engine = db.open_store(settings.database_url)
     except StoreUnavailable as error:
@@ -262,7 +239,7 @@ def run_command(once: bool, log_format: str, spool_path: str, http_address: str 
                                            "back", error, spool_path)
         engine = db.create(settings.database_url)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     daemon = Daemon(settings, Recorder(engine), Spool(spool_path))
     try:
         daemon.register()
@@ -295,14 +272,14 @@ def run_command(once: bool, log_format: str, spool_path: str, http_address: str 
 @click.option("--json", "as_json", is_flag=True, help="The same, as one JSON document.")
 @click.option("--spool", "spool_path", default="monitor-spool.jsonl", show_default=True,
               metavar="FILE")
-@_config_option
+@config_option
 def status_command(as_json: bool, spool_path: str, config_path: str | None) -> None:
     """Show where the database is, how much history it holds and each target's last probe."""
     settings = _load(config_path)
     try:
         engine = db.open_store(settings.database_url)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     try:
         status = {
             "database": db.display_url(settings.database_url),
@@ -340,21 +317,14 @@ def _web_token() -> str | None:
 
 
 def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    moment = parse_since(value, datetime.now(UTC))
-    if moment is None:
-        raise click.BadParameter(
-            f'{value!r}: expected a duration back from now ("24h", "7d"), a date '
-            '("2026-11-01") or an ISO 8601 time', param_hint="--since")
-    return moment
+    return moment(value, "--since")
 
 
 def _open(settings: Settings) -> Engine:
     try:
         return db.open_store(settings.database_url)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
 
 
 _since_option = click.option("--since", metavar="WHEN",
@@ -367,7 +337,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="As JSON.")
 @click.option("--target", metavar="NAME", help="Only this target.")
 @_since_option
 @_json_option
-@_config_option
+@config_option
 def alerts_command(open_only: bool, target: str | None, since: str | None, as_json: bool,
                    config_path: str | None) -> None:
     """List alerts, newest first: what changed, before and after, and why."""
@@ -383,7 +353,7 @@ def alerts_command(open_only: bool, target: str | None, since: str | None, as_js
 @cli.command("ack")
 @click.argument("alert_id", type=int)
 @click.option("--by", default=None, help="Who acknowledges (default: $USER).")
-@_config_option
+@config_option
 def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
     """Acknowledge an alert: it stays open until it resolves, but sends no more reminders."""
     engine = _open(_load(config_path))
@@ -401,7 +371,7 @@ def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
 @click.option("--target", metavar="NAME", help="Only this target.")
 @_since_option
 @_json_option
-@_config_option
+@config_option
 def fingerprints_command(target: str | None, since: str | None, as_json: bool,
                          config_path: str | None) -> None:
     """Every system_fingerprint per target: first and last seen, count, share, and the
@@ -418,7 +388,7 @@ def fingerprints_command(target: str | None, since: str | None, as_json: bool,
 @_since_option
 @click.option("--notify", is_flag=True, help="Also send the events to the configured channels.")
 @_json_option
-@_config_option
+@config_option
 def detect_command(since: str | None, notify: bool, as_json: bool,
                    config_path: str | None) -> None:
     """Re-run detection over stored history with this configuration's thresholds and list
@@ -450,7 +420,7 @@ def detect_command(since: str | None, notify: bool, as_json: bool,
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "html"]),
               default="table", show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
-@_config_option
+@config_option
 def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt: str,
                    output: str | None, config_path: str | None) -> None:
     """Per-target health over a time range: success, errors, latency percentiles, tokens,
@@ -481,7 +451,7 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
-@_config_option
+@config_option
 def serve_command(host: str, port: int, config_path: str | None) -> None:
     """The dashboard, /api/report, /api/alerts, /metrics and /healthz over the store.
     Set MONITOR_WEB_TOKEN to require `Authorization: Bearer <token>` (not on /healthz)."""
@@ -489,13 +459,13 @@ def serve_command(host: str, port: int, config_path: str | None) -> None:
     try:
         web.serve(host, port, serving.build_app(engine, _web_token()), ready=click.echo)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     finally:
         engine.dispose()
 
 
 @cli.command("prune")
-@_config_option
+@config_option
 def prune_command(config_path: str | None) -> None:
     """Apply the retention policy now: empty raw bodies and headers older than [retention]
     raw (default 30 days), after folding them into the rollups. The daemon does it daily."""

@@ -12,39 +12,19 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from sqlalchemy import Engine
 
 from monitor import config as config_module
 from monitor import recorded, replay_diff
-from monitor.durations import parse_since
-from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
+from monitor.cli_common import F, config_option, failure, moment
+from monitor.errors import MonitorError
 from monitor.replay import destination, replay_probe
 from monitor.replay_batch import BatchSpec, BatchSummary, run_batch
 from monitor.store import db, transfer
 from monitor.store.replays import Run
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _SetupError(click.ClickException):
-    exit_code = 2
-
-
-def _failure(error: MonitorError) -> click.ClickException:
-    """As in cli.py: exit 2 when the setup is wrong (config, schema), 1 otherwise."""
-    if isinstance(error, ConfigError | SchemaNotAtHead):
-        return _SetupError(str(error))
-    return click.ClickException(str(error))
-
-
-def _config_option(function: F) -> F:
-    return click.option("--config", "-c", "config_path", metavar="FILE",
-                        help="Config file (default: $MONITOR_CONFIG, else ./monitor.toml).")(function)
 
 
 def _database_option(function: F) -> F:
@@ -52,23 +32,12 @@ def _database_option(function: F) -> F:
                         help="This database instead of the configured one.")(function)
 
 
-def _time(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    moment = parse_since(value, datetime.now(UTC))
-    if moment is None:
-        raise click.BadParameter(
-            f'{value!r}: expected a duration back from now ("24h", "7d"), a date '
-            '("2026-11-01") or an ISO 8601 time', param_hint=option)
-    return moment
-
-
 def _engine(config_path: str | None, database_url: str | None = None) -> Engine:
     try:
         url = database_url or config_module.load(config_path).database_url
         return db.open_store(url)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
 
 
 @click.command("replay")
@@ -88,7 +57,7 @@ def _engine(config_path: str | None, database_url: str | None = None) -> Engine:
               help="Batch: requests in flight at once.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the comparison, or a batch's summary, as JSON.")
-@_config_option
+@config_option
 def replay_command(probe_id: int | None, to: str | None, repeat: int, source: str | None,
                    since: str | None, until: str | None, limit: int | None, concurrency: int,
                    as_json: bool, config_path: str | None) -> None:
@@ -106,7 +75,7 @@ def replay_command(probe_id: int | None, to: str | None, repeat: int, source: st
     try:
         settings = config_module.load(config_path)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     engine = _engine(config_path, settings.database_url)
     try:
         if probe_id is not None:
@@ -117,14 +86,14 @@ def replay_command(probe_id: int | None, to: str | None, repeat: int, source: st
         else:
             assert source is not None and since is not None
             spec = BatchSpec(source, destination(settings, source, to), since, until,
-                             _time(since, "--since"), _time(until, "--until"), limit,
+                             moment(since, "--since"), moment(until, "--until"), limit,
                              concurrency)
             summary = _run_batch(engine, spec)
             click.echo(replay_diff.summary_json(summary) if as_json
                        else replay_diff.render_summary(summary))
             failed = summary.stopped is not None or summary.pending > 0
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     finally:
         engine.dispose()
     sys.exit(1 if failed else 0)
@@ -172,12 +141,12 @@ def _run_batch(engine: Engine, spec: BatchSpec) -> BatchSummary:
 @click.option("--output", "-o", default="-", metavar="FILE",
               help="Where to write (default: standard output).")
 @_database_option
-@_config_option
+@config_option
 def export_command(target: str | None, since: str | None, until: str | None, output: str,
                    database_url: str | None, config_path: str | None) -> None:
     """Write probes, with their requests, targets, configurations and raw answers, as JSON
     Lines that `monitor import` reads into another database."""
-    since_at, until_at = _time(since, "--since"), _time(until, "--until")
+    since_at, until_at = moment(since, "--since"), moment(until, "--until")
     engine = _engine(config_path, database_url)
     try:
         # atomic: a file is only replaced once the export is whole.
@@ -192,7 +161,7 @@ def export_command(target: str | None, since: str | None, until: str | None, out
 @click.command("import")
 @click.argument("file", metavar="FILE")
 @_database_option
-@_config_option
+@config_option
 def import_command(file: str, database_url: str | None, config_path: str | None) -> None:
     """Read a `monitor export` file into the database; probes already there (same uid) are
     skipped, so importing twice is harmless."""
@@ -201,7 +170,7 @@ def import_command(file: str, database_url: str | None, config_path: str | None)
         with click.open_file(file, encoding="utf-8") as lines:
             summary = transfer.import_lines(engine, lines, "<stdin>" if file == "-" else file)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     finally:
         engine.dispose()
     message = (f"imported {summary.inserted} probes, skipped {summary.skipped} already "
@@ -219,6 +188,6 @@ def serve_recorded(config_path: str | None, host: str, port: int, target: str | 
     try:
         recorded.serve(engine, host, port, target, latency, echo=click.echo)
     except MonitorError as error:
-        raise _failure(error) from None
+        raise failure(error) from None
     finally:
         engine.dispose()

@@ -22,6 +22,7 @@ from monitor.domain import Settings, Target
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.models import Base
+from tests.proxy import Proxy
 
 POSTGRES_URL = os.environ.get(
     "MONITOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -186,3 +187,13 @@ def make_target(make_settings: MakeSettings) -> Callable[..., Target]:
         return make_settings({"name": "canary", **overrides}, **environ).targets[0]
 
     return make
+
+
+@pytest.fixture
+def postgres_through_proxy(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
+    """The session's PostgreSQL database, emptied, reached through a proxy the test can cut
+    (a database outage on demand)."""
+    empty_postgres(postgres_url)
+    proxy = Proxy(5432)
+    yield postgres_url.replace(":5432/", f":{proxy.port}/"), proxy
+    proxy.close()

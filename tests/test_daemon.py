@@ -79,15 +79,6 @@ def test_after_a_429_the_target_waits_for_retry_after(
     assert daemon.tick(T0 + timedelta(seconds=120)) == 1
 
 
-@pytest.fixture
-def postgres_through_proxy(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
-    """The session's PostgreSQL database, reached through a proxy the test can cut."""
-    empty_postgres(postgres_url)
-    proxy = Proxy(5432)
-    yield postgres_url.replace(":5432/", f":{proxy.port}/"), proxy
-    proxy.close()
-
-
 def test_a_database_outage_spools_and_drains_without_loss_or_duplicates(
     sim: SimClient, make_daemon: Any, postgres_through_proxy: tuple[str, Proxy]
 ) -> None:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from monitor.cli import cli
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.models import ProbeRow
-from tests.conftest import empty_postgres, write_config
+from tests.conftest import write_config
 from tests.proxy import Proxy
 
 
@@ -106,14 +105,6 @@ class _Tags(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: Any) -> None:
         self.tags.append(tag)
-
-
-@pytest.fixture
-def postgres_through_proxy(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
-    empty_postgres(postgres_url)
-    proxy = Proxy(5432)
-    yield postgres_url.replace(":5432/", f":{proxy.port}/"), proxy
-    proxy.close()
 
 
 def test_run_http_serves_the_dashboard_metrics_and_a_healthz_that_follows_the_database(
