@@ -37,9 +37,11 @@ _COLUMNS = (
 
 
 # Built once: constructing a statement costs more than running it on a small table.
+# Replays (`monitor replay`) are not the canary's schedule: drift is judged on probes alone.
 _AFTER = (
     select(*_COLUMNS)
-    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.id > bindparam("after_id"))
+    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.id > bindparam("after_id"),
+           ProbeRow.replay_of.is_(None))
     .order_by(ProbeRow.id)
     .limit(bindparam("limit"))
 )
