@@ -21,7 +21,8 @@ Giving the space back differs by database:
   free pages (and needs auto_vacuum set when the file was made). Only VACUUM rewrites the file
   compactly. It blocks writers while it runs (the daemon spools meanwhile) and needs the
   file's size again in free disk, so it runs only once the bytes emptied since the last one
-  reach a quarter of the file: the first prune of a long history, then every few weeks.
+  reach a quarter of the file: the first prune of a long history, then rarely (the standard
+  canary's raw bytes are under a third of a probe, so a year's pruning stays just below).
 """
 
 from __future__ import annotations
