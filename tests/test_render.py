@@ -241,3 +241,16 @@ def test_html_of_a_month_uses_day_buckets_and_dates() -> None:
 def test_html_of_no_targets_says_so() -> None:
     assert "No targets in this report." in parse_html(
         render_html(dict(document(), targets=[]))).all_text()
+
+
+def test_a_target_without_rate_limit_headers_renders_in_every_format() -> None:
+    from tests.report_fixtures import document
+
+    doc = document()
+    for target in doc["targets"]:
+        target["rate_limits"] = None  # no probe in the range carried a rate-limit header
+    from monitor.render import render_csv, render_html, render_table
+
+    assert "rate limits" in render_table(doc)
+    assert "<svg" in render_html(doc)
+    assert render_csv(doc).count("\r\n") == len(doc["targets"]) + 1

@@ -41,7 +41,7 @@ def render_csv(doc: dict[str, Any]) -> str:
 def _row(t: dict[str, Any], error_kinds: list[str]) -> list[Cell]:
     latency = t["latency_ms"]
     speed = t["output_tokens_per_s"] or {}
-    limits = t["rate_limits"]
+    limits = t["rate_limits"] or {}  # null when no probe carried a rate-limit header
     error = t["last_error"] or {}
     return ([t["target"], t["probes"], t["ok"], t["success_rate"]]
             + [t["errors"].get(kind, 0) for kind in error_kinds]
@@ -49,8 +49,8 @@ def _row(t: dict[str, Any], error_kinds: list[str]) -> list[Cell]:
             + [speed.get(q) for q in QUANTILES]
             + [t["tokens"]["prompt"], t["tokens"]["completion"], t["tokens"]["total"],
                _shares(t["fingerprints"], "fingerprint"), _shares(t["models"], "model")]
-            + [limits[key] for key in _LIMITS]
-            + [limits["at"], len(t["open_alerts"]), error.get("at"), error.get("error_kind")])
+            + [limits.get(key) for key in _LIMITS]
+            + [limits.get("at"), len(t["open_alerts"]), error.get("at"), error.get("error_kind")])
 
 
 def _shares(entries: list[dict[str, Any]], key: str) -> str:

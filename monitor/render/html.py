@@ -135,7 +135,9 @@ def _latency(latency: dict[str, Any]) -> str:
     return f"<table>{head}{rows}</table>"
 
 
-def _limits(limits: dict[str, Any]) -> str:
+def _limits(limits: dict[str, Any] | None) -> str:
+    if limits is None:  # no probe in the range carried a rate-limit header
+        return "-"
     parts = [f"{kind} {number(limits[f'remaining_{kind}'])} of "
              f"{number(limits[f'limit_{kind}'])} left "
              f"({percent(limits[f'headroom_{kind}'], 2)})"

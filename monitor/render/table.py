@@ -75,7 +75,9 @@ def _shares(entries: list[dict[str, Any]], key: str) -> str:
     return ", ".join(f"{safe_text(e[key], 40)} {percent(e['share'])}" for e in entries)
 
 
-def _limits(limits: dict[str, Any]) -> str:
+def _limits(limits: dict[str, Any] | None) -> str:
+    if limits is None:  # no probe in the range carried a rate-limit header
+        return "-"
     parts = []
     for kind in ("requests", "tokens"):
         limit, left = limits[f"limit_{kind}"], limits[f"remaining_{kind}"]
