@@ -1,6 +1,6 @@
 """Parse Chat Completions bodies and SSE streams into plain fields; no HTTP, no clock.
 
-Servers differ (see shared/fixtures): some omit `system_fingerprint` or send "", some ignore
+Servers differ (see tests/fixtures): some omit `system_fingerprint` or send "", some ignore
 `stream_options` and send no usage, some end a stream without `data: [DONE]`. Whatever was sent
 is recorded as sent; whatever was not is None. A body that cannot be a completion raises
 CompletionError with the ErrorKind the probe stores.

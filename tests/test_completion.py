@@ -1,4 +1,4 @@
-"""Parsing real bodies and streams (shared/fixtures) into fields: pure, no server."""
+"""Parsing real bodies and streams (tests/fixtures) into fields: pure, no server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from monitor.completion import CompletionError, StreamAssembler, parse_completion
 from monitor.domain import Choice, ErrorKind, Usage
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SERVERS = FIXTURES / "compatible-servers"
 
 

@@ -11,7 +11,7 @@ from monitor import headers
 from monitor.domain import RateLimits
 from monitor.durations import parse_ms, parse_seconds
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.mark.parametrize(

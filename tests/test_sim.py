@@ -25,7 +25,7 @@ from monitor.sim import Scenario, SimClient, Simulator, load_scenario
 from monitor.sim.responses import go_duration
 from monitor.sim.scenario import Faults
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = json.loads((FIXTURES / "openai-chat-completion.json").read_text())
 PONG = [{"role": "user", "content": "Reply with the single word: pong"}]
 STORY = [{"role": "user", "content": "Tell me about canaries"}]

@@ -17,7 +17,7 @@ from monitor.store.models import ProbeRow
 from monitor.store.records import Recorder, probe_records
 from monitor.store.spool import Spool, decode, encode
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openai-chat-completion.json"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "openai-chat-completion.json"
 
 
 def result(**changes: object) -> ProbeResult:

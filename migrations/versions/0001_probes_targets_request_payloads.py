@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-import monitor.store.models  # noqa: F401  (custom column types such as UtcDateTime)
 from sqlalchemy.dialects import postgresql
+
+import monitor.store.models
 
 revision: str = '0001'
 down_revision: str | None = None

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import monitor.store.models  # noqa: F401  (custom column types such as UtcDateTime)
-
+import monitor.store.models
 
 revision: str = '0002'
 down_revision: str | None = '0001'

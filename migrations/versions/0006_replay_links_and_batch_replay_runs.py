@@ -12,8 +12,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from alembic import op
 
-import monitor.store.models  # noqa: F401  (custom column types such as UtcDateTime)
-
+import monitor.store.models
 
 revision: str = '0006'
 down_revision: str | None = '0005'

@@ -1,5 +1,5 @@
 """Bytes on the wire: completion bodies, stream chunks, error bodies and headers in the shapes
-OpenAI and Azure send them (compare /work/shared/fixtures/openai-chat-completion.json).
+OpenAI and Azure send them (compare tests/fixtures/openai-chat-completion.json).
 
 Builders return finished bytes, so the server writes a plain response with one sendall and each
 stream event, chunk framing included, with one write.

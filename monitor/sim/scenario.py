@@ -99,7 +99,7 @@ class Scenario:
     seed: int | None = None  # Simulator(seed=...) wins; neither set means a random seed per run
     models: tuple[str, ...] | None = None  # None accepts any model; a list answers others 404
     aliases: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
-    # The fingerprint in the real OpenAI exchange under /work/shared/fixtures.
+    # The fingerprint in the real OpenAI exchange under tests/fixtures.
     fingerprints: tuple[Fingerprint, ...] = (Fingerprint("fp_6ec83003ad"),)
     fingerprint_rotation: FingerprintRotation = FingerprintRotation()
     latency: Latency = Latency()
