@@ -4,11 +4,17 @@ Servers differ (see tests/fixtures): some omit `system_fingerprint` or send "", 
 `stream_options` and send no usage, some end a stream without `data: [DONE]`. Whatever was sent
 is recorded as sent; whatever was not is None. A body that cannot be a completion raises
 CompletionError with the ErrorKind the probe stores.
+
+Values are made storable here, at parse time, because the server is not trusted: strings lose
+NUL characters and lone surrogates (neither PostgreSQL nor UTF-8 can hold them) and identifiers
+are bounded; integers outside the signed 64-bit range and timestamps no datetime can hold
+become None; JSON nested too deeply to parse is an invalid response, not a crash.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,13 +40,39 @@ class Completion:
     stream_chunks: int | None = None
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# 9999-12-31T23:59:59Z, the last second a Python datetime can hold.
+LAST_TIMESTAMP = 253_402_300_799
+# Identifiers (id, model, fingerprint) and short words (service tier, finish reason): no real
+# server sends longer ones, and a bounded value stores in every backend's column.
+ID_LIMIT = 200
+WORD_LIMIT = 40
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str, limit: int | None = None) -> str:
+    """`value` without NULs, lone surrogates as U+FFFD, cut to `limit` characters."""
+    if _UNSTORABLE.search(value):
+        value = _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+    if limit is not None and len(value) > limit:
+        value = value[: limit - 1] + "\u2026"
+    return value
+
+
 def _int(value: object) -> int | None:
     # bool is an int in Python; a server sending `true` for a count sent no count.
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if INT64_MIN <= value <= INT64_MAX else None
+    return None
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _timestamp(value: object) -> int | None:
+    seconds = _int(value)
+    return seconds if seconds is not None and 0 <= seconds <= LAST_TIMESTAMP else None
+
+
+def _str(value: object, limit: int | None = None) -> str | None:
+    return storable_text(value, limit) if isinstance(value, str) else None
 
 
 def parse_usage(usage: object) -> Usage:
@@ -68,6 +100,10 @@ def _load_object(data: bytes, what: str) -> dict[str, Any]:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CompletionError(ErrorKind.INVALID_JSON, f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CompletionError(
+            ErrorKind.INVALID_RESPONSE, f"{what} is JSON nested too deeply to read"
+        ) from None
     if not isinstance(document, dict):
         raise CompletionError(
             ErrorKind.INVALID_RESPONSE, f"{what} is JSON {type(document).__name__}, not an object"
@@ -101,7 +137,7 @@ def parse_completion(data: bytes) -> Completion:
         choices.append(
             Choice(
                 index=position if index is None else index,
-                finish_reason=_str(raw.get("finish_reason")),
+                finish_reason=_str(raw.get("finish_reason"), WORD_LIMIT),
                 content=_str(message.get("content")),
                 refusal=_str(message.get("refusal")),
             )
@@ -114,11 +150,11 @@ def _completion(
 ) -> Completion:
     """The top-level fields of a completion (or of a stream's chunks), as sent."""
     return Completion(
-        response_id=_str(fields.get("id")),
-        created=_int(fields.get("created")),
-        model=_str(fields.get("model")),
-        system_fingerprint=_str(fields.get("system_fingerprint")),
-        service_tier=_str(fields.get("service_tier")),
+        response_id=_str(fields.get("id"), ID_LIMIT),
+        created=_timestamp(fields.get("created")),
+        model=_str(fields.get("model"), ID_LIMIT),
+        system_fingerprint=_str(fields.get("system_fingerprint"), ID_LIMIT),
+        service_tier=_str(fields.get("service_tier"), WORD_LIMIT),
         choices=choices,
         usage=parse_usage(usage),
         stream_chunks=chunks,
@@ -138,7 +174,10 @@ def error_message(document: object) -> str | None:
     if isinstance(detail, str):
         return detail
     if detail is not None:
-        return json.dumps(detail)[:300]
+        try:
+            return json.dumps(detail)[:300]
+        except (RecursionError, ValueError):
+            return None
     return None
 
 
@@ -238,9 +277,9 @@ class StreamAssembler:
         choices = tuple(
             Choice(
                 index=index,
-                finish_reason=parts.finish_reason,
-                content="".join(parts.content) if parts.content else None,
-                refusal="".join(parts.refusal) if parts.refusal else None,
+                finish_reason=_str(parts.finish_reason, WORD_LIMIT),
+                content=storable_text("".join(parts.content)) if parts.content else None,
+                refusal=storable_text("".join(parts.refusal)) if parts.refusal else None,
             )
             for index, parts in sorted(self._choices.items())
         )

@@ -7,15 +7,18 @@ while the raw header text is still kept in the captured dict.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from monitor.completion import INT64_MAX, storable_text
 from monitor.domain import RateLimits
 from monitor.durations import parse_seconds
+from monitor.scrub import REDACTED, Scrubber
 
-REDACTED = "[redacted]"
+__all__ = ["REDACTED", "capture", "is_sensitive", "processing_ms", "rate_limits", "retry_after_s"]
 
 # Headers that carry credentials or session state. Matched on the whole lower-cased name.
 _SENSITIVE_NAMES = frozenset(
@@ -41,16 +44,16 @@ def is_sensitive(name: str) -> bool:
 
 
 def capture(items: Iterable[tuple[str, str]], secrets: Iterable[str] = ()) -> dict[str, str]:
-    """Lower-cased headers in arrival order, sensitive ones and any echoed secret redacted."""
-    secret_values = [s for s in secrets if s]
+    """Lower-cased headers in arrival order, sensitive ones and any echoed secret redacted, and
+    no NUL (a server can send one; no database column can hold it)."""
+    scrubber = Scrubber(secrets)
     captured: dict[str, str] = {}
     for name, value in items:
-        key = name.lower()
+        key = scrubber.text(storable_text(name.lower()))
         if is_sensitive(key):
             value = REDACTED
         else:
-            for secret in secret_values:
-                value = value.replace(secret, REDACTED)
+            value = scrubber.text(storable_text(value))
         # Repeated headers are one value per RFC 9110, comma-joined.
         captured[key] = f"{captured[key]}, {value}" if key in captured else value
     return captured
@@ -64,13 +67,14 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         value = float(text.strip())
     except ValueError:
         return None
-    # Azure sends -1 as "unknown"; it is kept in the raw headers but is not a quantity.
-    return value if value >= 0 else None
+    # Azure sends -1 as "unknown"; it is kept in the raw headers but is not a quantity. Nor
+    # are "inf" and "nan", which float() accepts.
+    return value if value >= 0 and math.isfinite(value) else None
 
 
 def _count(headers: Mapping[str, str], name: str) -> int | None:
     value = _number(headers, name)
-    return None if value is None else int(value)
+    return None if value is None or value > INT64_MAX else int(value)
 
 
 def _duration_s(headers: Mapping[str, str], name: str) -> float | None:
@@ -78,7 +82,7 @@ def _duration_s(headers: Mapping[str, str], name: str) -> float | None:
     if text is None:
         return None
     seconds = parse_seconds(text)
-    return seconds if seconds is not None and seconds >= 0 else None
+    return seconds if seconds is not None and 0 <= seconds < math.inf else None
 
 
 def rate_limits(headers: Mapping[str, str]) -> RateLimits:
@@ -110,6 +114,6 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
         return seconds
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None  # unreadable, or a date without a zone (not comparable)
