@@ -40,6 +40,7 @@ class ErrorKind(enum.StrEnum):
     TRUNCATED_STREAM = "truncated_stream"
     BODY_TOO_LARGE = "body_too_large"
     INVALID_RESPONSE = "invalid_response"  # valid JSON without the fields a completion must have
+    UNEXPECTED_REDIRECT = "unexpected_redirect"  # a 3xx with a Location: never followed
 
 
 class SlotState(enum.StrEnum):

@@ -13,29 +13,36 @@ Timings are the probe's own, from just before the request is sent:
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
 import uuid
+import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
 
 from monitor import headers as header_parsing
-from monitor import providers
+from monitor import providers, transport
 from monitor.completion import (
+    ID_LIMIT,
+    WORD_LIMIT,
     Completion,
     CompletionError,
     StreamAssembler,
     error_message,
     parse_completion,
+    storable_text,
 )
 from monitor.domain import ErrorKind, ProbeResult, Target
+from monitor.scrub import scrub_result
 
-_READ_SIZE = 64 * 1024
 _DETAIL_LIMIT = 300  # characters of an upstream message kept in error_detail
 
 
@@ -51,6 +58,7 @@ def run(target: Target, session: requests.Session) -> ProbeResult:
     url = providers.chat_url(target)
     request_payload = providers.payload(target)
     secrets = providers.secret_values(target)
+    transport.watch(session)
     started_at = datetime.now(UTC)
     started_ns = time.perf_counter_ns()
 
@@ -61,49 +69,51 @@ def run(target: Target, session: requests.Session) -> ProbeResult:
     body = bytearray()
     assembler: StreamAssembler | None = None
     failure: _Failure | None = None
+    timeout_s = target.timeout_ms / 1000
+    deadline = transport.Deadline(timeout_s)
     try:
-        timeout_s = target.timeout_ms / 1000
-        with session.post(
-            url, json=request_payload, stream=True, timeout=(timeout_s, timeout_s)
+        with deadline, session.post(
+            url,
+            json=request_payload,
+            stream=True,
+            timeout=(timeout_s, timeout_s),
+            allow_redirects=False,
         ) as response:
             fields["time_to_headers_ms"] = elapsed_ms()
             fields["http_status"] = response.status_code
             content_type = response.headers.get("content-type", "")
             if target.stream and response.status_code == 200 and "event-stream" in content_type:
                 assembler = StreamAssembler()
-            deadline_ms = float(target.timeout_ms)
             try:
-                for piece in response.iter_content(_READ_SIZE if assembler is None else None):
-                    body += piece
-                    if len(body) > target.max_response_bytes:
-                        raise _Failure(
-                            ErrorKind.BODY_TOO_LARGE,
-                            f"Response body exceeded the {target.max_response_bytes}-byte cap",
-                        )
-                    if assembler is not None:
-                        _feed(assembler, piece, fields, elapsed_ms)
-                    if elapsed_ms() > deadline_ms:
-                        raise _Failure(
-                            ErrorKind.READ_TIMEOUT,
-                            f"Response not complete after {target.timeout_ms} ms",
-                        )
+                _read_body(response, deadline, target, body, assembler, fields, elapsed_ms)
             finally:
                 fields["total_ms"] = elapsed_ms()
                 # Captured after the clock stops: redaction is our cost, not the upstream's.
                 fields["response_headers"] = header_parsing.capture(
                     response.headers.items(), secrets
                 )
-    except requests.RequestException as exc:
-        failure = _Failure(*classify_exception(exc, target.timeout_ms))
+    except _TRANSPORT_ERRORS as exc:
+        if deadline.expired:
+            # The watchdog shut the socket: whatever the exception says, time ran out.
+            failure = _Failure(*_timed_out(exc, target.timeout_ms))
+        else:
+            failure = _Failure(*classify_exception(exc, target.timeout_ms))
         if assembler is not None and failure.kind is ErrorKind.TRUNCATED_BODY:
             failure = _Failure(ErrorKind.TRUNCATED_STREAM, failure.detail)
+    except transport.UnsupportedEncoding as exc:
+        failure = _Failure(ErrorKind.UNEXPECTED_CONTENT_TYPE, str(exc))
+    except zlib.error:
+        encoding = fields.get("response_headers", {}).get("content-encoding", "")
+        failure = _Failure(
+            ErrorKind.INVALID_RESPONSE, f"Response body could not be decompressed ({encoding})"
+        )
     except _Failure as exc:
         failure = exc
 
     completion: Completion | None = None
     if failure is None:
         try:
-            completion = _interpret(fields, bytes(body), assembler, target.stream)
+            completion = _interpret(fields, bytes(body), assembler, target.stream, url)
         except _Failure as exc:
             failure = exc
     if assembler is not None and completion is None and assembler.chunks:
@@ -111,16 +121,9 @@ def run(target: Target, session: requests.Session) -> ProbeResult:
         completion = assembler.partial()
 
     headers = fields.get("response_headers", {})
-    raw = bytes(body[: target.max_response_bytes])
-    for secret in secrets:
-        # A server that echoes the key back must not get it into the database.
-        raw = raw.replace(secret.encode(), header_parsing.REDACTED.encode())
-    detail = failure.detail if failure else None
-    for secret in secrets:
-        detail = detail.replace(secret, header_parsing.REDACTED) if detail else detail
     if completion is not None:
         fields.update(_completion_fields(completion, fields))
-    return ProbeResult(
+    result = ProbeResult(
         uid=uuid.uuid4().hex,
         target_name=target.name,
         config_hash=target.config_hash,
@@ -130,20 +133,69 @@ def run(target: Target, session: requests.Session) -> ProbeResult:
         request_payload=request_payload,
         ok=failure is None,
         error_kind=failure.kind if failure else None,
-        error_detail=detail,
+        error_detail=storable_text(failure.detail) if failure else None,
         openai_processing_ms=header_parsing.processing_ms(headers),
-        openai_version=headers.get("openai-version"),
-        openai_organization=headers.get("openai-organization"),
-        x_request_id=headers.get("x-request-id"),
+        openai_version=_header_text(headers, "openai-version", WORD_LIMIT),
+        openai_organization=_header_text(headers, "openai-organization", ID_LIMIT),
+        x_request_id=_header_text(headers, "x-request-id", ID_LIMIT),
         retry_after_s=header_parsing.retry_after_s(headers),
         rate_limits=header_parsing.rate_limits(headers),
-        raw_response=raw,
+        raw_response=bytes(body[: target.max_response_bytes]),
         **fields,
     )
+    # A server that echoes the key back must not get it into the database, a log or a report.
+    return scrub_result(result, secrets)
+
+
+_TRANSPORT_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+
+
+def _read_body(
+    response: requests.Response,
+    deadline: transport.Deadline,
+    target: Target,
+    body: bytearray,
+    assembler: StreamAssembler | None,
+    fields: dict[str, Any],
+    elapsed_ms: Callable[[], float],
+) -> None:
+    """Read the decoded body into `body` as it arrives, within the cap and the deadline."""
+    cap = target.max_response_bytes
+    for piece in transport.read_pieces(response, deadline, transport.READ_SIZE):
+        body += piece
+        if len(body) > cap:
+            raise _Failure(
+                ErrorKind.BODY_TOO_LARGE, f"Response body exceeded the {cap}-byte cap"
+            )
+        if assembler is not None:
+            _feed(assembler, piece, fields, elapsed_ms)
+    if deadline.expired:
+        raise _Failure(
+            ErrorKind.READ_TIMEOUT, f"Response not complete after {target.timeout_ms} ms"
+        )
+
+
+def _timed_out(exc: BaseException, timeout_ms: int) -> tuple[ErrorKind, str]:
+    if isinstance(exc, requests.ConnectTimeout):
+        return ErrorKind.CONNECT_TIMEOUT, f"Connection timed out after {timeout_ms} ms"
+    return ErrorKind.READ_TIMEOUT, f"Response not complete after {timeout_ms} ms"
+
+
+def _header_text(headers: dict[str, str], name: str, limit: int) -> str | None:
+    value = headers.get(name)
+    return storable_text(value, limit) if value is not None else None
 
 
 def _feed(
-    assembler: StreamAssembler, piece: bytes, fields: dict[str, Any], elapsed_ms: Any
+    assembler: StreamAssembler,
+    piece: bytes,
+    fields: dict[str, Any],
+    elapsed_ms: Callable[[], float],
 ) -> None:
     had_content = assembler.saw_content
     try:
@@ -155,14 +207,18 @@ def _feed(
 
 
 def _interpret(
-    fields: dict[str, Any], body: bytes, assembler: StreamAssembler | None, stream: bool
+    fields: dict[str, Any],
+    body: bytes,
+    assembler: StreamAssembler | None,
+    stream: bool,
+    url: str,
 ) -> Completion:
     """Decide success or failure from the status, content type and body that fully arrived."""
     status: int = fields["http_status"]
     headers: dict[str, str] = fields["response_headers"]
     content_type = headers.get("content-type", "")
     if status != 200:
-        raise _Failure(*_http_failure(status, headers, body))
+        raise _Failure(*_http_failure(status, headers, body, url))
     try:
         if assembler is not None:
             return assembler.finish()
@@ -199,11 +255,19 @@ def _completion_fields(completion: Completion, fields: dict[str, Any]) -> dict[s
     return values
 
 
-def _http_failure(status: int, headers: dict[str, str], body: bytes) -> tuple[ErrorKind, str]:
+def _http_failure(
+    status: int, headers: dict[str, str], body: bytes, url: str
+) -> tuple[ErrorKind, str]:
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "status"
+    location = headers.get("location")
+    if 300 <= status < 400 and location is not None:
+        # Never followed: the key header must reach no host but the configured one.
+        return ErrorKind.UNEXPECTED_REDIRECT, (
+            f"HTTP {status} {phrase}: redirect to {_host_of(url, location)} not followed"
+        )
     message = _upstream_message(headers.get("content-type", ""), body)
     detail = f"HTTP {status} {phrase}" + (f": {message}" if message else "")
     if status == 429:
@@ -220,13 +284,24 @@ def _http_failure(status: int, headers: dict[str, str], body: bytes) -> tuple[Er
     return ErrorKind.UNEXPECTED_STATUS, detail
 
 
+def _host_of(url: str, location: str) -> str:
+    """The host (and port) a Location points at, resolved against the request URL."""
+    try:
+        parts = urlsplit(urljoin(url, location))
+        host = parts.hostname or "an unnamed host"
+        port = parts.port
+    except ValueError:
+        return "an unreadable location"
+    return storable_text(f"{host}:{port}" if port else host, ID_LIMIT)
+
+
 def _upstream_message(content_type: str, body: bytes) -> str | None:
     if not body:
         return None
     if "json" in content_type:
         try:
             message = error_message(json.loads(body))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             message = None
         if message:
             return _shorten(message)
@@ -240,7 +315,7 @@ def _upstream_message(content_type: str, body: bytes) -> str | None:
 
 
 def _shorten(text: str) -> str:
-    text = " ".join(text.split())
+    text = " ".join(storable_text(text).split())
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
 
@@ -263,7 +338,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def classify_exception(exc: requests.RequestException, timeout_ms: int) -> tuple[ErrorKind, str]:
+def classify_exception(exc: BaseException, timeout_ms: int) -> tuple[ErrorKind, str]:
     """Map a requests exception to an ErrorKind and a sentence, most specific cause first."""
     causes = _causes(exc)
 
@@ -280,14 +355,18 @@ def classify_exception(exc: requests.RequestException, timeout_ms: int) -> tuple
         return ErrorKind.CONNECTION_REFUSED, "Connection refused"
     if has(ConnectionResetError, BrokenPipeError):
         return ErrorKind.CONNECTION_RESET, "Connection reset by the server"
-    if has(urllib3.exceptions.IncompleteRead) or isinstance(exc, requests.exceptions.ChunkedEncodingError):
+    # A bare urllib3 ProtocolError comes from reading the body (requests wraps the ones
+    # raised before the headers arrive in ConnectionError).
+    if has(urllib3.exceptions.IncompleteRead, http.client.IncompleteRead) or isinstance(
+        exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError
+    ):
         return ErrorKind.TRUNCATED_BODY, "Response body ended before it was complete"
     if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
         return ErrorKind.CONNECTION_ERROR, "Could not resolve the host name"
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, requests.exceptions.SSLError | urllib3.exceptions.SSLError):
         return ErrorKind.CONNECTION_ERROR, "TLS handshake failed"
-    if isinstance(exc, requests.ConnectionError):
-        closed = has(urllib3.exceptions.ProtocolError)
+    if isinstance(exc, requests.ConnectionError | urllib3.exceptions.HTTPError):
+        closed = has(urllib3.exceptions.ProtocolError, http.client.RemoteDisconnected)
         if closed:
             return ErrorKind.CONNECTION_RESET, "Server closed the connection without a response"
         return ErrorKind.CONNECTION_ERROR, f"Connection failed ({type(exc).__name__})"

@@ -12,7 +12,7 @@ import requests
 import requests.auth
 import requests.cookies
 
-from monitor import __version__
+from monitor import __version__, transport
 from monitor.domain import Provider, Target
 
 USER_AGENT = f"monitor/{__version__} (LLM API canary)"
@@ -78,12 +78,15 @@ class _NoCookies(requests.cookies.RequestsCookieJar):
 
 
 def new_session(target: Target) -> requests.Session:
-    """A session per target, so its connection is reused from one probe to the next."""
-    session = requests.Session()
+    """A session per target, so its connection is reused from one probe to the next. It never
+    follows a redirect (transport.ProbeSession): the key goes to the configured host only."""
+    session = transport.ProbeSession()
     session.headers.update(
         {
             "User-Agent": USER_AGENT,
             "Accept": "text/event-stream" if target.stream else "application/json",
+            # Only what transport.Decoder undoes, with a bound on each step (no brotli, zstd).
+            "Accept-Encoding": transport.SUPPORTED_ENCODINGS,
         }
     )
     session.auth = _KeyAuth(target)
