@@ -202,13 +202,26 @@ class StreamAssembler:
 
     def feed(self, data: bytes) -> None:
         """Parse every complete event in `data`; raises CompletionError on a malformed chunk."""
-        self._buffer += data
-        while True:
-            end, separator = _event_end(self._buffer)
-            if end < 0:
-                return
-            event, self._buffer = self._buffer[:end], self._buffer[end + separator :]
-            self._event(event)
+        buffer = self._buffer + data
+        # Events are sliced out by position and the rest is kept once at the end: cutting the
+        # buffer after each event would copy it once per event (minutes for a flood of tiny
+        # events).
+        start = 0
+        lf, crlf = buffer.find(b"\n\n"), buffer.find(b"\r\n\r\n")
+        try:
+            while lf >= 0 or crlf >= 0:
+                if crlf >= 0 and (lf < 0 or crlf < lf):
+                    end, following = crlf, crlf + 4
+                else:
+                    end, following = lf, lf + 2
+                event, start = buffer[start:end], following
+                self._event(event)
+                if 0 <= lf < start:
+                    lf = buffer.find(b"\n\n", start)
+                if 0 <= crlf < start:
+                    crlf = buffer.find(b"\r\n\r\n", start)
+        finally:
+            self._buffer = buffer[start:]
 
     def _event(self, event: bytes) -> None:
         lines = event.replace(b"\r\n", b"\n").split(b"\n")
@@ -284,10 +297,3 @@ class StreamAssembler:
             for index, parts in sorted(self._choices.items())
         )
         return _completion(self._fields, choices, self._usage, self.chunks)
-
-
-def _event_end(buffer: bytes) -> tuple[int, int]:
-    """Position and length of the first event separator (a blank line) in `buffer`, or (-1, 0)."""
-    candidates = [(buffer.find(sep), len(sep)) for sep in (b"\n\n", b"\r\n\r\n")]
-    found = [c for c in candidates if c[0] >= 0]
-    return min(found) if found else (-1, 0)
