@@ -7,7 +7,7 @@ field of the result (strings, bytes, header dicts, choices, the request payload)
 are reassembled, so a key split across chunks is found in the joined text.
 
 What counts as the key, compared case-insensitively:
-- the exact value, and its URL-encoded forms (`quote`, `quote_plus`);
+- the exact value, and its URL-encoded forms (`quote` with and without `/`, `quote_plus`);
 - any run of base64 characters (standard or URL-safe, padded or not) that decodes to bytes
   containing the key, whatever precedes it in the encoded text (`Bearer key`, `user:key`).
 
@@ -44,7 +44,7 @@ class Scrubber:
         self._needles = [v.lower().encode("utf-8", "surrogatepass") for v in values]
         forms: set[str] = set()
         for value in values:
-            forms.update({value, quote(value, safe=""), quote_plus(value)})
+            forms.update({value, quote(value), quote(value, safe=""), quote_plus(value)})
         self._literal: re.Pattern[bytes] | None = None
         if forms:
             alternatives = sorted((re.escape(f.encode("utf-8", "surrogatepass")) for f in forms),

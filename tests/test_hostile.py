@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from click.testing import CliRunner
@@ -27,6 +28,7 @@ from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Target
 from monitor.replay import replay_probe
 from monitor.replay_batch import BatchSpec, run_batch
+from monitor.scrub import Scrubber
 from monitor.store import codec
 from monitor.store.models import Base, ProbeRow
 from monitor.store.records import Recorder, probe_records
@@ -365,3 +367,41 @@ def test_the_cli_prints_no_echoed_key(
     assert_no_key(lines, "probe lines")
     assert_no_key(as_json, "--json output")
     assert_no_key(stored_text(engine), "database")
+
+
+# --- the scrubber on its own ----------------------------------------------------------------
+
+_RAW = TEST_KEY.encode()
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        pytest.param(TEST_KEY, id="exact"),
+        pytest.param(TEST_KEY.upper(), id="upper"),
+        pytest.param(f"Bearer {TEST_KEY}", id="bearer"),
+        pytest.param(base64.b64encode(_RAW).decode(), id="base64"),
+        pytest.param(base64.b64encode(_RAW).decode().rstrip("="), id="base64-unpadded"),
+        pytest.param(base64.urlsafe_b64encode(b"?>" + _RAW).decode(), id="base64url"),
+        pytest.param("Basic " + base64.b64encode(b"user:" + _RAW).decode(), id="basic"),
+        pytest.param("Basic " + base64.b64encode(b"ab:" + _RAW).decode(), id="basic-offset"),
+    ],
+)
+def test_the_scrubber_finds_every_form_of_the_key(echo: str) -> None:
+    cleaned = Scrubber([TEST_KEY]).text(f"before {echo} after")
+    assert cleaned.startswith("before ") and cleaned.endswith(" after")
+    assert "[redacted]" in cleaned
+    assert_no_key(cleaned, "scrubbed text")
+
+
+@pytest.mark.parametrize("encode", [quote, lambda s: quote(s, safe=""), quote_plus],
+                         ids=["quote", "quote-all", "quote-plus"])
+def test_the_scrubber_finds_a_url_encoded_key(encode: Callable[[str], str]) -> None:
+    secret = "az/Key+with=odd chars"
+    cleaned = Scrubber([secret]).text("?key=" + encode(secret).lower() + "&x=1")
+    assert cleaned == "?key=[redacted]&x=1"
+
+
+def test_the_scrubber_leaves_other_text_alone() -> None:
+    text = "pong " + base64.b64encode(b"nothing secret here at all").decode()
+    assert Scrubber([TEST_KEY]).text(text) == text
