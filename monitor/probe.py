@@ -4,6 +4,11 @@ A probe never raises for an upstream failure: timeouts, resets, HTTP errors, bad
 bodies and oversize answers all come back as `ProbeResult(ok=False, error_kind=..., error_detail=...)`
 with everything that did arrive. Only a bug in monitor itself raises.
 
+The upstream is not trusted (transport.py): the target's timeout is a deadline for the whole
+exchange, max_response_bytes caps the decoded body as it arrives, a redirect is recorded
+(unexpected_redirect) and never followed, parsed values are made storable (completion.py), and
+every field is scrubbed of the key (scrub.py) before the result leaves this module.
+
 Timings are the probe's own, from just before the request is sent:
 - time_to_headers_ms: the status line and headers have arrived;
 - total_ms: the last byte of the body has arrived (parsing is not counted);
