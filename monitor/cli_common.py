@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from monitor.durations import parse_since
+from monitor.durations import OutOfRange, parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,7 +40,10 @@ def moment(value: str | None, option: str) -> datetime | None:
     """The point in time an option names (see durations.parse_since), or None if not given."""
     if value is None:
         return None
-    found = parse_since(value, datetime.now(UTC))
+    try:
+        found = parse_since(value, datetime.now(UTC))
+    except OutOfRange as error:
+        raise click.BadParameter(str(error), param_hint=option) from None
     if found is None:
         raise click.BadParameter(
             f'{value!r}: expected a duration back from now ("24h", "7d"), a date '

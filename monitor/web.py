@@ -32,7 +32,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from monitor.domain import TargetMetrics
-from monitor.durations import parse_since
+from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
 from monitor.render import exposition_registry, render_dashboard, render_metrics
 from monitor.render.dashboard import POLICY
@@ -200,7 +200,10 @@ def _time(query: dict[str, list[str]], name: str, default: str | None,
     text = _one(query, name) or default
     if text is None:
         return now
-    moment = parse_since(text, now)
+    try:
+        moment = parse_since(text, now)
+    except OutOfRange as error:
+        raise _BadRequest(f"{name}: {error}") from None
     if moment is None:
         raise _BadRequest(f'{name}: expected a duration back from now like "24h", a date like '
                           f'"2026-11-01" or an ISO 8601 time, got {text[:40]!r}')
