@@ -585,6 +585,14 @@ def _hostnames(value: object) -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_hostnames(values: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Host names given outside the config file (`--allowed-host`), checked as the file's."""
+    try:
+        return tuple(_hostname(value) for value in values)
+    except _Invalid as err:
+        raise ConfigError(where, "", err.expected, err.got) from None
+
+
 # `monitor serve` and `monitor run --http`: the names the dashboard answers to besides its
 # address and loopback (a reverse proxy's or a DNS name), against DNS rebinding.
 _WEB_KEYS: dict[str, _Check] = {"allowed_hosts": _hostnames}
