@@ -115,7 +115,7 @@ def spool_path(value: str, option: str = "--spool") -> str:
     path = Path(value)
     if path.is_dir():
         raise click.BadParameter(f"{value!r} is a directory; give a file name", param_hint=option)
-    existing = next(p for p in path.absolute().parents if p.exists())
+    existing = next(p for p in path.parents if p.exists())
     if not existing.is_dir():
         raise click.BadParameter(f"{value!r}: {str(existing)!r} is not a directory",
                                  param_hint=option)
