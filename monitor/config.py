@@ -287,9 +287,10 @@ def _duration_between(low: str, high: str) -> _Check:
 # A probe at least every day (a canary that looks less often sees nothing in time) and at
 # most every second (the scheduler's resolution).
 _interval_ms = _duration_between("1s", "1d")
-# A probe waits at least a second (less fails healthy APIs over a TLS handshake) and at most
-# ten minutes (longer than any API keeps a request open, and it holds a worker all along).
-_probe_timeout_ms = _duration_between("1s", "10m")
+# A probe waits at least 100 ms (a local server on loopback answers in less; a remote API
+# would fail on its TLS handshake) and at most ten minutes (longer than any API keeps a
+# request open, and the probe holds a worker all along).
+_probe_timeout_ms = _duration_between("100ms", "10m")
 
 
 def _timeout_ms(value: object) -> int:
