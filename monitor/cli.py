@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import click
@@ -21,7 +20,15 @@ from sqlalchemy import Engine
 from monitor import config as config_module
 from monitor import report, serving, watch, web
 from monitor.alerts.dispatch import notify_now
-from monitor.cli_common import config_option, failure, moment
+from monitor.cli_common import (
+    ID,
+    atomic_output,
+    config_option,
+    failure,
+    moment,
+    output_path,
+    spool_path,
+)
 from monitor.cli_replay import export_command, import_command, replay_command, serve_recorded
 from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
 from monitor.detect.base import event_to_json
@@ -181,7 +188,8 @@ def demo_command(database_url: str, rounds: int) -> None:
     from monitor import demo
 
     try:
-        demo.run(database_url, rounds, click.echo)
+        demo.run(config_module.check_database_url(database_url, "--database"), rounds,
+                 click.echo)
     except MonitorError as error:
         raise failure(error) from None
 
@@ -208,20 +216,91 @@ def _setup_logging(log_format: str) -> None:
     root.propagate = False
 
 
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r}: expected HOST:PORT, like 127.0.0.1:8765",
+                                 param_hint="--http")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+# Read from the environment, never a flag: `ps` would show a flag to every local user.
+TOKEN_ENV = "MONITOR_WEB_TOKEN"
+
+
+def _web_token() -> str | None:
+    """MONITOR_WEB_TOKEN, or None when it is not set. Set but empty, blank or padded is a
+    mistake (an empty token would open the server to anyone), never shown back."""
+    token = os.environ.get(TOKEN_ENV)
+    if token is None:
+        return None
+    if not token.strip():
+        raise click.UsageError(f"{TOKEN_ENV} is set but {'empty' if not token else 'blank'}: "
+                               "set it to a token, or unset it")
+    flaw = config_module.control_character(token)
+    if flaw is not None or token != token.strip():
+        what = f"contains {flaw}" if flaw is not None else "has leading or trailing spaces"
+        raise click.UsageError(f"{TOKEN_ENV} {what}: a client could never send it in a "
+                               "header")
+    return token
+
+
+_allowed_host_option = click.option(
+    "--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+    help="A Host name the dashboard answers to besides its address and loopback (a reverse "
+         "proxy's, a DNS name); repeat for several. Also [web] allowed_hosts.")
+_insecure_public_option = click.option(
+    "--insecure-public", is_flag=True,
+    help=f"Serve on a non-loopback address without {TOKEN_ENV}: anyone who can reach it reads "
+         "every probe.")
+
+
+def _allowed_hosts(settings: Settings, names: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return settings.allowed_hosts + config_module.check_hostnames(names, "--allowed-host")
+    except MonitorError as error:
+        raise failure(error) from None
+
+
+def _refuse_public(host: str, token: str | None, insecure_public: bool, option: str) -> None:
+    """The dashboard shows every probe: off loopback only behind a token, unless asked."""
+    if web.is_loopback(host) or token is not None:
+        return
+    shown = host or "every address"
+    if not insecure_public:
+        raise click.UsageError(
+            f"{option} {shown} is reachable from other machines and {TOKEN_ENV} is not set: "
+            f"set {TOKEN_ENV} to require a token, or pass --insecure-public to serve anyone")
+    click.echo(f"warning: serving on {shown} without {TOKEN_ENV} (--insecure-public): anyone "
+               "who can reach it can read every probe", err=True)
+
+
 @cli.command("run")
 @click.option("--once", is_flag=True, help="Probe every target once, store, and exit.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object per line, for log shippers.")
-@click.option("--spool", "spool_path", default="monitor-spool.jsonl", show_default=True,
+@click.option("--spool", default="monitor-spool.jsonl", show_default=True,
               metavar="FILE", help="Where results wait while the database is unreachable.")
 @click.option("--http", "http_address", metavar="HOST:PORT",
               help="Also serve the dashboard, API and /metrics there (as `monitor serve`).")
+@_allowed_host_option
+@_insecure_public_option
 @config_option
-def run_command(once: bool, log_format: str, spool_path: str, http_address: str | None,
+def run_command(once: bool, log_format: str, spool: str, http_address: str | None,
+                allowed_hosts: tuple[str, ...], insecure_public: bool,
                 config_path: str | None) -> None:
     """Probe every target on its interval until stopped (SIGTERM/SIGINT; SIGHUP reloads)."""
+    if once and http_address is not None:
+        raise click.UsageError("--http serves while the daemon runs and --once exits after one "
+                               "round: give one or the other")
+    address = _address(http_address) if http_address is not None else None
+    token = _web_token()
+    if address is not None:
+        _refuse_public(address[0], token, insecure_public, "--http")
+    spool_path(spool)
     _setup_logging(log_format)
     settings = _load(config_path)
+    allowed = _allowed_hosts(settings, allowed_hosts)
     if not settings.targets:
         raise click.UsageError(f"{settings.config_path} configures no [[targets]]")
     lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
@@ -236,11 +315,11 @@ def run_command(once: bool, log_format: str, spool_path: str, http_address: str 
     except StoreUnavailable as error:
         # The canary matters most when things are failing: probe now, spool, store later.
         logging.getLogger("monitor").error("%s; probing anyway and spooling to %s until it is "
-                                           "back", error, spool_path)
+                                           "back", error, spool)
         engine = db.create(settings.database_url)
     except MonitorError as error:
         raise failure(error) from None
-    daemon = Daemon(settings, Recorder(engine), Spool(spool_path))
+    daemon = Daemon(settings, Recorder(engine), Spool(spool))
     try:
         daemon.register()
         if once:
@@ -251,11 +330,14 @@ def run_command(once: bool, log_format: str, spool_path: str, http_address: str 
         else:
             service = Service(daemon, lambda: config_module.load(config_path))
             server = None
-            if http_address is not None:
-                host, port = _address(http_address)
-                app = serving.build_app(engine, _web_token(),
+            if address is not None:
+                host, port = address
+                app = serving.build_app(engine, token,
                                         scheduler_alive=lambda: service.scheduler.running)
-                server = web.WebServer(app, host, port).start()
+                try:
+                    server = web.WebServer(app, host, port, allowed_hosts=allowed).start()
+                except MonitorError as error:
+                    raise failure(error) from None
                 click.echo(f"listening on {server.url}", err=True)
             try:
                 service.run()
@@ -270,11 +352,12 @@ def run_command(once: bool, log_format: str, spool_path: str, http_address: str 
 
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="The same, as one JSON document.")
-@click.option("--spool", "spool_path", default="monitor-spool.jsonl", show_default=True,
+@click.option("--spool", default="monitor-spool.jsonl", show_default=True,
               metavar="FILE")
 @config_option
-def status_command(as_json: bool, spool_path: str, config_path: str | None) -> None:
+def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     """Show where the database is, how much history it holds and each target's last probe."""
+    spool_path(spool)
     settings = _load(config_path)
     try:
         engine = db.open_store(settings.database_url)
@@ -287,7 +370,7 @@ def status_command(as_json: bool, spool_path: str, config_path: str | None) -> N
             "probes": count_probes(engine),
             "targets": count_targets(engine),
             "bytes": db.size_bytes(engine),
-            "spool_backlog": Spool(spool_path).backlog(),
+            "spool_backlog": Spool(spool).backlog(),
             "last_probes": last_probes(engine),
             "instances": leases.alive(engine, datetime.now(UTC),
                                       timedelta(seconds=3 * HEARTBEAT_EVERY_S)),
@@ -298,22 +381,6 @@ def status_command(as_json: bool, spool_path: str, config_path: str | None) -> N
         click.echo(json.dumps(status, indent=2))
         return
     click.echo(report.render_status(status))
-
-
-def _address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r}: expected HOST:PORT, like 127.0.0.1:8765",
-                                 param_hint="--http")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-# Read from the environment, never a flag: `ps` would show a flag to every local user.
-TOKEN_ENV = "MONITOR_WEB_TOKEN"
-
-
-def _web_token() -> str | None:
-    return os.environ.get(TOKEN_ENV) or None
 
 
 def _since(value: str | None) -> datetime | None:
@@ -351,7 +418,7 @@ def alerts_command(open_only: bool, target: str | None, since: str | None, as_js
 
 
 @cli.command("ack")
-@click.argument("alert_id", type=int)
+@click.argument("alert_id", type=ID)
 @click.option("--by", default=None, help="Who acknowledges (default: $USER).")
 @config_option
 def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
@@ -431,6 +498,7 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
     assert start is not None  # --since has a default
     if start >= end:
         raise click.BadParameter("must be before --until", param_hint="--since")
+    path = output_path(output, "--output") if output is not None else None
     engine = _open(_load(config_path))
     try:
         rollups.catch_up(engine)  # probes stored since the daemon last rolled up (or without one)
@@ -441,23 +509,32 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
         "json": lambda d: json.dumps(d, indent=2) + "\n", "table": lambda d: render_table(d) + "\n",
         "csv": render_csv, "html": render_html}
     rendered = renderers[fmt](document)
-    if output is None:
+    if path is None:
         click.echo(rendered, nl=False)
     else:
-        # newline="": the CSV's CRLF line ends are part of its format.
-        Path(output).write_text(rendered, encoding="utf-8", newline="")
+        with atomic_output(path) as out:  # the CSV's CRLF line ends are kept
+            out.write(rendered)
 
 
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@_allowed_host_option
+@_insecure_public_option
 @config_option
-def serve_command(host: str, port: int, config_path: str | None) -> None:
+def serve_command(host: str, port: int, allowed_hosts: tuple[str, ...], insecure_public: bool,
+                  config_path: str | None) -> None:
     """The dashboard, /api/report, /api/alerts, /metrics and /healthz over the store.
-    Set MONITOR_WEB_TOKEN to require `Authorization: Bearer <token>` (not on /healthz)."""
-    engine = _open(_load(config_path))
+    Set MONITOR_WEB_TOKEN to require `Authorization: Bearer <token>` (not on /healthz); a
+    --host other than loopback needs it, or --insecure-public."""
+    token = _web_token()
+    _refuse_public(host, token, insecure_public, "--host")
+    settings = _load(config_path)
+    allowed = _allowed_hosts(settings, allowed_hosts)
+    engine = _open(settings)
     try:
-        web.serve(host, port, serving.build_app(engine, _web_token()), ready=click.echo)
+        web.serve(host, port, serving.build_app(engine, token), ready=click.echo,
+                  allowed_hosts=allowed)
     except MonitorError as error:
         raise failure(error) from None
     finally:

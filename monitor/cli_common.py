@@ -1,15 +1,20 @@
 """What every command module shares: MonitorError as a one-line exit, the --config option,
-and reading a point in time from an option."""
+reading a point in time from an option, and writing an output file whole or not at all."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import click
 
-from monitor.durations import parse_since
+from monitor.durations import OutOfRange, parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,9 +45,88 @@ def moment(value: str | None, option: str) -> datetime | None:
     """The point in time an option names (see durations.parse_since), or None if not given."""
     if value is None:
         return None
-    found = parse_since(value, datetime.now(UTC))
+    try:
+        found = parse_since(value, datetime.now(UTC))
+    except OutOfRange as error:
+        raise click.BadParameter(str(error), param_hint=option) from None
     if found is None:
         raise click.BadParameter(
             f'{value!r}: expected a duration back from now ("24h", "7d"), a date '
             '("2026-11-01") or an ISO 8601 time', param_hint=option)
     return found
+
+
+# The largest id a row can have (BIGINT, SQLite's INTEGER): a larger one cannot be looked up,
+# and the database driver would fail on it rather than find nothing.
+ID_MAX = 2**63 - 1
+ID = click.IntRange(1, ID_MAX)
+
+
+def output_path(value: str, option: str) -> Path:
+    """FILE for `option`, checked before any work is done: not a directory, in a directory
+    that exists and can be written (a usage error otherwise)."""
+    path = Path(value)
+    if path.is_dir():
+        raise click.BadParameter(f"{value!r} is a directory; give a file name", param_hint=option)
+    parent = path.parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"{value!r}: {str(parent)!r} is not a directory",
+                                 param_hint=option)
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise click.BadParameter(f"{value!r}: permission denied", param_hint=option)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[IO[str]]:
+    """A text file that replaces `path` once written whole. It is made beside `path` (the
+    same file system, so the replace is atomic, and never elsewhere: it holds probe data) and
+    removed if anything fails; the error is then one line, exit 1."""
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp")
+    except OSError as error:
+        raise click.ClickException(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # what a plain open() would have made
+        os.chmod(temporary, mode)
+        # newline="": what is written is written as is (a CSV's CRLF line ends included).
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            yield file
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise click.ClickException(f"cannot write {path}: {error.strerror or error}"
+                                       ) from None
+        raise
+
+
+def spool_path(value: str, option: str = "--spool") -> str:
+    """A spool file that can be created and appended to, checked at start rather than when
+    the database first fails (a usage error otherwise). Creates its directory, as the spool
+    would, and nothing else."""
+    path = Path(value)
+    if path.is_dir():
+        raise click.BadParameter(f"{value!r} is a directory; give a file name", param_hint=option)
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise click.BadParameter(f"{value!r}: {str(existing)!r} is not a directory",
+                                 param_hint=option)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise click.BadParameter(f"{value!r} cannot be written: {error.strerror or error}",
+                                 param_hint=option) from None
+    if not existed:
+        path.unlink()
+    return value

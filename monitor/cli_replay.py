@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
@@ -19,7 +20,7 @@ from sqlalchemy import Engine
 
 from monitor import config as config_module
 from monitor import recorded, replay_diff
-from monitor.cli_common import F, config_option, failure, moment
+from monitor.cli_common import ID, F, atomic_output, config_option, failure, moment, output_path
 from monitor.errors import MonitorError
 from monitor.replay import destination, replay_probe
 from monitor.replay_batch import BatchSpec, BatchSummary, run_batch
@@ -34,14 +35,17 @@ def _database_option(function: F) -> F:
 
 def _engine(config_path: str | None, database_url: str | None = None) -> Engine:
     try:
-        url = database_url or config_module.load(config_path).database_url
+        if database_url is not None:
+            url = config_module.check_database_url(database_url, "--database")
+        else:
+            url = config_module.load(config_path).database_url
         return db.open_store(url)
     except MonitorError as error:
         raise failure(error) from None
 
 
 @click.command("replay")
-@click.argument("probe_id", type=int, required=False)
+@click.argument("probe_id", type=ID, required=False)
 @click.option("--to", metavar="TARGET",
               help="Send to this configured target instead (a pinned snapshot, another "
                    "provider); the payload's model becomes its model.")
@@ -147,11 +151,15 @@ def export_command(target: str | None, since: str | None, until: str | None, out
     """Write probes, with their requests, targets, configurations and raw answers, as JSON
     Lines that `monitor import` reads into another database."""
     since_at, until_at = moment(since, "--since"), moment(until, "--until")
+    path = output_path(output, "--output") if output != "-" else None
     engine = _engine(config_path, database_url)
     try:
-        # atomic: a file is only replaced once the export is whole.
-        with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
-            written = transfer.export(engine, out, target, since_at, until_at)
+        if path is None:
+            written = transfer.export(engine, sys.stdout, target, since_at, until_at)
+        else:
+            # A file is only replaced once the export is whole; a failed one leaves nothing.
+            with atomic_output(path) as out:
+                written = transfer.export(engine, out, target, since_at, until_at)
     finally:
         engine.dispose()
     click.echo(f"exported {written} probes" + ("" if output == "-" else f" to {output}"),
@@ -159,16 +167,18 @@ def export_command(target: str | None, since: str | None, until: str | None, out
 
 
 @click.command("import")
-@click.argument("file", metavar="FILE")
+@click.argument("file", metavar="FILE",
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @_database_option
 @config_option
 def import_command(file: str, database_url: str | None, config_path: str | None) -> None:
     """Read a `monitor export` file into the database; probes already there (same uid) are
     skipped, so importing twice is harmless."""
     engine = _engine(config_path, database_url)
+    source = "<stdin>" if file == "-" else file
     try:
         with click.open_file(file, encoding="utf-8") as lines:
-            summary = transfer.import_lines(engine, lines, "<stdin>" if file == "-" else file)
+            summary = transfer.import_lines(engine, _utf8_lines(lines, source), source)
     except MonitorError as error:
         raise failure(error) from None
     finally:
@@ -179,6 +189,20 @@ def import_command(file: str, database_url: str | None, config_path: str | None)
         message += (f"; {summary.unlinked} replays kept without their link, as their "
                     "originals are not in the database")
     click.echo(message)
+
+
+def _utf8_lines(lines: Iterable[str], source: str) -> Iterator[str]:
+    """`lines`, with bytes that are not UTF-8 (a binary file) as a TransferError naming the line."""
+    number = 0
+    try:
+        for number, line in enumerate(lines, start=1):
+            yield line
+    except UnicodeDecodeError:
+        raise transfer.TransferError(source, number + 1,
+                                     "not UTF-8 text, so not a `monitor export` file") from None
+    except OSError as error:
+        raise transfer.TransferError(source, number + 1,
+                                     f"cannot be read: {error.strerror or error}") from None
 
 
 def serve_recorded(config_path: str | None, host: str, port: int, target: str | None,

@@ -132,8 +132,15 @@ def _one_of(options: tuple[str, ...]) -> _Check:
     return check
 
 
-def _integer(minimum: int | None = None) -> _Check:
+# The largest integer a config value may hold: what a BIGINT column (and SQLite's INTEGER)
+# stores, so that a value that passes here cannot overflow on its way to the database.
+_INT_MAX = 2**63 - 1
+
+
+def _integer(minimum: int | None = None, maximum: int = _INT_MAX,
+             maximum_note: str = "") -> _Check:
     expected = "an integer" if minimum is None else f"an integer of at least {minimum}"
+    too_big = f"an integer of at most {maximum}{maximum_note}"
 
     def check(value: object) -> int:
         # TOML booleans are Python ints; `true` where a number belongs is a mistake.
@@ -141,6 +148,8 @@ def _integer(minimum: int | None = None) -> _Check:
             raise _Invalid(expected, value)
         if minimum is not None and value < minimum:
             raise _Invalid(expected, value)
+        if value > maximum:
+            raise _Invalid(too_big, value)
         return value
 
     return check
@@ -174,6 +183,24 @@ def _provider(value: object) -> Provider:
 
 
 _URL_EXPECTED = "an http(s) URL"
+_NO_CREDENTIALS = (f"{_URL_EXPECTED} without credentials in it (the key belongs in the "
+                   "environment variable api_key_env names)")
+# Query parameters that carry a credential, after lower-casing and dropping "-" and "_":
+# api-key, api_key, apikey, key, token, access_token, sig, signature, password, secret, ...
+_CREDENTIAL_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|sig|credential|session")
+
+
+def masked_url(text: str) -> str:
+    """`text` with whatever may be a credential in a URL masked: the userinfo, every query
+    value and the fragment. For messages about a URL that was refused; it need not parse."""
+    text = re.sub(r"//[^/?#]*@", "//****@", text, count=1)
+    text, hashed, _ = text.partition("#")
+    base, question, query = text.partition("?")
+    if question:
+        base += "?" + "&".join(
+            f"{part.partition('=')[0]}=****" if "=" in part else "****"
+            for part in re.split(r"[&;]", query))
+    return base + ("#****" if hashed else "")
 
 
 def _http_url(value: object) -> str:
@@ -181,15 +208,41 @@ def _http_url(value: object) -> str:
         parts = urlsplit(value) if isinstance(value, str) else None
     except ValueError:
         parts = None
+    got = raw(repr(masked_url(value))) if isinstance(value, str) else value
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f'{_URL_EXPECTED} like "https://api.openai.com/v1"', got)
+    # A key in the URL would be printed by `config check`, logged and stored with the
+    # target's configuration; it belongs in the environment, which none of them shows.
+    names = [re.sub(r"[-_]", "", name.partition("=")[0].lower())
+             for name in re.split(r"[&;]", parts.query)]
+    if "@" in parts.netloc or any(_CREDENTIAL_PARAM.search(name) for name in names if name):
+        raise _Invalid(_NO_CREDENTIALS, got)
     # A query or fragment would end up in the middle of the URL once the path is appended.
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _Invalid(f'{_URL_EXPECTED} like "https://api.openai.com/v1"', value)
     if parts.query or parts.fragment:
-        raise _Invalid(f"{_URL_EXPECTED} without a query or fragment", value)
+        raise _Invalid(f"{_URL_EXPECTED} without a query or fragment", got)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        raise _Invalid(f"{_URL_EXPECTED} with a port from 1 to 65535", got)
     return str(value).rstrip("/")
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+_LINE_ENDS = {"\n": "a newline", "\r": "a carriage return"}
+
+
+def control_character(value: str) -> str | None:
+    """What the first control character in `value` is ("a newline", "a tab", ...), or None.
+    Names the character, never shows the value: the value is usually a secret."""
+    for char in value:
+        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
+            named = {**_LINE_ENDS, "\t": "a tab"}
+            return named.get(char, f"a control character (U+{ord(char):04X})")
+    return None
 
 
 def _env_name(value: object) -> str:
@@ -202,20 +255,42 @@ def _env_name(value: object) -> str:
 
 
 _DURATION_EXPECTED = 'a duration like "30s"'
+# No duration monitor takes is longer than this; a longer one would push dates computed from
+# it out of the calendar (a year after 9999), far from where it was written.
+_LONGEST = "3650d"
+_LONGEST_MS = 3650 * _DAY_MS
 
 
 def _duration_ms(value: object) -> int:
     ms = parse_ms(value) if isinstance(value, str) else None
     if ms is None:
         raise _Invalid(_DURATION_EXPECTED, value)
+    if ms > _LONGEST_MS:
+        raise _Invalid(f'a duration of at most "{_LONGEST}"', value)
     return ms
 
 
-def _interval_ms(value: object) -> int:
-    ms = _duration_ms(value)
-    if ms < 1000:
-        raise _Invalid('a duration of at least "1s"', value)
-    return ms
+def _duration_between(low: str, high: str) -> _Check:
+    low_ms, high_ms = parse_ms(low), parse_ms(high)
+    assert low_ms is not None and high_ms is not None
+    expected = f'a duration from "{low}" to "{high}"'
+
+    def check(value: object) -> int:
+        ms = _duration_ms(value)
+        if not low_ms <= ms <= high_ms:
+            raise _Invalid(expected, value)
+        return ms
+
+    return check
+
+
+# A probe at least every day (a canary that looks less often sees nothing in time) and at
+# most every second (the scheduler's resolution).
+_interval_ms = _duration_between("1s", "1d")
+# A probe waits at least 100 ms (a local server on loopback answers in less; a remote API
+# would fail on its TLS handshake) and at most ten minutes (longer than any API keeps a
+# request open, and the probe holds a worker all along).
+_probe_timeout_ms = _duration_between("100ms", "10m")
 
 
 def _timeout_ms(value: object) -> int:
@@ -309,21 +384,41 @@ def _params(value: object) -> dict[str, Any]:
 
 
 _DATABASE_URL = re.compile(r"sqlite:///.+|postgresql(\+\w+)?://.+")
+_POSTGRES_DRIVERS = ("postgresql", "postgresql+psycopg")  # psycopg 3 is the one monitor ships
 
 
 def _database_url(value: object) -> str:
-    if isinstance(value, str) and _DATABASE_URL.fullmatch(value):
-        return value
     # A PostgreSQL URL may carry a password; keep it out of the message.
     got = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value) if isinstance(value, str) else value
-    expected = (
-        'a SQLAlchemy URL like "sqlite:///monitor.db" or "postgresql+psycopg://user@host/monitor"'
-    )
-    raise _Invalid(expected, got)
+    if not isinstance(value, str) or not _DATABASE_URL.fullmatch(value):
+        expected = ('a SQLAlchemy URL like "sqlite:///monitor.db" or '
+                    '"postgresql+psycopg://user@host/monitor"')
+        raise _Invalid(expected, got)
+    scheme = value.partition("://")[0]
+    if scheme.startswith("postgresql"):
+        if scheme not in _POSTGRES_DRIVERS:
+            raise _Invalid('a PostgreSQL URL with the psycopg driver ("postgresql://" or '
+                           '"postgresql+psycopg://")', got)
+        try:
+            port = urlsplit(value).port
+        except ValueError:
+            port = 0
+        if port is not None and not 1 <= port <= 65535:
+            raise _Invalid("a PostgreSQL URL with a port from 1 to 65535", got)
+    return value
+
+
+def check_database_url(value: str, where: str) -> str:
+    """A database URL given outside the config file (`--database`), checked as the file's."""
+    try:
+        return _database_url(value)
+    except _Invalid as err:
+        raise ConfigError(where, "", err.expected, err.got) from None
 
 
 def _positive_number(value: object) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+    if (not isinstance(value, int | float) or isinstance(value, bool) or not value > 0
+            or not math.isfinite(value)):
         raise _Invalid("a number greater than 0", value)
     return float(value)
 
@@ -446,9 +541,10 @@ _TARGET_KEYS: dict[str, _Check] = {
     "messages": _messages,
     "params": _params,
     "stream": _bool,
-    "timeout": _timeout_ms,
+    "timeout": _probe_timeout_ms,
     "interval": _interval_ms,
-    "max_response_bytes": _integer(1024),
+    # 1 GiB: a body is held in memory whole and stored in one row.
+    "max_response_bytes": _integer(1024, 2**30, " (1 GiB)"),
     "daily_token_budget": _integer(1),
     "daily_request_budget": _integer(1),
     "detect": _detect,
@@ -470,6 +566,38 @@ def _targets(value: object) -> list[dict[str, Any]]:
     return layers
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
+
+
+def _hostname(value: object) -> str:
+    if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
+        raise _Invalid('a host name like "monitor.example.com"', value)
+    return value.lower().rstrip(".")
+
+
+def _hostnames(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid('an array of host names like ["monitor.example.com"]', value)
+    names = []
+    for index, item in enumerate(value):
+        with _at(f"[{index}]"):
+            names.append(_hostname(item))
+    return tuple(names)
+
+
+def check_hostnames(values: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Host names given outside the config file (`--allowed-host`), checked as the file's."""
+    try:
+        return tuple(_hostname(value) for value in values)
+    except _Invalid as err:
+        raise ConfigError(where, "", err.expected, err.got) from None
+
+
+# `monitor serve` and `monitor run --http`: the names the dashboard answers to besides its
+# address and loopback (a reverse proxy's or a DNS name), against DNS rebinding.
+_WEB_KEYS: dict[str, _Check] = {"allowed_hosts": _hostnames}
+
 # The top-level sections and the reader of each: a new section starts here.
 _SECTIONS: dict[str, _Check] = {
     "database": lambda value: _read_keys(value, _DATABASE_KEYS),
@@ -477,6 +605,7 @@ _SECTIONS: dict[str, _Check] = {
     "targets": _targets,
     "alerts": lambda value: _read_keys(value, _ALERT_KEYS),
     "retention": lambda value: _read_keys(value, {"raw": _timeout_ms}),
+    "web": lambda value: _read_keys(value, _WEB_KEYS),
 }
 
 # Read like the file, so a built-in default the file would refuse fails on import.
@@ -543,6 +672,13 @@ def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Targe
             raise _Invalid(
                 expected, raw("an empty value") if value == "" else _NOTHING, "api_key_env"
             )
+        flaw = control_character(value)
+        if flaw is not None:
+            # Sent as a header it would fail every probe with the key in the traceback; say
+            # what is wrong, never the value.
+            hint = " (a stray newline from .env?)" if flaw in _LINE_ENDS.values() else ""
+            raise _Invalid(f"{api_key_env} to hold a key without control characters",
+                           raw(f"one containing {flaw}{hint}"), "api_key_env")
         api_key = Secret(value)
 
     target = Target(
@@ -671,7 +807,8 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
     retention = sections.get("retention", {})
     return Settings(config_path=config_path, database_url=database_url, targets=targets,
                     alerts=alerts, **({"raw_retention_ms": retention["raw"]}
-                                      if "raw" in retention else {}))
+                                      if "raw" in retention else {}),
+                    allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()))
 
 
 # What `monitor config check` shows.

@@ -86,6 +86,9 @@ class Settings:
     # [retention] raw: raw bodies and headers older than this are pruned (daily, and by
     # `monitor prune`); rollups, fingerprint history and every parsed column stay forever.
     raw_retention_ms: int = 30 * 86_400_000
+    # [web] allowed_hosts: Host names the dashboard answers to besides its own address and
+    # loopback (checked against DNS rebinding; `monitor serve --allowed-host` adds more).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

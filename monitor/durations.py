@@ -6,6 +6,7 @@ time.Duration format). A bare number is seconds, the unit Azure and retry-after 
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, date, datetime, timedelta
 
@@ -33,7 +34,8 @@ def parse_ms(text: str) -> int | None:
     text = text.strip()
     if not _WHOLE.fullmatch(text):
         return None
-    return round(sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text)) * 1000)
+    ms = sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text)) * 1000
+    return round(ms) if math.isfinite(ms) else None  # "1e400" digits long is no duration
 
 
 def format_ms(ms: float) -> str:
@@ -49,10 +51,23 @@ def format_ms(ms: float) -> str:
     return f"{minutes // 60}h"
 
 
+class OutOfRange(ValueError):
+    """A point in time that parses but that no datetime can hold; its message says which."""
+
+
 def parse_since(text: str, now: datetime) -> datetime | None:
     """A point in time as the CLI takes it: a duration back from `now` ("24h", "7d"), a date
     ("2026-11-01", midnight UTC) or an ISO 8601 time (UTC unless it has an offset); None when
-    it is none of these."""
+    it is none of these. OutOfRange when it is one, but outside the calendar in UTC ("9999999d"
+    back from now, "9999-12-31T23:59:59-23:59")."""
+    try:
+        return _parse_since(text, now)
+    except OverflowError:
+        raise OutOfRange(f"{text[:40]!r} is outside the calendar (years 1 to 9999 in UTC)"
+                         ) from None
+
+
+def _parse_since(text: str, now: datetime) -> datetime | None:
     ms = parse_ms(text)
     if ms is not None:
         return now - timedelta(milliseconds=ms)

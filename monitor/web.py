@@ -11,16 +11,24 @@ The app reads only through the callables it is given, so it holds no session and
 fixture documents. With a token, every route but /healthz wants `Authorization: Bearer
 <token>`, compared in constant time; the token is never logged (access lines carry the request
 line only) nor sent back.
+
+The server answers only to the Host names it knows (its own address, loopback names, IP
+literals and the allowed names it is given), with 421 otherwise: a page on another site that
+rebinds its DNS name to this address cannot read the report through a visitor's browser. A
+client gets REQUEST_READ_TIMEOUT_S to send its whole request, however it trickles it.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
+import ipaddress
 import json
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +40,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from monitor.domain import TargetMetrics
-from monitor.durations import parse_since
+from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
 from monitor.render import exposition_registry, render_dashboard, render_metrics
 from monitor.render.dashboard import POLICY
@@ -48,7 +56,12 @@ DEFAULT_HOST = "127.0.0.1"  # the dashboard shows upstream data: public only whe
 DEFAULT_SINCE = "24h"  # as `monitor report`
 DEFAULT_REFRESH_S = 60  # probes come minutes apart; a faster refresh only costs queries
 _MAX_REFRESH_S = 86_400
-_HANDLER_TIMEOUT_S = 30  # a client that stops sending mid-request frees its thread
+# From connecting to the end of its headers, a client gets this long: a GET is a few hundred
+# bytes, so ten seconds is plenty over any network, and a client that trickles its request a
+# byte at a time (slowloris) is cut off instead of holding a thread for as long as it likes
+# (a socket timeout alone starts again with every byte).
+REQUEST_READ_TIMEOUT_S = 10.0
+_WRITE_TIMEOUT_S = 30  # a client that stops reading the answer frees its thread
 _JSON = "application/json; charset=utf-8"
 _ALWAYS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 _STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -200,7 +213,10 @@ def _time(query: dict[str, list[str]], name: str, default: str | None,
     text = _one(query, name) or default
     if text is None:
         return now
-    moment = parse_since(text, now)
+    try:
+        moment = parse_since(text, now)
+    except OutOfRange as error:
+        raise _BadRequest(f"{name}: {error}") from None
     if moment is None:
         raise _BadRequest(f'{name}: expected a duration back from now like "24h", a date like '
                           f'"2026-11-01" or an ISO 8601 time, got {text[:40]!r}')
@@ -210,8 +226,118 @@ def _time(query: dict[str, list[str]], name: str, default: str | None,
 # --- the server -----------------------------------------------------------------------------
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine ("127.0.0.1", "::1",
+    "localhost"); "0.0.0.0", "" and any other name or address do not."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port, lower case, without a trailing dot."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0].lower()
+    name, colon, port = header.rpartition(":")
+    if not colon or not port.isdigit():
+        name = header
+    return name.lower().rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class _HostCheck:
+    """Answer only to known Host names; 421 Misdirected Request otherwise.
+
+    A DNS rebinding attack points a name its author controls at this address, so the victim's
+    browser sends that name; an IP literal or a name this machine chose can only come from a
+    client that meant this server. A request without a Host (HTTP/1.0) comes from no browser."""
+
+    def __init__(self, app: WSGIApplication, names: frozenset[str]) -> None:
+        self._app = app
+        self._names = names
+
+    def allows(self, header: str | None) -> bool:
+        if header is None:
+            return True
+        name = _host_name(header)
+        return _is_ip(name) or is_loopback(name) or name in self._names
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        header = environ.get("HTTP_HOST")
+        if self.allows(header):
+            return self._app(environ, start_response)
+        log.warning("refused a request for Host %r (not an allowed host name)",
+                    str(header)[:100])
+        body = json.dumps({"error": f"this server does not answer to Host {str(header)[:100]!r}; "
+                                    "allow the name with --allowed-host or [web] allowed_hosts"}
+                          ).encode()
+        start_response("421 Misdirected Request", [
+            ("Content-Type", _JSON), ("Content-Length", str(len(body))), *_ALWAYS])
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+class _RequestTooSlow(TimeoutError):
+    pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's bytes, each read waiting no later than `deadline` (time.monotonic)."""
+
+    def __init__(self, connection: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._connection = connection
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise _RequestTooSlow()
+        self._connection.settimeout(left)
+        try:
+            return self._connection.recv_into(buffer)
+        except TimeoutError:
+            raise _RequestTooSlow() from None
+        finally:
+            self._connection.settimeout(_WRITE_TIMEOUT_S)
+
+
 class _Handler(WSGIRequestHandler):
-    timeout = _HANDLER_TIMEOUT_S
+    timeout = _WRITE_TIMEOUT_S
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        deadline = time.monotonic() + self.server.request_timeout_s
+        self.rfile.close()  # the plain reader setup() made; the socket stays open
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+    def handle(self) -> None:
+        # A slow, idle or vanished client is one log line, not a traceback on stderr.
+        try:
+            super().handle()
+        except _RequestTooSlow:
+            log.warning("%s: closed the connection: no complete request within %g s",
+                        self.address_string(), self.server.request_timeout_s)
+        except TimeoutError:
+            log.warning("%s: closed the connection: the client stopped reading the answer",
+                        self.address_string())
+        except ConnectionError as error:
+            log.info("%s: the client closed the connection (%s)", self.address_string(),
+                     type(error).__name__)
 
     def log_message(self, format: str, *args: Any) -> None:
         # To logging rather than stderr; the request line holds no credentials.
@@ -220,6 +346,7 @@ class _Handler(WSGIRequestHandler):
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow client never holds up stop()
+    request_timeout_s = REQUEST_READ_TIMEOUT_S
 
 
 class _Server6(_Server):
@@ -230,8 +357,14 @@ class WebServer:
     """The app on a background thread: start(), .url, stop(); also a context manager.
     `monitor run --http` starts one beside the daemon's loop."""
 
-    def __init__(self, app: WSGIApplication, host: str = DEFAULT_HOST, port: int = 0) -> None:
-        self._app = app
+    def __init__(self, app: WSGIApplication, host: str = DEFAULT_HOST, port: int = 0, *,
+                 allowed_hosts: Iterable[str] = (),
+                 request_timeout_s: float = REQUEST_READ_TIMEOUT_S) -> None:
+        names = {name.lower().rstrip(".") for name in allowed_hosts}
+        if host and not _is_ip(host.strip("[]")):
+            names.add(host.lower().rstrip("."))  # bound by name: that name is its own
+        self._app = _HostCheck(app, frozenset(names))
+        self._request_timeout_s = request_timeout_s
         self._host = host
         self._port = port
         self._server: _Server | None = None
@@ -248,6 +381,7 @@ class WebServer:
             raise MonitorError(f"cannot listen on {self._host}:{self._port}: "
                                f"{error.strerror or error}") from None
         server.set_app(self._app)
+        server.request_timeout_s = self._request_timeout_s
         # A short poll interval makes stop() return quickly.
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                   name=f"monitor-web-{server.server_port}", daemon=True)
@@ -282,14 +416,14 @@ class WebServer:
 
 def serve(host: str, port: int, app: WSGIApplication,
           ready: Callable[[str], None] | None = None, *,
-          stop: threading.Event | None = None) -> None:
+          stop: threading.Event | None = None, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve until Ctrl-C, SIGTERM or `stop`; `ready` gets `listening on <url>` first."""
     stop = stop or threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
     # Signal handlers can only be installed from the main thread.
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
     try:
-        with WebServer(app, host, port) as server:
+        with WebServer(app, host, port, allowed_hosts=allowed_hosts) as server:
             if ready is not None:
                 ready(f"listening on {server.url}")
             try:

@@ -79,13 +79,13 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         # The top level.
         pytest.param(
             "alert = 1\n",
-            "alert: expected a known key (alerts, database, defaults, retention, targets), got an unknown key"
+            "alert: expected a known key (alerts, database, defaults, retention, targets, web), got an unknown key"
             ' (did you mean "alerts"?)',
             id="top-unknown-section",
         ),
         pytest.param(
             '[target]\nname = "a"\n',
-            "target: expected a known key (alerts, database, defaults, retention, targets), "
+            "target: expected a known key (alerts, database, defaults, retention, targets, web), "
             'got an unknown key (did you mean "targets"?)',
             id="top-typo",
         ),
@@ -185,7 +185,7 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         pytest.param(
             target_toml(base_url='"https://h/v1?x=1"'),
             "targets[0].base_url: expected an http(s) URL without a query or fragment, "
-            "got 'https://h/v1?x=1'",
+            "got 'https://h/v1?x=****'",
             id="base-url-query",
         ),
         pytest.param(
@@ -398,12 +398,12 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         ),
         pytest.param(
             target_toml(interval='"500ms"'),
-            "targets[0].interval: expected a duration of at least \"1s\", got '500ms'",
+            "targets[0].interval: expected a duration from \"1s\" to \"1d\", got '500ms'",
             id="interval-too-short",
         ),
         pytest.param(
             target_toml(timeout='"0s"'),
-            "targets[0].timeout: expected a duration longer than \"0s\", got '0s'",
+            "targets[0].timeout: expected a duration from \"100ms\" to \"10m\", got '0s'",
             id="timeout-zero",
         ),
         pytest.param(
@@ -971,3 +971,177 @@ def test_retention_of_raw_bodies_defaults_to_30_days_and_can_be_set() -> None:
     with pytest.raises(ConfigError) as caught:
         load(MINIMAL + '[retention]\nraw = "0s"\n')
     assert "retention.raw: expected a duration longer than" in str(caught.value)
+
+
+# --- refusals that keep keys out of messages, and ranges (issue 11) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param(
+            KEY + "\n",
+            "expected OPENAI_API_KEY to hold a key without control characters, got one "
+            "containing a newline (a stray newline from .env?)",
+            id="newline",
+        ),
+        pytest.param(
+            KEY + "\r",
+            "expected OPENAI_API_KEY to hold a key without control characters, got one "
+            "containing a carriage return (a stray newline from .env?)",
+            id="carriage-return",
+        ),
+        pytest.param(
+            "sk-\ttest",
+            "expected OPENAI_API_KEY to hold a key without control characters, got one "
+            "containing a tab",
+            id="tab",
+        ),
+        pytest.param(
+            KEY + "\x07",
+            "expected OPENAI_API_KEY to hold a key without control characters, got one "
+            "containing a control character (U+0007)",
+            id="bell",
+        ),
+    ],
+)
+def test_a_key_with_a_control_character_is_refused_without_showing_it(
+    value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(MINIMAL, {"OPENAI_API_KEY": value})
+    assert str(caught.value) == f"monitor.toml: targets[0].api_key_env: {message}"
+    assert value.strip() not in str(caught.value) and "sk-" not in str(caught.value)
+
+
+def test_a_key_with_a_stray_newline_from_dotenv_is_refused() -> None:
+    write(f'OPENAI_API_KEY="{KEY}\\n"\n', ".env")
+    with pytest.raises(ConfigError) as caught:
+        load(MINIMAL, {})
+    assert "a stray newline from .env?" in str(caught.value)
+    assert KEY not in str(caught.value)
+
+
+NO_CREDENTIALS = (
+    "targets[0].base_url: expected an http(s) URL without credentials in it (the key belongs "
+    "in the environment variable api_key_env names), got "
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param(f"https://user:{KEY}@api.example.com/v1",
+                     NO_CREDENTIALS + "'https://****@api.example.com/v1'", id="userinfo"),
+        pytest.param(f"https://{KEY}@api.example.com/v1",
+                     NO_CREDENTIALS + "'https://****@api.example.com/v1'", id="user-only"),
+        pytest.param(f"https://api.example.com/v1?api-key={KEY}",
+                     NO_CREDENTIALS + "'https://api.example.com/v1?api-key=****'", id="api-key"),
+        pytest.param(f"https://api.example.com/v1?x=1&Access_Token={KEY}",
+                     NO_CREDENTIALS + "'https://api.example.com/v1?x=****&Access_Token=****'",
+                     id="token"),
+        pytest.param(f"https://api.example.com/v1?key={KEY}#frag",
+                     NO_CREDENTIALS + "'https://api.example.com/v1?key=****#****'", id="key"),
+        pytest.param(f"api.example.com/v1?sig={KEY}",
+                     "targets[0].base_url: expected an http(s) URL like "
+                     "\"https://api.openai.com/v1\", got 'api.example.com/v1?sig=****'",
+                     id="not-a-url-still-masked"),
+        pytest.param("https://api.example.com:99999/v1",
+                     "targets[0].base_url: expected an http(s) URL with a port from 1 to 65535, "
+                     "got 'https://api.example.com:99999/v1'", id="port-too-big"),
+        pytest.param("https://api.example.com:0/v1",
+                     "targets[0].base_url: expected an http(s) URL with a port from 1 to 65535, "
+                     "got 'https://api.example.com:0/v1'", id="port-zero"),
+        pytest.param("https://api.example.com:abc/v1",
+                     "targets[0].base_url: expected an http(s) URL with a port from 1 to 65535, "
+                     "got 'https://api.example.com:abc/v1'", id="port-words"),
+    ],
+)
+def test_base_url_refuses_credentials_and_bad_ports_and_never_echoes_a_key(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(target_toml(base_url=json.dumps(url)))
+    assert str(caught.value) == f"monitor.toml: {message}"
+    assert KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        pytest.param({"interval": '"2d"'},
+                     "targets[0].interval: expected a duration from \"1s\" to \"1d\", got '2d'",
+                     id="interval-too-long"),
+        pytest.param({"interval": '"99999999999d"'},
+                     "targets[0].interval: expected a duration of at most \"3650d\", "
+                     "got '99999999999d'", id="interval-huge"),
+        pytest.param({"interval": json.dumps("9" * 400 + "s")},
+                     "targets[0].interval: expected a duration like \"30s\", got '"
+                     + "9" * 400 + "s'", id="interval-infinite"),
+        pytest.param({"timeout": '"11m"', "interval": '"1h"'},
+                     "targets[0].timeout: expected a duration from \"100ms\" to \"10m\", got '11m'",
+                     id="timeout-too-long"),
+        pytest.param({"timeout": '"50ms"'},
+                     "targets[0].timeout: expected a duration from \"100ms\" to \"10m\", "
+                     "got '50ms'", id="timeout-too-short"),
+        pytest.param({"max_response_bytes": str(2**31)},
+                     "targets[0].max_response_bytes: expected an integer of at most 1073741824 "
+                     "(1 GiB), got 2147483648", id="max-response-bytes-huge"),
+        pytest.param({"daily_token_budget": str(2**63)},
+                     "targets[0].daily_token_budget: expected an integer of at most "
+                     "9223372036854775807, got 9223372036854775808", id="budget-beyond-bigint"),
+    ],
+)
+def test_values_that_would_crash_later_are_refused_with_their_range(
+    keys: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(target_toml(**keys))
+    assert str(caught.value) == f"monitor.toml: {message}"
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    (target,) = load(target_toml(interval='"1d"', timeout='"10m"',
+                                 max_response_bytes=str(2**30))).targets
+    assert (target.interval_ms, target.timeout_ms, target.max_response_bytes) == (
+        86_400_000, 600_000, 2**30)
+    (target,) = load(target_toml(interval='"1s"', timeout='"100ms"')).targets
+    assert (target.interval_ms, target.timeout_ms) == (1000, 100)
+
+
+def test_retention_beyond_ten_years_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(MINIMAL + '[retention]\nraw = "999999999d"\n')
+    assert str(caught.value) == (
+        "monitor.toml: retention.raw: expected a duration of at most \"3650d\", got '999999999d'")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("postgresql+nodriver://monitor@db/monitor",
+                     'expected a PostgreSQL URL with the psycopg driver ("postgresql://" or '
+                     "\"postgresql+psycopg://\"), got 'postgresql+nodriver://monitor@db/monitor'",
+                     id="unknown-driver"),
+        pytest.param("postgresql://monitor:secret@db:99999/monitor",
+                     "expected a PostgreSQL URL with a port from 1 to 65535, "
+                     "got 'postgresql://monitor:***@db:99999/monitor'", id="port-too-big"),
+        pytest.param("postgresql://monitor@db:abc/monitor",
+                     "expected a PostgreSQL URL with a port from 1 to 65535, "
+                     "got 'postgresql://monitor@db:abc/monitor'", id="port-words"),
+    ],
+)
+def test_database_url_from_environment_with_bad_driver_or_port(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load("", {"MONITOR_DATABASE_URL": url})
+    assert str(caught.value) == f"monitor.toml: database.url (MONITOR_DATABASE_URL): {message}"
+
+
+def test_web_allowed_hosts_are_read_and_checked() -> None:
+    text = MINIMAL + '[web]\nallowed_hosts = ["Monitor.Example.com", "dash.internal."]\n'
+    assert load(text).allowed_hosts == ("monitor.example.com", "dash.internal")
+    with pytest.raises(ConfigError) as caught:
+        load(MINIMAL + '[web]\nallowed_hosts = ["http://x/"]\n')
+    assert str(caught.value) == (
+        "monitor.toml: web.allowed_hosts[0]: expected a host name like \"monitor.example.com\", "
+        "got 'http://x/'")

@@ -151,6 +151,8 @@ WEEKLY = 'start = "02:00"\nduration = "2h"\ntimezone = "Europe/Berlin"\n'
                      'expected a duration like "2h"', id="duration-without-unit"),
         pytest.param("start = 2026-12-01T02:00:00Z\nduration = '0s'", "duration",
                      "longer than 0s", id="zero-duration"),
+        pytest.param("start = 2026-12-01T02:00:00Z\nduration = '99999999999d'", "duration",
+                     'at most "3650d"', id="duration-beyond-the-calendar"),
         pytest.param("start = 2026-12-01T02:00:00Z\nduration = 7200", "duration",
                      "got 7200", id="duration-number"),
         pytest.param(ONE_OFF + "days = ['sat']", "days", "no days in a one-off window",

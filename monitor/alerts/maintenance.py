@@ -27,6 +27,7 @@ from monitor.errors import ConfigError, raw
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
 # Longer would overlap next week's window; seven days on one weekday is already "always".
 MAX_RECURRING = timedelta(days=7)
+_LONGEST_MS = 3650 * 86_400_000  # as config's longest duration
 
 
 def active_window(
@@ -168,9 +169,11 @@ class _Entry:
     def duration(self, longest: timedelta | None) -> timedelta:
         value = self.table["duration"]
         ms = parse_ms(value) if isinstance(value, str) else None
-        length = timedelta(milliseconds=ms) if ms is not None and ms > 0 else None
+        # Beyond timedelta's ten thousand years (and the calendar) is no window either.
+        length = (timedelta(milliseconds=ms) if ms is not None and 0 < ms <= _LONGEST_MS
+                  else None)
         if length is None or (longest is not None and length > longest):
-            limit = f' and at most "{longest.days}d"' if longest is not None else ""
+            limit = f' and at most "{longest.days if longest is not None else 3650}d"'
             raise self.error("duration", f'a duration like "2h", longer than 0s{limit}', value)
         return length
 
