@@ -44,7 +44,7 @@ def main() -> None:
     name = f"monitor_outage_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    proxy = Proxy(5432)
+    proxy = Proxy("127.0.0.1", 5432)  # ADMIN's server
     url = f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}"
     db.upgrade(url)
     workdir = Path(tempfile.mkdtemp(prefix="monitor-outage-"))

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
 from monitor import config
 from monitor.domain import Settings, Target
@@ -73,8 +73,7 @@ def postgres_url() -> Iterator[str]:
     name = f"monitor_test_{uuid.uuid4().hex[:10]}"
     with _postgres_admin() as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     db.upgrade(url)
     yield url
     with _postgres_admin() as admin:
@@ -194,6 +193,9 @@ def postgres_through_proxy(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
     """The session's PostgreSQL database, emptied, reached through a proxy the test can cut
     (a database outage on demand)."""
     empty_postgres(postgres_url)
-    proxy = Proxy(5432)
-    yield postgres_url.replace(":5432/", f":{proxy.port}/"), proxy
+    url = make_url(postgres_url)
+    if url.host is None:
+        pytest.fail(f"the outage tests reach PostgreSQL over TCP; {POSTGRES_URL} names no host")
+    proxy = Proxy(url.host, url.port or 5432)
+    yield url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), proxy
     proxy.close()

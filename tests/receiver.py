@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from tests.waiting import DEADLINE_S
+
 Received = tuple[dict[str, str], Any, str]
 
 
@@ -87,7 +89,7 @@ class Receiver:
         with self._changed:
             self._delay_s = seconds
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
+    def wait_for(self, count: int, timeout: float = DEADLINE_S) -> list[Received]:
         """The first `count` requests, once that many arrived; AssertionError after `timeout`."""
         with self._changed:
             arrived = self._changed.wait_for(lambda: len(self.received) >= count, timeout)

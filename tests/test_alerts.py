@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,18 +15,27 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from monitor.alerts import lifecycle
 from monitor.cli import cli
 from monitor.daemon import Daemon
 from monitor.domain import AlertSettings
 from monitor.sim import SimClient
-from monitor.store.models import AlertRow, DeliveryRow, DriftEventRow, NotificationRow, OutboxRow
+from monitor.store import db
+from monitor.store.models import (
+    AlertRow,
+    DeliveryRow,
+    DriftEventRow,
+    NotificationRow,
+    OutboxRow,
+    ProbeRow,
+)
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 from tests.conftest import MakeSettings, write_config
 from tests.receiver import Receiver
+from tests.waiting import wait_until
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 # Short baselines, so a scenario takes tens of probes, not hundreds.
@@ -72,8 +80,9 @@ def run(tmp_path: Path, engine: Engine, database_url: str, make_settings: MakeSe
         daemon.close()
 
 
-def only_alert(run: Run) -> AlertRow:
-    alerts = [a for a in run.alerts() if a.state != lifecycle.PENDING]
+def only_alert(run: Run, ignore: tuple[tuple[str, str], ...] = ()) -> AlertRow:
+    alerts = [a for a in run.alerts()
+              if a.state != lifecycle.PENDING and (a.kind, a.key) not in ignore]
     assert len(alerts) == 1, [(a.kind, a.key, a.state) for a in alerts]
     return alerts[0]
 
@@ -117,19 +126,23 @@ def test_each_drift_kind_raises_exactly_one_alert_and_resolves_after_revert(
     name: str, sim: SimClient, run: Callable[..., Run]
 ) -> None:
     target, change, revert, kind, key = SCENARIOS[name]
+    # The total time includes the processing time the latency scenario slows, plus whatever a
+    # busy machine adds, so its test can come out significant a probe before processing_ms
+    # does. Which metric explains a slowdown is test_detect_latency's (deterministic) question.
+    ignore = (("latency", "total_ms"),) if name == "latency" else ()
     sim.update(latency={"base_ms": 20, "jitter_ms": 2})
     canary = run(**target)
     canary.probes(30)
     assert canary.alerts() == []  # warm-up and a steady baseline raise nothing
     sim.update(**change)
     canary.probes(12)
-    alert = only_alert(canary)
+    alert = only_alert(canary, ignore)
     assert (alert.kind, alert.key, alert.state) == (kind, key, lifecycle.OPEN)
     for check, found in zip(EXPECTED[name], (alert.before, alert.after), strict=True):
         assert check(found) if callable(check) else found == check, (alert.before, alert.after)
     sim.update(**revert)
     canary.probes(25)
-    alert = only_alert(canary)
+    alert = only_alert(canary, ignore)
     assert alert.state == lifecycle.RESOLVED and alert.resolution
     with canary.daemon.recorder.engine.connect() as connection:
         changes = connection.execute(
@@ -438,6 +451,16 @@ def test_alerts_ack_and_fingerprints_commands(
     assert "fp_6ec83003ad" in text and "\u001b" not in text
 
 
+def stored_ok(database_url: str) -> int:
+    engine = db.open_store(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(
+                select(func.count(ProbeRow.id)).where(ProbeRow.ok.is_(True))).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def test_monitor_run_notifies_a_webhook_when_an_alert_opens_and_resolves(
     sim: SimClient, sim_server: Any, tmp_path: Path, database_url: str
 ) -> None:
@@ -456,11 +479,12 @@ def test_monitor_run_notifies_a_webhook_when_an_alert_opens_and_resolves(
              "--spool", str(tmp_path / "spool.jsonl")],
             stderr=subprocess.DEVNULL, cwd=tmp_path)
         try:
-            time.sleep(4)
+            # Past the warm-up: three good probes stored before the failures begin.
+            wait_until(lambda: stored_ok(database_url) >= 3, "3 good probes stored")
             sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
-            receiver.wait_for(1, timeout=20)
+            receiver.wait_for(1)
             sim.update(faults={"rate": 0.0})
-            receiver.wait_for(2, timeout=20)
+            receiver.wait_for(2)
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from monitor.cli import cli
 from monitor.sim import SimClient, Simulator
 from tests.conftest import write_config
+from tests.waiting import Lines
 
 
 def invoke(*args: str, **kwargs: Any) -> Any:
@@ -144,16 +145,17 @@ def test_sim_command_prints_its_address_first(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None
+    out = Lines(process.stdout)
     try:
-        assert process.stdout is not None
-        first = process.stdout.readline().strip()
-        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)", first)
+        first = out.wait_for("listening on")
+        assert out.text() == first
+        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+)", first.strip())
         assert match, first
         with requests.get(f"{match.group(1)}/v1/models", timeout=5) as response:
             assert response.status_code == 200
             assert response.json()["object"] == "list"
     finally:
         process.terminate()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
+        process.wait(timeout=30)
+        out.close()

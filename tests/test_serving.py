@@ -27,6 +27,7 @@ from monitor.store import db
 from monitor.store.models import ProbeRow
 from tests.conftest import write_config
 from tests.proxy import Proxy
+from tests.waiting import Lines, wait_until
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_prune_empties_old_raw_bodies_and_keeps_the_rest(probed: Path,
                                                           database_url: str) -> None:
     text = probed.read_text() + '\n[retention]\nraw = "1ms"\n'
     probed.write_text(text)
-    time.sleep(0.01)
+    time.sleep(0.01)  # every probe now older than 1 ms: a minimum, which a busy machine only adds to
     result = CliRunner().invoke(cli, ["prune", "--config", str(probed)])
     assert result.exit_code == 0, result.output
     assert "emptied the raw body and headers of 7 probes" in result.output
@@ -123,21 +124,21 @@ def test_run_http_serves_the_dashboard_metrics_and_a_healthz_that_follows_the_da
         [sys.executable, "-m", "monitor", "run", "--config", str(config), "--http",
          "127.0.0.1:0", "--spool", str(tmp_path / "spool.jsonl")],
         stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=environ)
+    assert process.stderr is not None
+    log = Lines(process.stderr)
     try:
-        assert process.stderr is not None
-        base = ""
-        while not base:
-            line = process.stderr.readline()
-            assert line, "monitor run exited before listening"
-            if line.startswith("listening on "):
-                base = line.split()[-1]
+        base = log.wait_for("listening on ").split()[-1]
         auth = {"Authorization": "Bearer test-token-123"}
-        time.sleep(2.5)  # a couple of probes, rolled up
+        log.wait_for("a  ok")  # a probe stored, so the metrics have something to show
         assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
-        metrics = requests.get(f"{base}/metrics", headers=auth, timeout=10)
-        assert metrics.status_code == 200
-        names = {family.name for family in text_string_to_metric_families(metrics.text)}
-        assert {"monitor_probe_latency_seconds", "monitor_probes"} <= names
+
+        def probe_metrics() -> set[str]:
+            metrics = requests.get(f"{base}/metrics", headers=auth, timeout=10)
+            assert metrics.status_code == 200
+            names = {family.name for family in text_string_to_metric_families(metrics.text)}
+            return names if {"monitor_probe_latency_seconds", "monitor_probes"} <= names else set()
+
+        wait_until(probe_metrics, "the probe metrics")
         page = requests.get(f"{base}/", headers=auth, timeout=10)
         tags = _Tags()
         tags.feed(page.text)
@@ -152,9 +153,9 @@ def test_run_http_serves_the_dashboard_metrics_and_a_healthz_that_follows_the_da
         assert requests.get(f"{base}/healthz", timeout=30).status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        if process.stderr is not None:
-            process.stderr.close()
+        code = process.wait(timeout=30)
+        output = log.close()
+        assert code == 0, output
 
 
 def test_serve_prints_where_it_listens_and_answers_the_api(

@@ -24,6 +24,7 @@ from monitor.errors import SimulatorError
 from monitor.sim import Scenario, SimClient, Simulator, load_scenario
 from monitor.sim.responses import go_duration
 from monitor.sim.scenario import Faults
+from tests.waiting import Lines, wait_until
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = json.loads((FIXTURES / "openai-chat-completion.json").read_text())
@@ -492,7 +493,24 @@ def test_latency_is_applied_before_the_headers_and_reported(
         response = chat(http, sim)
         timings.append((time.perf_counter() - started) * 1000)
         assert response.headers["openai-processing-ms"] == "50"
-    assert 50 <= min(timings) < 75, timings  # a Nagle/delayed-ACK stall would add ~40 ms
+    # Never early. The upper bound only catches a delay applied many times over: how little the
+    # simulator adds (a Nagle/delayed-ACK stall would add ~40 ms) is bench/probe_overhead.py's
+    # question, as a busy machine can add that much on its own.
+    assert 50 <= min(timings) < 500, timings
+
+
+def test_stream_sends_the_headers_before_spending_the_ttft(http: requests.Session) -> None:
+    # The headers are in hand while the simulator still holds the first chunk back, so they
+    # went out first. The TTFT is long enough that no busy machine makes this a race; stop()
+    # wakes the simulator's thread instead of waiting it out.
+    scenario = Scenario.from_dict({"latency": {"ttft_ms": 60_000}})
+    with Simulator(scenario) as sim:
+        payload = {"model": "gpt-4o", "messages": STORY, "max_tokens": 4, "stream": True}
+        with http.post(f"{sim.url}/v1/chat/completions", json=payload, stream=True,
+                       timeout=30) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert sim.stats()["in_flight"] == 1
 
 
 def test_stream_spends_ttft_before_the_first_chunk_and_delays_tokens(
@@ -503,9 +521,7 @@ def test_stream_spends_ttft_before_the_first_chunk_and_delays_tokens(
     started = time.perf_counter()
     with http.post(f"{sim.url}/v1/chat/completions", json=payload, stream=True,
                    timeout=5) as response:
-        headers_s = time.perf_counter() - started
         arrivals = [time.perf_counter() - started for line in response.iter_lines() if line]
-    assert headers_s < 0.05
     assert arrivals[0] >= 0.1
     # Three delays between four content chunks, after the TTFT. (Measured from the start, not
     # between arrivals: a client slow to read the first chunk on a busy machine would shrink
@@ -743,6 +759,21 @@ def test_hand_built_scenario_is_validated_on_start() -> None:
 # --- the server itself ----------------------------------------------------------------------
 
 
+def test_stats_count_a_request_in_flight_until_it_ends(sim: Simulator) -> None:
+    connection = HTTPConnection(sim.url.removeprefix("http://"), timeout=5)
+    body = json.dumps({"model": "sim-hang", "messages": PONG})
+    try:
+        connection.request("POST", "/v1/chat/completions", body,
+                           {"content-type": "application/json"})
+        # Control requests never count themselves.
+        wait_until(lambda: sim.stats()["in_flight"] == 1, "the hanging request in flight")
+        assert SimClient(sim.url).stats()["in_flight"] == 1
+    finally:
+        connection.close()  # the client hangs up: the hang ends
+    wait_until(lambda: sim.stats()["in_flight"] == 0, "the hanging request to end")
+    assert sim.stats()["requests"] == 1
+
+
 def test_keep_alive_serves_several_requests_on_one_connection(sim: Simulator) -> None:
     connection = HTTPConnection(sim.url.removeprefix("http://"), timeout=5)
     body = json.dumps({"model": "gpt-4o", "messages": PONG})
@@ -791,12 +822,12 @@ def test_stop_ends_a_hanging_request_promptly() -> None:
 
     thread = threading.Thread(target=hang)
     thread.start()
-    while not sim.stats()["requests"]:
-        time.sleep(0.01)
+    wait_until(lambda: sim.stats()["in_flight"], "the hanging request")
     started = time.perf_counter()
     sim.stop()
     thread.join(5)
-    assert time.perf_counter() - started < 2
+    # Promptly: not after the 300 s hang, nor after stop()'s 5 s wait for stuck threads.
+    assert time.perf_counter() - started < 4
     assert isinstance(outcome[0], requests.ConnectionError)
     with pytest.raises(SimulatorError, match="not running"):
         assert sim.url
@@ -807,11 +838,13 @@ def test_serve_announces_its_url_first_and_stops_on_sigterm() -> None:
             "serve('127.0.0.1', 0, None, 3, lambda line: print(line, flush=True))")
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
-        first = proc.stdout.readline().strip()
-        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:(\d+))", first)
+        out = Lines(proc.stdout)
+        first = out.wait_for("listening on")
+        assert out.text().startswith(first)
+        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:(\d+))\n", first)
         assert match and int(match[2]) > 0, first
         with requests.get(f"{match[1]}/v1/models", timeout=5) as response:
             assert response.status_code == 200
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(5) == 0
-        assert proc.stdout.read() == "stopped\n"
+        assert proc.wait(30) == 0
+        assert out.close() == first + "stopped\n"

@@ -4,7 +4,7 @@
     POST /_sim/scenario   merge a partial scenario in (tables by key; lists and values replace)
     POST /_sim/enqueue    queue one override, or a list of them, for the next requests (FIFO)
     POST /_sim/reset      back to the starting scenario; counters, budgets and queue cleared
-    GET  /_sim/stats      request counts by path, model and outcome
+    GET  /_sim/stats      request counts by path, model and outcome; requests in flight
 
 An invalid change is answered 400 with the SimulatorError message and changes nothing.
 """

@@ -57,19 +57,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length > 0 else b""
         url = urlsplit(self.path)
-        action: Action
+        state = self.server.state
         if url.path.startswith("/_sim/"):
-            action = control.handle(self.server.state, self.command, url.path, body)
-        else:
-            call = api.Call(
-                method=self.command,
-                path=url.path,
-                api_version=parse_qs(url.query).get("api-version", [None])[0],
-                authorization=self.headers.get("authorization"),
-                api_key=self.headers.get("api-key"),
-                body=body,
-            )
-            action = api.handle(self.server.state, call)
+            self._answer(control.handle(state, self.command, url.path, body), arrived)
+            return
+        call = api.Call(
+            method=self.command,
+            path=url.path,
+            api_version=parse_qs(url.query).get("api-version", [None])[0],
+            authorization=self.headers.get("authorization"),
+            api_key=self.headers.get("api-key"),
+            body=body,
+        )
+        state.enter()  # counted in flight from here until the answer is written
+        try:
+            self._answer(api.handle(state, call), arrived)
+        finally:
+            state.leave()
+
+    def _answer(self, action: Action, arrived: float) -> None:
         try:
             self._perform(action, arrived)
         except OSError:  # the client went away, or stop() shut the socket: nothing to answer

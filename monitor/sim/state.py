@@ -48,6 +48,9 @@ class State:
         self._fallback_seed = random.SystemRandom().getrandbits(32)
         self._clock = clock
         self._lock = threading.Lock()
+        # API requests received and not yet fully answered; not cleared by reset(), because
+        # those requests are still being answered. Tests wait on it ("a probe is mid-flight").
+        self._in_flight = 0
         self._restart()
 
     def _restart(self) -> None:
@@ -78,6 +81,15 @@ class State:
         if seed is None:
             seed = self._fallback_seed
         return Ticket(number, random.Random(f"{seed}:{number}"), scenario, now, elapsed_s)
+
+    def enter(self) -> None:
+        """An API request arrived; leave() once its answer is written (or abandoned)."""
+        with self._lock:
+            self._in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def take_override(self, model: str) -> Override | None:
         """The oldest queued override meant for `model` (or for any model), removed."""
@@ -153,6 +165,7 @@ class State:
             return {
                 "requests": sum(self._paths.values()),
                 "queued_overrides": len(self._queue),
+                "in_flight": self._in_flight,
                 "uptime_s": round(now - self._started_at, 3),
                 "by_path": dict(self._paths),
                 "by_model": dict(self._models),
