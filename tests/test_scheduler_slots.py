@@ -19,7 +19,7 @@ from apscheduler.events import (
 )
 from sqlalchemy import Engine, select
 
-from monitor.daemon import Daemon, Service, slot_at
+from monitor.daemon import Daemon, Service, slot_at, slot_trigger
 from monitor.sim import SimClient
 from monitor.store.models import SlotRow
 from monitor.store.records import Recorder
@@ -149,3 +149,15 @@ def test_a_skipped_slot_is_recorded_only_once_it_is_over(
     slow_daemon.stopping.set()
     slow_daemon.drain()
     assert len(slots(engine)) == 2
+
+
+def test_fire_times_stay_on_the_slot_grid_whatever_the_jitter() -> None:
+    """APScheduler's IntervalTrigger lets jitter accumulate (a slot lost every ~20 s at 1 s);
+    the daemon's trigger starts each fire from the grid."""
+    start = datetime(2026, 11, 26, 12, 0, 0, 250000, tzinfo=UTC)
+    trigger = slot_trigger()(seconds=1, start_date=start, jitter=0.1, timezone=UTC)
+    fire = trigger.get_next_fire_time(None, start - timedelta(seconds=1))
+    for k in range(1000):
+        offset = (fire - (start + k * timedelta(seconds=1))).total_seconds()
+        assert 0 <= offset <= 0.1, (k, fire)
+        fire = trigger.get_next_fire_time(fire, fire)
