@@ -2,7 +2,8 @@
 
 `monitor run` (a real subprocess) reaches PostgreSQL through a loopback TCP proxy that this
 script cuts for the outage and restores afterwards. Reported: probes sent (the simulator's own
-count), probes stored, the spool's peak, and the time from restore until the spool is empty.
+count), probes stored, the spool's peak, the time from restore until the spool is empty, and
+the drain rate against the arrival rate meanwhile (probes/s written to the database vs sent).
 
     python bench/outage.py [--targets 50] [--interval 1] [--outage-minutes 10]
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.proxy
 
@@ -69,19 +70,33 @@ def main() -> None:
         rss_samples.append(proc_sample(daemon.pid)[0])
         print(f"  outage +{time.monotonic() - outage_started:4.0f} s: spool {peak}, "
               f"RSS {rss_samples[-1]:.0f} MB", flush=True)
+    # Counted directly, not through the proxy (it is still cut here).
+    engine = db.create(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    stored_at_restore = count_stored(engine)
+    sent_at_restore = sent_so_far(sim_url)
     proxy.restore()
     restored = time.monotonic()
+    # (seconds since restore, stored, sent): the drain rate is taken from the first write on,
+    # not from the restore (the drain job runs every 5 s).
+    samples = [(0.0, stored_at_restore, sent_at_restore)]
     while spool.backlog() > 0 and time.monotonic() - restored < 600:
         time.sleep(0.5)
+        samples.append((time.monotonic() - restored, count_stored(engine), sent_so_far(sim_url)))
     drain_s = time.monotonic() - restored
+    first = next((i for i, s in enumerate(samples) if s[1] > stored_at_restore), 0)
+    began_s, began_stored, began_sent = samples[max(0, first - 1)]
+    drain_window_s = max(1e-9, samples[-1][0] - began_s)
+    written = samples[-1][1] - began_stored
+    arrived = samples[-1][2] - began_sent
+    stop_sent = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=120)
+    exit_s = time.monotonic() - stop_sent
     log_file.close()
     sent = requests.get(f"{sim_url}/_sim/stats", timeout=10).json()["by_path"].get(
         "/v1/chat/completions", 0)
     sim.terminate()
     sim.wait()
-    engine = db.create(url)  # no schema gate: only counting
     with engine.connect() as connection:
         stored = connection.execute(select(func.count(ProbeRow.id))).scalar_one()
         distinct = connection.execute(select(func.count(func.distinct(ProbeRow.uid)))).scalar_one()
@@ -92,10 +107,26 @@ def main() -> None:
     print(f"{args.targets} targets every {args.interval}s; PostgreSQL cut for "
           f"{args.outage_minutes:g} min")
     print(f"  spool peak {peak} probes; drained in {drain_s:.1f} s after the database came back")
+    print(f"  first write {began_s:.1f} s after the restore; from then until empty "
+          f"({drain_window_s:.1f} s): {written / drain_window_s:.0f} probes/s written to the "
+          f"database, {arrived / drain_window_s:.0f} probes/s arriving (configured "
+          f"{args.targets / args.interval:g}), net {(written - arrived) / drain_window_s:.0f} "
+          "probes/s out of the spool")
+    print(f"  exited {exit_s:.1f} s after SIGTERM")
     print(f"  daemon RSS {rss_before:.0f} MB before the outage, "
           f"{max(rss_samples, default=0):.0f} MB at most during it")
     print(f"  probes sent {sent}, stored {stored} (distinct uids {distinct}): "
           f"{'equal' if sent == stored == distinct else 'MISMATCH'}")
+
+
+def count_stored(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count(ProbeRow.id))).scalar_one())
+
+
+def sent_so_far(sim_url: str) -> int:
+    stats = requests.get(f"{sim_url}/_sim/stats", timeout=10).json()
+    return int(stats["by_path"].get("/v1/chat/completions", 0))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 from sqlalchemy.exc import SQLAlchemyError
@@ -99,6 +101,11 @@ class Daemon:
         self._registered = False
         # (target, slots, reason) skipped while the database was down, recorded when it is back
         self._unrecorded_skips: list[tuple[str, list[datetime], str]] = []
+        # (target, slot, reason): slots the scheduler could not run, recorded once they are over
+        self._unrun: list[tuple[str, datetime, str]] = []
+        # Set when the daemon is stopping: a drain ends between batches, the rest waits.
+        self.stopping = threading.Event()
+        self._draining = threading.Lock()  # one drain at a time (the drain job and tick())
         self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
         self.watcher = Watcher(recorder.engine, settings.alerts)
@@ -303,30 +310,91 @@ class Daemon:
         self._registered = False
         self.register()
 
-    def drain(self) -> int:
-        """Write spooled results to the database, oldest first, until the spool is empty
-        (results keep arriving meanwhile); returns how many were written."""
+    def drain(self, *, deadline: float | None = None) -> int:
+        """Write spooled results to the database, oldest first, and record skipped slots;
+        returns how many results were written.
+
+        Bounded whatever the arrival rate: each pass takes the spool up to the end it had when
+        the pass started, and the call ends between batches after DRAIN_BUDGET_S, or as soon
+        as the daemon is stopping (with `deadline`, a time.monotonic() value, at that instead:
+        the final drain at shutdown). What is left waits in the spool, in order, for the next
+        call. New results keep going to the spool until a pass leaves at most one batch
+        behind; that batch is written while appends wait, and only then do results go straight
+        to the database again, so none is written before one spooled earlier."""
         with self._lock:
-            if not self._spooling and not self._unrecorded_skips:
+            if not self._spooling and not self._unrecorded_skips and not self._unrun:
                 return 0
-        if not self.register():
-            return 0  # a target's configuration must be stored before its probes
-        drained = 0
+        if not self._draining.acquire(blocking=False):
+            return 0  # another drain is under way; it carries on
         try:
-            # Bounded: if results ever arrive faster than they drain, the next drain job
-            # carries on; nothing is lost while they wait in the spool.
-            for _ in range(DRAIN_ROUNDS):
-                drained += self.spool.drain(self.recorder.save_many)
-                with self._lock:  # no append can slip in between this check and the switch
-                    if self.spool.empty():
-                        self._spooling = False
+            if not self.register():
+                return 0  # a target's configuration must be stored before its probes
+            stop = self._drain_stop(deadline)
+            drained = 0
+            try:
+                for _ in range(DRAIN_ROUNDS):
+                    if stop():
                         break
-        except SQLAlchemyError:
-            return drained  # still (or again) down; the next drain tries again
-        self._record_skips()
-        if drained:
-            log.info("database is back: wrote %d spooled probes", drained)
-        return drained
+                    drained += self.spool.drain(self.recorder.save_many, stop=stop)
+                    if stop():
+                        break
+                    with self._lock:  # appends wait: nothing can slip in behind this batch
+                        drained += self.spool.drain(self.recorder.save_many, max_batches=1)
+                        if self.spool.empty():
+                            self._spooling = False
+                            break
+            except SQLAlchemyError:
+                return drained  # still (or again) down; the next drain tries again
+            finally:
+                if drained:
+                    log.info("database is back: wrote %d spooled probes%s", drained,
+                             "" if self.spool.empty() else "; the rest at the next drain")
+            self._record_unrun()
+            self._record_skips()
+            return drained
+        finally:
+            self._draining.release()
+
+    def _drain_stop(self, deadline: float | None) -> Callable[[], bool]:
+        if deadline is not None:
+            return lambda: time.monotonic() >= deadline
+        budget_ends = time.monotonic() + DRAIN_BUDGET_S
+        return lambda: self.stopping.is_set() or time.monotonic() >= budget_ends
+
+    def skip_unrun(self, name: str, slots: list[datetime], reason: str) -> None:
+        """Slots of `name` the scheduler could not run: logged now (one line), recorded as
+        skipped by a drain once each slot is over. Not before: until then another instance
+        may still be probing the slot, and a skip recorded first would keep it away."""
+        if not slots:
+            return
+        when = slots[0].isoformat() if len(slots) == 1 else (
+            f"{slots[0].isoformat()} .. {slots[-1].isoformat()}")
+        log.warning("%s: %d slot%s not run (%s): %s", name, len(slots),
+                    "" if len(slots) == 1 else "s", when, reason)
+        with self._lock:
+            self._unrun += [(name, slot, reason) for slot in slots]
+
+    def _record_unrun(self) -> None:
+        """Record the slots the scheduler could not run that are over (all of them once the
+        daemon is stopping: its own slots are not run by anyone else after that)."""
+        now = datetime.now(UTC)
+        intervals = {t.name: timedelta(milliseconds=t.interval_ms) for t in self.settings.targets}
+        everything = self.stopping.is_set()
+        with self._lock:
+            waiting, self._unrun = self._unrun, []
+        later: list[tuple[str, datetime, str]] = []
+        over: dict[tuple[str, str], list[datetime]] = {}
+        for name, slot, reason in waiting:
+            if name not in intervals:
+                continue  # the target was removed from the configuration
+            if everything or slot + intervals[name] <= now:
+                over.setdefault((name, reason), []).append(slot)
+            else:
+                later.append((name, slot, reason))
+        with self._lock:
+            self._unrun[:0] = later
+        for (name, reason), slots in over.items():
+            self._skip(name, slots, reason)  # while the database is down: kept for later
 
     # --- the step function ------------------------------------------------------------------
 
@@ -375,6 +443,13 @@ def _backoff_s(result: ProbeResult, target: Target) -> float:
 JITTER_S = 0.1
 DRAIN_EVERY_S = 5.0
 DRAIN_ROUNDS = 20
+# A drain call ends between batches after this long (under DRAIN_EVERY_S, so the drain job
+# never overruns its own interval); the next call carries on where it stopped.
+DRAIN_BUDGET_S = 4.0
+# At shutdown the final drain gets what is left of the longest probe timeout after the
+# signal, but at least this (enough for the skipped slots and a batch or two); what is left
+# is drained by the next start.
+SHUTDOWN_DRAIN_MIN_S = 0.5
 # Rollups trail the probes by at most this; a batch every few seconds costs less than a
 # fold after every probe, and reports catch up the rest themselves.
 ROLLUP_EVERY_S = 5.0
@@ -387,6 +462,49 @@ DISPATCH_EVERY_S = 1.0
 HEARTBEAT_EVERY_S = 10.0
 
 
+@functools.cache
+def slot_trigger() -> Any:
+    """APScheduler's IntervalTrigger, computing each fire time from the slot grid.
+
+    IntervalTrigger adds the interval to the previous fire time, jitter included, so the jitter
+    accumulates: the fires drift later by half the jitter per interval on average, and every so
+    often a slot of the grid is never run (one in 20 for a 1 s interval and 0.1 s jitter). This
+    one starts from the grid slot after the previous fire (lazily built: apscheduler is imported
+    only by `monitor run`)."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    class SlotTrigger(IntervalTrigger):  # type: ignore[misc]
+        def get_next_fire_time(self, previous_fire_time: datetime | None,
+                               now: datetime) -> datetime | None:
+            if previous_fire_time is None:
+                return super().get_next_fire_time(None, now)  # type: ignore[no-any-return]
+            # The grid slot after the previous one, whatever jitter that one had (< interval).
+            after = previous_fire_time + timedelta(milliseconds=1)
+            return super().get_next_fire_time(None, after)  # type: ignore[no-any-return]
+
+    return SlotTrigger
+
+
+def _misfire_grace_s(target: Target) -> int:
+    return max(1, int(target.interval_ms / 2000))
+
+
+class _ProbeSlotWarnings(logging.Filter):
+    """Drops APScheduler's own warning about a probe slot it skipped or missed: the daemon
+    logs each of those once, with the target and the slot (Service._on_slot_event)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not (
+                "maximum number of running instances" in record.msg
+                or "was missed by" in record.msg):
+            return True
+        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not str(getattr(job, "id", "")).startswith("probe:")
+
+
+_PROBE_SLOT_WARNINGS = _ProbeSlotWarnings()
+
+
 def _offset_s(target: Target) -> float:
     digest = hashlib.sha256(target.name.encode()).digest()
     return int.from_bytes(digest[:8], "big") % max(1, target.interval_ms) / 1000
@@ -396,6 +514,11 @@ class Service:
     """`monitor run`: APScheduler jobs rebuilt from the config, signals, warm and cold stop."""
 
     def __init__(self, daemon: Daemon, load_settings: Callable[[], Settings]) -> None:
+        from apscheduler.events import (
+            EVENT_JOB_MAX_INSTANCES,
+            EVENT_JOB_MISSED,
+            EVENT_JOB_SUBMITTED,
+        )
         from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -403,22 +526,28 @@ class Service:
         self._load_settings = load_settings
         self._stopping = threading.Event()
         self._signals = 0
+        self._stop_by = 0.0  # time.monotonic() by which a warm stop should be done
         # Enough threads that a target hanging until its timeout never holds up another.
         workers = max(8, min(200, 2 * len(daemon.settings.targets)))
         # In-memory job store only: the jobs are rebuilt from the config at every start.
         self.scheduler = BackgroundScheduler(
             executors={"default": JobExecutor(workers)}, timezone=UTC
         )
+        # Every slot the scheduler could not run is recorded as skipped, with its reason.
+        self._last_slot: dict[str, datetime] = {}  # target -> the latest slot handed out
+        self.scheduler.add_listener(
+            self._on_slot_event, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
+            logging.getLogger(name).addFilter(_PROBE_SLOT_WARNINGS)
 
     def _schedule(self, targets: Iterable[Target]) -> None:
-        from apscheduler.triggers.interval import IntervalTrigger
-
         now = datetime.now(UTC)
         for target in targets:
+            self._last_slot.pop(target.name, None)  # a new grid: no gap to the old one
             interval_s = target.interval_ms / 1000
             self.scheduler.add_job(
                 self.daemon.probe_target,
-                IntervalTrigger(seconds=interval_s,
+                slot_trigger()(seconds=interval_s,
                                 start_date=slot_at(target, now) + timedelta(seconds=interval_s),
                                 jitter=min(JITTER_S, interval_s / 10)),
                 args=[target],
@@ -427,9 +556,47 @@ class Service:
                 # A missed slot is not made up twice: the canary must never become the load.
                 coalesce=True,
                 max_instances=1,
-                misfire_grace_time=max(1, int(interval_s / 2)),
+                misfire_grace_time=_misfire_grace_s(target),
                 replace_existing=True,
             )
+
+    def _on_slot_event(self, event: Any) -> None:
+        """APScheduler handed out a probe job's slot (submitted), or could not run it: the
+        previous run was still going (max instances) or it started too late (missed). Slots
+        between the last one handed out and this one were coalesced away (the scheduler was
+        late). All but the submitted one are recorded as skipped."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+
+        job_id: str = event.job_id
+        if not job_id.startswith("probe:"):
+            return
+        name = job_id.removeprefix("probe:")
+        target = next((t for t in self.daemon.settings.targets if t.name == name), None)
+        if target is None:
+            return
+        if event.code == EVENT_JOB_MISSED:
+            grace_s = _misfire_grace_s(target)
+            self.daemon.skip_unrun(name, [slot_at(target, event.scheduled_run_time)],
+                                   f"missed: the scheduler could not start it within "
+                                   f"{grace_s} s of its time")
+            return
+        slots = [slot_at(target, t) for t in event.scheduled_run_times]
+        if not slots:
+            return
+        interval = timedelta(milliseconds=target.interval_ms)
+        last = self._last_slot.get(name)
+        self._last_slot[name] = max(slots[-1], last or slots[-1])
+        if last is not None:
+            gap = []
+            slot = last + interval
+            while slot < slots[0]:
+                gap.append(slot)
+                slot += interval
+            self.daemon.skip_unrun(name, gap, "coalesced: the scheduler was late and ran "
+                                   "only the latest slot")
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self.daemon.skip_unrun(name, slots, "the previous probe was still running "
+                                   "(maximum running instances reached)")
 
     def reload(self) -> None:
         """Apply the config file again; an invalid one is refused and the old one kept."""
@@ -456,7 +623,11 @@ class Service:
             os._exit(1)
         log.info("%s: finishing in-flight probes, then exiting (again to exit now)",
                  signal.Signals(signum).name)
+        # In-flight probes end within their timeouts; the final drain gets what is left of that.
+        longest_s = max((t.timeout_ms for t in self.daemon.settings.targets), default=0) / 1000
+        self._stop_by = time.monotonic() + longest_s
         self._stopping.set()
+        self.daemon.stopping.set()  # a drain under way ends at its next batch
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
@@ -481,7 +652,8 @@ class Service:
             pass
         # Warm stop: no new slots; in-flight probes end within their own timeouts.
         self.scheduler.shutdown(wait=True)
-        self.daemon.drain()
+        # Bounded: the rest stays in the spool, in order, for the next start.
+        self.daemon.drain(deadline=max(self._stop_by, time.monotonic() + SHUTDOWN_DRAIN_MIN_S))
         self.daemon.roll_up()
         self.daemon.dispatch()  # what is due now; the rest is sent by the next start
         self.daemon.close()

@@ -97,7 +97,7 @@ def test_spool_keeps_what_the_database_did_not_take(tmp_path: Path) -> None:
     assert not spool.path.exists()
 
 
-def test_results_appended_during_a_drain_are_drained_too(tmp_path: Path) -> None:
+def test_a_drain_stops_at_the_end_it_saw_and_the_next_takes_the_rest(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.jsonl")
     first = [result() for _ in range(3)]
     for item in first:
@@ -110,9 +110,26 @@ def test_results_appended_during_a_drain_are_drained_too(tmp_path: Path) -> None
         if len(taken) == 1:
             spool.append(late)  # a probe finishing while the backlog drains
 
-    assert spool.drain(save, batch_size=1) == 4
+    # Bounded however fast results arrive: what came in meanwhile waits for the next call.
+    assert spool.drain(save, batch_size=1) == 3
+    assert taken == [item.uid for item in first] and spool.backlog() == 1
+    assert spool.drain(save) == 1
     assert taken == [item.uid for item in first] + [late.uid]
     assert spool.empty() and not spool.path.exists()
+
+
+def test_a_drain_ends_after_max_batches_or_when_told_to_stop(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    results = [result() for _ in range(6)]
+    for item in results:
+        spool.append(item)
+    taken: list[ProbeResult] = []
+    assert spool.drain(taken.extend, batch_size=2, max_batches=1) == 2
+    assert spool.drain(taken.extend, batch_size=2, stop=lambda: len(taken) >= 4) == 2
+    assert spool.drain(taken.extend, batch_size=2, stop=lambda: True) == 0
+    assert spool.backlog() == 2
+    assert spool.drain(taken.extend, batch_size=2) == 2
+    assert [r.uid for r in taken] == [r.uid for r in results] and spool.empty()
 
 
 def test_an_offset_beyond_the_file_counts_as_none(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Each line is one ProbeResult as JSON with a CRC32 of that JSON, written and fsync'd before
 `append` returns, so a crash loses nothing that was spooled. `drain` hands lines back in order,
-in batches, reading the file as a stream (a spool can grow to gigabytes during a long outage
+in batches, up to the file's end as it was when the call started (results appended meanwhile
+wait for the next call, so one call is bounded whatever the arrival rate), reading the file as a stream (a spool can grow to gigabytes during a long outage
 and must not be loaded whole). How far the database has taken the file is kept in
 `<spool>.offset`, written atomically after each batch; the file is removed once all of it is
 taken. Because every result carries its own uid, handing a batch back twice (a crash between
@@ -99,16 +100,21 @@ class Spool:
                 return sum(1 for line in file if line.strip())
 
     def drain(self, save_batch: Callable[[list[ProbeResult]], object],
-              batch_size: int = DRAIN_BATCH) -> int:
-        """Pass spooled results to `save_batch`, oldest first, a batch at a time, until the
-        file's end as it was when each batch was read. Stops at the first batch `save_batch`
-        raises on (the database went away again), keeping it and the rest; returns how many
-        results the database took."""
+              batch_size: int = DRAIN_BATCH, *, max_batches: int | None = None,
+              stop: Callable[[], bool] | None = None) -> int:
+        """Pass spooled results to `save_batch`, oldest first, a batch at a time, up to the
+        file's end as it was when this call started: results appended meanwhile are left for
+        the next call, so a call is bounded however fast they arrive. It also ends after
+        `max_batches` batches, or before a batch once `stop()` is true. Stops at the first batch
+        `save_batch` raises on (the database went away again), keeping it and the rest;
+        returns how many results the database took."""
         with self._draining:
-            return self._drain(save_batch, batch_size)
+            return self._drain(save_batch, batch_size, max_batches, stop)
 
-    def _drain(self, save_batch: Callable[[list[ProbeResult]], object], batch_size: int) -> int:
+    def _drain(self, save_batch: Callable[[list[ProbeResult]], object], batch_size: int,
+               max_batches: int | None, stop: Callable[[], bool] | None) -> int:
         drained = 0
+        batches = 0
         with self._lock:
             offset, end = self._offset(), self._size()
         if end <= offset:
@@ -116,6 +122,10 @@ class Spool:
         with open(self.path, "rb") as file:
             file.seek(offset)
             while offset < end:
+                if max_batches is not None and batches >= max_batches:
+                    break
+                if stop is not None and stop():
+                    break
                 batch, damaged, offset_after = self._read_batch(file, offset, end, batch_size)
                 if batch:
                     save_batch(batch)
@@ -124,8 +134,7 @@ class Spool:
                 offset = offset_after
                 self._write_offset(offset)
                 drained += len(batch)
-                with self._lock:
-                    end = self._size()  # results appended meanwhile are drained too
+                batches += 1
         self._remove_if_taken()
         return drained
 
