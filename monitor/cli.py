@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from monitor import config as config_module
 from monitor import report, serving, watch, web
 from monitor.alerts.dispatch import notify_now
-from monitor.cli_common import config_option, failure, moment
+from monitor.cli_common import clock, config_option, failure, moment, now
 from monitor.cli_replay import export_command, import_command, replay_command, serve_recorded
 from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
 from monitor.detect.base import event_to_json
@@ -240,11 +240,11 @@ def run_command(once: bool, log_format: str, spool_path: str, http_address: str 
         engine = db.create(settings.database_url)
     except MonitorError as error:
         raise failure(error) from None
-    daemon = Daemon(settings, Recorder(engine), Spool(spool_path))
+    daemon = Daemon(settings, Recorder(engine), Spool(spool_path), clock=clock())
     try:
         daemon.register()
         if once:
-            daemon.tick(datetime.now(UTC))
+            daemon.tick(daemon.clock())
             daemon.dispatch(flush=True)  # no one will be around in group_wait
             daemon.roll_up()
             daemon.close()
@@ -289,7 +289,7 @@ def status_command(as_json: bool, spool_path: str, config_path: str | None) -> N
             "bytes": db.size_bytes(engine),
             "spool_backlog": Spool(spool_path).backlog(),
             "last_probes": last_probes(engine),
-            "instances": leases.alive(engine, datetime.now(UTC),
+            "instances": leases.alive(engine, now(),
                                       timedelta(seconds=3 * HEARTBEAT_EVERY_S)),
         }
     finally:
@@ -359,7 +359,7 @@ def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
     engine = _open(_load(config_path))
     try:
         who = by or os.environ.get("USER") or "unknown"
-        alert = alert_reads.acknowledge(engine, alert_id, who, datetime.now(UTC))
+        alert = alert_reads.acknowledge(engine, alert_id, who, now())
     finally:
         engine.dispose()
     if alert is None:
@@ -425,16 +425,16 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
                    output: str | None, config_path: str | None) -> None:
     """Per-target health over a time range: success, errors, latency percentiles, tokens,
     fingerprints, models, rate limits and alerts (docs/report.md)."""
-    now = datetime.now(UTC)
+    generated = now()
     start = _since(since)
-    end = _since(until) or now
+    end = _since(until) or generated
     assert start is not None  # --since has a default
     if start >= end:
         raise click.BadParameter("must be before --until", param_hint="--since")
     engine = _open(_load(config_path))
     try:
         rollups.catch_up(engine)  # probes stored since the daemon last rolled up (or without one)
-        document = build_report(engine, start, end, list(targets) or None, now)
+        document = build_report(engine, start, end, list(targets) or None, generated)
     finally:
         engine.dispose()
     renderers: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -471,10 +471,11 @@ def prune_command(config_path: str | None) -> None:
     raw (default 30 days), after folding them into the rollups. The daemon does it daily."""
     settings = _load(config_path)
     engine = _open(settings)
-    now = datetime.now(UTC)
+    pruned_at = now()
     try:
-        done = retention.prune(engine, now - timedelta(milliseconds=settings.raw_retention_ms),
-                               now)
+        done = retention.prune(engine,
+                               pruned_at - timedelta(milliseconds=settings.raw_retention_ms),
+                               pruned_at)
     finally:
         engine.dispose()
     click.echo(f"folded {done['folded']} probes into rollups; emptied the raw body and headers "

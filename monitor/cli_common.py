@@ -1,14 +1,15 @@
 """What every command module shares: MonitorError as a one-line exit, the --config option,
-and reading a point in time from an option."""
+the clock, and reading a point in time from an option."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
+from monitor.clock import Clock, utc_now
 from monitor.durations import parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
 
@@ -36,11 +37,25 @@ def config_option(function: F) -> F:
     )(function)
 
 
+def clock() -> Clock:
+    """The clock the running command reads: the real one, unless whoever invoked the command
+    passed another as its context object (`cli.main(obj=clock)`, `CliRunner().invoke(cli,
+    args, obj=clock)`), as tests do over history they stored under a fixed clock."""
+    context = click.get_current_context(silent=True)
+    found = context.obj if context is not None else None
+    return found if callable(found) else utc_now
+
+
+def now() -> datetime:
+    """The running command's clock, read once."""
+    return clock()()
+
+
 def moment(value: str | None, option: str) -> datetime | None:
     """The point in time an option names (see durations.parse_since), or None if not given."""
     if value is None:
         return None
-    found = parse_since(value, datetime.now(UTC))
+    found = parse_since(value, now())
     if found is None:
         raise click.BadParameter(
             f'{value!r}: expected a duration back from now ("24h", "7d"), a date '
