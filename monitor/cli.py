@@ -407,7 +407,7 @@ def detect_command(since: str | None, notify: bool, as_json: bool,
     rendered = [event_to_json(e) for e in events]
     click.echo(json.dumps(rendered, indent=2) if as_json else report.render_events(rendered))
     if notify:
-        for failure in notify_now(settings.alerts, events):
+        for failure in notify_now(settings.alerts, events, now()):
             click.echo(f"notification not delivered: {failure}", err=True)
 
 

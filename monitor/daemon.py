@@ -106,7 +106,7 @@ class Daemon:
         self._unrecorded_skips: list[tuple[str, list[datetime], str]] = []
         self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
-        self.watcher = Watcher(recorder.engine, settings.alerts)
+        self.watcher = Watcher(recorder.engine, settings.alerts, clock)
         self.dispatcher = Dispatcher(recorder.engine, settings.alerts)
 
     # --- one target, one slot ---------------------------------------------------------------
