@@ -23,9 +23,11 @@ from monitor.alerts.dispatch import notify_now
 from monitor.cli_common import (
     ID,
     atomic_output,
+    clock,
     config_option,
     failure,
     moment,
+    now,
     output_path,
     spool_path,
 )
@@ -319,11 +321,11 @@ def run_command(once: bool, log_format: str, spool: str, http_address: str | Non
         engine = db.create(settings.database_url)
     except MonitorError as error:
         raise failure(error) from None
-    daemon = Daemon(settings, Recorder(engine), Spool(spool))
+    daemon = Daemon(settings, Recorder(engine), Spool(spool), clock=clock())
     try:
         daemon.register()
         if once:
-            daemon.tick(datetime.now(UTC))
+            daemon.tick(daemon.clock())
             daemon.dispatch(flush=True)  # no one will be around in group_wait
             daemon.roll_up()
             daemon.close()
@@ -372,7 +374,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "bytes": db.size_bytes(engine),
             "spool_backlog": Spool(spool).backlog(),
             "last_probes": last_probes(engine),
-            "instances": leases.alive(engine, datetime.now(UTC),
+            "instances": leases.alive(engine, now(),
                                       timedelta(seconds=3 * HEARTBEAT_EVERY_S)),
         }
     finally:
@@ -426,7 +428,7 @@ def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
     engine = _open(_load(config_path))
     try:
         who = by or os.environ.get("USER") or "unknown"
-        alert = alert_reads.acknowledge(engine, alert_id, who, datetime.now(UTC))
+        alert = alert_reads.acknowledge(engine, alert_id, who, now())
     finally:
         engine.dispose()
     if alert is None:
@@ -474,7 +476,7 @@ def detect_command(since: str | None, notify: bool, as_json: bool,
     rendered = [event_to_json(e) for e in events]
     click.echo(json.dumps(rendered, indent=2) if as_json else report.render_events(rendered))
     if notify:
-        for failure in notify_now(settings.alerts, events):
+        for failure in notify_now(settings.alerts, events, now()):
             click.echo(f"notification not delivered: {failure}", err=True)
 
 
@@ -492,9 +494,9 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
                    output: str | None, config_path: str | None) -> None:
     """Per-target health over a time range: success, errors, latency percentiles, tokens,
     fingerprints, models, rate limits and alerts (docs/report.md)."""
-    now = datetime.now(UTC)
+    generated = now()
     start = _since(since)
-    end = _since(until) or now
+    end = _since(until) or generated
     assert start is not None  # --since has a default
     if start >= end:
         raise click.BadParameter("must be before --until", param_hint="--since")
@@ -502,7 +504,7 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
     engine = _open(_load(config_path))
     try:
         rollups.catch_up(engine)  # probes stored since the daemon last rolled up (or without one)
-        document = build_report(engine, start, end, list(targets) or None, now)
+        document = build_report(engine, start, end, list(targets) or None, generated)
     finally:
         engine.dispose()
     renderers: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -548,10 +550,11 @@ def prune_command(config_path: str | None) -> None:
     raw (default 30 days), after folding them into the rollups. The daemon does it daily."""
     settings = _load(config_path)
     engine = _open(settings)
-    now = datetime.now(UTC)
+    pruned_at = now()
     try:
-        done = retention.prune(engine, now - timedelta(milliseconds=settings.raw_retention_ms),
-                               now)
+        done = retention.prune(engine,
+                               pruned_at - timedelta(milliseconds=settings.raw_retention_ms),
+                               pruned_at)
     finally:
         engine.dispose()
     click.echo(f"folded {done['folded']} probes into rollups; emptied the raw body and headers "

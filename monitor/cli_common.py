@@ -1,5 +1,6 @@
 """What every command module shares: MonitorError as a one-line exit, the --config option,
-reading a point in time from an option, and writing an output file whole or not at all."""
+the clock, reading a point in time from an option, and writing an output file whole or not at
+all."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
 
+from monitor.clock import Clock, utc_now
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
 
@@ -41,12 +43,26 @@ def config_option(function: F) -> F:
     )(function)
 
 
+def clock() -> Clock:
+    """The clock the running command reads: the real one, unless whoever invoked the command
+    passed another as its context object (`cli.main(obj=clock)`, `CliRunner().invoke(cli,
+    args, obj=clock)`), as tests do over history they stored under a fixed clock."""
+    context = click.get_current_context(silent=True)
+    found = context.obj if context is not None else None
+    return found if callable(found) else utc_now
+
+
+def now() -> datetime:
+    """The running command's clock, read once."""
+    return clock()()
+
+
 def moment(value: str | None, option: str) -> datetime | None:
     """The point in time an option names (see durations.parse_since), or None if not given."""
     if value is None:
         return None
     try:
-        found = parse_since(value, datetime.now(UTC))
+        found = parse_since(value, now())
     except OutOfRange as error:
         raise click.BadParameter(str(error), param_hint=option) from None
     if found is None:

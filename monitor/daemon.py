@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import probe, providers, report
 from monitor.alerts.dispatch import Dispatcher
+from monitor.clock import Clock, utc_now
 from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.errors import MonitorError, StoreError, StoreUnavailable
@@ -87,10 +88,14 @@ class Daemon:
 
     `tick(now)` is the step: probe the targets that are due at `now`, then drain the spool.
     `Service.run()` drives the same per-target step from APScheduler, one job per target.
+    `clock` is read whenever no `now` is given (scheduled jobs, heartbeats, pruning,
+    notifications); a test that ticks with a fixed clock hands the same one here.
     """
 
-    def __init__(self, settings: Settings, recorder: Recorder, spool: Spool) -> None:
+    def __init__(self, settings: Settings, recorder: Recorder, spool: Spool, *,
+                 clock: Clock = utc_now) -> None:
         self.settings = settings
+        self.clock = clock
         self.recorder = recorder
         self.spool = spool
         self.prober = Prober(recorder)
@@ -108,15 +113,16 @@ class Daemon:
         self._draining = threading.Lock()  # one drain at a time (the drain job and tick())
         self.instance_id = leases.new_instance_id()
         self._lock = threading.Lock()
-        self.watcher = Watcher(recorder.engine, settings.alerts)
+        self.watcher = Watcher(recorder.engine, settings.alerts, clock)
         self.dispatcher = Dispatcher(recorder.engine, settings.alerts)
 
     # --- one target, one slot ---------------------------------------------------------------
 
     def probe_target(self, target: Target, now: datetime | None = None) -> ProbeResult | None:
         """Claim the target's current slot and probe it, unless another instance owns the slot
-        or the target is backing off after a 429; store the result."""
-        now = now or datetime.now(UTC)
+        or the target is backing off after a 429; store the result. `now` (else the clock,
+        read once) decides the slot and the budget day and is the probe's stored time."""
+        now = now or self.clock()
         slot = slot_at(target, now)
         until = self._backoff_until.get(target.name)
         if until is not None and now < until:
@@ -130,7 +136,7 @@ class Daemon:
         claimed = self._claim(target, slot)
         if claimed is False:
             return None  # another instance has this slot (or skipped it on purpose)
-        result = probe.run(target, self.prober.session(target))
+        result = probe.run(target, self.prober.session(target), now=now)
         if result.error_kind is ErrorKind.RATE_LIMITED:
             self._back_off(target, slot, result, now)
         else:
@@ -223,7 +229,7 @@ class Daemon:
 
     def heartbeat(self) -> None:
         self._db_quietly(lambda: leases.heartbeat(
-            self.recorder.engine, self.instance_id, datetime.now(UTC)))
+            self.recorder.engine, self.instance_id, self.clock()))
 
     def store(self, result: ProbeResult) -> int | None:
         """Save to the database and return the probe's id, or to the spool when it cannot
@@ -265,7 +271,7 @@ class Daemon:
     def prune(self) -> None:
         """Apply the retention policy (daily): raw bodies and headers older than
         [retention] raw are emptied, after the rollups cover them."""
-        now = datetime.now(UTC)
+        now = self.clock()
         cutoff = now - timedelta(milliseconds=self.settings.raw_retention_ms)
         try:
             done = retention.prune(self.recorder.engine, cutoff, now)
@@ -278,7 +284,7 @@ class Daemon:
     def dispatch(self, *, flush: bool = False) -> None:
         """Send due notifications (a scheduler job of its own: receivers never slow probes)."""
         try:
-            self.dispatcher.run(flush=flush)
+            self.dispatcher.run(self.clock(), flush=flush)
         except SQLAlchemyError as exc:
             log.warning("database unavailable for notifications (%s)", type(exc).__name__)
         except Exception:

@@ -58,13 +58,19 @@ class _Failure(Exception):
         self.detail = detail
 
 
-def run(target: Target, session: requests.Session) -> ProbeResult:
-    """Probe `target` once through `session` (reused across probes of the same target)."""
+def run(target: Target, session: requests.Session, *,
+        now: datetime | None = None) -> ProbeResult:
+    """Probe `target` once through `session` (reused across probes of the same target).
+
+    `now` is the probe's stored time (started_at): the daemon passes the moment it took the
+    slot at, read from its clock, so the slot, the stored time and the budget day agree (and a
+    test's fixed clock reaches the database). Without it the real clock is read just before
+    sending. Durations never use it: they come from the monotonic perf_counter."""
     url = providers.chat_url(target)
     request_payload = providers.payload(target)
     secrets = providers.secret_values(target)
     transport.watch(session)
-    started_at = datetime.now(UTC)
+    started_at = now if now is not None else datetime.now(UTC)
     started_ns = time.perf_counter_ns()
 
     def elapsed_ms() -> float:

@@ -15,11 +15,12 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
 from monitor.alerts import engine as alerts
+from monitor.clock import Clock, utc_now
 from monitor.detect import TargetDetector
 from monitor.domain import AlertSettings, DetectionThresholds, DriftEvent, Observation, Target
 from monitor.report import safe_text
@@ -37,9 +38,10 @@ def thresholds_hash(thresholds: DetectionThresholds) -> str:
 class Watcher:
     """Keeps each target's detectors in step with its stored probes."""
 
-    def __init__(self, engine: Engine, policy: AlertSettings) -> None:
+    def __init__(self, engine: Engine, policy: AlertSettings, clock: Clock = utc_now) -> None:
         self.engine = engine
         self.policy = policy
+        self.clock = clock  # stamps the detectors' saved state; alerts move at probe times
         self._reader = history.ObservationReader()
         # name -> (last folded probe id, thresholds hash, detector, whether the target has
         # pending or open alerts): saves a restore and a query per probe while this daemon
@@ -64,7 +66,7 @@ class Watcher:
 
     def _fold(self, connection: Connection, target: Target, target_id: int,
               probe_id: int) -> tuple[list[DriftEvent], tuple[int, str, TargetDetector, bool]]:
-        now = datetime.now(UTC)
+        now = self.clock()
         if connection.dialect.name == "postgresql":
             # Safe to lose in a crash: the probes are already stored durably, and a lost fold
             # (state, events, alerts and outbox go together) is simply folded again.

@@ -44,15 +44,20 @@ FAST = {"warmup_probes": 5, "fingerprint_warmup_probes": 5, "fingerprint_revert_
 
 
 class Run:
-    """One target probed once a minute of fake clock (the HTTP and the database are real)."""
+    """One target probed once a minute of fake clock (the HTTP and the database are real).
+    The daemon, its dispatcher and the CLI (`obj=run.now`) all read this one clock."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.minute = 0
 
+    def now(self) -> datetime:
+        """The fake clock: the minute of the next probe, just after the last one."""
+        return T0 + timedelta(minutes=self.minute)
+
     def probes(self, count: int) -> None:
         for _ in range(count):
-            assert self.daemon.tick(T0 + timedelta(minutes=self.minute)) == 1
+            assert self.daemon.tick(self.now()) == 1
             self.minute += 1
 
     def alerts(self) -> list[AlertRow]:
@@ -70,10 +75,12 @@ def run(tmp_path: Path, engine: Engine, database_url: str, make_settings: MakeSe
             {"name": "canary", "interval": "1m", "detect": FAST, **target},
             alerts={"group_wait": "0s", **(alerts or {})}, database_url=database_url,
         )
-        daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
+        daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"),
+                        clock=lambda: canary.now())
         daemon.register()
         made.append(daemon)
-        return Run(daemon)
+        canary = Run(daemon)
+        return canary
 
     yield make
     for daemon in made:
@@ -226,8 +233,8 @@ def test_open_after_and_resolve_after_are_honoured(sim: SimClient, run: Callable
 def test_maintenance_holds_notifications_and_releases_what_outlasts_it(
     sim: SimClient, run: Callable[..., Run], make_settings: MakeSettings
 ) -> None:
-    now = datetime.now(UTC)
-    window = {"start": (now - timedelta(minutes=1)).isoformat(),
+    now = T0 + timedelta(minutes=13)  # when the 13 probes below are done and dispatched
+    window = {"start": (T0 - timedelta(minutes=1)).isoformat(),
               "end": (now + timedelta(minutes=1)).isoformat()}
     canary = run(alerts={"maintenance": [window]})
     canary.probes(10)
@@ -258,10 +265,11 @@ def test_ten_targets_failing_together_send_one_notification(
         sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
         for minute in range(10, 13):
             daemon.tick(T0 + timedelta(minutes=minute))
-        daemon.dispatcher.run(datetime.now(UTC))  # within group_wait: nothing yet
+        last = T0 + timedelta(minutes=12)
+        daemon.dispatcher.run(last)  # within group_wait: nothing yet
         with engine.connect() as connection:
             assert connection.execute(select(NotificationRow.id)).all() == []
-        daemon.dispatcher.run(datetime.now(UTC) + timedelta(seconds=31))
+        daemon.dispatcher.run(last + timedelta(seconds=31))
         with engine.connect() as connection:
             titles = connection.execute(select(NotificationRow.title)).scalars().all()
             bodies = connection.execute(
@@ -285,7 +293,7 @@ def test_a_webhook_down_for_a_while_gets_each_notification_exactly_once(
         sim.update(faults={"rate": 0.0})
         canary.probes(3)
         dispatcher = canary.daemon.dispatcher
-        now = datetime.now(UTC)
+        now = canary.now()
         for second in range(0, 3600, 30):  # an hour of retries while it is down
             dispatcher.run(now + timedelta(seconds=second))
         assert receiver.received == []
@@ -408,18 +416,20 @@ def test_detect_with_other_thresholds_and_notify(
         stricter = tmp_path / "stricter.toml"
         stricter.write_text(hooked.replace(
             "{warmup_probes = 5,", "{warmup_probes = 5, availability_consecutive_failures = 5,"))
-        quiet = CliRunner().invoke(cli, ["detect", "--notify", "--config", str(stricter)])
+        quiet = CliRunner().invoke(cli, ["detect", "--notify", "--config", str(stricter)],
+                                   obj=canary.now)
         assert quiet.exit_code == 0, quiet.output
         assert quiet.output.strip() == "no drift events" and receiver.received == []
         notifying = tmp_path / "notifying.toml"
         notifying.write_text(hooked)
         loud = CliRunner().invoke(cli, ["detect", "--since", "1h", "--notify", "--config",
-                                        str(notifying)])
+                                        str(notifying)], obj=canary.now)
         assert loud.exit_code == 0, loud.output
         assert "availability consecutive_failures opened (critical)" in loud.output
         [(_, body, _)] = receiver.received
         assert body["change"] == "opened" and body["alerts"][0]["kind"] == "availability"
-    bad = CliRunner().invoke(cli, ["detect", "--since", "soon", "--config", str(stricter)])
+    bad = CliRunner().invoke(cli, ["detect", "--since", "soon", "--config", str(stricter)],
+                             obj=canary.now)
     assert bad.exit_code == 2 and "--since" in bad.output
 
 
@@ -431,23 +441,26 @@ def test_alerts_ack_and_fingerprints_commands(
     sim.update(fingerprints=[{"value": "fp_new\u001b[31m"}])  # a hostile value
     canary.probes(3)
     config = ["--config", str(tmp_path / "monitor.toml")]
-    listed = CliRunner().invoke(cli, ["alerts", "--open", *config])
+
+    def monitor(*args: str) -> Any:  # the CLI on the canary's clock
+        return CliRunner().invoke(cli, [*args, *config], obj=canary.now)
+
+    listed = monitor("alerts", "--open")
     assert listed.exit_code == 0, listed.output
     assert "OPEN" in listed.output and "fingerprint" in listed.output
     assert "\u001b" not in listed.output  # escaped, never sent to the terminal raw
-    [alert] = json.loads(CliRunner().invoke(cli, ["alerts", "--json", *config]).output)
-    acked = CliRunner().invoke(cli, ["ack", str(alert["id"]), "--by", "ana", *config])
+    [alert] = json.loads(monitor("alerts", "--json").output)
+    acked = monitor("ack", str(alert["id"]), "--by", "ana")
     assert acked.exit_code == 0 and "acked by ana" in acked.output
-    assert CliRunner().invoke(cli, ["ack", "999", *config]).exit_code == 1
-    assert json.loads(CliRunner().invoke(cli, ["alerts", "--json", "--target", "other",
-                                               *config]).output) == []
-    found = json.loads(CliRunner().invoke(cli, ["fingerprints", "--json", *config]).output)
+    assert monitor("ack", "999").exit_code == 1
+    assert json.loads(monitor("alerts", "--json", "--target", "other").output) == []
+    found = json.loads(monitor("fingerprints", "--json").output)
     [entry] = found
     shares = {f["fingerprint"]: (f["count"], f["share"]) for f in entry["fingerprints"]}
     assert shares == {"fp_6ec83003ad": (10, round(10 / 13, 4)),
                       "fp_new\u001b[31m": (3, round(3 / 13, 4))}
     assert [c["change"] for c in entry["timeline"]] == ["opened"]
-    text = CliRunner().invoke(cli, ["fingerprints", "--since", "1d", *config]).output
+    text = monitor("fingerprints", "--since", "1d").output
     assert "fp_6ec83003ad" in text and "\u001b" not in text
 
 

@@ -412,3 +412,26 @@ def test_a_spent_daily_budget_skips_slots_until_the_next_utc_day(
             select(SlotRow.reason).where(SlotRow.state == "skipped")).scalars().all()
     assert len(skipped) == 2 and all(r.startswith(reason) for r in skipped)
     assert daemon.tick(T0 + timedelta(days=1)) == 1
+
+
+@pytest.mark.parametrize("now", [
+    pytest.param(datetime(2019, 3, 1, 0, 0, 0, 123000, tzinfo=UTC), id="past"),
+    pytest.param(datetime(2031, 7, 15, 23, 59, 59, 999000, tzinfo=UTC), id="future-midnight"),
+])
+def test_a_probe_is_stored_at_the_daemons_clock_not_the_wall_clock(
+    sim: SimClient, engine: Engine, make_settings: MakeSettings, tmp_path: Path, now: datetime
+) -> None:
+    """One clock governs a slot, its probe's stored time and the budget day: tick(now), and
+    a scheduled probe_target that reads the daemon's clock, both store `now` as started_at."""
+    settings = make_settings({"name": "a", "interval": "1m"}, {"name": "b", "interval": "1m"})
+    daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"),
+                    clock=lambda: now + timedelta(minutes=1))
+    daemon.prober.register(settings.targets)
+    try:
+        assert daemon.tick(now) == 2
+        assert daemon.probe_target(settings.targets[0]) is not None  # the next slot, by clock
+    finally:
+        daemon.close()
+    with engine.connect() as connection:
+        stored = connection.execute(select(ProbeRow.started_at).order_by(ProbeRow.id)).all()
+    assert [row.started_at for row in stored] == [now, now, now + timedelta(minutes=1)]

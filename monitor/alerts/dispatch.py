@@ -309,10 +309,11 @@ def _summary(alert: AlertRow, target: str, change: str) -> AlertSummary:
     )
 
 
-def notify_now(policy: AlertSettings, events: list[DriftEvent]) -> list[str]:
+def notify_now(policy: AlertSettings, events: list[DriftEvent], now: datetime) -> list[str]:
     """`monitor detect --notify`: send re-detected events straight to every channel, grouped
-    like live ones (one notification per kind and direction), one attempt each; returns a
-    line per failed delivery. Nothing is stored: these are not live alerts."""
+    like live ones (one notification per kind and direction), one attempt each, stamped
+    `now` (the command's clock); returns a line per failed delivery. Nothing is stored:
+    these are not live alerts."""
     groups: dict[tuple[bool, str], list[DriftEvent]] = defaultdict(list)
     for event in events:
         groups[(event.opened, event.kind.value)].append(event)
@@ -320,7 +321,7 @@ def notify_now(policy: AlertSettings, events: list[DriftEvent]) -> list[str]:
     with requests.Session() as session:
         for (opened, _), members in groups.items():
             notification = Notification(
-                id=uuid.uuid4().hex, created_at=datetime.now(UTC),
+                id=uuid.uuid4().hex, created_at=now,
                 change=lifecycle.OPENED if opened else lifecycle.RESOLVED,
                 alerts=tuple(_event_summary(e) for e in members))
             for kind, url in channels(policy).values():
