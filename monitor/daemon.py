@@ -22,6 +22,7 @@ from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.errors import MonitorError, StoreError, StoreUnavailable
 from monitor.store import db, leases, retention, rollups
+from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
 from monitor.watch import Watcher
@@ -97,6 +98,7 @@ class Daemon:
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
         self._spooling = not spool.empty()  # keep order: while anything waits, new results queue
         self._registered = False
+        self._spool_trouble = False  # the last drain could not write the spool's files
         # (target, slots, reason) skipped while the database was down, recorded when it is back
         self._unrecorded_skips: list[tuple[str, list[datetime], str]] = []
         self.instance_id = leases.new_instance_id()
@@ -211,7 +213,7 @@ class Daemon:
         try:
             return action()
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for slot bookkeeping (%s)", type(exc).__name__)
+            log.warning("%s for slot bookkeeping", _trouble(exc))
             return None
 
     def heartbeat(self) -> None:
@@ -221,7 +223,9 @@ class Daemon:
     def store(self, result: ProbeResult) -> int | None:
         """Save to the database and return the probe's id, or to the spool when it cannot
         take it (nothing is lost; None). While anything waits in the spool, new results queue
-        behind it, keeping their order."""
+        behind it, keeping their order. A result the database refuses for good (a poison
+        record, store/failures.py) is quarantined beside the spool, and the next ones are
+        stored as usual."""
         with self._lock:
             if self._spooling:
                 self.spool.append(result)
@@ -229,13 +233,27 @@ class Daemon:
         try:
             if self.register():
                 return self.recorder.save(result)
-        except SQLAlchemyError as exc:
+        except Exception as exc:
+            failure = classify(exc)
+            if failure is None:
+                raise
+            if failure is Failure.POISON:
+                self._quarantine(result, exc)
+                return None
             log.error("database unavailable (%s); spooling to %s",
-                      type(exc).__name__, self.spool.path)
+                      describe(exc), self.spool.path)
         with self._lock:
             self._spooling = True
             self.spool.append(result)
         return None
+
+    def _quarantine(self, result: ProbeResult, error: BaseException) -> None:
+        try:
+            self.spool.quarantine(result, error)
+        except OSError as trouble:
+            log.error("probe %s of %s was refused by the database (%s) and could not be "
+                      "quarantined either (%s): it is lost", result.uid, result.target_name,
+                      describe(error), trouble.strerror or trouble)
 
     def detect(self, target: Target, probe_id: int) -> None:
         """Run the target's detectors over its new probes and move its alerts. Detection
@@ -244,7 +262,7 @@ class Daemon:
         try:
             self.watcher.catch_up(target, self.recorder.target_id(target.name), probe_id)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for detection (%s)", type(exc).__name__)
+            log.warning("%s for detection", _trouble(exc))
         except Exception:
             log.exception("detection failed for %s", target.name)
 
@@ -253,7 +271,7 @@ class Daemon:
         try:
             rollups.catch_up(self.recorder.engine)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for rollups (%s)", type(exc).__name__)
+            log.warning("%s for rollups", _trouble(exc))
 
     def prune(self) -> None:
         """Apply the retention policy (daily): raw bodies and headers older than
@@ -263,7 +281,7 @@ class Daemon:
         try:
             done = retention.prune(self.recorder.engine, cutoff, now)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for pruning (%s)", type(exc).__name__)
+            log.warning("%s for pruning", _trouble(exc))
             return
         log.info("pruned the raw bodies and headers of %d probes older than %s (%d bytes)",
                  done["pruned"], cutoff.isoformat(), done["freed_bytes"])
@@ -273,7 +291,7 @@ class Daemon:
         try:
             self.dispatcher.run(flush=flush)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for notifications (%s)", type(exc).__name__)
+            log.warning("%s for notifications", _trouble(exc))
         except Exception:
             log.exception("notification dispatch failed")
 
@@ -287,7 +305,7 @@ class Daemon:
             db.check_schema(self.recorder.engine)
             self.prober.register(self.settings.targets)
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.warning("database unavailable for registering targets (%s)", type(exc).__name__)
+            log.warning("%s for registering targets", _trouble(exc))
             return False
         except StoreError as error:
             log.error("%s; results wait in the spool", error)
@@ -323,6 +341,13 @@ class Daemon:
                         break
         except SQLAlchemyError:
             return drained  # still (or again) down; the next drain tries again
+        except OSError as error:
+            if not self._spool_trouble:
+                log.error("spool cannot be written while draining (%s); trying again later",
+                          error.strerror or error)
+            self._spool_trouble = True
+            return drained
+        self._spool_trouble = False
         self._record_skips()
         if drained:
             log.info("database is back: wrote %d spooled probes", drained)
@@ -348,6 +373,14 @@ class Daemon:
         self._db_quietly(lambda: leases.retire(self.recorder.engine, self.instance_id))
         self.prober.close()
         self.dispatcher.close()
+
+
+def _trouble(error: BaseException) -> str:
+    """What went wrong with a database call, for a log line: the database could not be used,
+    or it refused what was written (which waiting will not change)."""
+    if classify(error) is Failure.POISON:
+        return f"database refused the write ({describe(error)})"
+    return f"database unavailable ({type(error).__name__})"
 
 
 def slot_at(target: Target, now: datetime) -> datetime:
