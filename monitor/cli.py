@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from monitor import config as config_module
 from monitor import report, serving, watch, web
 from monitor.alerts.dispatch import notify_now
-from monitor.cli_common import config_option, failure, moment
+from monitor.cli_common import MonitorGroup, config_option, failure, moment, remember_database
 from monitor.cli_replay import export_command, import_command, replay_command, serve_recorded
 from monitor.daemon import HEARTBEAT_EVERY_S, Daemon, Prober, Service
 from monitor.detect.base import event_to_json
@@ -43,12 +43,14 @@ from monitor.store.spool import Spool
 
 def _load(config_path: str | None) -> Settings:
     try:
-        return config_module.load(config_path)
+        settings = config_module.load(config_path)
     except MonitorError as error:
         raise failure(error) from None
+    remember_database(settings.database_url)
+    return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MonitorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="monitor")
 def cli() -> None:
     """Watch hosted LLM APIs for drift: canary probes, full-fidelity history, alerts."""

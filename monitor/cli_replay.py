@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from monitor import config as config_module
 from monitor import recorded, replay_diff
-from monitor.cli_common import F, config_option, failure, moment
+from monitor.cli_common import F, config_option, failure, moment, remember_database
 from monitor.errors import MonitorError
 from monitor.replay import destination, replay_probe
 from monitor.replay_batch import BatchSpec, BatchSummary, run_batch
@@ -35,6 +35,7 @@ def _database_option(function: F) -> F:
 def _engine(config_path: str | None, database_url: str | None = None) -> Engine:
     try:
         url = database_url or config_module.load(config_path).database_url
+        remember_database(url)
         return db.open_store(url)
     except MonitorError as error:
         raise failure(error) from None

@@ -208,12 +208,11 @@ class Daemon:
         return self._db_quietly(lambda: leases.skip_many(
             self.recorder.engine, self.recorder.target_id(name), slots, self.instance_id, reason))
 
-    @staticmethod
-    def _db_quietly(action: Callable[[], T]) -> T | None:
+    def _db_quietly(self, action: Callable[[], T]) -> T | None:
         try:
             return action()
         except SQLAlchemyError as exc:
-            log.warning("%s for slot bookkeeping", _trouble(exc))
+            log.warning("%s for slot bookkeeping", self._trouble(exc))
             return None
 
     def heartbeat(self) -> None:
@@ -240,12 +239,21 @@ class Daemon:
             if failure is Failure.POISON:
                 self._quarantine(result, exc)
                 return None
-            log.error("database unavailable (%s); spooling to %s",
-                      describe(exc), self.spool.path)
+            log.error("%s; spooling to %s", self._trouble(exc), self.spool.path)
         with self._lock:
             self._spooling = True
             self.spool.append(result)
         return None
+
+    def _trouble(self, error: BaseException) -> str:
+        """What went wrong with a database call, for a log line: the database could not be
+        used (and why, when it is a SQLite file's fault), or it refused what was written
+        (which waiting will not change)."""
+        if classify(error) is Failure.POISON:
+            return f"database refused the write ({describe(error)})"
+        found = error if isinstance(error, StoreError) else db.diagnose(
+            error, str(self.recorder.engine.url))
+        return f"database unavailable ({found or describe(error)})"
 
     def _quarantine(self, result: ProbeResult, error: BaseException) -> None:
         try:
@@ -262,7 +270,7 @@ class Daemon:
         try:
             self.watcher.catch_up(target, self.recorder.target_id(target.name), probe_id)
         except SQLAlchemyError as exc:
-            log.warning("%s for detection", _trouble(exc))
+            log.warning("%s for detection", self._trouble(exc))
         except Exception:
             log.exception("detection failed for %s", target.name)
 
@@ -271,7 +279,7 @@ class Daemon:
         try:
             rollups.catch_up(self.recorder.engine)
         except SQLAlchemyError as exc:
-            log.warning("%s for rollups", _trouble(exc))
+            log.warning("%s for rollups", self._trouble(exc))
 
     def prune(self) -> None:
         """Apply the retention policy (daily): raw bodies and headers older than
@@ -281,7 +289,7 @@ class Daemon:
         try:
             done = retention.prune(self.recorder.engine, cutoff, now)
         except SQLAlchemyError as exc:
-            log.warning("%s for pruning", _trouble(exc))
+            log.warning("%s for pruning", self._trouble(exc))
             return
         log.info("pruned the raw bodies and headers of %d probes older than %s (%d bytes)",
                  done["pruned"], cutoff.isoformat(), done["freed_bytes"])
@@ -291,7 +299,7 @@ class Daemon:
         try:
             self.dispatcher.run(flush=flush)
         except SQLAlchemyError as exc:
-            log.warning("%s for notifications", _trouble(exc))
+            log.warning("%s for notifications", self._trouble(exc))
         except Exception:
             log.exception("notification dispatch failed")
 
@@ -305,7 +313,7 @@ class Daemon:
             db.check_schema(self.recorder.engine)
             self.prober.register(self.settings.targets)
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.warning("%s for registering targets", _trouble(exc))
+            log.warning("%s for registering targets", self._trouble(exc))
             return False
         except StoreError as error:
             log.error("%s; results wait in the spool", error)
@@ -373,14 +381,6 @@ class Daemon:
         self._db_quietly(lambda: leases.retire(self.recorder.engine, self.instance_id))
         self.prober.close()
         self.dispatcher.close()
-
-
-def _trouble(error: BaseException) -> str:
-    """What went wrong with a database call, for a log line: the database could not be used,
-    or it refused what was written (which waiting will not change)."""
-    if classify(error) is Failure.POISON:
-        return f"database refused the write ({describe(error)})"
-    return f"database unavailable ({type(error).__name__})"
 
 
 def slot_at(target: Target, now: datetime) -> datetime:

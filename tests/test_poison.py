@@ -5,22 +5,28 @@ stored, and a spool that cannot be written keeps results in memory instead of lo
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, delete, select
 
+from monitor.cli import cli
 from monitor.daemon import Daemon
 from monitor.domain import Choice, ProbeResult, Usage
+from monitor.sim import SimClient, Simulator
+from monitor.store import db
 from monitor.store import spool as spool_module
 from monitor.store.failures import Failure, classify
 from monitor.store.models import ProbeRow, TargetRow
 from monitor.store.records import Recorder, probe_records
 from monitor.store.spool import Spool, decode, encode
-from tests.conftest import MakeSettings
+from tests.conftest import MakeSettings, write_config
 from tests.test_store import result
 
 LONG = "x" * 300
@@ -287,3 +293,79 @@ def test_the_database_takes_what_memory_holds_while_the_disk_is_still_full(
     assert spool.empty()
     assert stored_uids(engine) == {results[0].uid, results[2].uid}
     assert quarantined_uids(spool) == [results[1].uid]
+
+
+# --- a SQLite file monitor cannot use -----------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_config(tmp_path: Path, sim_server: Simulator) -> Any:
+    def make(url: str) -> Path:
+        return write_config(
+            tmp_path / "monitor.toml",
+            [{"name": "a", "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+              "model": "gpt-4o"}],
+            url,
+        )
+    return make
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+NOT_A_DATABASE = "not a SQLite database (file is corrupt or another format)"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["probe"], ["report"], ["alerts"], ["prune"], ["db", "upgrade"],
+     ["export", "-o", "out.jsonl"]],
+    ids=lambda c: " ".join(c),
+)
+def test_a_corrupt_sqlite_file_is_one_line_and_exit_one(
+    tmp_path: Path, sqlite_config: Any, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "monitor.db").write_bytes(b"this is no database, just some words " * 40)
+    config = sqlite_config("sqlite:///monitor.db")
+    outcome = invoke(*command, "--config", str(config))
+    assert outcome.exit_code == 1
+    assert outcome.output.strip() == f"Error: monitor.db: {NOT_A_DATABASE}"
+
+
+def test_a_read_only_sqlite_file_is_one_line_when_a_command_writes(
+    tmp_path: Path, sqlite_config: Any, sim: SimClient
+) -> None:
+    path = tmp_path / "monitor.db"
+    db.upgrade(f"sqlite:///{path}")
+    config = sqlite_config(f"sqlite:///file:{path}?mode=ro&uri=true")
+    assert invoke("status", "--config", str(config)).exit_code == 0  # reading is fine
+    for command in (["probe"], ["report"]):
+        outcome = invoke(*command, "--config", str(config))
+        assert outcome.exit_code == 1, outcome.output
+        assert outcome.output.strip() == f"Error: {path} is read-only"
+
+
+@pytest.mark.parametrize("trouble", ["corrupt", "read-only"])
+def test_run_starts_and_spools_when_the_sqlite_file_cannot_be_written(
+    tmp_path: Path, sqlite_config: Any, sim: SimClient, trouble: str
+) -> None:
+    path = tmp_path / "monitor.db"
+    if trouble == "corrupt":
+        path.write_bytes(b"\x00garbage" * 100)
+        url, said = f"sqlite:///{path}", f"{path}: {NOT_A_DATABASE}"
+    else:
+        db.upgrade(f"sqlite:///{path}")
+        url, said = f"sqlite:///file:{path}?mode=ro&uri=true", f"{path} is read-only"
+    config = sqlite_config(url)
+    spool = tmp_path / "spool.jsonl"
+    finished = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--once", "--config", str(config),
+         "--spool", str(spool)],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert said in finished.stderr
+    assert Spool(spool).backlog() == 1
