@@ -132,6 +132,9 @@ def test_errors_are_classified_as_poison_or_unavailable(engine: Engine) -> None:
     with pytest.raises(Exception) as raised:
         Recorder(engine.execution_options(schema_translate_map={None: "nowhere"})).save(result())
     assert classify(raised.value) is Failure.UNAVAILABLE, raised.value
+    assert classify(OverflowError("int too large to convert to SQLite INTEGER")) is Failure.POISON
+    assert classify(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")) \
+        is Failure.POISON
     assert classify(ValueError("a bug")) is None
 
 

@@ -46,7 +46,7 @@ def encode(result: ProbeResult) -> bytes:
     document["raw_response"] = base64.b64encode(result.raw_response).decode("ascii")
     document["error_kind"] = result.error_kind.value if result.error_kind else None
     text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
-    # surrogatepass: a lone surrogate from a \\u escape is kept as it came, not refused.
+    # surrogatepass: a lone surrogate (from a JSON \u escape) is kept as it came, not refused.
     data = text.encode("utf-8", "surrogatepass")
     return f"{zlib.crc32(data):08x} ".encode() + data + b"\n"
 
