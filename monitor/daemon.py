@@ -311,7 +311,8 @@ class Daemon:
             return True
         try:
             db.check_schema(self.recorder.engine)
-            self.prober.register(self.settings.targets)
+            for target in self.settings.targets:
+                self._register(target)
         except (SQLAlchemyError, StoreUnavailable) as exc:
             log.warning("%s for registering targets", self._trouble(exc))
             return False
@@ -320,6 +321,16 @@ class Daemon:
             return False
         self._registered = True
         return True
+
+    def _register(self, target: Target) -> None:
+        """One target; a configuration the database refuses for good is logged and skipped
+        (that target's results are then quarantined) instead of holding up every target."""
+        try:
+            self.prober.register([target])
+        except SQLAlchemyError as exc:
+            if classify(exc) is not Failure.POISON:
+                raise
+            log.error("target %s cannot be registered: %s", target.name, self._trouble(exc))
 
     def use(self, settings: Settings) -> None:
         """Switch to a new configuration (SIGHUP); its targets are registered at once, or when

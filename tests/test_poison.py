@@ -188,6 +188,27 @@ def test_a_poison_record_is_quarantined_and_the_next_ones_are_stored_directly(
     assert not logged.matching("database unavailable")
 
 
+def test_a_target_the_database_refuses_does_not_hold_up_the_others(
+    engine: Engine, make_settings: MakeSettings, tmp_path: Path, logged: Lines
+) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite does not enforce a name's length")
+    long_name = "t" * 201  # targets.name is varchar(200)
+    settings = make_settings({"name": long_name}, {"name": "b"})
+    daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
+    try:
+        assert daemon.register()
+        good = result(**for_target(daemon, "b"))
+        bad = result(**for_target(daemon, long_name))
+        assert daemon.store(bad) is None and daemon.store(good) is not None
+        assert quarantined_uids(daemon.spool) == [bad.uid]
+        assert stored_uids(engine) == {good.uid}
+        assert logged.matching(f"target {long_name} cannot be registered: database refused")
+        assert not logged.matching("database unavailable")
+    finally:
+        daemon.close()
+
+
 def test_a_drain_quarantines_the_poison_records_and_stores_the_rest(
     engine: Engine, daemon: Daemon, logged: Lines
 ) -> None:
