@@ -85,6 +85,7 @@ class Spool:
         self.offset_path = self.path.with_name(self.path.name + ".offset")
         self._lock = threading.Lock()  # guards the file's end and the offset
         self._draining = threading.Lock()  # one drain at a time owns the offset
+        self._quarantining = threading.Lock()  # probe threads quarantine at once
         # Lines the file could not take, oldest first, numbered; guarded by _lock.
         self._memory: deque[tuple[int, bytes]] = deque()
         self._memory_bytes = 0
@@ -279,7 +280,7 @@ class Spool:
         return batch, damaged, offset
 
     def _quarantine(self, damaged: list[bytes]) -> None:
-        with open(self.quarantine_path, "ab") as file:
+        with self._quarantining, open(self.quarantine_path, "ab") as file:
             file.writelines(line if line.endswith(b"\n") else line + b"\n" for line in damaged)
             file.flush()
             os.fsync(file.fileno())
