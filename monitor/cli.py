@@ -22,6 +22,7 @@ from monitor import report, serving, watch, web
 from monitor.alerts.dispatch import notify_now
 from monitor.cli_common import (
     ID,
+    MonitorGroup,
     atomic_output,
     clock,
     config_option,
@@ -29,6 +30,7 @@ from monitor.cli_common import (
     moment,
     now,
     output_path,
+    remember_database,
     spool_path,
 )
 from monitor.cli_replay import export_command, import_command, replay_command, serve_recorded
@@ -52,12 +54,14 @@ from monitor.store.spool import Spool
 
 def _load(config_path: str | None) -> Settings:
     try:
-        return config_module.load(config_path)
+        settings = config_module.load(config_path)
     except MonitorError as error:
         raise failure(error) from None
+    remember_database(settings.database_url)
+    return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MonitorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="monitor")
 def cli() -> None:
     """Watch hosted LLM APIs for drift: canary probes, full-fidelity history, alerts."""

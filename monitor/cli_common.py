@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from monitor.clock import Clock, utc_now
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
+from monitor.store import db
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +33,33 @@ def failure(error: MonitorError) -> click.ClickException:
     if isinstance(error, ConfigError | SchemaNotAtHead):
         return SetupError(str(error))
     return click.ClickException(str(error))
+
+
+# Where a command's database is, for saying what is wrong with its file (MonitorGroup).
+_DATABASE_URL = "monitor.database_url"
+
+
+def remember_database(url: str) -> None:
+    """Note the database the running command uses (click's meta, shared by its contexts)."""
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta[_DATABASE_URL] = url
+
+
+class MonitorGroup(click.Group):
+    """The `monitor` group: a SQLite file that turns out corrupt or read-only in the middle
+    of a command (a report writing its rollups to a read-only file) is one line and exit 1,
+    like the same trouble found when the store opens."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as error:
+            url = ctx.meta.get(_DATABASE_URL)
+            found = db.diagnose(error, url) if url else None
+            if found is None:
+                raise
+            raise failure(found) from None
 
 
 def config_option(function: F) -> F:

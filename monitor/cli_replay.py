@@ -20,7 +20,16 @@ from sqlalchemy import Engine
 
 from monitor import config as config_module
 from monitor import recorded, replay_diff
-from monitor.cli_common import ID, F, atomic_output, config_option, failure, moment, output_path
+from monitor.cli_common import (
+    ID,
+    F,
+    atomic_output,
+    config_option,
+    failure,
+    moment,
+    output_path,
+    remember_database,
+)
 from monitor.errors import MonitorError
 from monitor.replay import destination, replay_probe
 from monitor.replay_batch import BatchSpec, BatchSummary, run_batch
@@ -39,6 +48,7 @@ def _engine(config_path: str | None, database_url: str | None = None) -> Engine:
             url = config_module.check_database_url(database_url, "--database")
         else:
             url = config_module.load(config_path).database_url
+        remember_database(url)
         return db.open_store(url)
     except MonitorError as error:
         raise failure(error) from None

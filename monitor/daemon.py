@@ -25,6 +25,7 @@ from monitor.config import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.errors import MonitorError, StoreError, StoreUnavailable
 from monitor.store import db, leases, retention, rollups
+from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
 from monitor.watch import Watcher
@@ -104,6 +105,7 @@ class Daemon:
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
         self._spooling = not spool.empty()  # keep order: while anything waits, new results queue
         self._registered = False
+        self._spool_trouble = False  # the last drain could not write the spool's files
         # (target, slots, reason) skipped while the database was down, recorded when it is back
         self._unrecorded_skips: list[tuple[str, list[datetime], str]] = []
         # (target, slot, reason): slots the scheduler could not run, recorded once they are over
@@ -219,12 +221,11 @@ class Daemon:
         return self._db_quietly(lambda: leases.skip_many(
             self.recorder.engine, self.recorder.target_id(name), slots, self.instance_id, reason))
 
-    @staticmethod
-    def _db_quietly(action: Callable[[], T]) -> T | None:
+    def _db_quietly(self, action: Callable[[], T]) -> T | None:
         try:
             return action()
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for slot bookkeeping (%s)", type(exc).__name__)
+            log.warning("%s for slot bookkeeping", self._trouble(exc))
             return None
 
     def heartbeat(self) -> None:
@@ -234,7 +235,9 @@ class Daemon:
     def store(self, result: ProbeResult) -> int | None:
         """Save to the database and return the probe's id, or to the spool when it cannot
         take it (nothing is lost; None). While anything waits in the spool, new results queue
-        behind it, keeping their order."""
+        behind it, keeping their order. A result the database refuses for good (a poison
+        record, store/failures.py) is quarantined beside the spool, and the next ones are
+        stored as usual."""
         with self._lock:
             if self._spooling:
                 self.spool.append(result)
@@ -242,13 +245,36 @@ class Daemon:
         try:
             if self.register():
                 return self.recorder.save(result)
-        except SQLAlchemyError as exc:
-            log.error("database unavailable (%s); spooling to %s",
-                      type(exc).__name__, self.spool.path)
+        except Exception as exc:
+            failure = classify(exc)
+            if failure is None:
+                raise
+            if failure is Failure.POISON:
+                self._quarantine(result, exc)
+                return None
+            log.error("%s; spooling to %s", self._trouble(exc), self.spool.path)
         with self._lock:
             self._spooling = True
             self.spool.append(result)
         return None
+
+    def _trouble(self, error: BaseException) -> str:
+        """What went wrong with a database call, for a log line: the database could not be
+        used (and why, when it is a SQLite file's fault), or it refused what was written
+        (which waiting will not change)."""
+        if classify(error) is Failure.POISON:
+            return f"database refused the write ({describe(error)})"
+        found = error if isinstance(error, StoreError) else db.diagnose(
+            error, str(self.recorder.engine.url))
+        return f"database unavailable ({found or describe(error)})"
+
+    def _quarantine(self, result: ProbeResult, error: BaseException) -> None:
+        try:
+            self.spool.quarantine(result, error)
+        except OSError as trouble:
+            log.error("probe %s of %s was refused by the database (%s) and could not be "
+                      "quarantined either (%s): it is lost", result.uid, result.target_name,
+                      describe(error), trouble.strerror or trouble)
 
     def detect(self, target: Target, probe_id: int) -> None:
         """Run the target's detectors over its new probes and move its alerts. Detection
@@ -257,7 +283,7 @@ class Daemon:
         try:
             self.watcher.catch_up(target, self.recorder.target_id(target.name), probe_id)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for detection (%s)", type(exc).__name__)
+            log.warning("%s for detection", self._trouble(exc))
         except Exception:
             log.exception("detection failed for %s", target.name)
 
@@ -266,7 +292,7 @@ class Daemon:
         try:
             rollups.catch_up(self.recorder.engine)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for rollups (%s)", type(exc).__name__)
+            log.warning("%s for rollups", self._trouble(exc))
 
     def prune(self) -> None:
         """Apply the retention policy (daily): raw bodies and headers older than
@@ -276,7 +302,7 @@ class Daemon:
         try:
             done = retention.prune(self.recorder.engine, cutoff, now)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for pruning (%s)", type(exc).__name__)
+            log.warning("%s for pruning", self._trouble(exc))
             return
         log.info("pruned the raw bodies and headers of %d probes older than %s (%d bytes)",
                  done["pruned"], cutoff.isoformat(), done["freed_bytes"])
@@ -286,7 +312,7 @@ class Daemon:
         try:
             self.dispatcher.run(self.clock(), flush=flush)
         except SQLAlchemyError as exc:
-            log.warning("database unavailable for notifications (%s)", type(exc).__name__)
+            log.warning("%s for notifications", self._trouble(exc))
         except Exception:
             log.exception("notification dispatch failed")
 
@@ -298,15 +324,26 @@ class Daemon:
             return True
         try:
             db.check_schema(self.recorder.engine)
-            self.prober.register(self.settings.targets)
+            for target in self.settings.targets:
+                self._register(target)
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.warning("database unavailable for registering targets (%s)", type(exc).__name__)
+            log.warning("%s for registering targets", self._trouble(exc))
             return False
         except StoreError as error:
             log.error("%s; results wait in the spool", error)
             return False
         self._registered = True
         return True
+
+    def _register(self, target: Target) -> None:
+        """One target; a configuration the database refuses for good is logged and skipped
+        (that target's results are then quarantined) instead of holding up every target."""
+        try:
+            self.prober.register([target])
+        except SQLAlchemyError as exc:
+            if classify(exc) is not Failure.POISON:
+                raise
+            log.error("target %s cannot be registered: %s", target.name, self._trouble(exc))
 
     def use(self, settings: Settings) -> None:
         """Switch to a new configuration (SIGHUP); its targets are registered at once, or when
@@ -351,10 +388,17 @@ class Daemon:
                             break
             except SQLAlchemyError:
                 return drained  # still (or again) down; the next drain tries again
+            except OSError as error:
+                if not self._spool_trouble:
+                    log.error("spool cannot be written while draining (%s); trying again later",
+                              error.strerror or error)
+                self._spool_trouble = True
+                return drained
             finally:
                 if drained:
                     log.info("database is back: wrote %d spooled probes%s", drained,
                              "" if self.spool.empty() else "; the rest at the next drain")
+            self._spool_trouble = False
             self._record_unrun()
             self._record_skips()
             return drained

@@ -5,6 +5,8 @@
      ├── StoreError
      │    ├── SchemaNotAtHead   the database needs `monitor db upgrade`
      │    └── StoreUnavailable  the database cannot be reached or refused a write
+     │         ├── StoreCorrupt     a SQLite file that is not (or no longer) a database
+     │         └── StoreReadOnly    a SQLite file that cannot be written
      └── SimulatorError         a simulator scenario is invalid
 
 The CLI turns any MonitorError into a one-line message and exit code 2 (config) or 1 (others);
@@ -55,6 +57,19 @@ class SchemaNotAtHead(StoreError):
 
 class StoreUnavailable(StoreError):
     pass
+
+
+class StoreCorrupt(StoreUnavailable):
+    def __init__(self, path: str, detail: str):
+        self.path = path
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")
+
+
+class StoreReadOnly(StoreUnavailable):
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"{path} is read-only")
 
 
 class SimulatorError(MonitorError):

@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 
 from monitor.errors import SchemaNotAtHead
 from monitor.store import db
-from monitor.store.models import Base
+from monitor.store.models import Base, ProbeRow
 from tests.conftest import POSTGRES_URL, _postgres_admin
 
 
@@ -68,3 +68,45 @@ def test_every_index_and_constraint_is_named() -> None:
             assert constraint.name, f"{table.name} has an unnamed {type(constraint).__name__}"
         for index in table.indexes:
             assert index.name
+
+
+def test_0007_keeps_every_row_and_then_takes_unbounded_values(empty_url: str) -> None:
+    """Retyping probes (a table copy on SQLite) keeps the probes and the rows that point at
+    them, whose ON DELETE actions must not fire; afterwards a 300-character model is taken."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, insert, select
+
+    from monitor.store.models import ReplayItemRow, ReplayRunRow, TargetRow
+    from monitor.store.records import Recorder
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0006")
+    engine = db.create(empty_url)
+    try:
+        recorder = Recorder(engine)
+        original = recorder.save(result())
+        now = datetime.now(UTC)
+        target = recorder.target_id("gpt-4o")
+        with engine.begin() as connection:
+            run = connection.execute(insert(ReplayRunRow).returning(ReplayRunRow.id), {
+                "key": "k" * 64, "open_key": None, "source_target_id": target,
+                "destination_target_id": target, "items": 1, "created_at": now}).scalar_one()
+            payload = connection.execute(
+                select(ProbeRow.request_payload_id).where(ProbeRow.id == original)).scalar_one()
+            connection.execute(insert(ReplayItemRow), {
+                "run_id": run, "probe_id": original, "request_payload_id": payload,
+                "position": 0, "state": "done", "rate_limited": 0, "replay_probe_id": original})
+        db.upgrade(empty_url)
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count(ProbeRow.id))).scalar_one() == 1
+            item = connection.execute(select(ReplayItemRow.probe_id,
+                                             ReplayItemRow.replay_probe_id)).one()
+            assert tuple(item) == (original, original)
+            assert connection.execute(select(func.count(TargetRow.id))).scalar_one() == 1
+        long = Recorder(engine).save(result(model="m" * 300, system_fingerprint="f" * 300))
+        with engine.connect() as connection:
+            assert connection.execute(
+                select(ProbeRow.model).where(ProbeRow.id == long)).scalar_one() == "m" * 300
+    finally:
+        engine.dispose()

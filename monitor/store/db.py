@@ -18,11 +18,17 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 import monitor.migrations
-from monitor.errors import SchemaNotAtHead, StoreError, StoreUnavailable
+from monitor.errors import (
+    SchemaNotAtHead,
+    StoreCorrupt,
+    StoreError,
+    StoreReadOnly,
+    StoreUnavailable,
+)
 
 # Long enough to ride out another writer's checkpoint, short enough to surface a stuck lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -82,8 +88,39 @@ def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        found = diagnose(exc, str(engine.url))
+        if found is not None:
+            raise found from None
+        if not isinstance(exc, OperationalError):
+            raise
         raise StoreUnavailable(f"cannot reach database {engine.url!r}: {exc.orig}") from None
+
+
+# What SQLite says about a file it cannot use at all, and what monitor says instead.
+_NOT_A_DATABASE = "not a SQLite database (file is corrupt or another format)"
+_SQLITE_FILE_TROUBLE = {
+    "file is not a database": _NOT_A_DATABASE,
+    "database disk image is malformed": "the SQLite file is damaged (database disk image is "
+                                        "malformed)",
+}
+
+
+def diagnose(error: BaseException, url: str) -> StoreError | None:
+    """What is wrong with a SQLite file, from the error SQLite raised using it (corrupt, not a
+    database, read-only); None for any other error or database."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or not isinstance(error, DBAPIError):
+        return None
+    if not isinstance(error.orig, sqlite3.DatabaseError):
+        return None
+    message = str(error.orig)
+    path = sqlite_path(url) or ":memory:"
+    if message in _SQLITE_FILE_TROUBLE:
+        return StoreCorrupt(path, _SQLITE_FILE_TROUBLE[message])
+    if "readonly database" in message:  # "attempt to write a readonly database"
+        return StoreReadOnly(path)
+    return None
 
 
 def upgrade(url: str, revision: str = "head") -> None:
@@ -112,10 +149,26 @@ def check_schema(engine: Engine) -> None:
         raise SchemaNotAtHead(display_url(str(engine.url)), current, head)
 
 
-def _ensure_sqlite_dir(url: str) -> None:
+def sqlite_path(url: str) -> str | None:
+    """The file a SQLite URL names (a `file:` URI too, `?uri=true`); None for memory or
+    another database."""
     parsed = make_url(normalize_url(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = parsed.database
+    if parsed.query.get("uri") == "true" and path.startswith("file:"):
+        path = path.removeprefix("file:").partition("?")[0]
+        if path.startswith("//"):  # file://host/path: only an empty or local host
+            path = "/" + path[2:].partition("/")[2]
+        if path in ("", ":memory:") or parsed.query.get("mode") == "memory":
+            return None
+    return path
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    path = sqlite_path(url)
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def size_bytes(engine: Engine) -> int | None:
@@ -135,7 +188,7 @@ class InstanceLock:
     The lock is an flock on a file beside the database, released by the OS if the process dies."""
 
     def __init__(self, url: str) -> None:
-        self.path = make_url(normalize_url(url)).database or ""
+        self.path = sqlite_path(url) or ""
         self._file: Any = None
 
     def acquire(self) -> None:

@@ -137,9 +137,9 @@ class ProbeRow(Base):
     output_tokens_per_s: Mapped[float | None] = mapped_column(Float)
 
     openai_processing_ms: Mapped[float | None] = mapped_column(Float)
-    openai_version: Mapped[str | None] = mapped_column(String(40))
-    openai_organization: Mapped[str | None] = mapped_column(String(200))
-    x_request_id: Mapped[str | None] = mapped_column(String(200))
+    openai_version: Mapped[str | None] = mapped_column(Text)
+    openai_organization: Mapped[str | None] = mapped_column(Text)
+    x_request_id: Mapped[str | None] = mapped_column(Text)
     retry_after_s: Mapped[float | None] = mapped_column(Float)
     ratelimit_limit_requests: Mapped[int | None] = mapped_column(BigInteger)
     ratelimit_limit_tokens: Mapped[int | None] = mapped_column(BigInteger)
@@ -148,24 +148,24 @@ class ProbeRow(Base):
     ratelimit_reset_requests_s: Mapped[float | None] = mapped_column(Float)
     ratelimit_reset_tokens_s: Mapped[float | None] = mapped_column(Float)
 
-    response_id: Mapped[str | None] = mapped_column(String(200))
+    response_id: Mapped[str | None] = mapped_column(Text)
     response_created_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    model: Mapped[str | None] = mapped_column(String(200))
-    system_fingerprint: Mapped[str | None] = mapped_column(String(200))
-    service_tier: Mapped[str | None] = mapped_column(String(40))
-    finish_reason: Mapped[str | None] = mapped_column(String(40))  # of the first choice
+    model: Mapped[str | None] = mapped_column(Text)
+    system_fingerprint: Mapped[str | None] = mapped_column(Text)
+    service_tier: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(Text)  # of the first choice
     choices: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
-    stream_chunks: Mapped[int | None] = mapped_column(Integer)
+    stream_chunks: Mapped[int | None] = mapped_column(BigInteger)
 
-    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
-    completion_tokens: Mapped[int | None] = mapped_column(Integer)
-    total_tokens: Mapped[int | None] = mapped_column(Integer)
-    cached_tokens: Mapped[int | None] = mapped_column(Integer)
-    prompt_audio_tokens: Mapped[int | None] = mapped_column(Integer)
-    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
-    completion_audio_tokens: Mapped[int | None] = mapped_column(Integer)
-    accepted_prediction_tokens: Mapped[int | None] = mapped_column(Integer)
-    rejected_prediction_tokens: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    prompt_audio_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    completion_audio_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    accepted_prediction_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    rejected_prediction_tokens: Mapped[int | None] = mapped_column(BigInteger)
 
     # The headers (already redacted) as JSON and the body exactly as received (SSE bytes for
     # streams), each compressed by store/codec.py against a preset dictionary: together they
@@ -173,7 +173,7 @@ class ProbeRow(Base):
     # to query.
     response_headers_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_zlib: Mapped[bytes] = mapped_column(Blob)
-    raw_response_bytes: Mapped[int] = mapped_column(Integer)
+    raw_response_bytes: Mapped[int] = mapped_column(BigInteger)
     # The probe whose stored request this one re-sent (`monitor replay`); None for a canary.
     # Indexed for finding an original's replays and for export, which carries the link along.
     replay_of: Mapped[int | None] = mapped_column(
@@ -241,7 +241,7 @@ class DriftEventRow(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(20))  # DriftKind
-    key: Mapped[str] = mapped_column(String(300))
+    key: Mapped[str] = mapped_column(Text)  # may embed an upstream value (a fingerprint)
     opened: Mapped[bool] = mapped_column(Boolean)
     severity: Mapped[str] = mapped_column(String(10))  # Severity
     at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -265,7 +265,7 @@ class AlertRow(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(20))
-    key: Mapped[str] = mapped_column(String(300))
+    key: Mapped[str] = mapped_column(Text)  # may embed an upstream value (a fingerprint)
     severity: Mapped[str] = mapped_column(String(10))
     state: Mapped[str] = mapped_column(String(10))  # pending | open | resolved
     # Probes in a row the condition has held (pending) or has been clear (open).

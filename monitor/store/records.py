@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -22,6 +23,29 @@ from sqlalchemy.orm import Session
 from monitor.domain import ProbeResult
 from monitor.store import codec
 from monitor.store.models import ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
+
+# What no column can hold: PostgreSQL text and jsonb refuse NUL, and a lone surrogate (a
+# half of a UTF-16 pair, which JSON's \u escapes can produce) cannot be encoded as UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# BIGINT, the widest integer both databases store.
+_INT64 = range(-(2**63), 2**63)
+
+
+def storable(value: Any) -> Any:
+    """`value` with every string made storable (NUL and lone surrogates become U+FFFD), through
+    dicts, lists and tuples; integers beyond 64 bits become None. The raw body and headers keep
+    what was sent; this is for the parsed columns, whatever the parser let through."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value in _INT64 else None
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
 
 
 def canonical_json(value: Any) -> str:
@@ -47,25 +71,42 @@ class Recorder:
     def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
         """Store one probe and return its id. A uid already stored returns the existing id,
         which is what makes replaying a spool after a crash safe."""
+        cached = bool(self._target_ids or self._config_ids or self._payload_ids)
         try:
-            with self.engine.begin() as connection:
-                target_id = self._target_id(connection, result.target_name)
-                config_id = self._config_id(
-                    connection, result.target_name, target_id, result.config_hash, config
-                )
-                payload_id = self._payload_id(connection, result.request_payload)
-                return int(
-                    connection.execute(
-                        insert(ProbeRow).returning(ProbeRow.id),
-                        _probe_values(result, target_id, config_id, payload_id),
-                    ).scalar_one()
-                )
+            return self._insert(result, config)
         except IntegrityError:
             existing = self.probe_id(result.uid)
-            if existing is None:
-                self._forget()  # a cached id may point at a row that was deleted
+            if existing is not None:
+                return existing
+            self._forget()
+            if not cached:
                 raise
-            return existing
+        except Exception:
+            # Ids cached inside the failed transaction (a new payload's) were rolled back
+            # with it: kept, they would make the next result fail on a foreign key.
+            self._forget()
+            raise
+        # A cached id may point at a row deleted since: once more with fresh ids, so that
+        # only a result refused on its own merits is reported as refused.
+        try:
+            return self._insert(result, config)
+        except Exception:
+            self._forget()
+            raise
+
+    def _insert(self, result: ProbeResult, config: dict[str, Any] | None) -> int:
+        with self.engine.begin() as connection:
+            target_id = self._target_id(connection, result.target_name)
+            config_id = self._config_id(
+                connection, result.target_name, target_id, result.config_hash, config
+            )
+            payload_id = self._payload_id(connection, result.request_payload)
+            return int(
+                connection.execute(
+                    insert(ProbeRow).returning(ProbeRow.id),
+                    _probe_values(result, target_id, config_id, payload_id),
+                ).scalar_one()
+            )
 
     def save_many(self, results: Sequence[ProbeResult]) -> None:
         """Store a batch in one transaction (draining a spool). Results whose uid is already
@@ -135,7 +176,8 @@ class Recorder:
             {"target_id": target_id, "config_hash": config_hash},
             # Known to the probe's process but not to a later one draining its spool: then
             # the row still marks the change.
-            {"config": config if config is not None else {}, "first_seen_at": datetime.now(UTC)},
+            {"config": storable(config) if config is not None else {},
+             "first_seen_at": datetime.now(UTC)},
         )
         self._config_ids[key] = found
         return found
@@ -146,7 +188,7 @@ class Recorder:
         if digest in self._payload_ids:
             return self._payload_ids[digest]
         found = _get_or_create(
-            connection, RequestPayloadRow, {"sha256": digest}, {"payload": payload}
+            connection, RequestPayloadRow, {"sha256": digest}, {"payload": storable(payload)}
         )
         self._payload_ids[digest] = found
         return found
@@ -175,8 +217,7 @@ def _probe_values(
 ) -> dict[str, Any]:
     limits = result.rate_limits
     usage = result.usage
-    created = result.response_created
-    return {
+    values: dict[str, Any] = storable({
         "uid": result.uid,
         "target_id": target_id,
         "target_config_id": config_id,
@@ -203,9 +244,7 @@ def _probe_values(
         "ratelimit_reset_requests_s": limits.reset_requests_s,
         "ratelimit_reset_tokens_s": limits.reset_tokens_s,
         "response_id": result.response_id,
-        "response_created_at": (
-            datetime.fromtimestamp(created, UTC) if created is not None else None
-        ),
+        "response_created_at": _timestamp(result.response_created),
         "model": result.model,
         "system_fingerprint": result.system_fingerprint,
         "service_tier": result.service_tier,
@@ -213,10 +252,21 @@ def _probe_values(
         "choices": [asdict(choice) for choice in result.choices] if result.choices else None,
         "stream_chunks": result.stream_chunks,
         **asdict(usage),
-        "response_headers_zlib": codec.compress_headers(result.response_headers),
+        "response_headers_zlib": codec.compress_headers(storable(result.response_headers)),
         "raw_response_zlib": codec.compress(result.raw_response),
         "raw_response_bytes": len(result.raw_response),
-    }
+    })
+    return values
+
+
+def _timestamp(created: int | None) -> datetime | None:
+    """The body's unix `created` as a time; None if there is none or no calendar has it."""
+    if created is None:
+        return None
+    try:
+        return datetime.fromtimestamp(created, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def raw_response(row: ProbeRow) -> bytes:

@@ -10,17 +10,25 @@ taken. Because every result carries its own uid, handing a batch back twice (a c
 the database commit and the offset write) still stores it once.
 
 A line that fails its checksum or does not parse (a torn write from a crash, disk trouble) is
-moved to `<spool>.quarantine` with a log line and never blocks the lines after it.
+moved to `<spool>.quarantine` with a log line and never blocks the lines after it. So is a
+result the database refuses for good (store/failures.py: a poison record): a batch that fails
+that way is handed over again one result at a time, and only the refused one is moved aside.
+
+When the file cannot be written (the disk is full), results are kept in memory, up to
+MEMORY_RESULTS or MEMORY_BYTES, and written once it can be again; past the bound the oldest
+are dropped and counted. Each change of state is logged once.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import threading
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -28,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.domain import Choice, ErrorKind, ProbeResult, RateLimits, Usage
+from monitor.store.failures import Failure, classify, describe
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,9 @@ def encode(result: ProbeResult) -> bytes:
     document["raw_response"] = base64.b64encode(result.raw_response).decode("ascii")
     document["error_kind"] = result.error_kind.value if result.error_kind else None
     text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
-    return f"{zlib.crc32(text.encode()):08x} {text}\n".encode()
+    # surrogatepass: a lone surrogate (from a JSON \u escape) is kept as it came, not refused.
+    data = text.encode("utf-8", "surrogatepass")
+    return f"{zlib.crc32(data):08x} ".encode() + data + b"\n"
 
 
 def decode(line: bytes) -> ProbeResult:
@@ -46,7 +57,7 @@ def decode(line: bytes) -> ProbeResult:
     checksum, _, text = line.rstrip(b"\n").partition(b" ")
     if not text or f"{zlib.crc32(text):08x}".encode() != checksum:
         raise ValueError("checksum mismatch (torn or corrupted line)")
-    document: dict[str, Any] = json.loads(text)
+    document: dict[str, Any] = json.loads(text.decode("utf-8", "surrogatepass"))
     document["started_at"] = datetime.fromisoformat(document["started_at"])
     document["raw_response"] = base64.b64decode(document["raw_response"])
     kind = document["error_kind"]
@@ -60,6 +71,10 @@ def decode(line: bytes) -> ProbeResult:
 # Lines handed to the database per transaction while draining: big enough that a backlog of
 # an outage drains in seconds, small enough that a batch is a few MB in memory.
 DRAIN_BATCH = 500
+# What is kept in memory while the spool cannot be written, at most (a canary result is a few
+# KB; the bytes bound holds when the bodies are large).
+MEMORY_RESULTS = 1000
+MEMORY_BYTES = 64 * 1024 * 1024
 
 
 class Spool:
@@ -71,43 +86,121 @@ class Spool:
         self.offset_path = self.path.with_name(self.path.name + ".offset")
         self._lock = threading.Lock()  # guards the file's end and the offset
         self._draining = threading.Lock()  # one drain at a time owns the offset
+        self._quarantining = threading.Lock()  # probe threads quarantine at once
+        # Lines the file could not take, oldest first, numbered; guarded by _lock.
+        self._memory: deque[tuple[int, bytes]] = deque()
+        self._memory_bytes = 0
+        self._numbered = 0
+        self._lost = 0  # dropped past the memory bound since the file was last writable
+        self._unwritable = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, result: ProbeResult) -> None:
+        """Spool one result (written and fsync'd), or keep it in memory while the file
+        cannot be written; never raises for disk trouble."""
         line = encode(result)
-        with self._lock, open(self.path, "ab+") as file:
-            if file.tell() > 0:
-                file.seek(-1, os.SEEK_END)
-                if file.read(1) != b"\n":
-                    line = b"\n" + line  # a torn line from a crash must not swallow this one
-            file.write(line)
-            file.flush()
-            os.fsync(file.fileno())
+        with self._lock:
+            if self._memory:
+                self._write_memory()  # what waits in memory goes first, in order
+            if not self._memory:
+                try:
+                    self._write(line)
+                    return
+                except OSError as error:
+                    self._cannot_write(error)
+            self._keep(line)
+
+    def _write(self, data: bytes) -> None:
+        """Append `data` and fsync. If that fails (the disk is full), the file is cut back to
+        where it was, so no torn line is left behind, and OSError is raised."""
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            if start > 0 and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data  # a torn line from a crash must not swallow this one
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
+
+    def _cannot_write(self, error: OSError) -> None:
+        if not self._unwritable:
+            self._unwritable = True
+            log.error("spool cannot be written: %s; keeping up to %d results in memory",
+                      error.strerror or error, MEMORY_RESULTS)
+
+    def _keep(self, line: bytes) -> None:
+        self._numbered += 1
+        self._memory.append((self._numbered, line))
+        self._memory_bytes += len(line)
+        while len(self._memory) > MEMORY_RESULTS or self._memory_bytes > MEMORY_BYTES:
+            _, dropped = self._memory.popleft()
+            self._memory_bytes -= len(dropped)
+            if not self._lost:
+                log.error("spool: memory bound reached (%d results, %d bytes) and the file "
+                          "still cannot be written: dropping the oldest results",
+                          MEMORY_RESULTS, MEMORY_BYTES)
+            self._lost += 1
+
+    def _write_memory(self) -> None:
+        """Write what waits in memory to the file, if it can be written again."""
+        try:
+            self._write(b"".join(line for _, line in self._memory))
+        except OSError:
+            return
+        self._forget_memory(len(self._memory), written=True)
+
+    def _forget_memory(self, count: int, *, written: bool) -> None:
+        """Drop the oldest `count` lines kept in memory (written to the file or stored)."""
+        for _ in range(count):
+            self._memory_bytes -= len(self._memory.popleft()[1])
+        if self._memory:
+            return
+        lost = f"; {self._lost} results were lost while memory was full" if self._lost else ""
+        where = "wrote them to the spool" if written else "the database took them"
+        log.warning("spool: %d results kept in memory are safe (%s)%s", count, where, lost)
+        self._unwritable = False
+        self._lost = 0
+
+    def quarantine(self, result: ProbeResult, error: BaseException) -> None:
+        """Move a result the database refuses for good aside, with a log line naming it."""
+        log.error("quarantined probe %s of %s to %s: %s", result.uid, result.target_name,
+                  self.quarantine_path, describe(error))
+        self._quarantine([encode(result)])
 
     def empty(self) -> bool:
         """Nothing waits (cheap: two stat calls)."""
         with self._lock:
-            return self._size() <= self._offset()
+            return self._size() <= self._offset() and not self._memory
 
     def backlog(self) -> int:
         """How many results are waiting (lines not yet taken), counted as a stream."""
         with self._lock:
             offset = self._offset()
             if self._size() <= offset:
-                return 0
+                return len(self._memory)
             with open(self.path, "rb") as file:
                 file.seek(offset)
-                return sum(1 for line in file if line.strip())
+                return sum(1 for line in file if line.strip()) + len(self._memory)
 
     def drain(self, save_batch: Callable[[list[ProbeResult]], object],
               batch_size: int = DRAIN_BATCH, *, max_batches: int | None = None,
               stop: Callable[[], bool] | None = None) -> int:
         """Pass spooled results to `save_batch`, oldest first, a batch at a time, up to the
-        file's end as it was when this call started: results appended meanwhile are left for
-        the next call, so a call is bounded however fast they arrive. It also ends after
-        `max_batches` batches, or before a batch once `stop()` is true. Stops at the first batch
-        `save_batch` raises on (the database went away again), keeping it and the rest;
-        returns how many results the database took."""
+        file's end as it was when this call started, then what waits in memory: results
+        appended meanwhile are left for the next call, so a call is bounded however fast they
+        arrive. It also ends after `max_batches` batches, or before a batch once `stop()` is
+        true. Stops at the first batch `save_batch` raises on (the database went away again),
+        keeping it and the rest, unless the error is about a record (a poison record: that one
+        is quarantined); returns how many results the database took. OSError if the spool's
+        own files cannot be written (the offset, the quarantine); nothing is lost then either."""
         with self._draining:
             return self._drain(save_batch, batch_size, max_batches, stop)
 
@@ -116,9 +209,11 @@ class Spool:
         drained = 0
         batches = 0
         with self._lock:
+            if self._memory:
+                self._write_memory()
             offset, end = self._offset(), self._size()
         if end <= offset:
-            return 0
+            return self._drain_memory(save_batch)
         with open(self.path, "rb") as file:
             file.seek(offset)
             while offset < end:
@@ -128,15 +223,53 @@ class Spool:
                     break
                 batch, damaged, offset_after = self._read_batch(file, offset, end, batch_size)
                 if batch:
-                    save_batch(batch)
+                    drained += self._save(batch, save_batch)
                 if damaged:
                     self._quarantine(damaged)
                 offset = offset_after
                 self._write_offset(offset)
-                drained += len(batch)
                 batches += 1
         self._remove_if_taken()
-        return drained
+        return drained + self._drain_memory(save_batch)
+
+    def _save(self, batch: list[ProbeResult],
+              save_batch: Callable[[list[ProbeResult]], object]) -> int:
+        """Hand `batch` over; if the database refuses one of its records for good, hand the
+        results over one by one, quarantining the refused ones. Returns how many it took;
+        raises what says the database is unavailable."""
+        try:
+            save_batch(batch)
+            return len(batch)
+        except Exception as error:
+            if classify(error) is not Failure.POISON:
+                raise
+            if len(batch) == 1:
+                self.quarantine(batch[0], error)
+                return 0
+        taken = 0
+        for result in batch:
+            try:
+                save_batch([result])
+                taken += 1
+            except Exception as error:
+                if classify(error) is not Failure.POISON:
+                    raise
+                self.quarantine(result, error)
+        return taken
+
+    def _drain_memory(self, save_batch: Callable[[list[ProbeResult]], object]) -> int:
+        """Hand over what waits in memory because the file could not take it (the database is
+        back before the disk has room)."""
+        with self._lock:
+            held = list(self._memory)
+        if not held:
+            return 0
+        taken = self._save([decode(line) for _, line in held], save_batch)
+        with self._lock:
+            # Lines dropped past the bound meanwhile are gone already; drop the rest of these.
+            self._forget_memory(sum(1 for n, _ in self._memory if n <= held[-1][0]),
+                                written=False)
+        return taken
 
     def _read_batch(self, file: Any, offset: int, end: int,
                     batch_size: int) -> tuple[list[ProbeResult], list[bytes], int]:
@@ -156,7 +289,7 @@ class Spool:
         return batch, damaged, offset
 
     def _quarantine(self, damaged: list[bytes]) -> None:
-        with open(self.quarantine_path, "ab") as file:
+        with self._quarantining, open(self.quarantine_path, "ab") as file:
             file.writelines(line if line.endswith(b"\n") else line + b"\n" for line in damaged)
             file.flush()
             os.fsync(file.fileno())
