@@ -38,7 +38,7 @@ from sqlalchemy import Engine, insert, select
 from write_path import standard_canary  # bench/ is on sys.path when run as a script
 
 from monitor.domain import ErrorKind, ProbeResult, Usage
-from monitor.reporting import build_report
+from monitor.health import build_report
 from monitor.sim import SimClient, Simulator
 from monitor.store import db, rollups
 from monitor.store.models import ProbeRow

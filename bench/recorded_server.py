@@ -30,8 +30,8 @@ from typing import Any
 
 from write_path import standard_canary  # bench/ is on sys.path when run as a script
 
-from monitor import providers
-from monitor.replay_batch import percentile
+from monitor.probe import providers
+from monitor.replay.batch import percentile
 from monitor.sim import Simulator
 from monitor.store import db
 from monitor.store.records import Recorder, count_probes

@@ -27,8 +27,8 @@ from typing import Any
 from canary import canary_target  # bench/ is on sys.path when run as a script
 from write_path import drop_postgres, fresh_postgres, standard_canary
 
-from monitor import replay_batch
-from monitor.replay_batch import BatchSpec, percentile, run_batch
+from monitor.replay import batch as replay_batch
+from monitor.replay.batch import BatchSpec, percentile, run_batch
 from monitor.sim import SimClient, Simulator
 from monitor.store import db, replays
 from monitor.store.records import Recorder

@@ -28,9 +28,9 @@ def modules(pattern: str) -> list[Path]:
 @pytest.mark.parametrize(
     ("pattern", "forbidden"),
     [
-        pytest.param("probe.py", ("monitor.store", "sqlalchemy"), id="probe-knows-no-database"),
-        pytest.param("completion.py", ("requests", "monitor.store"), id="parser-is-pure"),
-        pytest.param("headers.py", ("requests", "monitor.store"), id="headers-are-pure"),
+        pytest.param("probe/*.py", ("monitor.store", "sqlalchemy"), id="probe-knows-no-database"),
+        pytest.param("probe/completion.py", ("requests", "monitor.store"), id="parser-is-pure"),
+        pytest.param("probe/headers.py", ("requests", "monitor.store"), id="headers-are-pure"),
         pytest.param("store/*.py", ("requests", "monitor.probe"), id="store-knows-no-http"),
         pytest.param("sim/*.py", ("monitor.store", "monitor.probe"), id="sim-stands-alone"),
     ],
@@ -54,4 +54,4 @@ def test_only_providers_reads_a_secret_value() -> None:
         for p in PACKAGE.rglob("*.py")
         if "api_key.value" in p.read_text()
     ]
-    assert readers == ["providers.py"]
+    assert readers == ["probe/providers.py"]

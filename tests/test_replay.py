@@ -18,13 +18,14 @@ from alembic import command
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
-from monitor import probe, providers
-from monitor.cli_replay import replay_command
-from monitor.config import effective_config
+from monitor import probe
+from monitor.cli.replay import replay_command
+from monitor.config.targets import effective_config
 from monitor.domain import Settings, Target
-from monitor.replay import ReplayError, plan, replay_probe
-from monitor.replay_batch import BatchSpec, percentile, run_batch
-from monitor.replay_diff import changed_fields, render_outcome, render_summary
+from monitor.probe import providers
+from monitor.replay.batch import BatchSpec, percentile, run_batch
+from monitor.replay.diff import changed_fields, render_outcome, render_summary
+from monitor.replay.send import ReplayError, plan, replay_probe
 from monitor.sim import SimClient
 from monitor.store import db
 from monitor.store.models import ProbeRow, ReplayItemRow, RequestPayloadRow, TargetRow
@@ -344,7 +345,7 @@ def test_percentiles_interpolate_between_ranks() -> None:
 
 
 def _start_batch(config: str) -> subprocess.Popen[str]:
-    code = "from monitor.cli_replay import replay_command; replay_command()"
+    code = "from monitor.cli.replay import replay_command; replay_command()"
     return subprocess.Popen(
         [sys.executable, "-c", code, "--target", "canary", "--since", "1h",
          "--concurrency", "2", "-c", config],

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, insert, select
 
 from monitor.domain import ProbeResult, RateLimits
-from monitor.reporting import build_report, metrics_snapshot
+from monitor.health import build_report, metrics_snapshot
 from monitor.store import rollups
 from monitor.store.models import AlertRow, TargetRow
 from tests.test_rollups import START, nearest_rank, store, varied_history

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from monitor.domain import LATENCY_BUCKETS_S, ErrorKind, ProbeResult, RateLimits, Usage
-from monitor.reporting import metrics_snapshot
+from monitor.health import metrics_snapshot
 from monitor.sketch import Sketch
 from monitor.store import db, rollups
 from monitor.store.models import (

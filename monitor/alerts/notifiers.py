@@ -29,7 +29,7 @@ from monitor import __version__
 from monitor.domain import DriftKind, Severity
 from monitor.durations import parse_seconds
 from monitor.probe import classify_exception
-from monitor.report import safe_text
+from monitor.render.text import safe_text
 
 WEBHOOK_VERSION: Final = 1
 USER_AGENT: Final = f"monitor/{__version__}"

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import web
 from monitor.domain import TargetMetrics
 from monitor.errors import StoreUnavailable
-from monitor.reporting import build_report, metrics_snapshot
+from monitor.health import build_report, metrics_snapshot
 from monitor.store import alert_reads, leases, rollups
+from monitor.web import app as web
 
 T = TypeVar("T")
 

@@ -28,9 +28,10 @@ from datetime import UTC, datetime
 import requests
 from sqlalchemy import Engine
 
-from monitor import probe, providers
+from monitor import probe
 from monitor.domain import ErrorKind, ProbeResult, Target
-from monitor.replay import Plan, ReplayError, plan
+from monitor.probe import providers
+from monitor.replay.send import Plan, ReplayError, plan
 from monitor.store import replays
 from monitor.store.records import Recorder, canonical_json, target_id_of, usage_since
 from monitor.store.replays import Claim, LinkedWriter, ReplayState, RunSpec, StoredAnswer
