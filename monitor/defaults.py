@@ -95,3 +95,10 @@ PRUNE_FIRST_AFTER: Final = timedelta(minutes=1)
 DISPATCH_EVERY_S: Final = 1.0
 # `monitor status` counts an instance alive while its heartbeat is younger than three beats.
 HEARTBEAT_EVERY_S: Final = 10.0
+
+
+# --- the HTTP servers (httpd) -----------------------------------------------------------------
+
+# stop() waits this long for each connection thread after shutting its socket; one still busy
+# after that is abandoned (a daemon thread), so a stuck handler never hangs a shutdown.
+HTTP_JOIN_TIMEOUT_S: Final = 5.0

@@ -6,7 +6,6 @@ commands, so `monitor --help` does not load it.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ import click
 from sqlalchemy import Engine
 
 from monitor import config as config_module
+from monitor import httpd
 from monitor.cli.common import ID, F, atomic_output, config_option, moment, opened, output_path
 from monitor.config.checks import check_database_url
 from monitor.store import transfer
@@ -97,20 +97,12 @@ def _run_batch(engine: Engine, spec: BatchSpec) -> BatchSummary:
     from monitor.store.replays import Run
 
     stop = threading.Event()
-    signals = 0
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            os._exit(130)  # cold: what is in flight may be lost, and is never re-sent
+    def warm(received: signal.Signals) -> None:
         stop.set()
-        click.echo(f"\n{signal.Signals(signum).name}: finishing the requests in flight "
-                   "(again to exit now)", err=True)
+        click.echo(f"\n{received.name}: finishing the requests in flight (again to exit now)",
+                   err=True)
 
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = ([(s, signal.signal(s, on_signal)) for s in (signal.SIGINT, signal.SIGTERM)]
-                if in_main else [])
     with contextlib.ExitStack() as stack:
         bars: list[Any] = []
 
@@ -121,12 +113,10 @@ def _run_batch(engine: Engine, spec: BatchSpec) -> BatchSummary:
             bar.update(done)
             bars.append(bar)
 
-        try:
+        # Cold: what is in flight may be lost, and is never re-sent.
+        with httpd.stop_signals(warm, cold_exit=130):
             return run_batch(engine, spec, stop, on_start,
                              lambda n: bars[0].update(n) if bars else None)
-        finally:
-            for signum, handler in previous:
-                signal.signal(signum, handler)
 
 
 @click.command("export")

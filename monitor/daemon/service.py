@@ -4,7 +4,6 @@ signal stops it (warm, then cold)."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -12,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from monitor import defaults
+from monitor import defaults, httpd
 from monitor.daemon.slots import PROBE_SLOT_WARNINGS, misfire_grace_s, slot_at, slot_trigger
 from monitor.daemon.steps import Daemon
 from monitor.domain import Settings, Target
@@ -37,7 +36,6 @@ class Service:
         self.daemon = daemon
         self._load_settings = load_settings
         self._stopping = threading.Event()
-        self._signals = 0
         self._stop_by = 0.0  # time.monotonic() by which a warm stop should be done
         # Enough threads that a target hanging until its timeout never holds up another.
         workers = max(8, min(200, 2 * len(daemon.settings.targets)))
@@ -128,13 +126,9 @@ class Service:
                  len(new.keys() - old.keys()), len(old.keys() - new.keys()),
                  len([n for n in new.keys() & old.keys() if old[n] != new[n]]))
 
-    def _on_stop_signal(self, signum: int, _frame: object) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(1)
+    def _warm_stop(self, received: signal.Signals) -> None:
         log.info("%s: finishing in-flight probes, then exiting (again to exit now)",
-                 signal.Signals(signum).name)
+                 received.name)
         # In-flight probes end within their timeouts; the final drain gets what is left of that.
         longest_s = max((t.timeout_ms for t in self.daemon.settings.targets), default=0) / 1000
         self._stop_by = time.monotonic() + longest_s
@@ -142,8 +136,12 @@ class Service:
         self.daemon.stopping.set()  # a drain under way ends at its next batch
 
     def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
+        """Schedule every job and run them until a signal stops the service (warm, then cold)."""
+        with httpd.stop_signals(self._warm_stop, cold_exit=1,
+                                cold=lambda s: log.warning("second %s: exiting now", s.name)):
+            self._run()
+
+    def _run(self) -> None:
         signal.signal(signal.SIGHUP, lambda *_: self.reload())
         self._schedule(self.daemon.settings.targets)
         self.scheduler.add_job(self.daemon.drain, "interval", seconds=defaults.DRAIN_EVERY_S,

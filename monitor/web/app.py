@@ -25,20 +25,19 @@ import io
 import ipaddress
 import json
 import logging
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from socketserver import ThreadingMixIn
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
+from monitor import httpd
 from monitor.domain import TargetMetrics
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
@@ -344,9 +343,14 @@ class _Handler(WSGIRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow client never holds up stop()
+class _Server(httpd.ThreadedServer, WSGIServer):
+    # A slow client never holds up stop() for long: its socket is shut and its thread waited
+    # for, bounded (httpd); while it is served, request_timeout_s cuts off one that stalls.
     request_timeout_s = REQUEST_READ_TIMEOUT_S
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        self.setup_environ()  # what WSGIServer.server_bind adds to HTTPServer's
 
 
 class _Server6(_Server):
@@ -367,44 +371,31 @@ class WebServer:
         self._request_timeout_s = request_timeout_s
         self._host = host
         self._port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running: httpd.Running[_Server] | None = None
 
     def start(self) -> Self:
         """Listen (port 0 picks a free one) and serve in a daemon thread."""
-        if self._server is not None:
+        if self._running is not None:
             raise MonitorError(f"the web server is already running at {self.url}")
         kind = _Server6 if ":" in self._host else _Server
-        try:
-            server = kind((self._host, self._port), _Handler)
-        except OSError as error:
-            raise MonitorError(f"cannot listen on {self._host}:{self._port}: "
-                               f"{error.strerror or error}") from None
+        server = httpd.bind(lambda: kind((self._host, self._port), _Handler),
+                            self._host, self._port, MonitorError)
         server.set_app(self._app)
         server.request_timeout_s = self._request_timeout_s
-        # A short poll interval makes stop() return quickly.
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                  name=f"monitor-web-{server.server_port}", daemon=True)
-        self._server, self._thread = server, thread
-        thread.start()
+        self._running = httpd.Running(server, "monitor-web", poll_interval_s=0.1)
         return self
 
     @property
     def url(self) -> str:
         """http://host:port, without a trailing slash."""
-        if self._server is None:
+        if self._running is None:
             raise MonitorError("the web server is not running: call start() first")
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._server.server_port}"
+        return httpd.url(self._host, self._running.port)
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
+        if self._running is not None:
+            self._running.stop()
+            self._running = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -418,18 +409,7 @@ def serve(host: str, port: int, app: WSGIApplication,
           ready: Callable[[str], None] | None = None, *,
           stop: threading.Event | None = None, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve until Ctrl-C, SIGTERM or `stop`; `ready` gets `listening on <url>` first."""
-    stop = stop or threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()
-    # Signal handlers can only be installed from the main thread.
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
-    try:
-        with WebServer(app, host, port, allowed_hosts=allowed_hosts) as server:
-            if ready is not None:
-                ready(f"listening on {server.url}")
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
-                pass
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with WebServer(app, host, port, allowed_hosts=allowed_hosts) as server:
+        if ready is not None:
+            ready(f"listening on {server.url}")
+        httpd.serve_until_signal(stop)
