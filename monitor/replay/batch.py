@@ -29,12 +29,12 @@ import requests
 from sqlalchemy import Engine
 
 from monitor import probe
-from monitor.domain import ErrorKind, ProbeResult, Target
+from monitor.domain import ErrorKind, ProbeResult, ReplayState, Target
 from monitor.probe import providers
 from monitor.replay.send import Plan, ReplayError, plan
 from monitor.store import replays
 from monitor.store.records import Recorder, canonical_json, target_id_of, usage_since
-from monitor.store.replays import Claim, LinkedWriter, ReplayState, RunSpec, StoredAnswer
+from monitor.store.replays import Claim, LinkedWriter, RunSpec, StoredAnswer
 
 # A 429 that outlasts this many waits is the answer (insufficient_quota never resets): the
 # replay stores it rather than retrying forever.
