@@ -65,6 +65,11 @@ API_KEY_ENV: Final[Mapping[Provider, str]] = MappingProxyType(
 )
 
 
+# [retention] raw. Raw bodies and headers are for looking into recent probes; a month covers any
+# investigation of a drift alert. Aggregates and fingerprint history are kept forever.
+RAW_RETENTION_MS: Final = 30 * 86_400_000
+
+
 # --- the daemon ----------------------------------------------------------------------------
 
 # Probing is I/O-bound; this bounds sockets and threads, not CPU.
@@ -102,3 +107,19 @@ HEARTBEAT_EVERY_S: Final = 10.0
 # stop() waits this long for each connection thread after shutting its socket; one still busy
 # after that is abandoned (a daemon thread), so a stuck handler never hangs a shutdown.
 HTTP_JOIN_TIMEOUT_S: Final = 5.0
+
+
+# --- the dashboard (web/) ---------------------------------------------------------------------
+
+# Probes come minutes apart; a faster refresh only costs queries.
+DASHBOARD_REFRESH_S: Final = 60
+# From connecting to the end of its headers, a client gets this long: a GET is a few hundred
+# bytes, so ten seconds is plenty over any network, and a client that trickles its request a
+# byte at a time (slowloris) is cut off instead of holding a thread for as long as it likes
+# (a socket timeout alone starts again with every byte).
+REQUEST_READ_TIMEOUT_S: Final = 10.0
+# A client that stops reading the answer frees its thread after this.
+WRITE_TIMEOUT_S: Final = 30
+# `monitor status` and /healthz count an instance alive while its heartbeat is younger than
+# three beats: one late beat is a busy machine, three are a stopped daemon.
+ALIVE_WITHIN_S: Final = 3 * HEARTBEAT_EVERY_S

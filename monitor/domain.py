@@ -115,10 +115,11 @@ class Settings:
     config_path: str
     database_url: str
     targets: tuple[Target, ...]
-    alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
     # [retention] raw: raw bodies and headers older than this are pruned (daily, and by
     # `monitor prune`); rollups, fingerprint history and every parsed column stay forever.
-    raw_retention_ms: int = 30 * 86_400_000
+    # Its default is defaults.RAW_RETENTION_MS, applied by config.load().
+    raw_retention_ms: int
+    alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
     # [web] allowed_hosts: Host names the dashboard answers to besides its own address and
     # loopback (checked against DNS rebinding; `monitor serve --allowed-host` adds more).
     allowed_hosts: tuple[str, ...] = ()

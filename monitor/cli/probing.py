@@ -24,7 +24,7 @@ from monitor.cli.common import (
     web_token,
 )
 from monitor.config.checks import check_database_url
-from monitor.defaults import HEARTBEAT_EVERY_S
+from monitor.defaults import ALIVE_WITHIN_S
 from monitor.domain import Settings, Target
 from monitor.render import text
 from monitor.store import db, leases
@@ -158,7 +158,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "spool_backlog": Spool(spool).backlog(),
             "last_probes": last_probes(engine),
             "instances": leases.alive(engine, now(),
-                                      timedelta(seconds=3 * HEARTBEAT_EVERY_S)),
+                                      timedelta(seconds=ALIVE_WITHIN_S)),
         }
     if as_json:
         click.echo(json.dumps(status, indent=2))

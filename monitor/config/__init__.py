@@ -178,6 +178,5 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
         raise ConfigError(config_path, err.key, err.expected, err.got) from None
     retention = sections.get("retention", {})
     return Settings(config_path=config_path, database_url=database_url, targets=targets,
-                    alerts=alerts, **({"raw_retention_ms": retention["raw"]}
-                                      if "raw" in retention else {}),
+                    alerts=alerts, raw_retention_ms=retention.get("raw", defaults.RAW_RETENTION_MS),
                     allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()))

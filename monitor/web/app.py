@@ -15,7 +15,7 @@ line only) nor sent back.
 The server answers only to the Host names it knows (its own address, loopback names, IP
 literals and the allowed names it is given), with 421 otherwise: a page on another site that
 rebinds its DNS name to this address cannot read the report through a visitor's browser. A
-client gets REQUEST_READ_TIMEOUT_S to send its whole request, however it trickles it.
+client gets REQUEST_READ_TIMEOUT_S (defaults.py) to send its whole request, however it trickles it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from monitor import httpd
+from monitor import defaults, httpd
 from monitor.domain import TargetMetrics
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
@@ -53,14 +53,7 @@ HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 DEFAULT_HOST = "127.0.0.1"  # the dashboard shows upstream data: public only when asked
 DEFAULT_SINCE = "24h"  # as `monitor report`
-DEFAULT_REFRESH_S = 60  # probes come minutes apart; a faster refresh only costs queries
 _MAX_REFRESH_S = 86_400
-# From connecting to the end of its headers, a client gets this long: a GET is a few hundred
-# bytes, so ten seconds is plenty over any network, and a client that trickles its request a
-# byte at a time (slowloris) is cut off instead of holding a thread for as long as it likes
-# (a socket timeout alone starts again with every byte).
-REQUEST_READ_TIMEOUT_S = 10.0
-_WRITE_TIMEOUT_S = 30  # a client that stops reading the answer frees its thread
 _JSON = "application/json; charset=utf-8"
 _ALWAYS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 _STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -86,7 +79,7 @@ def _json(status: int, payload: Any, *headers: tuple[str, str]) -> _Response:
 def make_app(report_source: ReportSource, alerts_source: AlertsSource,
              metrics_source: MetricsSource, health: HealthCheck, token: str | None, *,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-             refresh_s: int = DEFAULT_REFRESH_S) -> WSGIApplication:
+             refresh_s: int = defaults.DASHBOARD_REFRESH_S) -> WSGIApplication:
     """The WSGI app behind `monitor serve`; `token` None leaves every route open."""
     if token is not None and not token.strip():
         raise ValueError("an empty token would accept `Authorization: Bearer ` from anyone")
@@ -311,11 +304,11 @@ class _DeadlineReader(io.RawIOBase):
         except TimeoutError:
             raise _RequestTooSlow() from None
         finally:
-            self._connection.settimeout(_WRITE_TIMEOUT_S)
+            self._connection.settimeout(defaults.WRITE_TIMEOUT_S)
 
 
 class _Handler(WSGIRequestHandler):
-    timeout = _WRITE_TIMEOUT_S
+    timeout = defaults.WRITE_TIMEOUT_S
     server: _Server
 
     def setup(self) -> None:
@@ -346,7 +339,7 @@ class _Handler(WSGIRequestHandler):
 class _Server(httpd.ThreadedServer, WSGIServer):
     # A slow client never holds up stop() for long: its socket is shut and its thread waited
     # for, bounded (httpd); while it is served, request_timeout_s cuts off one that stalls.
-    request_timeout_s = REQUEST_READ_TIMEOUT_S
+    request_timeout_s = defaults.REQUEST_READ_TIMEOUT_S
 
     def server_bind(self) -> None:
         super().server_bind()
@@ -363,7 +356,7 @@ class WebServer:
 
     def __init__(self, app: WSGIApplication, host: str = DEFAULT_HOST, port: int = 0, *,
                  allowed_hosts: Iterable[str] = (),
-                 request_timeout_s: float = REQUEST_READ_TIMEOUT_S) -> None:
+                 request_timeout_s: float = defaults.REQUEST_READ_TIMEOUT_S) -> None:
         names = {name.lower().rstrip(".") for name in allowed_hosts}
         if host and not _is_ip(host.strip("[]")):
             names.add(host.lower().rstrip("."))  # bound by name: that name is its own
