@@ -20,7 +20,8 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
 
 from monitor.defaults import HTTP_JOIN_TIMEOUT_S
 
@@ -94,28 +95,62 @@ def url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-class Running(Generic[S]):
-    """A server serving on a daemon thread until stop()."""
+class Background(Generic[S]):
+    """A server on a daemon thread: start(), .url, stop(); also a context manager. Subclasses
+    say how to make their server (`_make`), what they are called and which error they raise."""
 
-    def __init__(self, server: S, name: str, poll_interval_s: float = 0.05) -> None:
-        self.server = server
-        # A short poll interval makes stop() return quickly; an idle loop costs nothing noticeable.
-        self._thread = threading.Thread(target=server.serve_forever,
-                                        kwargs={"poll_interval": poll_interval_s},
-                                        name=f"{name}-{server.server_address[1]}", daemon=True)
-        self._thread.start()
+    what = "the server"  # as error messages name it
+    thread_name = "monitor-httpd"
+    poll_interval_s = 0.05  # how soon stop() is noticed; an idle loop costs nothing noticeable
+    error: Callable[[str], Exception] = OSError
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._port = port
+        self._server: S | None = None
+        self._thread: threading.Thread | None = None
+
+    def _make(self) -> S:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Listen (port 0 picks a free one) and serve in a daemon thread."""
+        if self._server is not None:
+            raise self.error(f"{self.what} is already running at {self.url}")
+        server = bind(self._make, self._host, self._port, self.error)
+        thread = threading.Thread(target=server.serve_forever,
+                                  kwargs={"poll_interval": self.poll_interval_s},
+                                  name=f"{self.thread_name}-{server.server_address[1]}",
+                                  daemon=True)
+        self._server, self._thread = server, thread
+        thread.start()
+        return self
 
     @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
+    def url(self) -> str:
+        """http://host:port, without a trailing slash."""
+        if self._server is None:
+            raise self.error(f"{self.what} is not running: call start() first")
+        return url(self._host, int(self._server.server_address[1]))
 
     def stop(self) -> None:
         """Stop serving, end every connection (even a hanging one), close the socket, join."""
-        self.server.stopping.set()
-        self.server.shutdown()
-        self.server.close_connections()
-        self.server.server_close()
-        self._thread.join()
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.stopping.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
 
 
 @contextlib.contextmanager

@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, select, true
 
@@ -229,41 +228,22 @@ class _Server(httpd.HTTPServer):
         super().__init__(address, _Handler)
 
 
-class RecordedServer:
-    """The recorded-answer server on a background thread: start(), .url, stop()."""
+class RecordedServer(httpd.Background["_Server"]):
+    """The recorded-answer server on a background thread: start(), .url, stop(). Clients use
+    f"{url}/v1" as their base URL."""
+
+    what = "the server"
+    thread_name = "monitor-recorded"
+    error = RecordedError
 
     def __init__(self, engine: Engine, target: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, latency: bool = False) -> None:
         self._library = Library(engine, target)
-        self._address = (host, port)
         self._latency = latency
-        self._running: httpd.Running[_Server] | None = None
+        super().__init__(host, port)
 
-    def start(self) -> Self:
-        host, port = self._address
-        server = httpd.bind(lambda: _Server(self._address, self._library, self._latency),
-                            host, port, RecordedError)
-        self._running = httpd.Running(server, "monitor-recorded")
-        return self
-
-    @property
-    def url(self) -> str:
-        """http://host:port; clients use f"{url}/v1" as their base URL."""
-        if self._running is None:
-            raise RecordedError("the server is not running: call start() first")
-        return httpd.url(self._address[0], self._running.port)
-
-    def stop(self) -> None:
-        if self._running is not None:
-            self._running.stop()
-            self._running = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+    def _make(self) -> _Server:
+        return _Server((self._host, self._port), self._library, self._latency)
 
 
 def serve(engine: Engine, host: str, port: int, target: str | None, latency: bool,

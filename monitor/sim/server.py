@@ -14,8 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from monitor import httpd
@@ -137,46 +136,23 @@ class _Server(httpd.HTTPServer):
             super().handle_error(request, client_address)
 
 
-class Simulator:
-    """An OpenAI-compatible API server on a background thread: start(), .url, stop()."""
+class Simulator(httpd.Background["_Server"]):
+    """An OpenAI-compatible API server on a background thread: start(), .url, stop().
+    Clients use f"{url}/v1" as their base URL."""
+
+    what = "the simulator"
+    thread_name = "monitor-sim"
+    error = SimulatorError
 
     def __init__(self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0,
                  seed: int | None = None, *, clock: Callable[[], float] = time.time) -> None:
         # Validated like a file, so a Scenario(...) built by hand fails here and not mid-request.
         checked = Scenario.from_dict((scenario or Scenario()).to_dict(), "Simulator(scenario=...)")
         self._state = State(checked, seed, clock)
-        self._host = host
-        self._port = port
-        self._running: httpd.Running[_Server] | None = None
+        super().__init__(host, port)
 
-    def start(self) -> Self:
-        """Listen (port 0 picks a free one) and serve in a daemon thread."""
-        if self._running is not None:
-            raise SimulatorError(f"the simulator is already running at {self.url}")
-        server = httpd.bind(lambda: _Server((self._host, self._port), self._state),
-                            self._host, self._port, SimulatorError)
-        self._running = httpd.Running(server, "monitor-sim")
-        return self
-
-    @property
-    def url(self) -> str:
-        """http://host:port, without a trailing slash; OpenAI clients use f"{url}/v1"."""
-        if self._running is None:
-            raise SimulatorError("the simulator is not running: call start() first")
-        return httpd.url(self._host, self._running.port)
-
-    def stop(self) -> None:
-        """Stop serving, end every connection (even a hanging one), close the socket, join."""
-        if self._running is not None:
-            self._running.stop()
-            self._running = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+    def _make(self) -> _Server:
+        return _Server((self._host, self._port), self._state)
 
     # The control endpoint's operations, in process; SimClient does the same over HTTP.
 

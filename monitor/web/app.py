@@ -31,8 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -350,9 +349,14 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class WebServer:
+class WebServer(httpd.Background["_Server"]):
     """The app on a background thread: start(), .url, stop(); also a context manager.
     `monitor run --http` starts one beside the daemon's loop."""
+
+    what = "the web server"
+    thread_name = "monitor-web"
+    poll_interval_s = 0.1
+    error = MonitorError
 
     def __init__(self, app: WSGIApplication, host: str = DEFAULT_HOST, port: int = 0, *,
                  allowed_hosts: Iterable[str] = (),
@@ -362,40 +366,14 @@ class WebServer:
             names.add(host.lower().rstrip("."))  # bound by name: that name is its own
         self._app = _HostCheck(app, frozenset(names))
         self._request_timeout_s = request_timeout_s
-        self._host = host
-        self._port = port
-        self._running: httpd.Running[_Server] | None = None
+        super().__init__(host, port)
 
-    def start(self) -> Self:
-        """Listen (port 0 picks a free one) and serve in a daemon thread."""
-        if self._running is not None:
-            raise MonitorError(f"the web server is already running at {self.url}")
+    def _make(self) -> _Server:
         kind = _Server6 if ":" in self._host else _Server
-        server = httpd.bind(lambda: kind((self._host, self._port), _Handler),
-                            self._host, self._port, MonitorError)
+        server = kind((self._host, self._port), _Handler)
         server.set_app(self._app)
         server.request_timeout_s = self._request_timeout_s
-        self._running = httpd.Running(server, "monitor-web", poll_interval_s=0.1)
-        return self
-
-    @property
-    def url(self) -> str:
-        """http://host:port, without a trailing slash."""
-        if self._running is None:
-            raise MonitorError("the web server is not running: call start() first")
-        return httpd.url(self._host, self._running.port)
-
-    def stop(self) -> None:
-        if self._running is not None:
-            self._running.stop()
-            self._running = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+        return server
 
 
 def serve(host: str, port: int, app: WSGIApplication,
