@@ -78,6 +78,16 @@ class HTTPServer(ThreadedServer, http.server.HTTPServer):
     """ThreadedServer for a BaseHTTPRequestHandler."""
 
 
+def read_body(handler: http.server.BaseHTTPRequestHandler) -> bytes | None:
+    """The request's body, by its Content-Length; None once a bad length is answered with 400."""
+    try:
+        length = int(handler.headers.get("content-length") or 0)
+    except ValueError:
+        handler.send_error(400, "Invalid Content-Length")
+        return None
+    return handler.rfile.read(length) if length > 0 else b""
+
+
 S = TypeVar("S", bound=ThreadedServer)
 
 

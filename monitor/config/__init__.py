@@ -24,6 +24,7 @@ from dotenv import dotenv_values
 from monitor import defaults
 from monitor.config.checks import (
     _NOTHING,
+    _array_of,
     _at,
     _Check,
     _database_url,
@@ -58,14 +59,8 @@ def _webhook_url(value: object) -> str:
     return value  # type: ignore[return-value]  # checked by urlsplit above
 
 
-def _webhook_urls(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _Invalid('an array of URLs like ["https://hooks.example.com/monitor"]', value)
-    urls = []
-    for index, item in enumerate(value):
-        with _at(f"[{index}]"):
-            urls.append(_webhook_url(item))
-    return tuple(urls)
+_webhook_urls = _array_of(_webhook_url,
+                          'an array of URLs like ["https://hooks.example.com/monitor"]')
 
 
 _ALERT_KEYS: dict[str, _Check] = {

@@ -320,14 +320,21 @@ def _hostname(value: object) -> str:
     return value.lower().rstrip(".")
 
 
-def _hostnames(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _Invalid('an array of host names like ["monitor.example.com"]', value)
-    names = []
-    for index, item in enumerate(value):
-        with _at(f"[{index}]"):
-            names.append(_hostname(item))
-    return tuple(names)
+def _array_of(check: Callable[[object], str], expected: str) -> Callable[[object], tuple[str, ...]]:
+    """The check of an array whose items each pass `check`, reported as `key[i]`."""
+    def check_array(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(expected, value)
+        items = []
+        for index, item in enumerate(value):
+            with _at(f"[{index}]"):
+                items.append(check(item))
+        return tuple(items)
+
+    return check_array
+
+
+_hostnames = _array_of(_hostname, 'an array of host names like ["monitor.example.com"]')
 
 
 def check_hostnames(values: tuple[str, ...], where: str) -> tuple[str, ...]:

@@ -157,12 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def do_POST(self) -> None:
-        try:
-            length = int(self.headers.get("content-length") or 0)
-        except ValueError:
-            self.send_error(400, "Invalid Content-Length")
+        body = httpd.read_body(self)
+        if body is None:
             return
-        body = self.rfile.read(length) if length > 0 else b""
         path = self.path.split("?", 1)[0]
         if not path.endswith("/chat/completions"):
             self._send(_error(404, f"Invalid URL (POST {path})", "not_found"))

@@ -45,12 +45,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         arrived = self._arrived
-        try:
-            length = int(self.headers.get("content-length") or 0)
-        except ValueError:
-            self.send_error(400, "Invalid Content-Length")
+        body = httpd.read_body(self)
+        if body is None:
             return
-        body = self.rfile.read(length) if length > 0 else b""
         url = urlsplit(self.path)
         state = self.server.state
         if url.path.startswith("/_sim/"):
