@@ -45,7 +45,6 @@ class ErrorKind(enum.StrEnum):
 
 class AlertState(enum.StrEnum):
     """Where an alert stands (alerts/lifecycle.py draws the moves). Stored as-is."""
-
     PENDING = "pending"  # its condition holds, not yet for open_after probes: nobody told
     OPEN = "open"
     RESOLVED = "resolved"
@@ -53,7 +52,6 @@ class AlertState(enum.StrEnum):
 
 class AlertChange(enum.StrEnum):
     """What an outbox row tells people about an alert. Stored as-is."""
-
     OPENED = "opened"
     RESOLVED = "resolved"
     REMINDER = "reminder"  # still open, unacknowledged, remind_every after the last word
@@ -61,7 +59,6 @@ class AlertChange(enum.StrEnum):
 
 class OutboxState(enum.StrEnum):
     """Where one outbox row stands on its way into a notification. Stored as-is."""
-
     PENDING = "pending"  # to be grouped into the next notification
     HELD = "held"  # in a maintenance window: decided when the window ends
     GROUPED = "grouped"  # part of a notification (notification_id)
@@ -70,7 +67,6 @@ class OutboxState(enum.StrEnum):
 
 class ReplayState(enum.StrEnum):
     """Where one item of a batch replay stands. Stored as-is."""
-
     PENDING = "pending"
     SENDING = "sending"  # claimed: its request may be on the wire
     DONE = "done"
@@ -115,9 +111,8 @@ class Settings:
     config_path: str
     database_url: str
     targets: tuple[Target, ...]
-    # [retention] raw: raw bodies and headers older than this are pruned (daily, and by
-    # `monitor prune`); rollups, fingerprint history and every parsed column stay forever.
-    # Its default is defaults.RAW_RETENTION_MS, applied by config.load().
+    # [retention] raw (default: defaults.RAW_RETENTION_MS): raw bodies and headers older than
+    # this are pruned daily and by `monitor prune`; rollups and parsed columns stay forever.
     raw_retention_ms: int
     alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
     # [web] allowed_hosts: Host names the dashboard answers to besides its own address and

@@ -18,9 +18,9 @@ from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
 from monitor.domain import LATENCY_BUCKETS_S, AlertState, Histogram, TargetMetrics
 from monitor.sketch import Sketch
-from monitor.store import rollups
+from monitor.store import aggregate, rollups
+from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 from monitor.store.models import AlertRow, ProbeRow, TargetRow
-from monitor.store.rollups import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 
 VERSION = 1
 # Hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
@@ -199,9 +199,9 @@ def _rate_limits(total: Aggregate) -> dict[str, Any] | None:
         "remaining_requests": limits.remaining_requests,
         "remaining_tokens": limits.remaining_tokens,
         "headroom_requests": _fraction(
-            rollups.headroom(limits.remaining_requests, limits.limit_requests)),
+            aggregate.headroom(limits.remaining_requests, limits.limit_requests)),
         "headroom_tokens": _fraction(
-            rollups.headroom(limits.remaining_tokens, limits.limit_tokens)),
+            aggregate.headroom(limits.remaining_tokens, limits.limit_tokens)),
         "at": limits.at.isoformat(),
     }
 
