@@ -1,6 +1,6 @@
 """Every default monitor applies, each with the reason it was chosen.
 
-Target defaults are written as they would be in monitor.toml, and config.py reads them with the
+Target defaults are written as they would be in monitor.toml, and config/ reads them with the
 same checks as the file, so a default can never be a value the file itself would refuse.
 """
 

@@ -1,4 +1,4 @@
-"""Wiring the web app (monitor/web.py) to the store, for `monitor serve` and `monitor run
+"""Wiring the web app (web/app.py) to the store, for `monitor serve` and `monitor run
 --http`: the report, alerts and metrics sources, and what /healthz checks."""
 
 from __future__ import annotations
