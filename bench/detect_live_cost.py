@@ -27,11 +27,11 @@ import psycopg
 from canary import canary_target  # bench/ is on sys.path when run as a script
 from write_path import standard_canary
 
+from monitor.alerts.watch import Watcher
 from monitor.domain import AlertSettings, ProbeResult
 from monitor.sim import Simulator
 from monitor.store import db
 from monitor.store.records import Recorder
-from monitor.watch import Watcher
 
 START = datetime(2025, 11, 26, tzinfo=UTC)
 

@@ -37,13 +37,16 @@ import psycopg
 from sqlalchemy import Engine, insert, select
 from write_path import standard_canary  # bench/ is on sys.path when run as a script
 
+from monitor.defaults import RAW_RETENTION_MS
 from monitor.domain import ErrorKind, ProbeResult, Usage
-from monitor.reporting import build_report
+from monitor.health import build_report
 from monitor.sim import SimClient, Simulator
 from monitor.store import db, rollups
 from monitor.store.models import ProbeRow
 from monitor.store.records import Recorder, _probe_values
-from monitor.store.retention import RAW_RETENTION, prune
+from monitor.store.retention import prune
+
+RAW_RETENTION = timedelta(milliseconds=RAW_RETENTION_MS)
 
 START = datetime(2025, 11, 26, tzinfo=UTC)
 ROWS_PER_INSERT = 10_000

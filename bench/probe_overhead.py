@@ -20,7 +20,8 @@ import time
 import requests
 from canary import canary_target  # bench/ is on sys.path when run as a script
 
-from monitor import probe, providers
+from monitor import probe
+from monitor.probe import providers
 from monitor.sim import SimClient, Simulator
 
 _MINIMAL_BODY = (

@@ -30,13 +30,19 @@ from typing import Any
 
 from write_path import standard_canary  # bench/ is on sys.path when run as a script
 
-from monitor import providers
-from monitor.replay_batch import percentile
+from monitor.detect.stats import percentile
+from monitor.probe import providers
 from monitor.sim import Simulator
 from monitor.store import db
 from monitor.store.records import Recorder, count_probes
 
 BATCH = 5000
+
+
+
+def _pct(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of `values`, 0 when there are none."""
+    return percentile(sorted(values), q) if values else 0.0
 
 
 def payload(template: Any, number: int) -> dict[str, Any]:
@@ -103,7 +109,7 @@ def client_run(url: str, bodies: list[bytes], clients: int) -> tuple[float, list
 
 def report(name: str, elapsed: float, latencies: list[float], failures: int) -> None:
     print(f"  {name:<8} {len(latencies) / elapsed:7.0f} req/s   p50 "
-          f"{percentile(latencies, 0.5) or 0:6.2f} ms   p99 {percentile(latencies, 0.99) or 0:6.2f}"
+          f"{_pct(latencies, 50):6.2f} ms   p99 {_pct(latencies, 99):6.2f}"
           f" ms   unexpected status: {failures}")
 
 

@@ -27,11 +27,17 @@ from typing import Any
 from canary import canary_target  # bench/ is on sys.path when run as a script
 from write_path import drop_postgres, fresh_postgres, standard_canary
 
-from monitor import replay_batch
-from monitor.replay_batch import BatchSpec, percentile, run_batch
+from monitor.detect.stats import percentile
+from monitor.replay import batch as replay_batch
+from monitor.replay.batch import BatchSpec, run_batch
 from monitor.sim import SimClient, Simulator
 from monitor.store import db, replays
 from monitor.store.records import Recorder
+
+
+def _pct(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of `values`, 0 when there are none."""
+    return percentile(sorted(values), q) if values else 0.0
 
 
 def store_originals(url: str, template: Any, count: int) -> None:
@@ -83,7 +89,7 @@ def measure(url: str, sim_url: str, count: int, concurrency: int,
     overheads = sorted(c - latency_ms for c in cycle_ms)
     return {"elapsed_s": elapsed, "rate": count / elapsed,
             "ideal": concurrency / (latency_ms / 1000),
-            "p50": percentile(overheads, 0.5) or 0.0, "p99": percentile(overheads, 0.99) or 0.0,
+            "p50": _pct(overheads, 50), "p99": _pct(overheads, 99),
             "replay_p50": summary.replay.p50_ms or 0.0}
 
 

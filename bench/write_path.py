@@ -20,8 +20,9 @@ import psycopg
 from canary import canary_target  # bench/ is on sys.path when run as a script
 from sqlalchemy import text
 
-from monitor import probe, providers
+from monitor import probe
 from monitor.domain import ProbeResult, Target
+from monitor.probe import providers
 from monitor.sim import SimClient, Simulator
 from monitor.store import codec, db
 from monitor.store.records import Recorder, canonical_json

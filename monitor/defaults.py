@@ -1,12 +1,13 @@
 """Every default monitor applies, each with the reason it was chosen.
 
-Target defaults are written as they would be in monitor.toml, and config.py reads them with the
+Target defaults are written as they would be in monitor.toml, and config/ reads them with the
 same checks as the file, so a default can never be a value the file itself would refuse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -62,3 +63,63 @@ BASE_URL: Final[Mapping[Provider, str]] = MappingProxyType(
 API_KEY_ENV: Final[Mapping[Provider, str]] = MappingProxyType(
     {Provider.OPENAI: "OPENAI_API_KEY", Provider.AZURE: "AZURE_OPENAI_API_KEY"}
 )
+
+
+# [retention] raw. Raw bodies and headers are for looking into recent probes; a month covers any
+# investigation of a drift alert. Aggregates and fingerprint history are kept forever.
+RAW_RETENTION_MS: Final = 30 * 86_400_000
+
+
+# --- the daemon ----------------------------------------------------------------------------
+
+# Probing is I/O-bound; this bounds sockets and threads, not CPU.
+MAX_PARALLEL_PROBES: Final = 16
+
+# Every slot starts within one interval of the daemon's start, spread by a stable hash of the
+# target's name, so a hundred targets do not fire in the same second (and a restart keeps them
+# where they were); a little jitter on top keeps them from re-aligning with other schedules.
+JITTER_S: Final = 0.1
+# Results spooled during an outage reach the database within seconds of its return.
+DRAIN_EVERY_S: Final = 5.0
+# Batches per drain call: bounded, so one call never holds the database for long.
+DRAIN_ROUNDS: Final = 20
+# A drain call ends between batches after this long (under DRAIN_EVERY_S, so the drain job
+# never overruns its own interval); the next call carries on where it stopped.
+DRAIN_BUDGET_S: Final = 4.0
+# At shutdown the final drain gets what is left of the longest probe timeout after the
+# signal, but at least this (enough for the skipped slots and a batch or two); what is left
+# is drained by the next start.
+SHUTDOWN_DRAIN_MIN_S: Final = 0.5
+# Rollups trail the probes by at most this; a batch every few seconds costs less than a
+# fold after every probe, and reports catch up the rest themselves.
+ROLLUP_EVERY_S: Final = 5.0
+# Retention runs daily, first a minute after start (not at once: a restart loop must not
+# turn into a pruning loop, and the first probes matter more).
+PRUNE_FIRST_AFTER: Final = timedelta(minutes=1)
+# Notifications wait `group_wait` anyway; a second is fine grain for that and for retries.
+DISPATCH_EVERY_S: Final = 1.0
+# `monitor status` counts an instance alive while its heartbeat is younger than three beats.
+HEARTBEAT_EVERY_S: Final = 10.0
+
+
+# --- the HTTP servers (httpd) -----------------------------------------------------------------
+
+# stop() waits this long for each connection thread after shutting its socket; one still busy
+# after that is abandoned (a daemon thread), so a stuck handler never hangs a shutdown.
+HTTP_JOIN_TIMEOUT_S: Final = 5.0
+
+
+# --- the dashboard (web/) ---------------------------------------------------------------------
+
+# Probes come minutes apart; a faster refresh only costs queries.
+DASHBOARD_REFRESH_S: Final = 60
+# From connecting to the end of its headers, a client gets this long: a GET is a few hundred
+# bytes, so ten seconds is plenty over any network, and a client that trickles its request a
+# byte at a time (slowloris) is cut off instead of holding a thread for as long as it likes
+# (a socket timeout alone starts again with every byte).
+REQUEST_READ_TIMEOUT_S: Final = 10.0
+# A client that stops reading the answer frees its thread after this.
+WRITE_TIMEOUT_S: Final = 30
+# `monitor status` and /healthz count an instance alive while its heartbeat is younger than
+# three beats: one late beat is a busy machine, three are a stopped daemon.
+ALIVE_WITHIN_S: Final = 3 * HEARTBEAT_EVERY_S

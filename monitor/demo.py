@@ -14,8 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine, Integer, cast, func, select
 
-from monitor import config, report
+from monitor import config
 from monitor.daemon import Prober
+from monitor.render import text as report
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.models import ProbeRow, RequestPayloadRow, TargetRow

@@ -43,6 +43,35 @@ class ErrorKind(enum.StrEnum):
     UNEXPECTED_REDIRECT = "unexpected_redirect"  # a 3xx with a Location: never followed
 
 
+class AlertState(enum.StrEnum):
+    """Where an alert stands (alerts/lifecycle.py draws the moves). Stored as-is."""
+    PENDING = "pending"  # its condition holds, not yet for open_after probes: nobody told
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class AlertChange(enum.StrEnum):
+    """What an outbox row tells people about an alert. Stored as-is."""
+    OPENED = "opened"
+    RESOLVED = "resolved"
+    REMINDER = "reminder"  # still open, unacknowledged, remind_every after the last word
+
+
+class OutboxState(enum.StrEnum):
+    """Where one outbox row stands on its way into a notification. Stored as-is."""
+    PENDING = "pending"  # to be grouped into the next notification
+    HELD = "held"  # in a maintenance window: decided when the window ends
+    GROUPED = "grouped"  # part of a notification (notification_id)
+    DROPPED = "dropped"  # no longer true by the time it could be sent
+
+
+class ReplayState(enum.StrEnum):
+    """Where one item of a batch replay stands. Stored as-is."""
+    PENDING = "pending"
+    SENDING = "sending"  # claimed: its request may be on the wire
+    DONE = "done"
+
+
 class SlotState(enum.StrEnum):
     """What became of one scheduled slot of one target."""
 
@@ -82,10 +111,10 @@ class Settings:
     config_path: str
     database_url: str
     targets: tuple[Target, ...]
+    # [retention] raw (default: defaults.RAW_RETENTION_MS): raw bodies and headers older than
+    # this are pruned daily and by `monitor prune`; rollups and parsed columns stay forever.
+    raw_retention_ms: int
     alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
-    # [retention] raw: raw bodies and headers older than this are pruned (daily, and by
-    # `monitor prune`); rollups, fingerprint history and every parsed column stay forever.
-    raw_retention_ms: int = 30 * 86_400_000
     # [web] allowed_hosts: Host names the dashboard answers to besides its own address and
     # loopback (checked against DNS rebinding; `monitor serve --allowed-host` adds more).
     allowed_hosts: tuple[str, ...] = ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class Secret:
-    """Holds a secret string; prints as `Secret('****')`. Only providers.py reads `.value`."""
+    """Holds a secret string; prints as `Secret('****')`. Only probe/providers.py reads `.value`."""
 
     __slots__ = ("_value",)
 

@@ -18,7 +18,7 @@ from typing import Any
 from wsgiref.types import WSGIApplication
 
 from monitor.domain import LATENCY_BUCKETS_S, Histogram, TargetMetrics
-from monitor.web import serve
+from monitor.web.app import serve
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SCRIPT = "<script>alert(1)</script>"
@@ -222,7 +222,7 @@ class Sources:
 
 @contextmanager
 def running(app: WSGIApplication) -> Iterator[str]:
-    """`monitor.web.serve` on a free loopback port in a thread; yields its URL."""
+    """`monitor.web.app.serve` on a free loopback port in a thread; yields its URL."""
     stop = threading.Event()
     lines: queue.Queue[str] = queue.Queue()
     thread = threading.Thread(target=serve, args=("127.0.0.1", 0, app, lines.put),

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, select
 from monitor.alerts import lifecycle
 from monitor.cli import cli
 from monitor.daemon import Daemon
-from monitor.domain import AlertSettings
+from monitor.domain import AlertSettings, AlertState
 from monitor.sim import SimClient
 from monitor.store import db
 from monitor.store.models import (
@@ -97,7 +97,7 @@ def run(tmp_path: Path, engine: Engine, database_url: str, make_settings: MakeSe
 
 
 def only_alert(run: Run) -> AlertRow:
-    alerts = [a for a in run.alerts() if a.state != lifecycle.PENDING]
+    alerts = [a for a in run.alerts() if a.state != AlertState.PENDING]
     assert len(alerts) == 1, [(a.kind, a.key, a.state) for a in alerts]
     return alerts[0]
 
@@ -148,13 +148,13 @@ def test_each_drift_kind_raises_exactly_one_alert_and_resolves_after_revert(
     sim.update(**change)
     canary.probes(12)
     alert = only_alert(canary)
-    assert (alert.kind, alert.key, alert.state) == (kind, key, lifecycle.OPEN)
+    assert (alert.kind, alert.key, alert.state) == (kind, key, AlertState.OPEN)
     for check, found in zip(EXPECTED[name], (alert.before, alert.after), strict=True):
         assert check(found) if callable(check) else found == check, (alert.before, alert.after)
     sim.update(**revert)
     canary.probes(25)
     alert = only_alert(canary)
-    assert alert.state == lifecycle.RESOLVED and alert.resolution
+    assert alert.state == AlertState.RESOLVED and alert.resolution
     with canary.daemon.recorder.engine.connect() as connection:
         changes = connection.execute(
             select(OutboxRow.change).where(OutboxRow.alert_id == alert.id).order_by(OutboxRow.id)
@@ -196,7 +196,7 @@ def test_availability_opens_at_exactly_the_nth_failure(
     assert canary.alerts() == []
     canary.probes(1)
     alert = only_alert(canary)
-    assert alert.state == lifecycle.OPEN and alert.severity == "critical"
+    assert alert.state == AlertState.OPEN and alert.severity == "critical"
 
 
 def test_a_flap_within_the_cooldown_continues_the_alert_silently(
@@ -226,12 +226,12 @@ def test_open_after_and_resolve_after_are_honoured(sim: SimClient, run: Callable
     canary.probes(10)
     sim.update(faults={"rate": 1.0, "kinds": ["http_503"]})
     canary.probes(3)  # the condition opens at the 3rd failure: pending, not an alert yet
-    assert [a.state for a in canary.alerts()] == [lifecycle.PENDING]
+    assert [a.state for a in canary.alerts()] == [AlertState.PENDING]
     canary.probes(1)
-    assert only_alert(canary).state == lifecycle.OPEN
+    assert only_alert(canary).state == AlertState.OPEN
     sim.update(faults={"rate": 0.0})
     canary.probes(1)
-    assert only_alert(canary).state == lifecycle.RESOLVED
+    assert only_alert(canary).state == AlertState.RESOLVED
 
 
 def test_maintenance_holds_notifications_and_releases_what_outlasts_it(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,11 +30,14 @@ def modules(pattern: str) -> list[Path]:
 @pytest.mark.parametrize(
     ("pattern", "forbidden"),
     [
-        pytest.param("probe.py", ("monitor.store", "sqlalchemy"), id="probe-knows-no-database"),
-        pytest.param("completion.py", ("requests", "monitor.store"), id="parser-is-pure"),
-        pytest.param("headers.py", ("requests", "monitor.store"), id="headers-are-pure"),
+        pytest.param("probe/*.py", ("monitor.store", "sqlalchemy"), id="probe-knows-no-database"),
+        pytest.param("probe/completion.py", ("requests", "monitor.store"), id="parser-is-pure"),
+        pytest.param("probe/headers.py", ("requests", "monitor.store"), id="headers-are-pure"),
         pytest.param("store/*.py", ("requests", "monitor.probe"), id="store-knows-no-http"),
-        pytest.param("sim/*.py", ("monitor.store", "monitor.probe"), id="sim-stands-alone"),
+        pytest.param("detect/*.py", ("requests", "sqlalchemy", "monitor.store", "monitor.clock"),
+                     id="detectors-are-pure"),
+        pytest.param("render/*.py", ("monitor.store", "sqlalchemy", "requests"),
+                     id="renderers-take-plain-data"),
     ],
 )
 def test_forbidden_imports(pattern: str, forbidden: tuple[str, ...]) -> None:
@@ -54,4 +59,62 @@ def test_only_providers_reads_a_secret_value() -> None:
         for p in PACKAGE.rglob("*.py")
         if "api_key.value" in p.read_text()
     ]
-    assert readers == ["providers.py"]
+    assert readers == ["probe/providers.py"]
+
+
+def own_imports(path: Path) -> set[str]:
+    """The monitor modules `path` imports, as module names (`from monitor import x` counted as
+    monitor.x, so a package import and a module import read the same)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("monitor"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("monitor"):
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_detectors_import_only_the_domain_and_each_other() -> None:
+    for path in modules("detect/*.py"):
+        bad = [n for n in own_imports(path)
+               if not n.startswith(("monitor.domain", "monitor.detect"))]
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_the_simulator_stands_alone() -> None:
+    for path in modules("sim/*.py"):
+        bad = [n for n in own_imports(path)
+               if not n.startswith(("monitor.sim", "monitor.errors", "monitor.httpd"))]
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_the_http_server_depends_on_nothing_but_defaults() -> None:
+    own = own_imports(PACKAGE / "httpd.py")
+    assert all(n.startswith("monitor.defaults") for n in own), own
+
+
+def test_only_the_daemon_and_the_cli_wire_parts_together() -> None:
+    """Nothing below the wiring imports it: daemon/ is used by cli/ (and demo), cli/ by no one."""
+    for path in PACKAGE.rglob("*.py"):
+        where = path.relative_to(PACKAGE).as_posix()
+        own = own_imports(path)
+        if not where.startswith("cli/") and where not in ("__main__.py",):
+            assert not [n for n in own if n.startswith("monitor.cli")], where
+        if not where.startswith(("cli/", "daemon/")) and where != "demo.py":
+            assert not [n for n in own if n.startswith("monitor.daemon")], where
+
+
+def test_the_cli_loads_no_heavy_subsystem_until_a_command_needs_it() -> None:
+    code = ("import sys, monitor.cli; print(sorted(m for m in sys.modules if m.startswith("
+            "('monitor.web', 'monitor.replay', 'monitor.sim'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_top_level_stays_small_and_modules_stay_readable() -> None:
+    top = [p.name for p in PACKAGE.glob("*.py")]
+    assert len(top) <= 15, top
+    # The ORM schema reads best whole; every other module owns one noun.
+    long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 450}
+    assert set(long) <= {"store/models.py"}, long

@@ -20,8 +20,8 @@ import requests
 from click.testing import CliRunner, Result
 
 from monitor.cli import cli
-from monitor.cli_common import atomic_output
-from monitor.web import WebServer, is_loopback
+from monitor.cli.common import atomic_output
+from monitor.web.app import WebServer, is_loopback
 from tests.conftest import TEST_KEY, write_config
 
 DEADLINE_S = 30  # for a subprocess to say what it is doing
@@ -370,7 +370,7 @@ def _closed_within(connection: socket.socket, seconds: float, trickle: bytes = b
 def test_a_slow_client_is_cut_off_with_one_log_line(
     trickle: bytes, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="monitor.web")
+    caplog.set_level(logging.INFO, logger="monitor.web.app")
     with WebServer(_ok_app, "127.0.0.1", 0, request_timeout_s=1) as server:
         port = int(server.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.completion import CompletionError, StreamAssembler, parse_completion
 from monitor.domain import Choice, ErrorKind, Usage
+from monitor.probe.completion import CompletionError, StreamAssembler, parse_completion
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SERVERS = FIXTURES / "compatible-servers"

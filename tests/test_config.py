@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from monitor import config
+from monitor.config.targets import effective_config
 from monitor.domain import Provider, Settings
 from monitor.errors import ConfigError
+from monitor.render import check as render_check
 from monitor.secrets import Secret
 
 KEY = "sk-" "test-7c1e9a4b2d8f6e0a3c5b7d9f1e2a4cyz"  # fake; the leak tests hunt for it
@@ -716,7 +718,7 @@ def test_config_hash_is_sha256_of_canonical_effective_config() -> None:
         '"seed":7,"temperature":0},"provider":"openai","stream":false,"timeout_ms":30000}'
     )
     assert target.config_hash == hashlib.sha256(canonical.encode()).hexdigest()
-    assert json.loads(canonical) == config.effective_config(target)
+    assert json.loads(canonical) == effective_config(target)
 
 
 @pytest.mark.parametrize(
@@ -765,7 +767,7 @@ params = { max_completion_tokens = 20, n = 2 }
 
 
 def test_describe_resolves_masks_and_estimates_tokens_per_day() -> None:
-    (row,) = config.describe(load(COSTED))
+    (row,) = render_check.describe(load(COSTED))
     assert row == {
         "name": "costed",
         "provider": "openai",
@@ -798,7 +800,7 @@ def test_describe_azure_url_and_keyless_target() -> None:
     local = target_toml(
         provider='"openai-compatible"', base_url='"http://127.0.0.1:8080/v1"'
     ).replace('"a"', '"local"')
-    az, loc = config.describe(load(AZURE + local))
+    az, loc = render_check.describe(load(AZURE + local))
     assert az["url"] == (
         "https://myres.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions"
         "?api-version=2024-10-21"
@@ -814,7 +816,7 @@ def test_render_check_shows_each_target_and_a_total() -> None:
     local = target_toml(
         provider='"openai-compatible"', base_url='"http://127.0.0.1:8080/v1"', interval='"7m"'
     ).replace('"a"', '"local"')
-    text = config.render_check(load(COSTED + AZURE + local))
+    text = render_check.render_check(load(COSTED + AZURE + local))
     assert text == textwrap.dedent(
         """\
         costed
@@ -855,7 +857,7 @@ def test_render_check_shows_each_target_and_a_total() -> None:
 
 
 def test_render_check_without_targets_is_just_the_total() -> None:
-    assert config.render_check(load("", environ={})) == (
+    assert render_check.render_check(load("", environ={})) == (
         "total: 0 targets, 0 probes/day, ~0 tokens/day (estimated)"
     )
 
@@ -866,9 +868,9 @@ def test_render_check_without_targets_is_just_the_total() -> None:
 def test_key_value_appears_in_no_error_description_or_repr() -> None:
     settings = load(MINIMAL + AZURE)
     assert KEY not in repr(settings)
-    assert KEY not in json.dumps(config.describe(settings), ensure_ascii=False)
-    assert KEY not in config.render_check(settings)
-    assert KEY not in json.dumps([config.effective_config(t) for t in settings.targets])
+    assert KEY not in json.dumps(render_check.describe(settings), ensure_ascii=False)
+    assert KEY not in render_check.render_check(settings)
+    assert KEY not in json.dumps([effective_config(t) for t in settings.targets])
 
     failures = [
         target_toml(interval='"1s"'),  # an error in a target whose key was found

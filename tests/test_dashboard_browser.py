@@ -34,7 +34,7 @@ from report_fixtures import (
 )
 
 from monitor.render import render_html
-from monitor.web import make_app
+from monitor.web.app import make_app
 
 _TIMEOUT_S = 30.0
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from monitor import daemon as daemon_module
+from monitor import defaults
 from monitor.daemon import Daemon
 from monitor.domain import ProbeResult
 from monitor.sim import SimClient, Simulator
@@ -72,7 +72,7 @@ def test_results_arriving_during_a_drain_are_neither_lost_nor_left_behind(
     sim: SimClient, make_daemon: Any, postgres_through_proxy: tuple[str, Proxy],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(daemon_module, "DRAIN_BUDGET_S", 0.5)
+    monkeypatch.setattr(defaults, "DRAIN_BUDGET_S", 0.5)
     url, proxy = postgres_through_proxy
     engine = db.open_store(url)
     daemon = make_daemon(engine, {"name": "a", "interval": "1m"})

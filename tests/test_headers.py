@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor import headers
 from monitor.domain import RateLimits
 from monitor.durations import parse_ms, parse_seconds
+from monitor.probe import headers
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

@@ -22,13 +22,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
-from monitor import probe, providers, report
+from monitor import probe
 from monitor.cli import cli
-from monitor.config import effective_config
+from monitor.config.targets import effective_config
 from monitor.domain import ErrorKind, ProbeResult, Target
-from monitor.replay import replay_probe
-from monitor.replay_batch import BatchSpec, run_batch
-from monitor.scrub import Scrubber
+from monitor.probe import providers
+from monitor.probe.scrub import Scrubber
+from monitor.render import text as report
+from monitor.replay.batch import BatchSpec, run_batch
+from monitor.replay.send import replay_probe
 from monitor.store import codec
 from monitor.store.models import Base, ProbeRow
 from monitor.store.records import Recorder, probe_records
@@ -222,7 +224,8 @@ def test_a_trickling_server_cannot_outlast_the_timeout(
 
 CHILD = textwrap.dedent("""
     import json, resource, sys
-    from monitor import probe, providers
+    from monitor import probe
+    from monitor.probe import providers
     from monitor.domain import Provider, Target
     url, model, stream = sys.argv[1], sys.argv[2], sys.argv[3] == "stream"
     target = Target(name=model, provider=Provider.OPENAI_COMPATIBLE, base_url=url, model=model,

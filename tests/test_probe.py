@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from monitor import probe, providers
+from monitor import probe
 from monitor.domain import ErrorKind, ProbeResult, Target
+from monitor.probe import providers
 from monitor.sim import SimClient
 from monitor.store.models import ProbeRow, RequestPayloadRow
 from monitor.store.records import Recorder, probe_records

@@ -16,9 +16,10 @@ import pytest
 import requests
 from sqlalchemy import Engine, select
 
-from monitor import probe, providers
+from monitor import probe
 from monitor.domain import Target
-from monitor.recorded import RecordedError, RecordedServer
+from monitor.probe import providers
+from monitor.replay.recorded import RecordedError, RecordedServer
 from monitor.sim import SimClient
 from monitor.store import codec
 from monitor.store.models import ProbeRow, RequestPayloadRow
@@ -198,7 +199,7 @@ def test_the_command_prints_where_it_listens_first_and_stops_on_sigterm(
     settings = make_settings({"name": "canary"}, database_url=database_url)
     [original] = store_probes(engine, settings.targets[0])
     payload, _, body = stored(engine, original)
-    code = ("import sys; from monitor.cli_replay import serve_recorded; "
+    code = ("import sys; from monitor.cli.replay import serve_recorded; "
             "serve_recorded(sys.argv[1], '127.0.0.1', 0, None, False)")
     server = subprocess.Popen([sys.executable, "-c", code, settings.config_path], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -18,13 +18,15 @@ from alembic import command
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
-from monitor import probe, providers
-from monitor.cli_replay import replay_command
-from monitor.config import effective_config
+from monitor import probe
+from monitor.cli.replay import replay_command
+from monitor.config.targets import effective_config
+from monitor.detect.stats import percentile
 from monitor.domain import Settings, Target
-from monitor.replay import ReplayError, plan, replay_probe
-from monitor.replay_batch import BatchSpec, percentile, run_batch
-from monitor.replay_diff import changed_fields, render_outcome, render_summary
+from monitor.probe import providers
+from monitor.replay.batch import BatchSpec, Latency, _latency, run_batch
+from monitor.replay.diff import changed_fields, render_outcome, render_summary
+from monitor.replay.send import ReplayError, plan, replay_probe
 from monitor.sim import SimClient
 from monitor.store import db
 from monitor.store.models import ProbeRow, ReplayItemRow, RequestPayloadRow, TargetRow
@@ -274,8 +276,8 @@ def test_batch_summary_counts_changes_and_latency_before_and_after(
     with engine.connect() as connection:
         before = sorted(connection.execute(select(ProbeRow.total_ms)
                                            .where(ProbeRow.id.in_(originals))).scalars())
-    assert summary.original.p50_ms == percentile(before, 0.5)
-    assert summary.original.p95_ms == percentile(before, 0.95)
+    assert summary.original.p50_ms == percentile(before, 50)
+    assert summary.original.p95_ms == percentile(before, 95)
     text = render_summary(summary)
     assert "changed: content 1, fingerprint 6, model 0" in text
     assert "p95" in text
@@ -334,17 +336,17 @@ def test_a_batch_stops_at_the_destinations_daily_request_budget(
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
-    assert percentile([], 0.5) is None
-    assert percentile([10.0], 0.95) == 10.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert percentile([float(i) for i in range(101)], 0.95) == pytest.approx(95.0)
+    assert _latency([]) == Latency(None, None)
+    assert percentile([10.0], 95) == 10.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([float(i) for i in range(101)], 95) == pytest.approx(95.0)
 
 
 # --- interrupted processes ------------------------------------------------------------------
 
 
 def _start_batch(config: str) -> subprocess.Popen[str]:
-    code = "from monitor.cli_replay import replay_command; replay_command()"
+    code = "from monitor.cli.replay import replay_command; replay_command()"
     return subprocess.Popen(
         [sys.executable, "-c", code, "--target", "canary", "--since", "1h",
          "--concurrency", "2", "-c", config],

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Engine, insert, select
 
 from monitor.domain import ProbeResult, RateLimits
-from monitor.reporting import build_report, metrics_snapshot
-from monitor.store import rollups
+from monitor.health import build_report, metrics_snapshot
+from monitor.store import aggregate, rollups
 from monitor.store.models import AlertRow, TargetRow
 from tests.test_rollups import START, nearest_rank, store, varied_history
 
@@ -42,7 +42,7 @@ def expected(results: list[ProbeResult], since: datetime, until: datetime,
     ok = [r for r in inside if r.ok]
     failed = [r for r in inside if not r.ok]
     limited = [r for r in inside if r.rate_limits != RateLimits()]
-    floor = rollups.floor_hour if bucket == "hour" else rollups.floor_day
+    floor = aggregate.floor_hour if bucket == "hour" else aggregate.floor_day
     series: dict[datetime, list[ProbeResult]] = {}
     for r in inside:
         series.setdefault(floor(r.started_at), []).append(r)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
-from monitor.reporting import build_report
+from monitor.health import build_report
 from monitor.store import db, rollups
 from monitor.store.models import ProbeRow, RetentionStateRow
 from monitor.store.records import Recorder, probe_records

@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import Engine, func, insert, select
 
 from monitor.domain import LATENCY_BUCKETS_S, ErrorKind, ProbeResult, RateLimits, Usage
-from monitor.reporting import metrics_snapshot
+from monitor.health import metrics_snapshot
 from monitor.sketch import Sketch
+from monitor.store import aggregate as folded
 from monitor.store import db, rollups
 from monitor.store.models import (
     DailyRollupRow,
@@ -96,24 +97,24 @@ def nearest_rank(values: list[float], q: float) -> float:
     return ordered[min(max(math.ceil(q * len(ordered)), 1), len(ordered)) - 1]
 
 
-def rollup(engine: Engine, span: str, start: datetime) -> rollups.Aggregate:
+def rollup(engine: Engine, span: str, start: datetime) -> folded.Aggregate:
     with engine.connect() as connection:
         model = HourlyRollupRow if span == "hour" else DailyRollupRow
         row = connection.execute(select(model.__table__).where(model.start_at == start)).one()
-    return rollups.Aggregate.from_row(row)
+    return folded.Aggregate.from_row(row)
 
 
 def test_hours_and_days_hold_exactly_their_probes(engine: Engine) -> None:
     results = varied_history(200, stream=True)
     store(engine, results)
     assert rollups.catch_up(engine, batch=64) == 200
-    hour = rollups.floor_hour(results[50].started_at)
-    inside = [r for r in results if rollups.floor_hour(r.started_at) == hour]
+    hour = folded.floor_hour(results[50].started_at)
+    inside = [r for r in results if folded.floor_hour(r.started_at) == hour]
     aggregate = rollup(engine, "hour", hour)
     assert aggregate.probes == len(inside)
     assert aggregate.ok == sum(r.ok for r in inside)
-    day = rollups.floor_day(results[0].started_at)
-    inside = [r for r in results if rollups.floor_day(r.started_at) == day]
+    day = folded.floor_day(results[0].started_at)
+    inside = [r for r in results if folded.floor_day(r.started_at) == day]
     aggregate = rollup(engine, "day", day)
     ok = [r for r in inside if r.ok]
     assert aggregate.probes == len(inside)
@@ -125,10 +126,10 @@ def test_hours_and_days_hold_exactly_their_probes(engine: Engine) -> None:
     assert aggregate.sketch("total").quantile(0.95) == pytest.approx(
         nearest_rank(totals, 0.95), rel=0.01)
     fp_a = [r.started_at for r in inside if r.system_fingerprint == "fp_a"]
-    assert aggregate.fingerprints["fp_a"] == [len(fp_a), rollups.micros(min(fp_a)),
-                                              rollups.micros(max(fp_a))]
+    assert aggregate.fingerprints["fp_a"] == [len(fp_a), folded.micros(min(fp_a)),
+                                              folded.micros(max(fp_a))]
     failed = max((r for r in inside if not r.ok), key=lambda r: r.started_at)
-    assert aggregate.last_error == rollups.LastError(
+    assert aggregate.last_error == folded.LastError(
         failed.started_at, failed.error_kind.value if failed.error_kind else None,
         failed.http_status, failed.error_detail)
     newest = max((r for r in inside if r.rate_limits != RateLimits()),
@@ -154,12 +155,12 @@ def test_a_probe_drained_late_lands_in_its_own_old_hour(engine: Engine) -> None:
     results = varied_history(30)
     store(engine, results[1:])
     rollups.catch_up(engine)
-    hour = rollups.floor_hour(results[0].started_at)
+    hour = folded.floor_hour(results[0].started_at)
     before = rollup(engine, "hour", hour).probes
     Recorder(engine).save_many(results[:1])
     assert rollups.catch_up(engine) == 1
     assert rollup(engine, "hour", hour).probes == before + 1
-    assert rollup(engine, "day", rollups.floor_day(hour)).probes == 30
+    assert rollup(engine, "day", folded.floor_day(hour)).probes == 30
 
 
 def test_folding_in_many_small_batches_equals_folding_at_once(

@@ -17,9 +17,10 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, aliased
 
-from monitor import probe, providers
-from monitor.cli_replay import export_command, import_command
-from monitor.replay import replay_probe
+from monitor import probe
+from monitor.cli.replay import export_command, import_command
+from monitor.probe import providers
+from monitor.replay.send import replay_probe
 from monitor.sim import SimClient
 from monitor.store import codec, db, transfer
 from monitor.store.models import ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow

@@ -1,4 +1,4 @@
-"""monitor.web over real HTTP on loopback: routes, parameters, /metrics, /healthz, the token,
+"""monitor.web.app over real HTTP on loopback: routes, parameters, /metrics, /healthz, the token,
 and the Grafana dashboard checked against what /metrics really exposes."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from report_fixtures import (
 from monitor.errors import MonitorError, StoreUnavailable
 from monitor.render.dashboard import POLICY
 from monitor.render.dashboard import SCRIPT as DASHBOARD_SCRIPT
-from monitor.web import DEFAULT_HOST, WebServer, make_app
+from monitor.web.app import DEFAULT_HOST, WebServer, make_app
 
 TOKEN = "tok-" "9d1c5e7a3b"
 GRAFANA = Path(__file__).resolve().parents[1] / "contrib" / "grafana-dashboard.json"

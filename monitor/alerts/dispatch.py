@@ -42,7 +42,15 @@ from monitor.alerts.notifiers import (
     slack_payload,
     webhook_payload,
 )
-from monitor.domain import AlertSettings, DriftEvent, DriftKind, Severity
+from monitor.domain import (
+    AlertChange,
+    AlertSettings,
+    AlertState,
+    DriftEvent,
+    DriftKind,
+    OutboxState,
+    Severity,
+)
 from monitor.store.models import (
     AlertRow,
     DeliveryRow,
@@ -103,19 +111,19 @@ class Dispatcher:
             select(OutboxRow, AlertRow.state, TargetRow.name)
             .join(AlertRow, AlertRow.id == OutboxRow.alert_id)
             .join(TargetRow, TargetRow.id == AlertRow.target_id)
-            .where(OutboxRow.state == "held")
+            .where(OutboxRow.state == OutboxState.HELD)
         ).all()
         for row, alert_state, target in held:
             if active_window(self.policy.maintenance, target, now):
                 continue
             # After the window, people hear of the state that outlasted it, nothing else.
             still_true = (
-                (row.change == lifecycle.OPENED and alert_state == lifecycle.OPEN)
-                or (row.change == lifecycle.RESOLVED and alert_state == lifecycle.RESOLVED
+                (row.change == AlertChange.OPENED and alert_state == AlertState.OPEN)
+                or (row.change == AlertChange.RESOLVED and alert_state == AlertState.RESOLVED
                     and _was_announced(connection, row.alert_id))
             )
             connection.execute(update(OutboxRow).where(OutboxRow.id == row.id).values(
-                state="pending" if still_true else "dropped",
+                state=OutboxState.PENDING if still_true else OutboxState.DROPPED,
                 note=row.note if still_true else "outlived by a later change in maintenance",
             ))
 
@@ -125,16 +133,16 @@ class Dispatcher:
         if self.policy.remind_every_ms is None:
             return
         waiting = exists().where(OutboxRow.alert_id == AlertRow.id,
-                                 OutboxRow.state.in_(("pending", "held")))
+                                 OutboxRow.state.in_((OutboxState.PENDING, OutboxState.HELD)))
         due = connection.execute(
             select(AlertRow.id, AlertRow.last_notified_at, TargetRow.name)
             .join(TargetRow, TargetRow.id == AlertRow.target_id)
-            .where(AlertRow.state == lifecycle.OPEN, AlertRow.acked_at.is_(None), ~waiting)
+            .where(AlertRow.state == AlertState.OPEN, AlertRow.acked_at.is_(None), ~waiting)
         ).all()
         for alert_id, last_notified_at, target in due:
             if lifecycle.reminder_due(last_notified_at, now, self.policy):
                 alert_engine.queue(connection, self.policy, alert_id, target,
-                                   lifecycle.REMINDER, now)
+                                   AlertChange.REMINDER, now)
 
     # --- 3. grouping -------------------------------------------------------------------------
 
@@ -143,7 +151,7 @@ class Dispatcher:
             select(OutboxRow, AlertRow, TargetRow.name)
             .join(AlertRow, AlertRow.id == OutboxRow.alert_id)
             .join(TargetRow, TargetRow.id == AlertRow.target_id)
-            .where(OutboxRow.state == "pending")
+            .where(OutboxRow.state == OutboxState.PENDING)
             .order_by(OutboxRow.id)
         )
         if connection.dialect.name == "postgresql":
@@ -153,7 +161,7 @@ class Dispatcher:
             groups[(row.change, alert.kind)].append((row, alert, target))
         for (change, _), members in groups.items():
             wait_ms = self.policy.group_wait_ms
-            if change == lifecycle.RESOLVED:
+            if change == AlertChange.RESOLVED:
                 wait_ms = max(wait_ms, self.policy.cooldown_ms)
             oldest = min(row.created_at for row, _, _ in members)
             if flush or now - oldest >= timedelta(milliseconds=wait_ms):
@@ -171,7 +179,7 @@ class Dispatcher:
         ).returning(NotificationRow.id)).scalar_one()
         connection.execute(
             update(OutboxRow).where(OutboxRow.id.in_([row.id for row, _, _ in members]))
-            .values(state="grouped", notification_id=notification_id))
+            .values(state=OutboxState.GROUPED, notification_id=notification_id))
         connection.execute(update(AlertRow).where(AlertRow.id.in_(list(alerts)))
                            .values(last_notified_at=now))
         connection.execute(insert(DeliveryRow), [
@@ -289,8 +297,8 @@ class Dispatcher:
 def _was_announced(connection: Connection, alert_id: int) -> bool:
     return connection.execute(
         select(OutboxRow.id).where(and_(OutboxRow.alert_id == alert_id,
-                                        OutboxRow.change == lifecycle.OPENED,
-                                        OutboxRow.state == "grouped")).limit(1)
+                                        OutboxRow.change == AlertChange.OPENED,
+                                        OutboxRow.state == OutboxState.GROUPED)).limit(1)
     ).first() is not None
 
 
@@ -300,10 +308,10 @@ def _summary(alert: AlertRow, target: str, change: str) -> AlertSummary:
     return AlertSummary(
         alert_id=alert.id, target=target, kind=DriftKind(alert.kind), key=alert.key,
         severity=Severity(alert.severity),
-        state=lifecycle.RESOLVED if alert.state == lifecycle.RESOLVED else lifecycle.OPEN,
+        state=AlertState.RESOLVED if alert.state == AlertState.RESOLVED else AlertState.OPEN,
         opened_at=alert.opened_at or alert.started_at, resolved_at=alert.resolved_at,
         before=alert.before, after=alert.after,
-        explanation=alert.resolution if change == lifecycle.RESOLVED and alert.resolution
+        explanation=alert.resolution if change == AlertChange.RESOLVED and alert.resolution
         else alert.explanation,
         probe_uids=tuple(alert.probe_uids),
     )
@@ -322,7 +330,7 @@ def notify_now(policy: AlertSettings, events: list[DriftEvent], now: datetime) -
         for (opened, _), members in groups.items():
             notification = Notification(
                 id=uuid.uuid4().hex, created_at=now,
-                change=lifecycle.OPENED if opened else lifecycle.RESOLVED,
+                change=AlertChange.OPENED if opened else AlertChange.RESOLVED,
                 alerts=tuple(_event_summary(e) for e in members))
             for kind, url in channels(policy).values():
                 body = _RENDER[kind](notification)
@@ -340,7 +348,7 @@ def _event_summary(event: DriftEvent) -> AlertSummary:
     """A re-detected event as a notification shows it; alert id 0: it is no stored alert."""
     return AlertSummary(
         alert_id=0, target=event.target, kind=event.kind, key=event.key,
-        severity=event.severity, state=lifecycle.OPEN if event.opened else lifecycle.RESOLVED,
+        severity=event.severity, state=AlertState.OPEN if event.opened else AlertState.RESOLVED,
         opened_at=event.at, resolved_at=None if event.opened else event.at,
         before=event.before, after=event.after, explanation=event.explanation,
         probe_uids=event.probe_uids,

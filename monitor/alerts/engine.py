@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from monitor.alerts import lifecycle
 from monitor.alerts.maintenance import active_window
-from monitor.domain import AlertSettings, DriftEvent
+from monitor.domain import AlertChange, AlertSettings, AlertState, DriftEvent, OutboxState
 from monitor.store.models import AlertRow, OutboxRow
 
 ConditionKey = tuple[str, str]  # (kind, key)
@@ -22,7 +22,7 @@ ConditionKey = tuple[str, str]  # (kind, key)
 # Built once: this runs after every probe.
 _LIVE = select(AlertRow.id, AlertRow.kind, AlertRow.key, AlertRow.state, AlertRow.streak).where(
     AlertRow.target_id == bindparam("target_id"),
-    AlertRow.state.in_((lifecycle.PENDING, lifecycle.OPEN)))
+    AlertRow.state.in_((AlertState.PENDING, AlertState.OPEN)))
 
 
 def apply(connection: Connection, policy: AlertSettings, target_id: int, target_name: str,
@@ -48,14 +48,14 @@ def apply(connection: Connection, policy: AlertSettings, target_id: int, target_
     still_live = False
     for condition, row in live.items():
         step = lifecycle.advance(row.state, row.streak, condition in active, policy)
-        still_live = still_live or step.state in (lifecycle.PENDING, lifecycle.OPEN)
+        still_live = still_live or step.state in (AlertState.PENDING, AlertState.OPEN)
         if step.state is None:
             connection.execute(delete(AlertRow).where(AlertRow.id == row.id))
             continue
         values: dict[str, object] = {"state": step.state, "streak": step.streak}
-        if step.change == lifecycle.OPENED:
+        if step.change == AlertChange.OPENED:
             values["opened_at"] = at
-        elif step.change == lifecycle.RESOLVED:
+        elif step.change == AlertChange.RESOLVED:
             values["resolved_at"] = at
         if condition in cleared:
             values["resolution"] = cleared[condition].explanation
@@ -71,7 +71,7 @@ def queue(connection: Connection, policy: AlertSettings, alert_id: int, target_n
     window = active_window(policy.maintenance, target_name, at)
     connection.execute(insert(OutboxRow).values(
         alert_id=alert_id, change=change, created_at=at,
-        state="held" if window else "pending",
+        state=OutboxState.HELD if window else OutboxState.PENDING,
         note=f"maintenance window {window.name!r}" if window else None,
     ))
 
@@ -86,7 +86,7 @@ def _reopen(session: Session, policy: AlertSettings, target_id: int,
     last = session.scalars(
         select(AlertRow)
         .where(AlertRow.target_id == target_id, AlertRow.kind == kind, AlertRow.key == key,
-               AlertRow.state == lifecycle.RESOLVED)
+               AlertRow.state == AlertState.RESOLVED)
         .order_by(AlertRow.resolved_at.desc())
         .limit(1)
     ).first()
@@ -94,15 +94,15 @@ def _reopen(session: Session, policy: AlertSettings, target_id: int,
         return None
     unsent = connection.execute(
         update(OutboxRow)
-        .where(OutboxRow.alert_id == last.id, OutboxRow.change == lifecycle.RESOLVED,
-               OutboxRow.state.in_(("pending", "held")))
-        .values(state="dropped", note="re-opened within the cooldown")
+        .where(OutboxRow.alert_id == last.id, OutboxRow.change == AlertChange.RESOLVED,
+               OutboxRow.state.in_((OutboxState.PENDING, OutboxState.HELD)))
+        .values(state=OutboxState.DROPPED, note="re-opened within the cooldown")
         .returning(OutboxRow.id)
     ).all()
     if not unsent:
         return None  # people were told it resolved: this is a new alert
     connection.execute(update(AlertRow).where(AlertRow.id == last.id).values(
-        state=lifecycle.OPEN, streak=0, flaps=last.flaps + 1, resolved_at=None,
+        state=AlertState.OPEN, streak=0, flaps=last.flaps + 1, resolved_at=None,
         resolution=None))
     return last.id
 
@@ -110,7 +110,7 @@ def _reopen(session: Session, policy: AlertSettings, target_id: int,
 def _new_pending(connection: Connection, target_id: int, event: DriftEvent) -> int:
     return int(connection.execute(insert(AlertRow).values(
         target_id=target_id, kind=event.kind.value, key=event.key,
-        severity=event.severity.value, state=lifecycle.PENDING, streak=0, flaps=0,
+        severity=event.severity.value, state=AlertState.PENDING, streak=0, flaps=0,
         started_at=event.at, before=event.before, after=event.after,
         probe_uids=list(event.probe_uids), explanation=event.explanation,
     ).returning(AlertRow.id)).scalar_one())

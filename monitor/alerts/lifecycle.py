@@ -12,38 +12,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from monitor.domain import AlertSettings
-
-PENDING = "pending"
-OPEN = "open"
-RESOLVED = "resolved"
-
-OPENED = "opened"
-REMINDER = "reminder"
+from monitor.domain import AlertChange, AlertSettings, AlertState
 
 
 @dataclass(frozen=True)
 class Step:
-    state: str | None  # None: discard the pending alert (it never opened, nobody was told)
+    state: AlertState | None  # None: discard the pending alert (it never opened, nobody was told)
     streak: int
-    change: str | None  # OPENED or RESOLVED when people must be told
+    change: AlertChange | None  # OPENED or RESOLVED when people must be told
 
 
 def advance(state: str, streak: int, holds: bool, policy: AlertSettings) -> Step:
     """The next state of an alert in `state`, after a probe at which its condition `holds`
     or not. `streak` counts probes in a row that held (pending) or were clear (open)."""
-    if state == PENDING:
+    if state == AlertState.PENDING:
         if not holds:
             return Step(None, 0, None)
         if streak + 1 >= policy.open_after:
-            return Step(OPEN, 0, OPENED)
-        return Step(PENDING, streak + 1, None)
-    if state == OPEN:
+            return Step(AlertState.OPEN, 0, AlertChange.OPENED)
+        return Step(AlertState.PENDING, streak + 1, None)
+    if state == AlertState.OPEN:
         if holds:
-            return Step(OPEN, 0, None)
+            return Step(AlertState.OPEN, 0, None)
         if streak + 1 >= policy.resolve_after:
-            return Step(RESOLVED, 0, RESOLVED)
-        return Step(OPEN, streak + 1, None)
+            return Step(AlertState.RESOLVED, 0, AlertChange.RESOLVED)
+        return Step(AlertState.OPEN, streak + 1, None)
     raise ValueError(f"a {state} alert does not advance")
 
 

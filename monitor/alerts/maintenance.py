@@ -13,16 +13,16 @@ their own zone and compared in UTC, which is how they follow daylight saving tim
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Collection, Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from monitor.config.checks import _NOTHING, summarize, unknown_key
 from monitor.domain import MaintenanceWindow, OneOff, Recurring
 from monitor.durations import parse_ms
-from monitor.errors import ConfigError, raw
+from monitor.errors import ConfigError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
 # Longer would overlap next week's window; seven days on one weekday is already "always".
@@ -43,7 +43,6 @@ def active_window(
 
 _KEYS = ("name", "reason", "targets", "start", "end", "duration", "days", "timezone")
 _HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
-_NOTHING = raw("nothing")
 _INSTANT = "a date and time with a UTC offset, like 2026-12-01T02:00:00Z"
 _START = f'{_INSTANT}, or a local time like "02:00"'
 _ZONE = 'an IANA time zone like "Europe/Berlin"'
@@ -55,22 +54,11 @@ def parse_windows(
     """Read the `[[alerts.maintenance]]` array of `path`; `known_targets` catches misspelt names."""
     if not isinstance(items, list):
         raise ConfigError(path, "alerts.maintenance", "an array of tables [[alerts.maintenance]]",
-                          _got(items))
+                          summarize(items, dates=True))
     return tuple(
         _Entry(path, f"alerts.maintenance[{index}]", item).window(known_targets)
         for index, item in enumerate(items)
     )
-
-
-def _got(value: object) -> object:
-    """A found value as the TOML file spells it."""
-    if isinstance(value, bool):
-        return raw("true" if value else "false")
-    if isinstance(value, dict):
-        return raw("a table")
-    if isinstance(value, date | time):
-        return raw(value.isoformat())
-    return value
 
 
 class _Entry:
@@ -78,21 +66,18 @@ class _Entry:
 
     def __init__(self, path: str, key: str, table: object) -> None:
         if not isinstance(table, dict):
-            raise ConfigError(path, key, "a table", _got(table))
+            raise ConfigError(path, key, "a table", summarize(table, dates=True))
         self.path = path
         self.key = key
         self.table: dict[str, Any] = table
 
     def error(self, name: str, expected: str, got: object = _NOTHING) -> ConfigError:
-        return ConfigError(self.path, f"{self.key}.{name}", expected, _got(got))
+        return ConfigError(self.path, f"{self.key}.{name}", expected, summarize(got, dates=True))
 
     def window(self, known_targets: Collection[str] | None) -> MaintenanceWindow:
         for name in self.table:
             if name not in _KEYS:
-                close = difflib.get_close_matches(name, _KEYS, n=1, cutoff=0.65)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
-                accepted = ", ".join(sorted(_KEYS))
-                raise self.error(name, f"a known key ({accepted})", raw(f"an unknown key{hint}"))
+                raise self.error(name, *unknown_key(name, _KEYS))
         name = self.text("name") or self.key
         reason = self.text("reason") or ""
         targets = self.targets(known_targets)

@@ -26,15 +26,15 @@ from urllib.parse import urlsplit
 import requests
 
 from monitor import __version__
-from monitor.domain import DriftKind, Severity
+from monitor.domain import AlertChange, AlertState, DriftKind, Severity
 from monitor.durations import parse_seconds
 from monitor.probe import classify_exception
-from monitor.report import safe_text
+from monitor.render.text import safe_text
 
 WEBHOOK_VERSION: Final = 1
 USER_AGENT: Final = f"monitor/{__version__}"
-CHANGES: Final = ("opened", "resolved", "reminder")
-STATES: Final = ("open", "resolved")
+CHANGES: Final = tuple(change.value for change in AlertChange)
+STATES: Final = (AlertState.OPEN.value, AlertState.RESOLVED.value)  # a pending one is never sent
 
 # Backoff: the first retry comes quickly (a blip), later ones spread out under the ceiling so a
 # receiver that was down for an hour is not hit by every queued notification at once.
@@ -189,7 +189,7 @@ def _slack_code(value: Any, limit: int) -> str:
 
 
 def _slack_section(a: AlertSummary) -> dict[str, Any]:
-    state = " · resolved" if a.state == "resolved" else ""
+    state = " · resolved" if a.state == AlertState.RESOLVED else ""
     text = (
         f"*{_slack(a.target, _TARGET_CHARS)}* · {a.kind.value} {_slack_code(a.key, _KEY_CHARS)}"
         f" · {a.severity.value}{state}\n"

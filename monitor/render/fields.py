@@ -6,7 +6,7 @@ import html
 import sys
 from datetime import datetime
 
-from monitor.report import safe_text
+from monitor.render.text import safe_text
 
 PHASES = ("total", "headers", "ttft", "processing")  # docs/report.md latency_ms keys
 QUANTILES = ("p50", "p95", "p99")

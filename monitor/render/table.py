@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.render.fields import PHASES, QUANTILES, number, percent
-from monitor.report import safe_text
+from monitor.render.text import safe_text
 
 _LABEL = 14  # width of the field names on the left
 

@@ -110,13 +110,14 @@ class Reset:
 Action = Reply | Stream | Hang | Reset
 
 
+def _head(answer: Answer, kind: str) -> dict[str, Any]:
+    """The fields every completion object and chunk starts with."""
+    return {"id": answer.completion_id, "object": kind, "created": answer.created,
+            "model": answer.model}
+
+
 def completion(answer: Answer) -> bytes:
-    body: dict[str, Any] = {
-        "id": answer.completion_id,
-        "object": "chat.completion",
-        "created": answer.created,
-        "model": answer.model,
-    }
+    body = _head(answer, "chat.completion")
     if not answer.omit_choices:
         body["choices"] = [
             {
@@ -186,12 +187,7 @@ def _chunk(answer: Answer, index: int, delta: dict[str, Any], finish_reason: str
 
 
 def _stream_fields(answer: Answer) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "id": answer.completion_id,
-        "object": "chat.completion.chunk",
-        "created": answer.created,
-        "model": answer.model,
-    }
+    fields = _head(answer, "chat.completion.chunk")
     if not answer.azure:
         fields["service_tier"] = answer.service_tier
     fields["system_fingerprint"] = answer.system_fingerprint

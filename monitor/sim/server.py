@@ -8,26 +8,21 @@ write; together with TCP_NODELAY that keeps the simulator's own overhead far bel
 from __future__ import annotations
 
 import select
-import signal
 import socket
-import socketserver
 import struct
 import sys
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from monitor import httpd
 from monitor.errors import SimulatorError
 from monitor.sim import api, control, responses
 from monitor.sim.responses import Action, Hang, Reply, Reset, Stream
 from monitor.sim.scenario import Scenario, load_scenario
 from monitor.sim.state import State
-
-_JOIN_TIMEOUT_S = 5.0  # a connection thread still busy after stop() is abandoned (it is a daemon)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,12 +45,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         arrived = self._arrived
-        try:
-            length = int(self.headers.get("content-length") or 0)
-        except ValueError:
-            self.send_error(400, "Invalid Content-Length")
+        body = httpd.read_body(self)
+        if body is None:
             return
-        body = self.rfile.read(length) if length > 0 else b""
         url = urlsplit(self.path)
         state = self.server.state
         if url.path.startswith("/_sim/"):
@@ -130,50 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: /_sim/stats counts requests, and tests want a clean stderr."""
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # the default 5 drops SYNs when many clients connect at once
-
+class _Server(httpd.HTTPServer):
     def __init__(self, address: tuple[str, int], state: State) -> None:
         self.state = state
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread] = {}
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind also resolves the host's FQDN, which can stall for seconds on DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
-
-    def process_request(self, request: socket.socket | tuple[bytes, socket.socket],
-                        client_address: Any) -> None:
-        # Like ThreadingMixIn, but remembering each connection so that stop() can close it.
-        assert isinstance(request, socket.socket)
-        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
-                                  daemon=True)
-        with self._lock:
-            self._connections[request] = thread
-        thread.start()
-
-    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            with self._lock:
-                self._connections.pop(request, None)
-
-    def close_connections(self) -> None:
-        """Wake every connection thread (idle, sleeping or hanging) and wait for it to end."""
-        self.stopping.set()
-        with self._lock:
-            connections = list(self._connections.items())
-        for connection, _ in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its own thread
-        for _, thread in connections:
-            thread.join(_JOIN_TIMEOUT_S)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-answer is routine for a test double; anything else is a bug.
@@ -181,60 +133,23 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class Simulator:
-    """An OpenAI-compatible API server on a background thread: start(), .url, stop()."""
+class Simulator(httpd.Background["_Server"]):
+    """An OpenAI-compatible API server on a background thread: start(), .url, stop().
+    Clients use f"{url}/v1" as their base URL."""
+
+    what = "the simulator"
+    thread_name = "monitor-sim"
+    error = SimulatorError
 
     def __init__(self, scenario: Scenario | None = None, host: str = "127.0.0.1", port: int = 0,
                  seed: int | None = None, *, clock: Callable[[], float] = time.time) -> None:
         # Validated like a file, so a Scenario(...) built by hand fails here and not mid-request.
         checked = Scenario.from_dict((scenario or Scenario()).to_dict(), "Simulator(scenario=...)")
         self._state = State(checked, seed, clock)
-        self._host = host
-        self._port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
 
-    def start(self) -> Self:
-        """Listen (port 0 picks a free one) and serve in a daemon thread."""
-        if self._server is not None:
-            raise SimulatorError(f"the simulator is already running at {self.url}")
-        try:
-            server = _Server((self._host, self._port), self._state)
-        except OSError as error:
-            raise SimulatorError(
-                f"cannot listen on {self._host}:{self._port}: {error.strerror}") from None
-        # A short poll interval makes stop() return quickly; an idle loop costs nothing noticeable.
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  name=f"monitor-sim-{server.server_port}", daemon=True)
-        self._server, self._thread = server, thread
-        thread.start()
-        return self
-
-    @property
-    def url(self) -> str:
-        """http://host:port, without a trailing slash; OpenAI clients use f"{url}/v1"."""
-        if self._server is None:
-            raise SimulatorError("the simulator is not running: call start() first")
-        return f"http://{self._host}:{self._server.server_port}"
-
-    def stop(self) -> None:
-        """Stop serving, end every connection (even a hanging one), close the socket, join."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.stopping.set()
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+    def _make(self) -> _Server:
+        return _Server((self._host, self._port), self._state)
 
     # The control endpoint's operations, in process; SimClient does the same over HTTP.
 
@@ -258,18 +173,7 @@ def serve(host: str, port: int, scenario_path: str | None, seed: int | None,
           echo: Callable[[str], None]) -> None:
     """Serve until Ctrl-C or SIGTERM; the first line echoed is `listening on <url>`."""
     scenario = load_scenario(scenario_path) if scenario_path else None
-    stop = threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()
-    # Signal handlers can only be installed from the main thread.
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
-    try:
-        with Simulator(scenario, host, port, seed) as sim:
-            echo(f"listening on {sim.url}")
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
-                pass
-        echo("stopped")
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with Simulator(scenario, host, port, seed) as sim:
+        echo(f"listening on {sim.url}")
+        httpd.serve_until_signal()
+    echo("stopped")

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from monitor.domain import AlertState
 from monitor.store.models import AlertRow, DriftEventRow, ProbeRow, TargetRow
 
 
@@ -34,11 +35,11 @@ def list_alerts(engine: Engine, *, open_only: bool = False, target: str | None =
     query = (
         select(AlertRow, TargetRow.name)
         .join(TargetRow, TargetRow.id == AlertRow.target_id)
-        .where(AlertRow.state != "pending")
+        .where(AlertRow.state != AlertState.PENDING)
         .order_by(AlertRow.opened_at.desc(), AlertRow.id.desc())
     )
     if open_only:
-        query = query.where(AlertRow.state == "open")
+        query = query.where(AlertRow.state == AlertState.OPEN)
     if target is not None:
         query = query.where(TargetRow.name == target)
     if since is not None:

@@ -9,7 +9,6 @@ again, because the server may already have answered it.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from monitor.domain import ProbeResult
+from monitor.domain import ProbeResult, ReplayState
 from monitor.store.models import (
     ProbeRow,
     ReplayItemRow,
@@ -32,14 +31,6 @@ from monitor.store.records import _get_or_create, _probe_values, canonical_json
 
 # Ids per IN (...) list: far below SQLite's 32,766 bound variables.
 _CHUNK = 5000
-
-
-class ReplayState(enum.StrEnum):
-    """Where one item of a batch replay stands. Stored as-is."""
-
-    PENDING = "pending"
-    SENDING = "sending"  # claimed: its request may be on the wire
-    DONE = "done"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ Giving the space back differs by database:
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, update
@@ -37,9 +37,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from monitor.store import codec, db, rollups
 from monitor.store.models import ProbeRow, RetentionStateRow, TargetRow
 
-# Raw bodies and headers are for looking into recent probes; a month covers any investigation
-# of a drift alert. Aggregates and fingerprint history are kept forever.
-RAW_RETENTION = timedelta(days=30)
 # Probes emptied per transaction: tens of milliseconds of writing.
 BATCH = 2000
 # SQLite is vacuumed once the space emptied since the last VACUUM is this share of the file.

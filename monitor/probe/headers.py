@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from monitor.completion import INT64_MAX, storable_text
 from monitor.domain import RateLimits
 from monitor.durations import parse_seconds
-from monitor.scrub import REDACTED, Scrubber
+from monitor.probe.completion import INT64_MAX, storable_text
+from monitor.probe.scrub import REDACTED, Scrubber
 
 __all__ = ["REDACTED", "capture", "is_sensitive", "processing_ms", "rate_limits", "retry_after_s"]
 

@@ -1,40 +1,28 @@
-"""The replay commands: `monitor replay`, `monitor export`, `monitor import`, and what
-`monitor sim --recorded` runs. Thin, like cli.py: parse, call one function, render.
-
-They are defined here and added to the `monitor` group in cli.py. This module does not import
-cli.py, so it can be imported from there without a cycle.
+"""`monitor replay`, `export` and `import`, and what `monitor sim --recorded` runs: history
+sent again, and history moved between databases. The replay package is imported inside the
+commands, so `monitor --help` does not load it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy import Engine
 
 from monitor import config as config_module
-from monitor import recorded, replay_diff
-from monitor.cli_common import (
-    ID,
-    F,
-    atomic_output,
-    config_option,
-    failure,
-    moment,
-    output_path,
-    remember_database,
-)
-from monitor.errors import MonitorError
-from monitor.replay import destination, replay_probe
-from monitor.replay_batch import BatchSpec, BatchSummary, run_batch
-from monitor.store import db, transfer
-from monitor.store.replays import Run
+from monitor import httpd
+from monitor.cli.common import ID, F, atomic_output, config_option, moment, opened, output_path
+from monitor.config.checks import check_database_url
+from monitor.store import transfer
+
+if TYPE_CHECKING:
+    from monitor.replay.batch import BatchSpec, BatchSummary
 
 
 def _database_option(function: F) -> F:
@@ -42,16 +30,10 @@ def _database_option(function: F) -> F:
                         help="This database instead of the configured one.")(function)
 
 
-def _engine(config_path: str | None, database_url: str | None = None) -> Engine:
-    try:
-        if database_url is not None:
-            url = config_module.check_database_url(database_url, "--database")
-        else:
-            url = config_module.load(config_path).database_url
-        remember_database(url)
-        return db.open_store(url)
-    except MonitorError as error:
-        raise failure(error) from None
+def _url(config_path: str | None, database_url: str | None = None) -> str:
+    if database_url is not None:
+        return check_database_url(database_url, "--database")
+    return config_module.load(config_path).database_url
 
 
 @click.command("replay")
@@ -86,12 +68,12 @@ def replay_command(probe_id: int | None, to: str | None, repeat: int, source: st
         raise click.UsageError("a batch needs --since (replaying a whole history costs money)")
     if source is not None and repeat != 1:
         raise click.UsageError("--repeat is for a single PROBE_ID")
-    try:
-        settings = config_module.load(config_path)
-    except MonitorError as error:
-        raise failure(error) from None
-    engine = _engine(config_path, settings.database_url)
-    try:
+    from monitor.replay import diff as replay_diff
+    from monitor.replay.batch import BatchSpec
+    from monitor.replay.send import destination, replay_probe
+
+    settings = config_module.load(config_path)
+    with opened(settings.database_url) as engine:
         if probe_id is not None:
             outcome = replay_probe(engine, settings, probe_id, to, repeat)
             click.echo(replay_diff.outcome_json(outcome) if as_json
@@ -106,30 +88,21 @@ def replay_command(probe_id: int | None, to: str | None, repeat: int, source: st
             click.echo(replay_diff.summary_json(summary) if as_json
                        else replay_diff.render_summary(summary))
             failed = summary.stopped is not None or summary.pending > 0
-    except MonitorError as error:
-        raise failure(error) from None
-    finally:
-        engine.dispose()
     sys.exit(1 if failed else 0)
 
 
 def _run_batch(engine: Engine, spec: BatchSpec) -> BatchSummary:
     """run_batch with a progress bar on stderr and warm/cold stop on Ctrl-C and SIGTERM."""
+    from monitor.replay.batch import run_batch
+    from monitor.store.replays import Run
+
     stop = threading.Event()
-    signals = 0
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            os._exit(130)  # cold: what is in flight may be lost, and is never re-sent
+    def warm(received: signal.Signals) -> None:
         stop.set()
-        click.echo(f"\n{signal.Signals(signum).name}: finishing the requests in flight "
-                   "(again to exit now)", err=True)
+        click.echo(f"\n{received.name}: finishing the requests in flight (again to exit now)",
+                   err=True)
 
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = ([(s, signal.signal(s, on_signal)) for s in (signal.SIGINT, signal.SIGTERM)]
-                if in_main else [])
     with contextlib.ExitStack() as stack:
         bars: list[Any] = []
 
@@ -140,12 +113,10 @@ def _run_batch(engine: Engine, spec: BatchSpec) -> BatchSummary:
             bar.update(done)
             bars.append(bar)
 
-        try:
+        # Cold: what is in flight may be lost, and is never re-sent.
+        with httpd.stop_signals(warm, cold_exit=130):
             return run_batch(engine, spec, stop, on_start,
                              lambda n: bars[0].update(n) if bars else None)
-        finally:
-            for signum, handler in previous:
-                signal.signal(signum, handler)
 
 
 @click.command("export")
@@ -162,16 +133,13 @@ def export_command(target: str | None, since: str | None, until: str | None, out
     Lines that `monitor import` reads into another database."""
     since_at, until_at = moment(since, "--since"), moment(until, "--until")
     path = output_path(output, "--output") if output != "-" else None
-    engine = _engine(config_path, database_url)
-    try:
+    with opened(_url(config_path, database_url)) as engine:
         if path is None:
             written = transfer.export(engine, sys.stdout, target, since_at, until_at)
         else:
             # A file is only replaced once the export is whole; a failed one leaves nothing.
             with atomic_output(path) as out:
                 written = transfer.export(engine, out, target, since_at, until_at)
-    finally:
-        engine.dispose()
     click.echo(f"exported {written} probes" + ("" if output == "-" else f" to {output}"),
                err=True)
 
@@ -184,15 +152,10 @@ def export_command(target: str | None, since: str | None, until: str | None, out
 def import_command(file: str, database_url: str | None, config_path: str | None) -> None:
     """Read a `monitor export` file into the database; probes already there (same uid) are
     skipped, so importing twice is harmless."""
-    engine = _engine(config_path, database_url)
     source = "<stdin>" if file == "-" else file
-    try:
-        with click.open_file(file, encoding="utf-8") as lines:
-            summary = transfer.import_lines(engine, _utf8_lines(lines, source), source)
-    except MonitorError as error:
-        raise failure(error) from None
-    finally:
-        engine.dispose()
+    with opened(_url(config_path, database_url)) as engine, \
+            click.open_file(file, encoding="utf-8") as lines:
+        summary = transfer.import_lines(engine, _utf8_lines(lines, source), source)
     message = (f"imported {summary.inserted} probes, skipped {summary.skipped} already "
                "stored")
     if summary.unlinked:
@@ -218,10 +181,10 @@ def _utf8_lines(lines: Iterable[str], source: str) -> Iterator[str]:
 def serve_recorded(config_path: str | None, host: str, port: int, target: str | None,
                    latency: bool) -> None:
     """`monitor sim --recorded`: answer from the configured database until stopped."""
-    engine = _engine(config_path)
-    try:
+    from monitor.replay import recorded
+
+    with opened(_url(config_path)) as engine:
         recorded.serve(engine, host, port, target, latency, echo=click.echo)
-    except MonitorError as error:
-        raise failure(error) from None
-    finally:
-        engine.dispose()
+
+
+COMMANDS = (replay_command, export_command, import_command)

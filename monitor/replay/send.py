@@ -17,10 +17,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from monitor import probe, providers
-from monitor.config import effective_config
+from monitor import probe
+from monitor.config.targets import effective_config
 from monitor.domain import Settings, Target
 from monitor.errors import MonitorError
+from monitor.probe import providers
 from monitor.store import replays
 from monitor.store.records import canonical_json
 from monitor.store.replays import LinkedWriter, StoredAnswer

@@ -33,9 +33,10 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3.exceptions
 
-from monitor import headers as header_parsing
-from monitor import providers, transport
-from monitor.completion import (
+from monitor.domain import ErrorKind, ProbeResult, Target
+from monitor.probe import headers as header_parsing
+from monitor.probe import providers, transport
+from monitor.probe.completion import (
     ID_LIMIT,
     WORD_LIMIT,
     Completion,
@@ -45,8 +46,7 @@ from monitor.completion import (
     parse_completion,
     storable_text,
 )
-from monitor.domain import ErrorKind, ProbeResult, Target
-from monitor.scrub import scrub_result
+from monitor.probe.scrub import scrub_result
 
 _DETAIL_LIMIT = 300  # characters of an upstream message kept in error_detail
 

@@ -18,21 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import signal
-import socket
-import socketserver
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, select, true
 
+from monitor import httpd
 from monitor.errors import MonitorError
 from monitor.sim import responses
 from monitor.store import codec
@@ -160,12 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def do_POST(self) -> None:
-        try:
-            length = int(self.headers.get("content-length") or 0)
-        except ValueError:
-            self.send_error(400, "Invalid Content-Length")
+        body = httpd.read_body(self)
+        if body is None:
             return
-        body = self.rfile.read(length) if length > 0 else b""
         path = self.path.split("?", 1)[0]
         if not path.endswith("/chat/completions"):
             self._send(_error(404, f"Invalid URL (POST {path})", "not_found"))
@@ -224,106 +218,35 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: a replaying client's every request would be a line."""
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128
-    daemon_threads = True
-
+class _Server(httpd.HTTPServer):
     def __init__(self, address: tuple[str, int], library: Library, latency: bool) -> None:
         self.library = library
         self.latency = latency
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
         super().__init__(address, _Handler)
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, which can stall on DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        with self._lock:
-            self._connections.add(request)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._lock:
-                self._connections.discard(request)
+class RecordedServer(httpd.Background["_Server"]):
+    """The recorded-answer server on a background thread: start(), .url, stop(). Clients use
+    f"{url}/v1" as their base URL."""
 
-    def close_connections(self) -> None:
-        self.stopping.set()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its own thread
-
-
-class RecordedServer:
-    """The recorded-answer server on a background thread: start(), .url, stop()."""
+    what = "the server"
+    thread_name = "monitor-recorded"
+    error = RecordedError
 
     def __init__(self, engine: Engine, target: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, latency: bool = False) -> None:
         self._library = Library(engine, target)
-        self._address = (host, port)
         self._latency = latency
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
 
-    def start(self) -> Self:
-        try:
-            server = _Server(self._address, self._library, self._latency)
-        except OSError as error:
-            host, port = self._address
-            raise RecordedError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True,
-                                        name=f"monitor-recorded-{server.server_port}")
-        self._thread.start()
-        return self
-
-    @property
-    def url(self) -> str:
-        """http://host:port; clients use f"{url}/v1" as their base URL."""
-        if self._server is None:
-            raise RecordedError("the server is not running: call start() first")
-        return f"http://{self._address[0]}:{self._server.server_port}"
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+    def _make(self) -> _Server:
+        return _Server((self._host, self._port), self._library, self._latency)
 
 
 def serve(engine: Engine, host: str, port: int, target: str | None, latency: bool,
           echo: Callable[[str], None]) -> None:
     """Serve until Ctrl-C or SIGTERM; the first line echoed is `listening on <url>`."""
-    stop = threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
-    try:
-        with RecordedServer(engine, target, host, port, latency) as server:
-            echo(f"listening on {server.url}")
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
-                pass
-        echo("stopped")
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with RecordedServer(engine, target, host, port, latency) as server:
+        echo(f"listening on {server.url}")
+        httpd.serve_until_signal()
+    echo("stopped")

@@ -1,4 +1,4 @@
-"""Wiring the web app (monitor/web.py) to the store, for `monitor serve` and `monitor run
+"""Wiring the web app (web/app.py) to the store, for `monitor serve` and `monitor run
 --http`: the report, alerts and metrics sources, and what /healthz checks."""
 
 from __future__ import annotations
@@ -10,16 +10,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import web
+from monitor import defaults
 from monitor.domain import TargetMetrics
 from monitor.errors import StoreUnavailable
-from monitor.reporting import build_report, metrics_snapshot
+from monitor.health import build_report, metrics_snapshot
 from monitor.store import alert_reads, leases, rollups
+from monitor.web import app as web
 
 T = TypeVar("T")
 
-# A `monitor run` counts as alive while its heartbeat is younger than this (three beats).
-ALIVE_WITHIN = timedelta(seconds=30)
 
 
 def _store(action: Callable[[], T]) -> T:
@@ -45,7 +44,8 @@ def health(engine: Engine, scheduler_alive: Callable[[], bool] | None) -> tuple[
         alive = scheduler_alive()
         reasons["scheduler"] = "running" if alive else "stopped"
         return alive, reasons
-    instances = leases.alive(engine, datetime.now(UTC), ALIVE_WITHIN)
+    instances = leases.alive(engine, datetime.now(UTC),
+                             timedelta(seconds=defaults.ALIVE_WITHIN_S))
     if not instances:
         reasons["scheduler"] = "no monitor run instance has sent a heartbeat in 30 s"
         return False, reasons

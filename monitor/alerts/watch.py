@@ -23,7 +23,7 @@ from monitor.alerts import engine as alerts
 from monitor.clock import Clock, utc_now
 from monitor.detect import TargetDetector
 from monitor.domain import AlertSettings, DetectionThresholds, DriftEvent, Observation, Target
-from monitor.report import safe_text
+from monitor.render.text import safe_text
 from monitor.store import history
 
 log = logging.getLogger("monitor")

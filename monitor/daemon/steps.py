@@ -1,87 +1,35 @@
-"""Wiring: probe targets and store the results, once (`monitor probe`, `demo`) or on a schedule
-(`monitor run`). Nothing here parses HTTP or writes SQL; it connects the parts that do."""
+"""The daemon's step functions: probe a target's slot, store (or spool) the result, detect,
+drain, roll up, prune, dispatch. Each does its work and returns; `tick(now)` runs one round.
+What drives them is elsewhere: `Service` on a schedule, `Daemon.run_once()` for `--once`."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import requests
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor import probe, providers, report
+from monitor import defaults, probe
 from monitor.alerts.dispatch import Dispatcher
+from monitor.alerts.watch import Watcher
 from monitor.clock import Clock, utc_now
-from monitor.config import effective_config
+from monitor.daemon.prober import Prober
+from monitor.daemon.slots import backoff_s, slot_at
 from monitor.domain import ErrorKind, ProbeResult, Settings, Target
-from monitor.errors import MonitorError, StoreError, StoreUnavailable
+from monitor.errors import StoreError, StoreUnavailable
+from monitor.render import text as report
 from monitor.store import db, leases, retention, rollups
 from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
-from monitor.watch import Watcher
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
-
-# Probing is I/O-bound; this bounds sockets and threads, not CPU.
-MAX_PARALLEL_PROBES = 16
-
-
-class Prober:
-    """Probes targets through one reused session each and saves every result."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-        self._sessions: dict[str, tuple[Target, requests.Session]] = {}
-        self._sessions_lock = threading.Lock()  # scheduler threads ask for sessions at once
-
-    def register(self, targets: Iterable[Target]) -> None:
-        """Record the targets' current configurations; call before probing them."""
-        for target in targets:
-            self.recorder.register(target.name, target.config_hash, effective_config(target))
-
-    def session(self, target: Target) -> requests.Session:
-        """The target's reused session; a new one when its configuration changed."""
-        with self._sessions_lock:
-            known = self._sessions.get(target.name)
-            if known is not None and known[0] == target:
-                return known[1]
-            if known is not None:
-                known[1].close()  # the target changed: its old settings must not linger
-            session = providers.new_session(target)
-            self._sessions[target.name] = (target, session)
-            return session
-
-    def probe_all(self, targets: Iterable[Target]) -> Iterator[tuple[ProbeResult, int]]:
-        """Probe every target at once (a slow one does not hold up the others); yield each
-        stored result with its probe id, in the order they finish."""
-        targets = list(targets)
-        if not targets:
-            return
-        sessions = {t.name: self.session(t) for t in targets}
-        workers = min(MAX_PARALLEL_PROBES, len(targets))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
-            futures: list[Future[ProbeResult]] = [
-                pool.submit(probe.run, t, sessions[t.name]) for t in targets
-            ]
-            for future in as_completed(futures):
-                result = future.result()
-                yield result, self.recorder.save(result)
-
-    def close(self) -> None:
-        for _, session in self._sessions.values():
-            session.close()
-        self._sessions.clear()
 
 
 class Daemon:
@@ -183,7 +131,7 @@ class Daemon:
 
     def _back_off(self, target: Target, slot: datetime, result: ProbeResult,
                   now: datetime) -> None:
-        wait_s = _backoff_s(result, target)
+        wait_s = backoff_s(result, target)
         until = now + timedelta(seconds=wait_s)
         self._backoff_until[target.name] = until
         interval = timedelta(milliseconds=target.interval_ms)
@@ -358,7 +306,7 @@ class Daemon:
         returns how many results were written.
 
         Bounded whatever the arrival rate: each pass takes the spool up to the end it had when
-        the pass started, and the call ends between batches after DRAIN_BUDGET_S, or as soon
+        the pass started, and the call ends between batches after defaults.DRAIN_BUDGET_S, or as soon
         as the daemon is stopping (with `deadline`, a time.monotonic() value, at that instead:
         the final drain at shutdown). What is left waits in the spool, in order, for the next
         call. New results keep going to the spool until a pass leaves at most one batch
@@ -375,7 +323,7 @@ class Daemon:
             stop = self._drain_stop(deadline)
             drained = 0
             try:
-                for _ in range(DRAIN_ROUNDS):
+                for _ in range(defaults.DRAIN_ROUNDS):
                     if stop():
                         break
                     drained += self.spool.drain(self.recorder.save_many, stop=stop)
@@ -408,7 +356,7 @@ class Daemon:
     def _drain_stop(self, deadline: float | None) -> Callable[[], bool]:
         if deadline is not None:
             return lambda: time.monotonic() >= deadline
-        budget_ends = time.monotonic() + DRAIN_BUDGET_S
+        budget_ends = time.monotonic() + defaults.DRAIN_BUDGET_S
         return lambda: self.stopping.is_set() or time.monotonic() >= budget_ends
 
     def skip_unrun(self, name: str, slots: list[datetime], reason: str) -> None:
@@ -456,255 +404,22 @@ class Daemon:
         for target in due:
             self._next_due[target.name] = now + timedelta(milliseconds=target.interval_ms)
         sent = 0
-        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_PROBES, len(due)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(defaults.MAX_PARALLEL_PROBES, len(due)))) as pool:
             for result in pool.map(lambda t: self.probe_target(t, now), due):
                 sent += result is not None
         self.drain()
         return sent
+
+    def run_once(self) -> None:
+        """`monitor run --once`: one round of probes, then everything the daemon would do
+        after it (notifications flushed, rollups) and a clean stop."""
+        self.tick(self.clock())
+        self.dispatch(flush=True)  # no one will be around in group_wait
+        self.roll_up()
+        self.close()
 
     def close(self) -> None:
         self._db_quietly(lambda: leases.retire(self.recorder.engine, self.instance_id))
         self.prober.close()
         self.dispatcher.close()
 
-
-def slot_at(target: Target, now: datetime) -> datetime:
-    """The start of the slot `now` falls in. Slots sit on a grid fixed by the epoch, the
-    interval and a per-target offset, so every instance computes the same slots."""
-    interval_ms = target.interval_ms
-    now_ms = int(now.timestamp() * 1000)
-    offset_ms = int(_offset_s(target) * 1000)
-    start_ms = (now_ms - offset_ms) // interval_ms * interval_ms + offset_ms
-    return datetime.fromtimestamp(start_ms / 1000, UTC)
-
-
-def _backoff_s(result: ProbeResult, target: Target) -> float:
-    """How long to leave a target alone after a 429: what the server said, else one interval."""
-    limits = result.rate_limits
-    for hint in (result.retry_after_s, limits.reset_requests_s, limits.reset_tokens_s):
-        if hint is not None and hint > 0:
-            return hint
-    return target.interval_ms / 1000
-
-
-# Every slot starts within one interval of the daemon's start, spread by a stable hash of the
-# target's name, so a hundred targets do not fire in the same second (and a restart keeps them
-# where they were); a little jitter on top keeps them from re-aligning with other schedules.
-JITTER_S = 0.1
-DRAIN_EVERY_S = 5.0
-DRAIN_ROUNDS = 20
-# A drain call ends between batches after this long (under DRAIN_EVERY_S, so the drain job
-# never overruns its own interval); the next call carries on where it stopped.
-DRAIN_BUDGET_S = 4.0
-# At shutdown the final drain gets what is left of the longest probe timeout after the
-# signal, but at least this (enough for the skipped slots and a batch or two); what is left
-# is drained by the next start.
-SHUTDOWN_DRAIN_MIN_S = 0.5
-# Rollups trail the probes by at most this; a batch every few seconds costs less than a
-# fold after every probe, and reports catch up the rest themselves.
-ROLLUP_EVERY_S = 5.0
-# Retention runs daily, first a minute after start (not at once: a restart loop must not
-# turn into a pruning loop, and the first probes matter more).
-PRUNE_FIRST_AFTER = timedelta(minutes=1)
-# Notifications wait `group_wait` anyway; a second is fine grain for that and for retries.
-DISPATCH_EVERY_S = 1.0
-# `monitor status` counts an instance alive while its heartbeat is younger than three beats.
-HEARTBEAT_EVERY_S = 10.0
-
-
-@functools.cache
-def slot_trigger() -> Any:
-    """APScheduler's IntervalTrigger, computing each fire time from the slot grid.
-
-    IntervalTrigger adds the interval to the previous fire time, jitter included, so the jitter
-    accumulates: the fires drift later by half the jitter per interval on average, and every so
-    often a slot of the grid is never run (one in 20 for a 1 s interval and 0.1 s jitter). This
-    one starts from the grid slot after the previous fire (lazily built: apscheduler is imported
-    only by `monitor run`)."""
-    from apscheduler.triggers.interval import IntervalTrigger
-
-    class SlotTrigger(IntervalTrigger):  # type: ignore[misc]
-        def get_next_fire_time(self, previous_fire_time: datetime | None,
-                               now: datetime) -> datetime | None:
-            if previous_fire_time is None:
-                return super().get_next_fire_time(None, now)  # type: ignore[no-any-return]
-            # The grid slot after the previous one, whatever jitter that one had (< interval).
-            after = previous_fire_time + timedelta(milliseconds=1)
-            return super().get_next_fire_time(None, after)  # type: ignore[no-any-return]
-
-    return SlotTrigger
-
-
-def _misfire_grace_s(target: Target) -> int:
-    return max(1, int(target.interval_ms / 2000))
-
-
-class _ProbeSlotWarnings(logging.Filter):
-    """Drops APScheduler's own warning about a probe slot it skipped or missed: the daemon
-    logs each of those once, with the target and the slot (Service._on_slot_event)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not isinstance(record.msg, str) or not (
-                "maximum number of running instances" in record.msg
-                or "was missed by" in record.msg):
-            return True
-        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        return not str(getattr(job, "id", "")).startswith("probe:")
-
-
-_PROBE_SLOT_WARNINGS = _ProbeSlotWarnings()
-
-
-def _offset_s(target: Target) -> float:
-    digest = hashlib.sha256(target.name.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % max(1, target.interval_ms) / 1000
-
-
-class Service:
-    """`monitor run`: APScheduler jobs rebuilt from the config, signals, warm and cold stop."""
-
-    def __init__(self, daemon: Daemon, load_settings: Callable[[], Settings]) -> None:
-        from apscheduler.events import (
-            EVENT_JOB_MAX_INSTANCES,
-            EVENT_JOB_MISSED,
-            EVENT_JOB_SUBMITTED,
-        )
-        from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
-        from apscheduler.schedulers.background import BackgroundScheduler
-
-        self.daemon = daemon
-        self._load_settings = load_settings
-        self._stopping = threading.Event()
-        self._signals = 0
-        self._stop_by = 0.0  # time.monotonic() by which a warm stop should be done
-        # Enough threads that a target hanging until its timeout never holds up another.
-        workers = max(8, min(200, 2 * len(daemon.settings.targets)))
-        # In-memory job store only: the jobs are rebuilt from the config at every start.
-        self.scheduler = BackgroundScheduler(
-            executors={"default": JobExecutor(workers)}, timezone=UTC
-        )
-        # Every slot the scheduler could not run is recorded as skipped, with its reason.
-        self._last_slot: dict[str, datetime] = {}  # target -> the latest slot handed out
-        self.scheduler.add_listener(
-            self._on_slot_event, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
-        for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
-            logging.getLogger(name).addFilter(_PROBE_SLOT_WARNINGS)
-
-    def _schedule(self, targets: Iterable[Target]) -> None:
-        now = datetime.now(UTC)
-        for target in targets:
-            self._last_slot.pop(target.name, None)  # a new grid: no gap to the old one
-            interval_s = target.interval_ms / 1000
-            self.scheduler.add_job(
-                self.daemon.probe_target,
-                slot_trigger()(seconds=interval_s,
-                                start_date=slot_at(target, now) + timedelta(seconds=interval_s),
-                                jitter=min(JITTER_S, interval_s / 10)),
-                args=[target],
-                id=f"probe:{target.name}",
-                name=target.name,
-                # A missed slot is not made up twice: the canary must never become the load.
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=_misfire_grace_s(target),
-                replace_existing=True,
-            )
-
-    def _on_slot_event(self, event: Any) -> None:
-        """APScheduler handed out a probe job's slot (submitted), or could not run it: the
-        previous run was still going (max instances) or it started too late (missed). Slots
-        between the last one handed out and this one were coalesced away (the scheduler was
-        late). All but the submitted one are recorded as skipped."""
-        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
-
-        job_id: str = event.job_id
-        if not job_id.startswith("probe:"):
-            return
-        name = job_id.removeprefix("probe:")
-        target = next((t for t in self.daemon.settings.targets if t.name == name), None)
-        if target is None:
-            return
-        if event.code == EVENT_JOB_MISSED:
-            grace_s = _misfire_grace_s(target)
-            self.daemon.skip_unrun(name, [slot_at(target, event.scheduled_run_time)],
-                                   f"missed: the scheduler could not start it within "
-                                   f"{grace_s} s of its time")
-            return
-        slots = [slot_at(target, t) for t in event.scheduled_run_times]
-        if not slots:
-            return
-        interval = timedelta(milliseconds=target.interval_ms)
-        last = self._last_slot.get(name)
-        self._last_slot[name] = max(slots[-1], last or slots[-1])
-        if last is not None:
-            gap = []
-            slot = last + interval
-            while slot < slots[0]:
-                gap.append(slot)
-                slot += interval
-            self.daemon.skip_unrun(name, gap, "coalesced: the scheduler was late and ran "
-                                   "only the latest slot")
-        if event.code == EVENT_JOB_MAX_INSTANCES:
-            self.daemon.skip_unrun(name, slots, "the previous probe was still running "
-                                   "(maximum running instances reached)")
-
-    def reload(self) -> None:
-        """Apply the config file again; an invalid one is refused and the old one kept."""
-        try:
-            settings = self._load_settings()
-        except MonitorError as error:
-            log.error("reload refused, keeping the running config: %s", error)
-            return
-        old = {t.name: t for t in self.daemon.settings.targets}
-        new = {t.name: t for t in settings.targets}
-        for name in old.keys() - new.keys():
-            self.scheduler.remove_job(f"probe:{name}")
-        changed = [t for name, t in new.items() if old.get(name) != t]
-        self.daemon.use(settings)
-        self._schedule(changed)
-        log.info("reloaded: %d targets (%d added, %d removed, %d changed)", len(new),
-                 len(new.keys() - old.keys()), len(old.keys() - new.keys()),
-                 len([n for n in new.keys() & old.keys() if old[n] != new[n]]))
-
-    def _on_stop_signal(self, signum: int, _frame: object) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(1)
-        log.info("%s: finishing in-flight probes, then exiting (again to exit now)",
-                 signal.Signals(signum).name)
-        # In-flight probes end within their timeouts; the final drain gets what is left of that.
-        longest_s = max((t.timeout_ms for t in self.daemon.settings.targets), default=0) / 1000
-        self._stop_by = time.monotonic() + longest_s
-        self._stopping.set()
-        self.daemon.stopping.set()  # a drain under way ends at its next batch
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self.reload())
-        self._schedule(self.daemon.settings.targets)
-        self.scheduler.add_job(self.daemon.drain, "interval", seconds=DRAIN_EVERY_S,
-                               id="drain", coalesce=True, max_instances=1)
-        self.scheduler.add_job(self.daemon.dispatch, "interval", seconds=DISPATCH_EVERY_S,
-                               id="dispatch", coalesce=True, max_instances=1)
-        self.scheduler.add_job(self.daemon.roll_up, "interval", seconds=ROLLUP_EVERY_S,
-                               id="rollups", coalesce=True, max_instances=1)
-        self.scheduler.add_job(self.daemon.prune, "interval", hours=24, id="prune",
-                               next_run_time=datetime.now(UTC) + PRUNE_FIRST_AFTER,
-                               coalesce=True, max_instances=1)
-        self.daemon.heartbeat()
-        self.scheduler.add_job(self.daemon.heartbeat, "interval", seconds=HEARTBEAT_EVERY_S,
-                               id="heartbeat", coalesce=True, max_instances=1)
-        self.scheduler.start()
-        log.info("running: %d targets", len(self.daemon.settings.targets))
-        while not self._stopping.wait(1.0):
-            pass
-        # Warm stop: no new slots; in-flight probes end within their own timeouts.
-        self.scheduler.shutdown(wait=True)
-        # Bounded: the rest stays in the spool, in order, for the next start.
-        self.daemon.drain(deadline=max(self._stop_by, time.monotonic() + SHUTDOWN_DRAIN_MIN_S))
-        self.daemon.roll_up()
-        self.daemon.dispatch()  # what is due now; the rest is sent by the next start
-        self.daemon.close()
-        log.info("stopped")

@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
-from monitor.domain import LATENCY_BUCKETS_S, Histogram, TargetMetrics
+from monitor.domain import LATENCY_BUCKETS_S, AlertState, Histogram, TargetMetrics
 from monitor.sketch import Sketch
-from monitor.store import rollups
+from monitor.store import aggregate, rollups
+from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 from monitor.store.models import AlertRow, ProbeRow, TargetRow
-from monitor.store.rollups import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 
 VERSION = 1
 # Hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
@@ -106,8 +106,8 @@ def _alerts(connection: Connection, target_ids: Sequence[int], since: datetime,
         return {}
     query = (
         select(AlertRow.__table__)
-        .where(AlertRow.target_id.in_(target_ids), AlertRow.state != "pending",
-               or_(AlertRow.state == "open",
+        .where(AlertRow.target_id.in_(target_ids), AlertRow.state != AlertState.PENDING,
+               or_(AlertRow.state == AlertState.OPEN,
                    (AlertRow.opened_at < until)
                    & (AlertRow.resolved_at.is_(None) | (AlertRow.resolved_at >= since))))
         .order_by(AlertRow.opened_at, AlertRow.id)
@@ -137,7 +137,7 @@ def _target(name: str, total: Aggregate, points: dict[datetime, dict[str, Any]],
         "open_alerts": [
             {"id": a.id, "kind": a.kind, "key": a.key, "severity": a.severity,
              "opened_at": _iso(a.opened_at), "explanation": a.explanation}
-            for a in alerts if a.state == "open"],
+            for a in alerts if a.state == AlertState.OPEN],
         "alerts": [
             {"id": a.id, "kind": a.kind, "key": a.key, "severity": a.severity,
              "state": a.state, "opened_at": _iso(a.opened_at),
@@ -199,9 +199,9 @@ def _rate_limits(total: Aggregate) -> dict[str, Any] | None:
         "remaining_requests": limits.remaining_requests,
         "remaining_tokens": limits.remaining_tokens,
         "headroom_requests": _fraction(
-            rollups.headroom(limits.remaining_requests, limits.limit_requests)),
+            aggregate.headroom(limits.remaining_requests, limits.limit_requests)),
         "headroom_tokens": _fraction(
-            rollups.headroom(limits.remaining_tokens, limits.limit_tokens)),
+            aggregate.headroom(limits.remaining_tokens, limits.limit_tokens)),
         "at": limits.at.isoformat(),
     }
 
@@ -233,7 +233,7 @@ def metrics_snapshot(engine: Engine) -> list[TargetMetrics]:
         open_alerts: dict[int, dict[str, int]] = {}
         for target_id, severity, count in connection.execute(
                 select(AlertRow.target_id, AlertRow.severity, func.count())
-                .where(AlertRow.state == "open")
+                .where(AlertRow.state == AlertState.OPEN)
                 .group_by(AlertRow.target_id, AlertRow.severity)):
             open_alerts.setdefault(target_id, {})[severity] = count
         metrics = []

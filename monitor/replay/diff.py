@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from monitor.replay import Outcome
-from monitor.replay_batch import BatchSummary, Latency
-from monitor.report import safe_text
+from monitor.render.text import safe_text
+from monitor.replay.batch import BatchSummary, Latency
+from monitor.replay.send import Outcome
 from monitor.store.replays import StoredAnswer
 
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")

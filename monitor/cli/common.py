@@ -1,4 +1,5 @@
-"""What every command module shares: MonitorError as a one-line exit, the --config option,
+"""What every command module shares: MonitorError as a one-line exit (MonitorGroup, the one
+place it is mapped), loading the config, opening and disposing the store, the shared options,
 the clock, reading a point in time from an option, and writing an output file whole or not at
 all."""
 
@@ -14,9 +15,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from monitor import config as config_module
 from monitor.clock import Clock, utc_now
+from monitor.config.checks import check_hostnames, control_character
+from monitor.domain import Settings
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
 from monitor.store import db
@@ -47,13 +52,16 @@ def remember_database(url: str) -> None:
 
 
 class MonitorGroup(click.Group):
-    """The `monitor` group: a SQLite file that turns out corrupt or read-only in the middle
-    of a command (a report writing its rollups to a read-only file) is one line and exit 1,
-    like the same trouble found when the store opens."""
+    """The `monitor` group: any MonitorError a command raises is one line (`failure`), and a
+    SQLite file that turns out corrupt or read-only in the middle of a command (a report
+    writing its rollups to a read-only file) is one line and exit 1, like the same trouble
+    found when the store opens. Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except MonitorError as error:
+            raise failure(error) from None
         except DBAPIError as error:
             url = ctx.meta.get(_DATABASE_URL)
             found = db.diagnose(error, url) if url else None
@@ -70,6 +78,29 @@ def config_option(function: F) -> F:
         metavar="FILE",
         help="Config file (default: $MONITOR_CONFIG, else ./monitor.toml).",
     )(function)
+
+
+def load(config_path: str | None) -> Settings:
+    """The settings `--config` names, remembered as the running command's database."""
+    settings = config_module.load(config_path)
+    remember_database(settings.database_url)
+    return settings
+
+
+@contextlib.contextmanager
+def opened(url: str) -> Iterator[Engine]:
+    """The store at `url`, checked to be at the schema head, disposed when the block ends."""
+    remember_database(url)
+    engine = db.open_store(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+since_option = click.option("--since", metavar="WHEN",
+                            help='"24h", "7d", a date (2026-11-01) or an ISO 8601 time.')
+json_option = click.option("--json", "as_json", is_flag=True, help="As JSON.")
 
 
 def clock() -> Clock:
@@ -175,3 +206,54 @@ def spool_path(value: str, option: str = "--spool") -> str:
     if not existed:
         path.unlink()
     return value
+
+
+# Read from the environment, never a flag: `ps` would show a flag to every local user.
+TOKEN_ENV = "MONITOR_WEB_TOKEN"
+
+
+def web_token() -> str | None:
+    """MONITOR_WEB_TOKEN, or None when it is not set. Set but empty, blank or padded is a
+    mistake (an empty token would open the server to anyone), never shown back."""
+    token = os.environ.get(TOKEN_ENV)
+    if token is None:
+        return None
+    if not token.strip():
+        raise click.UsageError(f"{TOKEN_ENV} is set but {'empty' if not token else 'blank'}: "
+                               "set it to a token, or unset it")
+    flaw = control_character(token)
+    if flaw is not None or token != token.strip():
+        what = f"contains {flaw}" if flaw is not None else "has leading or trailing spaces"
+        raise click.UsageError(f"{TOKEN_ENV} {what}: a client could never send it in a "
+                               "header")
+    return token
+
+
+allowed_host_option = click.option(
+    "--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+    help="A Host name the dashboard answers to besides its address and loopback (a reverse "
+         "proxy's, a DNS name); repeat for several. Also [web] allowed_hosts.")
+insecure_public_option = click.option(
+    "--insecure-public", is_flag=True,
+    help=f"Serve on a non-loopback address without {TOKEN_ENV}: anyone who can reach it reads "
+         "every probe.")
+
+
+def hosts_allowed(settings: Settings, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The Host names the dashboard answers to: the config's, then `--allowed-host`'s."""
+    return settings.allowed_hosts + check_hostnames(names, "--allowed-host")
+
+
+def refuse_public(host: str, token: str | None, insecure_public: bool, option: str) -> None:
+    """The dashboard shows every probe: off loopback only behind a token, unless asked."""
+    from monitor.web.app import is_loopback
+
+    if is_loopback(host) or token is not None:
+        return
+    shown = host or "every address"
+    if not insecure_public:
+        raise click.UsageError(
+            f"{option} {shown} is reachable from other machines and {TOKEN_ENV} is not set: "
+            f"set {TOKEN_ENV} to require a token, or pass --insecure-public to serve anyone")
+    click.echo(f"warning: serving on {shown} without {TOKEN_ENV} (--insecure-public): anyone "
+               "who can reach it can read every probe", err=True)

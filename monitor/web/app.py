@@ -15,7 +15,7 @@ line only) nor sent back.
 The server answers only to the Host names it knows (its own address, loopback names, IP
 literals and the allowed names it is given), with 421 otherwise: a page on another site that
 rebinds its DNS name to this address cannot read the report through a visitor's browser. A
-client gets REQUEST_READ_TIMEOUT_S to send its whole request, however it trickles it.
+client gets REQUEST_READ_TIMEOUT_S (defaults.py) to send its whole request, however it trickles it.
 """
 
 from __future__ import annotations
@@ -25,20 +25,18 @@ import io
 import ipaddress
 import json
 import logging
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from socketserver import ThreadingMixIn
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
+from monitor import defaults, httpd
 from monitor.domain import TargetMetrics
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
@@ -54,14 +52,7 @@ HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 DEFAULT_HOST = "127.0.0.1"  # the dashboard shows upstream data: public only when asked
 DEFAULT_SINCE = "24h"  # as `monitor report`
-DEFAULT_REFRESH_S = 60  # probes come minutes apart; a faster refresh only costs queries
 _MAX_REFRESH_S = 86_400
-# From connecting to the end of its headers, a client gets this long: a GET is a few hundred
-# bytes, so ten seconds is plenty over any network, and a client that trickles its request a
-# byte at a time (slowloris) is cut off instead of holding a thread for as long as it likes
-# (a socket timeout alone starts again with every byte).
-REQUEST_READ_TIMEOUT_S = 10.0
-_WRITE_TIMEOUT_S = 30  # a client that stops reading the answer frees its thread
 _JSON = "application/json; charset=utf-8"
 _ALWAYS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 _STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -87,7 +78,7 @@ def _json(status: int, payload: Any, *headers: tuple[str, str]) -> _Response:
 def make_app(report_source: ReportSource, alerts_source: AlertsSource,
              metrics_source: MetricsSource, health: HealthCheck, token: str | None, *,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-             refresh_s: int = DEFAULT_REFRESH_S) -> WSGIApplication:
+             refresh_s: int = defaults.DASHBOARD_REFRESH_S) -> WSGIApplication:
     """The WSGI app behind `monitor serve`; `token` None leaves every route open."""
     if token is not None and not token.strip():
         raise ValueError("an empty token would accept `Authorization: Bearer ` from anyone")
@@ -312,11 +303,11 @@ class _DeadlineReader(io.RawIOBase):
         except TimeoutError:
             raise _RequestTooSlow() from None
         finally:
-            self._connection.settimeout(_WRITE_TIMEOUT_S)
+            self._connection.settimeout(defaults.WRITE_TIMEOUT_S)
 
 
 class _Handler(WSGIRequestHandler):
-    timeout = _WRITE_TIMEOUT_S
+    timeout = defaults.WRITE_TIMEOUT_S
     server: _Server
 
     def setup(self) -> None:
@@ -344,92 +335,52 @@ class _Handler(WSGIRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow client never holds up stop()
-    request_timeout_s = REQUEST_READ_TIMEOUT_S
+class _Server(httpd.ThreadedServer, WSGIServer):
+    # A slow client never holds up stop() for long: its socket is shut and its thread waited
+    # for, bounded (httpd); while it is served, request_timeout_s cuts off one that stalls.
+    request_timeout_s = defaults.REQUEST_READ_TIMEOUT_S
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        self.setup_environ()  # what WSGIServer.server_bind adds to HTTPServer's
 
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class WebServer:
+class WebServer(httpd.Background["_Server"]):
     """The app on a background thread: start(), .url, stop(); also a context manager.
     `monitor run --http` starts one beside the daemon's loop."""
 
+    what = "the web server"
+    thread_name = "monitor-web"
+    poll_interval_s = 0.1
+    error = MonitorError
+
     def __init__(self, app: WSGIApplication, host: str = DEFAULT_HOST, port: int = 0, *,
                  allowed_hosts: Iterable[str] = (),
-                 request_timeout_s: float = REQUEST_READ_TIMEOUT_S) -> None:
+                 request_timeout_s: float = defaults.REQUEST_READ_TIMEOUT_S) -> None:
         names = {name.lower().rstrip(".") for name in allowed_hosts}
         if host and not _is_ip(host.strip("[]")):
             names.add(host.lower().rstrip("."))  # bound by name: that name is its own
         self._app = _HostCheck(app, frozenset(names))
         self._request_timeout_s = request_timeout_s
-        self._host = host
-        self._port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
 
-    def start(self) -> Self:
-        """Listen (port 0 picks a free one) and serve in a daemon thread."""
-        if self._server is not None:
-            raise MonitorError(f"the web server is already running at {self.url}")
+    def _make(self) -> _Server:
         kind = _Server6 if ":" in self._host else _Server
-        try:
-            server = kind((self._host, self._port), _Handler)
-        except OSError as error:
-            raise MonitorError(f"cannot listen on {self._host}:{self._port}: "
-                               f"{error.strerror or error}") from None
+        server = kind((self._host, self._port), _Handler)
         server.set_app(self._app)
         server.request_timeout_s = self._request_timeout_s
-        # A short poll interval makes stop() return quickly.
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                  name=f"monitor-web-{server.server_port}", daemon=True)
-        self._server, self._thread = server, thread
-        thread.start()
-        return self
-
-    @property
-    def url(self) -> str:
-        """http://host:port, without a trailing slash."""
-        if self._server is None:
-            raise MonitorError("the web server is not running: call start() first")
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._server.server_port}"
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+        return server
 
 
 def serve(host: str, port: int, app: WSGIApplication,
           ready: Callable[[str], None] | None = None, *,
           stop: threading.Event | None = None, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve until Ctrl-C, SIGTERM or `stop`; `ready` gets `listening on <url>` first."""
-    stop = stop or threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()
-    # Signal handlers can only be installed from the main thread.
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
-    try:
-        with WebServer(app, host, port, allowed_hosts=allowed_hosts) as server:
-            if ready is not None:
-                ready(f"listening on {server.url}")
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
-                pass
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with WebServer(app, host, port, allowed_hosts=allowed_hosts) as server:
+        if ready is not None:
+            ready(f"listening on {server.url}")
+        httpd.serve_until_signal(stop)

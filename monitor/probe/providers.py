@@ -12,8 +12,9 @@ import requests
 import requests.auth
 import requests.cookies
 
-from monitor import __version__, transport
+from monitor import __version__
 from monitor.domain import Provider, Target
+from monitor.probe import transport
 
 USER_AGENT = f"monitor/{__version__} (LLM API canary)"
 

@@ -28,12 +28,14 @@ from datetime import UTC, datetime
 import requests
 from sqlalchemy import Engine
 
-from monitor import probe, providers
-from monitor.domain import ErrorKind, ProbeResult, Target
-from monitor.replay import Plan, ReplayError, plan
+from monitor import probe
+from monitor.detect.stats import percentile
+from monitor.domain import ErrorKind, ProbeResult, ReplayState, Target
+from monitor.probe import providers
+from monitor.replay.send import Plan, ReplayError, plan
 from monitor.store import replays
 from monitor.store.records import Recorder, canonical_json, target_id_of, usage_since
-from monitor.store.replays import Claim, LinkedWriter, ReplayState, RunSpec, StoredAnswer
+from monitor.store.replays import Claim, LinkedWriter, RunSpec, StoredAnswer
 
 # A 429 that outlasts this many waits is the answer (insufficient_quota never resets): the
 # replay stores it rather than retrying forever.
@@ -312,14 +314,6 @@ def summarize(engine: Engine, run: replays.Run, destination: str,
 
 def _latency(answers: list[StoredAnswer]) -> Latency:
     values = sorted(a.total_ms for a in answers if a.total_ms is not None)
-    return Latency(percentile(values, 0.5), percentile(values, 0.95))
-
-
-def percentile(ordered: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default) of sorted values."""
-    if not ordered:
-        return None
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    if not values:
+        return Latency(None, None)
+    return Latency(percentile(values, 50), percentile(values, 95))

@@ -1,0 +1,185 @@
+"""`monitor probe`, `run`, `status` and `demo`: sending probes and the daemon that sends them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+
+import click
+
+from monitor import daemon
+from monitor.cli.common import (
+    allowed_host_option,
+    clock,
+    config_option,
+    hosts_allowed,
+    insecure_public_option,
+    load,
+    now,
+    opened,
+    refuse_public,
+    spool_path,
+    web_token,
+)
+from monitor.config.checks import check_database_url
+from monitor.defaults import ALIVE_WITHIN_S
+from monitor.domain import Settings, Target
+from monitor.render import text
+from monitor.store import db, leases
+from monitor.store.records import Recorder, count_probes, count_targets, last_probes, probe_records
+from monitor.store.spool import Spool
+
+
+@click.command("probe")
+@click.argument("names", nargs=-1, metavar="[TARGET]...")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored records as a JSON array.")
+@config_option
+def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
+    """Probe the named targets (all if none) once and store every result."""
+    settings = load(config_path)
+    targets = _select(settings, names)
+    ids: list[int] = []
+    failed = False
+    with opened(settings.database_url) as engine:
+        prober = daemon.Prober(Recorder(engine))
+        try:
+            prober.register(targets)
+            width = max(len(t.name) for t in targets)
+            for result, probe_id in prober.probe_all(targets):
+                ids.append(probe_id)
+                failed = failed or not result.ok
+                if not as_json:
+                    click.echo(text.probe_line(result, width))
+            if as_json:
+                click.echo(json.dumps(probe_records(engine, ids), indent=2, ensure_ascii=False))
+        finally:
+            prober.close()
+    sys.exit(1 if failed else 0)
+
+
+def _select(settings: Settings, names: tuple[str, ...]) -> list[Target]:
+    if not settings.targets:
+        raise click.UsageError(f"{settings.config_path} configures no [[targets]]")
+    if not names:
+        return list(settings.targets)
+    by_name = {t.name: t for t in settings.targets}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise click.UsageError(
+            f"unknown target {', '.join(map(repr, unknown))}; "
+            f"{settings.config_path} has {', '.join(by_name)}"
+        )
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }, ensure_ascii=False)
+
+
+def _setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLines() if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("monitor")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r}: expected HOST:PORT, like 127.0.0.1:8765",
+                                 param_hint="--http")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.command("run")
+@click.option("--once", is_flag=True, help="Probe every target once, store, and exit.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object per line, for log shippers.")
+@click.option("--spool", default="monitor-spool.jsonl", show_default=True,
+              metavar="FILE", help="Where results wait while the database is unreachable.")
+@click.option("--http", "http_address", metavar="HOST:PORT",
+              help="Also serve the dashboard, API and /metrics there (as `monitor serve`).")
+@allowed_host_option
+@insecure_public_option
+@config_option
+def run_command(once: bool, log_format: str, spool: str, http_address: str | None,
+                allowed_hosts: tuple[str, ...], insecure_public: bool,
+                config_path: str | None) -> None:
+    """Probe every target on its interval until stopped (SIGTERM/SIGINT; SIGHUP reloads)."""
+    if once and http_address is not None:
+        raise click.UsageError("--http serves while the daemon runs and --once exits after one "
+                               "round: give one or the other")
+    address = _address(http_address) if http_address is not None else None
+    token = web_token()
+    if address is not None:
+        refuse_public(address[0], token, insecure_public, "--http")
+    spool_path(spool)
+    _setup_logging(log_format)
+    settings = load(config_path)
+    allowed = hosts_allowed(settings, allowed_hosts)
+    if not settings.targets:
+        raise click.UsageError(f"{settings.config_path} configures no [[targets]]")
+    web = (daemon.WebOptions(address[0], address[1], token, allowed)
+           if address is not None else None)
+    daemon.run(settings, Spool(spool), once=once, clock=clock(),
+               reload=lambda: load(config_path), web=web,
+               echo=lambda line: click.echo(line, err=True))
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The same, as one JSON document.")
+@click.option("--spool", default="monitor-spool.jsonl", show_default=True,
+              metavar="FILE")
+@config_option
+def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
+    """Show where the database is, how much history it holds and each target's last probe."""
+    spool_path(spool)
+    settings = load(config_path)
+    with opened(settings.database_url) as engine:
+        status = {
+            "database": db.display_url(settings.database_url),
+            "schema_revision": db.current_revision(engine),
+            "probes": count_probes(engine),
+            "targets": count_targets(engine),
+            "bytes": db.size_bytes(engine),
+            "spool_backlog": Spool(spool).backlog(),
+            "last_probes": last_probes(engine),
+            "instances": leases.alive(engine, now(),
+                                      timedelta(seconds=ALIVE_WITHIN_S)),
+        }
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    click.echo(text.render_status(status))
+
+
+@click.command("demo")
+@click.option(
+    "--database",
+    "database_url",
+    default="sqlite:///monitor-demo.db",
+    show_default=True,
+    help="Where to store the demo's probes.",
+)
+@click.option("--rounds", default=4, show_default=True, help="Rounds of probes to send.")
+def demo_command(database_url: str, rounds: int) -> None:
+    """Probe a built-in simulator for a few rounds and show what was stored (no API key needed)."""
+    from monitor import demo
+
+    demo.run(check_database_url(database_url, "--database"), rounds, click.echo)
+
+
+COMMANDS = (probe_command, run_command, status_command, demo_command)

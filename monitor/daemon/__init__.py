@@ -1,0 +1,91 @@
+"""Wiring: probe targets and store the results, once (`monitor probe`, `demo`) or on a schedule
+(`monitor run`). Nothing here parses HTTP or writes SQL; it connects the parts that do.
+
+    prober.py   Prober: one round of probes, stored (`monitor probe`, `demo`)
+    steps.py    Daemon: the step functions (probe a slot, store or spool, detect, drain, ...)
+    slots.py    the slot grid every instance computes alike, and its APScheduler trigger
+    service.py  Service: APScheduler drives the steps until a signal stops it
+
+`run()` is `monitor run`: the instance lock, the outage fallback, the daemon, the schedule and
+the optional web server; the CLI only parses options and calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from monitor.clock import Clock
+from monitor.daemon.prober import Prober
+from monitor.daemon.service import Service
+from monitor.daemon.slots import slot_at, slot_trigger
+from monitor.daemon.steps import Daemon
+from monitor.domain import Settings
+from monitor.errors import StoreUnavailable
+from monitor.store import db
+from monitor.store.records import Recorder
+from monitor.store.spool import Spool
+
+__all__ = ["Daemon", "Prober", "Service", "WebOptions", "run", "slot_at", "slot_trigger"]
+
+log = logging.getLogger("monitor")
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """Where `monitor run --http` serves the dashboard while the daemon runs."""
+
+    host: str
+    port: int
+    token: str | None
+    allowed_hosts: tuple[str, ...]
+
+
+def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
+        reload: Callable[[], Settings], web: WebOptions | None = None,
+        echo: Callable[[str], None] = print) -> None:
+    """`monitor run`: probe every target on its schedule until SIGTERM/SIGINT (or one round
+    with `once`), through database outages, with the dashboard alongside if `web` says where."""
+    # SQLite has no leases that work across processes: one daemon per file.
+    lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
+        "sqlite") else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        try:
+            engine = db.open_store(settings.database_url)
+        except StoreUnavailable as error:
+            # The canary matters most when things are failing: probe now, spool, store later.
+            log.error("%s; probing anyway and spooling to %s until it is back", error,
+                      spool.path)
+            engine = db.create(settings.database_url)
+        try:
+            daemon = Daemon(settings, Recorder(engine), spool, clock=clock)
+            daemon.register()
+            if once:
+                daemon.run_once()
+            else:
+                _serve(Service(daemon, reload), web, echo)
+        finally:
+            engine.dispose()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _serve(service: Service, web: WebOptions | None, echo: Callable[[str], None]) -> None:
+    """Run the schedule, with the dashboard beside it when asked for."""
+    if web is None:
+        service.run()
+        return
+    from monitor.web import app, serving
+
+    engine = service.daemon.recorder.engine
+    wsgi = serving.build_app(engine, web.token, scheduler_alive=lambda: service.scheduler.running)
+    server = app.WebServer(wsgi, web.host, web.port, allowed_hosts=web.allowed_hosts).start()
+    echo(f"listening on {server.url}")
+    try:
+        service.run()
+    finally:
+        server.stop()
