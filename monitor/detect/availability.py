@@ -38,7 +38,6 @@ class AvailabilityDetector(Detector):
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
-        self.learned = 0
         self.run_kinds: dict[str, int] = {}  # the current run of failures, by error kind
         self.run_uids: deque[str] = deque(maxlen=MAX_UIDS)
         # None for a success, else the error kind

@@ -9,9 +9,9 @@ anywhere in a history.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
@@ -82,6 +82,12 @@ def event_from_json(data: dict[str, Any]) -> DriftEvent:
     )
 
 
+class Streak(Protocol):
+    """A baseline that counts the probes in a row that came back to it."""
+
+    back: int
+
+
 class Conditions:
     """The open conditions of one detector, by key, and the events that open and clear them.
 
@@ -138,6 +144,28 @@ class Conditions:
             explanation=explanation,
         )
 
+    def close_when_back(
+        self,
+        key: str,
+        obs: Observation,
+        streak: Streak,
+        needed: int,
+        *,
+        after: Any,
+        explanation: Callable[[int], str],
+    ) -> list[DriftEvent]:
+        """`obs` is back at the baseline: close the open condition `key` once `needed` probes
+        in a row were (one back is a flap, not a recovery); nothing while none is open.
+        `explanation` gets the streak's length."""
+        opening = self._open.get(key)
+        if opening is None:
+            return []
+        streak.back += 1
+        if streak.back < needed:
+            return []
+        return [self.close(key, obs, before=opening.after, after=after, uids=[obs.uid],
+                           explanation=explanation(streak.back))]
+
     def active(self) -> list[DriftEvent]:
         return list(self._open.values())
 
@@ -161,6 +189,7 @@ class Detector(abc.ABC):
         self.target = target
         self.thresholds = thresholds
         self.conditions = Conditions(target, self.kind)
+        self.learned = 0  # probes taken into the baseline so far (the warm-up)
 
     @abc.abstractmethod
     def step(self, obs: Observation) -> list[DriftEvent]:

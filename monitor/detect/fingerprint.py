@@ -40,7 +40,6 @@ class FingerprintDetector(Detector):
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
-        self.learned = 0
         self.known: dict[str, int] = {}  # the pool: fingerprint -> last answered (ms)
         self.unseen: dict[str, int] = {}  # open "new:" fingerprints -> probes since they answered
         self.recent: deque[tuple[str, str]] = deque(maxlen=thresholds.fingerprint_share_recent)

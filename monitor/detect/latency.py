@@ -103,7 +103,6 @@ class LatencyDetector(Detector):
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
-        self.learned = 0
         self.series = {metric.key: Series(thresholds) for metric in METRICS}
 
     def step(self, obs: Observation) -> list[DriftEvent]:

@@ -27,7 +27,6 @@ class ModelDetector(Detector):
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
         self.requested: str | None = None
-        self.learned = 0
         self.baseline: str | None = None
         self.back = 0  # answers in a row naming the baseline while a condition is open
 

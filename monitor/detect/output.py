@@ -66,7 +66,6 @@ class OutputDetector(Detector):
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
         self.request_hash: str | None = None
-        self.learned = 0
         self.baselines = {key: Baseline() for key in FIELDS}
 
     def step(self, obs: Observation) -> list[DriftEvent]:
@@ -94,16 +93,11 @@ class OutputDetector(Detector):
         baseline = self.baselines[key]
         opening = self.conditions.get(key)
         if identity in baseline.variants:
-            if opening is None:
-                return []
-            baseline.back += 1
-            if baseline.back < self.thresholds.revert_probes:
-                return []
-            return [self.conditions.close(
-                key, obs, before=opening.after, after=value, uids=[obs.uid],
-                explanation=f"{self.target}'s {label} for its deterministic request is back to "
-                f"the baseline ({baseline.back} answers in a row).",
-            )]
+            return self.conditions.close_when_back(
+                key, obs, baseline, self.thresholds.revert_probes, after=value,
+                explanation=lambda back: f"{self.target}'s {label} for its deterministic "
+                f"request is back to the baseline ({back} answers in a row).",
+            )
         baseline.back = 0
         if opening is None:
             return [self.conditions.open(

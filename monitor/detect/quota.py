@@ -53,7 +53,6 @@ class QuotaDetector(Detector):
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
-        self.learned = 0
         self.limits = {header: Limit() for header in HEADERS}
         self.throttled: deque[bool] = deque(maxlen=thresholds.quota_rate_limited_window)
         self.throttled_uids: deque[str] = deque(maxlen=MAX_UIDS)
@@ -82,15 +81,10 @@ class QuotaDetector(Detector):
             return []
         opening = self.conditions.get(header)
         if value == limit.baseline:
-            if opening is None:
-                return []
-            limit.back += 1
-            if limit.back < self.thresholds.revert_probes:
-                return []
-            return [self.conditions.close(
-                header, obs, before=opening.after, after=value, uids=[obs.uid],
-                explanation=f"{self.target}'s {label} is back to {value}.",
-            )]
+            return self.conditions.close_when_back(
+                header, obs, limit, self.thresholds.revert_probes, after=value,
+                explanation=lambda _: f"{self.target}'s {label} is back to {value}.",
+            )
         limit.back = 0
         if opening is None:
             return [self.conditions.open(
