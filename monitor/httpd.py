@@ -12,6 +12,7 @@ that the daemon and a batch replay also use.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import http.server
 import os
@@ -105,7 +106,7 @@ def url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-class Background(Generic[S]):
+class Background(abc.ABC, Generic[S]):
     """A server on a daemon thread: start(), .url, stop(); also a context manager. Subclasses
     say how to make their server (`_make`), what they are called and which error they raise."""
 
@@ -120,8 +121,9 @@ class Background(Generic[S]):
         self._server: S | None = None
         self._thread: threading.Thread | None = None
 
+    @abc.abstractmethod
     def _make(self) -> S:
-        raise NotImplementedError
+        """A new, unbound server of this kind (bind() binds and listens)."""
 
     def start(self) -> Self:
         """Listen (port 0 picks a free one) and serve in a daemon thread."""

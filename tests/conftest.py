@@ -18,10 +18,13 @@ import pytest
 from sqlalchemy import Engine, make_url, text
 
 from monitor import config
+from monitor.daemon import Daemon
 from monitor.domain import Settings, Target
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.models import Base
+from monitor.store.records import Recorder
+from monitor.store.spool import Spool
 from tests.proxy import Proxy
 
 POSTGRES_URL = os.environ.get(
@@ -199,3 +202,20 @@ def postgres_through_proxy(postgres_url: str) -> Iterator[tuple[str, Proxy]]:
     proxy = Proxy(url.host, url.port or 5432)
     yield url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), proxy
     proxy.close()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, make_settings: MakeSettings) -> Iterator[Any]:
+    """Daemons on a given engine with targets pointing at the simulator, closed afterwards."""
+    made: list[Daemon] = []
+
+    def make(engine: Engine, *targets: dict[str, Any]) -> Daemon:
+        settings = make_settings(*targets)
+        daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
+        daemon.prober.register(settings.targets)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.close()

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,22 +35,6 @@ T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 def count(engine: Engine, *where: Any) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count(ProbeRow.id)).where(*where)).scalar_one())
-
-
-@pytest.fixture
-def make_daemon(tmp_path: Path, make_settings: MakeSettings) -> Iterator[Any]:
-    made: list[Daemon] = []
-
-    def make(engine: Engine, *targets: dict[str, Any]) -> Daemon:
-        settings = make_settings(*targets)
-        daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
-        daemon.prober.register(settings.targets)
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.close()
 
 
 def test_tick_probes_each_target_once_per_interval(

@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +23,8 @@ from monitor.domain import ProbeResult
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.models import ProbeRow
-from monitor.store.records import Recorder
 from monitor.store.spool import Spool, encode
-from tests.conftest import MakeSettings, write_config
+from tests.conftest import write_config
 from tests.proxy import Proxy
 from tests.test_daemon import start
 from tests.waiting import wait_until
@@ -35,22 +33,6 @@ T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 # A drain call may take its budget plus one batch; on a loaded 2-core machine a batch can take
 # seconds, so the deadline is generous. The bug it guards against never returned at all.
 CALL_DEADLINE_S = 30.0
-
-
-@pytest.fixture
-def make_daemon(tmp_path: Path, make_settings: MakeSettings) -> Iterator[Any]:
-    made: list[Daemon] = []
-
-    def make(engine: Engine, *targets: dict[str, Any]) -> Daemon:
-        settings = make_settings(*targets)
-        daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
-        daemon.prober.register(settings.targets)
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.close()
 
 
 def uids_in_id_order(engine: Engine) -> list[str]:
