@@ -5,7 +5,9 @@ becomes a stored probe on each database."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -218,6 +220,50 @@ def test_a_trickling_server_cannot_outlast_the_timeout(
     if result.total_ms is not None:
         assert result.total_ms < (TIMEOUT_S + SLACK_S) * 1000
     assert store(engine, target, result)["error_kind"] == "read_timeout"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_tls_handshake_dripped_a_byte_a_second_cannot_outlast_the_timeout(
+    make_target: MakeTarget, engine: Engine, stream: bool
+) -> None:
+    # A server that answers the ClientHello with the header of a 16 KB handshake record and
+    # then one byte a second: every read returns data, so only a total deadline ends it.
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+
+    def drip() -> None:
+        connections = []
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connections.append(connection)
+            with contextlib.suppress(OSError):
+                connection.sendall(b"\x16\x03\x03\x40\x00")
+                while not stop.wait(1.0):
+                    connection.sendall(b"\x00")
+        for connection in connections:
+            connection.close()
+
+    server = threading.Thread(target=drip, daemon=True)
+    server.start()
+    try:
+        port = listener.getsockname()[1]
+        target = make_target(name="tls-drip", provider="openai-compatible",
+                             base_url=f"https://127.0.0.1:{port}/v1", model="tls-drip",
+                             timeout=f"{TIMEOUT_S:g}s", stream=stream)
+        result, wall_s = run(target)
+    finally:
+        stop.set()
+        server.join(10)
+        listener.close()
+    assert not result.ok
+    assert result.error_kind in (ErrorKind.CONNECT_TIMEOUT, ErrorKind.READ_TIMEOUT), (
+        result.error_kind, result.error_detail)
+    assert wall_s < TIMEOUT_S + SLACK_S
+    assert store(engine, target, result)["ok"] is False
 
 
 # --- memory ---------------------------------------------------------------------------------

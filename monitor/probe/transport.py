@@ -8,8 +8,9 @@ The upstream is not trusted, so three limits hold whatever it does:
   watchdog shuts the socket down. Any read blocked on it (status line, headers, body, stream)
   returns at once, so the whole exchange ends within the deadline, whatever its phase. The
   caller then sees an exception or an early end of body and asks `Deadline.expired`.
-  (Not covered: DNS resolution and a TLS handshake, which happen before a socket is
-  registered; each of their reads is still bounded by the per-read timeout.)
+  A socket registers as soon as its TCP connection is made, so a TLS handshake is under the
+  deadline too. (Not covered: DNS resolution, which happens before there is a socket; it is
+  bounded by the resolver's own timeouts.)
 - Decoded size. The body is read in small compressed amounts (`read1`) and decompressed here
   with zlib's `max_length`, so a gzip bomb yields at most the bytes asked for per step and the
   cap applies to decoded bytes as they arrive, never after the fact.
@@ -111,6 +112,11 @@ def _watch(sock: socket.socket | None) -> None:
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)  # before any TLS handshake: a server dripping one is under the deadline
+        return sock
+
     def connect(self) -> None:
         super().connect()
         _watch(self.sock)
@@ -121,6 +127,11 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)  # before any TLS handshake: a server dripping one is under the deadline
+        return sock
+
     def connect(self) -> None:
         super().connect()
         _watch(self.sock)
