@@ -112,6 +112,9 @@ def _watch(sock: socket.socket | None) -> None:
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    """A connection whose sockets register with the active Deadline; the HTTPS one below
+    inherits this, so both register at the same three moments."""
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _watch(sock)  # before any TLS handshake: a server dripping one is under the deadline
@@ -119,26 +122,15 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
 
     def connect(self) -> None:
         super().connect()
-        _watch(self.sock)
+        _watch(self.sock)  # the TLS socket: wrapping detached the one registered above
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watch(self.sock)  # a reused keep-alive connection (None when not yet connected)
         super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _watch(sock)  # before any TLS handshake: a server dripping one is under the deadline
-        return sock
-
-    def connect(self) -> None:
-        super().connect()
-        _watch(self.sock)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self.sock)
-        super().request(*args, **kwargs)
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
