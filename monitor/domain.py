@@ -415,36 +415,3 @@ class AlertSettings:
 
 
 # --- reporting ------------------------------------------------------------------------------
-
-
-# Prometheus histogram buckets for probe latency, in seconds: 25 ms to a minute.
-LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """Cumulative counts over all stored history, Prometheus-style: `cumulative[i]` probes took
-    at most `bounds_s[i]`; `count` and `sum_s` cover every probe (the +Inf bucket)."""
-
-    bounds_s: tuple[float, ...]
-    cumulative: tuple[int, ...]
-    count: int
-    sum_s: float
-
-
-@dataclass(frozen=True)
-class TargetMetrics:
-    """What /metrics exposes for one target, read from the store (rollups, newest probe,
-    alerts), so `monitor serve` and `monitor run --http` expose the same numbers."""
-
-    target: str
-    latency: dict[str, Histogram]  # "total", "headers", "ttft", "processing"; absent if never measured
-    outcomes: dict[str, int]  # "ok" and each error kind -> probes, over all stored history
-    fingerprint: str | None  # of the newest successful probe
-    model: str | None
-    limit_requests: int | None
-    limit_tokens: int | None
-    remaining_requests: int | None
-    remaining_tokens: int | None
-    open_alerts: dict[str, int]  # severity -> open alerts

@@ -16,8 +16,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
-from monitor.domain import LATENCY_BUCKETS_S, AlertState, Histogram, TargetMetrics
+from monitor.domain import AlertState
 from monitor.sketch import Sketch
+from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, TargetMetrics
 from monitor.store import aggregate, rollups
 from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 from monitor.store.models import AlertRow, ProbeRow, TargetRow

@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from typing import Any
 from wsgiref.types import WSGIApplication
 
-from monitor.domain import LATENCY_BUCKETS_S, Histogram, TargetMetrics
+from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, TargetMetrics
 from monitor.web.app import serve
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -53,6 +53,10 @@ def test_domain_depends_on_nothing_but_secrets() -> None:
     assert own <= {"monitor.secrets", "monitor.secrets.Secret"}
 
 
+def test_snapshot_depends_on_nothing() -> None:
+    assert not [n for n in imports_of(PACKAGE / "snapshot.py") if n.startswith("monitor")]
+
+
 def test_only_providers_reads_a_secret_value() -> None:
     readers = [
         p.relative_to(PACKAGE).as_posix()

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
-from monitor.domain import LATENCY_BUCKETS_S, ErrorKind, ProbeResult, RateLimits, Usage
+from monitor.domain import ErrorKind, ProbeResult, RateLimits, Usage
 from monitor.health import metrics_snapshot
 from monitor.sketch import Sketch
+from monitor.snapshot import LATENCY_BUCKETS_S
 from monitor.store import aggregate as folded
 from monitor.store import db, rollups
 from monitor.store.models import (

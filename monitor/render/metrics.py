@@ -19,7 +19,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from monitor.domain import Severity, TargetMetrics
+from monitor.domain import Severity
+from monitor.snapshot import TargetMetrics
 
 Metric = HistogramMetricFamily | CounterMetricFamily | InfoMetricFamily | GaugeMetricFamily
 

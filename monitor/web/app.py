@@ -37,11 +37,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from monitor import defaults, httpd
-from monitor.domain import TargetMetrics
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
 from monitor.render import exposition_registry, render_dashboard, render_metrics
 from monitor.render.dashboard import POLICY
+from monitor.snapshot import TargetMetrics
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import defaults
-from monitor.domain import TargetMetrics
 from monitor.errors import StoreUnavailable
 from monitor.health import build_report, metrics_snapshot
+from monitor.snapshot import TargetMetrics
 from monitor.store import alert_reads, leases, rollups
 from monitor.web import app as web
 
