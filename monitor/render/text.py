@@ -5,18 +5,68 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from monitor.domain import ProbeResult
 
-# C0/C1 control characters (ESC starts terminal escape sequences), except tab.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0/C1 control characters (ESC starts terminal escape sequences), except tab; bidirectional
+# overrides and isolates (they reorder what is shown: "gpt-4o" could display as another name);
+# line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                      "\u2028\u2029]")
 
 
 def safe_text(text: str, limit: int = 80) -> str:
     """Printable on a terminal: control characters shown as escapes, long text shortened."""
     escaped = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
     return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def human_time(moment: datetime | str) -> str:
+    """A stored time as a person reads it: UTC, to the second ("2026-05-01 12:04:05 UTC")."""
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def ago(moment: datetime | str, now: datetime) -> str:
+    """How long before `now` ("42 s ago", "3 min ago", "2 h ago", "5 d ago"; "in 3 min")."""
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    seconds = (now - value).total_seconds()
+    span = abs(seconds)
+    if span < 1:
+        return "just now"
+    for size, unit in ((86_400, "d"), (3600, "h"), (60, "min")):
+        if span >= size:
+            amount = f"{int(span // size)} {unit}"
+            break
+    else:
+        amount = f"{int(span)} s"
+    return f"{amount} ago" if seconds > 0 else f"in {amount}"
+
+
+def when(moment: datetime | str | None, now: datetime | None = None) -> str:
+    """human_time, and how long ago when `now` is known; "-" for no time at all."""
+    if moment is None:
+        return "-"
+    shown = human_time(moment)
+    return shown if now is None else f"{shown} ({ago(moment, now)})"
+
+
+def percentages(counts: list[int], digits: int = 1) -> list[str]:
+    """Each count's share of their sum as "12.5%", rounded so that the shares shown add to
+    exactly 100% (largest remainder: the units lost to rounding go to the largest remainders)."""
+    total = sum(counts)
+    if total <= 0:
+        return ["-" for _ in counts]
+    unit = 10**digits  # hundredths of a percent for digits=2, and so on
+    exact = [count * 100 * unit / total for count in counts]
+    floors = [int(value) for value in exact]
+    missing = 100 * unit - sum(floors)
+    order = sorted(range(len(counts)), key=lambda i: (floors[i] - exact[i], i))
+    for i in order[:missing]:
+        floors[i] += 1
+    return [f"{value / unit:.{digits}f}%" for value in floors]
 
 
 def _n(value: float | None, unit: str = "") -> str:
