@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 from monitor.cli import cli
+from monitor.render.probe_page import POLICY
 from monitor.render.probes import body_lines
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.models import ProbeRow
 from tests.conftest import write_config
+from tests.report_fixtures import parse_html, running
+from tests.test_web import get
 
 HOSTILE = "\x1b[31mred\x1b[0m</pre><script>alert(1)</script>\u202egpt"
 
@@ -138,3 +142,53 @@ def test_a_replay_is_shown_as_one_and_compared_with_its_original(
 def test_bodies_are_laid_out_by_kind(record: dict[str, Any], how: str,
                                      lines: list[str]) -> None:
     assert body_lines(record) == (how, lines)
+
+
+# --- /probes/{id} ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(stored: Path, database_url: str) -> Iterator[str]:
+    from monitor.web import serving
+
+    engine = db.open_store(database_url)
+    try:
+        with running(serving.build_app(engine, TOKEN)) as url:
+            yield url
+    finally:
+        engine.dispose()
+
+
+TOKEN = "tok-" "inspect-7e1f"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_the_probe_page_shows_everything_with_model_text_escaped(served: str) -> None:
+    answer = get(served, "/probes/2", AUTH)
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "text/html; charset=utf-8"
+    assert answer.headers["content-security-policy"] == POLICY
+    assert "script-src" not in POLICY and "default-src 'none'" in POLICY
+    page = answer.body.decode()
+    root = parse_html(page)  # fails on markup the answer could have opened or closed
+    assert not root.iter("script") and "<script>alert" not in page
+    assert "\\x1b[31mred" in page and "\\u202egpt" in page  # shown, as escapes
+    text = root.all_text()
+    assert "</pre><script>alert(1)</script>" in text  # the answer, as text
+    assert "x-request-id" in text and "set-cookie" in text  # every header
+    assert "system_fingerprint: fp_6ec83003ad -> fp_other" in text
+    assert '"fp_other"' in text and "Reply with the single word: pong" in text
+    links = {a.all_text(): a.attrs["href"] for a in root.iter("a")}
+    assert links["dashboard"] == "/"
+    assert links["previous probe #1"] == "/probes/1" and links["next probe #3"] == "/probes/3"
+    assert links["probe #1"] == "/probes/1"  # the probe it is compared with
+
+
+def test_the_probe_page_wants_the_token_and_knows_missing_ids(served: str) -> None:
+    assert get(served, "/probes/2").status == 401
+    for path in ("/probes/99", "/probes/abc", "/probes/", "/probes/-1",
+                 f"/probes/{2**63}", "/probes/%3Cb%3E"):
+        answer = get(served, path, AUTH)
+        assert answer.status == 404, path
+        assert "No probe" in answer.body.decode() and "<b>" not in answer.body.decode()
+    assert get(served, "/probes/2", AUTH, method="HEAD").body == b""
