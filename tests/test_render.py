@@ -31,7 +31,8 @@ from monitor.render.html import CSS
 def test_table_has_a_block_per_target_with_every_field() -> None:
     text = render_table(document())
     blocks = text.split("\n\n")
-    assert blocks[0].startswith("report 2026-11-25T12:00:00+00:00 .. 2026-11-26T12:00:00+00:00")
+    assert blocks[0] == ("report 2026-11-25 12:00:00 UTC .. 2026-11-26 12:00:00 UTC  "
+                         "(generated 2026-11-26 12:00:00 UTC)")
     assert [b.splitlines()[0] for b in blocks[1:]] == ["gpt-4o", "gpt-4o-mini-stream",
                                                        "azure-east"]
     plain = blocks[1]
@@ -46,6 +47,16 @@ def test_table_has_a_block_per_target_with_every_field() -> None:
     assert "tokens/s      p50 88.5  p95 61.0  p99 40.2" in blocks[2]
     idle = blocks[3]
     assert "0, 0 ok\n" in idle + "\n" and "latency ms    -" in idle and "rate limits   -" in idle
+
+
+def test_shares_shown_add_to_exactly_100_percent() -> None:
+    doc = document()
+    doc["targets"][0]["fingerprints"] = [
+        {"fingerprint": f"fp_{i}", "count": 1, "share": 0.3333,
+         "first_seen": "2026-11-25T12:00:00+00:00", "last_seen": "2026-11-26T11:00:00+00:00"}
+        for i in range(3)]
+    assert "fp_0 33.4%, fp_1 33.3%, fp_2 33.3%" in render_table(doc)
+    assert "<code>fp_0</code> 33.4%, <code>fp_1</code> 33.3%" in render_html(doc)
 
 
 def test_table_shows_terminal_escapes_as_text() -> None:
