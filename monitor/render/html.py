@@ -125,7 +125,8 @@ def _numbers(t: dict[str, Any]) -> str:
     rows.append(("open alerts", _open_alerts(t["open_alerts"])))
     error = t["last_error"]
     if error is not None:
-        rows.append(("last error", (f"{esc(error['at'])} <code>{esc(error['error_kind'])}"
+        rows.append(("last error", (f"{esc(human_time(error['at']))} "
+                                   f"<code>{esc(error['error_kind'])}"
                                    f"</code> (HTTP {esc(error['http_status'] or '-')}): "
                                    f"{esc(error['detail'] or '')}")))
     return _latency(t["latency_ms"]) + "<table>" + "".join(
@@ -153,7 +154,7 @@ def _limits(limits: dict[str, Any] | None) -> str:
              if limits[f"limit_{kind}"] is not None or limits[f"remaining_{kind}"] is not None]
     if not parts:
         return "-"
-    return ", ".join(parts) + (f" at {esc(limits['at'])}" if limits["at"] else "")
+    return ", ".join(parts) + (f" at {esc(human_time(limits['at']))}" if limits["at"] else "")
 
 
 def _open_alerts(alerts: list[dict[str, Any]]) -> str:
@@ -162,7 +163,7 @@ def _open_alerts(alerts: list[dict[str, Any]]) -> str:
     return "<br>".join(
         f'<span class="{severity_class(a["severity"])}">#{esc(a["id"])} '
         f'{esc(a["severity"])}</span> {esc(a["kind"])} <code>{esc(a["key"])}</code> since '
-        f'{esc(a["opened_at"])}: {esc(a["explanation"])}' for a in alerts)
+        f'{esc(human_time(a["opened_at"]))}: {esc(a["explanation"])}' for a in alerts)
 
 
 def severity_class(severity: str) -> str:
