@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from report_fixtures import (
@@ -24,6 +24,7 @@ from report_fixtures import (
 
 from monitor.render import render_csv, render_html, render_table
 from monitor.render.html import CSS
+from monitor.render.text import ago, percentages, when
 
 # --- table ----------------------------------------------------------------------------------
 
@@ -265,3 +266,34 @@ def test_a_target_without_rate_limit_headers_renders_in_every_format() -> None:
     assert "rate limits" in render_table(doc)
     assert "<svg" in render_html(doc)
     assert render_csv(doc).count("\r\n") == len(doc["targets"]) + 1
+
+
+# --- text for people ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seconds", "said"), [
+    pytest.param(0.4, "just now", id="now"), pytest.param(42, "42 s ago", id="seconds"),
+    pytest.param(190, "3 min ago", id="minutes"), pytest.param(7300, "2 h ago", id="hours"),
+    pytest.param(5 * 86_400 + 5, "5 d ago", id="days"), pytest.param(-181, "in 3 min", id="ahead"),
+])
+def test_times_read_as_how_long_ago(seconds: float, said: str) -> None:
+    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+    assert ago(now - timedelta(seconds=seconds), now) == said
+
+
+def test_human_times_drop_microseconds_and_say_utc() -> None:
+    now = datetime(2026, 11, 26, 12, 3, 0, tzinfo=UTC)
+    assert when("2026-11-26T13:00:07.123456+01:00", now) == "2026-11-26 12:00:07 UTC (2 min ago)"
+    assert when(None, now) == "-"
+
+
+@pytest.mark.parametrize(("counts", "shown"), [
+    pytest.param([1, 1, 1], ["33.4%", "33.3%", "33.3%"], id="thirds"),
+    pytest.param([200, 85], ["70.2%", "29.8%"], id="two"),
+    pytest.param([1] * 7, ["14.3%"] * 6 + ["14.2%"], id="sevenths"),
+    pytest.param([0, 0], ["-", "-"], id="none"),
+])
+def test_shares_add_to_exactly_100(counts: list[int], shown: list[str]) -> None:
+    assert percentages(counts) == shown
+    if sum(counts):
+        assert round(sum(float(s.rstrip("%")) for s in shown), 6) == 100.0
