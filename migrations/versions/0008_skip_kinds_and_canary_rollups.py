@@ -3,7 +3,8 @@
 A skipped slot gets a stable kind beside its reason in words (`rate_limited`, `budget_spent`,
 `missed`), which reports, `monitor status` and /metrics count; the rows already skipped get theirs
 from the reason the daemon wrote (every reason it ever wrote starts with one of the phrases
-below). A partial index holds the skipped rows only, for those counts.
+below). A partial index holds the skipped rows only, for those counts; another holds the
+replays only, which the report now lists in a section of their own.
 
 Rollups now fold the canary's probes only, not replays. Where a database holds replays its
 rollups counted them, so every rollup row and the fold watermark are deleted: the next
@@ -27,6 +28,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 SKIPPED = sa.text("state = 'skipped'")
+REPLAYS = sa.text('replay_of IS NOT NULL')
 ROLLUP_TABLES = ['hourly_rollups', 'daily_rollups', 'rollup_totals', 'rollup_state']
 
 
@@ -49,12 +51,17 @@ def upgrade() -> None:
         " WHERE state = 'skipped'")
     op.create_index('ix_slots_skipped_target_id_slot_at', 'slots', ['target_id', 'slot_at'],
                     unique=False, sqlite_where=SKIPPED, postgresql_where=SKIPPED)
+    op.create_index('ix_probes_replays_target_id_started_at', 'probes',
+                    ['target_id', 'started_at'], unique=False, sqlite_where=REPLAYS,
+                    postgresql_where=REPLAYS)
     _refold_if_replays()
 
 
 def downgrade() -> None:
     # Before 0008 a backoff's future slots were written as skipped at once.
     op.execute("UPDATE slots SET state = 'skipped' WHERE state = 'reserved'")
+    op.drop_index('ix_probes_replays_target_id_started_at', table_name='probes',
+                  sqlite_where=REPLAYS, postgresql_where=REPLAYS)
     op.drop_index('ix_slots_skipped_target_id_slot_at', table_name='slots',
                   sqlite_where=SKIPPED, postgresql_where=SKIPPED)
     with op.batch_alter_table('slots', schema=None) as batch_op:

@@ -117,6 +117,11 @@ class ProbeRow(Base):
         # Live detection reads a target's probes stored after the last one it folded: without
         # this, PostgreSQL's generic plan for `id > $1` sorts the target's whole history.
         Index("ix_probes_target_id_id", "target_id", "id"),
+        # The report lists the replays in its range: this holds only those, so a year's
+        # report never looks through a year of canaries to find them.
+        Index("ix_probes_replays_target_id_started_at", "target_id", "started_at",
+              sqlite_where=text("replay_of IS NOT NULL"),
+              postgresql_where=text("replay_of IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -161,7 +161,7 @@ _LISTED = (ProbeRow.id, ProbeRow.replay_of, TargetRow.name, ProbeRow.started_at,
 def listed(connection: Connection, since: datetime, until: datetime, target_ids: Sequence[int],
            newest: int) -> list[Any]:
     """The `newest` replays sent to the targets in [since, until), oldest first, as rows of
-    _LISTED. Found through ix_probes_replay_of: a year of a target's canaries is never read."""
+    _LISTED, read through a partial index of replays only (models.ProbeRow)."""
     query = (select(*_LISTED).join(TargetRow, TargetRow.id == ProbeRow.target_id)
              .where(ProbeRow.replay_of.is_not(None), ProbeRow.target_id.in_(target_ids),
                     ProbeRow.started_at >= since, ProbeRow.started_at < until)
