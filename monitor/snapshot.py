@@ -36,3 +36,4 @@ class TargetMetrics:
     remaining_requests: int | None
     remaining_tokens: int | None
     open_alerts: dict[str, int]  # severity -> open alerts
+    skipped_slots: dict[str, int]  # skip kind (every one) -> slots skipped, all stored history

@@ -159,6 +159,8 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "last_probes": last_probes(engine),
             "instances": leases.alive(engine, now(),
                                       timedelta(seconds=ALIVE_WITHIN_S)),
+            # Slots not probed on purpose or missed, per target and kind (SkipKind).
+            "skipped_24h": leases.skipped_by_target(engine, now() - timedelta(hours=24)),
         }
     if as_json:
         click.echo(json.dumps(status, indent=2))

@@ -25,6 +25,16 @@ def slot_at(target: Target, now: datetime) -> datetime:
     return datetime.fromtimestamp(start_ms / 1000, UTC)
 
 
+def slots_before(target: Target, after: datetime, until: datetime) -> list[datetime]:
+    """The target's slots after the slot `after` that start before `until`."""
+    interval = timedelta(milliseconds=target.interval_ms)
+    found, slot = [], after + interval
+    while slot < until:
+        found.append(slot)
+        slot += interval
+    return found
+
+
 def backoff_s(result: ProbeResult, target: Target) -> float:
     """How long to leave a target alone after a 429: what the server said, else one interval."""
     limits = result.rate_limits

@@ -50,6 +50,9 @@ class StoreCollector(Collector):
             "x-ratelimit-remaining-* of the newest probe that sent it", labels=["target", "kind"])
         alerts = GaugeMetricFamily(
             "monitor_open_alerts", "Alerts open now", labels=["target", "severity"])
+        skipped = CounterMetricFamily(
+            "monitor_slots_skipped", "Scheduled slots not probed, by reason: rate_limited, "
+            "budget_spent or missed", labels=["target", "reason"])
         for m in snapshot:
             for phase, histogram in m.latency.items():
                 buckets = [(str(float(bound)), float(count))
@@ -71,7 +74,9 @@ class StoreCollector(Collector):
             counts = {str(s): 0 for s in Severity} | m.open_alerts
             for severity, count in counts.items():
                 alerts.add_metric([m.target, severity], count)
-        yield from (latency, probes, info, limit, remaining, alerts)
+            for reason, count in m.skipped_slots.items():
+                skipped.add_metric([m.target, reason], count)
+        yield from (latency, probes, info, limit, remaining, alerts, skipped)
 
 
 def exposition_registry(source: Callable[[], list[TargetMetrics]]) -> CollectorRegistry:

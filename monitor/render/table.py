@@ -13,6 +13,7 @@ from monitor.render.fields import PHASES, QUANTILES, moment, number, percent
 from monitor.render.text import human_time, percentages, safe_text, when
 
 _LABEL = 14  # width of the field names on the left
+REPLAYS_SHOWN = 20  # a terminal's worth; the JSON has them all
 
 
 def render_table(doc: dict[str, Any]) -> str:
@@ -22,7 +23,8 @@ def render_table(doc: dict[str, Any]) -> str:
     if not doc["targets"]:
         return f"{head}\n\nno targets in this report"
     now = moment(doc["generated_at"])  # "3 min ago" as of when the report was made
-    return "\n\n".join([head] + [_block(t, now) for t in doc["targets"]])
+    replays = [_replays(doc["replays"], now)] if doc["replays"] else []
+    return "\n\n".join([head] + [_block(t, now) for t in doc["targets"]] + replays)
 
 
 def _row(label: str, value: str) -> str:
@@ -35,6 +37,8 @@ def _block(t: dict[str, Any], now: datetime) -> str:
     lines.append(_row("probes", f"{number(t['probes'])}, {number(t['ok'])} ok{ok_rate}"))
     errors = ", ".join(f"{safe_text(kind, 40)} {number(n)}" for kind, n in t["errors"].items())
     lines.append(_row("errors", errors or "none"))
+    skipped = ", ".join(f"{kind} {number(n)}" for kind, n in t["skipped"].items())
+    lines.append(_row("skipped slots", skipped or "none"))
     lines += _latency(t["latency_ms"])
     speed = t["output_tokens_per_s"]
     lines.append(_row("tokens/s", "  ".join(f"{q} {number(speed[q], 1)}" for q in QUANTILES)
@@ -57,6 +61,21 @@ def _block(t: dict[str, Any], now: datetime) -> str:
         lines.append(_row("last error", f"{when(error['at'], now)} "
                                         f"{safe_text(error['error_kind'], 40)} (HTTP {status}): "
                                         f"{safe_text(error['detail'] or '', 160)}"))
+    return "\n".join(lines)
+
+
+def _replays(replays: list[dict[str, Any]], now: datetime) -> str:
+    """The newest replays, one line each: they are kept out of every number above."""
+    shown = replays[-REPLAYS_SHOWN:]
+    lines = [f"replays ({len(replays)} in the range, not counted above"
+             + (f"; the newest {len(shown)} shown, all with --format json)" if len(shown) <
+                len(replays) else ")")]
+    for r in shown:
+        outcome = "ok" if r["ok"] else f"FAIL {safe_text(r['error_kind'] or '-', 30)}"
+        lines.append(f"  #{r['probe_id']} of #{r['replay_of'] or '-'}  "
+                     f"{safe_text(r['target'], 40)}  {when(r['t'], now)}  {outcome}  "
+                     f"{number(r['total_ms'])} ms  {safe_text(r['model'] or '-', 40)}  "
+                     f"{safe_text(r['fingerprint'] or '-', 40)}")
     return "\n".join(lines)
 
 

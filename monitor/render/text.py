@@ -117,7 +117,18 @@ def render_status(status: dict[str, Any]) -> str:
             outcome = "ok" if last["ok"] else f"FAIL {last['error_kind']}"
             lines.append(f"  {safe_text(last['target']).ljust(width)}  {last['started_at']}  "
                          f"{outcome}  {_n(last['total_ms'], ' ms')}")
+    lines += _skipped(status["skipped_24h"])
     return "\n".join(lines)
+
+
+def _skipped(skipped: dict[str, dict[str, int]]) -> list[str]:
+    if not skipped:
+        return ["skipped slots   none in the last 24 h"]
+    width = max(len(safe_text(name)) for name in skipped)
+    return ["skipped slots in the last 24 h"] + [
+        f"  {safe_text(name).ljust(width)}  "
+        + ", ".join(f"{kind} {count}" for kind, count in kinds.items())
+        for name, kinds in skipped.items()]
 
 
 _ERROR_KINDS = {kind.value for kind in ErrorKind} | {"unknown_error"}
