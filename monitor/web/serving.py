@@ -14,7 +14,7 @@ from monitor import defaults
 from monitor.errors import StoreUnavailable
 from monitor.health import build_report, metrics_snapshot
 from monitor.snapshot import TargetMetrics
-from monitor.store import alert_reads, leases, rollups
+from monitor.store import alert_reads, leases, probe_reads, rollups
 from monitor.web import app as web
 
 T = TypeVar("T")
@@ -67,5 +67,8 @@ def build_app(engine: Engine, token: str | None,
     def metrics() -> list[TargetMetrics]:
         return _store(lambda: metrics_snapshot(engine))
 
+    def probe(probe_id: int) -> dict[str, Any] | None:
+        return _store(lambda: probe_reads.probe_detail(engine, probe_id))
+
     return web.make_app(report, alerts, metrics, lambda: health(engine, scheduler_alive),
-                        token)
+                        token, probe_source=probe)
