@@ -213,7 +213,7 @@ def test_uptime_and_heartbeat_are_those_of_the_probes_before_until(
     report = build_report(engine, until - timedelta(hours=1), until, None, NOW)
     ids = stored_ids(engine)
     for name, results in history.items():
-        entry = [t for t in report["targets"] if t["target"] == name][0]
+        entry = next(t for t in report["targets"] if t["target"] == name)
         for label, span in (("24h", timedelta(hours=24)), ("7d", timedelta(days=7)),
                             ("30d", timedelta(days=30))):
             inside = [r for r in results if until - span <= r.started_at < until]
