@@ -194,26 +194,29 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
 
 
 def _probe_point(probe: Any) -> dict[str, Any]:
+    # Called for every probe of up to 48 h of every target: kept to plain lookups.
+    limit, remaining = probe.ratelimit_limit_requests, probe.ratelimit_remaining_requests
+    limit_t, remaining_t = probe.ratelimit_limit_tokens, probe.ratelimit_remaining_tokens
     return {
         "t": probe.started_at.isoformat(),
         "probe_id": probe.id,
         "ok": probe.ok,
         "error_kind": probe.error_kind,
         "http_status": probe.http_status,
-        "total_ms": _round_ms(probe.total_ms),
-        "processing_ms": _round_ms(probe.openai_processing_ms),
+        "total_ms": probe.total_ms,
+        "processing_ms": probe.openai_processing_ms,
         "fingerprint": probe.system_fingerprint,
         "model": probe.model,
-        "headroom_requests": _fraction(aggregate.headroom(
-            probe.ratelimit_remaining_requests, probe.ratelimit_limit_requests)),
-        "headroom_tokens": _fraction(aggregate.headroom(
-            probe.ratelimit_remaining_tokens, probe.ratelimit_limit_tokens)),
+        "headroom_requests": None if remaining is None or not limit
+        else round(min(max(remaining / limit, 0.0), 1.0), 4),
+        "headroom_tokens": None if remaining_t is None or not limit_t
+        else round(min(max(remaining_t / limit_t, 0.0), 1.0), 4),
     }
 
 
 def _beat(probe: Any) -> dict[str, Any]:
     return {"probe_id": probe.id, "t": probe.started_at.isoformat(), "ok": probe.ok,
-            "total_ms": _round_ms(probe.total_ms), "http_status": probe.http_status,
+            "total_ms": probe.total_ms, "http_status": probe.http_status,
             "error_kind": probe.error_kind, "fingerprint": probe.system_fingerprint,
             "model": probe.model}
 
@@ -227,10 +230,6 @@ def _uptime(connection: Connection, ids: Sequence[int],
         for target_id, (probes, ok) in counts.items():
             uptime[target_id][label] = _fraction(ok / probes) if probes else None
     return uptime
-
-
-def _round_ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def _percentiles(sketch: Sketch) -> dict[str, float] | None:

@@ -126,9 +126,7 @@ def probe_point(r: ProbeResult, probe_id: int) -> dict[str, Any]:
     rl = r.rate_limits
     return {"t": r.started_at.isoformat(), "probe_id": probe_id, "ok": r.ok,
             "error_kind": r.error_kind, "http_status": r.http_status,
-            "total_ms": None if r.total_ms is None else round(r.total_ms, 1),
-            "processing_ms": None if r.openai_processing_ms is None
-            else round(r.openai_processing_ms, 1),
+            "total_ms": r.total_ms, "processing_ms": r.openai_processing_ms,
             "fingerprint": r.system_fingerprint, "model": r.model,
             "headroom_requests": fraction(rl.remaining_requests, rl.limit_requests),
             "headroom_tokens": fraction(rl.remaining_tokens, rl.limit_tokens)}
@@ -222,8 +220,7 @@ def test_uptime_and_heartbeat_are_those_of_the_probes_before_until(
                         key=lambda r: r.started_at)[-60:]
         assert entry["heartbeat"] == [
             {"probe_id": ids[r.uid], "t": r.started_at.isoformat(), "ok": r.ok,
-             "total_ms": None if r.total_ms is None else round(r.total_ms, 1),
-             "http_status": r.http_status, "error_kind": r.error_kind,
+             "total_ms": r.total_ms, "http_status": r.http_status, "error_kind": r.error_kind,
              "fingerprint": r.system_fingerprint, "model": r.model} for r in latest]
 
 
