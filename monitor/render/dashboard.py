@@ -18,6 +18,7 @@ import hashlib
 from typing import Any
 from urllib.parse import urlencode
 
+from monitor.render.charts import when
 from monitor.render.fields import esc
 from monitor.render.html import CSS_SOURCE, heading, page, severity_class, target_sections
 from monitor.render.overview import render_overview
@@ -101,8 +102,9 @@ def _alerts(alerts: list[dict[str, Any]], targets: list[str] | None) -> str:
         return '<p class="meta">No open alerts.</p>'
     rows = "".join(
         f'<tr><td>{esc(a["target"])}</td><td class="{severity_class(a["severity"])}">'
-        f'{esc(a["severity"])}</td><td>{esc(a["kind"])}</td><td><code>{esc(a["key"])}</code>'
-        f'</td><td>{esc(a["opened_at"])}</td><td>{esc(a["explanation"])}</td></tr>'
+        f'{esc(a["severity"])}</td><td>{esc(a["kind"])}</td><td><code class="key">'
+        f'{esc(a["key"])}</code></td><td>{esc(when(a["opened_at"]))}</td>'
+        f'<td>{esc(a["explanation"])}</td></tr>'
         for a in alerts)
     return ("<h3>open alerts</h3><table><tr><th>target</th><th>severity</th><th>kind</th>"
             f"<th>key</th><th>opened</th><th>explanation</th></tr>{rows}</table>")

@@ -31,6 +31,7 @@ code{font-size:12px;word-break:break-all}nav a{margin-right:10px}
 .wide{overflow-x:auto}svg.heartbeat{display:block}tr.status td{vertical-align:middle;
 padding-top:3px;padding-bottom:3px}td.state{font-size:12px;color:#444;min-width:180px}
 progress{width:60px;height:8px;vertical-align:middle}.note{color:#555}
+code.key,tr.status code{word-break:normal;white-space:nowrap}
 """
 # The hash lets a Content-Security-Policy admit this style block and nothing else.
 CSS_SOURCE = "'sha256-" + base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode() + "'"
