@@ -15,7 +15,7 @@ and the heartbeat is each target's last probes: both cost the same whatever the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,8 +75,9 @@ def build_report(engine: Engine, since: datetime, until: datetime,
                     buckets[target_id][start] = _point(start, aggregate)
         points = {i: [found[start] for start in sorted(found)] for i, found in buckets.items()}
         if bucket == "probe":
-            for probe in timeline.read_points(connection, since, until, ids) if ids else ():
-                points[probe.target_id].append(_probe_point(probe))
+            rows = timeline.read_points(connection, since, until, ids) if ids else ()
+            for target_id, entry in _probe_points(rows):
+                points[target_id].append(entry)
         alerts = _alerts(connection, ids, since, until)
         uptime = _uptime(connection, ids, until)
         heartbeat = {i: [_beat(p) for p in timeline.read_latest(
@@ -193,25 +194,22 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
     }
 
 
-def _probe_point(probe: Any) -> dict[str, Any]:
-    # Called for every probe of up to 48 h of every target: kept to plain lookups.
-    limit, remaining = probe.ratelimit_limit_requests, probe.ratelimit_remaining_requests
-    limit_t, remaining_t = probe.ratelimit_limit_tokens, probe.ratelimit_remaining_tokens
-    return {
-        "t": probe.started_at.isoformat(),
-        "probe_id": probe.id,
-        "ok": probe.ok,
-        "error_kind": probe.error_kind,
-        "http_status": probe.http_status,
-        "total_ms": probe.total_ms,
-        "processing_ms": probe.openai_processing_ms,
-        "fingerprint": probe.system_fingerprint,
-        "model": probe.model,
-        "headroom_requests": None if remaining is None or not limit
-        else round(min(max(remaining / limit, 0.0), 1.0), 4),
-        "headroom_tokens": None if remaining_t is None or not limit_t
-        else round(min(max(remaining_t / limit_t, 0.0), 1.0), 4),
-    }
+def _probe_points(rows: Iterable[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(target id, point) per probe, rows of timeline.POINT_COLUMNS. This runs for every probe
+    of up to 48 h of every target, so rows are unpacked as tuples and nothing is called per
+    probe but isoformat and round."""
+    for (probe_id, target_id, at, ok, kind, status, total_ms, processing_ms, fingerprint,
+         model, limit_requests, limit_tokens, remaining_requests, remaining_tokens) in rows:
+        yield target_id, {
+            "t": at.isoformat(), "probe_id": probe_id, "ok": ok, "error_kind": kind,
+            "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
+            "fingerprint": fingerprint, "model": model,
+            # aggregate.headroom, inlined: remaining / limit in [0, 1], None unless both sent
+            "headroom_requests": None if remaining_requests is None or not limit_requests
+            else round(min(max(remaining_requests / limit_requests, 0.0), 1.0), 4),
+            "headroom_tokens": None if remaining_tokens is None or not limit_tokens
+            else round(min(max(remaining_tokens / limit_tokens, 0.0), 1.0), 4),
+        }
 
 
 def _beat(probe: Any) -> dict[str, Any]:
