@@ -8,8 +8,9 @@ reads count them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Integer, bindparam, case, func, select
@@ -25,6 +26,7 @@ POINT_COLUMNS = (
     ProbeRow.ratelimit_remaining_tokens,
 )
 _CANARY = ProbeRow.replay_of.is_(None)
+_TIME_ORDER = itemgetter(2, 0)  # (started_at, id) of a row of POINT_COLUMNS
 # Walks ix_probes_target_id_started_at backwards from `until` and stops after `limit` rows.
 _LATEST = (
     select(*POINT_COLUMNS)
@@ -35,14 +37,16 @@ _LATEST = (
 
 
 def read_points(connection: Connection, since: datetime, until: datetime,
-                target_ids: Sequence[int]) -> Iterator[Any]:
-    """The targets' probes started in [since, until), as rows of POINT_COLUMNS, by target
-    and then in time order."""
+                target_ids: Sequence[int]) -> list[Any]:
+    """The targets' probes started in [since, until), as rows of POINT_COLUMNS in time order
+    (ties by id)."""
     query = (select(*POINT_COLUMNS)
              .where(ProbeRow.target_id.in_(target_ids), ProbeRow.started_at >= since,
-                    ProbeRow.started_at < until, _CANARY)
-             .order_by(ProbeRow.target_id, ProbeRow.started_at, ProbeRow.id))
-    yield from connection.execute(query)
+                    ProbeRow.started_at < until, _CANARY))
+    # Sorted here rather than by the database: rows come back about in time order (the order
+    # they were written), which Python's sort finishes in one pass, while PostgreSQL would
+    # sort two days of probes on disk once they outgrow work_mem.
+    return sorted(connection.execute(query), key=_TIME_ORDER)
 
 
 def read_latest(connection: Connection, target_id: int, until: datetime,
