@@ -6,11 +6,16 @@ series is daily, beyond 14 days), whole hours from hourly rollups, and raw probe
 partial hours at its two edges. Percentiles come from merged sketches (within 1%). Rollups are
 read as last caught up: callers that want the newest probes in whole hours call
 `rollups.catch_up` first.
+
+The series follows the range: up to 48 hours every probe is a point (read lean, straight from
+the probes); longer ranges get hourly, then daily points from the rollups. Uptime over the 24 h,
+7 d and 30 d before `until` is summed by the database from hourly rollups plus the raw edges,
+and the heartbeat is each target's last probes: both cost the same whatever the range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,32 +24,38 @@ from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 from monitor.domain import AlertState, SkipKind
 from monitor.sketch import Sketch
 from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, TargetMetrics
-from monitor.store import aggregate, leases, replays, rollups
+from monitor.store import aggregate, leases, replays, rollups, timeline
 from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetRow
 
-VERSION = 1
-# Hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
+VERSION = 2
+# Every probe a point up to two days (2,880 at one a minute), so a change shows the minute it
+# happens; hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
+PROBE_SERIES_UP_TO = timedelta(hours=48)
 HOURLY_SERIES_UP_TO = timedelta(days=14)
 # The report lists at most this many replays (the newest): a batch replay of a month would
 # otherwise be most of the document.
 REPLAYS_LISTED = 500
+UPTIME_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+HEARTBEAT_PROBES = 60
 
 
 def build_report(engine: Engine, since: datetime, until: datetime,
                  targets: Sequence[str] | None, now: datetime) -> dict[str, Any]:
     """The report over [since, until) for the named targets (None: every stored target)."""
     since, until = since.astimezone(UTC), until.astimezone(UTC)
-    bucket = "hour" if until - since <= HOURLY_SERIES_UP_TO else "day"
-    floor = floor_hour if bucket == "hour" else floor_day
+    # The grain totals are read in; a probe series reads totals from hours like an hourly one.
+    grain = "hour" if until - since <= HOURLY_SERIES_UP_TO else "day"
+    bucket = "probe" if until - since <= PROBE_SERIES_UP_TO else grain
+    floor = floor_hour if grain == "hour" else floor_day
     with engine.connect() as connection:
         names = _target_names(connection, targets)
         ids = list(names)
         totals = {i: Aggregate() for i in ids}
-        points: dict[int, dict[datetime, dict[str, Any]]] = {i: {} for i in ids}
+        buckets: dict[int, dict[datetime, dict[str, Any]]] = {i: {} for i in ids}
         # Buckets cut by the range's edges, or made of finer rows than the series' bucket.
         partial: dict[int, dict[datetime, Aggregate]] = {i: {} for i in ids}
-        for span, low, high in _segments(since, until, bucket) if ids else ():
+        for span, low, high in _segments(since, until, grain) if ids else ():
             if span is None:
                 for probe in rollups.read_probes(connection, low, high, ids):
                     point = floor(probe.started_at)
@@ -52,28 +63,39 @@ def build_report(engine: Engine, since: datetime, until: datetime,
                 continue
             for target_id, start, aggregate in rollups.read_rollups(
                     connection, span, low, high, ids):
-                if span == bucket:
+                if span == grain:
                     # A whole bucket in one row: done at once, so a year of rows is never
                     # held in memory.
                     totals[target_id].merge(aggregate)
-                    points[target_id][start] = _point(start, aggregate)
+                    if bucket != "probe":
+                        buckets[target_id][start] = _point(start, aggregate)
                 else:
                     partial[target_id].setdefault(floor(start), Aggregate()).merge(aggregate)
-        for target_id, buckets in partial.items():
-            for start, aggregate in buckets.items():
+        for target_id, pieces in partial.items():
+            for start, aggregate in pieces.items():
                 totals[target_id].merge(aggregate)
-                points[target_id][start] = _point(start, aggregate)
+                if bucket != "probe":
+                    buckets[target_id][start] = _point(start, aggregate)
+        points = {i: [found[start] for start in sorted(found)] for i, found in buckets.items()}
+        if bucket == "probe":
+            rows = timeline.read_points(connection, since, until, ids) if ids else ()
+            for target_id, entry in _probe_points(rows):
+                points[target_id].append(entry)
         alerts = _alerts(connection, ids, since, until)
         skipped = leases.skipped_counts(connection, since, until, ids) if ids else {}
         listed = replays.listed(connection, since, until, ids, REPLAYS_LISTED) if ids else []
+        uptime = _uptime(connection, ids, until)
+        heartbeat = {i: [_beat(p) for p in timeline.read_latest(
+            connection, i, until, HEARTBEAT_PROBES)] for i in ids}
     return {
         "version": VERSION,
         "generated_at": now.astimezone(UTC).isoformat(),
         "since": since.isoformat(),
         "until": until.isoformat(),
-        "targets": [{**_target(names[i], totals[i], points[i], bucket, alerts.get(i, []),
-                               since, until),
-                     "skipped": dict(sorted(skipped.get(i, {}).items()))}
+        "targets": [_target(names[i], totals[i], points[i], bucket, alerts.get(i, []),
+                            since, until)
+                    | {"uptime": uptime[i], "heartbeat": heartbeat[i],
+                       "skipped": dict(sorted(skipped.get(i, {}).items()))}
                     for i in sorted(ids, key=names.__getitem__)],
         # Replays are kept apart: no number above counts them (rollups fold canaries only).
         "replays": [_replay(row) for row in listed],
@@ -135,7 +157,7 @@ def _alerts(connection: Connection, target_ids: Sequence[int], since: datetime,
     return found
 
 
-def _target(name: str, total: Aggregate, points: dict[datetime, dict[str, Any]], bucket: str,
+def _target(name: str, total: Aggregate, points: list[dict[str, Any]], bucket: str,
             alerts: list[Any], since: datetime, until: datetime) -> dict[str, Any]:
     error = total.last_error
     return {
@@ -163,8 +185,7 @@ def _target(name: str, total: Aggregate, points: dict[datetime, dict[str, Any]],
         "last_error": None if error is None else {
             "at": error.at.isoformat(), "error_kind": error.kind,
             "http_status": error.status, "detail": error.detail},
-        "series": {"bucket": bucket,
-                   "points": [points[start] for start in sorted(points)]},
+        "series": {"bucket": bucket, "points": points},
     }
 
 
@@ -188,6 +209,42 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
         "headroom_requests": _fraction(aggregate.min_headroom_requests),
         "headroom_tokens": _fraction(aggregate.min_headroom_tokens),
     }
+
+
+def _probe_points(rows: Iterable[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(target id, point) per probe, rows of timeline.POINT_COLUMNS. This runs for every probe
+    of up to 48 h of every target, so rows are unpacked as tuples and nothing is called per
+    probe but isoformat and round."""
+    for (probe_id, target_id, at, ok, kind, status, total_ms, processing_ms, fingerprint,
+         model, limit_requests, limit_tokens, remaining_requests, remaining_tokens) in rows:
+        yield target_id, {
+            "t": at.isoformat(), "probe_id": probe_id, "ok": ok, "error_kind": kind,
+            "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
+            "fingerprint": fingerprint, "model": model,
+            # aggregate.headroom, inlined: remaining / limit in [0, 1], None unless both sent
+            "headroom_requests": None if remaining_requests is None or not limit_requests
+            else round(min(max(remaining_requests / limit_requests, 0.0), 1.0), 4),
+            "headroom_tokens": None if remaining_tokens is None or not limit_tokens
+            else round(min(max(remaining_tokens / limit_tokens, 0.0), 1.0), 4),
+        }
+
+
+def _beat(probe: Any) -> dict[str, Any]:
+    return {"probe_id": probe.id, "t": probe.started_at.isoformat(), "ok": probe.ok,
+            "total_ms": probe.total_ms, "http_status": probe.http_status,
+            "error_kind": probe.error_kind, "fingerprint": probe.system_fingerprint,
+            "model": probe.model}
+
+
+def _uptime(connection: Connection, ids: Sequence[int],
+            until: datetime) -> dict[int, dict[str, float | None]]:
+    """Per target, the share of probes that succeeded in each window ending at `until`."""
+    uptime: dict[int, dict[str, float | None]] = {i: {} for i in ids}
+    for label, span in UPTIME_WINDOWS.items():
+        counts = timeline.count_outcomes(connection, until - span, until, ids)
+        for target_id, (probes, ok) in counts.items():
+            uptime[target_id][label] = _fraction(ok / probes) if probes else None
+    return uptime
 
 
 def _percentiles(sketch: Sketch) -> dict[str, float] | None:

@@ -51,6 +51,23 @@ def _series(since: datetime, hours: int, fingerprints: Sequence[str | None],
     return {"bucket": "hour", "points": points}
 
 
+def _heartbeat(now: datetime, count: int, first_id: int, fingerprint: str | None,
+               model: str | None, *, failed: Sequence[int] = (),
+               limited: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """`count` probes a minute apart up to `now`, newest last; some failed or rate limited."""
+    beats = []
+    for i in range(count):
+        ok = i not in failed and i not in limited
+        beats.append({
+            "probe_id": first_id + i, "t": _iso(now - timedelta(minutes=count - i)), "ok": ok,
+            "total_ms": 400.0 + 10 * (i % 7) if ok else 80.0,
+            "http_status": 200 if ok else (429 if i in limited else 503),
+            "error_kind": None if ok else ("rate_limited" if i in limited
+                                           else "http_server_error"),
+            "fingerprint": fingerprint if ok else None, "model": model if ok else None})
+    return beats
+
+
 def _plain_target(since: datetime) -> dict[str, Any]:
     return {
         "target": "gpt-4o",
@@ -101,6 +118,9 @@ def _plain_target(since: datetime) -> dict[str, Any]:
                        "detail": "Read timed out after 30000 ms"},
         "series": _series(since, 24, ["fp_6ec83003ad"] * 12 + ["fp_a1b2c3d4e5"] * 12,
                           slow_from=18),
+        "uptime": {"24h": 0.9896, "7d": 0.9931, "30d": 0.9957},
+        "heartbeat": _heartbeat(since + timedelta(hours=24), 60, 9001, "fp_a1b2c3d4e5",
+                                "gpt-4o-2024-08-06", failed=[17, 58], limited=[40]),
     }
 
 
@@ -114,6 +134,9 @@ def _streaming_target(since: datetime) -> dict[str, Any]:
                           "first_seen": _iso(since), "last_seen": _iso(NOW)}],
         "open_alerts": [], "alerts": [], "last_error": None,
         "series": _series(since, 24, ["fp_stream"]),
+        "uptime": {"24h": 1.0, "7d": 1.0, "30d": None},
+        "heartbeat": _heartbeat(since + timedelta(hours=24), 12, 5001, "fp_stream",
+                                "gpt-4o-mini-2024-07-18"),
     })
     target["latency_ms"] = dict(target["latency_ms"],
                                 ttft={"p50": 210.0, "p95": 390.0, "p99": 512.9})
@@ -134,6 +157,8 @@ def _idle_target() -> dict[str, Any]:
                         "headroom_requests": None, "headroom_tokens": None, "at": None},
         "open_alerts": [], "alerts": [], "last_error": None,
         "series": {"bucket": "hour", "points": []},
+        "uptime": {"24h": None, "7d": None, "30d": None},
+        "heartbeat": [],
     }
 
 
@@ -142,7 +167,7 @@ def document(now: datetime = NOW) -> dict[str, Any]:
     alerts, a streaming one, and one with no probes."""
     since = now - timedelta(hours=24)
     return {
-        "version": 1, "generated_at": _iso(now), "since": _iso(since), "until": _iso(now),
+        "version": 2, "generated_at": _iso(now), "since": _iso(since), "until": _iso(now),
         "targets": [_plain_target(since), _streaming_target(since), _idle_target()],
         "replays": [
             {"probe_id": 901, "replay_of": 17, "target": "gpt-4o",
@@ -174,6 +199,66 @@ def hostile_document(now: datetime = NOW) -> dict[str, Any]:
     replay = doc["replays"][0]
     replay.update(target=f"{FORMULA}{IMG}", model=SCRIPT, fingerprint=f"{IMG}{ESCAPE}")
     doc["replays"][1]["error_kind"] = SCRIPT
+    return doc
+
+
+def probe_series(since: datetime, minutes: int = 10, interval_s: int = 2, *,
+                 fingerprints: tuple[str, str] = ("fp_6ec83003ad", "fp_b28b39ffa8"),
+                 first_id: int = 1) -> dict[str, Any]:
+    """A probe series: one probe every `interval_s` for `minutes`; the fingerprint changes
+    halfway, latency steps up by 1.2 s at 70 %, and every 50th probe fails with a 503."""
+    count = minutes * 60 // interval_s
+    points = []
+    for i in range(count):
+        ok = i % 50 != 49
+        slow = 1200.0 if i >= count * 7 // 10 else 0.0
+        points.append({
+            "t": _iso(since + timedelta(seconds=i * interval_s, microseconds=1234)),
+            "probe_id": first_id + i, "ok": ok,
+            "error_kind": None if ok else "http_server_error",
+            "http_status": 200 if ok else 503,
+            "total_ms": round(150.0 + 7 * (i % 5) + slow, 1) if ok else 40.0,
+            "processing_ms": round(120.0 + slow, 1) if ok else None,
+            "fingerprint": (fingerprints[0] if i < count // 2 else fingerprints[1]) if ok
+            else None,
+            "model": "gpt-4o-2024-08-06" if ok else None,
+            "headroom_requests": 0.9999 if ok else None,
+            "headroom_tokens": round(0.999 - i / 1000, 4) if ok else None})
+    return {"bucket": "probe", "points": points}
+
+
+def probe_document(now: datetime = NOW, minutes: int = 10) -> dict[str, Any]:
+    """A 24 h report of a new install: `minutes` of probes at 2 s intervals for two targets,
+    with a fingerprint change and a 1.2 s latency step (probe_series), and one idle target."""
+    doc = document(now)
+    since = now - timedelta(minutes=minutes)
+    plain, stream, idle = doc["targets"]
+    plain["series"] = probe_series(since, minutes)
+    stream["series"] = probe_series(since, minutes, fingerprints=("fp_stream", "fp_stream2"),
+                                    first_id=100_001)
+    plain["alerts"] = plain["open_alerts"] = []
+    idle["series"] = {"bucket": "probe", "points": []}
+    return doc
+
+
+def watch_state_document(now: datetime = NOW) -> dict[str, Any]:
+    """`document()` with the fields other parts of the report add: a watch state in warm-up
+    (docs/report.md `state`) and skipped slots, hostile strings included."""
+    doc = document(now)
+    plain, stream, _ = doc["targets"]
+    plain["state"] = {
+        "summary": "learning fingerprint pool (12 of 30 probes)",
+        "warmups": [{"baseline": "fingerprint pool", "detector": "fingerprint", "seen": 12,
+                     "needed": 30},
+                    {"baseline": f"latency {SCRIPT}", "detector": "latency", "seen": 12,
+                     "needed": 60}],
+        "backoff_until": None, "budget_spent": None, "maintenance_until": None}
+    plain["skipped"] = {"rate_limited": 26, "maintenance": 0}
+    stream["state"] = {"summary": f"backing off after 429 until 12:04:10 {IMG}", "warmups": [],
+                       "backoff_until": _iso(now + timedelta(minutes=4)),
+                       "budget_spent": None, "maintenance_until": None}
+    stream["heartbeat"][-1]["fingerprint"] = SCRIPT
+    stream["heartbeat"][-1]["model"] = IMG
     return doc
 
 

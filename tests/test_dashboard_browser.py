@@ -16,8 +16,10 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,15 @@ from report_fixtures import (
     running,
     sections,
 )
+from sqlalchemy import Engine, select
 
+from monitor.domain import ErrorKind, ProbeResult, RateLimits
 from monitor.render import render_html
+from monitor.render.charts import LEFT, RIGHT, WIDTH
+from monitor.store.models import ProbeRow
+from monitor.store.records import Recorder
 from monitor.web.app import make_app
+from monitor.web.serving import build_app
 
 _TIMEOUT_S = 30.0
 
@@ -259,3 +267,73 @@ def test_html_report_file_opens_cleanly(browser: Browser, tmp_path: Path,
     assert drawn_charts(html) == [{"latency", "fingerprints", "headroom"}] * 3
     assert not parse_html(html).iter("img")
     assert problems == []
+
+
+# --- done when: ten minutes of history at 2 s, every probe drawn --------------------------
+
+
+def ten_minutes(target: str) -> list[ProbeResult]:
+    """300 probes 2 s apart ending at NOW: the fingerprint changes at minute 5, latency steps
+    up by 1.2 s at minute 7, and one probe in 50 gets a 503."""
+    start = NOW - timedelta(minutes=10)
+    results = []
+    for i in range(300):
+        at = start + timedelta(seconds=2 * i, microseconds=4321)
+        common: dict[str, Any] = {
+            "uid": uuid.uuid4().hex, "target_name": target, "config_hash": "0" * 64,
+            "started_at": at, "stream": False, "request_url": "http://sim/v1/chat/completions",
+            "request_payload": {"model": target, "messages": []}}
+        if i % 50 == 25:
+            results.append(ProbeResult(**common, ok=False, error_kind=ErrorKind.HTTP_SERVER_ERROR,
+                                       http_status=503, error_detail="503", total_ms=30.0))
+            continue
+        total = 150.0 + (i % 7) * 5 + (1200.0 if i >= 210 else 0.0)
+        results.append(ProbeResult(
+            **common, ok=True, http_status=200, total_ms=total, time_to_headers_ms=total,
+            openai_processing_ms=total * 0.8, model="gpt-4o-2024-08-06",
+            system_fingerprint="fp_6ec83003ad" if i < 150 else "fp_b28b39ffa8",
+            rate_limits=RateLimits(limit_requests=10_000, remaining_requests=10_000 - i),
+            raw_response=b"{}", response_headers={}))
+    return results
+
+
+def test_ten_minutes_at_two_seconds_draws_every_probe_and_shows_both_changes(
+        browser: Browser, engine: Engine) -> None:
+    Recorder(engine).save_many([r for name in ("gpt-4o", "local") for r in ten_minutes(name)])
+    with engine.connect() as connection:
+        ids = {row.uid: row.id for row in connection.execute(select(ProbeRow.uid, ProbeRow.id))}
+    app = build_app(engine, None, clock=lambda: NOW)
+    with running(app) as url, browser.open(f"{url}/", javascript=False) as page:
+        html = page.html()  # as Chromium parsed it
+        problems = page.problems()
+    assert problems == []
+    found = sections(parse_html(html))
+    assert [s.iter("h2")[0].all_text() for s in found] == ["gpt-4o", "local"]
+    for section in found:
+        drawn = charts_of(section)
+        latency = [n for n in drawn["latency"].iter() if "probe" in n.classes()]
+        # One point per probe, each linking to its own page.
+        assert len(latency) == 300
+        linked = {int(a.attrs["href"].removeprefix("probes/")) for a in
+                  drawn["latency"].iter("a")}
+        assert len(linked) == 300 and linked <= set(ids.values())
+        assert len([n for n in latency if "failed" in n.classes()]) == 6
+        # The latency step: every probe after it sits far above every probe before it.
+        heights = [float(n.attrs["cy"]) for n in latency if "ok" in n.classes()]
+        assert len(heights) == 294
+        assert min(heights[:140]) - max(heights[-85:]) > 50
+        # The fingerprint change: one run of each fingerprint (failed probes carry none),
+        # meeting halfway across the axis.
+        runs = [(g.attrs["fill"], g.iter("title")[0].all_text(), g.iter("rect"))
+                for g in drawn["fingerprints"].iter("g") if "fingerprint" in g.classes()]
+        assert sum(len(cells) for _, _, cells in runs) == 300
+        named = [(fill, tip, cells) for fill, tip, cells in runs
+                 if not tip.startswith("no fingerprint")]
+        names = [tip.split(":")[0] for _, tip, _ in named]
+        assert names[0] == "fp_6ec83003ad" and names[-1] == "fp_b28b39ffa8"
+        assert names.index("fp_b28b39ffa8") == names.count("fp_6ec83003ad")
+        assert named[0][0] != named[-1][0]
+        change = float(next(cells for _, tip, cells in named
+                            if tip.startswith("fp_b28b39ffa8"))[0].attrs["x"])
+        middle = LEFT + (WIDTH - LEFT - RIGHT) / 2
+        assert abs(change - middle) < 3

@@ -183,8 +183,8 @@ def test_html_draws_three_charts_per_target() -> None:
 def test_html_fingerprint_stripe_has_a_colour_per_fingerprint_and_a_legend() -> None:
     section = sections(parse_html(render_html(document())))[0]
     stripe = charts_of(section)["fingerprints"]
-    bands = [r for r in stripe.iter("rect") if "fingerprint" in r.classes()]
-    assert len(bands) == 24
+    bands = [g for g in stripe.iter("g") if "fingerprint" in g.classes()]
+    assert len(bands) == 24 and all(len(b.iter("rect")) == 1 for b in bands)
     by_name = {b.iter("title")[0].all_text().split(": ")[1].split(" (")[0]: b.attrs["fill"]
                for b in bands}
     assert set(by_name) == {"fp_6ec83003ad", "fp_a1b2c3d4e5", "no fingerprint"}
@@ -264,9 +264,9 @@ def test_html_lists_replays_apart_from_the_targets() -> None:
     rows = [[td.all_text() for td in row.iter("td")] for row in replays.iter("tr")
             if row.iter("td")]
     assert rows == [
-        ["901", "17", "gpt-4o", "2026-11-26T10:00:00+00:00", "ok", "398", "gpt-4o-2024-08-06",
+        ["901", "17", "gpt-4o", "2026-11-26 10:00:00 UTC", "ok", "398", "gpt-4o-2024-08-06",
          "fp_a1b2c3d4e5"],
-        ["902", "18", "gpt-4o", "2026-11-26T11:00:00+00:00", "rate_limited", "12", "-", "-"]]
+        ["902", "18", "gpt-4o", "2026-11-26 11:00:00 UTC", "rate_limited", "12", "-", "-"]]
     assert "not counted in any number above" in replays.all_text()
     assert not [n for n in parse_html(render_html(dict(document(), replays=[]))).iter("section")
                 if n.attrs.get("id") == "replays"]
@@ -283,7 +283,7 @@ def test_html_of_a_month_uses_day_buckets_and_dates() -> None:
     labels = [t.all_text() for t in latency.iter("text")]
     assert "2026-10-27" in labels and "2026-11-26" in labels
     bands = [r for r in charts_of(sections(parse_html(render_html(doc)))[0])["fingerprints"]
-             .iter("rect") if "fingerprint" in r.classes()]
+             .iter("rect") if "bucket" in r.classes()]
     widths = {round(float(b.attrs["width"]), 1) for b in bands}
     assert len(widths) == 1 and widths.pop() > 20  # a day wide, not an hour
 

@@ -75,7 +75,8 @@ def history(engine: Engine) -> History:
 
 
 def expected(results: list[ProbeResult], since: datetime, until: datetime,
-             bucket: str, skips: list[tuple[str, datetime, str]]) -> dict[str, Any]:
+             bucket: str, skips: list[tuple[str, datetime, str]],
+             ids: dict[str, int] | None = None) -> dict[str, Any]:
     """The report's target entry, computed from the canaries and skipped slots alone."""
     inside = sorted((r for r in results if since <= r.started_at < until),
                     key=lambda r: r.started_at)
@@ -112,7 +113,8 @@ def expected(results: list[ProbeResult], since: datetime, until: datetime,
                        "http_status": failed[-1].http_status,
                        "detail": failed[-1].error_detail} if failed else None,
         "series": {"bucket": bucket,
-                   "points": [point(t, series[t]) for t in sorted(series)]},
+                   "points": [probe_point(r, (ids or {})[r.uid]) for r in inside]
+                   if bucket == "probe" else [point(t, series[t]) for t in sorted(series)]},
     }
 
 
@@ -164,6 +166,22 @@ def point(t: datetime, results: list[ProbeResult]) -> dict[str, Any]:
             "headroom_tokens": min(tokens) if tokens else None}
 
 
+def probe_point(r: ProbeResult, probe_id: int) -> dict[str, Any]:
+    rl = r.rate_limits
+    return {"t": r.started_at.isoformat(), "probe_id": probe_id, "ok": r.ok,
+            "error_kind": r.error_kind, "http_status": r.http_status,
+            "total_ms": r.total_ms, "processing_ms": r.openai_processing_ms,
+            "fingerprint": r.system_fingerprint, "model": r.model,
+            "headroom_requests": fraction(rl.remaining_requests, rl.limit_requests),
+            "headroom_tokens": fraction(rl.remaining_tokens, rl.limit_tokens)}
+
+
+def stored_ids(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {uid: probe_id for uid, probe_id in connection.execute(
+            select(ProbeRow.uid, ProbeRow.id))}
+
+
 def assert_matches(got: Any, want: Any, path: str = "") -> None:
     """Equal, except percentiles (within 1%) and headroom minima (rounded after the min)."""
     if isinstance(want, dict):
@@ -184,7 +202,8 @@ def assert_matches(got: Any, want: Any, path: str = "") -> None:
 
 def target_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
     [entry] = [t for t in report["targets"] if t["target"] == name]
-    return {k: v for k, v in entry.items() if k not in ("open_alerts", "alerts")}
+    return {k: v for k, v in entry.items()
+            if k not in ("open_alerts", "alerts", "uptime", "heartbeat")}
 
 
 @pytest.mark.parametrize(("since", "until", "bucket"), [
@@ -193,7 +212,9 @@ def target_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
     pytest.param(START + timedelta(days=2, hours=22, minutes=59),
                  START + timedelta(days=5, hours=1, minutes=2), "hour", id="2-days"),
     pytest.param(START + timedelta(days=3, hours=4, minutes=10),
-                 START + timedelta(days=3, hours=4, minutes=50), "hour", id="inside-an-hour"),
+                 START + timedelta(days=3, hours=4, minutes=50), "probe", id="inside-an-hour"),
+    pytest.param(START + timedelta(days=3, hours=4, minutes=10),
+                 START + timedelta(days=5, hours=4, minutes=10), "probe", id="48-hours"),
     pytest.param(START + timedelta(days=1), START + timedelta(days=16), "day",
                  id="whole-days"),
     pytest.param(START - timedelta(days=30), NOW, "day", id="everything"),
@@ -202,13 +223,14 @@ def test_report_numbers_equal_those_computed_from_the_probes(
         engine: Engine, history: History, since: datetime,
         until: datetime, bucket: str) -> None:
     report = build_report(engine, since, until, None, NOW)
-    assert report["version"] == 1
+    assert report["version"] == 2
     assert (report["since"], report["until"]) == (since.isoformat(), until.isoformat())
     assert report["generated_at"] == NOW.isoformat()
     assert [t["target"] for t in report["targets"]] == ["gpt-4o", "gpt-4o-stream"]
     for name, results in history.canaries.items():
         assert_matches(target_entry(report, name),
-                       expected(results, since, until, bucket, history.skips))
+                       expected(results, since, until, bucket, history.skips,
+                                stored_ids(engine)))
     inside = sorted((r.started_at, probe_id, original, r)
                     for probe_id, original, r in history.replays if since <= r.started_at < until)
     assert inside  # every range holds some
@@ -246,7 +268,28 @@ def test_a_range_without_probes_reports_nothing_measured(
     assert (entry["probes"], entry["success_rate"], entry["rate_limits"]) == (0, None, None)
     assert entry["latency_ms"] == {"total": None, "headers": None, "ttft": None,
                                    "processing": None}
-    assert entry["series"] == {"bucket": "hour", "points": []}
+    assert entry["series"] == {"bucket": "probe", "points": []}
+    assert (entry["uptime"]["24h"], entry["uptime"]["7d"]) == (None, None)
+    assert entry["uptime"]["30d"] is not None  # the 30 days before the range's end had probes
+
+
+def test_uptime_and_heartbeat_are_those_of_the_probes_before_until(
+        engine: Engine, history: History) -> None:
+    until = START + timedelta(days=16, hours=7, minutes=13, seconds=5)  # cuts an hour
+    report = build_report(engine, until - timedelta(hours=1), until, None, NOW)
+    ids = stored_ids(engine)
+    for name, results in history.canaries.items():
+        entry = next(t for t in report["targets"] if t["target"] == name)
+        for label, span in (("24h", timedelta(hours=24)), ("7d", timedelta(days=7)),
+                            ("30d", timedelta(days=30))):
+            inside = [r for r in results if until - span <= r.started_at < until]
+            assert entry["uptime"][label] == round(sum(r.ok for r in inside) / len(inside), 4)
+        latest = sorted((r for r in results if r.started_at < until),
+                        key=lambda r: r.started_at)[-60:]
+        assert entry["heartbeat"] == [
+            {"probe_id": ids[r.uid], "t": r.started_at.isoformat(), "ok": r.ok,
+             "total_ms": r.total_ms, "http_status": r.http_status, "error_kind": r.error_kind,
+             "fingerprint": r.system_fingerprint, "model": r.model} for r in latest]
 
 
 def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:

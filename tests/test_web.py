@@ -93,7 +93,7 @@ def test_report_defaults_to_the_last_24_hours_of_every_target(server: str,
     answer = get(server, "/api/report")
     assert answer.status == 200
     doc = answer.json()
-    assert doc["version"] == 1 and [t["target"] for t in doc["targets"]] == [
+    assert doc["version"] == 2 and [t["target"] for t in doc["targets"]] == [
         "gpt-4o", "gpt-4o-mini-stream", "azure-east"]
     assert sources.report_calls == [(NOW - timedelta(hours=24), NOW, None)]
     assert answer.headers["cache-control"] == "no-store"
@@ -321,7 +321,7 @@ def test_dashboard_has_the_report_charts_and_open_alerts(server: str) -> None:
         assert set(charts_of(section)) == {"latency", "fingerprints", "headroom"}
     main = root.iter("main")[0]
     assert main.attrs["data-refresh-s"] == "60"
-    assert "processing_ms median rose" in main.iter("table")[1].all_text()
+    assert "processing_ms median rose" in main.iter("table")[0].all_text()
     links = [a.attrs["href"] for a in root.iter("nav")[0].iter("a")]
     assert "?since=24h&target=gpt-4o&refresh=60" in links
     assert root.iter("nav")[0].iter("b")[0].all_text() == "7d"
@@ -422,7 +422,7 @@ def test_fixture_document_follows_the_contract() -> None:
     assert set(doc["targets"][0]) == {
         "target", "probes", "ok", "success_rate", "errors", "skipped", "latency_ms",
         "output_tokens_per_s", "tokens", "fingerprints", "models", "rate_limits",
-        "open_alerts", "alerts", "last_error", "series"}
+        "open_alerts", "alerts", "last_error", "series", "uptime", "heartbeat"}
     assert set(doc["replays"][0]) == {
         "probe_id", "replay_of", "target", "t", "ok", "error_kind", "http_status", "model",
         "fingerprint", "total_ms"}

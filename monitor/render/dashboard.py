@@ -1,4 +1,8 @@
-"""`/` of `monitor serve`: the HTML report's charts for a chosen range, kept fresh.
+"""`/` of `monitor serve`: open alerts, the status overview of every target, then the
+charts of the chosen range (every probe a point up to 48 h), kept fresh.
+
+Charts are drawn for up to CHARTS_UP_TO targets; with more, the overview stays one screen or
+two and each target's name leads to its own view (`?target=NAME`) with its charts.
 
 Every `refresh_s` seconds a small inline script fetches this same page again and swaps in its
 <main>, so the server stays the only renderer of charts. The new <main> comes out of DOMParser,
@@ -15,9 +19,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from monitor.render.fields import esc
-from monitor.render.html import CSS_SOURCE, page, report_body, severity_class
+from monitor.render.html import CSS_SOURCE, heading, page, severity_class, target_sections
+from monitor.render.overview import render_overview
+from monitor.render.text import human_time
 
-RANGES = ("1h", "6h", "24h", "7d", "30d")
+RANGES = ("10m", "1h", "6h", "24h", "48h", "7d", "30d")
+CHARTS_UP_TO = 12
 
 SCRIPT = """
 "use strict";
@@ -57,30 +64,47 @@ POLICY = (f"default-src 'none'; script-src {_SCRIPT_SOURCE}; style-src {CSS_SOUR
 
 def render_dashboard(doc: dict[str, Any], open_alerts: list[dict[str, Any]], *,
                      since: str, targets: list[str] | None, refresh_s: int) -> str:
-    """The dashboard page: range links, every open alert, then the report's charts.
+    """The dashboard page: range links, every open alert, the status overview, then the
+    report's charts.
 
     `since` and `targets` are the request's own parameters, kept in the range links."""
     keep = [("target", t) for t in targets or []] + [("refresh", str(refresh_s))]
     links = " ".join(f'<a href="?{esc(urlencode([("since", r), *keep]))}">'
                      f'{f"<b>{r}</b>" if r == since else r}</a>' for r in RANGES)
-    nav = (f'<nav>last {links} <span class="meta" id="refresh-status">refreshes every '
+    every = (f' <a href="?{esc(urlencode([("since", since), ("refresh", str(refresh_s))]))}">'
+             "all targets</a>" if targets else "")
+    nav = (f'<nav>last {links}{every} <span class="meta" id="refresh-status">refreshes every '
            f"{refresh_s} s</span></nav>")
+
+    def target_href(name: str) -> str:
+        return "?" + urlencode([("since", since), ("target", name), ("refresh", str(refresh_s))])
+
+    if not doc["targets"]:
+        charts = "<p>No targets in this report.</p>"
+    elif len(doc["targets"]) > CHARTS_UP_TO:
+        charts = (f'<p class="note">{len(doc["targets"])} targets: open one from the table '
+                  "above to see its charts.</p>")
+    else:
+        charts = target_sections(doc, links=True)
     main = (f'<main id="report" data-refresh-s="{refresh_s}" '
-            f'data-generated="{esc(doc["generated_at"])}">'
-            f"{report_body(doc, after_summary=_alerts(open_alerts))}</main>")
+            f'data-generated="{esc(doc["generated_at"])}">{heading(doc)}'
+            f"{_alerts(open_alerts, targets)}{render_overview(doc, target_href)}{charts}</main>")
     head = (f'<link rel="icon" href="data:,"><noscript><meta http-equiv="refresh" '
             f'content="{refresh_s}"></noscript>')
     # At the end of <body>: the script looks up elements above it.
     return page("LLM API health", f"{nav}{main}<script>{SCRIPT}</script>", head=head)
 
 
-def _alerts(alerts: list[dict[str, Any]]) -> str:
+def _alerts(alerts: list[dict[str, Any]], targets: list[str] | None) -> str:
+    if targets:  # a target's own view shows its own alerts
+        alerts = [a for a in alerts if a["target"] in targets]
     if not alerts:
         return '<p class="meta">No open alerts.</p>'
     rows = "".join(
         f'<tr><td>{esc(a["target"])}</td><td class="{severity_class(a["severity"])}">'
-        f'{esc(a["severity"])}</td><td>{esc(a["kind"])}</td><td><code>{esc(a["key"])}</code>'
-        f'</td><td>{esc(a["opened_at"])}</td><td>{esc(a["explanation"])}</td></tr>'
+        f'{esc(a["severity"])}</td><td>{esc(a["kind"])}</td><td><code class="key">'
+        f'{esc(a["key"])}</code></td><td>{esc(human_time(a["opened_at"]))}</td>'
+        f'<td>{esc(a["explanation"])}</td></tr>'
         for a in alerts)
     return ("<h3>open alerts</h3><table><tr><th>target</th><th>severity</th><th>kind</th>"
             f"<th>key</th><th>opened</th><th>explanation</th></tr>{rows}</table>")

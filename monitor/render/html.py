@@ -13,7 +13,7 @@ import hashlib
 from typing import Any
 
 from monitor.render import charts
-from monitor.render.fields import PHASES, QUANTILES, esc, moment, number, percent
+from monitor.render.fields import PHASES, QUANTILES, esc, number, percent
 from monitor.render.text import human_time, percentages
 
 CSS = """
@@ -29,6 +29,10 @@ svg.chart{display:block;width:100%;height:auto}svg.chart text{font-size:10px;fil
 ul.legend{list-style:none;padding:0;margin:2px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
 .sev-critical{color:#c0392b;font-weight:600}.sev-warning{color:#b35900}.bad{color:#c0392b}
 code{font-size:12px;word-break:break-all}nav a{margin-right:10px}
+.wide{overflow-x:auto}svg.heartbeat{display:block}tr.status td{vertical-align:middle;
+padding-top:3px;padding-bottom:3px}td.state{font-size:12px;color:#444;min-width:180px}
+progress{width:60px;height:8px;vertical-align:middle}.note{color:#555}
+code.key,tr.status code{word-break:normal;white-space:nowrap}
 """
 # The hash lets a Content-Security-Policy admit this style block and nothing else.
 CSS_SOURCE = "'sha256-" + base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode() + "'"
@@ -50,17 +54,26 @@ def page(title: str, body: str, *, policy: str | None = None, head: str = "") ->
             f"<body>{body}</body></html>\n")
 
 
-def report_body(doc: dict[str, Any], *, after_summary: str = "") -> str:
+def report_body(doc: dict[str, Any]) -> str:
     """The title, a summary of every target, then a section per target."""
-    frame = charts.Frame(moment(doc["since"]), moment(doc["until"]))
-    head = (f"<h1>LLM API health</h1><p class=\"meta\">{esc(human_time(doc['since']))} to "
+    if not doc["targets"]:
+        return heading(doc) + "<p>No targets in this report.</p>"
+    return (heading(doc) + _summary(doc["targets"]) + target_sections(doc)
+            + _replays(doc["replays"]))
+
+
+def heading(doc: dict[str, Any]) -> str:
+    return (f"<h1>LLM API health</h1><p class=\"meta\">{esc(human_time(doc['since']))} to "
             f"{esc(human_time(doc['until']))}, generated "
             f"{esc(human_time(doc['generated_at']))}</p>")
-    if not doc["targets"]:
-        return head + after_summary + "<p>No targets in this report.</p>"
-    sections = [target_section(t, frame, f"target-{i}") for i, t in enumerate(doc["targets"])]
-    return (head + _summary(doc["targets"]) + after_summary + "".join(sections)
-            + _replays(doc["replays"]))
+
+
+def target_sections(doc: dict[str, Any], *, links: bool = False) -> str:
+    """A section per target, their charts on one time axis; `links` makes probes link to
+    their pages (on the dashboard; a report file has no pages to link to)."""
+    frame = charts.frame_of(doc)
+    return "".join(target_section(t, frame, f"target-{i}", links=links)
+                   for i, t in enumerate(doc["targets"]))
 
 
 def _replays(replays: list[dict[str, Any]]) -> str:
@@ -69,7 +82,7 @@ def _replays(replays: list[dict[str, Any]]) -> str:
         return ""
     rows = "".join(
         f'<tr><td class="n">{esc(r["probe_id"])}</td><td class="n">{esc(r["replay_of"] or "-")}'
-        f'</td><td>{esc(r["target"])}</td><td>{esc(r["t"])}</td>'
+        f'</td><td>{esc(r["target"])}</td><td>{esc(human_time(r["t"]))}</td>'
         f'<td class="{"" if r["ok"] else "bad"}">{"ok" if r["ok"] else esc(r["error_kind"])}</td>'
         f'<td class="n">{number(r["total_ms"])}</td><td><code>{esc(r["model"] or "-")}</code>'
         f'</td><td><code>{esc(r["fingerprint"] or "-")}</code></td></tr>' for r in replays)
@@ -95,21 +108,27 @@ def _summary(targets: list[dict[str, Any]]) -> str:
             "<th>p95 ms</th><th>open alerts</th></tr>" + "".join(rows) + "</table>")
 
 
-def target_section(t: dict[str, Any], frame: charts.Frame, anchor: str) -> str:
+def target_section(t: dict[str, Any], frame: charts.Frame, anchor: str, *,
+                   links: bool = False) -> str:
     """One target: latency, fingerprint and headroom charts, then its numbers."""
     colours = charts.fingerprint_colours(t)
     legend = "".join(
         f'<li><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10" '
         f'fill="{colour}"/></svg> <code>{esc(name)}</code> {_share(t, name)}</li>'
         for name, colour in colours.items())
+    by_probe = t["series"]["bucket"] == "probe"
     return (f'<section class="target" id="{anchor}"><h2>{esc(t["target"])}</h2>'
-            "<h3>latency of the whole probe, p50 and the p50-p95 band (ms)</h3>"
-            f"{charts.latency_chart(t, frame)}"
-            "<h3>system_fingerprint, the most frequent per bucket</h3>"
-            f"{charts.fingerprint_stripe(t, frame, colours)}"
+            + ("<h3>latency of the whole probe, every probe (ms; failed probes in red)</h3>"
+               if by_probe else
+               "<h3>latency of the whole probe, p50 and the p50-p95 band (ms)</h3>")
+            + f"{charts.latency_chart(t, frame, links=links)}"
+            + ("<h3>system_fingerprint of every probe</h3>" if by_probe else
+               "<h3>system_fingerprint, the most frequent per bucket</h3>")
+            + f"{charts.fingerprint_stripe(t, frame, colours)}"
             f'<ul class="legend">{legend}</ul>'
-            "<h3>rate-limit headroom, the lowest per bucket</h3>"
-            f"{charts.headroom_chart(t, frame)}{_numbers(t)}</section>")
+            + ("<h3>rate-limit headroom of every probe</h3>" if by_probe else
+               "<h3>rate-limit headroom, the lowest per bucket</h3>")
+            + f"{charts.headroom_chart(t, frame)}{_numbers(t)}</section>")
 
 
 def _share(t: dict[str, Any], fingerprint: str) -> str:

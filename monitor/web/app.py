@@ -6,6 +6,8 @@
     /api/alerts     alerts as `monitor alerts --json` lists them; ?open=1 for open ones only
     /metrics        Prometheus exposition of the store's numbers
     /probes/{id}    one stored probe in full: timings, headers, payload, body, what changed
+    /badges/{target}/{uptime-24h|uptime-7d|uptime-30d|latency-p95|fingerprint|model}.svg
+                    a status badge for READMEs, from the target's last 24 hours
     /healthz        200 or 503 with the reasons as JSON; never needs the token
 
 The app reads only through the callables it is given, so it holds no session and tests hand it
@@ -31,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -41,6 +43,8 @@ from monitor import defaults, httpd
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
 from monitor.render import exposition_registry, render_dashboard, render_metrics
+from monitor.render.badges import KINDS as BADGE_KINDS
+from monitor.render.badges import badge_for
 from monitor.render.dashboard import POLICY
 from monitor.render.probe_page import POLICY as PROBE_POLICY
 from monitor.render.probe_page import render_missing, render_probe_page
@@ -60,6 +64,9 @@ _MAX_REFRESH_S = 86_400
 _JSON = "application/json; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
 _PROBES = "/probes/"
+_BADGES = "/badges/"
+# A badge is an image; were it ever opened as a document, it may load and run nothing.
+_BADGE_HEADERS = (("Content-Security-Policy", "default-src 'none'"),)
 _ALWAYS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 _STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 503: "Service Unavailable"}
@@ -124,6 +131,8 @@ class _App:
         route = self._routes.get(path)
         if route is None and path.startswith(_PROBES) and self._probe is not None:
             route = self._probe_page
+        if route is None and path.startswith(_BADGES):
+            route = self._badge
         if route is None:
             return _json(404, {"error": "not found", "routes": sorted(self._routes)})
         if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
@@ -187,6 +196,27 @@ class _App:
             return _Response(404, render_missing(text[:40]).encode(), _HTML, headers)
         return _Response(200, render_probe_page(found, self._clock()).encode(), _HTML, headers)
 
+    def _badge(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
+        _only(query)
+        # WSGI hands the decoded path over as latin-1; target names may be any UTF-8.
+        raw = str(environ.get("PATH_INFO", "")).removeprefix(_BADGES)
+        try:
+            rest = raw.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            rest = raw
+        name, _, file = rest.rpartition("/")
+        kind = file.removesuffix(".svg")
+        if not name or not file.endswith(".svg") or kind not in BADGE_KINDS:
+            return _json(404, {"error": "badges are /badges/{target}/{kind}.svg with kind one "
+                                        "of " + ", ".join(BADGE_KINDS)})
+        now = self._clock()
+        doc = self._report(now - timedelta(hours=24), now, [name])
+        found = [t for t in doc["targets"] if t["target"] == name]
+        if not found:
+            return _json(404, {"error": f"no target named {name[:100]!r}"})
+        return _Response(200, badge_for(found[0], kind).encode(), "image/svg+xml; charset=utf-8",
+                         _BADGE_HEADERS)
+
     def _api_report(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
         _only(query, "since", "until", "target")
         return _json(200, self._report(*self._range(query)))
@@ -211,7 +241,7 @@ def _only(query: dict[str, list[str]], *names: str) -> None:
     unknown = sorted(set(query) - set(names))
     if unknown:
         raise _BadRequest(f"unknown parameter {unknown[0][:40]!r}; this route takes "
-                          + ", ".join(names))
+                          + (", ".join(names) or "none"))
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import defaults
+from monitor.clock import Clock, utc_now
 from monitor.errors import StoreUnavailable
 from monitor.health import build_report, metrics_snapshot
 from monitor.snapshot import TargetMetrics
@@ -54,11 +55,13 @@ def health(engine: Engine, scheduler_alive: Callable[[], bool] | None) -> tuple[
 
 
 def build_app(engine: Engine, token: str | None,
-              scheduler_alive: Callable[[], bool] | None = None) -> Any:
+              scheduler_alive: Callable[[], bool] | None = None, *,
+              clock: Clock = utc_now) -> Any:
+    """The web app over the store; `clock` decides what "now" and "the last 24 h" mean."""
     def report(since: datetime, until: datetime, targets: list[str] | None) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             rollups.catch_up(engine)  # idempotent; cheap when the daemon keeps up
-            return build_report(engine, since, until, targets, datetime.now(UTC))
+            return build_report(engine, since, until, targets, clock())
         return _store(read)
 
     def alerts(open_only: bool) -> list[dict[str, Any]]:
@@ -71,4 +74,4 @@ def build_app(engine: Engine, token: str | None,
         return _store(lambda: probe_reads.probe_detail(engine, probe_id))
 
     return web.make_app(report, alerts, metrics, lambda: health(engine, scheduler_alive),
-                        token, probe_source=probe)
+                        token, clock=clock, probe_source=probe)
