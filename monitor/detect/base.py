@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol, Self
 
@@ -80,6 +81,18 @@ def event_from_json(data: dict[str, Any]) -> DriftEvent:
         probe_uids=tuple(data["probe_uids"]),
         explanation=data["explanation"],
     )
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """A baseline still being learned, so the conditions that compare with it stay silent:
+    `seen` of the `needed` probes it takes in (what "learning <baseline> (seen of needed
+    probes)" says)."""
+
+    detector: str  # the DriftKind value
+    baseline: str
+    seen: int
+    needed: int
 
 
 class Streak(Protocol):
@@ -194,6 +207,16 @@ class Detector(abc.ABC):
     @abc.abstractmethod
     def step(self, obs: Observation) -> list[DriftEvent]:
         """Take in one observation; return the events of conditions it opened or cleared."""
+
+    @abc.abstractmethod
+    def warmups(self) -> list[Warmup]:
+        """The baselines still learning, as of the observations taken in so far."""
+
+    def learning(self, baseline: str, seen: int, needed: int) -> list[Warmup]:
+        """[the warm-up] while `seen` < `needed`, else []."""
+        if seen >= needed:
+            return []
+        return [Warmup(self.kind.value, baseline, seen, needed)]
 
     @abc.abstractmethod
     def dump(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.detect.base import Detector, clip, duration, ms, name
+from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 
@@ -91,6 +91,11 @@ class ModelDetector(Detector):
         self.baseline = None
         self.back = 0
         return events
+
+    def warmups(self) -> list[Warmup]:
+        if not self.learned:
+            return []  # no model named yet (since the request last changed)
+        return self.learning("model", self.learned, self.thresholds.warmup_probes)
 
     def dump(self) -> dict[str, Any]:
         return {
