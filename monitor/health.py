@@ -10,18 +10,20 @@ read as last caught up: callers that want the newest probes in whole hours call
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
+from monitor.detect import SEVERITIES
 from monitor.domain import AlertState
 from monitor.sketch import Sketch
-from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, TargetMetrics
-from monitor.store import aggregate, rollups
+from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
+from monitor.store import aggregate, alert_reads, rollups
 from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 from monitor.store.models import AlertRow, ProbeRow, TargetRow
+from monitor.store.records import newest_probe
 
 VERSION = 1
 # Hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
@@ -70,6 +72,15 @@ def build_report(engine: Engine, since: datetime, until: datetime,
                             since, until)
                     for i in sorted(ids, key=names.__getitem__)],
     }
+
+
+def with_states(report: dict[str, Any],
+                states: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report with each target's watch `state` (monitor.watching) merged in: null for a
+    stored target the configuration no longer names."""
+    for entry in report["targets"]:
+        entry["state"] = states.get(entry["target"])
+    return report
 
 
 def _segments(since: datetime, until: datetime,
@@ -223,25 +234,22 @@ def _iso(value: datetime | None) -> str | None:
 # --- /metrics -------------------------------------------------------------------------------
 
 
-def metrics_snapshot(engine: Engine) -> list[TargetMetrics]:
+def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
     """Per stored target: latency histograms and outcomes over all history (rollup totals,
     as last caught up), the newest successful probe's fingerprint and model, the newest
-    rate-limit values, and open alerts by severity."""
+    rate-limit values, open alerts by kind and severity, and the newest canary probe; and
+    failed notification deliveries by channel."""
     bounds_ms = [bound * 1000 for bound in LATENCY_BUCKETS_S]
     with engine.connect() as connection:
         names = _target_names(connection, None)
         totals = rollups.read_totals(connection)
-        open_alerts: dict[int, dict[str, int]] = {}
-        for target_id, severity, count in connection.execute(
-                select(AlertRow.target_id, AlertRow.severity, func.count())
-                .where(AlertRow.state == AlertState.OPEN)
-                .group_by(AlertRow.target_id, AlertRow.severity)):
-            open_alerts.setdefault(target_id, {})[severity] = count
+        open_alerts = _open_alerts(connection)
         metrics = []
         for target_id in sorted(names, key=names.__getitem__):
             total = totals.get(target_id, Aggregate())
             newest_ok = connection.execute(_NEWEST_OK, {"target_id": target_id}).first()
             limits = connection.execute(_NEWEST_LIMITS, {"target_id": target_id}).first()
+            newest = newest_probe(connection, target_id)
             metrics.append(TargetMetrics(
                 target=names[target_id],
                 latency={phase: Histogram(
@@ -256,9 +264,29 @@ def metrics_snapshot(engine: Engine) -> list[TargetMetrics]:
                 limit_tokens=limits.ratelimit_limit_tokens if limits else None,
                 remaining_requests=limits.ratelimit_remaining_requests if limits else None,
                 remaining_tokens=limits.ratelimit_remaining_tokens if limits else None,
-                open_alerts=open_alerts.get(target_id, {}),
+                open_alerts=_ZERO_ALERTS | open_alerts.get(target_id, {}),
+                last_probe_timestamp_s=newest.started_at.timestamp() if newest else None,
+                last_probe_ok=newest.ok if newest else None,
             ))
-    return metrics
+        failed = alert_reads.failed_attempts(connection)
+    return MetricsSnapshot(targets=metrics, notifications_failed=failed)
+
+
+# Every (kind, severity) a detector can raise, at zero: "sum(monitor_open_alerts) > 0" then
+# reads 0 rather than "no data" while all is well, in a few series per target (not every
+# kind times every severity).
+_ZERO_ALERTS = {(kind.value, severity.value): 0
+                for kind, severities in SEVERITIES.items() for severity in severities}
+
+
+def _open_alerts(connection: Connection) -> dict[int, dict[tuple[str, str], int]]:
+    found: dict[int, dict[tuple[str, str], int]] = {}
+    for target_id, kind, severity, count in connection.execute(
+            select(AlertRow.target_id, AlertRow.kind, AlertRow.severity, func.count())
+            .where(AlertRow.state == AlertState.OPEN)
+            .group_by(AlertRow.target_id, AlertRow.kind, AlertRow.severity)):
+        found.setdefault(target_id, {})[(kind, severity)] = count
+    return found
 
 
 # Both walk ix_probes_target_id_started_at backwards and stop at the first match.

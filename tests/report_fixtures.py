@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from typing import Any
 from wsgiref.types import WSGIApplication
 
-from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, TargetMetrics
+from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
 from monitor.web.app import serve
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -100,6 +100,8 @@ def _plain_target(since: datetime) -> dict[str, Any]:
                        "detail": "Read timed out after 30000 ms"},
         "series": _series(since, 24, ["fp_6ec83003ad"] * 12 + ["fp_a1b2c3d4e5"] * 12,
                           slow_from=18),
+        "state": {"summary": "watching", "warmups": [], "backoff_until": None,
+                  "budget_spent": None, "maintenance_until": None},
     }
 
 
@@ -113,6 +115,11 @@ def _streaming_target(since: datetime) -> dict[str, Any]:
                           "first_seen": _iso(since), "last_seen": _iso(NOW)}],
         "open_alerts": [], "alerts": [], "last_error": None,
         "series": _series(since, 24, ["fp_stream"]),
+        "state": {
+            "summary": "learning fingerprint pool (24 of 30 probes)",
+            "warmups": [{"baseline": "fingerprint pool", "detector": "fingerprint",
+                         "seen": 24, "needed": 30}],
+            "backoff_until": None, "budget_spent": None, "maintenance_until": None},
     })
     target["latency_ms"] = dict(target["latency_ms"],
                                 ttft={"p50": 210.0, "p95": 390.0, "p99": 512.9})
@@ -132,6 +139,12 @@ def _idle_target() -> dict[str, Any]:
                         "headroom_requests": None, "headroom_tokens": None, "at": None},
         "open_alerts": [], "alerts": [], "last_error": None,
         "series": {"bucket": "hour", "points": []},
+        "state": {
+            "summary": "in maintenance until 14:00:00 UTC; waiting for its first probe",
+            "warmups": [{"baseline": "availability", "detector": "availability",
+                         "seen": 0, "needed": 10}],
+            "backoff_until": None, "budget_spent": None,
+            "maintenance_until": _iso(NOW + timedelta(hours=2))},
     }
 
 
@@ -168,9 +181,10 @@ def histogram(values_s: list[float]) -> Histogram:
     return Histogram(LATENCY_BUCKETS_S, cumulative, len(values_s), sum(values_s))
 
 
-def metrics() -> list[TargetMetrics]:
-    """What metrics_snapshot would read for two targets, one of them with hostile labels."""
-    return [
+def metrics() -> MetricsSnapshot:
+    """What metrics_snapshot would read for two targets, one of them with hostile labels, and
+    a webhook that failed twice."""
+    return MetricsSnapshot([
         TargetMetrics(
             target="gpt-4o",
             latency={"total": histogram([0.3, 0.4, 0.45, 0.9, 1.2]),
@@ -179,14 +193,18 @@ def metrics() -> list[TargetMetrics]:
             fingerprint="fp_6ec83003ad", model="gpt-4o-2024-08-06",
             limit_requests=10000, limit_tokens=30000000,
             remaining_requests=9999, remaining_tokens=29999985,
-            open_alerts={"warning": 1},
+            open_alerts={("latency", "warning"): 1, ("availability", "critical"): 0},
+            last_probe_timestamp_s=NOW.timestamp(), last_probe_ok=True,
         ),
         TargetMetrics(
             target="local", latency={}, outcomes={"ok": 3}, fingerprint=SCRIPT,
             model='quote"back\\slash\nnewline', limit_requests=None, limit_tokens=None,
-            remaining_requests=None, remaining_tokens=None, open_alerts={},
+            remaining_requests=None, remaining_tokens=None,
+            open_alerts={("latency", "warning"): 0, ("availability", "critical"): 0},
+            last_probe_timestamp_s=(NOW - timedelta(minutes=7)).timestamp(),
+            last_probe_ok=False,
         ),
-    ]
+    ], notifications_failed={"log": 0, "webhook:0123456789abcdef": 2})
 
 
 class Sources:

@@ -9,7 +9,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from monitor.domain import ProbeResult, Target
+from monitor.domain import Target
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
@@ -23,17 +23,6 @@ def slot_at(target: Target, now: datetime) -> datetime:
     offset_ms = int(_offset_s(target) * 1000)
     start_ms = (now_ms - offset_ms) // interval_ms * interval_ms + offset_ms
     return datetime.fromtimestamp(start_ms / 1000, UTC)
-
-
-def backoff_s(result: ProbeResult, target: Target) -> float:
-    """How long to leave a target alone after a 429: what the server said, else one interval."""
-    limits = result.rate_limits
-    for hint in (result.retry_after_s, limits.reset_requests_s, limits.reset_tokens_s):
-        if hint is not None and hint > 0:
-            return hint
-    return target.interval_ms / 1000
-
-
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from monitor.alerts.dispatch import Dispatcher
 from monitor.alerts.watch import Watcher
 from monitor.clock import Clock, utc_now
 from monitor.daemon.prober import Prober
-from monitor.daemon.slots import backoff_s, slot_at
+from monitor.daemon.slots import slot_at
 from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.errors import StoreError, StoreUnavailable
 from monitor.render import text as report
@@ -27,6 +27,7 @@ from monitor.store import db, leases, retention, rollups
 from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
+from monitor.watching import backoff_s, budget_spent, utc_day
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
@@ -106,7 +107,7 @@ class Daemon:
         stands."""
         if target.daily_token_budget is None and target.daily_request_budget is None:
             return None
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        day = utc_day(now)
         read = self._db_quietly(lambda: usage_since(
             self.recorder.engine, self.recorder.target_id(target.name), day))
         if read is not None:
@@ -114,13 +115,7 @@ class Daemon:
         known_day, requests_sent, tokens_used = self._usage.get(target.name, (day, 0, 0))
         if known_day != day:
             requests_sent, tokens_used = 0, 0  # a new UTC day: the budget is whole again
-        budget = target.daily_request_budget
-        if budget is not None and requests_sent >= budget:
-            return f"daily request budget spent ({requests_sent} of {budget} requests today, UTC)"
-        budget = target.daily_token_budget
-        if budget is not None and tokens_used >= budget:
-            return f"daily token budget spent ({tokens_used} of {budget} tokens today, UTC)"
-        return None
+        return budget_spent(target, requests_sent, tokens_used)
 
     def _claim(self, target: Target, slot: datetime) -> bool | None:
         """True: ours. False: someone else's. None: the database is down, so there is no one
@@ -131,7 +126,7 @@ class Daemon:
 
     def _back_off(self, target: Target, slot: datetime, result: ProbeResult,
                   now: datetime) -> None:
-        wait_s = backoff_s(result, target)
+        wait_s = backoff_s(result.retry_after_s, result.rate_limits, target.interval_ms)
         until = now + timedelta(seconds=wait_s)
         self._backoff_until[target.name] = until
         interval = timedelta(milliseconds=target.interval_ms)

@@ -27,9 +27,9 @@ from monitor.detect.latency import LatencyDetector
 from monitor.detect.model import ModelDetector
 from monitor.detect.output import OutputDetector
 from monitor.detect.quota import QuotaDetector
-from monitor.domain import DetectionThresholds, DriftEvent, Observation
+from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
-__all__ = ["SNAPSHOT_VERSION", "TargetDetector", "Warmup", "detect"]
+__all__ = ["SEVERITIES", "SNAPSHOT_VERSION", "TargetDetector", "Warmup", "detect"]
 
 # Bumped when the snapshot layout changes; an older snapshot is refused, and the caller
 # rebuilds the state by folding the stored history again.
@@ -44,6 +44,9 @@ DETECTORS: tuple[type[Detector], ...] = (
     OutputDetector,
     LatencyDetector,
 )
+
+# The severities each kind's conditions can have.
+SEVERITIES: dict[DriftKind, tuple[Severity, ...]] = {d.kind: d.severities for d in DETECTORS}
 
 
 class TargetDetector:

@@ -35,6 +35,7 @@ def _breakdown(kinds: dict[str, int]) -> str:
 
 class AvailabilityDetector(Detector):
     kind = DriftKind.AVAILABILITY
+    severities = (Severity.CRITICAL,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)

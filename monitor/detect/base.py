@@ -108,9 +108,11 @@ class Conditions:
     that an event restored from JSON equals the one that was saved.
     """
 
-    def __init__(self, target: str, kind: DriftKind) -> None:
+    def __init__(self, target: str, kind: DriftKind,
+                 severities: tuple[Severity, ...] = tuple(Severity)) -> None:
         self.target = target
         self.kind = kind
+        self.severities = severities
         self._open: dict[str, DriftEvent] = {}
 
     def get(self, key: str) -> DriftEvent | None:
@@ -132,6 +134,8 @@ class Conditions:
     ) -> DriftEvent:
         if key in self._open:
             raise ValueError(f"{self.kind.value} condition {key!r} is already open")
+        if severity not in self.severities:
+            raise ValueError(f"{self.kind.value} declares no {severity.value} conditions")
         event = DriftEvent(
             target=self.target, kind=self.kind, key=key, opened=True, severity=severity,
             at=obs.started_at, before=before, after=after, probe_uids=last_uids(uids),
@@ -197,11 +201,13 @@ class Detector(abc.ABC):
     """
 
     kind: ClassVar[DriftKind]
+    # Every severity its conditions can have (what /metrics lays out zeros for).
+    severities: ClassVar[tuple[Severity, ...]]
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         self.target = target
         self.thresholds = thresholds
-        self.conditions = Conditions(target, self.kind)
+        self.conditions = Conditions(target, self.kind, self.severities)
         self.learned = 0  # probes taken into the baseline so far (the warm-up)
 
     @abc.abstractmethod

@@ -37,6 +37,7 @@ def _pool(prints: Any) -> str:
 
 class FingerprintDetector(Detector):
     kind = DriftKind.FINGERPRINT
+    severities = (Severity.WARNING, Severity.INFO)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)

@@ -111,6 +111,7 @@ def baseline_needed(recent: int, most: int, least: int, p_value: float) -> int:
 
 class LatencyDetector(Detector):
     kind = DriftKind.LATENCY
+    severities = (Severity.WARNING,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)

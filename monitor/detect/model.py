@@ -23,6 +23,7 @@ from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observati
 
 class ModelDetector(Detector):
     kind = DriftKind.MODEL
+    severities = (Severity.WARNING,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)

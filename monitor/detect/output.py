@@ -62,6 +62,7 @@ class Baseline:
 
 class OutputDetector(Detector):
     kind = DriftKind.OUTPUT
+    severities = (Severity.WARNING,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)

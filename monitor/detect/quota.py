@@ -50,6 +50,7 @@ class Limit:
 
 class QuotaDetector(Detector):
     kind = DriftKind.QUOTA
+    severities = (Severity.WARNING, Severity.INFO)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)

@@ -41,13 +41,13 @@ from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
 from monitor.render import exposition_registry, render_dashboard, render_metrics
 from monitor.render.dashboard import POLICY
-from monitor.snapshot import TargetMetrics
+from monitor.snapshot import MetricsSnapshot
 
 log = logging.getLogger(__name__)
 
 ReportSource = Callable[[datetime, datetime, list[str] | None], dict[str, Any]]
 AlertsSource = Callable[[bool], list[dict[str, Any]]]
-MetricsSource = Callable[[], list[TargetMetrics]]
+MetricsSource = Callable[[], MetricsSnapshot]
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 DEFAULT_HOST = "127.0.0.1"  # the dashboard shows upstream data: public only when asked

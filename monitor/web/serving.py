@@ -1,5 +1,6 @@
 """Wiring the web app (web/app.py) to the store, for `monitor serve` and `monitor run
---http`: the report, alerts and metrics sources, and what /healthz checks."""
+--http`: the report (with each target's watch state), alerts and metrics sources, and what
+/healthz checks."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import defaults
+from monitor.clock import Clock, utc_now
+from monitor.domain import Settings
 from monitor.errors import StoreUnavailable
-from monitor.health import build_report, metrics_snapshot
-from monitor.snapshot import TargetMetrics
+from monitor.health import build_report, metrics_snapshot, with_states
+from monitor.snapshot import MetricsSnapshot
 from monitor.store import alert_reads, leases, rollups
+from monitor.watching import read_states, states_json
 from monitor.web import app as web
 
 T = TypeVar("T")
@@ -53,19 +57,30 @@ def health(engine: Engine, scheduler_alive: Callable[[], bool] | None) -> tuple[
     return True, reasons
 
 
-def build_app(engine: Engine, token: str | None,
-              scheduler_alive: Callable[[], bool] | None = None) -> Any:
+def build_app(engine: Engine, token: str | None, settings: Callable[[], Settings],
+              scheduler_alive: Callable[[], bool] | None = None,
+              clock: Clock = utc_now) -> Any:
+    """`settings` gives the configuration in force (the daemon's changes on SIGHUP): it says
+    what each target's detectors, budgets and maintenance windows are."""
     def report(since: datetime, until: datetime, targets: list[str] | None) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             rollups.catch_up(engine)  # idempotent; cheap when the daemon keeps up
-            return build_report(engine, since, until, targets, datetime.now(UTC))
+            now = clock()
+            states = states_json(read_states(engine, settings(), now), now)
+            return with_states(build_report(engine, since, until, targets, now), states)
         return _store(read)
 
     def alerts(open_only: bool) -> list[dict[str, Any]]:
         return _store(lambda: alert_reads.list_alerts(engine, open_only=open_only))
 
-    def metrics() -> list[TargetMetrics]:
-        return _store(lambda: metrics_snapshot(engine))
+    def metrics() -> MetricsSnapshot:
+        def read() -> MetricsSnapshot:
+            # Fresh with or without a daemon rolling up: fold what it has not (nothing to
+            # write, and no write lock taken, when it keeps up).
+            if rollups.behind(engine):
+                rollups.catch_up(engine)
+            return metrics_snapshot(engine)
+        return _store(read)
 
     return web.make_app(report, alerts, metrics, lambda: health(engine, scheduler_alive),
-                        token)
+                        token, clock=clock)
