@@ -423,7 +423,9 @@ def test_grafana_dashboard_uses_only_metrics_that_metrics_exposes(server: str) -
     assert used and used <= exposed, used - exposed
     assert {"monitor_probe_latency_seconds_bucket", "monitor_probes_total",
             "monitor_ratelimit_remaining", "monitor_ratelimit_limit", "monitor_open_alerts",
-            "monitor_target_info"} <= used
+            "monitor_target_info", "monitor_last_probe_timestamp_seconds",
+            "monitor_last_probe_success", "monitor_notifications_failed_total"} <= used
+    assert any("sum by (kind)" in e for e in exprs)  # open alerts by kind
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
         assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for t in panel["targets"])
