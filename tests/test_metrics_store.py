@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from monitor.cli import cli
 from monitor.daemon import Daemon
 from monitor.domain import Settings
 from monitor.sim import SimClient
-from monitor.store.models import ProbeRow
+from monitor.store.models import DeliveryRow, ProbeRow
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 from monitor.web import serving
@@ -137,6 +138,14 @@ def test_open_alerts_by_kind_failed_deliveries_and_a_body_promtool_accepts(
         receiver.fail_next(2, 500)
         daemon.dispatcher.run(clock[0])
         body = scrape(engine, settings)
+        # The webhook leaves the configuration: its delivery is given up unsent, which is
+        # no failed attempt.
+        daemon.dispatcher.policy = replace(settings.alerts, webhooks=())
+        daemon.dispatcher.run(clock[0] + timedelta(minutes=5))
+        after = scrape(engine, settings)
+        with engine.connect() as connection:
+            gave_up = connection.execute(select(DeliveryRow.gave_up_at, DeliveryRow.attempts)
+                                         .where(DeliveryRow.channel != "log")).one()
     finally:
         daemon.close()
     alerts = samples(body, "monitor_open_alerts")
@@ -149,6 +158,9 @@ def test_open_alerts_by_kind_failed_deliveries_and_a_body_promtool_accepts(
     assert samples(body, "monitor_notifications_failed") == {
         ("monitor_notifications_failed_total", (("channel", "log"),)): 0,
         ("monitor_notifications_failed_total", (("channel", webhook),)): 1}
+    assert gave_up.gave_up_at is not None and gave_up.attempts == 1
+    assert samples(after, "monitor_notifications_failed") == samples(
+        body, "monitor_notifications_failed")
     checked = subprocess.run([promtool, "check", "metrics"], input=body, check=False,
                              capture_output=True, text=True, timeout=60)
     assert (checked.returncode, checked.stdout + checked.stderr) == (0, ""), body

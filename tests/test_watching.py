@@ -17,7 +17,7 @@ import requests
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
-from monitor import probe
+from monitor import defaults, probe
 from monitor.alerts.maintenance import maintenance_until
 from monitor.cli import cli
 from monitor.daemon import Daemon
@@ -276,3 +276,21 @@ def test_a_warmed_up_target_is_watching_and_status_lists_its_open_alerts(
     assert "open alerts     1" in text
     assert "warning  a  fingerprint new:fp_new0000001  opened " in text
     assert status["open_alerts"][0]["explanation"] in text
+
+
+def test_a_state_made_under_other_thresholds_is_folded_again_as_the_daemon_would(
+        canary: Callable[..., Canary], make_settings: MakeSettings, database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    run = canary({"name": "a"})
+    run.tick(12)  # folded and saved under the default thresholds
+    make_settings({"name": "a", "interval": "1m", "detect": {"fingerprint_warmup_probes": 40}},
+                  database_url=database_url)  # the same monitor.toml, new thresholds
+    pool = {w["baseline"]: (w["seen"], w["needed"])
+            for w in run.status()["states"]["a"]["warmups"]}
+    assert pool["fingerprint pool"] == (12, 40)
+    # Too long a history to fold while answering: said, not guessed.
+    monkeypatch.setattr(defaults, "WATCH_FOLD_MAX_PROBES", 11)
+    found = run.status()["states"]["a"]
+    assert found["warmups"] == []
+    assert found["summary"] == ("detectors have not folded its stored probes yet (the daemon "
+                                "does at its next probe)")
