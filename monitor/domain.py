@@ -73,11 +73,23 @@ class ReplayState(enum.StrEnum):
 
 
 class SlotState(enum.StrEnum):
-    """What became of one scheduled slot of one target."""
+    """What became of one scheduled slot of one target. Stored as-is."""
 
     CLAIMED = "claimed"  # an instance took it and is probing
     PROBED = "probed"
-    SKIPPED = "skipped"  # not probed on purpose (rate limited, budget spent); see reason
+    SKIPPED = "skipped"  # its time came and it was not probed; see reason_kind and reason
+    # Not yet come, inside a 429 backoff: kept from every instance, and recorded as skipped
+    # by whichever instance's schedule reaches it (never counted before then).
+    RESERVED = "reserved"
+
+
+class SkipKind(enum.StrEnum):
+    """Why a slot was skipped, for counting (the slot's `reason` says it in words). Stored
+    as-is, so values never change once released."""
+
+    RATE_LIMITED = "rate_limited"  # backing off after a 429
+    BUDGET_SPENT = "budget_spent"  # the target's daily request or token budget
+    MISSED = "missed"  # the scheduler could not run it (late, or the last probe still running)
 
 
 @dataclass(frozen=True)

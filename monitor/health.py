@@ -17,17 +17,20 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
 from monitor.detect import SEVERITIES
-from monitor.domain import AlertState
+from monitor.domain import AlertState, SkipKind
 from monitor.sketch import Sketch
 from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
-from monitor.store import aggregate, alert_reads, rollups
+from monitor.store import aggregate, alert_reads, leases, replays, rollups
 from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
-from monitor.store.models import AlertRow, ProbeRow, TargetRow
+from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetRow
 from monitor.store.records import newest_probe
 
 VERSION = 1
 # Hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
 HOURLY_SERIES_UP_TO = timedelta(days=14)
+# The report lists at most this many replays (the newest): a batch replay of a month would
+# otherwise be most of the document.
+REPLAYS_LISTED = 500
 
 
 def build_report(engine: Engine, since: datetime, until: datetime,
@@ -63,14 +66,19 @@ def build_report(engine: Engine, since: datetime, until: datetime,
                 totals[target_id].merge(aggregate)
                 points[target_id][start] = _point(start, aggregate)
         alerts = _alerts(connection, ids, since, until)
+        skipped = leases.skipped_counts(connection, since, until, ids) if ids else {}
+        listed = replays.listed(connection, since, until, ids, REPLAYS_LISTED) if ids else []
     return {
         "version": VERSION,
         "generated_at": now.astimezone(UTC).isoformat(),
         "since": since.isoformat(),
         "until": until.isoformat(),
-        "targets": [_target(names[i], totals[i], points[i], bucket, alerts.get(i, []),
-                            since, until)
+        "targets": [{**_target(names[i], totals[i], points[i], bucket, alerts.get(i, []),
+                               since, until),
+                     "skipped": dict(sorted(skipped.get(i, {}).items()))}
                     for i in sorted(ids, key=names.__getitem__)],
+        # Replays are kept apart: no number above counts them (rollups fold canaries only).
+        "replays": [_replay(row) for row in listed],
     }
 
 
@@ -81,6 +89,14 @@ def with_states(report: dict[str, Any],
     for entry in report["targets"]:
         entry["state"] = states.get(entry["target"])
     return report
+
+
+def _replay(row: Any) -> dict[str, Any]:
+    return {"probe_id": row.id, "replay_of": row.replay_of, "target": row.name,
+            "t": row.started_at.isoformat(), "ok": row.ok, "error_kind": row.error_kind,
+            "http_status": row.http_status, "model": row.model,
+            "fingerprint": row.system_fingerprint,
+            "total_ms": None if row.total_ms is None else _ms(row.total_ms)}
 
 
 def _segments(since: datetime, until: datetime,
@@ -237,12 +253,14 @@ def _iso(value: datetime | None) -> str | None:
 def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
     """Per stored target: latency histograms and outcomes over all history (rollup totals,
     as last caught up), the newest successful probe's fingerprint and model, the newest
-    rate-limit values, open alerts by kind and severity, and the newest canary probe; and
-    failed notification deliveries by channel."""
+    rate-limit values (replays left out of all of these), open alerts by kind and severity,
+    skipped slots by kind, and the newest canary probe; and failed notification deliveries
+    by channel."""
     bounds_ms = [bound * 1000 for bound in LATENCY_BUCKETS_S]
     with engine.connect() as connection:
         names = _target_names(connection, None)
         totals = rollups.read_totals(connection)
+        skipped = leases.skipped_counts(connection)
         open_alerts = _open_alerts(connection)
         metrics = []
         for target_id in sorted(names, key=names.__getitem__):
@@ -265,6 +283,8 @@ def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
                 remaining_requests=limits.ratelimit_remaining_requests if limits else None,
                 remaining_tokens=limits.ratelimit_remaining_tokens if limits else None,
                 open_alerts=_ZERO_ALERTS | open_alerts.get(target_id, {}),
+                skipped_slots={kind.value: skipped.get(target_id, {}).get(kind.value, 0)
+                               for kind in SkipKind},
                 last_probe_timestamp_s=newest.started_at.timestamp() if newest else None,
                 last_probe_ok=newest.ok if newest else None,
             ))
@@ -289,16 +309,16 @@ def _open_alerts(connection: Connection) -> dict[int, dict[tuple[str, str], int]
     return found
 
 
-# Both walk ix_probes_target_id_started_at backwards and stop at the first match.
+# Both walk ix_probes_target_id_started_at backwards and stop at the first canary that matches.
 _NEWEST_OK = (
     select(ProbeRow.system_fingerprint, ProbeRow.model)
-    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.ok.is_(True))
+    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.ok.is_(True), CANARY)
     .order_by(ProbeRow.started_at.desc()).limit(1)
 )
 _NEWEST_LIMITS = (
     select(ProbeRow.ratelimit_limit_requests, ProbeRow.ratelimit_limit_tokens,
            ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens)
-    .where(ProbeRow.target_id == bindparam("target_id"),
+    .where(ProbeRow.target_id == bindparam("target_id"), CANARY,
            ProbeRow.ratelimit_limit_requests.is_not(None)
            | ProbeRow.ratelimit_limit_tokens.is_not(None)
            | ProbeRow.ratelimit_remaining_requests.is_not(None)

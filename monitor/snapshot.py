@@ -37,6 +37,7 @@ class TargetMetrics:
     remaining_tokens: int | None
     # (kind, severity) -> alerts open now; every pair a detector can raise, zeros included
     open_alerts: dict[tuple[str, str], int]
+    skipped_slots: dict[str, int]  # skip kind (every one) -> slots skipped, all stored history
     # The newest canary probe (replays are not the canary): when it started (seconds since
     # the epoch) and whether it succeeded; None before the first.
     last_probe_timestamp_s: float | None

@@ -56,6 +56,7 @@ def _plain_target(since: datetime) -> dict[str, Any]:
         "target": "gpt-4o",
         "probes": 288, "ok": 285, "success_rate": 0.9896,
         "errors": {"http_server_error": 2, "read_timeout": 1},
+        "skipped": {"missed": 1, "rate_limited": 3},
         "latency_ms": {
             "total": {"p50": 412.0, "p95": 801.5, "p99": 1210.0},
             "headers": {"p50": 410.2, "p95": 799.0, "p99": 1201.3},
@@ -109,7 +110,7 @@ def _streaming_target(since: datetime) -> dict[str, Any]:
     target = _plain_target(since)
     target.update({
         "target": "gpt-4o-mini-stream",
-        "probes": 24, "ok": 24, "success_rate": 1.0, "errors": {},
+        "probes": 24, "ok": 24, "success_rate": 1.0, "errors": {}, "skipped": {},
         "output_tokens_per_s": {"p50": 88.5, "p95": 61.0, "p99": 40.2},
         "fingerprints": [{"fingerprint": "fp_stream", "count": 24, "share": 1.0,
                           "first_seen": _iso(since), "last_seen": _iso(NOW)}],
@@ -130,6 +131,7 @@ def _idle_target() -> dict[str, Any]:
     """A target with no probes in the range: every measured value is null."""
     return {
         "target": "azure-east", "probes": 0, "ok": 0, "success_rate": None, "errors": {},
+        "skipped": {"budget_spent": 288},
         "latency_ms": {"total": None, "headers": None, "ttft": None, "processing": None},
         "output_tokens_per_s": None,
         "tokens": {"prompt": 0, "completion": 0, "total": 0},
@@ -155,6 +157,15 @@ def document(now: datetime = NOW) -> dict[str, Any]:
     return {
         "version": 1, "generated_at": _iso(now), "since": _iso(since), "until": _iso(now),
         "targets": [_plain_target(since), _streaming_target(since), _idle_target()],
+        "replays": [
+            {"probe_id": 901, "replay_of": 17, "target": "gpt-4o",
+             "t": _iso(now - timedelta(hours=2)), "ok": True, "error_kind": None,
+             "http_status": 200, "model": "gpt-4o-2024-08-06",
+             "fingerprint": "fp_a1b2c3d4e5", "total_ms": 398.0},
+            {"probe_id": 902, "replay_of": 18, "target": "gpt-4o",
+             "t": _iso(now - timedelta(hours=1)), "ok": False, "error_kind": "rate_limited",
+             "http_status": 429, "model": None, "fingerprint": None, "total_ms": 12.5},
+        ],
     }
 
 
@@ -173,6 +184,9 @@ def hostile_document(now: datetime = NOW) -> dict[str, Any]:
         alert["key"] = f"{SCRIPT}{ESCAPE}"
     target["series"] = _series(since, 24, ["fp_6ec83003ad", SCRIPT, IMG])
     doc["targets"][1]["target"] = f"{FORMULA}{IMG}"
+    replay = doc["replays"][0]
+    replay.update(target=f"{FORMULA}{IMG}", model=SCRIPT, fingerprint=f"{IMG}{ESCAPE}")
+    doc["replays"][1]["error_kind"] = SCRIPT
     return doc
 
 
@@ -194,6 +208,7 @@ def metrics() -> MetricsSnapshot:
             limit_requests=10000, limit_tokens=30000000,
             remaining_requests=9999, remaining_tokens=29999985,
             open_alerts={("latency", "warning"): 1, ("availability", "critical"): 0},
+            skipped_slots={"budget_spent": 0, "missed": 1, "rate_limited": 3},
             last_probe_timestamp_s=NOW.timestamp(), last_probe_ok=True,
         ),
         TargetMetrics(
@@ -201,6 +216,7 @@ def metrics() -> MetricsSnapshot:
             model='quote"back\\slash\nnewline', limit_requests=None, limit_tokens=None,
             remaining_requests=None, remaining_tokens=None,
             open_alerts={("latency", "warning"): 0, ("availability", "critical"): 0},
+            skipped_slots={"budget_spent": 0, "missed": 0, "rate_limited": 0},
             last_probe_timestamp_s=(NOW - timedelta(minutes=7)).timestamp(),
             last_probe_ok=False,
         ),

@@ -118,18 +118,22 @@ def test_slots_skipped_while_the_database_is_down_are_recorded_when_it_is_back(
 ) -> None:
     url, proxy = postgres_through_proxy
     engine = db.open_store(url)
-    daemon = make_daemon(engine, {"name": "a", "interval": "1m"})
+    daemon = make_daemon(engine, {"name": "a", "interval": "10s", "timeout": "5s"})
     daemon.tick(T0)
     proxy.cut()
-    sim.enqueue({"fault": "rate_limited"})  # retry-after: the window's end, minutes away
+    sim.enqueue({"fault": "rate_limited"})  # retry-after: the window's end, about 60 s away
     daemon.tick(T0 + timedelta(minutes=1))
+    for seconds in (10, 20):  # two slots come while backing off
+        assert daemon.tick(T0 + timedelta(minutes=1, seconds=seconds)) == 0
     proxy.restore()
     daemon.drain()
     with engine.connect() as connection:
         skipped = connection.execute(
-            select(SlotRow.reason).where(SlotRow.state == "skipped")).scalars().all()
+            select(SlotRow.reason_kind, SlotRow.reason).where(SlotRow.state == "skipped")).all()
     engine.dispose()
-    assert skipped and all(reason.startswith("rate limited: HTTP 429") for reason in skipped)
+    assert len(skipped) == 2  # the slots whose time came, not the whole backoff
+    assert all(kind == "rate_limited" and reason.startswith("rate limited: HTTP 429")
+               for kind, reason in skipped)
 
 
 @pytest.fixture
@@ -392,8 +396,9 @@ def test_a_spent_daily_budget_skips_slots_until_the_next_utc_day(
     assert sent == [1, 1, 0, 0]  # each canary costs 15 tokens: 2 probes spend 20 tokens too
     with engine.connect() as connection:
         skipped = connection.execute(
-            select(SlotRow.reason).where(SlotRow.state == "skipped")).scalars().all()
-    assert len(skipped) == 2 and all(r.startswith(reason) for r in skipped)
+            select(SlotRow.reason_kind, SlotRow.reason).where(SlotRow.state == "skipped")).all()
+    assert len(skipped) == 2
+    assert all(k == "budget_spent" and r.startswith(reason) for k, r in skipped)
     assert daemon.tick(T0 + timedelta(days=1)) == 1
 
 

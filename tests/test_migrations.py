@@ -110,3 +110,54 @@ def test_0007_keeps_every_row_and_then_takes_unbounded_values(empty_url: str) ->
                 select(ProbeRow.model).where(ProbeRow.id == long)).scalar_one() == "m" * 300
     finally:
         engine.dispose()
+
+
+def test_0008_gives_old_skips_their_kind_and_refolds_rollups_that_counted_replays(
+    empty_url: str,
+) -> None:
+    """Before 0008, rollups folded replays and skipped slots had a reason only: afterwards
+    each skip has the kind its reason names, and the rollups, emptied, refold the canaries."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, insert, select, update
+
+    from monitor.store import rollups
+    from monitor.store.models import HourlyRollupRow, RollupTotalRow, SlotRow
+    from monitor.store.records import Recorder
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0007")
+    engine = db.create(empty_url)
+    try:
+        recorder = Recorder(engine)
+        original = recorder.save(result())
+        replay = recorder.save(result())
+        rollups.catch_up(engine)  # as the code before 0008 did, the replay among them
+        at = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+        reasons = ["rate limited: HTTP 429, waiting 30 s until ...",
+                   "daily token budget spent (20 of 20 tokens today, UTC)",
+                   "daily request budget spent (2 of 2 requests today, UTC)",
+                   "missed: the scheduler could not start it within 1 s of its time",
+                   "coalesced: the scheduler was late and ran only the latest slot",
+                   "the previous probe was still running (maximum running instances reached)"]
+        with engine.begin() as connection:
+            connection.execute(update(ProbeRow).where(ProbeRow.id == replay)
+                               .values(replay_of=original))
+            target = connection.execute(select(ProbeRow.target_id)).scalars().first()
+            connection.execute(insert(SlotRow.__table__), [
+                {"target_id": target, "slot_at": at + timedelta(seconds=n), "instance_id": "i",
+                 "state": "skipped", "reason": reason} for n, reason in enumerate(reasons)]
+                + [{"target_id": target, "slot_at": at - timedelta(seconds=1),
+                    "instance_id": "i", "state": "probed", "reason": None}])
+            assert connection.execute(select(RollupTotalRow.probes)).scalar_one() == 2
+        db.upgrade(empty_url)
+        with engine.connect() as connection:
+            kinds = connection.execute(select(SlotRow.reason_kind).order_by(SlotRow.slot_at))
+            assert kinds.scalars().all() == [None, "rate_limited", "budget_spent",
+                                             "budget_spent", "missed", "missed", "missed"]
+            assert connection.execute(select(func.count(HourlyRollupRow.id))).scalar_one() == 0
+        assert rollups.catch_up(engine) == 2
+        with engine.connect() as connection:
+            assert connection.execute(select(RollupTotalRow.probes)).scalar_one() == 1
+    finally:
+        engine.dispose()

@@ -32,10 +32,12 @@ def test_table_has_a_block_per_target_with_every_field() -> None:
     text = render_table(document())
     blocks = text.split("\n\n")
     assert blocks[0].startswith("report 2026-11-25T12:00:00+00:00 .. 2026-11-26T12:00:00+00:00")
-    assert [b.splitlines()[0] for b in blocks[1:]] == ["gpt-4o", "gpt-4o-mini-stream",
-                                                       "azure-east"]
+    assert [b.splitlines()[0] for b in blocks[1:]] == [
+        "gpt-4o", "gpt-4o-mini-stream", "azure-east",
+        "replays (2 in the range, not counted above)"]
     plain = blocks[1]
     for expected in ("288, 285 ok (98.96%)", "http_server_error 2, read_timeout 1",
+                     "skipped slots missed 1, rate_limited 3",
                      "fp_6ec83003ad 70.2%, fp_a1b2c3d4e5 29.8%", "gpt-4o-2024-08-06 100.0%",
                      "requests 9,999 of 10,000 left (99.99%)", "open alerts   1",
                      "#12 warning latency processing_ms", "read_timeout (HTTP -): Read timed out"):
@@ -46,6 +48,24 @@ def test_table_has_a_block_per_target_with_every_field() -> None:
     assert "tokens/s      p50 88.5  p95 61.0  p99 40.2" in blocks[2]
     idle = blocks[3]
     assert "0, 0 ok\n" in idle + "\n" and "latency ms    -" in idle and "rate limits   -" in idle
+    assert "skipped slots budget_spent 288" in idle and "skipped slots none" in blocks[2]
+    replays = blocks[4].splitlines()[1:]
+    assert replays[0].split() == ["#901", "of", "#17", "gpt-4o", "2026-11-26T10:00:00+00:00",
+                                  "ok", "398", "ms", "gpt-4o-2024-08-06", "fp_a1b2c3d4e5"]
+    assert "FAIL rate_limited  12 ms  -  -" in replays[1]
+
+
+def test_table_lists_only_the_newest_replays() -> None:
+    doc = document()
+    doc["replays"] = [dict(doc["replays"][0], probe_id=i) for i in range(1, 31)]
+    lines = render_table(doc).split("\n\n")[-1].splitlines()
+    assert lines[0] == ("replays (30 in the range, not counted above; the newest 20 shown, "
+                        "all with --format json)")
+    assert [line.split()[0] for line in lines[1:]] == [f"#{i}" for i in range(11, 31)]
+
+
+def test_table_without_replays_has_no_replay_block() -> None:
+    assert "replays" not in render_table(dict(document(), replays=[]))
 
 
 def test_table_shows_terminal_escapes_as_text() -> None:
@@ -85,6 +105,8 @@ def test_csv_has_one_row_per_target_with_flattened_fields() -> None:
     header = render_csv(document()).split("\r\n")[0].split(",")
     assert header[:4] == ["target", "probes", "ok", "success_rate"]
     assert header[-3:] == ["open_alerts", "last_error_at", "last_error_kind"]
+    assert [(r["skipped_budget_spent"], r["skipped_missed"], r["skipped_rate_limited"])
+            for r in rows] == [("0", "1", "3"), ("0", "0", "0"), ("288", "0", "0")]
 
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_prefixed() -> None:
@@ -201,6 +223,7 @@ def test_html_numbers_follow_the_charts() -> None:
     assert cells["tokens"] == "4,032 prompt + 288 completion = 4,320"
     assert cells["rate limits"].startswith("requests 9,999 of 10,000 left (99.99%)")
     assert cells["last error"].endswith("read_timeout (HTTP -): Read timed out after 30000 ms")
+    assert cells["skipped slots"] == "missed 1, rate_limited 3"
     latency = [[td.all_text() for td in row.iter("td")] for row in section.iter("tr")
                if row.iter("td") and row.iter("td")[0].all_text() in ("total", "processing")]
     assert latency == [["total", "412", "802", "1,210"], ["processing", "380", "760", "1,150"]]
@@ -220,6 +243,20 @@ def test_html_renders_hostile_strings_as_text() -> None:
     labels = [n.attrs["aria-label"] for n in root.iter("svg") if "aria-label" in n.attrs]
     assert f"latency of {FORMULA}{IMG}" in labels
     assert ESCAPE not in page_text
+
+
+def test_html_lists_replays_apart_from_the_targets() -> None:
+    root = parse_html(render_html(document()))
+    replays = next(n for n in root.iter("section") if n.attrs.get("id") == "replays")
+    rows = [[td.all_text() for td in row.iter("td")] for row in replays.iter("tr")
+            if row.iter("td")]
+    assert rows == [
+        ["901", "17", "gpt-4o", "2026-11-26T10:00:00+00:00", "ok", "398", "gpt-4o-2024-08-06",
+         "fp_a1b2c3d4e5"],
+        ["902", "18", "gpt-4o", "2026-11-26T11:00:00+00:00", "rate_limited", "12", "-", "-"]]
+    assert "not counted in any number above" in replays.all_text()
+    assert not [n for n in parse_html(render_html(dict(document(), replays=[]))).iter("section")
+                if n.attrs.get("id") == "replays"]
 
 
 def test_html_of_a_month_uses_day_buckets_and_dates() -> None:

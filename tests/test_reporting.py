@@ -1,20 +1,24 @@
 """The report's numbers equal those computed independently from the probes that were stored:
 counts, errors and tokens exactly, percentiles within 1%, for ranges that cut through hours
-and days, on both databases."""
+and days, on both databases. Replays stored among the probes count in none of them: they are
+listed apart; skipped slots are counted by kind."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from monitor.domain import ProbeResult, RateLimits
+from monitor.domain import ProbeResult, RateLimits, SkipKind, SlotState
 from monitor.health import build_report, metrics_snapshot
 from monitor.store import aggregate, rollups
-from monitor.store.models import AlertRow, TargetRow
+from monitor.store.models import AlertRow, ProbeRow, SlotRow, TargetRow
+from monitor.store.replays import LinkedWriter
 from tests.test_rollups import START, nearest_rank, store, varied_history
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -23,20 +27,56 @@ PHASES = {"total": "total_ms", "headers": "time_to_headers_ms",
           "ttft": "time_to_first_token_ms", "processing": "openai_processing_ms"}
 
 
+@dataclass(frozen=True)
+class History:
+    canaries: dict[str, list[ProbeResult]]
+    replays: list[tuple[int, int, ProbeResult]]  # (probe id, replay_of, what was stored)
+    skips: list[tuple[str, datetime, str]]  # (target, slot, kind) of skipped slots
+
+
 @pytest.fixture
-def history(engine: Engine) -> dict[str, list[ProbeResult]]:
-    """17 days of two targets, one streaming, every 20 minutes; rollups caught up."""
+def history(engine: Engine) -> History:
+    """17 days of two targets, one streaming, every 20 minutes, with replays stored among
+    them (answers unlike any canary's: another fingerprint and model, other latencies),
+    skipped slots of every kind, and slots reserved or probed that are not skips; rollups
+    caught up."""
     stored = {"gpt-4o": varied_history(1224, seed=11),
               "gpt-4o-stream": varied_history(1224, target="gpt-4o-stream", stream=True,
                                               seed=12)}
-    store(engine, [r for results in stored.values() for r in results])
+    rng = random.Random(13)
+    results = [r for results in stored.values() for r in results]
+    store(engine, results[:1500])
+    replays = []
+    writer = LinkedWriter(engine)
+    with engine.connect() as connection:
+        originals = connection.execute(select(ProbeRow.id)).scalars().all()
+    for result in varied_history(150, target="gpt-4o", step=timedelta(hours=2), seed=14):
+        sent = replace(result, target_name=rng.choice(list(stored)), system_fingerprint="fp_re",
+                       model="replayed-model")
+        original = rng.choice(originals)
+        replays.append((writer.save(sent, {}, replay_of=original), original, sent))
+    store(engine, results[1500:])  # canaries stored after the replays too
+    skips = []
+    with engine.begin() as connection:
+        ids = dict(connection.execute(select(TargetRow.name, TargetRow.id)).all())
+        for i in range(400):
+            name, slot = rng.choice(list(stored)), START + timedelta(minutes=61 * i + 7)
+            state = rng.choice([SlotState.SKIPPED, SlotState.SKIPPED, SlotState.RESERVED,
+                                SlotState.PROBED])
+            kind = rng.choice(list(SkipKind))
+            connection.execute(insert(SlotRow), {
+                "target_id": ids[name], "slot_at": slot, "instance_id": "test",
+                "state": state.value, "reason": "why",
+                "reason_kind": None if state is SlotState.PROBED else kind.value})
+            if state is SlotState.SKIPPED:
+                skips.append((name, slot, kind.value))
     rollups.catch_up(engine)
-    return stored
+    return History(stored, replays, skips)
 
 
 def expected(results: list[ProbeResult], since: datetime, until: datetime,
-             bucket: str) -> dict[str, Any]:
-    """The report's target entry, computed from the probes alone."""
+             bucket: str, skips: list[tuple[str, datetime, str]]) -> dict[str, Any]:
+    """The report's target entry, computed from the canaries and skipped slots alone."""
     inside = sorted((r for r in results if since <= r.started_at < until),
                     key=lambda r: r.started_at)
     ok = [r for r in inside if r.ok]
@@ -54,6 +94,9 @@ def expected(results: list[ProbeResult], since: datetime, until: datetime,
         "success_rate": round(len(ok) / len(inside), 4) if inside else None,
         "errors": dict(sorted(Counter(r.error_kind.value for r in failed
                                       if r.error_kind).items())),
+        "skipped": dict(sorted(Counter(
+            kind for name, slot, kind in skips
+            if name == results[0].target_name and since <= slot < until).items())),
         "latency_ms": {key: percentiles([getattr(r, column) for r in ok])
                        for key, column in PHASES.items()},
         "output_tokens_per_s": percentiles(speeds),
@@ -156,25 +199,49 @@ def target_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
     pytest.param(START - timedelta(days=30), NOW, "day", id="everything"),
 ])
 def test_report_numbers_equal_those_computed_from_the_probes(
-        engine: Engine, history: dict[str, list[ProbeResult]], since: datetime,
+        engine: Engine, history: History, since: datetime,
         until: datetime, bucket: str) -> None:
     report = build_report(engine, since, until, None, NOW)
     assert report["version"] == 1
     assert (report["since"], report["until"]) == (since.isoformat(), until.isoformat())
     assert report["generated_at"] == NOW.isoformat()
     assert [t["target"] for t in report["targets"]] == ["gpt-4o", "gpt-4o-stream"]
-    for name, results in history.items():
-        assert_matches(target_entry(report, name), expected(results, since, until, bucket))
+    for name, results in history.canaries.items():
+        assert_matches(target_entry(report, name),
+                       expected(results, since, until, bucket, history.skips))
+    inside = sorted((r.started_at, probe_id, original, r)
+                    for probe_id, original, r in history.replays if since <= r.started_at < until)
+    assert inside  # every range holds some
+    assert report["replays"] == [
+        {"probe_id": probe_id, "replay_of": original, "target": r.target_name,
+         "t": at.isoformat(), "ok": r.ok, "error_kind": r.error_kind, "http_status": r.http_status,
+         "model": r.model, "fingerprint": r.system_fingerprint,
+         "total_ms": None if r.total_ms is None else pytest.approx(r.total_ms, rel=1e-3)}
+        for at, probe_id, original, r in inside]
+
+
+def test_metrics_leave_replays_out_and_count_every_skipped_slot(
+        engine: Engine, history: History) -> None:
+    snapshot = {m.target: m for m in metrics_snapshot(engine)}
+    for name, results in history.canaries.items():
+        newest_ok = max((r for r in results if r.ok), key=lambda r: r.started_at)
+        assert (snapshot[name].fingerprint, snapshot[name].model) == (
+            newest_ok.system_fingerprint, newest_ok.model)
+        assert sum(snapshot[name].outcomes.values()) == len(results)
+        assert snapshot[name].latency["total"].count == sum(r.ok for r in results)
+        kinds = Counter(kind for target, _, kind in history.skips if target == name)
+        assert snapshot[name].skipped_slots == {k.value: kinds[k.value] for k in SkipKind}
 
 
 def test_only_the_named_targets_are_reported(
-        engine: Engine, history: dict[str, list[ProbeResult]]) -> None:
+        engine: Engine, history: History) -> None:
     report = build_report(engine, START, NOW, ["gpt-4o-stream", "unknown"], NOW)
     assert [t["target"] for t in report["targets"]] == ["gpt-4o-stream"]
+    assert report["replays"] and {r["target"] for r in report["replays"]} == {"gpt-4o-stream"}
 
 
 def test_a_range_without_probes_reports_nothing_measured(
-        engine: Engine, history: dict[str, list[ProbeResult]]) -> None:
+        engine: Engine, history: History) -> None:
     entry = build_report(engine, NOW, NOW + timedelta(days=1), ["gpt-4o"], NOW)["targets"][0]
     assert (entry["probes"], entry["success_rate"], entry["rate_limits"]) == (0, None, None)
     assert entry["latency_ms"] == {"total": None, "headers": None, "ttft": None,

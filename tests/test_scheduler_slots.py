@@ -133,6 +133,7 @@ def test_missed_and_coalesced_slots_are_recorded_with_their_reason(
     assert all(reasons[base + n * second].startswith("coalesced") for n in (1, 2, 3))
     assert reasons[base + 4 * second].startswith("missed: the scheduler could not start it")
     assert reasons[base + 5 * second].startswith("the previous probe was still running")
+    assert {r.reason_kind for r in slots(engine)} == {"missed"}  # what reports count them as
 
 
 def test_a_skipped_slot_is_recorded_only_once_it_is_over(

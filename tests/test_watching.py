@@ -213,7 +213,7 @@ def test_after_a_429_any_process_knows_until_when_the_daemon_backs_off(
         canary: Callable[..., Canary], engine: Engine) -> None:
     run = canary({"name": "limited", "model": "sim-429"})
     run.daemon.tick(run.at)
-    until = run.daemon._backoff_until["limited"]  # what the daemon holds in memory
+    until, _ = run.daemon._backoff["limited"]  # what the daemon holds in memory
     with engine.connect() as connection:
         started, retry_after_s = connection.execute(
             select(ProbeRow.started_at, ProbeRow.retry_after_s)).one()

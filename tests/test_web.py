@@ -251,6 +251,15 @@ def test_metrics_count_failed_notification_deliveries_by_channel(server: str) ->
         ("monitor_notifications_failed_total", (("channel", "webhook:0123456789abcdef"),)): 2}
 
 
+def test_metrics_count_skipped_slots_by_reason(server: str) -> None:
+    values = samples(scrape(server)["monitor_slots_skipped"])
+    assert values[("monitor_slots_skipped_total",
+                   (("reason", "rate_limited"), ("target", "gpt-4o")))] == 3
+    assert values[("monitor_slots_skipped_total",
+                   (("reason", "budget_spent"), ("target", "local")))] == 0
+    assert len(values) == 6  # every reason of every target, zeros included
+
+
 def test_metrics_speak_openmetrics_when_asked(server: str) -> None:
     answer = get(server, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
     assert answer.headers["content-type"].startswith("application/openmetrics-text")
@@ -433,8 +442,11 @@ def test_grafana_dashboard_uses_only_metrics_that_metrics_exposes(server: str) -
 
 def test_fixture_document_follows_the_contract() -> None:
     doc = document()
-    assert set(doc) == {"version", "generated_at", "since", "until", "targets"}
+    assert set(doc) == {"version", "generated_at", "since", "until", "targets", "replays"}
     assert set(doc["targets"][0]) == {
-        "target", "probes", "ok", "success_rate", "errors", "latency_ms",
+        "target", "probes", "ok", "success_rate", "errors", "skipped", "latency_ms",
         "output_tokens_per_s", "tokens", "fingerprints", "models", "rate_limits",
         "open_alerts", "alerts", "last_error", "series", "state"}
+    assert set(doc["replays"][0]) == {
+        "probe_id", "replay_of", "target", "t", "ok", "error_kind", "http_status", "model",
+        "fingerprint", "total_ms"}

@@ -163,6 +163,8 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "last_probes": last_probes(engine),
             "instances": leases.alive(engine, at,
                                       timedelta(seconds=ALIVE_WITHIN_S)),
+            # Slots not probed on purpose or missed, per target and kind (SkipKind).
+            "skipped_24h": leases.skipped_by_target(engine, at - timedelta(hours=24)),
             "states": states_json(read_states(engine, settings, at), at),
             "open_alerts": alert_reads.list_alerts(engine, open_only=True),
         }

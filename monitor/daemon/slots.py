@@ -25,6 +25,16 @@ def slot_at(target: Target, now: datetime) -> datetime:
     return datetime.fromtimestamp(start_ms / 1000, UTC)
 
 
+def slots_before(target: Target, after: datetime, until: datetime) -> list[datetime]:
+    """The target's slots after the slot `after` that start before `until`."""
+    interval = timedelta(milliseconds=target.interval_ms)
+    found, slot = [], after + interval
+    while slot < until:
+        found.append(slot)
+        slot += interval
+    return found
+
+
 @functools.cache
 def slot_trigger() -> Any:
     """APScheduler's IntervalTrigger, computing each fire time from the slot grid.

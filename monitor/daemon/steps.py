@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,8 +19,8 @@ from monitor.alerts.dispatch import Dispatcher
 from monitor.alerts.watch import Watcher
 from monitor.clock import Clock, utc_now
 from monitor.daemon.prober import Prober
-from monitor.daemon.slots import slot_at
-from monitor.domain import ErrorKind, ProbeResult, Settings, Target
+from monitor.daemon.slots import slot_at, slots_before
+from monitor.domain import ErrorKind, ProbeResult, Settings, SkipKind, Target
 from monitor.errors import StoreError, StoreUnavailable
 from monitor.render import text as report
 from monitor.store import db, leases, retention, rollups
@@ -49,14 +49,16 @@ class Daemon:
         self.recorder = recorder
         self.spool = spool
         self.prober = Prober(recorder)
-        self._backoff_until: dict[str, datetime] = {}
+        self._backoff: dict[str, tuple[datetime, str]] = {}  # name -> (until, reason)
+        self._budget_told: dict[str, date] = {}  # name -> the UTC day its spent budget was logged
         self._next_due: dict[str, datetime] = {}
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
         self._spooling = not spool.empty()  # keep order: while anything waits, new results queue
         self._registered = False
         self._spool_trouble = False  # the last drain could not write the spool's files
-        # (target, slots, reason) skipped while the database was down, recorded when it is back
-        self._unrecorded_skips: list[tuple[str, list[datetime], str]] = []
+        # (target, slots, kind, reason) skipped while the database was down, recorded when it
+        # is back
+        self._unrecorded_skips: list[tuple[str, list[datetime], SkipKind, str]] = []
         # (target, slot, reason): slots the scheduler could not run, recorded once they are over
         self._unrun: list[tuple[str, datetime, str]] = []
         # Set when the daemon is stopping: a drain ends between batches, the rest waits.
@@ -70,32 +72,38 @@ class Daemon:
     # --- one target, one slot ---------------------------------------------------------------
 
     def probe_target(self, target: Target, now: datetime | None = None) -> ProbeResult | None:
-        """Claim the target's current slot and probe it, unless another instance owns the slot
-        or the target is backing off after a 429; store the result. `now` (else the clock,
+        """Claim the target's current slot and probe it, unless another instance owns the slot;
+        or record it as skipped, now that its time has come, when the target is backing off
+        after a 429 or its daily budget is spent. Store the result. `now` (else the clock,
         read once) decides the slot and the budget day and is the probe's stored time."""
         now = now or self.clock()
         slot = slot_at(target, now)
-        until = self._backoff_until.get(target.name)
+        until, reason = self._backoff.get(target.name, (None, ""))
         if until is not None and now < until:
-            log.info("%s skipped: rate limited until %s", target.name, until.isoformat())
+            self._skip(target.name, [slot], SkipKind.RATE_LIMITED, reason)
+            log.debug("%s slot %s skipped: %s", target.name, slot.isoformat(), reason)
             return None
         spent = self._budget_spent(target, now)
         if spent is not None:
-            if self._skip(target.name, [slot], spent):
-                log.info("%s skipped: %s", target.name, spent)
+            if self._skip(target.name, [slot], SkipKind.BUDGET_SPENT, spent):
+                self._tell_budget(target.name, slot, spent)
             return None
         claimed = self._claim(target, slot)
-        if claimed is False:
-            return None  # another instance has this slot (or skipped it on purpose)
+        if claimed is leases.Claim.RESERVED:
+            log.debug("%s slot %s skipped: reserved by a rate-limit backoff", target.name,
+                      slot.isoformat())
+            return None
+        if claimed is leases.Claim.TAKEN:
+            return None  # another instance has this slot
         result = probe.run(target, self.prober.session(target), now=now)
         if result.error_kind is ErrorKind.RATE_LIMITED:
             self._back_off(target, slot, result, now)
         else:
-            self._backoff_until.pop(target.name, None)
+            self._backoff.pop(target.name, None)
         probe_id = self.store(result)
         if probe_id is not None:
             self.detect(target, probe_id)
-        if claimed:
+        if claimed is leases.Claim.OURS:
             self._db_quietly(lambda: leases.settle(
                 self.recorder.engine, self.recorder.target_id(target.name), slot, result.uid))
         log.info("%s", report.probe_line(result))
@@ -117,52 +125,63 @@ class Daemon:
             requests_sent, tokens_used = 0, 0  # a new UTC day: the budget is whole again
         return budget_spent(target, requests_sent, tokens_used)
 
-    def _claim(self, target: Target, slot: datetime) -> bool | None:
-        """True: ours. False: someone else's. None: the database is down, so there is no one
-        to coordinate with; probe anyway and spool (losing the canary's eyes during a database
-        outage would be worse than a duplicate probe)."""
+    def _tell_budget(self, name: str, slot: datetime, spent: str) -> None:
+        """Log a spent budget once (it holds until the next UTC day), each skipped slot at
+        debug level."""
+        if self._budget_told.get(name) != slot.date():
+            self._budget_told[name] = slot.date()
+            log.info("%s: %s; skipping its slots until the next UTC day", name, spent)
+        log.debug("%s slot %s skipped: %s", name, slot.isoformat(), spent)
+
+    def _claim(self, target: Target, slot: datetime) -> leases.Claim | None:
+        """Whose the slot is; None: the database is down, so there is no one to coordinate
+        with; probe anyway and spool (losing the canary's eyes during a database outage would
+        be worse than a duplicate probe)."""
         return self._db_quietly(lambda: leases.claim(
             self.recorder.engine, self.recorder.target_id(target.name), slot, self.instance_id))
 
     def _back_off(self, target: Target, slot: datetime, result: ProbeResult,
                   now: datetime) -> None:
+        """Leave the target alone until the server's retry time. The slots inside it are
+        reserved in the database, so no other instance (nor this one restarted) probes them,
+        and each is recorded as skipped when its time comes (store/leases.py)."""
         wait_s = backoff_s(result.retry_after_s, result.rate_limits, target.interval_ms)
         until = now + timedelta(seconds=wait_s)
-        self._backoff_until[target.name] = until
-        interval = timedelta(milliseconds=target.interval_ms)
-        skipped = []
-        next_slot = slot + interval
-        while next_slot < until:
-            skipped.append(next_slot)
-            next_slot += interval
         reason = f"rate limited: HTTP 429, waiting {wait_s:g} s until {until.isoformat()}"
-        # Claimed as skipped in the database, so no other instance probes them either.
-        self._skip(target.name, skipped, reason)
-        log.warning("%s rate limited: skipping %d slots, next probe after %.0f s",
-                    target.name, len(skipped), wait_s)
+        self._backoff[target.name] = (until, reason)
+        if ahead := slots_before(target, slot, until):
+            # While the database is down there is no one to keep away: nothing to remember.
+            self._db_quietly(lambda: leases.reserve(
+                self.recorder.engine, self.recorder.target_id(target.name), ahead,
+                self.instance_id, reason))
+        log.warning("%s rate limited (HTTP 429): next probe after %s (%g s)", target.name,
+                    until.strftime("%H:%M:%S"), wait_s)
 
-    def _skip(self, name: str, slots: list[datetime], reason: str) -> bool:
-        """Record slots as skipped on purpose; True if any was ours to skip. While the
-        database is down they are remembered and recorded once it is back (drain)."""
-        recorded = self._write_skips(name, slots, reason)
+    def _skip(self, name: str, slots: list[datetime], kind: SkipKind, reason: str) -> bool:
+        """Record slots whose time has come as skipped on purpose; True if any was ours to
+        skip. While the database is down they are remembered and recorded once it is back
+        (drain)."""
+        recorded = self._write_skips(name, slots, kind, reason)
         if recorded is None:
             with self._lock:
-                self._unrecorded_skips.append((name, slots, reason))
+                self._unrecorded_skips.append((name, slots, kind, reason))
             return True
         return recorded > 0
 
     def _record_skips(self) -> None:
         with self._lock:
             waiting, self._unrecorded_skips = self._unrecorded_skips, []
-        for index, (name, slots, reason) in enumerate(waiting):
-            if self._write_skips(name, slots, reason) is None:
+        for index, (name, slots, kind, reason) in enumerate(waiting):
+            if self._write_skips(name, slots, kind, reason) is None:
                 with self._lock:  # down again: keep the rest for the next drain
                     self._unrecorded_skips[:0] = waiting[index:]
                 return
 
-    def _write_skips(self, name: str, slots: list[datetime], reason: str) -> int | None:
-        return self._db_quietly(lambda: leases.skip_many(
-            self.recorder.engine, self.recorder.target_id(name), slots, self.instance_id, reason))
+    def _write_skips(self, name: str, slots: list[datetime], kind: SkipKind,
+                     reason: str) -> int | None:
+        return self._db_quietly(lambda: leases.skip(
+            self.recorder.engine, self.recorder.target_id(name), slots, self.instance_id,
+            kind, reason))
 
     def _db_quietly(self, action: Callable[[], T]) -> T | None:
         try:
@@ -370,7 +389,7 @@ class Daemon:
     def _record_unrun(self) -> None:
         """Record the slots the scheduler could not run that are over (all of them once the
         daemon is stopping: its own slots are not run by anyone else after that)."""
-        now = datetime.now(UTC)
+        now = self.clock()
         intervals = {t.name: timedelta(milliseconds=t.interval_ms) for t in self.settings.targets}
         everything = self.stopping.is_set()
         with self._lock:
@@ -387,7 +406,7 @@ class Daemon:
         with self._lock:
             self._unrun[:0] = later
         for (name, reason), slots in over.items():
-            self._skip(name, slots, reason)  # while the database is down: kept for later
+            self._skip(name, slots, SkipKind.MISSED, reason)  # database down: kept for later
 
     # --- the step function ------------------------------------------------------------------
 

@@ -22,8 +22,10 @@ Cell = str | int | float | None
 def render_csv(doc: dict[str, Any]) -> str:
     """The report document as CSV with a header row; null values are empty cells."""
     error_kinds = sorted({kind for t in doc["targets"] for kind in t["errors"]})
+    skip_kinds = sorted({kind for t in doc["targets"] for kind in t["skipped"]})
     header = (["target", "probes", "ok", "success_rate"]
               + [f"errors_{kind}" for kind in error_kinds]
+              + [f"skipped_{kind}" for kind in skip_kinds]
               + [f"{phase}_{q}_ms" for phase in PHASES for q in QUANTILES]
               + [f"tokens_per_s_{q}" for q in QUANTILES]
               + ["prompt_tokens", "completion_tokens", "total_tokens", "fingerprints", "models"]
@@ -34,17 +36,18 @@ def render_csv(doc: dict[str, Any]) -> str:
     writer = csv.writer(out)
     writer.writerow([_guard(name) for name in header])
     for t in doc["targets"]:
-        writer.writerow([_guard(cell) for cell in _row(t, error_kinds)])
+        writer.writerow([_guard(cell) for cell in _row(t, error_kinds, skip_kinds)])
     return out.getvalue()
 
 
-def _row(t: dict[str, Any], error_kinds: list[str]) -> list[Cell]:
+def _row(t: dict[str, Any], error_kinds: list[str], skip_kinds: list[str]) -> list[Cell]:
     latency = t["latency_ms"]
     speed = t["output_tokens_per_s"] or {}
     limits = t["rate_limits"] or {}  # null when no probe carried a rate-limit header
     error = t["last_error"] or {}
     return ([t["target"], t["probes"], t["ok"], t["success_rate"]]
             + [t["errors"].get(kind, 0) for kind in error_kinds]
+            + [t["skipped"].get(kind, 0) for kind in skip_kinds]
             + [(latency.get(phase) or {}).get(q) for phase in PHASES for q in QUANTILES]
             + [speed.get(q) for q in QUANTILES]
             + [t["tokens"]["prompt"], t["tokens"]["completion"], t["tokens"]["total"],

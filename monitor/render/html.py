@@ -57,7 +57,25 @@ def report_body(doc: dict[str, Any], *, after_summary: str = "") -> str:
     if not doc["targets"]:
         return head + after_summary + "<p>No targets in this report.</p>"
     sections = [target_section(t, frame, f"target-{i}") for i, t in enumerate(doc["targets"])]
-    return head + _summary(doc["targets"]) + after_summary + "".join(sections)
+    return (head + _summary(doc["targets"]) + after_summary + "".join(sections)
+            + _replays(doc["replays"]))
+
+
+def _replays(replays: list[dict[str, Any]]) -> str:
+    """Replays in the range, kept apart: none of the numbers above counts them."""
+    if not replays:
+        return ""
+    rows = "".join(
+        f'<tr><td class="n">{esc(r["probe_id"])}</td><td class="n">{esc(r["replay_of"] or "-")}'
+        f'</td><td>{esc(r["target"])}</td><td>{esc(r["t"])}</td>'
+        f'<td class="{"" if r["ok"] else "bad"}">{"ok" if r["ok"] else esc(r["error_kind"])}</td>'
+        f'<td class="n">{number(r["total_ms"])}</td><td><code>{esc(r["model"] or "-")}</code>'
+        f'</td><td><code>{esc(r["fingerprint"] or "-")}</code></td></tr>' for r in replays)
+    return ('<section id="replays"><h2>replays</h2><p class="meta">Stored requests sent again '
+            "(<code>monitor replay</code>): not counted in any number above.</p><table><tr>"
+            "<th>probe</th><th>re-sent</th><th>target</th><th>at</th><th>outcome</th>"
+            "<th>total ms</th><th>model</th><th>fingerprint</th></tr>" + rows
+            + "</table></section>")
 
 
 def _summary(targets: list[dict[str, Any]]) -> str:
@@ -101,6 +119,8 @@ def _numbers(t: dict[str, Any]) -> str:
     rows = [("probes", (f"{number(t['probes'])}, {number(t['ok'])} ok "
                        f"({percent(t['success_rate'], 2)})")),
             ("errors", ", ".join(f"{esc(k)} {number(n)}" for k, n in t["errors"].items())
+             or "none"),
+            ("skipped slots", ", ".join(f"{esc(k)} {number(n)}" for k, n in t["skipped"].items())
              or "none")]
     speed = t["output_tokens_per_s"]
     rows.append(("output tokens/s", "  ".join(f"{q} {number(speed[q], 1)}" for q in QUANTILES)

@@ -50,6 +50,9 @@ class StoreCollector(Collector):
         alerts = GaugeMetricFamily(
             "monitor_open_alerts", "Alerts open now, by drift kind and severity",
             labels=["target", "kind", "severity"])
+        skipped = CounterMetricFamily(
+            "monitor_slots_skipped", "Scheduled slots not probed, by reason: rate_limited, "
+            "budget_spent or missed", labels=["target", "reason"])
         last_probe = GaugeMetricFamily(
             "monitor_last_probe_timestamp_seconds",
             "When the newest canary probe started (replays excluded), seconds since the epoch",
@@ -75,6 +78,8 @@ class StoreCollector(Collector):
                     remaining.add_metric([m.target, kind], left)
             for (kind, severity), count in m.open_alerts.items():
                 alerts.add_metric([m.target, kind, severity], count)
+            for reason, count in m.skipped_slots.items():
+                skipped.add_metric([m.target, reason], count)
             if m.last_probe_timestamp_s is not None:
                 last_probe.add_metric([m.target], m.last_probe_timestamp_s)
             if m.last_probe_ok is not None:
@@ -84,7 +89,8 @@ class StoreCollector(Collector):
             labels=["channel"])
         for channel, count in snapshot.notifications_failed.items():
             failed.add_metric([channel], count)
-        yield from (latency, probes, info, limit, remaining, alerts, last_probe, last_ok, failed)
+        yield from (latency, probes, info, limit, remaining, alerts, skipped, last_probe,
+                    last_ok, failed)
 
 
 def exposition_registry(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:

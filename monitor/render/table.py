@@ -12,6 +12,7 @@ from monitor.render.fields import PHASES, QUANTILES, number, percent
 from monitor.render.text import safe_text
 
 _LABEL = 14  # width of the field names on the left
+REPLAYS_SHOWN = 20  # a terminal's worth; the JSON has them all
 
 
 def render_table(doc: dict[str, Any]) -> str:
@@ -20,7 +21,8 @@ def render_table(doc: dict[str, Any]) -> str:
             f"  (generated {safe_text(doc['generated_at'])})")
     if not doc["targets"]:
         return f"{head}\n\nno targets in this report"
-    return "\n\n".join([head] + [_block(t) for t in doc["targets"]])
+    replays = [_replays(doc["replays"])] if doc["replays"] else []
+    return "\n\n".join([head] + [_block(t) for t in doc["targets"]] + replays)
 
 
 def _row(label: str, value: str) -> str:
@@ -33,6 +35,8 @@ def _block(t: dict[str, Any]) -> str:
     lines.append(_row("probes", f"{number(t['probes'])}, {number(t['ok'])} ok{ok_rate}"))
     errors = ", ".join(f"{safe_text(kind, 40)} {number(n)}" for kind, n in t["errors"].items())
     lines.append(_row("errors", errors or "none"))
+    skipped = ", ".join(f"{kind} {number(n)}" for kind, n in t["skipped"].items())
+    lines.append(_row("skipped slots", skipped or "none"))
     lines += _latency(t["latency_ms"])
     speed = t["output_tokens_per_s"]
     lines.append(_row("tokens/s", "  ".join(f"{q} {number(speed[q], 1)}" for q in QUANTILES)
@@ -55,6 +59,21 @@ def _block(t: dict[str, Any]) -> str:
         lines.append(_row("last error", f"{safe_text(error['at'])} "
                                         f"{safe_text(error['error_kind'], 40)} (HTTP {status}): "
                                         f"{safe_text(error['detail'] or '', 160)}"))
+    return "\n".join(lines)
+
+
+def _replays(replays: list[dict[str, Any]]) -> str:
+    """The newest replays, one line each: they are kept out of every number above."""
+    shown = replays[-REPLAYS_SHOWN:]
+    lines = [f"replays ({len(replays)} in the range, not counted above"
+             + (f"; the newest {len(shown)} shown, all with --format json)" if len(shown) <
+                len(replays) else ")")]
+    for r in shown:
+        outcome = "ok" if r["ok"] else f"FAIL {safe_text(r['error_kind'] or '-', 30)}"
+        lines.append(f"  #{r['probe_id']} of #{r['replay_of'] or '-'}  "
+                     f"{safe_text(r['target'], 40)}  {safe_text(r['t'])}  {outcome}  "
+                     f"{number(r['total_ms'])} ms  {safe_text(r['model'] or '-', 40)}  "
+                     f"{safe_text(r['fingerprint'] or '-', 40)}")
     return "\n".join(lines)
 
 

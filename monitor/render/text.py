@@ -68,6 +68,7 @@ def render_status(status: dict[str, Any]) -> str:
             outcome = "ok" if last["ok"] else f"FAIL {last['error_kind']}"
             lines.append(f"  {safe_text(last['target']).ljust(width)}  {last['started_at']}  "
                          f"{outcome}  {_n(last['total_ms'], ' ms')}")
+    lines += _skipped(status["skipped_24h"])
     lines += _watch_lines(status["states"], status["open_alerts"])
     return "\n".join(lines)
 
@@ -89,6 +90,16 @@ def _watch_lines(states: dict[str, Any], open_alerts: list[dict[str, Any]]) -> l
                      f"{safe_text(a['key'], 40)}  opened {a['opened_at']}")
         lines.append(f"      {safe_text(a['explanation'], 200)}")
     return lines
+
+
+def _skipped(skipped: dict[str, dict[str, int]]) -> list[str]:
+    if not skipped:
+        return ["skipped slots   none in the last 24 h"]
+    width = max(len(safe_text(name)) for name in skipped)
+    return ["skipped slots in the last 24 h"] + [
+        f"  {safe_text(name).ljust(width)}  "
+        + ", ".join(f"{kind} {count}" for kind, count in kinds.items())
+        for name, kinds in skipped.items()]
 
 
 def _value(value: Any, limit: int = 60) -> str:

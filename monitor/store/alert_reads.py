@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from monitor.domain import AlertState
-from monitor.store.models import AlertRow, DeliveryRow, DriftEventRow, ProbeRow, TargetRow
+from monitor.store.models import CANARY, AlertRow, DeliveryRow, DriftEventRow, ProbeRow, TargetRow
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -65,13 +65,14 @@ def acknowledge(engine: Engine, alert_id: int, by: str, at: datetime) -> dict[st
 
 def fingerprint_history(engine: Engine, *, target: str | None = None,
                         since: datetime | None = None) -> list[dict[str, Any]]:
-    """Per target: every system_fingerprint seen (first/last seen, count, share of the
-    fingerprinted probes) and the timeline of fingerprint changes the detectors reported."""
+    """Per target: every system_fingerprint the canary saw (replays left out), with first and
+    last seen, count and share of the fingerprinted probes; and the timeline of fingerprint
+    changes the detectors reported."""
     counts = (
         select(TargetRow.name, ProbeRow.system_fingerprint, func.min(ProbeRow.started_at),
                func.max(ProbeRow.started_at), func.count(ProbeRow.id))
         .join(TargetRow, TargetRow.id == ProbeRow.target_id)
-        .where(ProbeRow.system_fingerprint.is_not(None))
+        .where(ProbeRow.system_fingerprint.is_not(None), CANARY)
         .group_by(TargetRow.name, ProbeRow.system_fingerprint)
     )
     events = (

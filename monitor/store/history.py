@@ -19,7 +19,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from monitor.domain import DriftEvent, ErrorKind, Observation, RateLimits
-from monitor.store.models import DetectorStateRow, DriftEventRow, ProbeRow, RequestPayloadRow
+from monitor.store.models import (
+    CANARY,
+    DetectorStateRow,
+    DriftEventRow,
+    ProbeRow,
+    RequestPayloadRow,
+)
 
 # Probes read per query while folding a long history.
 CHUNK = 5000
@@ -41,7 +47,7 @@ _COLUMNS = (
 _AFTER = (
     select(*_COLUMNS)
     .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.id > bindparam("after_id"),
-           ProbeRow.replay_of.is_(None))
+           CANARY)
     .order_by(ProbeRow.id)
     .limit(bindparam("limit"))
 )

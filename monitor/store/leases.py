@@ -1,54 +1,134 @@
-"""Claims on scheduled slots, and instance heartbeats.
+"""Claims on scheduled slots, skipped slots, and instance heartbeats.
 
 Each (target, slot time) row can be inserted once: the instance whose INSERT lands owns the
 slot; every other instance sees a conflict and leaves it. That is all the coordination several
 daemons on one PostgreSQL need, and it needs no lease to expire: a slot whose owner died is
 simply lost, and the next slot is claimed afresh by whoever is alive.
+
+A slot is recorded as skipped when its time comes, never ahead. After a 429 the instance that
+got it reserves the slots inside the backoff, so that no instance (nor a restart of this one)
+probes them; each reserved slot becomes skipped when some instance's schedule reaches it, and
+one that no instance reached (none was running) stays reserved and is never counted.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Connection, Engine, delete, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from monitor.domain import SlotState
-from monitor.store.models import InstanceRow, SlotRow
+from monitor.domain import SkipKind, SlotState
+from monitor.store.models import InstanceRow, SlotRow, TargetRow
 
 
 def _insert(engine: Engine, table: Any) -> Any:
     return (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
-def claim(engine: Engine, target_id: int, slot_at: datetime, instance_id: str,
-          state: SlotState = SlotState.CLAIMED, reason: str | None = None) -> bool:
-    """True if this instance now owns the slot (as claimed, or as skipped with a reason)."""
+# The literal, not a bound parameter: only then may SQLite and PostgreSQL's generic plans use
+# the partial index of skipped slots (their WHERE must match the index's).
+_IS_SKIPPED = SlotRow.state == literal_column("'skipped'")
+
+
+class Claim(enum.Enum):
+    """What `claim` got."""
+
+    OURS = "ours"  # this instance probes the slot
+    RESERVED = "reserved"  # a backoff had reserved it: this instance recorded it as skipped
+    TAKEN = "taken"  # another instance has it
+
+
+def claim(engine: Engine, target_id: int, slot_at: datetime, instance_id: str) -> Claim:
+    """Take the slot whose time has come. A slot reserved by any instance's backoff is
+    recorded as skipped by this one, the one whose schedule reached it."""
     statement = _insert(engine, SlotRow).values(
-        target_id=target_id, slot_at=slot_at, instance_id=instance_id, state=state.value,
-        reason=reason,
-    ).on_conflict_do_nothing(index_elements=["target_id", "slot_at"]).returning(SlotRow.id)
+        target_id=target_id, slot_at=slot_at, instance_id=instance_id,
+        state=SlotState.CLAIMED.value,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["target_id", "slot_at"],
+        set_={"state": SlotState.SKIPPED.value, "instance_id": statement.excluded.instance_id},
+        where=SlotRow.state == SlotState.RESERVED.value,
+    ).returning(SlotRow.state)
     # RETURNING, not rowcount: psycopg 3 reports -1 for an INSERT ... ON CONFLICT here.
     with engine.begin() as connection:
-        return connection.execute(statement).first() is not None
+        state = connection.execute(statement).scalar()
+    if state is None:
+        return Claim.TAKEN
+    return Claim.OURS if state == SlotState.CLAIMED.value else Claim.RESERVED
 
 
-def skip_many(engine: Engine, target_id: int, slots: Iterable[datetime], instance_id: str,
-              reason: str) -> int:
-    """Claim future slots as skipped (after a 429), so no other instance probes them either."""
+def skip(engine: Engine, target_id: int, slots: Iterable[datetime], instance_id: str,
+         kind: SkipKind, reason: str) -> int:
+    """Record slots whose time has come as skipped (a reservation of theirs included);
+    returns how many were this instance's to record (not claimed by another one first)."""
     rows = [{"target_id": target_id, "slot_at": s, "instance_id": instance_id,
-                 "state": SlotState.SKIPPED.value, "reason": reason} for s in slots]
+             "state": SlotState.SKIPPED.value, "reason_kind": kind.value, "reason": reason}
+            for s in slots]
+    if not rows:
+        return 0
+    statement = _insert(engine, SlotRow)
+    statement = statement.on_conflict_do_update(
+        index_elements=["target_id", "slot_at"],
+        set_={"state": statement.excluded.state, "instance_id": statement.excluded.instance_id,
+              "reason_kind": statement.excluded.reason_kind,
+              "reason": statement.excluded.reason},
+        where=SlotRow.state == SlotState.RESERVED.value,
+    ).returning(SlotRow.id)
+    with engine.begin() as connection:
+        return len(connection.execute(statement, rows).all())
+
+
+def reserve(engine: Engine, target_id: int, slots: Iterable[datetime], instance_id: str,
+            reason: str) -> int:
+    """Keep future slots inside a 429 backoff from every instance (none probes them). They
+    count as skipped only once their time comes (`claim`, `skip`): a daemon stopped in the
+    middle of a backoff has skipped only the slots it lived through."""
+    rows = [{"target_id": target_id, "slot_at": s, "instance_id": instance_id,
+             "state": SlotState.RESERVED.value, "reason_kind": SkipKind.RATE_LIMITED.value,
+             "reason": reason} for s in slots]
     if not rows:
         return 0
     statement = _insert(engine, SlotRow).on_conflict_do_nothing(
         index_elements=["target_id", "slot_at"]).returning(SlotRow.id)
     with engine.begin() as connection:
         return len(connection.execute(statement, rows).all())
+
+
+def skipped_counts(connection: Connection, since: datetime | None = None,
+                   until: datetime | None = None,
+                   target_ids: Sequence[int] | None = None) -> dict[int, dict[str, int]]:
+    """Skipped slots per target id and SkipKind, of the slots in [since, until) (all by
+    default); reserved slots whose time has not come are not counted."""
+    query = select(SlotRow.target_id, SlotRow.reason_kind, func.count().label("skipped")).where(_IS_SKIPPED)
+    if since is not None:
+        query = query.where(SlotRow.slot_at >= since)
+    if until is not None:
+        query = query.where(SlotRow.slot_at < until)
+    if target_ids is not None:
+        query = query.where(SlotRow.target_id.in_(target_ids))
+    counts: dict[int, dict[str, int]] = {}
+    # Every skipped row has a kind (0008 gave the older ones theirs).
+    for row in connection.execute(query.group_by(SlotRow.target_id, SlotRow.reason_kind)):
+        counts.setdefault(row.target_id, {})[row.reason_kind] = row.skipped
+    return counts
+
+
+def skipped_by_target(engine: Engine, since: datetime) -> dict[str, dict[str, int]]:
+    """Skipped slots since `since` per target name and SkipKind (`monitor status`)."""
+    with engine.connect() as connection:
+        counts = skipped_counts(connection, since)
+        names = dict(connection.execute(
+            select(TargetRow.id, TargetRow.name).where(TargetRow.id.in_(counts))).all())
+    return {names[i]: dict(sorted(kinds.items()))
+            for i, kinds in sorted(counts.items(), key=lambda item: names[item[0]])}
 
 
 def settle(engine: Engine, target_id: int, slot_at: datetime, probe_uid: str) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -116,6 +117,11 @@ class ProbeRow(Base):
         # Live detection reads a target's probes stored after the last one it folded: without
         # this, PostgreSQL's generic plan for `id > $1` sorts the target's whole history.
         Index("ix_probes_target_id_id", "target_id", "id"),
+        # The report lists the replays in its range: this holds only those, so a year's
+        # report never looks through a year of canaries to find them.
+        Index("ix_probes_replays_target_id_started_at", "target_id", "started_at",
+              sqlite_where=text("replay_of IS NOT NULL"),
+              postgresql_where=text("replay_of IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -181,20 +187,34 @@ class ProbeRow(Base):
     )
 
 
+# The canary's own probes: everything but replays, which re-send an old request on demand.
+# Rollups, reports, /metrics and detection read only these, so replaying changes no number.
+CANARY = ProbeRow.replay_of.is_(None)
+
+
 class SlotRow(Base):
     """One scheduled slot of one target: claimed by exactly one instance, then probed or
-    skipped (with the reason). The unique (target, slot) pair is how several daemons on one
-    PostgreSQL share the work without consensus of their own."""
+    skipped (with the reason), once its time came; or reserved ahead by a 429 backoff, and
+    skipped when its time comes (store/leases.py). The unique (target, slot) pair is how
+    several daemons on one PostgreSQL share the work without consensus of their own."""
 
     __tablename__ = "slots"
-    __table_args__ = (UniqueConstraint("target_id", "slot_at"),)
+    __table_args__ = (
+        UniqueConstraint("target_id", "slot_at"),
+        # Reports, `monitor status` and /metrics count skipped slots per target and kind over
+        # a range: a partial index holds those few rows only, not the probed ones (one a probe).
+        Index("ix_slots_skipped_target_id_slot_at", "target_id", "slot_at",
+              sqlite_where=text("state = 'skipped'"),
+              postgresql_where=text("state = 'skipped'")),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
     slot_at: Mapped[datetime] = mapped_column(UtcDateTime)
     instance_id: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))  # SlotState
-    reason: Mapped[str | None] = mapped_column(Text)
+    reason_kind: Mapped[str | None] = mapped_column(String(20))  # SkipKind, for counting
+    reason: Mapped[str | None] = mapped_column(Text)  # the same in words, for people
     probe_uid: Mapped[str | None] = mapped_column(String(32))
 
 

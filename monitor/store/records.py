@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from monitor.domain import ProbeResult, RateLimits
 from monitor.store import codec
-from monitor.store.models import ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
+from monitor.store.models import CANARY, ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
 
 # What no column can hold: PostgreSQL text and jsonb refuse NUL, and a lone surrogate (a
 # half of a UTF-16 pair, which JSON's \u escapes can produce) cannot be encoded as UTF-8.
@@ -313,9 +313,11 @@ def count_probes(engine: Engine) -> int:
 
 
 def last_probes(engine: Engine) -> list[dict[str, Any]]:
-    """The newest probe of every target: when, outcome, status, total ms."""
+    """The newest canary probe (not a replay) of every target: when, outcome, status, total
+    ms."""
     newest = (
         select(ProbeRow.target_id, func.max(ProbeRow.id).label("id"))
+        .where(CANARY)
         .group_by(ProbeRow.target_id)
         .subquery()
     )
@@ -346,7 +348,9 @@ def count_targets(engine: Engine) -> int:
 
 
 def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, int]:
-    """(probes sent, tokens used) by one target since `since`, for its daily budgets."""
+    """(probes sent, tokens used) by one target since `since`, for its daily budgets.
+    Replays count: they are requests and tokens the target's account paid for, whatever
+    they were sent for."""
     with engine.connect() as connection:
         requests, tokens = connection.execute(
             select(func.count(ProbeRow.id), func.coalesce(func.sum(ProbeRow.total_tokens), 0))

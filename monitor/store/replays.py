@@ -153,6 +153,22 @@ def payload(engine: Engine, request_payload_id: int) -> dict[str, Any]:
     return found
 
 
+_LISTED = (ProbeRow.id, ProbeRow.replay_of, TargetRow.name, ProbeRow.started_at, ProbeRow.ok,
+           ProbeRow.error_kind, ProbeRow.http_status, ProbeRow.model,
+           ProbeRow.system_fingerprint, ProbeRow.total_ms)
+
+
+def listed(connection: Connection, since: datetime, until: datetime, target_ids: Sequence[int],
+           newest: int) -> list[Any]:
+    """The `newest` replays sent to the targets in [since, until), oldest first, as rows of
+    _LISTED, read through a partial index of replays only (models.ProbeRow)."""
+    query = (select(*_LISTED).join(TargetRow, TargetRow.id == ProbeRow.target_id)
+             .where(ProbeRow.replay_of.is_not(None), ProbeRow.target_id.in_(target_ids),
+                    ProbeRow.started_at >= since, ProbeRow.started_at < until)
+             .order_by(ProbeRow.started_at.desc(), ProbeRow.id.desc()).limit(newest))
+    return list(reversed(connection.execute(query).all()))
+
+
 class LinkedWriter:
     """Stores replays as probes linked to their original, one transaction each; remembers the
     ids of the targets, configurations and payloads it has written. Safe to share between

@@ -6,7 +6,8 @@ totals, in the transaction that moves the watermark: a second call folds nothing
 loses a batch's fold whole or not at all. Several daemons may call it at once: each first locks
 the one state row (a row lock on PostgreSQL, the write lock on SQLite), so every probe is
 folded exactly once. Folding reads parsed columns only, never raw bodies, so retention may
-empty those.
+empty those. Replays (`probes.replay_of`) move the watermark like any probe but are never
+folded: rollups are the canary's numbers, and re-sending an old request must not change them.
 
 Probes are read in id order above a watermark. PostgreSQL hands out ids when a transaction
 inserts but shows the row only when it commits, so one daemon (or probe thread) can commit id
@@ -27,6 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from monitor.store.aggregate import _MICROSECOND, Aggregate, floor_day, floor_hour, micros
 from monitor.store.models import (
+    CANARY,
     DailyRollupRow,
     HourlyRollupRow,
     ProbeRow,
@@ -51,7 +53,9 @@ PROBE_COLUMNS = (
     ProbeRow.ratelimit_limit_tokens, ProbeRow.ratelimit_remaining_requests,
     ProbeRow.ratelimit_remaining_tokens,
 )
-_NEW = (select(*PROBE_COLUMNS).where(ProbeRow.id > bindparam("after"))
+# Every stored probe, replays included, so that the watermark and its gaps follow the ids.
+_READ_COLUMNS = (*PROBE_COLUMNS, ProbeRow.replay_of)
+_NEW = (select(*_READ_COLUMNS).where(ProbeRow.id > bindparam("after"))
         .order_by(ProbeRow.id).limit(bindparam("limit")))
 _LOCK = (update(RollupStateRow).where(RollupStateRow.id == 1)
          .values(updated_at=bindparam("now"))
@@ -76,7 +80,8 @@ _SAVE_STATE = update(RollupStateRow).where(RollupStateRow.id == 1)
 # --- catching up ----------------------------------------------------------------------------
 
 def catch_up(engine: Engine, batch: int = BATCH, now: datetime | None = None) -> int:
-    """Fold every stored probe not folded yet into rollups; returns how many were folded."""
+    """Fold every stored probe not folded yet into rollups; returns how many were read
+    (replays included, which are read past but not folded)."""
     folded = 0
     while True:
         with engine.begin() as connection:
@@ -133,13 +138,14 @@ def _fold_batch(connection: Connection, batch: int, now: datetime) -> tuple[int,
     rows = connection.execute(_NEW, {"after": last, "limit": batch}).all()
     late: Sequence[Any] = []
     if gaps:
-        late = connection.execute(select(*PROBE_COLUMNS).where(
+        late = connection.execute(select(*_READ_COLUMNS).where(
             or_(*[ProbeRow.id.between(lo, hi) for lo, hi, _ in gaps]))).all()
     new_ids = [row.id for row in rows]
     still_missing = _next_gaps(gaps, sorted(row.id for row in late), last, new_ids,
                                micros(now))
-    if rows or late:
-        _fold(connection, [*rows, *late])
+    canaries = [row for row in (*rows, *late) if row.replay_of is None]
+    if canaries:
+        _fold(connection, canaries)
     if rows or still_missing != gaps:
         connection.execute(_SAVE_STATE, {"last_probe_id": new_ids[-1] if new_ids else last,
                                          "gaps": still_missing, "updated_at": now})
@@ -233,9 +239,10 @@ def read_rollups(connection: Connection, span: str, since: datetime, until: date
 
 def read_probes(connection: Connection, since: datetime, until: datetime,
                 target_ids: Sequence[int]) -> Iterator[Any]:
-    """The targets' probes started in [since, until), as rows of PROBE_COLUMNS in id order."""
+    """The targets' canary probes (no replays) started in [since, until), as rows of
+    PROBE_COLUMNS in id order."""
     query = select(*PROBE_COLUMNS).where(
-        ProbeRow.target_id.in_(target_ids), ProbeRow.started_at >= since,
+        CANARY, ProbeRow.target_id.in_(target_ids), ProbeRow.started_at >= since,
         ProbeRow.started_at < until).order_by(ProbeRow.id)
     yield from connection.execute(query)
 
