@@ -454,6 +454,11 @@ def test_alerts_ack_and_fingerprints_commands(
     assert "OPEN" in listed.output and "fingerprint" in listed.output
     assert "\u001b" not in listed.output  # escaped, never sent to the terminal raw
     [alert] = json.loads(monitor("alerts", "--json").output)
+    # The probes that show the change, by id, for `monitor show` and /probes/{id}.
+    assert len(alert["probe_ids"]) == len(alert["probe_uids"]) == 1
+    assert f"probes #{alert['probe_ids'][0]} (" in listed.output
+    shown = monitor("show", str(alert["probe_ids"][0]))
+    assert "fp_6ec83003ad -> fp_new\\x1b[31m" in shown.output
     acked = monitor("ack", str(alert["id"]), "--by", "ana")
     assert acked.exit_code == 0 and "acked by ana" in acked.output
     assert monitor("ack", "999").exit_code == 1

@@ -126,17 +126,45 @@ def test_config_check_shows_targets_and_tokens_per_day(config_file: Path) -> Non
     assert all(t["expected_tokens_per_day"] > 0 for t in described)
 
 
-def test_demo_runs_on_an_embedded_sqlite_file(
+def test_demo_leaves_a_folder_whose_alerts_can_be_read_with_no_set_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The README's promise: `monitor demo` in an empty folder, then `monitor alerts` there."""
+    def monitor(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "monitor", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    demo = monitor("demo")
+    assert demo.returncode == 0, demo.stderr
+    assert {p.name for p in tmp_path.iterdir()} >= {"monitor.toml", ".env", "monitor-demo.db"}
+    assert "sim-demo-key" in (tmp_path / ".env").read_text()  # the stand-in, never a real key
+    alerts = monitor("alerts", "--json")
+    assert alerts.returncode == 0, alerts.stderr
+    found = json.loads(alerts.stdout)
+    # What it announced is what it raised: gpt-4o re-pointed, local-llama down, stream slower
+    # (a machine loaded enough to slow real probes can add a latency alert of its own).
+    assert {(a["target"], a["kind"]) for a in found} >= {
+        ("gpt-4o", "model"), ("gpt-4o", "fingerprint"), ("local-llama", "availability"),
+        ("gpt-4o-mini-stream", "latency")}
+    assert f"Alerts raised ({len(found)}):" in demo.stdout and "monitor logs" in demo.stdout
+    monkeypatch.chdir(tmp_path)  # the other reading commands, in process
+    for args in (("logs", "-n", "3"), ("report",), ("show", str(found[0]["probe_ids"][0]))):
+        assert invoke(*args).exit_code == 0, args
+    stored = len(json.loads(invoke("logs", "-n", "1000", "--json").output))
+    again = invoke("demo")
+    assert again.exit_code == 0 and "Starting afresh" in again.output
+    assert len(json.loads(invoke("logs", "-n", "1000", "--json").output)) == stored
+
+
+def test_demo_never_replaces_a_config_it_did_not_write(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = invoke("demo", "--rounds", "3")
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "monitor-demo.db").exists()
-    assert "listening on http://127.0.0.1:" in result.output
-    assert "monitor-demo.db" in result.output
-    assert "Stored: 12 probes" in result.output
-    assert "http_server_error" in result.output  # the injected 503 is shown as stored
+    (tmp_path / "monitor.toml").write_text("[database]\n")
+    result = invoke("demo")
+    assert result.exit_code == 1
+    assert "monitor.toml exists and was not written by `monitor demo`" in result.output
+    assert (tmp_path / "monitor.toml").read_text() == "[database]\n"
+    assert not (tmp_path / "monitor-demo.db").exists()
 
 
 def test_sim_command_prints_its_address_first(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from monitor.domain import (
     DetectionThresholds,
     DriftEvent,
@@ -43,10 +45,11 @@ def test_opens_exactly_at_the_nth_failure_and_clears_at_the_first_success() -> N
     assert (opened.before, opened.after) == ({}, {"read_timeout": 2, "http_server_error": 1})
     assert opened.probe_uids == ("p000050", "p000051", "p000052")
     assert opened.explanation == (
-        "gpt-4o failed 3 probes in a row (http_server_error: 1, read_timeout: 2)."
+        "gpt-4o: 3 probes in a row failed: 2 read timeout, 1 HTTP 503."
     )
     assert cleared.before == {"read_timeout": 3, "http_server_error": 1}
-    assert cleared.explanation.startswith("gpt-4o answered again after 4 failed probes in a row")
+    assert cleared.explanation == (
+        "gpt-4o answered again after 4 failed probes in a row (3 read timeout, 1 HTTP 503).")
 
 
 def test_the_threshold_is_configurable() -> None:
@@ -95,7 +98,8 @@ def test_intermittent_failures_open_error_rate_with_a_breakdown() -> None:
     assert 60 < index_of(opened) < 80
     assert opened.after["error_rate"] > 0.2
     assert set(opened.after["by_kind"]) == {"http_server_error", "invalid_json"}
-    assert "more than the 20% allowed" in opened.explanation
+    assert re.fullmatch(r"gpt-4o: (\d+) of the last 20 probes failed: (\d+) HTTP 503, (\d+) "
+                        r"invalid json, more than the 20% allowed\.", opened.explanation)
     assert cleared.after["error_rate"] <= 0.1
     assert 100 < index_of(cleared) <= 120
 

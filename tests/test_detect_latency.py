@@ -81,6 +81,15 @@ def test_time_to_first_token_has_its_own_condition() -> None:
     assert "time to first token" in event.explanation
 
 
+def test_a_server_reporting_zero_processing_time_hides_no_slowdown() -> None:
+    """Some servers send openai-processing-ms: 0 on streams; 0 against 0 explains nothing."""
+    rng = random.Random(5)
+    history = [replace(o, openai_processing_ms=0.0, time_to_first_token_ms=rng.uniform(80, 120))
+               for o in steady(0, 300)]
+    history[200:] = slower(history[200:], 3, "time_to_first_token_ms")
+    assert [(e.key, e.opened) for e in latency_events(history)] == [("ttft_ms", True)]
+
+
 def test_an_absolute_limit_opens_over_it_and_clears_under_it() -> None:
     thresholds = DetectionThresholds(latency_max_total_ms=300)
     history = [*steady(0, 100), *slower(steady(100, 120, seed=2), 1.8), *steady(120, 150)]

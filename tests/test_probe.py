@@ -277,3 +277,12 @@ def test_probes_carry_no_cookies_between_calls(sim: SimClient, make_target: Make
         assert "set-cookie" in first.response_headers  # the simulator sends one, like OpenAI
         probe.run(target, session)
         assert len(session.cookies) == 0
+
+
+def test_a_one_token_stream_has_no_output_speed(sim: SimClient, make_target: MakeTarget) -> None:
+    """Speed is measured after the first token; with one token there is no interval: None,
+    which reports show as "-", rather than a made-up 0 tokens/s."""
+    result = run(make_target(model="gpt-4o", stream=True))
+    assert result.ok and result.usage.completion_tokens == 1
+    assert result.time_to_first_token_ms is not None
+    assert result.output_tokens_per_s is None

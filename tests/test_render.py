@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from report_fixtures import (
@@ -24,6 +24,7 @@ from report_fixtures import (
 
 from monitor.render import render_csv, render_html, render_table
 from monitor.render.html import CSS
+from monitor.render.text import ago, percentages, when
 
 # --- table ----------------------------------------------------------------------------------
 
@@ -31,7 +32,8 @@ from monitor.render.html import CSS
 def test_table_has_a_block_per_target_with_every_field() -> None:
     text = render_table(document())
     blocks = text.split("\n\n")
-    assert blocks[0].startswith("report 2026-11-25T12:00:00+00:00 .. 2026-11-26T12:00:00+00:00")
+    assert blocks[0] == ("report 2026-11-25 12:00:00 UTC .. 2026-11-26 12:00:00 UTC  "
+                         "(generated 2026-11-26 12:00:00 UTC)")
     assert [b.splitlines()[0] for b in blocks[1:]] == [
         "gpt-4o", "gpt-4o-mini-stream", "azure-east",
         "replays (2 in the range, not counted above)"]
@@ -50,8 +52,9 @@ def test_table_has_a_block_per_target_with_every_field() -> None:
     assert "0, 0 ok\n" in idle + "\n" and "latency ms    -" in idle and "rate limits   -" in idle
     assert "skipped slots budget_spent 288" in idle and "skipped slots none" in blocks[2]
     replays = blocks[4].splitlines()[1:]
-    assert replays[0].split() == ["#901", "of", "#17", "gpt-4o", "2026-11-26T10:00:00+00:00",
-                                  "ok", "398", "ms", "gpt-4o-2024-08-06", "fp_a1b2c3d4e5"]
+    assert replays[0].split() == ["#901", "of", "#17", "gpt-4o", "2026-11-26", "10:00:00", "UTC",
+                                  "(2", "h", "ago)", "ok", "398", "ms", "gpt-4o-2024-08-06",
+                                  "fp_a1b2c3d4e5"]
     assert "FAIL rate_limited  12 ms  -  -" in replays[1]
 
 
@@ -66,6 +69,16 @@ def test_table_lists_only_the_newest_replays() -> None:
 
 def test_table_without_replays_has_no_replay_block() -> None:
     assert "replays" not in render_table(dict(document(), replays=[]))
+
+
+def test_shares_shown_add_to_exactly_100_percent() -> None:
+    doc = document()
+    doc["targets"][0]["fingerprints"] = [
+        {"fingerprint": f"fp_{i}", "count": 1, "share": 0.3333,
+         "first_seen": "2026-11-25T12:00:00+00:00", "last_seen": "2026-11-26T11:00:00+00:00"}
+        for i in range(3)]
+    assert "fp_0 33.4%, fp_1 33.3%, fp_2 33.3%" in render_table(doc)
+    assert "<code>fp_0</code> 33.4%, <code>fp_1</code> 33.3%" in render_html(doc)
 
 
 def test_table_shows_terminal_escapes_as_text() -> None:
@@ -291,3 +304,34 @@ def test_a_target_without_rate_limit_headers_renders_in_every_format() -> None:
     assert "rate limits" in render_table(doc)
     assert "<svg" in render_html(doc)
     assert render_csv(doc).count("\r\n") == len(doc["targets"]) + 1
+
+
+# --- text for people ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seconds", "said"), [
+    pytest.param(0.4, "just now", id="now"), pytest.param(42, "42 s ago", id="seconds"),
+    pytest.param(190, "3 min ago", id="minutes"), pytest.param(7300, "2 h ago", id="hours"),
+    pytest.param(5 * 86_400 + 5, "5 d ago", id="days"), pytest.param(-181, "in 3 min", id="ahead"),
+])
+def test_times_read_as_how_long_ago(seconds: float, said: str) -> None:
+    now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+    assert ago(now - timedelta(seconds=seconds), now) == said
+
+
+def test_human_times_drop_microseconds_and_say_utc() -> None:
+    now = datetime(2026, 11, 26, 12, 3, 0, tzinfo=UTC)
+    assert when("2026-11-26T13:00:07.123456+01:00", now) == "2026-11-26 12:00:07 UTC (2 min ago)"
+    assert when(None, now) == "-"
+
+
+@pytest.mark.parametrize(("counts", "shown"), [
+    pytest.param([1, 1, 1], ["33.4%", "33.3%", "33.3%"], id="thirds"),
+    pytest.param([200, 85], ["70.2%", "29.8%"], id="two"),
+    pytest.param([1] * 7, ["14.3%"] * 6 + ["14.2%"], id="sevenths"),
+    pytest.param([0, 0], ["-", "-"], id="none"),
+])
+def test_shares_add_to_exactly_100(counts: list[int], shown: list[str]) -> None:
+    assert percentages(counts) == shown
+    if sum(counts):
+        assert round(sum(float(s.rstrip("%")) for s in shown), 6) == 100.0

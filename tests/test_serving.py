@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,19 @@ def test_report_in_every_format(probed: Path, tmp_path: Path) -> None:
     assert {row["target"]: row["probes"] for row in rows} == {"alpha": "4", "beta": "3"}
 
     out = tmp_path / "report.html"
-    report(probed, "--format", "html", "-o", str(out))
+    written = CliRunner().invoke(cli, ["report", "--config", str(probed), "--format", "html",
+                                       "-o", str(out)])
+    assert written.exit_code == 0 and written.stdout == ""
     html = out.read_text()
+    assert written.stderr == f"wrote {out} (html, {len(html.encode()):,} bytes, 2 targets)\n"
     assert "<svg" in html and "<script>alert(1)</script>" not in html
+
+    # One clock read, rounded up to the second: the range is exactly as long as asked.
+    fixed = datetime(2026, 11, 26, 12, 0, 7, 123456, tzinfo=UTC)
+    ranged = json.loads(CliRunner().invoke(cli, ["report", "--config", str(probed), "--format",
+                                                 "json"], obj=lambda: fixed).output)
+    assert (ranged["since"], ranged["until"], ranged["generated_at"]) == (
+        "2026-11-25T12:00:08+00:00", "2026-11-26T12:00:08+00:00", "2026-11-26T12:00:08+00:00")
 
 
 def test_report_refuses_a_range_that_ends_before_it_starts(probed: Path) -> None:

@@ -39,10 +39,11 @@ def _since(value: str | None) -> datetime | None:
 def alerts_command(open_only: bool, target: str | None, since: str | None, as_json: bool,
                    config_path: str | None) -> None:
     """List alerts, newest first: what changed, before and after, and why."""
+    at = now()
     with opened(load(config_path).database_url) as engine:
         alerts = alert_reads.list_alerts(engine, open_only=open_only, target=target,
-                                         since=_since(since))
-    click.echo(json.dumps(alerts, indent=2) if as_json else text.render_alerts(alerts))
+                                         since=moment(since, "--since", at))
+    click.echo(json.dumps(alerts, indent=2) if as_json else text.render_alerts(alerts, at))
 
 
 @click.command("ack")
@@ -51,12 +52,13 @@ def alerts_command(open_only: bool, target: str | None, since: str | None, as_js
 @config_option
 def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
     """Acknowledge an alert: it stays open until it resolves, but sends no more reminders."""
+    at = now()
     with opened(load(config_path).database_url) as engine:
         who = by or os.environ.get("USER") or "unknown"
-        alert = alert_reads.acknowledge(engine, alert_id, who, now())
+        alert = alert_reads.acknowledge(engine, alert_id, who, at)
     if alert is None:
         raise click.ClickException(f"no alert #{alert_id}")
-    click.echo(text.render_alerts([alert]))
+    click.echo(text.render_alerts([alert], at))
 
 
 @click.command("fingerprints")
@@ -68,9 +70,11 @@ def fingerprints_command(target: str | None, since: str | None, as_json: bool,
                          config_path: str | None) -> None:
     """Every system_fingerprint per target: first and last seen, count, share, and the
     timeline of changes."""
+    at = now()
     with opened(load(config_path).database_url) as engine:
-        found = alert_reads.fingerprint_history(engine, target=target, since=_since(since))
-    click.echo(json.dumps(found, indent=2) if as_json else text.render_fingerprints(found))
+        found = alert_reads.fingerprint_history(engine, target=target,
+                                                since=moment(since, "--since", at))
+    click.echo(json.dumps(found, indent=2) if as_json else text.render_fingerprints(found, at))
 
 
 @click.command("detect")

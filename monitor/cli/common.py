@@ -117,12 +117,14 @@ def now() -> datetime:
     return clock()()
 
 
-def moment(value: str | None, option: str) -> datetime | None:
-    """The point in time an option names (see durations.parse_since), or None if not given."""
+def moment(value: str | None, option: str, at: datetime | None = None) -> datetime | None:
+    """The point in time an option names (see durations.parse_since), or None if not given.
+    A duration counts back from `at` when given (a command that reads its clock once), else
+    from a fresh clock read."""
     if value is None:
         return None
     try:
-        found = parse_since(value, now())
+        found = parse_since(value, at if at is not None else now())
     except OutOfRange as error:
         raise click.BadParameter(str(error), param_hint=option) from None
     if found is None:

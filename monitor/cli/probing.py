@@ -180,14 +180,16 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     "database_url",
     default="sqlite:///monitor-demo.db",
     show_default=True,
-    help="Where to store the demo's probes.",
+    help="Where to store the demo's probes (its own SQLite file is replaced at each run; "
+         "another database is added to).",
 )
-@click.option("--rounds", default=4, show_default=True, help="Rounds of probes to send.")
-def demo_command(database_url: str, rounds: int) -> None:
-    """Probe a built-in simulator for a few rounds and show what was stored (no API key needed)."""
+def demo_command(database_url: str) -> None:
+    """Watch a built-in simulator change for a simulated quarter of an hour and see the alerts
+    it raises (no API key needed). Leaves monitor.toml here, so that `monitor alerts`,
+    `logs`, `report` and `serve` work afterwards."""
     from monitor import demo
 
-    demo.run(check_database_url(database_url, "--database"), rounds, click.echo)
+    demo.run(check_database_url(database_url, "--database"), click.echo)
 
 
 COMMANDS = (probe_command, run_command, status_command, demo_command)

@@ -45,9 +45,12 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
                    output: str | None, config_path: str | None) -> None:
     """Per-target health over a time range: success, errors, latency percentiles, tokens,
     fingerprints, models, rate limits and alerts (docs/report.md)."""
-    generated = now()
-    start = moment(since, "--since")
-    end = moment(until, "--until") or generated
+    # One clock read, rounded up to the second: the range's relative ends and `generated_at`
+    # agree and read without microseconds, and a probe stored this second is inside it.
+    read = now()
+    generated = read.replace(microsecond=0) + timedelta(seconds=1 if read.microsecond else 0)
+    start = moment(since, "--since", generated)
+    end = moment(until, "--until", generated) or generated
     assert start is not None  # --since has a default
     if start >= end:
         raise click.BadParameter("must be before --until", param_hint="--since")
@@ -67,6 +70,8 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
     else:
         with atomic_output(path) as out:  # the CSV's CRLF line ends are kept
             out.write(rendered)
+        click.echo(f"wrote {path} ({fmt}, {len(rendered.encode()):,} bytes, "
+                   f"{len(document['targets'])} targets)", err=True)
 
 
 @click.command("serve")

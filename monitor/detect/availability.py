@@ -29,8 +29,19 @@ from monitor.domain import (
 )
 
 
-def _breakdown(kinds: dict[str, int]) -> str:
-    return ", ".join(f"{kind}: {count}" for kind, count in sorted(kinds.items()))
+def _label(obs: Observation, kind: str) -> str:
+    """A failure as a person names it: "HTTP 503", "read timeout"."""
+    if obs.http_status is not None and kind.startswith("http_"):
+        return f"HTTP {obs.http_status}"
+    return kind.replace("_", " ")
+
+
+def _breakdown(labels: Counter[str] | dict[str, int]) -> str:
+    """"HTTP 503" when every failure was alike, else "2 HTTP 503, 1 read timeout"."""
+    if len(labels) == 1:
+        return next(iter(labels))
+    return ", ".join(f"{count} {label}" for label, count in
+                     sorted(labels.items(), key=lambda item: (-item[1], item[0])))
 
 
 class AvailabilityDetector(Detector):
@@ -41,8 +52,10 @@ class AvailabilityDetector(Detector):
         super().__init__(target, thresholds)
         self.run_kinds: dict[str, int] = {}  # the current run of failures, by error kind
         self.run_uids: deque[str] = deque(maxlen=MAX_UIDS)
-        # None for a success, else the error kind
+        self.run_labels: Counter[str] = Counter()  # the same run, as people name failures
+        # None for a success, else the error kind; and each failure's label (_label)
         self.window: deque[str | None] = deque(maxlen=thresholds.availability_window_probes)
+        self.labels: deque[str | None] = deque(maxlen=thresholds.availability_window_probes)
 
     def step(self, obs: Observation) -> list[DriftEvent]:
         if obs.error_kind == ErrorKind.RATE_LIMITED:
@@ -52,12 +65,15 @@ class AvailabilityDetector(Detector):
             self.learned += 1
         events = []
         failed = not obs.ok
-        kind = None
+        kind = label = None
         if failed:
             kind = obs.error_kind.value if obs.error_kind is not None else "unknown_error"
+            label = _label(obs, kind)
             self.run_kinds[kind] = self.run_kinds.get(kind, 0) + 1
+            self.run_labels[label] += 1
             self.run_uids.append(obs.uid)
         self.window.append(kind)
+        self.labels.append(label)
         if not failed:
             events += self._recover(obs)
         if not learning:
@@ -74,21 +90,23 @@ class AvailabilityDetector(Detector):
         return [self.conditions.open(
             "consecutive_failures", obs, Severity.CRITICAL, before={}, after=dict(self.run_kinds),
             uids=self.run_uids,
-            explanation=f"{self.target} failed {failures} probes in a row "
-            f"({_breakdown(self.run_kinds)}).",
+            explanation=f"{self.target}: {failures} probes in a row failed: "
+            f"{_breakdown(self.run_labels)}.",
         )]
 
     def _recover(self, obs: Observation) -> list[DriftEvent]:
         failures = sum(self.run_kinds.values())
         kinds = self.run_kinds
+        labels = self.run_labels
         self.run_kinds = {}
+        self.run_labels = Counter()
         self.run_uids.clear()
         if not self.conditions.is_open("consecutive_failures"):
             return []
         return [self.conditions.close(
             "consecutive_failures", obs, before=kinds, after={}, uids=[obs.uid],
             explanation=f"{self.target} answered again after {failures} failed probes in a row "
-            f"({_breakdown(kinds)}).",
+            f"({_breakdown(labels)}).",
         )]
 
     def _rate(self, obs: Observation, failed: bool) -> list[DriftEvent]:
@@ -96,6 +114,7 @@ class AvailabilityDetector(Detector):
         if len(self.window) < size:
             return []
         kinds = dict(Counter(kind for kind in self.window if kind is not None))
+        labels = Counter(label for label in self.labels if label is not None)
         failures = sum(kinds.values())
         rate = failures / size
         now = {"error_rate": round(rate, 3), "n": size, "by_kind": kinds}
@@ -111,14 +130,14 @@ class AvailabilityDetector(Detector):
             return [self.conditions.open(
                 "error_rate", obs, Severity.CRITICAL, before={"max_error_rate": threshold},
                 after=now, uids=[obs.uid],
-                explanation=f"{self.target} failed {failures} of its last {size} probes "
-                f"({_breakdown(kinds)}), more than the {threshold:.0%} allowed.",
+                explanation=f"{self.target}: {failures} of the last {size} probes failed: "
+                f"{_breakdown(labels)}, more than the {threshold:.0%} allowed.",
             )]
         if rate > threshold / 2:
             return []
         return [self.conditions.close(
             "error_rate", obs, before=opening.after, after=now, uids=[obs.uid],
-            explanation=f"{self.target} failed {failures} of its last {size} probes, down to "
+            explanation=f"{self.target}: {failures} of the last {size} probes failed, down to "
             f"{rate:.0%}.",
         )]
 
@@ -133,7 +152,9 @@ class AvailabilityDetector(Detector):
             "learned": self.learned,
             "run_kinds": self.run_kinds,
             "run_uids": list(self.run_uids),
+            "run_labels": dict(self.run_labels),
             "window": list(self.window),
+            "labels": list(self.labels),
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -141,3 +162,7 @@ class AvailabilityDetector(Detector):
         self.run_kinds = dict(state["run_kinds"])
         self.run_uids.extend(state["run_uids"])
         self.window.extend(state["window"])
+        # A state saved before labels were kept: the error kinds stand in for them.
+        self.run_labels = Counter(state.get("run_labels", self.run_kinds))
+        self.labels.extend(state.get("labels", [
+            None if kind is None else kind.replace("_", " ") for kind in self.window]))

@@ -150,8 +150,14 @@ class LatencyDetector(Detector):
             return False
         recent = sorted(value for value, _ in series.recent)
         base = series.sorted_baseline
-        return (percentile(recent, 50) >= t.latency_ratio * percentile(base, 50)
-                or tail and percentile(recent, 95) >= t.latency_ratio * percentile(base, 95))
+
+        def slower(q: float) -> bool:
+            # 0 against 0 is no slowdown (a server that reports 0 ms processing for streams
+            # would otherwise "explain" every slowdown and hide the metric that shows it).
+            now = percentile(recent, q)
+            return now > 0 and now >= t.latency_ratio * percentile(base, q)
+
+        return slower(50) or tail and slower(95)
 
     def _relative(self, metric: Metric, series: Series, obs: Observation, *,
                   explained: bool) -> list[DriftEvent]:

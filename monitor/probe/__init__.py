@@ -13,7 +13,8 @@ Timings are the probe's own, from just before the request is sent:
 - time_to_headers_ms: the status line and headers have arrived;
 - total_ms: the last byte of the body has arrived (parsing is not counted);
 - time_to_first_token_ms (streams): the first chunk carrying content has arrived;
-- output_tokens_per_s (streams): completion tokens over the time after the first token.
+- output_tokens_per_s (streams): completion tokens over the time after the first token;
+  None for a one-token answer (no interval to measure).
 """
 
 from __future__ import annotations
@@ -260,9 +261,11 @@ def _completion_fields(completion: Completion, fields: dict[str, Any]) -> dict[s
     first_token_ms = fields.get("time_to_first_token_ms")
     tokens = completion.usage.completion_tokens
     total_ms = fields.get("total_ms")
-    if first_token_ms is not None and tokens and total_ms and total_ms > first_token_ms:
-        # The first token is excluded: it arrives at first_token_ms, not during the interval.
-        values["output_tokens_per_s"] = max(tokens - 1, 0) / ((total_ms - first_token_ms) / 1000)
+    # The first token is excluded: it arrives at first_token_ms, not during the interval. So
+    # a one-token answer has no speed at all (None, not 0: nothing was measured).
+    if (first_token_ms is not None and tokens is not None and tokens > 1 and total_ms
+            and total_ms > first_token_ms):
+        values["output_tokens_per_s"] = (tokens - 1) / ((total_ms - first_token_ms) / 1000)
     return values
 
 

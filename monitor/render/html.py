@@ -14,6 +14,7 @@ from typing import Any
 
 from monitor.render import charts
 from monitor.render.fields import PHASES, QUANTILES, esc, moment, number, percent
+from monitor.render.text import human_time, percentages
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;
@@ -52,8 +53,9 @@ def page(title: str, body: str, *, policy: str | None = None, head: str = "") ->
 def report_body(doc: dict[str, Any], *, after_summary: str = "") -> str:
     """The title, a summary of every target, then a section per target."""
     frame = charts.Frame(moment(doc["since"]), moment(doc["until"]))
-    head = (f"<h1>LLM API health</h1><p class=\"meta\">{esc(doc['since'])} to "
-            f"{esc(doc['until'])}, generated {esc(doc['generated_at'])}</p>")
+    head = (f"<h1>LLM API health</h1><p class=\"meta\">{esc(human_time(doc['since']))} to "
+            f"{esc(human_time(doc['until']))}, generated "
+            f"{esc(human_time(doc['generated_at']))}</p>")
     if not doc["targets"]:
         return head + after_summary + "<p>No targets in this report.</p>"
     sections = [target_section(t, frame, f"target-{i}") for i, t in enumerate(doc["targets"])]
@@ -111,8 +113,13 @@ def target_section(t: dict[str, Any], frame: charts.Frame, anchor: str) -> str:
 
 
 def _share(t: dict[str, Any], fingerprint: str) -> str:
-    shares = {f["fingerprint"]: f["share"] for f in t["fingerprints"]}
-    return percent(shares.get(fingerprint))
+    return _shares(t["fingerprints"], "fingerprint").get(fingerprint, "-")
+
+
+def _shares(entries: list[dict[str, Any]], field: str) -> dict[str, str]:
+    """Each value's share as shown: rounded so that the shares add to exactly 100.0%."""
+    shown = percentages([e["count"] for e in entries])
+    return {e[field]: share for e, share in zip(entries, shown, strict=True)}
 
 
 def _numbers(t: dict[str, Any]) -> str:
@@ -131,13 +138,15 @@ def _numbers(t: dict[str, Any]) -> str:
                            f"{number(tokens['total'])}")))
     for key in ("fingerprints", "models"):
         field = key[:-1]
-        rows.append((key, ", ".join(f"<code>{esc(e[field])}</code> {percent(e['share'])}"
-                                    for e in t[key]) or "-"))
+        shares = _shares(t[key], field)
+        rows.append((key, ", ".join(f"<code>{esc(value)}</code> {share}"
+                                    for value, share in shares.items()) or "-"))
     rows.append(("rate limits", _limits(t["rate_limits"])))
     rows.append(("open alerts", _open_alerts(t["open_alerts"])))
     error = t["last_error"]
     if error is not None:
-        rows.append(("last error", (f"{esc(error['at'])} <code>{esc(error['error_kind'])}"
+        rows.append(("last error", (f"{esc(human_time(error['at']))} "
+                                   f"<code>{esc(error['error_kind'])}"
                                    f"</code> (HTTP {esc(error['http_status'] or '-')}): "
                                    f"{esc(error['detail'] or '')}")))
     return _latency(t["latency_ms"]) + "<table>" + "".join(
@@ -165,7 +174,7 @@ def _limits(limits: dict[str, Any] | None) -> str:
              if limits[f"limit_{kind}"] is not None or limits[f"remaining_{kind}"] is not None]
     if not parts:
         return "-"
-    return ", ".join(parts) + (f" at {esc(limits['at'])}" if limits["at"] else "")
+    return ", ".join(parts) + (f" at {esc(human_time(limits['at']))}" if limits["at"] else "")
 
 
 def _open_alerts(alerts: list[dict[str, Any]]) -> str:
@@ -174,7 +183,7 @@ def _open_alerts(alerts: list[dict[str, Any]]) -> str:
     return "<br>".join(
         f'<span class="{severity_class(a["severity"])}">#{esc(a["id"])} '
         f'{esc(a["severity"])}</span> {esc(a["kind"])} <code>{esc(a["key"])}</code> since '
-        f'{esc(a["opened_at"])}: {esc(a["explanation"])}' for a in alerts)
+        f'{esc(human_time(a["opened_at"]))}: {esc(a["explanation"])}' for a in alerts)
 
 
 def severity_class(severity: str) -> str:

@@ -6,10 +6,11 @@ each goes through `safe_text`, so none can move the cursor or recolour the termi
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from monitor.render.fields import PHASES, QUANTILES, number, percent
-from monitor.render.text import safe_text
+from monitor.render.fields import PHASES, QUANTILES, moment, number, percent
+from monitor.render.text import human_time, percentages, safe_text, when
 
 _LABEL = 14  # width of the field names on the left
 REPLAYS_SHOWN = 20  # a terminal's worth; the JSON has them all
@@ -17,19 +18,20 @@ REPLAYS_SHOWN = 20  # a terminal's worth; the JSON has them all
 
 def render_table(doc: dict[str, Any]) -> str:
     """The report document (docs/report.md) as text, one block per target."""
-    head = (f"report {safe_text(doc['since'])} .. {safe_text(doc['until'])}"
-            f"  (generated {safe_text(doc['generated_at'])})")
+    head = (f"report {human_time(doc['since'])} .. {human_time(doc['until'])}"
+            f"  (generated {human_time(doc['generated_at'])})")
     if not doc["targets"]:
         return f"{head}\n\nno targets in this report"
-    replays = [_replays(doc["replays"])] if doc["replays"] else []
-    return "\n\n".join([head] + [_block(t) for t in doc["targets"]] + replays)
+    now = moment(doc["generated_at"])  # "3 min ago" as of when the report was made
+    replays = [_replays(doc["replays"], now)] if doc["replays"] else []
+    return "\n\n".join([head] + [_block(t, now) for t in doc["targets"]] + replays)
 
 
 def _row(label: str, value: str) -> str:
     return f"  {label:<{_LABEL}}{value}"
 
 
-def _block(t: dict[str, Any]) -> str:
+def _block(t: dict[str, Any], now: datetime) -> str:
     lines = [safe_text(t["target"])]
     ok_rate = f" ({percent(t['success_rate'], 2)})" if t["success_rate"] is not None else ""
     lines.append(_row("probes", f"{number(t['probes'])}, {number(t['ok'])} ok{ok_rate}"))
@@ -47,22 +49,22 @@ def _block(t: dict[str, Any]) -> str:
                                 f"{number(tokens['total'])}"))
     lines.append(_row("fingerprints", _shares(t["fingerprints"], "fingerprint")))
     lines.append(_row("models", _shares(t["models"], "model")))
-    lines.append(_row("rate limits", _limits(t["rate_limits"])))
+    lines.append(_row("rate limits", _limits(t["rate_limits"], now)))
     alerts = t["open_alerts"]
     lines.append(_row("open alerts", "none" if not alerts else str(len(alerts))))
     lines += [f"    #{a['id']} {safe_text(a['severity'], 10)} {safe_text(a['kind'], 20)} "
-              f"{safe_text(a['key'], 40)} since {safe_text(a['opened_at'])}: "
+              f"{safe_text(a['key'], 40)} since {when(a['opened_at'], now)}: "
               f"{safe_text(a['explanation'], 160)}" for a in alerts]
     error = t["last_error"]
     if error is not None:
         status = error["http_status"] if error["http_status"] is not None else "-"
-        lines.append(_row("last error", f"{safe_text(error['at'])} "
+        lines.append(_row("last error", f"{when(error['at'], now)} "
                                         f"{safe_text(error['error_kind'], 40)} (HTTP {status}): "
                                         f"{safe_text(error['detail'] or '', 160)}"))
     return "\n".join(lines)
 
 
-def _replays(replays: list[dict[str, Any]]) -> str:
+def _replays(replays: list[dict[str, Any]], now: datetime) -> str:
     """The newest replays, one line each: they are kept out of every number above."""
     shown = replays[-REPLAYS_SHOWN:]
     lines = [f"replays ({len(replays)} in the range, not counted above"
@@ -71,7 +73,7 @@ def _replays(replays: list[dict[str, Any]]) -> str:
     for r in shown:
         outcome = "ok" if r["ok"] else f"FAIL {safe_text(r['error_kind'] or '-', 30)}"
         lines.append(f"  #{r['probe_id']} of #{r['replay_of'] or '-'}  "
-                     f"{safe_text(r['target'], 40)}  {safe_text(r['t'])}  {outcome}  "
+                     f"{safe_text(r['target'], 40)}  {when(r['t'], now)}  {outcome}  "
                      f"{number(r['total_ms'])} ms  {safe_text(r['model'] or '-', 40)}  "
                      f"{safe_text(r['fingerprint'] or '-', 40)}")
     return "\n".join(lines)
@@ -91,10 +93,12 @@ def _latency(latency: dict[str, Any]) -> list[str]:
 def _shares(entries: list[dict[str, Any]], key: str) -> str:
     if not entries:
         return "-"
-    return ", ".join(f"{safe_text(e[key], 40)} {percent(e['share'])}" for e in entries)
+    shares = percentages([e["count"] for e in entries])  # shown, they add to 100.0%
+    return ", ".join(f"{safe_text(e[key], 40)} {share}"
+                     for e, share in zip(entries, shares, strict=True))
 
 
-def _limits(limits: dict[str, Any] | None) -> str:
+def _limits(limits: dict[str, Any] | None, now: datetime) -> str:
     if limits is None:  # no probe in the range carried a rate-limit header
         return "-"
     parts = []
@@ -106,4 +110,4 @@ def _limits(limits: dict[str, Any] | None) -> str:
                      f"({percent(limits[f'headroom_{kind}'], 2)})")
     if not parts:
         return "-"
-    return ", ".join(parts) + (f"  at {safe_text(limits['at'])}" if limits["at"] else "")
+    return ", ".join(parts) + (f"  at {when(limits['at'], now)}" if limits["at"] else "")

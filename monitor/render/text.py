@@ -3,20 +3,69 @@ came from upstream goes through `safe_text` before it reaches a terminal."""
 
 from __future__ import annotations
 
-import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
-from monitor.domain import ProbeResult
+from monitor.domain import ErrorKind, ProbeResult
 
-# C0/C1 control characters (ESC starts terminal escape sequences), except tab.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0/C1 control characters (ESC starts terminal escape sequences), except tab; bidirectional
+# overrides and isolates (they reorder what is shown: "gpt-4o" could display as another name);
+# line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                      "\u2028\u2029]")
 
 
 def safe_text(text: str, limit: int = 80) -> str:
     """Printable on a terminal: control characters shown as escapes, long text shortened."""
     escaped = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
     return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+def human_time(moment: datetime | str) -> str:
+    """A stored time as a person reads it: UTC, to the second ("2026-05-01 12:04:05 UTC")."""
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def ago(moment: datetime | str, now: datetime) -> str:
+    """How long before `now` ("42 s ago", "3 min ago", "2 h ago", "5 d ago"; "in 3 min")."""
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    seconds = (now - value).total_seconds()
+    span = abs(seconds)
+    if span < 1:
+        return "just now"
+    for size, unit in ((86_400, "d"), (3600, "h"), (60, "min")):
+        if span >= size:
+            amount = f"{int(span // size)} {unit}"
+            break
+    else:
+        amount = f"{int(span)} s"
+    return f"{amount} ago" if seconds > 0 else f"in {amount}"
+
+
+def when(moment: datetime | str | None, now: datetime | None = None) -> str:
+    """human_time, and how long ago when `now` is known; "-" for no time at all."""
+    if moment is None:
+        return "-"
+    shown = human_time(moment)
+    return shown if now is None else f"{shown} ({ago(moment, now)})"
+
+
+def percentages(counts: list[int], digits: int = 1) -> list[str]:
+    """Each count's share of their sum as "12.5%", rounded so that the shares shown add to
+    exactly 100% (largest remainder: the units lost to rounding go to the largest remainders)."""
+    total = sum(counts)
+    if total <= 0:
+        return ["-" for _ in counts]
+    unit = 10**digits  # hundredths of a percent for digits=2, and so on
+    exact = [count * 100 * unit / total for count in counts]
+    floors = [int(value) for value in exact]
+    missing = 100 * unit - sum(floors)
+    order = sorted(range(len(counts)), key=lambda i: (floors[i] - exact[i], i))
+    for i in order[:missing]:
+        floors[i] += 1
+    return [f"{value / unit:.{digits}f}%" for value in floors]
 
 
 def _n(value: float | None, unit: str = "") -> str:
@@ -102,42 +151,75 @@ def _skipped(skipped: dict[str, dict[str, int]]) -> list[str]:
         for name, kinds in skipped.items()]
 
 
-def _value(value: Any, limit: int = 60) -> str:
-    """A before/after value (server-sent, untrusted) on one line."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return safe_text(text, limit)
+_ERROR_KINDS = {kind.value for kind in ErrorKind} | {"unknown_error"}
 
 
-def render_alerts(alerts: list[dict[str, Any]]) -> str:
+def _words(value: Any) -> str:
+    """A stored before/after value in words rather than JSON (unescaped)."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(_words(v) for v in value) or "none"
+    if not isinstance(value, dict):
+        return str(value)
+    if not value:
+        return "none"
+    if set(value) == {"p50_ms", "p95_ms", "n"}:  # latency
+        return (f"p50 {_n(value['p50_ms'], ' ms')}, p95 {_n(value['p95_ms'], ' ms')} "
+                f"over {value['n']} probes")
+    if "error_rate" in value:  # availability over a window
+        kinds = value.get("by_kind") or {}
+        return (f"{value['error_rate']:.0%} of the last {value['n']} probes failed"
+                + (f" ({_words(kinds)})" if kinds else ""))
+    if set(value) == {"max_error_rate"}:
+        return f"at most {value['max_error_rate']:.0%} failing"
+    if set(value) <= _ERROR_KINDS:  # availability's run of failures, by error kind
+        return f"{sum(value.values())} failed: " + ", ".join(
+            f"{kind} {count}" for kind, count in sorted(value.items()))
+    return ", ".join(f"{k.replace('_', ' ')} {_words(v)}" for k, v in value.items())
+
+
+def change(alert: dict[str, Any], limit: int = 120) -> str:
+    """An alert's before -> after in words, escaped for a terminal."""
+    return (f"{safe_text(_words(alert['before']), limit)} -> "
+            f"{safe_text(_words(alert['after']), limit)}")
+
+
+def render_alerts(alerts: list[dict[str, Any]], now: datetime | None = None) -> str:
     if not alerts:
         return "no alerts"
     lines = []
     for a in alerts:
-        when = f"opened {a['opened_at']}"
+        when_text = f"opened {when(a['opened_at'], now)}"
         if a["resolved_at"]:
-            when += f", resolved {a['resolved_at']}"
+            when_text += f", resolved {when(a['resolved_at'], now)}"
         acked = f", acked by {safe_text(a['acked_by'] or '?')}" if a["acked_at"] else ""
         lines.append(f"#{a['id']}  {a['state'].upper():<8} {a['severity']:<8} "
                      f"{safe_text(a['target'])}  {a['kind']} {safe_text(a['key'])}  "
-                     f"{when}{acked}")
-        lines.append(f"      {_value(a['before'])} -> {_value(a['after'])}")
+                     f"{when_text}{acked}")
+        lines.append(f"      {change(a)}")
         lines.append(f"      {safe_text(a['resolution'] or a['explanation'], 200)}")
+        ids = a.get("probe_ids") or []
+        if ids:
+            lines.append("      probes " + ", ".join(f"#{i}" for i in ids)
+                         + " (`monitor show ID`)")
     return "\n".join(lines)
 
 
-def render_fingerprints(history: list[dict[str, Any]]) -> str:
+def render_fingerprints(history: list[dict[str, Any]], now: datetime | None = None) -> str:
     if not history:
         return "no fingerprints stored"
     blocks = []
     for entry in history:
         lines = [safe_text(entry["target"])]
-        for f in entry["fingerprints"]:
-            lines.append(f"  {safe_text(f['fingerprint'], 40):<24} {f['share']:>7.1%} "
-                         f"{f['count']:>8} probes  first {f['first_seen']}  "
-                         f"last {f['last_seen']}")
+        shares = percentages([f["count"] for f in entry["fingerprints"]])
+        for f, share in zip(entry["fingerprints"], shares, strict=True):
+            lines.append(f"  {safe_text(f['fingerprint'], 40):<24} {share:>7} "
+                         f"{f['count']:>8} probes  first {when(f['first_seen'])}  "
+                         f"last {when(f['last_seen'], now)}")
         if entry["timeline"]:
             lines.append("  changes")
-            lines += [f"    {c['at']}  {c['change']:<7} {safe_text(c['key'], 40)}: "
+            lines += [f"    {when(c['at'], now)}  {c['change']:<7} {safe_text(c['key'], 40)}: "
                       f"{safe_text(c['explanation'], 160)}" for c in entry["timeline"]]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -147,7 +229,7 @@ def render_events(events: list[dict[str, Any]]) -> str:
     if not events:
         return "no drift events"
     return "\n".join(
-        f"{e['at']}  {safe_text(e['target'])}  {e['kind']} {safe_text(e['key'], 40)} "
+        f"{when(e['at'])}  {safe_text(e['target'])}  {e['kind']} {safe_text(e['key'], 40)} "
         f"{'opened' if e['opened'] else 'cleared'} ({e['severity']}): "
         f"{safe_text(e['explanation'], 200)}"
         for e in events

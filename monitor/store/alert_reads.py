@@ -47,7 +47,25 @@ def list_alerts(engine: Engine, *, open_only: bool = False, target: str | None =
         query = query.where((AlertRow.opened_at >= since) | (AlertRow.resolved_at.is_(None))
                             | (AlertRow.resolved_at >= since))
     with Session(engine) as session:
-        return [_alert(row, name) for row, name in session.execute(query)]
+        alerts = [_alert(row, name) for row, name in session.execute(query)]
+        return _with_probe_ids(session, alerts)
+
+
+def _with_probe_ids(session: Session, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each alert's `probe_ids`: its probe uids as ids (for /probes/{id} and `monitor show`),
+    in the same order; a probe deleted since is left out."""
+    uids = sorted({uid for alert in alerts for uid in alert["probe_uids"]})
+    ids: dict[str, int] = {}
+    for start in range(0, len(uids), _CHUNK):
+        ids.update(session.execute(select(ProbeRow.uid, ProbeRow.id)
+                                   .where(ProbeRow.uid.in_(uids[start:start + _CHUNK]))).all())
+    for alert in alerts:
+        alert["probe_ids"] = [ids[uid] for uid in alert["probe_uids"] if uid in ids]
+    return alerts
+
+
+# Uids looked up per query: well under SQLite's limit on bound parameters.
+_CHUNK = 500
 
 
 def acknowledge(engine: Engine, alert_id: int, by: str, at: datetime) -> dict[str, Any] | None:
@@ -60,7 +78,7 @@ def acknowledge(engine: Engine, alert_id: int, by: str, at: datetime) -> dict[st
         found = session.execute(
             select(AlertRow, TargetRow.name).join(TargetRow, TargetRow.id == AlertRow.target_id)
             .where(AlertRow.id == alert_id)).first()
-        return None if found is None else _alert(*found)
+        return None if found is None else _with_probe_ids(session, [_alert(*found)])[0]
 
 
 def fingerprint_history(engine: Engine, *, target: str | None = None,

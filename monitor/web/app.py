@@ -5,6 +5,7 @@
     /api/report     the report document (docs/report.md); ?since=24h&until=...&target=a
     /api/alerts     alerts as `monitor alerts --json` lists them; ?open=1 for open ones only
     /metrics        Prometheus exposition of the store's numbers
+    /probes/{id}    one stored probe in full: timings, headers, payload, body, what changed
     /healthz        200 or 503 with the reasons as JSON; never needs the token
 
 The app reads only through the callables it is given, so it holds no session and tests hand it
@@ -41,6 +42,8 @@ from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
 from monitor.render import exposition_registry, render_dashboard, render_metrics
 from monitor.render.dashboard import POLICY
+from monitor.render.probe_page import POLICY as PROBE_POLICY
+from monitor.render.probe_page import render_missing, render_probe_page
 from monitor.snapshot import MetricsSnapshot
 
 log = logging.getLogger(__name__)
@@ -49,11 +52,14 @@ ReportSource = Callable[[datetime, datetime, list[str] | None], dict[str, Any]]
 AlertsSource = Callable[[bool], list[dict[str, Any]]]
 MetricsSource = Callable[[], MetricsSnapshot]
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+ProbeSource = Callable[[int], dict[str, Any] | None]  # store.probe_reads.probe_detail
 
 DEFAULT_HOST = "127.0.0.1"  # the dashboard shows upstream data: public only when asked
 DEFAULT_SINCE = "24h"  # as `monitor report`
 _MAX_REFRESH_S = 86_400
 _JSON = "application/json; charset=utf-8"
+_HTML = "text/html; charset=utf-8"
+_PROBES = "/probes/"
 _ALWAYS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 _STATUS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 503: "Service Unavailable"}
@@ -78,18 +84,23 @@ def _json(status: int, payload: Any, *headers: tuple[str, str]) -> _Response:
 def make_app(report_source: ReportSource, alerts_source: AlertsSource,
              metrics_source: MetricsSource, health: HealthCheck, token: str | None, *,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-             refresh_s: int = defaults.DASHBOARD_REFRESH_S) -> WSGIApplication:
-    """The WSGI app behind `monitor serve`; `token` None leaves every route open."""
+             refresh_s: int = defaults.DASHBOARD_REFRESH_S,
+             probe_source: ProbeSource | None = None) -> WSGIApplication:
+    """The WSGI app behind `monitor serve`; `token` None leaves every route open. Without a
+    `probe_source` there are no /probes/ pages."""
     if token is not None and not token.strip():
         raise ValueError("an empty token would accept `Authorization: Bearer ` from anyone")
-    return _App(report_source, alerts_source, metrics_source, health, token, clock, refresh_s)
+    return _App(report_source, alerts_source, metrics_source, health, token, clock, refresh_s,
+                probe_source)
 
 
 class _App:
     def __init__(self, report_source: ReportSource, alerts_source: AlertsSource,
                  metrics_source: MetricsSource, health: HealthCheck, token: str | None,
-                 clock: Callable[[], datetime], refresh_s: int) -> None:
+                 clock: Callable[[], datetime], refresh_s: int,
+                 probe_source: ProbeSource | None) -> None:
         self._report = report_source
+        self._probe = probe_source
         self._alerts = alerts_source
         self._registry = exposition_registry(metrics_source)
         self._health = health
@@ -111,6 +122,8 @@ class _App:
     def _respond(self, environ: WSGIEnvironment) -> _Response:
         path = environ.get("PATH_INFO") or "/"
         route = self._routes.get(path)
+        if route is None and path.startswith(_PROBES) and self._probe is not None:
+            route = self._probe_page
         if route is None:
             return _json(404, {"error": "not found", "routes": sorted(self._routes)})
         if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
@@ -162,6 +175,17 @@ class _App:
                                 refresh_s=refresh_s)
         return _Response(200, page.encode(), "text/html; charset=utf-8",
                          (("Content-Security-Policy", POLICY), ("Referrer-Policy", "no-referrer")))
+
+    def _probe_page(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
+        assert self._probe is not None  # routed here only with one
+        text = (environ.get("PATH_INFO") or "").removeprefix(_PROBES)
+        # Digits only (int() would take " 7", "+7", "٧") and no larger than an id can be.
+        found = (self._probe(int(text))
+                 if text.isascii() and text.isdigit() and 0 < int(text) < 2**63 else None)
+        headers = (("Content-Security-Policy", PROBE_POLICY), ("Referrer-Policy", "no-referrer"))
+        if found is None:
+            return _Response(404, render_missing(text[:40]).encode(), _HTML, headers)
+        return _Response(200, render_probe_page(found, self._clock()).encode(), _HTML, headers)
 
     def _api_report(self, query: dict[str, list[str]], environ: WSGIEnvironment) -> _Response:
         _only(query, "since", "until", "target")

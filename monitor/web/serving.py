@@ -17,7 +17,7 @@ from monitor.domain import Settings
 from monitor.errors import StoreUnavailable
 from monitor.health import build_report, metrics_snapshot, with_states
 from monitor.snapshot import MetricsSnapshot
-from monitor.store import alert_reads, leases, rollups
+from monitor.store import alert_reads, leases, probe_reads, rollups
 from monitor.watching import read_states, states_json
 from monitor.web import app as web
 
@@ -82,5 +82,8 @@ def build_app(engine: Engine, token: str | None, settings: Callable[[], Settings
             return metrics_snapshot(engine)
         return _store(read)
 
+    def probe(probe_id: int) -> dict[str, Any] | None:
+        return _store(lambda: probe_reads.probe_detail(engine, probe_id))
+
     return web.make_app(report, alerts, metrics, lambda: health(engine, scheduler_alive),
-                        token, clock=clock)
+                        token, clock=clock, probe_source=probe)
