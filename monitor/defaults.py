@@ -102,6 +102,12 @@ DISPATCH_EVERY_S: Final = 1.0
 HEARTBEAT_EVERY_S: Final = 10.0
 
 
+# `monitor status` and the report fold a target's stored probes themselves when the detectors'
+# saved state is missing or was made under other thresholds (the daemon does the same at the
+# target's next probe): up to this many, about a second's work; beyond, they say it is pending.
+WATCH_FOLD_MAX_PROBES: Final = 20_000
+
+
 # --- the HTTP servers (httpd) -----------------------------------------------------------------
 
 # stop() waits this long for each connection thread after shutting its socket; one still busy

@@ -363,6 +363,10 @@ class OneOff:
     def covers(self, at: datetime) -> bool:
         return self.start <= at < self.end
 
+    def ends(self, at: datetime) -> datetime | None:
+        """The end of the occurrence covering `at`, or None if none does."""
+        return self.end if self.covers(at) else None
+
 
 @dataclass(frozen=True)
 class Recurring:
@@ -372,16 +376,21 @@ class Recurring:
     zone: ZoneInfo
 
     def covers(self, at: datetime) -> bool:
+        return self.ends(at) is not None
+
+    def ends(self, at: datetime) -> datetime | None:
+        """The end of the occurrence covering `at` (the latest, if several overlap)."""
         moment = at.astimezone(UTC)
         today = at.astimezone(self.zone).date()
         # A window can start up to 7 days (plus a DST hour) before the local date of `at`.
+        ends = []
         for back in range(9):
             day = today - timedelta(days=back)
             if day.weekday() in self.days:
                 start, end = self._bounds(day)
                 if start <= moment < end:
-                    return True
-        return False
+                    ends.append(end)
+        return max(ends, default=None)
 
     def _bounds(self, day: date) -> tuple[datetime, datetime]:
         # Arithmetic on datetimes sharing a tzinfo is wall-clock arithmetic, and comparing them

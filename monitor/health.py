@@ -15,18 +15,20 @@ and the heartbeat is each target's last probes: both cost the same whatever the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
+from monitor.detect import SEVERITIES
 from monitor.domain import AlertState, SkipKind
 from monitor.sketch import Sketch
-from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, TargetMetrics
-from monitor.store import aggregate, leases, replays, rollups, timeline
+from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
+from monitor.store import aggregate, alert_reads, leases, replays, rollups, timeline
 from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetRow
+from monitor.store.records import newest_probe
 
 VERSION = 2
 # Every probe a point up to two days (2,880 at one a minute), so a change shows the minute it
@@ -100,6 +102,15 @@ def build_report(engine: Engine, since: datetime, until: datetime,
         # Replays are kept apart: no number above counts them (rollups fold canaries only).
         "replays": [_replay(row) for row in listed],
     }
+
+
+def with_states(report: dict[str, Any],
+                states: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report with each target's watch `state` (monitor.watching) merged in: null for a
+    stored target the configuration no longer names."""
+    for entry in report["targets"]:
+        entry["state"] = states.get(entry["target"])
+    return report
 
 
 def _replay(row: Any) -> dict[str, Any]:
@@ -296,27 +307,24 @@ def _iso(value: datetime | None) -> str | None:
 # --- /metrics -------------------------------------------------------------------------------
 
 
-def metrics_snapshot(engine: Engine) -> list[TargetMetrics]:
+def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
     """Per stored target: latency histograms and outcomes over all history (rollup totals,
     as last caught up), the newest successful probe's fingerprint and model, the newest
-    rate-limit values (replays left out of all of these), open alerts by severity, and
-    skipped slots by kind."""
+    rate-limit values (replays left out of all of these), open alerts by kind and severity,
+    skipped slots by kind, and the newest canary probe; and failed notification deliveries
+    by channel."""
     bounds_ms = [bound * 1000 for bound in LATENCY_BUCKETS_S]
     with engine.connect() as connection:
         names = _target_names(connection, None)
         totals = rollups.read_totals(connection)
         skipped = leases.skipped_counts(connection)
-        open_alerts: dict[int, dict[str, int]] = {}
-        for target_id, severity, count in connection.execute(
-                select(AlertRow.target_id, AlertRow.severity, func.count())
-                .where(AlertRow.state == AlertState.OPEN)
-                .group_by(AlertRow.target_id, AlertRow.severity)):
-            open_alerts.setdefault(target_id, {})[severity] = count
+        open_alerts = _open_alerts(connection)
         metrics = []
         for target_id in sorted(names, key=names.__getitem__):
             total = totals.get(target_id, Aggregate())
             newest_ok = connection.execute(_NEWEST_OK, {"target_id": target_id}).first()
             limits = connection.execute(_NEWEST_LIMITS, {"target_id": target_id}).first()
+            newest = newest_probe(connection, target_id)
             metrics.append(TargetMetrics(
                 target=names[target_id],
                 latency={phase: Histogram(
@@ -331,11 +339,31 @@ def metrics_snapshot(engine: Engine) -> list[TargetMetrics]:
                 limit_tokens=limits.ratelimit_limit_tokens if limits else None,
                 remaining_requests=limits.ratelimit_remaining_requests if limits else None,
                 remaining_tokens=limits.ratelimit_remaining_tokens if limits else None,
-                open_alerts=open_alerts.get(target_id, {}),
+                open_alerts=_ZERO_ALERTS | open_alerts.get(target_id, {}),
                 skipped_slots={kind.value: skipped.get(target_id, {}).get(kind.value, 0)
                                for kind in SkipKind},
+                last_probe_timestamp_s=newest.started_at.timestamp() if newest else None,
+                last_probe_ok=newest.ok if newest else None,
             ))
-    return metrics
+        failed = alert_reads.failed_attempts(connection)
+    return MetricsSnapshot(targets=metrics, notifications_failed=failed)
+
+
+# Every (kind, severity) a detector can raise, at zero: "sum(monitor_open_alerts) > 0" then
+# reads 0 rather than "no data" while all is well, in a few series per target (not every
+# kind times every severity).
+_ZERO_ALERTS = {(kind.value, severity.value): 0
+                for kind, severities in SEVERITIES.items() for severity in severities}
+
+
+def _open_alerts(connection: Connection) -> dict[int, dict[tuple[str, str], int]]:
+    found: dict[int, dict[tuple[str, str], int]] = {}
+    for target_id, kind, severity, count in connection.execute(
+            select(AlertRow.target_id, AlertRow.kind, AlertRow.severity, func.count())
+            .where(AlertRow.state == AlertState.OPEN)
+            .group_by(AlertRow.target_id, AlertRow.kind, AlertRow.severity)):
+        found.setdefault(target_id, {})[(kind, severity)] = count
+    return found
 
 
 # Both walk ix_probes_target_id_started_at backwards and stop at the first canary that matches.

@@ -35,5 +35,20 @@ class TargetMetrics:
     limit_tokens: int | None
     remaining_requests: int | None
     remaining_tokens: int | None
-    open_alerts: dict[str, int]  # severity -> open alerts
+    # (kind, severity) -> alerts open now; every pair a detector can raise, zeros included
+    open_alerts: dict[tuple[str, str], int]
     skipped_slots: dict[str, int]  # skip kind (every one) -> slots skipped, all stored history
+    # The newest canary probe (replays are not the canary): when it started (seconds since
+    # the epoch) and whether it succeeded; None before the first.
+    last_probe_timestamp_s: float | None
+    last_probe_ok: bool | None
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Everything one /metrics scrape exposes."""
+
+    targets: list[TargetMetrics]
+    # channel ("log", "webhook:<hash>", "slack:<hash>") -> delivery attempts that failed,
+    # over all stored notifications
+    notifications_failed: dict[str, int]

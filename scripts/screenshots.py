@@ -32,6 +32,7 @@ from sqlalchemy import Engine, select
 
 from monitor import config
 from monitor.daemon.steps import Daemon
+from monitor.domain import Settings
 from monitor.sim import SimClient, Simulator
 from monitor.store import db, rollups
 from monitor.store.models import ProbeRow, TargetRow
@@ -78,8 +79,8 @@ api_version = "2024-10-21"
 """
 
 
-def build_history(workdir: Path, minutes: int) -> tuple[Engine, datetime]:
-    """Probe the simulator every 2 s of a stepped clock; returns the store and the end."""
+def build_history(workdir: Path, minutes: int) -> tuple[Engine, Settings, datetime]:
+    """Probe the simulator every 2 s of a stepped clock; returns the store, the settings and the end."""
     now = START
 
     def clock() -> datetime:
@@ -117,7 +118,7 @@ def build_history(workdir: Path, minutes: int) -> tuple[Engine, datetime]:
             rollups.catch_up(engine)
         finally:
             daemon.close()
-    return engine, now
+    return engine, settings, now
 
 
 def first_probe_with(engine: Engine, target: str, fingerprint: str) -> int:
@@ -165,10 +166,10 @@ def main() -> int:
         workdir = args.keep or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         print(f"probing the simulator for {args.minutes} minutes of 2 s slots", flush=True)
-        engine, end = build_history(workdir, args.minutes)
+        engine, settings, end = build_history(workdir, args.minutes)
         probe = first_probe_with(engine, "gpt-4o", NEW_FINGERPRINT)
         missing = 0
-        with WebServer(build_app(engine, None, clock=lambda: end)) as server:
+        with WebServer(build_app(engine, None, lambda: settings, clock=lambda: end)) as server:
             for page in args.pages or PAGES:
                 name, _, path = page.partition("=")
                 url = server.url + path.format(probe=probe)

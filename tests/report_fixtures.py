@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from typing import Any
 from wsgiref.types import WSGIApplication
 
-from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, TargetMetrics
+from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
 from monitor.web.app import serve
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -121,6 +121,8 @@ def _plain_target(since: datetime) -> dict[str, Any]:
         "uptime": {"24h": 0.9896, "7d": 0.9931, "30d": 0.9957},
         "heartbeat": _heartbeat(since + timedelta(hours=24), 60, 9001, "fp_a1b2c3d4e5",
                                 "gpt-4o-2024-08-06", failed=[17, 58], limited=[40]),
+        "state": {"summary": "watching", "warmups": [], "backoff_until": None,
+                  "budget_spent": None, "maintenance_until": None},
     }
 
 
@@ -137,6 +139,11 @@ def _streaming_target(since: datetime) -> dict[str, Any]:
         "uptime": {"24h": 1.0, "7d": 1.0, "30d": None},
         "heartbeat": _heartbeat(since + timedelta(hours=24), 12, 5001, "fp_stream",
                                 "gpt-4o-mini-2024-07-18"),
+        "state": {
+            "summary": "learning fingerprint pool (24 of 30 probes)",
+            "warmups": [{"baseline": "fingerprint pool", "detector": "fingerprint",
+                         "seen": 24, "needed": 30}],
+            "backoff_until": None, "budget_spent": None, "maintenance_until": None},
     })
     target["latency_ms"] = dict(target["latency_ms"],
                                 ttft={"p50": 210.0, "p95": 390.0, "p99": 512.9})
@@ -159,6 +166,12 @@ def _idle_target() -> dict[str, Any]:
         "series": {"bucket": "hour", "points": []},
         "uptime": {"24h": None, "7d": None, "30d": None},
         "heartbeat": [],
+        "state": {
+            "summary": "in maintenance until 14:00:00 UTC; waiting for its first probe",
+            "warmups": [{"baseline": "availability", "detector": "availability",
+                         "seen": 0, "needed": 10}],
+            "backoff_until": None, "budget_spent": None,
+            "maintenance_until": _iso(NOW + timedelta(hours=2))},
     }
 
 
@@ -267,9 +280,10 @@ def histogram(values_s: list[float]) -> Histogram:
     return Histogram(LATENCY_BUCKETS_S, cumulative, len(values_s), sum(values_s))
 
 
-def metrics() -> list[TargetMetrics]:
-    """What metrics_snapshot would read for two targets, one of them with hostile labels."""
-    return [
+def metrics() -> MetricsSnapshot:
+    """What metrics_snapshot would read for two targets, one of them with hostile labels, and
+    a webhook that failed twice."""
+    return MetricsSnapshot([
         TargetMetrics(
             target="gpt-4o",
             latency={"total": histogram([0.3, 0.4, 0.45, 0.9, 1.2]),
@@ -278,16 +292,20 @@ def metrics() -> list[TargetMetrics]:
             fingerprint="fp_6ec83003ad", model="gpt-4o-2024-08-06",
             limit_requests=10000, limit_tokens=30000000,
             remaining_requests=9999, remaining_tokens=29999985,
-            open_alerts={"warning": 1},
+            open_alerts={("latency", "warning"): 1, ("availability", "critical"): 0},
             skipped_slots={"budget_spent": 0, "missed": 1, "rate_limited": 3},
+            last_probe_timestamp_s=NOW.timestamp(), last_probe_ok=True,
         ),
         TargetMetrics(
             target="local", latency={}, outcomes={"ok": 3}, fingerprint=SCRIPT,
             model='quote"back\\slash\nnewline', limit_requests=None, limit_tokens=None,
-            remaining_requests=None, remaining_tokens=None, open_alerts={},
+            remaining_requests=None, remaining_tokens=None,
+            open_alerts={("latency", "warning"): 0, ("availability", "critical"): 0},
             skipped_slots={"budget_spent": 0, "missed": 0, "rate_limited": 0},
+            last_probe_timestamp_s=(NOW - timedelta(minutes=7)).timestamp(),
+            last_probe_ok=False,
         ),
-    ]
+    ], notifications_failed={"log": 0, "webhook:0123456789abcdef": 2})
 
 
 class Sources:

@@ -43,6 +43,7 @@ from monitor.store.models import ProbeRow
 from monitor.store.records import Recorder
 from monitor.web.app import make_app
 from monitor.web.serving import build_app
+from tests.conftest import MakeSettings
 
 _TIMEOUT_S = 30.0
 
@@ -298,11 +299,12 @@ def ten_minutes(target: str) -> list[ProbeResult]:
 
 
 def test_ten_minutes_at_two_seconds_draws_every_probe_and_shows_both_changes(
-        browser: Browser, engine: Engine) -> None:
+        browser: Browser, engine: Engine, make_settings: MakeSettings) -> None:
     Recorder(engine).save_many([r for name in ("gpt-4o", "local") for r in ten_minutes(name)])
     with engine.connect() as connection:
         ids = {row.uid: row.id for row in connection.execute(select(ProbeRow.uid, ProbeRow.id))}
-    app = build_app(engine, None, clock=lambda: NOW)
+    settings = make_settings({"name": "gpt-4o"}, {"name": "local"})
+    app = build_app(engine, None, lambda: settings, clock=lambda: NOW)
     with running(app) as url, browser.open(f"{url}/", javascript=False) as page:
         html = page.html()  # as Chromium parsed it
         problems = page.problems()

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from monitor.cli import cli
+from monitor.config import load
 from monitor.render.probe_page import POLICY
 from monitor.render.probes import body_lines
 from monitor.sim import SimClient, Simulator
@@ -152,8 +153,9 @@ def served(stored: Path, database_url: str) -> Iterator[str]:
     from monitor.web import serving
 
     engine = db.open_store(database_url)
+    settings = load(str(stored))
     try:
-        with running(serving.build_app(engine, TOKEN)) as url:
+        with running(serving.build_app(engine, TOKEN, lambda: settings)) as url:
             yield url
     finally:
         engine.dispose()

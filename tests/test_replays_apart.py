@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 
 from monitor.cli import cli
+from monitor.config import load
 from monitor.sim import SimClient, Simulator
 from monitor.store.models import ProbeRow, TargetRow
 from monitor.web.serving import build_app
@@ -74,7 +75,8 @@ def test_replays_change_no_count_share_or_percentile(
     assert alpha is not None
 
     def everything() -> dict[str, Any]:
-        with running(build_app(engine, None)) as url:
+        settings = load(config)
+        with running(build_app(engine, None, lambda: settings, clock=clock)) as url:
             api = api_report(url)  # catches rollups up first: /metrics reads their totals
             scraped = metrics(url)
         return {

@@ -244,7 +244,7 @@ def test_report_numbers_equal_those_computed_from_the_probes(
 
 def test_metrics_leave_replays_out_and_count_every_skipped_slot(
         engine: Engine, history: History) -> None:
-    snapshot = {m.target: m for m in metrics_snapshot(engine)}
+    snapshot = {m.target: m for m in metrics_snapshot(engine).targets}
     for name, results in history.canaries.items():
         newest_ok = max((r for r in results if r.ok), key=lambda r: r.started_at)
         assert (snapshot[name].fingerprint, snapshot[name].model) == (
@@ -253,6 +253,9 @@ def test_metrics_leave_replays_out_and_count_every_skipped_slot(
         assert snapshot[name].latency["total"].count == sum(r.ok for r in results)
         kinds = Counter(kind for target, _, kind in history.skips if target == name)
         assert snapshot[name].skipped_slots == {k.value: kinds[k.value] for k in SkipKind}
+        newest = max(results, key=lambda r: r.started_at)
+        assert (snapshot[name].last_probe_timestamp_s, snapshot[name].last_probe_ok) == (
+            newest.started_at.timestamp(), newest.ok)
 
 
 def test_only_the_named_targets_are_reported(
@@ -320,4 +323,6 @@ def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:
     assert set(entry["open_alerts"][0]) == {"id", "kind", "key", "severity", "opened_at",
                                             "explanation"}
     assert before not in [a["id"] for a in entry["alerts"]]
-    assert metrics_snapshot(engine)[0].open_alerts == {"warning": 2}
+    open_now = metrics_snapshot(engine).targets[0].open_alerts
+    assert {pair: count for pair, count in open_now.items() if count} == {
+        ("latency", "warning"): 2}

@@ -246,7 +246,8 @@ def test_metrics_come_from_totals_and_the_newest_probes(engine: Engine) -> None:
     results = varied_history(300, seed=4)
     store(engine, results)
     rollups.catch_up(engine)
-    [metrics] = metrics_snapshot(engine)
+    snapshot = metrics_snapshot(engine)
+    [metrics] = snapshot.targets
     ok = [r for r in results if r.ok]
     assert metrics.outcomes == {"ok": len(ok), **Counter(
         r.error_kind.value for r in results if r.error_kind)}
@@ -264,4 +265,8 @@ def test_metrics_come_from_totals_and_the_newest_probes(engine: Engine) -> None:
     newest = max((r for r in results if r.rate_limits != RateLimits()),
                  key=lambda r: r.started_at)
     assert metrics.remaining_requests == newest.rate_limits.remaining_requests
-    assert metrics.open_alerts == {}
+    assert not any(metrics.open_alerts.values())
+    last = max(results, key=lambda r: r.started_at)
+    assert (metrics.last_probe_timestamp_s, metrics.last_probe_ok) == (
+        last.started_at.timestamp(), last.ok)
+    assert snapshot.notifications_failed == {"log": 0}

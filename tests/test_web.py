@@ -223,10 +223,32 @@ def test_metrics_show_rate_limits_and_open_alerts(server: str) -> None:
     assert samples(families["monitor_ratelimit_remaining"])[
         ("monitor_ratelimit_remaining", (("kind", "tokens"), ("target", "gpt-4o")))] == 29999985
     alerts = samples(families["monitor_open_alerts"])
-    assert alerts[("monitor_open_alerts", (("severity", "warning"), ("target", "gpt-4o")))] == 1
-    # Zeros for every severity, so a sum over them reads 0 rather than "no data".
-    assert alerts[("monitor_open_alerts", (("severity", "critical"), ("target", "local")))] == 0
-    assert len(alerts) == 6
+    assert alerts == {
+        ("monitor_open_alerts", (("kind", kind), ("severity", severity), ("target", target))):
+            count
+        for (target, kind, severity), count in {
+            ("gpt-4o", "latency", "warning"): 1, ("gpt-4o", "availability", "critical"): 0,
+            ("local", "latency", "warning"): 0, ("local", "availability", "critical"): 0,
+        }.items()}
+
+
+def test_metrics_show_the_newest_probe_for_staleness_alerts(server: str) -> None:
+    families = scrape(server)
+    assert samples(families["monitor_last_probe_timestamp_seconds"]) == {
+        ("monitor_last_probe_timestamp_seconds", (("target", "gpt-4o"),)): NOW.timestamp(),
+        ("monitor_last_probe_timestamp_seconds", (("target", "local"),)):
+            NOW.timestamp() - 420}
+    assert samples(families["monitor_last_probe_success"]) == {
+        ("monitor_last_probe_success", (("target", "gpt-4o"),)): 1,
+        ("monitor_last_probe_success", (("target", "local"),)): 0}
+
+
+def test_metrics_count_failed_notification_deliveries_by_channel(server: str) -> None:
+    family = scrape(server)["monitor_notifications_failed"]
+    assert family.type == "counter"
+    assert samples(family) == {
+        ("monitor_notifications_failed_total", (("channel", "log"),)): 0,
+        ("monitor_notifications_failed_total", (("channel", "webhook:0123456789abcdef"),)): 2}
 
 
 def test_metrics_count_skipped_slots_by_reason(server: str) -> None:
@@ -410,7 +432,9 @@ def test_grafana_dashboard_uses_only_metrics_that_metrics_exposes(server: str) -
     assert used and used <= exposed, used - exposed
     assert {"monitor_probe_latency_seconds_bucket", "monitor_probes_total",
             "monitor_ratelimit_remaining", "monitor_ratelimit_limit", "monitor_open_alerts",
-            "monitor_target_info"} <= used
+            "monitor_target_info", "monitor_last_probe_timestamp_seconds",
+            "monitor_last_probe_success", "monitor_notifications_failed_total"} <= used
+    assert any("sum by (kind)" in e for e in exprs)  # open alerts by kind
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}"
         assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for t in panel["targets"])
@@ -422,7 +446,7 @@ def test_fixture_document_follows_the_contract() -> None:
     assert set(doc["targets"][0]) == {
         "target", "probes", "ok", "success_rate", "errors", "skipped", "latency_ms",
         "output_tokens_per_s", "tokens", "fingerprints", "models", "rate_limits",
-        "open_alerts", "alerts", "last_error", "series", "uptime", "heartbeat"}
+        "open_alerts", "alerts", "last_error", "series", "uptime", "heartbeat", "state"}
     assert set(doc["replays"][0]) == {
         "probe_id", "replay_of", "target", "t", "ok", "error_kind", "http_status", "model",
         "fingerprint", "total_ms"}

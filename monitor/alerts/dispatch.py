@@ -251,8 +251,8 @@ class Dispatcher:
         """'delivered', 'gave_up' or 'retry'."""
         row, uid, created_at = claimed
         attempts = row.attempts + 1
-        if row.channel not in known:
-            self._finish(row.id, attempts, now, gave_up="the channel is no longer configured")
+        if row.channel not in known:  # given up unsent: no attempt is counted
+            self._finish(row.id, row.attempts, now, gave_up="the channel is no longer configured")
             return "gave_up"
         if now - created_at > timedelta(milliseconds=self.policy.give_up_after_ms):
             log.error("notification %s to %s given up after %d attempts: %s", uid,

@@ -39,6 +39,26 @@ def active_window(
     return next((w for w in windows if w.applies_to(target) and w.when.covers(at)), None)
 
 
+# Windows followed through back to back (one ending as the next begins) at most this often: a
+# recurring window that never ends would otherwise be followed for ever.
+_CHAINED = 10
+
+
+def maintenance_until(
+    windows: Iterable[MaintenanceWindow], target: str, at: datetime
+) -> datetime | None:
+    """When the maintenance silencing `target` at `at` ends (windows that overlap or follow
+    each other without a gap count as one), or None if none silences it."""
+    windows = [w for w in windows if w.applies_to(target)]
+    until = None
+    for _ in range(_CHAINED):
+        ends = [end for w in windows if (end := w.when.ends(until or at)) is not None]
+        if not ends:
+            break
+        until = max(ends)
+    return until
+
+
 # --- reading [[alerts.maintenance]] ------------------------------------------------------------
 
 _KEYS = ("name", "reason", "targets", "start", "end", "duration", "days", "timezone")

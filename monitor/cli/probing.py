@@ -27,9 +27,10 @@ from monitor.config.checks import check_database_url
 from monitor.defaults import ALIVE_WITHIN_S
 from monitor.domain import Settings, Target
 from monitor.render import text
-from monitor.store import db, leases
+from monitor.store import alert_reads, db, leases
 from monitor.store.records import Recorder, count_probes, count_targets, last_probes, probe_records
 from monitor.store.spool import Spool
+from monitor.watching import read_states, states_json
 
 
 @click.command("probe")
@@ -145,9 +146,12 @@ def run_command(once: bool, log_format: str, spool: str, http_address: str | Non
               metavar="FILE")
 @config_option
 def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
-    """Show where the database is, how much history it holds and each target's last probe."""
+    """Show where the database is, how much history it holds, each target's last probe and
+    what it is waiting for (baselines still learning, backoff, budget, maintenance), and the
+    open alerts."""
     spool_path(spool)
     settings = load(config_path)
+    at = now()
     with opened(settings.database_url) as engine:
         status = {
             "database": db.display_url(settings.database_url),
@@ -157,10 +161,12 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "bytes": db.size_bytes(engine),
             "spool_backlog": Spool(spool).backlog(),
             "last_probes": last_probes(engine),
-            "instances": leases.alive(engine, now(),
+            "instances": leases.alive(engine, at,
                                       timedelta(seconds=ALIVE_WITHIN_S)),
             # Slots not probed on purpose or missed, per target and kind (SkipKind).
-            "skipped_24h": leases.skipped_by_target(engine, now() - timedelta(hours=24)),
+            "skipped_24h": leases.skipped_by_target(engine, at - timedelta(hours=24)),
+            "states": states_json(read_states(engine, settings, at), at),
+            "open_alerts": alert_reads.list_alerts(engine, open_only=True),
         }
     if as_json:
         click.echo(json.dumps(status, indent=2))

@@ -13,6 +13,7 @@ import click
 from monitor.cli.common import (
     allowed_host_option,
     atomic_output,
+    clock,
     config_option,
     hosts_allowed,
     insecure_public_option,
@@ -24,9 +25,10 @@ from monitor.cli.common import (
     refuse_public,
     web_token,
 )
-from monitor.health import build_report
+from monitor.health import build_report, with_states
 from monitor.render import render_csv, render_html, render_table
 from monitor.store import retention, rollups
+from monitor.watching import read_states, states_json
 
 
 @click.command("report")
@@ -53,9 +55,12 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
     if start >= end:
         raise click.BadParameter("must be before --until", param_hint="--since")
     path = output_path(output, "--output") if output is not None else None
-    with opened(load(config_path).database_url) as engine:
+    settings = load(config_path)
+    with opened(settings.database_url) as engine:
         rollups.catch_up(engine)  # probes stored since the daemon last rolled up (or without one)
-        document = build_report(engine, start, end, list(targets) or None, generated)
+        document = with_states(
+            build_report(engine, start, end, list(targets) or None, generated),
+            states_json(read_states(engine, settings, generated), generated))
     renderers: dict[str, Callable[[dict[str, Any]], str]] = {
         "json": lambda d: json.dumps(d, indent=2) + "\n", "table": lambda d: render_table(d) + "\n",
         "csv": render_csv, "html": render_html}
@@ -87,8 +92,8 @@ def serve_command(host: str, port: int, allowed_hosts: tuple[str, ...], insecure
     settings = load(config_path)
     allowed = hosts_allowed(settings, allowed_hosts)
     with opened(settings.database_url) as engine:
-        app.serve(host, port, serving.build_app(engine, token), ready=click.echo,
-                  allowed_hosts=allowed)
+        app.serve(host, port, serving.build_app(engine, token, lambda: settings, clock=clock()),
+                  ready=click.echo, allowed_hosts=allowed)
 
 
 @click.command("prune")

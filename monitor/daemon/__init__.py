@@ -82,7 +82,10 @@ def _serve(service: Service, web: WebOptions | None, echo: Callable[[str], None]
     from monitor.web import app, serving
 
     engine = service.daemon.recorder.engine
-    wsgi = serving.build_app(engine, web.token, scheduler_alive=lambda: service.scheduler.running)
+    daemon = service.daemon
+    wsgi = serving.build_app(engine, web.token, lambda: daemon.settings,
+                             scheduler_alive=lambda: service.scheduler.running,
+                             clock=daemon.clock)
     server = app.WebServer(wsgi, web.host, web.port, allowed_hosts=web.allowed_hosts).start()
     echo(f"listening on {server.url}")
     try:

@@ -9,7 +9,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from monitor.domain import ProbeResult, Target
+from monitor.domain import Target
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
@@ -33,17 +33,6 @@ def slots_before(target: Target, after: datetime, until: datetime) -> list[datet
         found.append(slot)
         slot += interval
     return found
-
-
-def backoff_s(result: ProbeResult, target: Target) -> float:
-    """How long to leave a target alone after a 429: what the server said, else one interval."""
-    limits = result.rate_limits
-    for hint in (result.retry_after_s, limits.reset_requests_s, limits.reset_tokens_s):
-        if hint is not None and hint > 0:
-            return hint
-    return target.interval_ms / 1000
-
-
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from monitor.alerts.dispatch import Dispatcher
 from monitor.alerts.watch import Watcher
 from monitor.clock import Clock, utc_now
 from monitor.daemon.prober import Prober
-from monitor.daemon.slots import backoff_s, slot_at, slots_before
+from monitor.daemon.slots import slot_at, slots_before
 from monitor.domain import ErrorKind, ProbeResult, Settings, SkipKind, Target
 from monitor.errors import StoreError, StoreUnavailable
 from monitor.render import text as report
@@ -27,6 +27,7 @@ from monitor.store import db, leases, retention, rollups
 from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
+from monitor.watching import backoff_s, budget_spent, utc_day
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
@@ -114,7 +115,7 @@ class Daemon:
         stands."""
         if target.daily_token_budget is None and target.daily_request_budget is None:
             return None
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        day = utc_day(now)
         read = self._db_quietly(lambda: usage_since(
             self.recorder.engine, self.recorder.target_id(target.name), day))
         if read is not None:
@@ -122,13 +123,7 @@ class Daemon:
         known_day, requests_sent, tokens_used = self._usage.get(target.name, (day, 0, 0))
         if known_day != day:
             requests_sent, tokens_used = 0, 0  # a new UTC day: the budget is whole again
-        budget = target.daily_request_budget
-        if budget is not None and requests_sent >= budget:
-            return f"daily request budget spent ({requests_sent} of {budget} requests today, UTC)"
-        budget = target.daily_token_budget
-        if budget is not None and tokens_used >= budget:
-            return f"daily token budget spent ({tokens_used} of {budget} tokens today, UTC)"
-        return None
+        return budget_spent(target, requests_sent, tokens_used)
 
     def _tell_budget(self, name: str, slot: datetime, spent: str) -> None:
         """Log a spent budget once (it holds until the next UTC day), each skipped slot at
@@ -150,7 +145,7 @@ class Daemon:
         """Leave the target alone until the server's retry time. The slots inside it are
         reserved in the database, so no other instance (nor this one restarted) probes them,
         and each is recorded as skipped when its time comes (store/leases.py)."""
-        wait_s = backoff_s(result, target)
+        wait_s = backoff_s(result.retry_after_s, result.rate_limits, target.interval_ms)
         until = now + timedelta(seconds=wait_s)
         reason = f"rate limited: HTTP 429, waiting {wait_s:g} s until {until.isoformat()}"
         self._backoff[target.name] = (until, reason)

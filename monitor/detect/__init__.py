@@ -6,7 +6,9 @@ bounded (fixed-size windows, the few values it knows), and `snapshot()` -> JSON 
 continues exactly where it stopped. Hence folding a stored history gives exactly the events
 that live detection gave, which replay and the alert layer rely on.
 
-A target's first `warmup_probes` observations form its baselines and never raise an event.
+A target's first `warmup_probes` observations form its baselines and never raise an event
+(some baselines take more: the fingerprint pool, the latency windows); `warmups()` says which
+are still learning and how far each has got, which is what `monitor status` shows.
 Each call of `TargetDetector.step` returns the events of the conditions that observation opened
 (`opened=True`) or cleared (`opened=False`); `active()` gives the opening events of those still
 open. The kinds live in one module each: fingerprint, model, latency, quota, availability,
@@ -19,15 +21,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from monitor.detect.availability import AvailabilityDetector
-from monitor.detect.base import Detector
+from monitor.detect.base import Detector, Warmup
 from monitor.detect.fingerprint import FingerprintDetector
 from monitor.detect.latency import LatencyDetector
 from monitor.detect.model import ModelDetector
 from monitor.detect.output import OutputDetector
 from monitor.detect.quota import QuotaDetector
-from monitor.domain import DetectionThresholds, DriftEvent, Observation
+from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
-__all__ = ["SNAPSHOT_VERSION", "TargetDetector", "detect"]
+__all__ = ["SEVERITIES", "SNAPSHOT_VERSION", "TargetDetector", "Warmup", "detect"]
 
 # Bumped when the snapshot layout changes; an older snapshot is refused, and the caller
 # rebuilds the state by folding the stored history again.
@@ -42,6 +44,9 @@ DETECTORS: tuple[type[Detector], ...] = (
     OutputDetector,
     LatencyDetector,
 )
+
+# The severities each kind's conditions can have.
+SEVERITIES: dict[DriftKind, tuple[Severity, ...]] = {d.kind: d.severities for d in DETECTORS}
 
 
 class TargetDetector:
@@ -62,6 +67,11 @@ class TargetDetector:
     def active(self) -> list[DriftEvent]:
         """The opening events of the conditions open now."""
         return [event for detector in self._detectors for event in detector.conditions.active()]
+
+    def warmups(self) -> list[Warmup]:
+        """The baselines still learning, detector by detector: while one is, the conditions
+        that compare with it cannot open."""
+        return [warmup for detector in self._detectors for warmup in detector.warmups()]
 
     def snapshot(self) -> dict[str, Any]:
         """The complete state as JSON-able data."""

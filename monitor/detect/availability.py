@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from monitor.detect.base import MAX_UIDS, Detector
+from monitor.detect.base import MAX_UIDS, Detector, Warmup
 from monitor.domain import (
     DetectionThresholds,
     DriftEvent,
@@ -46,6 +46,7 @@ def _breakdown(labels: Counter[str] | dict[str, int]) -> str:
 
 class AvailabilityDetector(Detector):
     kind = DriftKind.AVAILABILITY
+    severities = (Severity.CRITICAL,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
@@ -139,6 +140,12 @@ class AvailabilityDetector(Detector):
             explanation=f"{self.target}: {failures} of the last {size} probes failed, down to "
             f"{rate:.0%}.",
         )]
+
+    def warmups(self) -> list[Warmup]:
+        t = self.thresholds
+        return [*self.learning("availability", self.learned, t.warmup_probes),
+                *self.learning("error rate window", len(self.window),
+                               t.availability_window_probes)]
 
     def dump(self) -> dict[str, Any]:
         return {

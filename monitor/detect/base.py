@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol, Self
 
@@ -82,6 +83,18 @@ def event_from_json(data: dict[str, Any]) -> DriftEvent:
     )
 
 
+@dataclass(frozen=True)
+class Warmup:
+    """A baseline still being learned, so the conditions that compare with it stay silent:
+    `seen` of the `needed` probes it takes in (what "learning <baseline> (seen of needed
+    probes)" says)."""
+
+    detector: str  # the DriftKind value
+    baseline: str
+    seen: int
+    needed: int
+
+
 class Streak(Protocol):
     """A baseline that counts the probes in a row that came back to it."""
 
@@ -95,9 +108,11 @@ class Conditions:
     that an event restored from JSON equals the one that was saved.
     """
 
-    def __init__(self, target: str, kind: DriftKind) -> None:
+    def __init__(self, target: str, kind: DriftKind,
+                 severities: tuple[Severity, ...] = tuple(Severity)) -> None:
         self.target = target
         self.kind = kind
+        self.severities = severities
         self._open: dict[str, DriftEvent] = {}
 
     def get(self, key: str) -> DriftEvent | None:
@@ -119,6 +134,8 @@ class Conditions:
     ) -> DriftEvent:
         if key in self._open:
             raise ValueError(f"{self.kind.value} condition {key!r} is already open")
+        if severity not in self.severities:
+            raise ValueError(f"{self.kind.value} declares no {severity.value} conditions")
         event = DriftEvent(
             target=self.target, kind=self.kind, key=key, opened=True, severity=severity,
             at=obs.started_at, before=before, after=after, probe_uids=last_uids(uids),
@@ -184,16 +201,28 @@ class Detector(abc.ABC):
     """
 
     kind: ClassVar[DriftKind]
+    # Every severity its conditions can have (what /metrics lays out zeros for).
+    severities: ClassVar[tuple[Severity, ...]]
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         self.target = target
         self.thresholds = thresholds
-        self.conditions = Conditions(target, self.kind)
+        self.conditions = Conditions(target, self.kind, self.severities)
         self.learned = 0  # probes taken into the baseline so far (the warm-up)
 
     @abc.abstractmethod
     def step(self, obs: Observation) -> list[DriftEvent]:
         """Take in one observation; return the events of conditions it opened or cleared."""
+
+    @abc.abstractmethod
+    def warmups(self) -> list[Warmup]:
+        """The baselines still learning, as of the observations taken in so far."""
+
+    def learning(self, baseline: str, seen: int, needed: int) -> list[Warmup]:
+        """[the warm-up] while `seen` < `needed`, else []."""
+        if seen >= needed:
+            return []
+        return [Warmup(self.kind.value, baseline, seen, needed)]
 
     @abc.abstractmethod
     def dump(self) -> dict[str, Any]:

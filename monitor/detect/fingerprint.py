@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any
 
-from monitor.detect.base import Detector, clip, duration, ms, name
+from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
 from monitor.detect.stats import homogeneity_p_value
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
@@ -37,6 +37,7 @@ def _pool(prints: Any) -> str:
 
 class FingerprintDetector(Detector):
     kind = DriftKind.FINGERPRINT
+    severities = (Severity.WARNING, Severity.INFO)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
@@ -221,7 +222,19 @@ class FingerprintDetector(Detector):
             f"{shares} ({window}).",
         )]
 
-    # --- snapshot -----------------------------------------------------------------------
+    # --- warm-up and snapshot -------------------------------------------------------------
+
+    def warmups(self) -> list[Warmup]:
+        t = self.thresholds
+        if not self.learned:
+            return []  # no fingerprint yet: a server that sends none has no pool to learn
+        pool = self.learning("fingerprint pool", self.learned, t.fingerprint_warmup_probes)
+        if pool or len(self.known) < 2:
+            return pool  # one backend has no mix to shift
+        # The share test runs once both windows are full (the baseline fills from the recent
+        # window's overflow); a change of pool empties them.
+        return self.learning("fingerprint mix", len(self.recent) + len(self.baseline),
+                             t.fingerprint_share_recent + t.fingerprint_share_window)
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.detect.base import Detector
+from monitor.detect.base import Detector, Warmup
 from monitor.detect.stats import mann_whitney_greater, percentile
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
@@ -98,8 +98,20 @@ def _summary(sorted_values: list[float]) -> dict[str, Any]:
     }
 
 
+def baseline_needed(recent: int, most: int, least: int, p_value: float) -> int:
+    """The fewest baseline values with which the relative test can open at all: at least
+    `least`, and enough that a recent window wholly above the baseline is significant (with
+    fewer, no slowdown however large passes the test). `most` + 1: never."""
+    high = [float(most + value) for value in range(recent)]
+    for size in range(least, most + 1):
+        if mann_whitney_greater(high, [float(value) for value in range(size)]) < p_value:
+            return size
+    return most + 1
+
+
 class LatencyDetector(Detector):
     kind = DriftKind.LATENCY
+    severities = (Severity.WARNING,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
@@ -208,6 +220,23 @@ class LatencyDetector(Detector):
                 f"{after['p50_ms']:.0f} ms over the last {after['n']} probes, {reason}.",
             )]
         return []
+
+    def warmups(self) -> list[Warmup]:
+        """The relative test can first open once the recent window is full and the baseline
+        behind it (which fills from the recent window's overflow) is big enough for the test
+        to be passed at all: 20 successful probes by default. The baseline keeps growing to
+        `latency_baseline_probes` after that."""
+        t = self.thresholds
+        fill_needed = t.latency_recent_probes + baseline_needed(
+            t.latency_recent_probes, t.latency_baseline_probes, t.latency_min_samples,
+            t.latency_p_value)
+        # Every metric measured so far (total always; ttft and processing where sent).
+        fill = min((len(s.recent) + len(s.baseline) for s in self.series.values() if s.recent),
+                   default=0)
+        if self.learned >= t.warmup_probes and fill >= fill_needed:
+            return []
+        seen = fill if self.learned >= t.warmup_probes else min(self.learned, fill)
+        return self.learning("latency baseline", seen, max(t.warmup_probes, fill_needed))
 
     def dump(self) -> dict[str, Any]:
         return {

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.detect.base import Detector, clip, duration, ms, name
+from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 
 class ModelDetector(Detector):
     kind = DriftKind.MODEL
+    severities = (Severity.WARNING,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
@@ -91,6 +92,11 @@ class ModelDetector(Detector):
         self.baseline = None
         self.back = 0
         return events
+
+    def warmups(self) -> list[Warmup]:
+        if not self.learned:
+            return []  # no model named yet (since the request last changed)
+        return self.learning("model", self.learned, self.thresholds.warmup_probes)
 
     def dump(self) -> dict[str, Any]:
         return {

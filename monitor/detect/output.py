@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from monitor.detect.base import Detector, clip, duration, ms, name
+from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 # A few variants seen while learning are tolerated (a seed is best effort); more would mean
@@ -62,6 +62,7 @@ class Baseline:
 
 class OutputDetector(Detector):
     kind = DriftKind.OUTPUT
+    severities = (Severity.WARNING,)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
@@ -147,6 +148,11 @@ class OutputDetector(Detector):
         self.learned = 0
         self.baselines = {key: Baseline() for key in FIELDS}
         return events
+
+    def warmups(self) -> list[Warmup]:
+        if not self.learned:
+            return []  # no deterministic answer yet: an ordinary canary has none to learn
+        return self.learning("canary answer", self.learned, self.thresholds.warmup_probes)
 
     def dump(self) -> dict[str, Any]:
         return {

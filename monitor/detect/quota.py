@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from monitor.detect.base import MAX_UIDS, Detector, duration, ms
+from monitor.detect.base import MAX_UIDS, Detector, Warmup, duration, ms
 from monitor.domain import (
     DetectionThresholds,
     DriftEvent,
@@ -50,6 +50,7 @@ class Limit:
 
 class QuotaDetector(Detector):
     kind = DriftKind.QUOTA
+    severities = (Severity.WARNING, Severity.INFO)
 
     def __init__(self, target: str, thresholds: DetectionThresholds) -> None:
         super().__init__(target, thresholds)
@@ -156,6 +157,14 @@ class QuotaDetector(Detector):
                 explanation=f"{self.target} has had no 429 for {self.calm} probes in a row.",
             )]
         return []
+
+    def warmups(self) -> list[Warmup]:
+        needed = self.thresholds.warmup_probes
+        found = self.learning("quota", self.learned, needed)
+        for header, limit in self.limits.items():
+            if limit.learned:  # a header never sent has no baseline to learn
+                found += self.learning(f"{HEADERS[header][1][:-1]} limit", limit.learned, needed)
+        return found
 
     def dump(self) -> dict[str, Any]:
         return {

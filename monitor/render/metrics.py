@@ -1,4 +1,4 @@
-"""/metrics: the store's per-target numbers in the Prometheus exposition format.
+"""/metrics: the store's numbers in the Prometheus exposition format.
 
 Nothing is counted in this process. Each scrape reads a fresh snapshot (rollups, newest probe,
 open alerts) through `source`, so `monitor serve` and `monitor run --http` expose the same
@@ -19,15 +19,14 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from monitor.domain import Severity
-from monitor.snapshot import TargetMetrics
+from monitor.snapshot import MetricsSnapshot
 
 Metric = HistogramMetricFamily | CounterMetricFamily | InfoMetricFamily | GaugeMetricFamily
 
 class StoreCollector(Collector):
     """Turns a metrics snapshot into metric families, one snapshot per scrape."""
 
-    def __init__(self, source: Callable[[], list[TargetMetrics]]) -> None:
+    def __init__(self, source: Callable[[], MetricsSnapshot]) -> None:
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
@@ -49,11 +48,19 @@ class StoreCollector(Collector):
             "monitor_ratelimit_remaining",
             "x-ratelimit-remaining-* of the newest probe that sent it", labels=["target", "kind"])
         alerts = GaugeMetricFamily(
-            "monitor_open_alerts", "Alerts open now", labels=["target", "severity"])
+            "monitor_open_alerts", "Alerts open now, by drift kind and severity",
+            labels=["target", "kind", "severity"])
         skipped = CounterMetricFamily(
             "monitor_slots_skipped", "Scheduled slots not probed, by reason: rate_limited, "
             "budget_spent or missed", labels=["target", "reason"])
-        for m in snapshot:
+        last_probe = GaugeMetricFamily(
+            "monitor_last_probe_timestamp_seconds",
+            "When the newest canary probe started (replays excluded), seconds since the epoch",
+            labels=["target"])
+        last_ok = GaugeMetricFamily(
+            "monitor_last_probe_success", "1 if the newest canary probe succeeded, else 0",
+            labels=["target"])
+        for m in snapshot.targets:
             for phase, histogram in m.latency.items():
                 buckets = [(str(float(bound)), float(count))
                            for bound, count in zip(histogram.bounds_s, histogram.cumulative)]
@@ -69,17 +76,24 @@ class StoreCollector(Collector):
                     limit.add_metric([m.target, kind], cap)
                 if left is not None:
                     remaining.add_metric([m.target, kind], left)
-            # Every severity, zeros included: "sum(monitor_open_alerts) > 0" then reads 0, not
-            # "no data", while all is well.
-            counts = {str(s): 0 for s in Severity} | m.open_alerts
-            for severity, count in counts.items():
-                alerts.add_metric([m.target, severity], count)
+            for (kind, severity), count in m.open_alerts.items():
+                alerts.add_metric([m.target, kind, severity], count)
             for reason, count in m.skipped_slots.items():
                 skipped.add_metric([m.target, reason], count)
-        yield from (latency, probes, info, limit, remaining, alerts, skipped)
+            if m.last_probe_timestamp_s is not None:
+                last_probe.add_metric([m.target], m.last_probe_timestamp_s)
+            if m.last_probe_ok is not None:
+                last_ok.add_metric([m.target], int(m.last_probe_ok))
+        failed = CounterMetricFamily(
+            "monitor_notifications_failed", "Notification delivery attempts that failed",
+            labels=["channel"])
+        for channel, count in snapshot.notifications_failed.items():
+            failed.add_metric([channel], count)
+        yield from (latency, probes, info, limit, remaining, alerts, skipped, last_probe,
+                    last_ok, failed)
 
 
-def exposition_registry(source: Callable[[], list[TargetMetrics]]) -> CollectorRegistry:
+def exposition_registry(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:
     """A registry of its own (the global one would add this process's Python metrics)."""
     registry = CollectorRegistry(auto_describe=False)  # no store read at registration
     registry.register(StoreCollector(source))

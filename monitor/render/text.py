@@ -118,7 +118,27 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"  {safe_text(last['target']).ljust(width)}  {last['started_at']}  "
                          f"{outcome}  {_n(last['total_ms'], ' ms')}")
     lines += _skipped(status["skipped_24h"])
+    lines += _watch_lines(status["states"], status["open_alerts"])
     return "\n".join(lines)
+
+
+def _watch_lines(states: dict[str, Any], open_alerts: list[dict[str, Any]]) -> list[str]:
+    """What each configured target waits for (its warm-ups one per line), then the open
+    alerts, newest first."""
+    lines = []
+    if states:
+        lines.append("state per target")
+        width = max(len(safe_text(name)) for name in states)
+        for name, state in states.items():
+            lines.append(f"  {safe_text(name).ljust(width)}  {state['summary']}")
+            lines += [f"  {'':{width}}    {w['baseline']}: {w['seen']} of {w['needed']} probes"
+                      for w in state["warmups"]]
+    lines.append(f"open alerts     {len(open_alerts) or 'none'}")
+    for a in open_alerts:
+        lines.append(f"  #{a['id']}  {a['severity']:<8} {safe_text(a['target'])}  {a['kind']} "
+                     f"{safe_text(a['key'], 40)}  opened {a['opened_at']}")
+        lines.append(f"      {safe_text(a['explanation'], 200)}")
+    return lines
 
 
 def _skipped(skipped: dict[str, dict[str, int]]) -> list[str]:

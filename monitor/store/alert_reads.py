@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from monitor.domain import AlertState
-from monitor.store.models import CANARY, AlertRow, DriftEventRow, ProbeRow, TargetRow
+from monitor.store.models import CANARY, AlertRow, DeliveryRow, DriftEventRow, ProbeRow, TargetRow
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -126,3 +126,17 @@ def fingerprint_history(engine: Engine, *, target: str | None = None,
             f["share"] = round(f["count"] / total, 4) if total else 0.0
         entry["fingerprints"].sort(key=lambda f: f["first_seen"])
     return [by_target[name] for name in sorted(by_target)]
+
+
+def failed_attempts(connection: Connection) -> dict[str, int]:
+    """Delivery attempts that failed, by channel, over every stored notification: each
+    delivery counts its attempts, the last of them the one that succeeded if it was delivered.
+    Deliveries are never deleted, so the counts only grow (/metrics exposes them as counters).
+    The log channel, always configured, is there even before the first notification."""
+    failed = {"log": 0}
+    for channel, attempts, delivered in connection.execute(
+            select(DeliveryRow.channel, func.sum(DeliveryRow.attempts),
+                   func.count(DeliveryRow.delivered_at))
+            .group_by(DeliveryRow.channel)):
+        failed[channel] = int(attempts or 0) - int(delivered)
+    return failed

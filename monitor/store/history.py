@@ -134,6 +134,20 @@ def lock_position(connection: Connection, target_id: int) -> tuple[str, int] | N
     return None if row is None else (row.thresholds_hash, row.last_probe_id)
 
 
+def more_than(connection: Connection, target_id: int, count: int) -> bool:
+    """Whether folding the target's history from scratch would read more than `count` probes
+    (an index walk of `count` entries, not a count of them all)."""
+    return connection.execute(
+        select(ProbeRow.id).where(ProbeRow.target_id == target_id, ProbeRow.replay_of.is_(None))
+        .order_by(ProbeRow.id).offset(count).limit(1)).first() is not None
+
+
+def position(connection: Connection, target_id: int) -> tuple[str, int] | None:
+    """The same, unlocked: for readers that only look (`monitor status`)."""
+    row = connection.execute(_POSITION, {"target_id": target_id}).first()
+    return None if row is None else (row.thresholds_hash, row.last_probe_id)
+
+
 def load_state(connection: Connection, target_id: int) -> dict[str, Any]:
     blob = connection.execute(_STATE, {"target_id": target_id}).scalar_one()
     state: dict[str, Any] = json.loads(zlib.decompress(blob)) if blob else {}

@@ -10,17 +10,17 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from monitor.domain import ProbeResult
+from monitor.domain import ProbeResult, RateLimits
 from monitor.store import codec
 from monitor.store.models import CANARY, ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
 
@@ -357,3 +357,33 @@ def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, i
             .where(ProbeRow.target_id == target_id, ProbeRow.started_at >= since)
         ).one()
     return int(requests), int(tokens or 0)
+
+
+@dataclass(frozen=True)
+class NewestProbe:
+    """A target's newest canary probe (replays are not the canary): when, how it went, and
+    what it said about waiting (for the daemon's backoff rule)."""
+
+    started_at: datetime
+    ok: bool
+    error_kind: str | None
+    retry_after_s: float | None
+    rate_limits: RateLimits
+
+
+# Walks ix_probes_target_id_started_at backwards, past any replays, to the first canary probe.
+_NEWEST = (
+    select(ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind, ProbeRow.retry_after_s,
+           ProbeRow.ratelimit_reset_requests_s, ProbeRow.ratelimit_reset_tokens_s)
+    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.replay_of.is_(None))
+    .order_by(ProbeRow.started_at.desc()).limit(1)
+)
+
+
+def newest_probe(connection: Connection, target_id: int) -> NewestProbe | None:
+    row = connection.execute(_NEWEST, {"target_id": target_id}).first()
+    if row is None:
+        return None
+    return NewestProbe(row.started_at, row.ok, row.error_kind, row.retry_after_s, RateLimits(
+        reset_requests_s=row.ratelimit_reset_requests_s,
+        reset_tokens_s=row.ratelimit_reset_tokens_s))

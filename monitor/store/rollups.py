@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -89,6 +89,19 @@ def catch_up(engine: Engine, batch: int = BATCH, now: datetime | None = None) ->
         folded += done
         if not more:
             return folded
+
+
+def behind(engine: Engine) -> bool:
+    """Whether a catch_up may have anything to fold: read-only, so a caller that asks often
+    (each /metrics scrape) takes no write lock while the rollups keep up."""
+    with engine.connect() as connection:
+        state = connection.execute(
+            select(RollupStateRow.last_probe_id, RollupStateRow.gaps)
+            .where(RollupStateRow.id == 1)).first()
+        newest = connection.execute(select(func.max(ProbeRow.id))).scalar()
+    if newest is None:
+        return False
+    return state is None or bool(state.gaps) or newest > state.last_probe_id
 
 
 def settled_id(engine: Engine) -> int:

@@ -48,13 +48,13 @@ from monitor.render.badges import badge_for
 from monitor.render.dashboard import POLICY
 from monitor.render.probe_page import POLICY as PROBE_POLICY
 from monitor.render.probe_page import render_missing, render_probe_page
-from monitor.snapshot import TargetMetrics
+from monitor.snapshot import MetricsSnapshot
 
 log = logging.getLogger(__name__)
 
 ReportSource = Callable[[datetime, datetime, list[str] | None], dict[str, Any]]
 AlertsSource = Callable[[bool], list[dict[str, Any]]]
-MetricsSource = Callable[[], list[TargetMetrics]]
+MetricsSource = Callable[[], MetricsSnapshot]
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 ProbeSource = Callable[[int], dict[str, Any] | None]  # store.probe_reads.probe_detail
 

@@ -1,5 +1,6 @@
 """Wiring the web app (web/app.py) to the store, for `monitor serve` and `monitor run
---http`: the report, alerts and metrics sources, and what /healthz checks."""
+--http`: the report (with each target's watch state), alerts and metrics sources, and what
+/healthz checks."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import defaults
 from monitor.clock import Clock, utc_now
+from monitor.domain import Settings
 from monitor.errors import StoreUnavailable
-from monitor.health import build_report, metrics_snapshot
-from monitor.snapshot import TargetMetrics
+from monitor.health import build_report, metrics_snapshot, with_states
+from monitor.snapshot import MetricsSnapshot
 from monitor.store import alert_reads, leases, probe_reads, rollups
+from monitor.watching import read_states, states_json
 from monitor.web import app as web
 
 T = TypeVar("T")
@@ -54,21 +57,31 @@ def health(engine: Engine, scheduler_alive: Callable[[], bool] | None) -> tuple[
     return True, reasons
 
 
-def build_app(engine: Engine, token: str | None,
+def build_app(engine: Engine, token: str | None, settings: Callable[[], Settings],
               scheduler_alive: Callable[[], bool] | None = None, *,
               clock: Clock = utc_now) -> Any:
-    """The web app over the store; `clock` decides what "now" and "the last 24 h" mean."""
+    """The web app over the store. `settings` gives the configuration in force (the daemon's
+    changes on SIGHUP): it says what each target's detectors, budgets and maintenance windows
+    are; `clock` decides what "now" and "the last 24 h" mean."""
     def report(since: datetime, until: datetime, targets: list[str] | None) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             rollups.catch_up(engine)  # idempotent; cheap when the daemon keeps up
-            return build_report(engine, since, until, targets, clock())
+            now = clock()
+            states = states_json(read_states(engine, settings(), now), now)
+            return with_states(build_report(engine, since, until, targets, now), states)
         return _store(read)
 
     def alerts(open_only: bool) -> list[dict[str, Any]]:
         return _store(lambda: alert_reads.list_alerts(engine, open_only=open_only))
 
-    def metrics() -> list[TargetMetrics]:
-        return _store(lambda: metrics_snapshot(engine))
+    def metrics() -> MetricsSnapshot:
+        def read() -> MetricsSnapshot:
+            # Fresh with or without a daemon rolling up: fold what it has not (nothing to
+            # write, and no write lock taken, when it keeps up).
+            if rollups.behind(engine):
+                rollups.catch_up(engine)
+            return metrics_snapshot(engine)
+        return _store(read)
 
     def probe(probe_id: int) -> dict[str, Any] | None:
         return _store(lambda: probe_reads.probe_detail(engine, probe_id))
