@@ -24,9 +24,6 @@ from monitor.cli.common import (
     refuse_public,
     web_token,
 )
-from monitor.health import build_report
-from monitor.render import render_csv, render_html, render_table
-from monitor.store import retention, rollups
 
 
 @click.command("report")
@@ -43,6 +40,10 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
                    output: str | None, config_path: str | None) -> None:
     """Per-target health over a time range: success, errors, latency percentiles, tokens,
     fingerprints, models, rate limits and alerts (docs/report.md)."""
+    from monitor.health import build_report
+    from monitor.render import render_csv, render_html, render_table
+    from monitor.store import rollups
+
     generated = now()
     start = moment(since, "--since")
     end = moment(until, "--until") or generated
@@ -91,6 +92,8 @@ def serve_command(host: str, port: int, allowed_hosts: tuple[str, ...], insecure
 def prune_command(config_path: str | None) -> None:
     """Apply the retention policy now: empty raw bodies and headers older than [retention]
     raw (default 30 days), after folding them into the rollups. The daemon does it daily."""
+    from monitor.store import retention
+
     settings = load(config_path)
     with opened(settings.database_url) as engine:
         pruned_at = now()
