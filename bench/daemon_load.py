@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--database", default="sqlite", help="sqlite or a PostgreSQL URL")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     sim, sim_url = start_simulator()
     workdir = Path(tempfile.mkdtemp(prefix="monitor-load-"))
     url, pg_name = database_url(args.database, workdir)
@@ -134,8 +135,13 @@ def main() -> None:
     q = statistics.quantiles(lags, n=100)
     print(f"  schedule lag s: p50 {q[49]:.3f}  p99 {q[98]:.3f}  max {lags[-1]:.3f}")
     print(f"  daemon CPU {cpu_s:.1f} s over {elapsed:.0f} s = {100 * cpu_s / elapsed:.1f}% of one core")
-    if after_2:
-        print(f"  RSS MB: at 2 min {after_2[0]:.1f}, end {after_2[-1]:.1f}, max {max(after_2):.1f}")
+    if len(after_2) >= 2:
+        # Flat means no growth with time: the least-squares slope of RSS over the samples.
+        slope = statistics.linear_regression([t for t, _, _ in samples if t >= 120], after_2).slope
+        print(f"  RSS MB: at 2 min {after_2[0]:.1f}, end {after_2[-1]:.1f}, max {max(after_2):.1f}"
+              f", slope after 2 min {60 * slope:+.2f} MB/min")
+    print(f"  machine: nproc {os.cpu_count()}, load average at start {load_at_start:.2f}, "
+          f"at end {os.getloadavg()[0]:.2f}")
     if pg_name is not None:
         with psycopg.connect(args.database, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{pg_name}" WITH (FORCE)')

@@ -86,7 +86,7 @@ def bare_requests_overhead(probes: int, delay_ms: float) -> list[float]:
 def probe_overhead(sim: Simulator, probes: int, delay_ms: float, stream: bool) -> list[float]:
     target = canary_target(f"{sim.url}/v1", stream=stream)
     overheads = []
-    with providers.new_session(target) as session:
+    with providers.new_session() as session:
         for _ in range(probes):
             result = probe.run(target, session)
             assert result.ok and result.total_ms is not None, result.error_detail

@@ -31,7 +31,7 @@ from monitor.store.records import Recorder, canonical_json
 def standard_canary(sim: Simulator) -> tuple[Target, ProbeResult]:
     """One real probe of the default canary (the simulator answers like OpenAI)."""
     target = canary_target(f"{sim.url}/v1")
-    with providers.new_session(target) as session:
+    with providers.new_session() as session:
         result = probe.run(target, session)
     assert result.ok, result.error_detail
     return target, result

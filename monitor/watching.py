@@ -168,8 +168,9 @@ def _warmups(connection: Connection, target: Target, target_id: int) -> tuple[Wa
     if position is not None and position[0] == thresholds_hash(target.detection):
         last = position[1]
         try:
-            detector = TargetDetector.restore(target.name, target.detection,
-                                              history.load_state(connection, target_id))
+            detector = TargetDetector.restore(
+                target.name, target.detection,
+                history.unpack_state(history.load_state(connection, target_id)))
         except (ValueError, KeyError):
             detector = None  # an older snapshot layout: the daemon folds history again
     if detector is None:

@@ -110,9 +110,24 @@ def test_only_the_daemon_and_the_cli_wire_parts_together() -> None:
 
 def test_the_cli_loads_no_heavy_subsystem_until_a_command_needs_it() -> None:
     code = ("import sys, monitor.cli; print(sorted(m for m in sys.modules if m.startswith("
-            "('monitor.web', 'monitor.replay', 'monitor.sim'))))")
+            "('monitor.web', 'monitor.replay', 'monitor.sim', 'monitor.store', 'monitor.daemon', "
+            "'monitor.alerts', 'monitor.probe', 'monitor.health', 'monitor.render'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_help_and_version_load_no_database_or_http_library(option: str) -> None:
+    """`monitor --help` and `--version` cost about what click costs (bench/cli_start.py): the
+    modules that define commands import SQLAlchemy, Alembic and requests inside them."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'sqlalchemy', 'alembic', 'requests', 'apscheduler', 'prometheus_client'})))\n"
+            f"sys.argv = ['monitor', {option!r}]\n"
+            "from monitor.cli import main\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_top_level_stays_small_and_modules_stay_readable() -> None:

@@ -95,7 +95,7 @@ def make(make_target: MakeTarget, server: HostileServer, attack: str, **override
 
 def run(target: Target) -> tuple[ProbeResult, float]:
     began = time.monotonic()
-    with providers.new_session(target) as session:
+    with providers.new_session() as session:
         result = probe.run(target, session)
     return result, time.monotonic() - began
 
@@ -168,8 +168,9 @@ def test_a_probe_session_cannot_be_told_to_follow_redirects(
     hostile: HostileServer, elsewhere: HostileServer, make_target: MakeTarget
 ) -> None:
     target = make(make_target, hostile, "redirect", provider="azure")
-    with providers.new_session(target) as session:
-        response = session.post(providers.chat_url(target), json={}, allow_redirects=True)
+    with providers.new_session() as session:
+        response = session.post(providers.chat_url(target), json={},
+                                 auth=providers.key_auth(target), allow_redirects=True)
         assert response.status_code == 307
     assert elsewhere.requests == []
 
@@ -277,7 +278,7 @@ CHILD = textwrap.dedent("""
     target = Target(name=model, provider=Provider.OPENAI_COMPATIBLE, base_url=url, model=model,
                     messages=({"role": "user", "content": "hi"},), params={}, stream=stream,
                     timeout_ms=15000, interval_ms=60000, max_response_bytes=1024 * 1024)
-    with providers.new_session(target) as session:
+    with providers.new_session() as session:
         result = probe.run(target, session)
     # VmHWM is this process's own peak: ru_maxrss also counts the parent's memory, which the
     # child inherits at fork (and Linux keeps across exec).

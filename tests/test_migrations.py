@@ -11,6 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from monitor.errors import SchemaNotAtHead
@@ -53,6 +54,23 @@ def test_downgrade_to_base_and_back(empty_url: str) -> None:
     db.upgrade(empty_url)
     assert db.current_revision(engine) == db.head_revision()
     engine.dispose()
+
+
+def test_the_schema_gate_reads_revisions_as_alembic_does(empty_url: str) -> None:
+    """db reads the head from the revision files and the current revision from the table
+    itself, so that opening the store does not import Alembic; both agree with Alembic's own."""
+    script = ScriptDirectory.from_config(db.alembic_config(empty_url))
+    assert db.head_revision() == script.get_current_head()
+    engine = db.create(empty_url)
+    try:
+        for revision in ("0001", script.get_current_head()):
+            assert revision is not None
+            db.upgrade(empty_url, revision)
+            with engine.connect() as connection:
+                expected = MigrationContext.configure(connection).get_current_revision()
+            assert db.current_revision(engine) == expected == revision
+    finally:
+        engine.dispose()
 
 
 def test_a_database_behind_head_is_refused_with_the_command_to_run(empty_url: str) -> None:

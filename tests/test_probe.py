@@ -12,17 +12,19 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from monitor import probe
-from monitor.domain import ErrorKind, ProbeResult, Target
+from monitor.daemon.prober import Prober
+from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.probe import providers
 from monitor.sim import SimClient
 from monitor.store.models import ProbeRow, RequestPayloadRow
 from monitor.store.records import Recorder, probe_records
+from tests.receiver import Receiver
 
 MakeTarget = Callable[..., Target]
 
 
 def run(target: Target) -> ProbeResult:
-    with providers.new_session(target) as session:
+    with providers.new_session() as session:
         return probe.run(target, session)
 
 
@@ -272,7 +274,7 @@ def test_saving_the_same_probe_twice_keeps_one_row(
 
 def test_probes_carry_no_cookies_between_calls(sim: SimClient, make_target: MakeTarget) -> None:
     target = make_target()
-    with providers.new_session(target) as session:
+    with providers.new_session() as session:
         first = probe.run(target, session)
         assert "set-cookie" in first.response_headers  # the simulator sends one, like OpenAI
         probe.run(target, session)
@@ -286,3 +288,38 @@ def test_a_one_token_stream_has_no_output_speed(sim: SimClient, make_target: Mak
     assert result.ok and result.usage.completion_tokens == 1
     assert result.time_to_first_token_ms is not None
     assert result.output_tokens_per_s is None
+
+
+def test_targets_on_one_upstream_share_a_session_and_never_each_others_key(
+    make_settings: Callable[..., Settings], engine: Engine
+) -> None:
+    """Thousands of targets on one provider keep one connection pool, not one each: the
+    session they share holds no key or header of theirs, and each request carries its own."""
+    with Receiver() as receiver:
+        settings = make_settings(
+            {"name": "a", "provider": "openai", "base_url": f"{receiver.url}/v1",
+             "api_key_env": "KEY_A"},
+            {"name": "b", "provider": "azure", "base_url": receiver.url, "deployment": "d",
+             "api_version": "2024-10-21", "api_key_env": "KEY_B", "stream": True},
+            {"name": "c"},  # on the simulator: another upstream
+            KEY_A="sk-key-a", KEY_B="azure-key-b")
+        a, b, c = settings.targets
+        prober = Prober(Recorder(engine))
+        try:
+            prober.register(settings.targets)
+            shared = prober.session(a)
+            assert prober.session(b) is shared and prober.session(c) is not shared
+            for _ in range(2):
+                assert len(list(prober.probe_all([a, b]))) == 2
+            assert shared.auth is None
+            assert not {"authorization", "api-key"} & {name.lower() for name in shared.headers}
+            assert shared.headers["Accept"] == "*/*"  # requests' default, not a target's
+        finally:
+            prober.close()
+        received = receiver.wait_for(4)
+    seen = {(path.split("?")[0], h.get("authorization"), h.get("api-key"), h.get("accept"))
+            for h, _, path in received}
+    assert seen == {
+        ("/v1/chat/completions", "Bearer sk-key-a", None, "application/json"),
+        ("/openai/deployments/d/chat/completions", None, "azure-key-b", "text/event-stream"),
+    }

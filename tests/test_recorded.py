@@ -104,7 +104,7 @@ def test_a_probe_of_the_recorded_server_gets_the_recorded_answer(
     with RecordedServer(engine) as server:
         replaying: Target = make_target(name="streamed", stream=True,
                                         base_url=f"{server.url}/v1")
-        with providers.new_session(replaying) as session:
+        with providers.new_session() as session:
             result = probe.run(replaying, session)
 
     assert result.ok, result.error_detail

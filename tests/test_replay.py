@@ -41,7 +41,7 @@ def store_probes(engine: Engine, target: Target, count: int = 1) -> list[int]:
     """Probe `target` `count` times, as the daemon would, and store each result."""
     recorder = Recorder(engine)
     recorder.register(target.name, target.config_hash, effective_config(target))
-    with providers.new_session(target) as session:
+    with providers.new_session() as session:
         return [recorder.save(probe.run(target, session)) for _ in range(count)]
 
 

@@ -57,7 +57,7 @@ def a_varied_history(sim: SimClient, make_settings: MakeSettings, engine: Engine
     store_probes(engine, target(settings, "canary"))
     replay_probe(engine, settings, first)
     canary = target(settings, "canary")
-    with providers.new_session(canary) as session:
+    with providers.new_session() as session:
         result = probe.run(canary, session)
     Recorder(engine).save(replace(result, uid=uuid.uuid4().hex, raw_response=b"\xff\x00\xfe"))
 

@@ -8,8 +8,6 @@ import json
 import click
 
 from monitor.cli.common import config_option, load
-from monitor.render.check import describe, render_check
-from monitor.store import db
 
 
 @click.group("db")
@@ -21,6 +19,8 @@ def db_group() -> None:
 @config_option
 def db_upgrade(config_path: str | None) -> None:
     """Bring the database to the schema this monitor needs (creates it if empty)."""
+    from monitor.store import db
+
     settings = load(config_path)
     url = settings.database_url
     before = db.current_revision(db.create(url))
@@ -43,6 +43,8 @@ def config_group() -> None:
 @config_option
 def config_check(as_json: bool, config_path: str | None) -> None:
     """Validate the config and show each resolved target, keys masked."""
+    from monitor.render.check import describe, render_check
+
     settings = load(config_path)
     if as_json:
         click.echo(json.dumps(describe(settings), indent=2, ensure_ascii=False))

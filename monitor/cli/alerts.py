@@ -8,8 +8,6 @@ from datetime import datetime
 
 import click
 
-from monitor.alerts import watch
-from monitor.alerts.dispatch import notify_now
 from monitor.cli.common import (
     ID,
     config_option,
@@ -20,10 +18,6 @@ from monitor.cli.common import (
     opened,
     since_option,
 )
-from monitor.detect.base import event_to_json
-from monitor.render import text
-from monitor.store import alert_reads
-from monitor.store.records import target_id_of
 
 
 def _since(value: str | None) -> datetime | None:
@@ -39,6 +33,9 @@ def _since(value: str | None) -> datetime | None:
 def alerts_command(open_only: bool, target: str | None, since: str | None, as_json: bool,
                    config_path: str | None) -> None:
     """List alerts, newest first: what changed, before and after, and why."""
+    from monitor.render import text
+    from monitor.store import alert_reads
+
     at = now()
     with opened(load(config_path).database_url) as engine:
         alerts = alert_reads.list_alerts(engine, open_only=open_only, target=target,
@@ -52,6 +49,9 @@ def alerts_command(open_only: bool, target: str | None, since: str | None, as_js
 @config_option
 def ack_command(alert_id: int, by: str | None, config_path: str | None) -> None:
     """Acknowledge an alert: it stays open until it resolves, but sends no more reminders."""
+    from monitor.render import text
+    from monitor.store import alert_reads
+
     at = now()
     with opened(load(config_path).database_url) as engine:
         who = by or os.environ.get("USER") or "unknown"
@@ -70,6 +70,9 @@ def fingerprints_command(target: str | None, since: str | None, as_json: bool,
                          config_path: str | None) -> None:
     """Every system_fingerprint per target: first and last seen, count, share, and the
     timeline of changes."""
+    from monitor.render import text
+    from monitor.store import alert_reads
+
     at = now()
     with opened(load(config_path).database_url) as engine:
         found = alert_reads.fingerprint_history(engine, target=target,
@@ -86,6 +89,12 @@ def detect_command(since: str | None, notify: bool, as_json: bool,
                    config_path: str | None) -> None:
     """Re-run detection over stored history with this configuration's thresholds and list
     the events that would have fired (since --since). Nothing is stored; --notify sends them."""
+    from monitor.alerts import watch
+    from monitor.alerts.dispatch import notify_now
+    from monitor.detect.base import event_to_json
+    from monitor.render import text
+    from monitor.store.records import target_id_of
+
     settings = load(config_path)
     with opened(settings.database_url) as engine:
         events = []

@@ -8,23 +8,20 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 
-from monitor import config as config_module
-from monitor.clock import Clock, utc_now
-from monitor.config.checks import check_hostnames, control_character
-from monitor.domain import Settings
-from monitor.durations import OutOfRange, parse_since
 from monitor.errors import ConfigError, MonitorError, SchemaNotAtHead
-from monitor.store import db
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from monitor.clock import Clock
+    from monitor.domain import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,9 +59,13 @@ class MonitorGroup(click.Group):
             return super().invoke(ctx)
         except MonitorError as error:
             raise failure(error) from None
-        except DBAPIError as error:
+        except Exception as error:
             url = ctx.meta.get(_DATABASE_URL)
-            found = db.diagnose(error, url) if url else None
+            if url is None:  # no store was opened, so this is no database's trouble
+                raise
+            from monitor.store import db
+
+            found = db.diagnose(error, url)
             if found is None:
                 raise
             raise failure(found) from None
@@ -82,6 +83,8 @@ def config_option(function: F) -> F:
 
 def load(config_path: str | None) -> Settings:
     """The settings `--config` names, remembered as the running command's database."""
+    from monitor import config as config_module
+
     settings = config_module.load(config_path)
     remember_database(settings.database_url)
     return settings
@@ -90,6 +93,8 @@ def load(config_path: str | None) -> Settings:
 @contextlib.contextmanager
 def opened(url: str) -> Iterator[Engine]:
     """The store at `url`, checked to be at the schema head, disposed when the block ends."""
+    from monitor.store import db
+
     remember_database(url)
     engine = db.open_store(url)
     try:
@@ -107,6 +112,8 @@ def clock() -> Clock:
     """The clock the running command reads: the real one, unless whoever invoked the command
     passed another as its context object (`cli.main(obj=clock)`, `CliRunner().invoke(cli,
     args, obj=clock)`), as tests do over history they stored under a fixed clock."""
+    from monitor.clock import utc_now
+
     context = click.get_current_context(silent=True)
     found = context.obj if context is not None else None
     return found if callable(found) else utc_now
@@ -123,6 +130,8 @@ def moment(value: str | None, option: str, at: datetime | None = None) -> dateti
     from a fresh clock read."""
     if value is None:
         return None
+    from monitor.durations import OutOfRange, parse_since
+
     try:
         found = parse_since(value, at if at is not None else now())
     except OutOfRange as error:
@@ -160,6 +169,8 @@ def atomic_output(path: Path) -> Iterator[IO[str]]:
     """A text file that replaces `path` once written whole. It is made beside `path` (the
     same file system, so the replace is atomic, and never elsewhere: it holds probe data) and
     removed if anything fails; the error is then one line, exit 1."""
+    import tempfile
+
     try:
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                          suffix=".tmp")
@@ -223,6 +234,8 @@ def web_token() -> str | None:
     if not token.strip():
         raise click.UsageError(f"{TOKEN_ENV} is set but {'empty' if not token else 'blank'}: "
                                "set it to a token, or unset it")
+    from monitor.config.checks import control_character
+
     flaw = control_character(token)
     if flaw is not None or token != token.strip():
         what = f"contains {flaw}" if flaw is not None else "has leading or trailing spaces"
@@ -243,6 +256,8 @@ insecure_public_option = click.option(
 
 def hosts_allowed(settings: Settings, names: tuple[str, ...]) -> tuple[str, ...]:
     """The Host names the dashboard answers to: the config's, then `--allowed-host`'s."""
+    from monitor.config.checks import check_hostnames
+
     return settings.allowed_hosts + check_hostnames(names, "--allowed-host")
 
 

@@ -7,8 +7,6 @@ import json
 import click
 
 from monitor.cli.common import ID, config_option, json_option, load, moment, now, opened
-from monitor.render.probes import render_logs, render_probe
-from monitor.store import probe_reads
 
 
 @click.command("logs")
@@ -24,6 +22,9 @@ from monitor.store import probe_reads
 def logs_command(count: int, target: str | None, since: str | None, failed: bool,
                  as_json: bool, config_path: str | None) -> None:
     """List stored probes, newest first (replays included, marked as such)."""
+    from monitor.render.probes import render_logs
+    from monitor.store import probe_reads
+
     at = now()
     start = moment(since, "--since", at)
     with opened(load(config_path).database_url) as engine:
@@ -42,6 +43,9 @@ def logs_command(count: int, target: str | None, since: str | None, failed: bool
 def show_command(probe_id: int, as_json: bool, config_path: str | None) -> None:
     """Print one stored probe in full: timings, headers, payload, body, and what changed
     since the target's previous probe."""
+    from monitor.render.probes import render_probe
+    from monitor.store import probe_reads
+
     with opened(load(config_path).database_url) as engine:
         detail = probe_reads.probe_detail(engine, probe_id)
     if detail is None:

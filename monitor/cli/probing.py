@@ -6,10 +6,10 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 
-from monitor import daemon
 from monitor.cli.common import (
     allowed_host_option,
     clock,
@@ -23,14 +23,9 @@ from monitor.cli.common import (
     spool_path,
     web_token,
 )
-from monitor.config.checks import check_database_url
-from monitor.defaults import ALIVE_WITHIN_S
-from monitor.domain import Settings, Target
-from monitor.render import text
-from monitor.store import alert_reads, db, leases
-from monitor.store.records import Recorder, count_probes, count_targets, last_probes, probe_records
-from monitor.store.spool import Spool
-from monitor.watching import read_states, states_json
+
+if TYPE_CHECKING:
+    from monitor.domain import Settings, Target
 
 
 @click.command("probe")
@@ -39,12 +34,16 @@ from monitor.watching import read_states, states_json
 @config_option
 def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
     """Probe the named targets (all if none) once and store every result."""
+    from monitor.daemon.prober import Prober
+    from monitor.render import text
+    from monitor.store.records import Recorder, probe_records
+
     settings = load(config_path)
     targets = _select(settings, names)
     ids: list[int] = []
     failed = False
     with opened(settings.database_url) as engine:
-        prober = daemon.Prober(Recorder(engine))
+        prober = Prober(Recorder(engine))
         try:
             prober.register(targets)
             width = max(len(t.name) for t in targets)
@@ -123,6 +122,9 @@ def run_command(once: bool, log_format: str, spool: str, http_address: str | Non
     if once and http_address is not None:
         raise click.UsageError("--http serves while the daemon runs and --once exits after one "
                                "round: give one or the other")
+    from monitor import daemon
+    from monitor.store.spool import Spool
+
     address = _address(http_address) if http_address is not None else None
     token = web_token()
     if address is not None:
@@ -149,6 +151,13 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     """Show where the database is, how much history it holds, each target's last probe and
     what it is waiting for (baselines still learning, backoff, budget, maintenance), and the
     open alerts."""
+    from monitor.defaults import ALIVE_WITHIN_S
+    from monitor.render import text
+    from monitor.store import alert_reads, db, leases
+    from monitor.store.records import count_probes, count_targets, last_probes
+    from monitor.store.spool import Spool
+    from monitor.watching import read_states, states_json
+
     spool_path(spool)
     settings = load(config_path)
     at = now()
@@ -188,6 +197,7 @@ def demo_command(database_url: str) -> None:
     it raises (no API key needed). Leaves monitor.toml here, so that `monitor alerts`,
     `logs`, `report` and `serve` work afterwards."""
     from monitor import demo
+    from monitor.config.checks import check_database_url
 
     demo.run(check_database_url(database_url, "--database"), click.echo)
 

@@ -13,15 +13,12 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
 
-from monitor import config as config_module
-from monitor import httpd
 from monitor.cli.common import ID, F, atomic_output, config_option, moment, opened, output_path
-from monitor.config.checks import check_database_url
-from monitor.store import transfer
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from monitor.replay.batch import BatchSpec, BatchSummary
 
 
@@ -31,6 +28,9 @@ def _database_option(function: F) -> F:
 
 
 def _url(config_path: str | None, database_url: str | None = None) -> str:
+    from monitor import config as config_module
+    from monitor.config.checks import check_database_url
+
     if database_url is not None:
         return check_database_url(database_url, "--database")
     return config_module.load(config_path).database_url
@@ -68,6 +68,7 @@ def replay_command(probe_id: int | None, to: str | None, repeat: int, source: st
         raise click.UsageError("a batch needs --since (replaying a whole history costs money)")
     if source is not None and repeat != 1:
         raise click.UsageError("--repeat is for a single PROBE_ID")
+    from monitor import config as config_module
     from monitor.replay import diff as replay_diff
     from monitor.replay.batch import BatchSpec
     from monitor.replay.send import destination, replay_probe
@@ -93,6 +94,7 @@ def replay_command(probe_id: int | None, to: str | None, repeat: int, source: st
 
 def _run_batch(engine: Engine, spec: BatchSpec) -> BatchSummary:
     """run_batch with a progress bar on stderr and warm/cold stop on Ctrl-C and SIGTERM."""
+    from monitor import httpd
     from monitor.replay.batch import run_batch
     from monitor.store.replays import Run
 
@@ -131,6 +133,8 @@ def export_command(target: str | None, since: str | None, until: str | None, out
                    database_url: str | None, config_path: str | None) -> None:
     """Write probes, with their requests, targets, configurations and raw answers, as JSON
     Lines that `monitor import` reads into another database."""
+    from monitor.store import transfer
+
     since_at, until_at = moment(since, "--since"), moment(until, "--until")
     path = output_path(output, "--output") if output != "-" else None
     with opened(_url(config_path, database_url)) as engine:
@@ -152,6 +156,8 @@ def export_command(target: str | None, since: str | None, until: str | None, out
 def import_command(file: str, database_url: str | None, config_path: str | None) -> None:
     """Read a `monitor export` file into the database; probes already there (same uid) are
     skipped, so importing twice is harmless."""
+    from monitor.store import transfer
+
     source = "<stdin>" if file == "-" else file
     with opened(_url(config_path, database_url)) as engine, \
             click.open_file(file, encoding="utf-8") as lines:
@@ -166,6 +172,8 @@ def import_command(file: str, database_url: str | None, config_path: str | None)
 
 def _utf8_lines(lines: Iterable[str], source: str) -> Iterator[str]:
     """`lines`, with bytes that are not UTF-8 (a binary file) as a TransferError naming the line."""
+    from monitor.store import transfer
+
     number = 0
     try:
         for number, line in enumerate(lines, start=1):

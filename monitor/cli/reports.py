@@ -25,10 +25,6 @@ from monitor.cli.common import (
     refuse_public,
     web_token,
 )
-from monitor.health import build_report, with_states
-from monitor.render import render_csv, render_html, render_table
-from monitor.store import retention, rollups
-from monitor.watching import read_states, states_json
 
 
 @click.command("report")
@@ -45,6 +41,11 @@ def report_command(since: str, until: str | None, targets: tuple[str, ...], fmt:
                    output: str | None, config_path: str | None) -> None:
     """Per-target health over a time range: success, errors, latency percentiles, tokens,
     fingerprints, models, rate limits and alerts (docs/report.md)."""
+    from monitor.health import build_report, with_states
+    from monitor.render import render_csv, render_html, render_table
+    from monitor.store import rollups
+    from monitor.watching import read_states, states_json
+
     # One clock read, rounded up to the second: the range's relative ends and `generated_at`
     # agree and read without microseconds, and a probe stored this second is inside it.
     read = now()
@@ -101,6 +102,8 @@ def serve_command(host: str, port: int, allowed_hosts: tuple[str, ...], insecure
 def prune_command(config_path: str | None) -> None:
     """Apply the retention policy now: empty raw bodies and headers older than [retention]
     raw (default 30 days), after folding them into the rollups. The daemon does it daily."""
+    from monitor.store import retention
+
     settings = load(config_path)
     with opened(settings.database_url) as engine:
         pruned_at = now()

@@ -1,5 +1,8 @@
 """Probe targets once and store each result: `monitor probe`, `demo` and the daemon's slots.
-One requests session per target, so connections are reused between probes."""
+One requests session per upstream (scheme, host, port), shared by the targets there, so
+connections are reused between probes and ten thousand targets on one provider keep one pool,
+not ten thousand (each a few tens of KB). A session holds nothing of any target: the key and
+the target's headers go with each request (probe.run)."""
 
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ T = TypeVar("T")
 
 
 class Prober:
-    """Probes targets through one reused session each and saves every result."""
+    """Probes targets through their upstream's reused session and saves every result."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
-        self._sessions: dict[str, tuple[Target, requests.Session]] = {}
+        self._sessions: dict[tuple[str, str, int], requests.Session] = {}
         self._sessions_lock = threading.Lock()  # scheduler threads ask for sessions at once
 
     def register(self, targets: Iterable[Target]) -> None:
@@ -35,15 +38,12 @@ class Prober:
             self.recorder.register(target.name, target.config_hash, effective_config(target))
 
     def session(self, target: Target) -> requests.Session:
-        """The target's reused session; a new one when its configuration changed."""
+        """The session of the target's upstream, made on first use."""
+        upstream = providers.upstream(target)
         with self._sessions_lock:
-            known = self._sessions.get(target.name)
-            if known is not None and known[0] == target:
-                return known[1]
-            if known is not None:
-                known[1].close()  # the target changed: its old settings must not linger
-            session = providers.new_session(target)
-            self._sessions[target.name] = (target, session)
+            session = self._sessions.get(upstream)
+            if session is None:
+                session = self._sessions[upstream] = providers.new_session()
             return session
 
     def probe_all(self, targets: Iterable[Target]) -> Iterator[tuple[ProbeResult, int]]:
@@ -63,7 +63,7 @@ class Prober:
                 yield result, self.recorder.save(result)
 
     def close(self) -> None:
-        for _, session in self._sessions.values():
+        for session in self._sessions.values():
             session.close()
         self._sessions.clear()
 

@@ -61,7 +61,8 @@ class _Failure(Exception):
 
 def run(target: Target, session: requests.Session, *,
         now: datetime | None = None) -> ProbeResult:
-    """Probe `target` once through `session` (reused across probes of the same target).
+    """Probe `target` once through `session` (reused across probes, and shared by the targets
+    on one upstream: everything of the target's own goes with the request).
 
     `now` is the probe's stored time (started_at): the daemon passes the moment it took the
     slot at, read from its clock, so the slot, the stored time and the budget day agree (and a
@@ -87,6 +88,8 @@ def run(target: Target, session: requests.Session, *,
         with deadline, session.post(
             url,
             json=request_payload,
+            headers=providers.request_headers(target),
+            auth=providers.key_auth(target),
             stream=True,
             timeout=(timeout_s, timeout_s),
             allow_redirects=False,

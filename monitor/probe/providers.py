@@ -6,7 +6,7 @@ This is the only module that reads a Secret's value, and only to put it in a req
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import requests.auth
@@ -42,8 +42,27 @@ def payload(target: Target) -> dict[str, Any]:
     return body
 
 
+def upstream(target: Target) -> tuple[str, str, int]:
+    """(scheme, host, port) the target's requests go to: targets with the same one share a
+    session and its connections (see `new_session`)."""
+    url = urlsplit(chat_url(target))
+    return url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+
+
+def request_headers(target: Target) -> dict[str, str]:
+    """The headers that depend on the target, sent with each request (never kept in a session,
+    which other targets share)."""
+    return {"Accept": "text/event-stream" if target.stream else "application/json"}
+
+
+def key_auth(target: Target) -> requests.auth.AuthBase:
+    """The target's key as a request's `auth`: set on the request at send time, never on the
+    shared session."""
+    return _KeyAuth(target)
+
+
 class _KeyAuth(requests.auth.AuthBase):
-    """Adds the key header at send time. Being the session's `auth` also stops requests from
+    """Adds the key header at send time. Being the request's `auth` also stops requests from
     replacing our header with credentials from ~/.netrc."""
 
     def __init__(self, target: Target) -> None:
@@ -78,18 +97,18 @@ class _NoCookies(requests.cookies.RequestsCookieJar):
         pass
 
 
-def new_session(target: Target) -> requests.Session:
-    """A session per target, so its connection is reused from one probe to the next. It never
-    follows a redirect (transport.ProbeSession): the key goes to the configured host only."""
+def new_session() -> requests.Session:
+    """A session whose connections are reused from one probe to the next, by every target on
+    one upstream: it holds nothing of any target (the key and the Accept header go with each
+    request, see `key_auth` and `request_headers`) and keeps no cookies. It never follows a
+    redirect (transport.ProbeSession): the key goes to the configured host only."""
     session = transport.ProbeSession()
     session.headers.update(
         {
             "User-Agent": USER_AGENT,
-            "Accept": "text/event-stream" if target.stream else "application/json",
             # Only what transport.Decoder undoes, with a bound on each step (no brotli, zstd).
             "Accept-Encoding": transport.SUPPORTED_ENCODINGS,
         }
     )
-    session.auth = _KeyAuth(target)
     session.cookies = _NoCookies()
     return session

@@ -39,6 +39,11 @@ READ_SIZE = 16 * 1024
 
 SUPPORTED_ENCODINGS = "gzip, deflate"  # what we ask for, and all that `Decoder` undoes
 
+# Idle connections kept per upstream. Every target on an upstream shares its session's pool,
+# so it must hold what the daemon can have in flight there at once (its scheduler runs at most
+# 200 probes): a pool smaller than that closes, and reopens, a connection after most probes.
+POOL_SIZE = 200
+
 _active = threading.local()  # the Deadline of the exchange running on this thread, if any
 
 
@@ -177,7 +182,7 @@ def watch(session: requests.Session) -> None:
     """Mount watched adapters on `session` unless it has them (idempotent)."""
     for prefix in ("http://", "https://"):
         if not isinstance(session.adapters.get(prefix), WatchedAdapter):
-            session.mount(prefix, WatchedAdapter())
+            session.mount(prefix, WatchedAdapter(pool_maxsize=POOL_SIZE))
 
 
 class UnsupportedEncoding(Exception):

@@ -197,17 +197,16 @@ class _Runner:
         self._plans: dict[int, Plan] = {}  # by request payload id: canaries repeat
 
     def work(self) -> None:
-        sessions: dict[bool, requests.Session] = {}
+        session = providers.new_session()  # the worker's, for any target (probe.run)
         try:
-            self._work(sessions)
+            self._work(session)
         except BaseException:
             self.stop.set()  # one worker's error ends the run: the others stop claiming
             raise
         finally:
-            for session in sessions.values():
-                session.close()
+            session.close()
 
-    def _work(self, sessions: dict[bool, requests.Session]) -> None:
+    def _work(self, session: requests.Session) -> None:
         while self.gate.wait(self.stop):
             reason = self.budget.reserve()
             if reason is not None:
@@ -224,10 +223,7 @@ class _Runner:
             except ReplayError as error:
                 replays.release(self.engine, claim.item_id)
                 raise ReplayError(f"probe #{claim.probe_id}: {error}") from None
-            stream = chosen.target.stream
-            if stream not in sessions:
-                sessions[stream] = providers.new_session(chosen.target)
-            self._send(claim, chosen, sessions[stream])
+            self._send(claim, chosen, session)
 
     def _plan(self, claim: Claim) -> Plan:
         known = self._plans.get(claim.request_payload_id)

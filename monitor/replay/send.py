@@ -106,7 +106,7 @@ def replay_probe(engine: Engine, settings: Settings, probe_id: int, to: str | No
     chosen = plan(stored.payload, sent_by, destination(settings, sent_by, to))
     writer = LinkedWriter(engine)
     ids = []
-    with providers.new_session(chosen.target) as session:
+    with providers.new_session() as session:
         for _ in range(repeat):
             result = probe.run(chosen.target, session)
             ids.append(writer.save(result, chosen.config, probe_id))

@@ -1,22 +1,21 @@
 """Engines for SQLite and PostgreSQL, the Alembic configuration, and the schema-version gate.
 
 Every command that reads or writes history calls `open_store(url)`, which refuses a database
-that is not at the head revision and names the command that fixes it.
+that is not at the head revision and names the command that fixes it. The gate reads the
+revision files' text and the alembic_version table itself: importing Alembic costs more than
+a command like `monitor status` does all told, so only `upgrade` loads it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -29,6 +28,9 @@ from monitor.errors import (
     StoreReadOnly,
     StoreUnavailable,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 # Long enough to ride out another writer's checkpoint, short enough to surface a stuck lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -71,6 +73,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(Path(monitor.migrations.__file__).parent))
     # ConfigParser treats % as interpolation; a password may contain one.
@@ -78,16 +82,32 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+# `revision = "0007"` and `down_revision = "0006"` (or a tuple of them, for a merge), as
+# Alembic's template writes them; tests/test_migrations.py checks the result against Alembic's.
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\b[^=]*=(.*)$", re.MULTILINE)
+_QUOTED = re.compile(r"""['"]([^'"]+)['"]""")
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None, "migrations/versions holds no revision"
-    return head
+    """The revision no other revision builds on, read from migrations/versions."""
+    revisions: set[str] = set()
+    built_on: set[str] = set()
+    versions = Path(monitor.migrations.__file__).parent / "versions"
+    for path in versions.glob("*.py"):
+        for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            (revisions if name == "revision" else built_on).update(_QUOTED.findall(value))
+    heads = revisions - built_on
+    assert len(heads) == 1, f"migrations/versions has heads {sorted(heads)}, not one"
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (Alembic's version table); None for an empty one."""
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table("alembic_version"):
+                return None
+            rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
     except DatabaseError as exc:
         found = diagnose(exc, str(engine.url))
         if found is not None:
@@ -95,6 +115,10 @@ def current_revision(engine: Engine) -> str | None:
         if not isinstance(exc, OperationalError):
             raise
         raise StoreUnavailable(f"cannot reach database {engine.url!r}: {exc.orig}") from None
+    if len(rows) > 1:
+        raise StoreError(f"{display_url(str(engine.url))} has {len(rows)} schema revisions "
+                         "(alembic_version), a branched history monitor cannot use")
+    return str(rows[0][0]) if rows else None
 
 
 # What SQLite says about a file it cannot use at all, and what monitor says instead.
@@ -125,6 +149,8 @@ def diagnose(error: BaseException, url: str) -> StoreError | None:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database to `revision`, creating the SQLite file's directory if needed."""
+    from alembic import command
+
     _ensure_sqlite_dir(url)
     command.upgrade(alembic_config(url), revision)
 

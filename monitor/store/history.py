@@ -148,8 +148,19 @@ def position(connection: Connection, target_id: int) -> tuple[str, int] | None:
     return None if row is None else (row.thresholds_hash, row.last_probe_id)
 
 
-def load_state(connection: Connection, target_id: int) -> dict[str, Any]:
-    blob = connection.execute(_STATE, {"target_id": target_id}).scalar_one()
+def load_state(connection: Connection, target_id: int) -> bytes:
+    """The target's saved detector state, packed (see `pack_state`)."""
+    blob: bytes = connection.execute(_STATE, {"target_id": target_id}).scalar_one()
+    return blob
+
+
+def pack_state(state: dict[str, Any]) -> bytes:
+    """A detector snapshot as stored: compressed JSON, a few KB for a target's full windows."""
+    # Level 1: most of the ratio at a fraction of the time.
+    return zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
+
+
+def unpack_state(blob: bytes) -> dict[str, Any]:
     state: dict[str, Any] = json.loads(zlib.decompress(blob)) if blob else {}
     return state
 
@@ -166,12 +177,10 @@ def claim_state(connection: Connection, target_id: int, now: datetime) -> None:
 
 
 def save_state(connection: Connection, target_id: int, thresholds_hash: str,
-               last_probe_id: int, state: dict[str, Any], now: datetime) -> None:
+               last_probe_id: int, packed: bytes, now: datetime) -> None:
+    """Store the target's detector state, packed by `pack_state`."""
     connection.execute(_SAVE, {"target_id_": target_id, "thresholds_hash": thresholds_hash,
-                               "last_probe_id": last_probe_id,
-                               # Level 1: most of the ratio at a fraction of the time.
-                               "state_zlib": zlib.compress(
-                                   json.dumps(state, separators=(",", ":")).encode(), 1),
+                               "last_probe_id": last_probe_id, "state_zlib": packed,
                                "updated_at": now})
 
 
