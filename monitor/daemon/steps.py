@@ -27,6 +27,7 @@ from monitor.store import db, leases, retention, rollups
 from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
+from monitor.store.writer import GroupWriter
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
@@ -48,6 +49,8 @@ class Daemon:
         self.recorder = recorder
         self.spool = spool
         self.prober = Prober(recorder)
+        # Targets finish in bursts on the slot grid: their results share commits.
+        self.writer = GroupWriter(recorder)
         self._backoff_until: dict[str, datetime] = {}
         self._next_due: dict[str, datetime] = {}
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
@@ -192,7 +195,7 @@ class Daemon:
                 return None
         try:
             if self.register():
-                return self.recorder.save(result)
+                return self.writer.save(result)
         except Exception as exc:
             failure = classify(exc)
             if failure is None:

@@ -108,6 +108,28 @@ class Recorder:
                 ).scalar_one()
             )
 
+    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]]) -> list[int]:
+        """Store results with their configs in one transaction and return their ids in order
+        (the group writer's commit). Any failure (a uid already stored included) fails the
+        whole batch; the caller then stores the results one by one to give each its verdict."""
+        try:
+            with self.engine.begin() as connection:
+                rows = []
+                for result, config in batch:
+                    target_id = self._target_id(connection, result.target_name)
+                    config_id = self._config_id(
+                        connection, result.target_name, target_id, result.config_hash, config
+                    )
+                    payload_id = self._payload_id(connection, result.request_payload)
+                    rows.append(_probe_values(result, target_id, config_id, payload_id))
+                inserted = connection.execute(
+                    insert(ProbeRow).returning(ProbeRow.id, sort_by_parameter_order=True), rows
+                )
+                return [int(probe_id) for probe_id in inserted.scalars()]
+        except Exception:
+            self._forget()  # ids cached inside the failed transaction may not exist
+            raise
+
     def save_many(self, results: Sequence[ProbeResult]) -> None:
         """Store a batch in one transaction (draining a spool). Results whose uid is already
         stored are skipped, so a batch handed over twice is stored once."""
