@@ -128,12 +128,12 @@ class Recorder:
                     )
                     payload_id = self._payload_id(connection, result.request_payload)
                     rows.append(_probe_values(result, target_id, config_id, payload_id))
-                # A plain executemany, then the ids by uid: RETURNING in parameter order makes
-                # SQLAlchemy insert SQLite rows one statement at a time.
-                connection.execute(insert(ProbeRow), rows)
+                # Each row's id comes back beside its uid: RETURNING in parameter order
+                # would make SQLAlchemy insert SQLite rows one statement at a time.
+                inserted = connection.execute(
+                    insert(ProbeRow).returning(ProbeRow.uid, ProbeRow.id), rows)
+                ids = {uid: probe_id for uid, probe_id in inserted}
                 uids = [result.uid for result, _ in batch]
-                ids = {uid: probe_id for uid, probe_id in connection.execute(
-                    select(ProbeRow.uid, ProbeRow.id).where(ProbeRow.uid.in_(uids)))}
                 return [ids[uid] for uid in uids]
         except Exception:
             self._forget()  # ids cached inside the failed transaction may not exist
