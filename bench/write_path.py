@@ -1,8 +1,10 @@
-"""Write path and size: probes saved one by one through the real code path (Recorder.save,
-one transaction each), beside a bare commit-per-row insert of the same bytes; and bytes on disk
-per stored probe of the standard canary on SQLite.
+"""Write path and size: probes saved through the real code path, one transaction each
+(Recorder.save) and from concurrent writers through the daemon's group commit (GroupWriter),
+beside a bare commit-per-row insert of the same bytes; and bytes on disk per stored probe of
+the standard canary on SQLite.
 
-    python bench/write_path.py [--probes 5000] [--postgres postgresql://postgres@127.0.0.1/postgres]
+    python bench/write_path.py [--probes 5000] [--writers 32]
+                               [--postgres postgresql://postgres@127.0.0.1/postgres]
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import os
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, replace
@@ -26,6 +29,7 @@ from monitor.probe import providers
 from monitor.sim import SimClient, Simulator
 from monitor.store import codec, db
 from monitor.store.records import Recorder, canonical_json
+from monitor.store.writer import GroupWriter
 
 
 def standard_canary(sim: Simulator) -> tuple[Target, ProbeResult]:
@@ -47,6 +51,26 @@ def real_path_rate(url: str, results: list[ProbeResult]) -> float:
     elapsed = time.perf_counter() - started
     engine.dispose()
     return len(results) / elapsed
+
+
+def group_commit_rate(url: str, results: list[ProbeResult], writers: int) -> tuple[float, float]:
+    """Probes/s from `writers` threads, each saving its share one after another through the
+    group writer (as the daemon's probe threads do), and the mean number of probes per commit."""
+    engine = db.open_store(url)
+    recorder = Recorder(engine)
+    recorder.register(results[0].target_name, results[0].config_hash, {})
+    writer = GroupWriter(recorder)
+    shares = [results[i::writers] for i in range(writers)]
+    threads = [threading.Thread(target=lambda share=share: [writer.save(r) for r in share])
+               for share in shares]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    return len(results) / elapsed, len(results) / max(writer.commits, 1)
 
 
 def row_bytes(result: ProbeResult) -> tuple[str, bytes, str]:
@@ -113,31 +137,44 @@ def sqlite_bytes_per_probe(path: Path, url: str, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=5000)
+    parser.add_argument("--writers", type=int, default=32)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     with Simulator(seed=1) as sim:
         SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
         _, template = standard_canary(sim)
     results = [replace(template, uid=uuid.uuid4().hex) for _ in range(args.probes)]
+    grouped = [replace(template, uid=uuid.uuid4().hex) for _ in range(args.probes)]
     print(f"{args.probes} probes of the standard canary ({len(template.raw_response)}-byte body, "
-          f"{len(template.response_headers)} headers), one transaction each; probes/s")
+          f"{len(template.response_headers)} headers); probes/s")
+    print("  real path: one transaction per probe; group commit: "
+          f"{args.writers} writers at once; bare insert: one commit per row of the same bytes")
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "bench.db"
         url = f"sqlite:///{path}"
         db.upgrade(url)
         empty = os.path.getsize(path)
-        print(f"  SQLite      real path {real_path_rate(url, results):8.0f}   "
-              f"bare insert {bare_sqlite_rate(Path(workdir) / 'bare.db', results):8.0f}")
-        size = sqlite_bytes_per_probe(path, url, args.probes)
+        single = real_path_rate(url, results)
+        group, per_commit = group_commit_rate(url, grouped, args.writers)
+        bare = bare_sqlite_rate(Path(workdir) / "bare.db", results)
+        report("SQLite", single, group, per_commit, bare)
+        size = sqlite_bytes_per_probe(path, url, 2 * args.probes)
         print(f"  SQLite      bytes on disk per probe (after VACUUM): {size:.0f} "
               f"(empty schema {empty} bytes)")
     pg_url = fresh_postgres(args.postgres)
     try:
         db.upgrade(pg_url)
-        print(f"  PostgreSQL  real path {real_path_rate(pg_url, results):8.0f}   "
-              f"bare insert {bare_postgres_rate(pg_url, results):8.0f}")
+        single = real_path_rate(pg_url, results)
+        group, per_commit = group_commit_rate(pg_url, grouped, args.writers)
+        report("PostgreSQL", single, group, per_commit, bare_postgres_rate(pg_url, results))
     finally:
         drop_postgres(args.postgres, pg_url)
+
+
+def report(name: str, single: float, group: float, per_commit: float, bare: float) -> None:
+    print(f"  {name:<11} real path {single:8.0f} ({single / bare:4.0%} of bare)   "
+          f"group commit {group:8.0f} ({group / bare:4.0%} of bare, {per_commit:.1f} per commit)"
+          f"   bare insert {bare:8.0f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from monitor.store import db, leases, retention, rollups
 from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder, usage_since
 from monitor.store.spool import Spool
+from monitor.store.writer import GroupWriter
 from monitor.watching import backoff_s, budget_spent, utc_day
 
 log = logging.getLogger("monitor")
@@ -49,6 +50,8 @@ class Daemon:
         self.recorder = recorder
         self.spool = spool
         self.prober = Prober(recorder)
+        # Targets finish in bursts on the slot grid: their results share commits.
+        self.writer = GroupWriter(recorder)
         self._backoff: dict[str, tuple[datetime, str]] = {}  # name -> (until, reason)
         self._budget_told: dict[str, date] = {}  # name -> the UTC day its spent budget was logged
         self._next_due: dict[str, datetime] = {}
@@ -206,7 +209,7 @@ class Daemon:
                 return None
         try:
             if self.register():
-                return self.recorder.save(result)
+                return self.writer.save(result)
         except Exception as exc:
             failure = classify(exc)
             if failure is None:

@@ -1,0 +1,127 @@
+"""Group commit (issue 14): results that finish together share one transaction, each caller
+returns only once its own row is committed, and a bad result fails alone."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from monitor.domain import ProbeResult
+from monitor.store.failures import Failure, classify
+from monitor.store.models import ProbeRow
+from monitor.store.records import Recorder
+from monitor.store.writer import GroupWriter
+from tests.test_poison import poison
+from tests.test_store import result
+from tests.waiting import wait_until
+
+
+class GatedRecorder(Recorder):
+    """Holds its first batch until the test opens the gate, so that the others queue behind
+    it deterministically; records every batch's size."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+
+    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]]) -> list[int]:
+        self.batches.append(len(batch))
+        if len(self.batches) == 1:
+            self.entered.set()
+            assert self.gate.wait(60)
+        return super().save_batch(batch)
+
+
+def stored_ids(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {uid: probe_id for uid, probe_id in connection.execute(
+            select(ProbeRow.uid, ProbeRow.id))}
+
+
+def queued(writer: GroupWriter) -> int:
+    with writer._changed:  # the writer's own queue: what the test waits on
+        return len(writer._queue)
+
+
+def save_while_gated(engine: Engine, results: list[ProbeResult],
+                     ) -> tuple[GatedRecorder, list[Any]]:
+    """The first result leads and is held; the rest queue behind it; then the gate opens."""
+    recorder = GatedRecorder(engine)
+    writer = GroupWriter(recorder)
+    with ThreadPoolExecutor(len(results)) as pool:
+        first = pool.submit(writer.save, results[0])
+        assert recorder.entered.wait(60)
+        rest = [pool.submit(writer.save, r) for r in results[1:]]
+        wait_until(lambda: queued(writer) == len(results) - 1, "the others to queue")
+        recorder.gate.set()
+        outcomes: list[Any] = []
+        for future in [first, *rest]:
+            try:
+                outcomes.append(future.result(60))
+            except Exception as exc:  # noqa: BLE001 - the test looks at each verdict
+                outcomes.append(exc)
+    return recorder, outcomes
+
+
+def test_results_queued_during_a_commit_share_the_next_one(engine: Engine) -> None:
+    results = [result(uid=uuid.uuid4().hex) for _ in range(12)]
+    recorder, ids = save_while_gated(engine, results)
+    assert recorder.batches == [1, 11]
+    stored = stored_ids(engine)
+    assert ids == [stored[r.uid] for r in results]
+    assert len(set(ids)) == 12
+
+
+def test_a_poison_result_fails_alone_and_the_rest_of_its_batch_is_stored(
+        engine: Engine) -> None:
+    results = [result(uid=uuid.uuid4().hex) for _ in range(6)]
+    results[3] = poison(uid=uuid.uuid4().hex)
+    recorder, outcomes = save_while_gated(engine, results)
+    assert recorder.batches == [1, 5]
+    refused = outcomes.pop(3)
+    assert isinstance(refused, Exception) and classify(refused) is Failure.POISON
+    stored = stored_ids(engine)
+    assert outcomes == [stored[r.uid] for i, r in enumerate(results) if i != 3]
+    assert results[3].uid not in stored
+
+
+def test_a_uid_already_stored_returns_its_row(engine: Engine) -> None:
+    again = result(uid=uuid.uuid4().hex)
+    first_id = Recorder(engine).save(again)
+    results = [result(uid=uuid.uuid4().hex), again, result(uid=uuid.uuid4().hex)]
+    _, ids = save_while_gated(engine, results)
+    assert ids[1] == first_id
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(ProbeRow)).scalar() == 3
+
+
+def test_many_concurrent_writers_store_every_result_once(engine: Engine) -> None:
+    writer = GroupWriter(Recorder(engine), max_batch=7)  # small: leaders take several turns
+    results = [replace(result(), uid=uuid.uuid4().hex) for _ in range(200)]
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(writer.save, results))
+    stored = stored_ids(engine)
+    assert ids == [stored[r.uid] for r in results]
+    assert len(stored) == 200
+
+
+def test_an_unreachable_database_fails_every_caller(tmp_path: Any) -> None:
+    from monitor.store import db
+
+    engine = db.create(f"sqlite:///{tmp_path}/missing/dir/monitor.db")
+    writer = GroupWriter(Recorder(engine))
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(writer.save, result(uid=uuid.uuid4().hex)) for _ in range(4)]
+    for future in futures:
+        with pytest.raises(Exception) as raised:
+            future.result(60)
+        assert classify(raised.value) is Failure.UNAVAILABLE
