@@ -122,6 +122,11 @@ class ProbeRow(Base):
         Index("ix_probes_replays_target_id_started_at", "target_id", "started_at",
               sqlite_where=text("replay_of IS NOT NULL"),
               postgresql_where=text("replay_of IS NOT NULL")),
+        # An original's replays (export, the probe page). Replays only: a whole index would
+        # tempt SQLite to answer `replay_of IS NULL` (every canary read) through it.
+        Index("ix_probes_replay_of", "replay_of",
+              sqlite_where=text("replay_of IS NOT NULL"),
+              postgresql_where=text("replay_of IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -181,9 +186,10 @@ class ProbeRow(Base):
     raw_response_zlib: Mapped[bytes] = mapped_column(Blob)
     raw_response_bytes: Mapped[int] = mapped_column(BigInteger)
     # The probe whose stored request this one re-sent (`monitor replay`); None for a canary.
-    # Indexed for finding an original's replays and for export, which carries the link along.
+    # Indexed (replays only, above) for finding an original's replays and for export, which
+    # carries the link along.
     replay_of: Mapped[int | None] = mapped_column(
-        Id, ForeignKey("probes.id", ondelete="SET NULL"), index=True
+        Id, ForeignKey("probes.id", ondelete="SET NULL")
     )
 
 
