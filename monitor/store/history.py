@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -47,6 +47,11 @@ _AFTER = (
 )
 _POSITION = select(DetectorStateRow.thresholds_hash, DetectorStateRow.last_probe_id).where(
     DetectorStateRow.target_id == bindparam("target_id"))
+# On PostgreSQL the lock also makes the transaction's commit asynchronous, in the same round
+# trip (a SET LOCAL would be one more). Safe to lose in a crash: the probes are already stored
+# durably, and a lost fold (state, events, alerts and outbox go together) is folded again.
+_LOCK_POSITION = _POSITION.add_columns(
+    func.set_config("synchronous_commit", "off", True)).with_for_update()
 _STATE = select(DetectorStateRow.state_zlib).where(
     DetectorStateRow.target_id == bindparam("target_id"))
 _SAVE = update(DetectorStateRow).where(DetectorStateRow.target_id == bindparam("target_id_"))
@@ -59,19 +64,26 @@ class ObservationReader:
         # payload id -> (sha256, requested model, deterministic)
         self._payloads: dict[int, tuple[str, str | None, bool]] = {}
 
-    def after(self, connection: Connection, target_id: int, after_id: int,
-              limit: int = CHUNK) -> list[tuple[int, Observation]]:
-        """The target's probes stored after probe `after_id`, oldest first, with their ids."""
+    def after(self, connection: Connection, target_id: int,
+              after_id: int) -> list[tuple[int, Observation]]:
+        """The target's probes stored after probe `after_id`, oldest first, with their ids:
+        CHUNK of them at most."""
         rows = connection.execute(
-            _AFTER, {"target_id": target_id, "after_id": after_id, "limit": limit}).all()
+            _AFTER, {"target_id": target_id, "after_id": after_id, "limit": CHUNK}).all()
         self._learn(connection, {row.request_payload_id for row in rows})
         return [(row.id, self._observation(row)) for row in rows]
 
-    def all(self, connection: Connection, target_id: int) -> Iterator[tuple[int, Observation]]:
-        """Every probe of the target, oldest first, read in chunks."""
+    def all(self, connection: Connection, target_id: int,
+            until: int | None = None) -> Iterator[tuple[int, Observation]]:
+        """Every probe of the target (up to probe `until`), oldest first, read in chunks."""
         last = 0
         while chunk := self.after(connection, target_id, last):
-            yield from chunk
+            for stored_id, observation in chunk:
+                if until is not None and stored_id > until:
+                    return
+                yield stored_id, observation
+            if len(chunk) < CHUNK:
+                return
             last = chunk[-1][0]
 
     def _learn(self, connection: Connection, payload_ids: set[int]) -> None:
@@ -123,7 +135,7 @@ def lock_position(connection: Connection, target_id: int) -> tuple[str, int] | N
     """(thresholds hash, last folded probe id) of the target's saved detection state, locked
     until the transaction ends (PostgreSQL), so two daemons never fold the same probes at
     once; SQLite has one writer anyway. The state itself is read only when needed."""
-    query = _POSITION.with_for_update() if connection.dialect.name == "postgresql" else _POSITION
+    query = _LOCK_POSITION if connection.dialect.name == "postgresql" else _POSITION
     row = connection.execute(query, {"target_id": target_id}).first()
     return None if row is None else (row.thresholds_hash, row.last_probe_id)
 
@@ -147,12 +159,29 @@ def claim_state(connection: Connection, target_id: int, now: datetime) -> None:
 
 def save_state(connection: Connection, target_id: int, thresholds_hash: str,
                last_probe_id: int, state: dict[str, Any], now: datetime) -> None:
-    connection.execute(_SAVE, {"target_id_": target_id, "thresholds_hash": thresholds_hash,
-                               "last_probe_id": last_probe_id,
-                               # Level 1: most of the ratio at a fraction of the time.
-                               "state_zlib": zlib.compress(
-                                   json.dumps(state, separators=(",", ":")).encode(), 1),
-                               "updated_at": now})
+    connection.execute(_SAVE, _saved(target_id, thresholds_hash, last_probe_id, state, now))
+
+
+def replace_state(connection: Connection, target_id: int, was: tuple[str, int],
+                  thresholds_hash: str, last_probe_id: int, state: dict[str, Any],
+                  now: datetime) -> bool:
+    """Save a state built without the lock, only if the target's position is still `was`
+    (thresholds hash, last folded probe id); whether it was saved."""
+    result = connection.execute(
+        _SAVE.where(DetectorStateRow.thresholds_hash == bindparam("was_hash"),
+                    DetectorStateRow.last_probe_id == bindparam("was_last")),
+        {**_saved(target_id, thresholds_hash, last_probe_id, state, now),
+         "was_hash": was[0], "was_last": was[1]})
+    return result.rowcount == 1
+
+
+def _saved(target_id: int, thresholds_hash: str, last_probe_id: int, state: dict[str, Any],
+           now: datetime) -> dict[str, Any]:
+    return {"target_id_": target_id, "thresholds_hash": thresholds_hash,
+            "last_probe_id": last_probe_id,
+            # Level 1: most of the ratio at a fraction of the time.
+            "state_zlib": zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1),
+            "updated_at": now}
 
 
 def record_events(connection: Connection, target_id: int, probe_uid: str,
