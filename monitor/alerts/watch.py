@@ -111,14 +111,11 @@ class Watcher:
         else:
             # New, or its thresholds changed: rebuild from history without alerting on it.
             until = last if saved_hash else probe_id - 1
-            stored = self._reader.after(connection, target_id, 0)
-            if len(stored) == history.CHUNK and stored[-1][0] < until:
+            if history.longer_than_chunk(connection, target_id, until):
                 self._rebuild_later(target, target_id, position, until)
                 return [], None
             detector = TargetDetector(target.name, target.detection)
-            for stored_id, observation in stored:
-                if stored_id > until:
-                    break
+            for _, observation in self._reader.all(connection, target_id, until=until):
                 detector.step(observation)
             last = until
         events: list[DriftEvent] = []
