@@ -67,7 +67,7 @@ def varied_history(target: Target, count: int, seed: int = 7) -> list[ProbeResul
         asked = dict(payload, model="gpt-4o-mini") if 3.5 < day < 3.6 else payload
         total = latency * rng.lognormvariate(0, 0.15)
         result = ProbeResult(
-            uid=f"p{i:07d}", target_name=target.name, config_hash=target.config_hash,
+            uid=f"{target.name}-{i:07d}", target_name=target.name, config_hash=target.config_hash,
             started_at=START + i * EVERY, stream=False,
             request_url=f"{target.base_url}/chat/completions", request_payload=asked, ok=True,
             http_status=200, total_ms=total, openai_processing_ms=0.8 * total,
@@ -223,6 +223,31 @@ def test_a_rebuild_finished_by_another_daemon_first_is_dropped(
     jobs.run()
     assert saved_state(engine, target_id) == moved
     assert not ours.rebuilding(canary.name)
+
+
+def test_rebuilds_queue_behind_one_worker(engine: Engine, canary: Target) -> None:
+    other = replace(canary, name="other")
+    recorder = Recorder(engine)
+    jobs = Jobs()
+    watcher = Watcher(engine, AlertSettings(), clock=lambda: START, background=jobs)
+    firsts = {}
+    for target in (canary, other):
+        recorder.register(target.name, target.config_hash, {})
+        results = varied_history(target, CHUNK + 2)
+        store(recorder, results[:-1])
+        firsts[target.name] = recorder.save(results[-1])
+    for target in (canary, other):
+        assert watcher.catch_up(target, recorder.target_id(target.name),
+                                firsts[target.name]) == []
+        assert watcher.rebuilding(target.name)
+    assert len(jobs.waiting) == 1  # one worker takes both, one after the other
+    jobs.run()
+    for target in (canary, other):
+        assert not watcher.rebuilding(target.name)
+        target_id = recorder.target_id(target.name)
+        reference, _ = full_fold(engine, target, target_id, until=firsts[target.name] - 1)
+        assert saved_state(engine, target_id)[1:] == (firsts[target.name] - 1,
+                                                      reference.snapshot())
 
 
 def test_probes_keep_their_schedule_while_a_history_is_rebuilt(

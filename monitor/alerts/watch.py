@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -61,7 +62,11 @@ class Watcher:
         # pending or open alerts): saves a restore and a query per probe while this daemon
         # is the only one folding the target (no one else moved its state or alerts).
         self._cache: dict[str, tuple[int, str, TargetDetector, bool]] = {}
-        self._rebuilding: set[str] = set()  # names whose state is being rebuilt
+        self._rebuilding: set[str] = set()  # names whose state is being rebuilt or queued
+        # One rebuild at a time, in one worker: after an upgrade every target needs one, and
+        # thousands of threads each reading a year would not make any of them sooner.
+        self._queue: deque[Callable[[], None]] = deque()
+        self._working = False
         self._lock = threading.Lock()
 
     def rebuilding(self, name: str) -> bool:
@@ -151,14 +156,28 @@ class Watcher:
         with self._lock:
             self._cache.pop(target.name, None)
             self._rebuilding.add(target.name)
+            self._queue.append(lambda: self._rebuild(target, target_id, position, until))
+            start, self._working = not self._working, True
         log.info("%s: rebuilding detection state from stored history in the background",
                  target.name)
-        try:
-            self.background(lambda: self._rebuild(target, target_id, position, until))
-        except BaseException:
+        if start:
+            try:
+                self.background(self._work)
+            except BaseException:
+                with self._lock:  # each is asked for again after its next probe
+                    self._queue.clear()
+                    self._rebuilding.clear()
+                    self._working = False
+                raise
+
+    def _work(self) -> None:
+        while True:
             with self._lock:
-                self._rebuilding.discard(target.name)
-            raise
+                if not self._queue:
+                    self._working = False
+                    return
+                job = self._queue.popleft()
+            job()
 
     def _rebuild(self, target: Target, target_id: int, position: tuple[str, int],
                  until: int) -> None:
