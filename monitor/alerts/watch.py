@@ -4,6 +4,11 @@ store the events and move its alerts, in one transaction.
 The detectors' state lives in the database (detector_states), so several daemons sharing a
 PostgreSQL each fold the probes the others stored, in the same id order a re-run over stored
 history (`monitor detect`) follows: both give the same events.
+
+A target seen with a long stored history and no state for its thresholds (after an upgrade, an
+import, or a change of its `detect` settings) is rebuilt from that history in the background:
+its probes keep their schedule meanwhile, and the probes stored during the rebuild are folded
+(and alert) at the first catch-up after it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 
@@ -28,6 +35,19 @@ from monitor.store import history
 
 log = logging.getLogger("monitor")
 
+# A rebuild folds this many probes (about 1 ms of CPU), then lets other threads run: holding
+# the GIL until Python takes it away (5 ms) would add up to 5 ms to every step of a probe
+# thread that waits for it (each database call, each read of an answer), and so to the
+# latency the probes measure.
+YIELD_EVERY = 32
+
+# Runs a job off the caller's thread (tests hand in one that runs it when they say).
+Background = Callable[[Callable[[], None]], None]
+
+
+def in_thread(job: Callable[[], None]) -> None:
+    threading.Thread(target=job, name="monitor-detect-rebuild", daemon=True).start()
+
 
 @functools.lru_cache(maxsize=256)
 def thresholds_hash(thresholds: DetectionThresholds) -> str:
@@ -38,10 +58,12 @@ def thresholds_hash(thresholds: DetectionThresholds) -> str:
 class Watcher:
     """Keeps each target's detectors in step with its stored probes."""
 
-    def __init__(self, engine: Engine, policy: AlertSettings, clock: Clock = utc_now) -> None:
+    def __init__(self, engine: Engine, policy: AlertSettings, clock: Clock = utc_now,
+                 background: Background = in_thread) -> None:
         self.engine = engine
         self.policy = policy
         self.clock = clock  # stamps the detectors' saved state; alerts move at probe times
+        self.background = background
         self._reader = history.ObservationReader()
         # name -> (last folded probe id, thresholds hash, packed detector state, whether the
         # target has pending or open alerts): saves a query per probe while this daemon is the
@@ -49,12 +71,25 @@ class Watcher:
         # kept packed, as stored (~4 KB once a target's windows are full), not as the live
         # detector (~37 KB): restoring it costs ~0.5 ms a probe, and ten thousand targets fit.
         self._cache: dict[str, tuple[int, str, bytes, bool]] = {}
+        self._rebuilding: set[str] = set()  # names whose state is being rebuilt or queued
+        # One rebuild at a time, in one worker: after an upgrade every target needs one, and
+        # thousands of threads each reading a year would not make any of them sooner.
+        self._queue: deque[Callable[[], None]] = deque()
+        self._working = False
         self._lock = threading.Lock()
+
+    def rebuilding(self, name: str) -> bool:
+        """Whether the target's detectors are being rebuilt from its history right now."""
+        with self._lock:
+            return name in self._rebuilding
 
     def catch_up(self, target: Target, target_id: int, probe_id: int) -> list[DriftEvent]:
         """Fold every probe of the target not folded yet, `probe_id` (just stored) included;
         return the events. A target seen for the first time starts from its stored history,
-        silently: old probes never raise new alerts."""
+        silently: old probes never raise new alerts. While that history is folded in the
+        background, this returns at once with no events."""
+        if self.rebuilding(target.name):
+            return []
         try:
             with self.engine.begin() as connection:
                 events, cached = self._fold(connection, target, target_id, probe_id)
@@ -63,16 +98,15 @@ class Watcher:
                 self._cache.pop(target.name, None)  # the detector may be half-stepped
             raise
         with self._lock:
-            self._cache[target.name] = cached
+            if cached is None:
+                self._cache.pop(target.name, None)
+            else:
+                self._cache[target.name] = cached
         return events
 
-    def _fold(self, connection: Connection, target: Target, target_id: int,
-              probe_id: int) -> tuple[list[DriftEvent], tuple[int, str, bytes, bool]]:
+    def _fold(self, connection: Connection, target: Target, target_id: int, probe_id: int
+              ) -> tuple[list[DriftEvent], tuple[int, str, bytes, bool] | None]:
         now = self.clock()
-        if connection.dialect.name == "postgresql":
-            # Safe to lose in a crash: the probes are already stored durably, and a lost fold
-            # (state, events, alerts and outbox go together) is simply folded again.
-            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         position = history.lock_position(connection, target_id)
         if position is None:
             history.claim_state(connection, target_id, now)
@@ -93,17 +127,24 @@ class Watcher:
                 history.unpack_state(history.load_state(connection, target_id)))
         else:
             # New, or its thresholds changed: rebuild from history without alerting on it.
+            until = last if saved_hash else probe_id - 1
+            if history.longer_than_chunk(connection, target_id, until):
+                self._rebuild_later(target, target_id, position, until)
+                return [], None
             detector = TargetDetector(target.name, target.detection)
-            last = last if saved_hash else probe_id - 1
-            for _, observation in self._stored(connection, target_id, until=last):
+            for _, observation in self._reader.all(connection, target_id, until=until):
                 detector.step(observation)
+            last = until
         events: list[DriftEvent] = []
-        while chunk := self._reader.after(connection, target_id, last):
+        while True:
+            chunk = self._reader.after(connection, target_id, last)
             for stored_id, observation in chunk:
                 stepped, live = self._step(connection, detector, target, target_id,
                                            observation, live)
                 events += stepped
                 last = stored_id
+            if len(chunk) < history.CHUNK:
+                break  # a short read is the end: no second query to learn it
         packed = history.pack_state(detector.snapshot())
         history.save_state(connection, target_id, wanted, last, packed, now)
         return events, (last, wanted, packed, live)
@@ -121,12 +162,63 @@ class Watcher:
                         "opened" if event.opened else "cleared", safe_text(event.explanation, 300))
         return events, live
 
-    def _stored(self, connection: Connection, target_id: int,
-                until: int) -> Iterator[tuple[int, Observation]]:
-        for stored_id, observation in self._reader.all(connection, target_id):
-            if stored_id > until:
-                return
-            yield stored_id, observation
+    # --- rebuilding a long history off the probe thread ----------------------------------
+
+    def _rebuild_later(self, target: Target, target_id: int, position: tuple[str, int],
+                       until: int) -> None:
+        with self._lock:
+            self._cache.pop(target.name, None)
+            self._rebuilding.add(target.name)
+            self._queue.append(lambda: self._rebuild(target, target_id, position, until))
+            start, self._working = not self._working, True
+        log.info("%s: rebuilding detection state from stored history in the background",
+                 target.name)
+        if start:
+            try:
+                self.background(self._work)
+            except BaseException:
+                with self._lock:  # each is asked for again after its next probe
+                    self._queue.clear()
+                    self._rebuilding.clear()
+                    self._working = False
+                raise
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._working = False
+                    return
+                job = self._queue.popleft()
+            job()
+
+    def _rebuild(self, target: Target, target_id: int, position: tuple[str, int],
+                 until: int) -> None:
+        """Fold the stored history up to `until` with no lock held, then save the state if
+        nobody moved the target's position meanwhile (another daemon may have done the same
+        work first: then this one is dropped, and the next catch-up uses theirs)."""
+        try:
+            detector = TargetDetector(target.name, target.detection)
+            reader = history.ObservationReader()
+            folded = 0
+            with self.engine.connect() as connection:
+                for _, observation in reader.all(connection, target_id, until=until):
+                    detector.step(observation)
+                    folded += 1
+                    if folded % YIELD_EVERY == 0:
+                        time.sleep(0)  # hand the GIL to a waiting thread now (see YIELD_EVERY)
+            with self.engine.begin() as connection:
+                saved = history.replace_state(
+                    connection, target_id, position, thresholds_hash(target.detection), until,
+                    history.pack_state(detector.snapshot()), self.clock())
+            log.info("%s: detection state rebuilt from %d stored probes%s", target.name,
+                     folded, "" if saved else " (dropped: another daemon did it first)")
+        except Exception:
+            log.exception("rebuilding detection state failed for %s; retried after its next "
+                          "probe", target.name)
+        finally:
+            with self._lock:
+                self._rebuilding.discard(target.name)
 
 
 def rerun(engine: Engine, target: Target, target_id: int,

@@ -200,8 +200,12 @@ class FingerprintDetector(Detector):
         after = {p: self.recent_counts[p] / len(self.recent) for p in prints}
         change = max(abs(after[p] - before[p]) for p in prints)
         min_change = self.thresholds.fingerprint_share_min_change
-        shares = ", ".join(f"{name(p)} {before[p]:.0%} -> {after[p]:.0%}" for p in prints)
-        window = f"the last {len(self.recent)} probes against the {len(self.baseline)} before"
+
+        def described() -> str:  # only when an event is made: this runs at every probe
+            shares = ", ".join(f"{name(p)} {before[p]:.0%} -> {after[p]:.0%}" for p in prints)
+            return (f"{shares} (the last {len(self.recent)} probes against the "
+                    f"{len(self.baseline)} before)")
+
         if opening is None:
             if change < min_change or homogeneity_p_value(
                 [self.baseline_counts[p] for p in prints], [self.recent_counts[p] for p in prints]
@@ -211,7 +215,7 @@ class FingerprintDetector(Detector):
                 "share", obs, Severity.INFO, before=_rounded(before), after=_rounded(after),
                 uids=[uid for _, uid in self.recent],
                 explanation=f"{self.target}'s answers shifted between its known fingerprints: "
-                f"{shares} ({window}).",
+                f"{described()}.",
             )]
         if change >= min_change / 2:
             return []
@@ -219,7 +223,7 @@ class FingerprintDetector(Detector):
             "share", obs, before=opening.after, after=_rounded(after),
             uids=[uid for _, uid in self.recent],
             explanation=f"{self.target}'s mix of fingerprints is back to its baseline: "
-            f"{shares} ({window}).",
+            f"{described()}.",
         )]
 
     # --- warm-up and snapshot -------------------------------------------------------------

@@ -132,44 +132,47 @@ class LatencyDetector(Detector):
                 continue
             series = self.series[metric.key]
             series.add(value, obs.uid, frozen=frozen)
+            # Sorted once per probe and metric: the tests below all read it.
+            recent = sorted(v for v, _ in series.recent) if self._comparable(series) else None
             if not learning:
-                events += self._relative(metric, series, obs, explained=explained)
+                events += self._relative(metric, series, recent, obs, explained=explained)
                 events += self._absolute(metric, series, obs)
             # Slower by the ratio, even before the test is significant: the metrics after this
             # one wait, so the slowdown is put down to the metric that explains it.
             # (The median only: a p95 of ten values jumps with one slow probe.)
             explained = (explained or self.conditions.is_open(metric.key)
-                         or self._slower(series, tail=False))
+                         or recent is not None
+                         and self._slower(recent, series.sorted_baseline, tail=False))
         return events
 
-    def _slower(self, series: Series, *, tail: bool = True) -> bool:
-        """Recent p50 (or, with `tail`, p95) at least `latency_ratio` times the baseline's;
-        no test."""
-        t = self.thresholds
-        if min(len(series.recent), len(series.baseline)) < t.latency_min_samples:
-            return False
-        recent = sorted(value for value, _ in series.recent)
-        base = series.sorted_baseline
+    def _comparable(self, series: Series) -> bool:
+        """Both windows hold enough values to compare."""
+        least = self.thresholds.latency_min_samples
+        return len(series.recent) >= least and len(series.baseline) >= least
+
+    def _slower(self, recent: list[float], base: list[float], *, tail: bool = True) -> bool:
+        """Recent p50 (or, with `tail`, p95) at least `latency_ratio` times the baseline's
+        (both sorted); no test."""
+        ratio = self.thresholds.latency_ratio
 
         def slower(q: float) -> bool:
             # 0 against 0 is no slowdown (a server that reports 0 ms processing for streams
             # would otherwise "explain" every slowdown and hide the metric that shows it).
             now = percentile(recent, q)
-            return now > 0 and now >= t.latency_ratio * percentile(base, q)
+            return now > 0 and now >= ratio * percentile(base, q)
 
         return slower(50) or tail and slower(95)
 
-    def _relative(self, metric: Metric, series: Series, obs: Observation, *,
-                  explained: bool) -> list[DriftEvent]:
-        t = self.thresholds
-        if min(len(series.recent), len(series.baseline)) < t.latency_min_samples:
+    def _relative(self, metric: Metric, series: Series, recent: list[float] | None,
+                  obs: Observation, *, explained: bool) -> list[DriftEvent]:
+        """`recent`: the recent window sorted, or None while the windows are too small."""
+        if recent is None:
             return []
-        recent = sorted(value for value, _ in series.recent)
+        t = self.thresholds
         base = series.sorted_baseline
-        r50, b50 = percentile(recent, 50), percentile(base, 50)
         opening = self.conditions.get(metric.key)
         if opening is None:
-            if explained or not self._slower(series):
+            if explained or not self._slower(recent, base):
                 return []
             if mann_whitney_greater(recent, base) >= t.latency_p_value:
                 return []
@@ -182,7 +185,7 @@ class LatencyDetector(Detector):
                 f"{after['n']} probes, against {before['p50_ms']:.0f} ms and "
                 f"{before['p95_ms']:.0f} ms over the {before['n']} before.",
             )]
-        if r50 >= t.latency_ratio * b50 or (
+        if percentile(recent, 50) >= t.latency_ratio * percentile(base, 50) or (
             mann_whitney_greater(recent, base) < t.latency_clear_p_value
         ):
             return []

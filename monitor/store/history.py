@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -37,7 +37,10 @@ _COLUMNS = (
     ProbeRow.ratelimit_limit_requests, ProbeRow.ratelimit_limit_tokens,
     ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens,
     ProbeRow.ratelimit_reset_requests_s, ProbeRow.ratelimit_reset_tokens_s,
-    ProbeRow.choices, ProbeRow.finish_reason, ProbeRow.prompt_tokens,
+    # The first choice's text, taken out by the database: parsing every probe's choices JSON
+    # was a third of the time of folding a long history. (The text is always a string or
+    # null: probe.completion stores nothing else.)
+    ProbeRow.choices[(0, "content")].as_string(), ProbeRow.finish_reason, ProbeRow.prompt_tokens,
     ProbeRow.request_payload_id,
 )
 
@@ -51,8 +54,23 @@ _AFTER = (
     .order_by(ProbeRow.id)
     .limit(bindparam("limit"))
 )
+# Whether a history is long: is there a probe past the first chunk (reads CHUNK index entries,
+# not the probes themselves).
+_BEYOND_CHUNK = (
+    select(ProbeRow.id)
+    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.id <= bindparam("until"),
+           ProbeRow.replay_of.is_(None))
+    .order_by(ProbeRow.id)
+    .offset(bindparam("chunk"))
+    .limit(1)
+)
 _POSITION = select(DetectorStateRow.thresholds_hash, DetectorStateRow.last_probe_id).where(
     DetectorStateRow.target_id == bindparam("target_id"))
+# On PostgreSQL the lock also makes the transaction's commit asynchronous, in the same round
+# trip (a SET LOCAL would be one more). Safe to lose in a crash: the probes are already stored
+# durably, and a lost fold (state, events, alerts and outbox go together) is folded again.
+_LOCK_POSITION = _POSITION.add_columns(
+    func.set_config("synchronous_commit", "off", True)).with_for_update()
 _STATE = select(DetectorStateRow.state_zlib).where(
     DetectorStateRow.target_id == bindparam("target_id"))
 _SAVE = update(DetectorStateRow).where(DetectorStateRow.target_id == bindparam("target_id_"))
@@ -65,19 +83,26 @@ class ObservationReader:
         # payload id -> (sha256, requested model, deterministic)
         self._payloads: dict[int, tuple[str, str | None, bool]] = {}
 
-    def after(self, connection: Connection, target_id: int, after_id: int,
-              limit: int = CHUNK) -> list[tuple[int, Observation]]:
-        """The target's probes stored after probe `after_id`, oldest first, with their ids."""
+    def after(self, connection: Connection, target_id: int,
+              after_id: int) -> list[tuple[int, Observation]]:
+        """The target's probes stored after probe `after_id`, oldest first, with their ids:
+        CHUNK of them at most."""
         rows = connection.execute(
-            _AFTER, {"target_id": target_id, "after_id": after_id, "limit": limit}).all()
-        self._learn(connection, {row.request_payload_id for row in rows})
-        return [(row.id, self._observation(row)) for row in rows]
+            _AFTER, {"target_id": target_id, "after_id": after_id, "limit": CHUNK}).all()
+        self._learn(connection, {row[-1] for row in rows})
+        return [(row[0], self._observation(row)) for row in rows]
 
-    def all(self, connection: Connection, target_id: int) -> Iterator[tuple[int, Observation]]:
-        """Every probe of the target, oldest first, read in chunks."""
+    def all(self, connection: Connection, target_id: int,
+            until: int | None = None) -> Iterator[tuple[int, Observation]]:
+        """Every probe of the target (up to probe `until`), oldest first, read in chunks."""
         last = 0
         while chunk := self.after(connection, target_id, last):
-            yield from chunk
+            for stored_id, observation in chunk:
+                if until is not None and stored_id > until:
+                    return
+                yield stored_id, observation
+            if len(chunk) < CHUNK:
+                return
             last = chunk[-1][0]
 
     def _learn(self, connection: Connection, payload_ids: set[int]) -> None:
@@ -95,41 +120,51 @@ class ObservationReader:
                                           deterministic)
 
     def _observation(self, row: Any) -> Observation:
-        digest, requested_model, deterministic = self._payloads[row.request_payload_id]
-        choices = row.choices or []
+        # By position: a Row's attributes are looked up by name, which adds up over a year.
+        (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
+         ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
+         remaining_tokens, reset_requests_s, reset_tokens_s, content, finish_reason,
+         prompt_tokens, payload_id) = row
+        digest, requested_model, deterministic = self._payloads[payload_id]
         return Observation(
-            uid=row.uid,
-            started_at=row.started_at,
-            ok=row.ok,
-            error_kind=ErrorKind(row.error_kind) if row.error_kind else None,
-            http_status=row.http_status,
+            uid=uid,
+            started_at=started_at,
+            ok=ok,
+            error_kind=ErrorKind(error_kind) if error_kind else None,
+            http_status=http_status,
             requested_model=requested_model,
-            model=row.model,
-            system_fingerprint=row.system_fingerprint,
-            total_ms=row.total_ms,
-            time_to_first_token_ms=row.time_to_first_token_ms,
-            openai_processing_ms=row.openai_processing_ms,
+            model=model,
+            system_fingerprint=system_fingerprint,
+            total_ms=total_ms,
+            time_to_first_token_ms=ttft_ms,
+            openai_processing_ms=processing_ms,
             rate_limits=RateLimits(
-                limit_requests=row.ratelimit_limit_requests,
-                limit_tokens=row.ratelimit_limit_tokens,
-                remaining_requests=row.ratelimit_remaining_requests,
-                remaining_tokens=row.ratelimit_remaining_tokens,
-                reset_requests_s=row.ratelimit_reset_requests_s,
-                reset_tokens_s=row.ratelimit_reset_tokens_s,
+                limit_requests=limit_requests,
+                limit_tokens=limit_tokens,
+                remaining_requests=remaining_requests,
+                remaining_tokens=remaining_tokens,
+                reset_requests_s=reset_requests_s,
+                reset_tokens_s=reset_tokens_s,
             ),
-            content=choices[0].get("content") if choices else None,
-            finish_reason=row.finish_reason,
-            prompt_tokens=row.prompt_tokens,
+            content=content,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
             request_hash=digest,
             deterministic=deterministic,
         )
+
+def longer_than_chunk(connection: Connection, target_id: int, until: int) -> bool:
+    """Whether the target has more than CHUNK probes up to probe `until`."""
+    row = connection.execute(
+        _BEYOND_CHUNK, {"target_id": target_id, "until": until, "chunk": CHUNK}).first()
+    return row is not None
 
 
 def lock_position(connection: Connection, target_id: int) -> tuple[str, int] | None:
     """(thresholds hash, last folded probe id) of the target's saved detection state, locked
     until the transaction ends (PostgreSQL), so two daemons never fold the same probes at
     once; SQLite has one writer anyway. The state itself is read only when needed."""
-    query = _POSITION.with_for_update() if connection.dialect.name == "postgresql" else _POSITION
+    query = _LOCK_POSITION if connection.dialect.name == "postgresql" else _POSITION
     row = connection.execute(query, {"target_id": target_id}).first()
     return None if row is None else (row.thresholds_hash, row.last_probe_id)
 
@@ -179,9 +214,26 @@ def claim_state(connection: Connection, target_id: int, now: datetime) -> None:
 def save_state(connection: Connection, target_id: int, thresholds_hash: str,
                last_probe_id: int, packed: bytes, now: datetime) -> None:
     """Store the target's detector state, packed by `pack_state`."""
-    connection.execute(_SAVE, {"target_id_": target_id, "thresholds_hash": thresholds_hash,
-                               "last_probe_id": last_probe_id, "state_zlib": packed,
-                               "updated_at": now})
+    connection.execute(_SAVE, _saved(target_id, thresholds_hash, last_probe_id, packed, now))
+
+
+def replace_state(connection: Connection, target_id: int, was: tuple[str, int],
+                  thresholds_hash: str, last_probe_id: int, packed: bytes,
+                  now: datetime) -> bool:
+    """Save a state built without the lock, only if the target's position is still `was`
+    (thresholds hash, last folded probe id); whether it was saved."""
+    result = connection.execute(
+        _SAVE.where(DetectorStateRow.thresholds_hash == bindparam("was_hash"),
+                    DetectorStateRow.last_probe_id == bindparam("was_last")),
+        {**_saved(target_id, thresholds_hash, last_probe_id, packed, now),
+         "was_hash": was[0], "was_last": was[1]})
+    return result.rowcount == 1
+
+
+def _saved(target_id: int, thresholds_hash: str, last_probe_id: int, packed: bytes,
+           now: datetime) -> dict[str, Any]:
+    return {"target_id_": target_id, "thresholds_hash": thresholds_hash,
+            "last_probe_id": last_probe_id, "state_zlib": packed, "updated_at": now}
 
 
 def record_events(connection: Connection, target_id: int, probe_uid: str,
