@@ -15,7 +15,7 @@ and the heartbeat is each target's last probes: both cost the same whatever the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,9 +80,9 @@ def build_report(engine: Engine, since: datetime, until: datetime,
                     buckets[target_id][start] = _point(start, aggregate)
         points = {i: [found[start] for start in sorted(found)] for i, found in buckets.items()}
         if bucket == "probe":
-            rows = timeline.read_points(connection, since, until, ids) if ids else ()
-            for target_id, entry in _probe_points(rows):
-                points[target_id].append(entry)
+            for target_id in ids:
+                points[target_id] = _probe_points(
+                    timeline.read_points(connection, since, until, target_id))
         alerts = _alerts(connection, ids, since, until)
         skipped = leases.skipped_counts(connection, since, until, ids) if ids else {}
         listed = replays.listed(connection, since, until, ids, REPLAYS_LISTED) if ids else []
@@ -222,22 +222,21 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
     }
 
 
-def _probe_points(rows: Iterable[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(target id, point) per probe, rows of timeline.POINT_COLUMNS. This runs for every probe
-    of up to 48 h of every target, so rows are unpacked as tuples and nothing is called per
-    probe but isoformat and round."""
-    for (probe_id, target_id, at, ok, kind, status, total_ms, processing_ms, fingerprint,
-         model, limit_requests, limit_tokens, remaining_requests, remaining_tokens) in rows:
-        yield target_id, {
-            "t": at.isoformat(), "probe_id": probe_id, "ok": ok, "error_kind": kind,
-            "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
-            "fingerprint": fingerprint, "model": model,
-            # aggregate.headroom, inlined: remaining / limit in [0, 1], None unless both sent
-            "headroom_requests": None if remaining_requests is None or not limit_requests
-            else round(min(max(remaining_requests / limit_requests, 0.0), 1.0), 4),
-            "headroom_tokens": None if remaining_tokens is None or not limit_tokens
-            else round(min(max(remaining_tokens / limit_tokens, 0.0), 1.0), 4),
-        }
+def _probe_points(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """A point per probe, rows of timeline.POINT_COLUMNS. This runs for every probe of up to
+    48 h of every target, so rows are unpacked as tuples and nothing is called per probe but
+    isoformat and round."""
+    return [{
+        "t": at.isoformat(), "probe_id": probe_id, "ok": ok, "error_kind": kind,
+        "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
+        "fingerprint": fingerprint, "model": model,
+        # aggregate.headroom, inlined: remaining / limit in [0, 1], None unless both sent
+        "headroom_requests": None if remaining_requests is None or not limit_requests
+        else round(min(max(remaining_requests / limit_requests, 0.0), 1.0), 4),
+        "headroom_tokens": None if remaining_tokens is None or not limit_tokens
+        else round(min(max(remaining_tokens / limit_tokens, 0.0), 1.0), 4),
+    } for (probe_id, _, at, ok, kind, status, total_ms, processing_ms, fingerprint, model,
+           limit_requests, limit_tokens, remaining_requests, remaining_tokens) in rows]
 
 
 def _beat(probe: Any) -> dict[str, Any]:
