@@ -225,9 +225,9 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
 def _probe_points(rows: Iterable[Any]) -> list[dict[str, Any]]:
     """A point per probe, rows of timeline.POINT_COLUMNS. This runs for every probe of up to
     48 h of every target, so rows are unpacked as tuples and nothing is called per probe but
-    isoformat and round."""
+    iso_utc and round."""
     return [{
-        "t": at.isoformat(), "probe_id": probe_id, "ok": ok, "error_kind": kind,
+        "t": timeline.iso_utc(at), "probe_id": probe_id, "ok": ok, "error_kind": kind,
         "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
         "fingerprint": fingerprint, "model": model,
         # aggregate.headroom, inlined: remaining / limit in [0, 1], None unless both sent

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, insert, select
 
 from monitor.domain import ProbeResult, RateLimits, SkipKind, SlotState
 from monitor.health import build_report, metrics_snapshot
-from monitor.store import aggregate, rollups
+from monitor.store import aggregate, rollups, timeline
 from monitor.store.models import AlertRow, ProbeRow, SlotRow, TargetRow
 from monitor.store.replays import LinkedWriter
 from tests.test_rollups import START, nearest_rank, store, varied_history
@@ -326,3 +326,17 @@ def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:
     open_now = metrics_snapshot(engine).targets[0].open_alerts
     assert {pair: count for pair, count in open_now.items() if count} == {
         ("latency", "warning"): 2}
+
+
+def test_a_points_time_reads_as_isoformat_in_utc_on_both_databases(engine: Engine) -> None:
+    """read_points hands SQLite's stored text over unparsed; iso_utc must give exactly what
+    datetime.isoformat() gives, with and without microseconds."""
+    moments = [START + timedelta(minutes=1), START + timedelta(minutes=2, microseconds=123456),
+               START + timedelta(minutes=3, microseconds=1), START + timedelta(days=400)]
+    results = [replace(r, started_at=at) for r, at in zip(varied_history(4), moments,
+                                                         strict=True)]
+    store(engine, results)
+    with engine.connect() as connection:
+        target_id = connection.execute(select(TargetRow.id)).scalar_one()
+        rows = timeline.read_points(connection, START, START + timedelta(days=401), target_id)
+    assert [timeline.iso_utc(row[2]) for row in rows] == [at.isoformat() for at in moments]

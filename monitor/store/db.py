@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 # Long enough to ride out another writer's checkpoint, short enough to surface a stuck lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Address space SQLite may map for reads; pages count as memory only once read.
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 
 
 def normalize_url(url: str) -> str:
@@ -69,6 +71,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    # Reads through a memory map instead of a read() call per page: a report of two days of
+    # probes touches thousands of pages (a third faster here). Only address space until read.
+    cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cursor.close()
 
 

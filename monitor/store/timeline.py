@@ -9,10 +9,10 @@ reads count them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, case, func, select
+from sqlalchemy import Connection, Integer, String, bindparam, case, func, select, type_coerce
 
 from monitor.store.aggregate import floor_hour
 from monitor.store.models import CANARY, HourlyRollupRow, ProbeRow
@@ -24,8 +24,13 @@ POINT_COLUMNS = (
     ProbeRow.ratelimit_limit_tokens, ProbeRow.ratelimit_remaining_requests,
     ProbeRow.ratelimit_remaining_tokens,
 )
+# A point's time is only ever shown as text: on SQLite it is read as the stored text and
+# rewritten (iso_utc) rather than parsed into a datetime and formatted back, a third of the
+# cost of a day of points. PostgreSQL's driver hands over a datetime whatever the type says.
+_POINT_COLUMNS_AS_READ = (POINT_COLUMNS[0], POINT_COLUMNS[1],
+                          type_coerce(ProbeRow.started_at, String), *POINT_COLUMNS[3:])
 _POINTS = (
-    select(*POINT_COLUMNS)
+    select(*_POINT_COLUMNS_AS_READ)
     .where(ProbeRow.target_id == bindparam("target_id"),
            ProbeRow.started_at >= bindparam("since"), ProbeRow.started_at < bindparam("until"),
            CANARY)
@@ -43,12 +48,22 @@ _LATEST = (
 def read_points(connection: Connection, since: datetime, until: datetime,
                 target_id: int) -> Sequence[Any]:
     """The target's probes started in [since, until), as rows of POINT_COLUMNS in time order
-    (ties by id)."""
+    (ties by id), their time as iso_utc() takes it."""
     # One target at a time, so both databases walk ix_probes_target_id_started_at in order
     # and nothing is sorted (PostgreSQL would sort two days of many targets on disk once
     # they outgrow work_mem); .all() fetches in one call rather than a call per row.
     return connection.execute(_POINTS, {"target_id": target_id, "since": since,
                                         "until": until}).all()
+
+
+def iso_utc(started_at: str | datetime) -> str:
+    """A started_at of read_points as `datetime.isoformat()` gives it in UTC. SQLite's stored
+    text is always "YYYY-MM-DD HH:MM:SS.ffffff" in UTC (UtcDateTime writes it so)."""
+    if isinstance(started_at, datetime):
+        return started_at.astimezone(UTC).isoformat()
+    fraction = started_at[19:26]
+    return (f"{started_at[:10]}T{started_at[11:19]}"
+            f"{'' if fraction == '.000000' else fraction}+00:00")
 
 
 def read_latest(connection: Connection, target_id: int, until: datetime,
