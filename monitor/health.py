@@ -223,20 +223,25 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
 
 
 def _probe_points(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    """A point per probe, rows of timeline.POINT_COLUMNS. This runs for every probe of up to
+    """A point per probe, rows of timeline.read_points. This runs for every probe of up to
     48 h of every target, so rows are unpacked as tuples and nothing is called per probe but
-    iso_utc and round."""
+    iso_utc and _share."""
     return [{
         "t": timeline.iso_utc(at), "probe_id": probe_id, "ok": ok, "error_kind": kind,
         "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
         "fingerprint": fingerprint, "model": model,
-        # aggregate.headroom, inlined: remaining / limit in [0, 1], None unless both sent
         "headroom_requests": None if remaining_requests is None or not limit_requests
-        else round(min(max(remaining_requests / limit_requests, 0.0), 1.0), 4),
+        else _share(remaining_requests / limit_requests),
         "headroom_tokens": None if remaining_tokens is None or not limit_tokens
-        else round(min(max(remaining_tokens / limit_tokens, 0.0), 1.0), 4),
+        else _share(remaining_tokens / limit_tokens),
     } for (probe_id, _, at, ok, kind, status, total_ms, processing_ms, fingerprint, model,
            limit_requests, limit_tokens, remaining_requests, remaining_tokens) in rows]
+
+
+def _share(ratio: float) -> float:
+    """aggregate.headroom's clamp to [0, 1], rounded as _fraction rounds; comparisons rather
+    than min() and max(), which cost more than the rest of a point."""
+    return 0.0 if ratio <= 0.0 else 1.0 if ratio >= 1.0 else round(ratio, 4)
 
 
 def _beat(probe: Any) -> dict[str, Any]:
