@@ -227,7 +227,7 @@ def _probe_points(rows: Iterable[Any]) -> list[dict[str, Any]]:
     48 h of every target, so rows are unpacked as tuples and nothing is called per probe but
     iso_utc and _share."""
     return [{
-        "t": timeline.iso_utc(at), "probe_id": probe_id, "ok": ok, "error_kind": kind,
+        "t": timeline.iso_utc(at), "probe_id": probe_id, "ok": bool(ok), "error_kind": kind,
         "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
         "fingerprint": fingerprint, "model": model,
         "headroom_requests": None if remaining_requests is None or not limit_requests

@@ -47,13 +47,20 @@ _LATEST = (
 
 def read_points(connection: Connection, since: datetime, until: datetime,
                 target_id: int) -> Sequence[Any]:
-    """The target's probes started in [since, until), as rows of POINT_COLUMNS in time order
-    (ties by id), their time as iso_utc() takes it."""
+    """The target's probes started in [since, until), as DB-API tuples of POINT_COLUMNS in
+    time order (ties by id): the time as iso_utc() takes it, `ok` as the driver gives it."""
     # One target at a time, so both databases walk ix_probes_target_id_started_at in order
     # and nothing is sorted (PostgreSQL would sort two days of many targets on disk once
-    # they outgrow work_mem); .all() fetches in one call rather than a call per row.
-    return connection.execute(_POINTS, {"target_id": target_id, "since": since,
-                                        "until": until}).all()
+    # they outgrow work_mem). The rows are the driver's own tuples, fetched in one call:
+    # SQLAlchemy's rows cost as much again, and the one value its processors would change is
+    # `ok` on SQLite (0 or 1), which the caller turns into a bool.
+    result = connection.execute(_POINTS, {"target_id": target_id, "since": since,
+                                          "until": until})
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    return rows
 
 
 def iso_utc(started_at: str | datetime) -> str:
