@@ -27,7 +27,7 @@ def test_a_changed_limit_opens_at_once_and_clears_when_it_returns() -> None:
     opened = events[0]
     assert (opened.before, opened.after, opened.severity) == (10_000, 5_000, Severity.WARNING)
     assert opened.explanation == (
-        "gpt-4o's x-ratelimit-limit-requests changed from 10000 to 5000."
+        "gpt-4o's request limit changed from 10000 to 5000."
     )
     assert "back to 10000" in events[1].explanation
 

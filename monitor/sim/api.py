@@ -13,7 +13,6 @@ import hmac
 import math
 import re
 from dataclasses import dataclass
-from http import HTTPStatus
 
 from monitor.sim import canary, faults, responses
 from monitor.sim.request import ChatRequest, InvalidRequest, parse_request
@@ -264,7 +263,7 @@ def _instead_of_completion(state: State, route: _Route, fault: str | None,
     """What a fault sends in place of a completion; None when a completion is sent."""
     status = faults.http_status(fault) if fault else None
     if status is not None:
-        message = _SERVER_ERRORS.get(status, f"{HTTPStatus(status).phrase}.")
+        message = _SERVER_ERRORS.get(status, f"{responses.phrase(status)}.")
         kind = "server_error" if status >= 500 else "invalid_request_error"
         return route.reply(status, responses.openai_error(message, kind))
     if fault == faults.HTML_ERROR:
