@@ -47,7 +47,8 @@ class _Refused(Exception):
 
 
 def handle(state: State, body: bytes, api_key: str | None, version: str | None) -> Action:
-    """Answer one POST /v1/messages and count it in the stats."""
+    """Answer one POST /v1/messages and count it in the stats; `api_key` is the x-api-key
+    header's value or the bearer token."""
     ticket = state.begin()
     request_id = wire.new_id(ticket.rng, "req")
     model: str | None = None
@@ -67,6 +68,7 @@ def handle(state: State, body: bytes, api_key: str | None, version: str | None) 
 
 
 def _authorize(given: str | None, keys: tuple[str, ...]) -> None:
+    """`x-api-key`, or a bearer token (what the SDK's 2.x releases send, and the API takes)."""
     if not keys:
         return
     if given is None:

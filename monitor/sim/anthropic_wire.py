@@ -58,7 +58,8 @@ class Message:
 
     @property
     def output_tokens(self) -> int:
-        return sum(len(block.pieces) or 1 for block in self.blocks)
+        # A tool call costs about as many tokens as its input has words.
+        return sum(len(block.pieces) or len(block.tool_input.split()) for block in self.blocks)
 
 
 def new_id(rng: random.Random, prefix: str) -> str:

@@ -137,7 +137,7 @@ def handle(state: State, call: Call) -> Action:
 def _authorize(route: _Route, call: Call, keys: tuple[str, ...]) -> None:
     if not keys:
         return
-    given = _bearer(call.authorization)
+    given = bearer(call.authorization)
     if route.azure and call.api_key is not None:
         given = call.api_key
     # Compared as bytes in constant time, as a real key check would be.
@@ -151,7 +151,7 @@ def _authorize(route: _Route, call: Call, keys: tuple[str, ...]) -> None:
     raise _Refused(route.reply(401, body), "unauthorized")
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer(authorization: str | None) -> str | None:
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")

@@ -56,7 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST" and url.path == anthropic.PATH:
             state.enter()
             try:
-                self._answer(anthropic.handle(state, body, self.headers.get("x-api-key"),
+                key = self.headers.get("x-api-key") or api.bearer(self.headers.get("authorization"))
+                self._answer(anthropic.handle(state, body, key,
                                               self.headers.get("anthropic-version")), arrived)
             finally:
                 state.leave()
