@@ -178,6 +178,32 @@ def _rows(engine: Engine) -> list[ProbeRow]:
         return list(session.scalars(select(ProbeRow).order_by(ProbeRow.id)))
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_anthropic_probes_replay_and_are_served_back_recorded(
+    sim: SimClient, sim_server: Simulator, engine: Engine, make_settings: MakeSettings,
+    stream: bool,
+) -> None:
+    from dataclasses import replace
+
+    from monitor.replay.recorded import RecordedServer
+    from monitor.replay.send import replay_probe
+    from tests.test_replay import store_probes
+
+    settings = make_settings(claude(sim_server, stream=stream))
+    [original] = store_probes(engine, settings.targets[0])
+    outcome = replay_probe(engine, settings, original)
+    [again] = outcome.replays
+    assert again.content == outcome.original.content == "pong"
+    assert sim.stats()["by_path"]["/v1/messages"] == 2  # sent to Anthropic's route again
+
+    with RecordedServer(engine) as server:  # the stored answer, for the same request
+        recorded = run(replace(settings.targets[0], base_url=server.url),
+                       providers.new_session())
+    assert recorded.ok, recorded.error_detail
+    assert recorded.content == "pong" and recorded.model == "claude-sonnet-4-20250514"
+    assert sim.stats()["by_path"]["/v1/messages"] == 2  # the simulator was not asked
+
+
 # --- the parser on what the simulator does not send -----------------------------------------
 
 
