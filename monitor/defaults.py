@@ -50,18 +50,30 @@ CAP_KEY: Final[Mapping[Provider, str]] = MappingProxyType(
         Provider.OPENAI: "max_completion_tokens",
         Provider.AZURE: "max_completion_tokens",
         Provider.OPENAI_COMPATIBLE: "max_tokens",
+        Provider.ANTHROPIC: "max_tokens",  # required by the Messages API
     }
 )
 
-# Only OpenAI has one well-known endpoint; Azure resources and compatible servers are per user.
+# OpenAI and Anthropic have one well-known endpoint; Azure resources and compatible servers are
+# per user.
 BASE_URL: Final[Mapping[Provider, str]] = MappingProxyType(
-    {Provider.OPENAI: "https://api.openai.com/v1"}
+    {Provider.OPENAI: "https://api.openai.com/v1", Provider.ANTHROPIC: "https://api.anthropic.com"}
 )
+
+# Anthropic's `anthropic-version` header (the `api_version` key): the version its documentation
+# and SDKs send; pinned, so that a new one is a config change in history, not a silent drift.
+API_VERSION: Final[Mapping[Provider, str]] = MappingProxyType({Provider.ANTHROPIC: "2023-06-01"})
+
+# Built-in params the Messages API refuses ("Extra inputs are not permitted"): dropped from the
+# built-in defaults for Anthropic targets, and refused when a file sets them for one.
+OPENAI_ONLY_PARAMS: Final = ("seed", "n", "max_completion_tokens", "presence_penalty",
+                             "frequency_penalty", "reasoning_effort", "stop")
 
 # The variables the official SDKs read, so an existing setup works unchanged. Compatible servers
 # often need no key, so they get none unless api_key_env says otherwise.
 API_KEY_ENV: Final[Mapping[Provider, str]] = MappingProxyType(
-    {Provider.OPENAI: "OPENAI_API_KEY", Provider.AZURE: "AZURE_OPENAI_API_KEY"}
+    {Provider.OPENAI: "OPENAI_API_KEY", Provider.AZURE: "AZURE_OPENAI_API_KEY",
+     Provider.ANTHROPIC: "ANTHROPIC_API_KEY"}
 )
 
 

@@ -19,6 +19,7 @@ class Provider(enum.StrEnum):
     OPENAI = "openai"
     AZURE = "azure"
     OPENAI_COMPATIBLE = "openai-compatible"
+    ANTHROPIC = "anthropic"  # the Messages API (probe/anthropic.py)
 
 
 class ErrorKind(enum.StrEnum):
@@ -109,7 +110,7 @@ class Target:
     api_key_env: str | None = None
     api_key: Secret | None = None
     deployment: str | None = None  # Azure only
-    api_version: str | None = None  # Azure only
+    api_version: str | None = None  # Azure's api-version; Anthropic's anthropic-version
     # Probing stops for the rest of the UTC day once either is spent (None: no limit).
     daily_token_budget: int | None = None
     daily_request_budget: int | None = None
@@ -134,7 +135,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class RateLimits:
-    """The six x-ratelimit-* headers as numbers; None where the server did not send one."""
+    """The x-ratelimit-* (or anthropic-ratelimit-*) headers as numbers; None where the server
+    did not send one. Only Anthropic limits input and output tokens apart."""
 
     limit_requests: int | None = None
     limit_tokens: int | None = None
@@ -142,6 +144,12 @@ class RateLimits:
     remaining_tokens: int | None = None
     reset_requests_s: float | None = None
     reset_tokens_s: float | None = None
+    limit_input_tokens: int | None = None
+    remaining_input_tokens: int | None = None
+    reset_input_tokens_s: float | None = None
+    limit_output_tokens: int | None = None
+    remaining_output_tokens: int | None = None
+    reset_output_tokens_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ class Choice:
     finish_reason: str | None
     content: str | None
     refusal: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()  # each {"id", "name", "arguments": JSON text}
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,7 @@ class Usage:
     completion_audio_tokens: int | None = None
     accepted_prediction_tokens: int | None = None
     rejected_prediction_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None  # Anthropic: written to its prompt cache
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from monitor import defaults
 from monitor.alerts.maintenance import maintenance_until
 from monitor.alerts.watch import thresholds_hash
 from monitor.detect import TargetDetector, Warmup
-from monitor.domain import ErrorKind, RateLimits, Settings, Target
+from monitor.domain import ErrorKind, Provider, RateLimits, Settings, Target
 from monitor.store import history
 from monitor.store.models import TargetRow
 from monitor.store.records import newest_probe, usage_since
@@ -66,6 +66,8 @@ class WatchState:
     backoff_until: datetime | None
     budget_spent: str | None
     maintenance_until: datetime | None
+    # Detectors that can never speak for this target, each with why (not silence by accident).
+    not_applicable: tuple[str, ...] = ()
 
     def summary(self, now: datetime) -> str:
         """One line for people; "watching" when nothing is pending."""
@@ -83,7 +85,7 @@ class WatchState:
                          "at its next probe)")
         elif self.warmups:
             parts.append(_learning(self.warmups))
-        return "; ".join(parts) or "watching"
+        return "; ".join([*(parts or ["watching"]), *self.not_applicable])
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         """The report's and `monitor status`'s `state` (docs/report.md)."""
@@ -94,7 +96,7 @@ class WatchState:
             "backoff_until": _iso(self.backoff_until),
             "budget_spent": self.budget_spent,
             "maintenance_until": _iso(self.maintenance_until),
-        }
+        } | ({"not_applicable": list(self.not_applicable)} if self.not_applicable else {})
 
 
 def _learning(warmups: Sequence[Warmup]) -> str:
@@ -137,7 +139,7 @@ def _state(connection: Connection, engine: Engine, settings: Settings, target: T
     if target_id is None:  # never probed: nothing stored under its name yet
         fresh = TargetDetector(target.name, target.detection).warmups()
         return WatchState(False, tuple(fresh), None, _budget(engine, target, None, now),
-                          maintenance)
+                          maintenance, not_applicable(target))
     newest = newest_probe(connection, target_id)
     backoff = None
     if newest is not None and newest.error_kind == ErrorKind.RATE_LIMITED:
@@ -146,7 +148,16 @@ def _state(connection: Connection, engine: Engine, settings: Settings, target: T
             newest.retry_after_s, newest.rate_limits, target.interval_ms))
         backoff = until if until > now else None
     return WatchState(newest is not None, _warmups(connection, target, target_id), backoff,
-                      _budget(engine, target, target_id, now), maintenance)
+                      _budget(engine, target, target_id, now), maintenance,
+                      not_applicable(target))
+
+
+def not_applicable(target: Target) -> tuple[str, ...]:
+    """The detectors that cannot apply to `target`'s provider, in words."""
+    if target.provider is Provider.ANTHROPIC:
+        return ("fingerprint detector not applicable (Anthropic sends no system_fingerprint)",
+                "output detector not applicable (the Messages API takes no seed)")
+    return ()
 
 
 def _budget(engine: Engine, target: Target, target_id: int | None, now: datetime) -> str | None:

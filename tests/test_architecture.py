@@ -33,6 +33,8 @@ def modules(pattern: str) -> list[Path]:
         pytest.param("probe/*.py", ("monitor.store", "sqlalchemy"), id="probe-knows-no-database"),
         pytest.param("probe/completion.py", ("requests", "monitor.store"), id="parser-is-pure"),
         pytest.param("probe/headers.py", ("requests", "monitor.store"), id="headers-are-pure"),
+        pytest.param("probe/anthropic.py", ("requests", "monitor.store"),
+                     id="anthropic-parser-is-pure"),
         pytest.param("store/*.py", ("requests", "monitor.probe"), id="store-knows-no-http"),
         pytest.param("detect/*.py", ("requests", "sqlalchemy", "monitor.store", "monitor.clock"),
                      id="detectors-are-pure"),

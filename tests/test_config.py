@@ -24,7 +24,7 @@ from monitor.secrets import Secret
 
 KEY = "sk-" "test-7c1e9a4b2d8f6e0a3c5b7d9f1e2a4cyz"  # fake; the leak tests hunt for it
 AZURE_KEY = "az-test-5d3f1b9e7c2a4e6f8a0c1e3b5d7f9a2b"
-ENV = {"OPENAI_API_KEY": KEY, "AZURE_OPENAI_API_KEY": AZURE_KEY}
+ENV = {"OPENAI_API_KEY": KEY, "AZURE_OPENAI_API_KEY": AZURE_KEY, "ANTHROPIC_API_KEY": KEY}
 
 MINIMAL = """
 [[targets]]
@@ -172,10 +172,30 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         ),
         # provider
         pytest.param(
-            target_toml(provider='"anthropic"'),
+            target_toml(provider='"gemini"'),
             'targets[0].provider: expected one of "openai", "azure", "openai-compatible", '
-            "got 'anthropic'",
+            "\"anthropic\", got 'gemini'",
             id="provider-unknown",
+        ),
+        pytest.param(
+            target_toml(provider='"anthropic"', params="{ seed = 7 }"),
+            'targets[0].params.seed: expected no seed for provider "anthropic" (the Messages '
+            "API refuses it), got 7",
+            id="anthropic-seed",
+        ),
+        pytest.param(
+            target_toml(provider='"anthropic"', messages='[{ role = "user", content = "x" }, '
+                        '{ role = "system", content = "y" }]'),
+            "targets[0].messages[1].role: expected user and assistant messages, after any "
+            'system ones (provider "anthropic" sends those as `system`), got \'system\'',
+            id="anthropic-late-system",
+        ),
+        pytest.param(
+            target_toml(provider='"anthropic"', messages='[{ role = "system", content = "y" }, '
+                        '{ role = "user", content = "x" }]', params='{ system = "z" }'),
+            "targets[0].params.system: expected a system message or params.system, not both, "
+            "got both",
+            id="anthropic-two-systems",
         ),
         # base_url
         pytest.param(

@@ -27,7 +27,7 @@ def test_a_changed_limit_opens_at_once_and_clears_when_it_returns() -> None:
     opened = events[0]
     assert (opened.before, opened.after, opened.severity) == (10_000, 5_000, Severity.WARNING)
     assert opened.explanation == (
-        "gpt-4o's x-ratelimit-limit-requests changed from 10000 to 5000."
+        "gpt-4o's request limit changed from 10000 to 5000."
     )
     assert "back to 10000" in events[1].explanation
 
@@ -99,3 +99,38 @@ def test_warm_up_never_alerts() -> None:
     history[8] = failed(8, ErrorKind.RATE_LIMITED)
     history[9] = failed(9, ErrorKind.RATE_LIMITED)
     assert [index_of(e) for e in quota_events(history[:10])] == []
+
+
+ANTHROPIC = replace(LIMITS, limit_input_tokens=400_000, remaining_input_tokens=399_000,
+                    limit_output_tokens=80_000, remaining_output_tokens=79_000)
+
+
+def test_anthropic_input_and_output_token_limits_are_watched_like_the_others() -> None:
+    lowered = replace(ANTHROPIC, limit_output_tokens=16_000, remaining_output_tokens=15_000)
+    scarce = replace(ANTHROPIC, remaining_input_tokens=1_000)
+    events = quota_events([*steady(0, 50, rate_limits=ANTHROPIC),
+                           *steady(50, 55, rate_limits=lowered),
+                           *steady(55, 60, rate_limits=scarce)])
+    assert [(e.key, e.opened, index_of(e)) for e in events] == [
+        ("limit_output_tokens", True, 50),
+        ("remaining_input_tokens", True, 55),
+        ("limit_output_tokens", False, 57),
+    ]
+    assert events[0].explanation == "gpt-4o's output token limit changed from 80000 to 16000."
+    assert events[1].explanation.endswith("1000 of 400000 input tokens left in its rate-limit "
+                                          "window, under 10%.")
+
+
+def test_a_state_saved_before_input_and_output_limits_were_watched_still_loads() -> None:
+    from monitor.detect.quota import QuotaDetector
+    from monitor.domain import DetectionThresholds
+
+    old = QuotaDetector("gpt-4o", DetectionThresholds())
+    state = old.dump()
+    state["limits"] = {k: v for k, v in state["limits"].items()
+                       if k in ("limit_requests", "limit_tokens")}
+    restored = QuotaDetector("gpt-4o", DetectionThresholds())
+    restored.load(state)
+    assert restored.step(obs(0, rate_limits=ANTHROPIC)) == []
+    assert set(restored.limits) == {"limit_requests", "limit_tokens", "limit_input_tokens",
+                                    "limit_output_tokens"}

@@ -411,7 +411,11 @@ def test_upgrading_to_replay_links_keeps_every_probe_with_foreign_keys_enforced(
     url = f"sqlite:///{tmp_path / 'old.db'}"
     db.upgrade(url, "0005")
     old = db.create(url)
-    stored = store_probes(old, make_settings({"name": "canary"}).targets[0], 3)
+    from tests.test_migrations import save_then
+
+    canary = make_settings({"name": "canary"}).targets[0]
+    with providers.new_session() as session:  # stored as the code of 0005 did
+        stored = [save_then(old, probe.run(canary, session)) for _ in range(3)]
     old.dispose()
 
     db.upgrade(url)

@@ -228,7 +228,28 @@ _AZURE_ONLY = {
 }
 
 
+def _check_messages_api(target: Target, own_layers: list[dict[str, Any]]) -> None:
+    """What the Anthropic Messages API would refuse with a 400 on every probe."""
+    for layer in own_layers:
+        for key in defaults.OPENAI_ONLY_PARAMS:
+            if key in layer.get("params", {}):
+                raise _Invalid(f'no {key} for provider "anthropic" (the Messages API refuses it)',
+                               layer["params"][key], f"params.{key}")
+    roles = [message["role"] for message in target.messages]
+    leading = next((i for i, role in enumerate(roles) if role != "system"), len(roles))
+    for index, role in enumerate(roles):
+        if role in ("developer", "tool") or (role == "system" and index >= leading) or (
+                index == len(roles) - 1 and leading == len(roles)):
+            raise _Invalid('user and assistant messages, after any system ones (provider '
+                           '"anthropic" sends those as `system`)', role, f"messages[{index}].role")
+    if "system" in target.params and leading:
+        raise _Invalid("a system message or params.system, not both", raw("both"), "params.system")
+
+
 def _merge_params(layers: list[dict[str, Any]], provider: Provider) -> dict[str, Any]:
+    if provider is Provider.ANTHROPIC:  # the built-in seed would be refused
+        layers = [{k: v for k, v in layers[0].items() if k not in defaults.OPENAI_ONLY_PARAMS},
+                  *layers[1:]]
     merged: dict[str, Any] = {}
     for params in layers:
         if any(key in params for key in _CAP_KEYS):
@@ -259,7 +280,7 @@ def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Targe
     for key, expected in _AZURE_ONLY.items():
         if provider is Provider.AZURE:
             _require(merged, key, f"{expected} {required}")
-        elif key in merged:
+        elif key in merged and not (provider is Provider.ANTHROPIC and key == "api_version"):
             raise _Invalid(
                 f'no {key} for provider "{provider}" (only "azure" uses it)', merged[key], key
             )
@@ -299,11 +320,13 @@ def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Targe
         api_key_env=api_key_env,
         api_key=api_key,
         deployment=merged.get("deployment"),
-        api_version=merged.get("api_version"),
+        api_version=merged.get("api_version", defaults.API_VERSION.get(provider)),
         daily_token_budget=merged.get("daily_token_budget"),
         daily_request_budget=merged.get("daily_request_budget"),
         detection=_thresholds([layer.get("detect", {}) for layer in layers]),
     )
+    if provider is Provider.ANTHROPIC:
+        _check_messages_api(target, layers[1:])
     return replace(target, config_hash=_config_hash(target))
 
 

@@ -34,10 +34,14 @@ from monitor.domain import (
     Severity,
 )
 
-# limit header -> the remaining header it bounds, and what it counts
+# limit -> the remaining count it bounds, and what it counts. OpenAI's x-ratelimit-* headers
+# and Anthropic's anthropic-ratelimit-{requests,tokens}-* fill the first two; only Anthropic
+# sends the input and output token limits (probe/anthropic.py maps its headers).
 HEADERS = {
     "limit_requests": ("remaining_requests", "requests"),
     "limit_tokens": ("remaining_tokens", "tokens"),
+    "limit_input_tokens": ("remaining_input_tokens", "input tokens"),
+    "limit_output_tokens": ("remaining_output_tokens", "output tokens"),
 }
 
 
@@ -75,7 +79,8 @@ class QuotaDetector(Detector):
 
     def _limit(self, header: str, value: int, obs: Observation) -> list[DriftEvent]:
         limit = self.limits[header]
-        label = "x-ratelimit-" + header.replace("_", "-")
+        # In words: OpenAI's and Anthropic's headers for it have different names.
+        label = f"{HEADERS[header][1][:-1]} limit"
         if limit.learned < self.thresholds.warmup_probes:
             limit.learned += 1
             limit.baseline = value
@@ -177,7 +182,8 @@ class QuotaDetector(Detector):
 
     def load(self, state: dict[str, Any]) -> None:
         self.learned = state["learned"]
-        self.limits = {header: Limit(**limit) for header, limit in state["limits"].items()}
+        # A state saved before a limit was watched lacks it: that limit starts learning.
+        self.limits.update({header: Limit(**limit) for header, limit in state["limits"].items()})
         self.throttled.extend(state["throttled"])
         self.throttled_uids.extend(state["throttled_uids"])
         self.calm = state["calm"]

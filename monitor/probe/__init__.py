@@ -34,12 +34,11 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3.exceptions
 
-from monitor.domain import ErrorKind, ProbeResult, Target
+from monitor.domain import ErrorKind, ProbeResult, Provider, Target
+from monitor.probe import anthropic, providers, transport
 from monitor.probe import headers as header_parsing
-from monitor.probe import providers, transport
 from monitor.probe.completion import (
     ID_LIMIT,
-    WORD_LIMIT,
     Completion,
     CompletionError,
     StreamAssembler,
@@ -50,6 +49,8 @@ from monitor.probe.completion import (
 from monitor.probe.scrub import scrub_result
 
 _DETAIL_LIMIT = 300  # characters of an upstream message kept in error_detail
+# Statuses with no IANA phrase that APIs send anyway.
+_UNREGISTERED = {529: "Overloaded"}  # Anthropic's overloaded_error
 
 
 class _Failure(Exception):
@@ -71,6 +72,7 @@ def run(target: Target, session: requests.Session, *,
     url = providers.chat_url(target)
     request_payload = providers.payload(target)
     secrets = providers.secret_values(target)
+    messages_api = target.provider is Provider.ANTHROPIC
     transport.watch(session)
     started_at = now if now is not None else datetime.now(UTC)
     started_ns = time.perf_counter_ns()
@@ -98,7 +100,7 @@ def run(target: Target, session: requests.Session, *,
             fields["http_status"] = response.status_code
             content_type = response.headers.get("content-type", "")
             if target.stream and response.status_code == 200 and "event-stream" in content_type:
-                assembler = StreamAssembler()
+                assembler = anthropic.MessageStream() if messages_api else StreamAssembler()
             try:
                 _read_body(response, deadline, target, body, assembler, fields, elapsed_ms)
             finally:
@@ -128,7 +130,8 @@ def run(target: Target, session: requests.Session, *,
     completion: Completion | None = None
     if failure is None:
         try:
-            completion = _interpret(fields, bytes(body), assembler, target.stream, url)
+            parse = anthropic.parse_message if messages_api else parse_completion
+            completion = _interpret(fields, bytes(body), assembler, target.stream, url, parse)
         except _Failure as exc:
             failure = exc
     if assembler is not None and completion is None and assembler.chunks:
@@ -149,12 +152,9 @@ def run(target: Target, session: requests.Session, *,
         ok=failure is None,
         error_kind=failure.kind if failure else None,
         error_detail=storable_text(failure.detail) if failure else None,
-        openai_processing_ms=header_parsing.processing_ms(headers),
-        openai_version=_header_text(headers, "openai-version", WORD_LIMIT),
-        openai_organization=_header_text(headers, "openai-organization", ID_LIMIT),
-        x_request_id=_header_text(headers, "x-request-id", ID_LIMIT),
         retry_after_s=header_parsing.retry_after_s(headers),
-        rate_limits=header_parsing.rate_limits(headers),
+        **(anthropic.header_fields(headers) if messages_api
+           else header_parsing.openai_fields(headers)),
         raw_response=bytes(body[: target.max_response_bytes]),
         **fields,
     )
@@ -201,11 +201,6 @@ def _timed_out(exc: BaseException, timeout_ms: int) -> tuple[ErrorKind, str]:
     return ErrorKind.READ_TIMEOUT, f"Response not complete after {timeout_ms} ms"
 
 
-def _header_text(headers: dict[str, str], name: str, limit: int) -> str | None:
-    value = headers.get(name)
-    return storable_text(value, limit) if value is not None else None
-
-
 def _feed(
     assembler: StreamAssembler,
     piece: bytes,
@@ -227,6 +222,7 @@ def _interpret(
     assembler: StreamAssembler | None,
     stream: bool,
     url: str,
+    parse: Callable[[bytes], Completion],
 ) -> Completion:
     """Decide success or failure from the status, content type and body that fully arrived."""
     status: int = fields["http_status"]
@@ -245,7 +241,7 @@ def _interpret(
                 f"Expected {expected}, got {shown} ({len(body)} bytes)",
             )
         # A server that ignores `stream: true` and answers plain JSON is still answering.
-        return parse_completion(body)
+        return parse(body)
     except CompletionError as exc:
         raise _Failure(exc.kind, exc.detail) from None
 
@@ -278,7 +274,7 @@ def _http_failure(
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
-        phrase = "status"
+        phrase = _UNREGISTERED.get(status, "status")
     location = headers.get("location")
     if 300 <= status < 400 and location is not None:
         # Never followed: the key header must reach no host but the configured one.

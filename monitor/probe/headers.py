@@ -12,13 +12,15 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from monitor.domain import RateLimits
 from monitor.durations import parse_seconds
-from monitor.probe.completion import INT64_MAX, storable_text
+from monitor.probe.completion import ID_LIMIT, INT64_MAX, WORD_LIMIT, storable_text
 from monitor.probe.scrub import REDACTED, Scrubber
 
-__all__ = ["REDACTED", "capture", "is_sensitive", "processing_ms", "rate_limits", "retry_after_s"]
+__all__ = ["REDACTED", "capture", "count", "is_sensitive", "openai_fields", "processing_ms",
+           "rate_limits", "retry_after_s", "text"]
 
 # Headers that carry credentials or session state. Matched on the whole lower-cased name.
 _SENSITIVE_NAMES = frozenset(
@@ -72,7 +74,7 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
     return value if value >= 0 and math.isfinite(value) else None
 
 
-def _count(headers: Mapping[str, str], name: str) -> int | None:
+def count(headers: Mapping[str, str], name: str) -> int | None:
     value = _number(headers, name)
     return None if value is None or value > INT64_MAX else int(value)
 
@@ -88,13 +90,30 @@ def _duration_s(headers: Mapping[str, str], name: str) -> float | None:
 def rate_limits(headers: Mapping[str, str]) -> RateLimits:
     """The six x-ratelimit-* values. Resets may be Go durations ("6m0s") or Azure's seconds."""
     return RateLimits(
-        limit_requests=_count(headers, "x-ratelimit-limit-requests"),
-        limit_tokens=_count(headers, "x-ratelimit-limit-tokens"),
-        remaining_requests=_count(headers, "x-ratelimit-remaining-requests"),
-        remaining_tokens=_count(headers, "x-ratelimit-remaining-tokens"),
+        limit_requests=count(headers, "x-ratelimit-limit-requests"),
+        limit_tokens=count(headers, "x-ratelimit-limit-tokens"),
+        remaining_requests=count(headers, "x-ratelimit-remaining-requests"),
+        remaining_tokens=count(headers, "x-ratelimit-remaining-tokens"),
         reset_requests_s=_duration_s(headers, "x-ratelimit-reset-requests"),
         reset_tokens_s=_duration_s(headers, "x-ratelimit-reset-tokens"),
     )
+
+
+def text(headers: Mapping[str, str], name: str, limit: int) -> str | None:
+    """A header's text, storable and bounded; None if it was not sent."""
+    value = headers.get(name)
+    return storable_text(value, limit) if value is not None else None
+
+
+def openai_fields(headers: Mapping[str, str]) -> dict[str, Any]:
+    """The ProbeResult fields OpenAI's (and Azure's, and compatible servers') headers fill."""
+    return {
+        "openai_processing_ms": processing_ms(headers),
+        "openai_version": text(headers, "openai-version", WORD_LIMIT),
+        "openai_organization": text(headers, "openai-organization", ID_LIMIT),
+        "x_request_id": text(headers, "x-request-id", ID_LIMIT),
+        "rate_limits": rate_limits(headers),
+    }
 
 
 def processing_ms(headers: Mapping[str, str]) -> float | None:

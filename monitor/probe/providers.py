@@ -20,7 +20,9 @@ USER_AGENT = f"monitor/{__version__} (LLM API canary)"
 
 
 def chat_url(target: Target) -> str:
-    """The Chat Completions URL; never contains a credential."""
+    """The Chat Completions (or Anthropic Messages) URL; never contains a credential."""
+    if target.provider is Provider.ANTHROPIC:
+        return f"{target.base_url}/v1/messages"
     if target.provider is Provider.AZURE:
         deployment = quote(target.deployment or "", safe="")
         query = urlencode({"api-version": target.api_version or ""})
@@ -30,6 +32,8 @@ def chat_url(target: Target) -> str:
 
 def payload(target: Target) -> dict[str, Any]:
     """The JSON body, in a stable key order so identical canaries hash identically."""
+    if target.provider is Provider.ANTHROPIC:
+        return _messages_payload(target)
     body: dict[str, Any] = {}
     if target.model is not None:
         body["model"] = target.model
@@ -39,6 +43,23 @@ def payload(target: Target) -> dict[str, Any]:
         body["stream"] = True
         # Without this OpenAI sends no usage in a stream, and tokens/s could not be measured.
         body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _messages_payload(target: Target) -> dict[str, Any]:
+    """Anthropic's body: leading system messages become the top-level `system` (the Messages
+    API has no system role); params (max_tokens, the cap, among them) go as they are."""
+    body: dict[str, Any] = {"model": target.model}
+    messages = [dict(message) for message in target.messages]
+    system = []
+    while messages and messages[0]["role"] == "system":
+        system.append(messages.pop(0)["content"])
+    if system:
+        body["system"] = "\n\n".join(system)
+    body["messages"] = messages
+    body.update(target.params)
+    if target.stream:
+        body["stream"] = True  # usage comes in message_start and message_delta unasked
     return body
 
 
@@ -52,7 +73,10 @@ def upstream(target: Target) -> tuple[str, str, int]:
 def request_headers(target: Target) -> dict[str, str]:
     """The headers that depend on the target, sent with each request (never kept in a session,
     which other targets share)."""
-    return {"Accept": "text/event-stream" if target.stream else "application/json"}
+    headers = {"Accept": "text/event-stream" if target.stream else "application/json"}
+    if target.provider is Provider.ANTHROPIC and target.api_version is not None:
+        headers["anthropic-version"] = target.api_version
+    return headers
 
 
 def key_auth(target: Target) -> requests.auth.AuthBase:
@@ -73,6 +97,8 @@ class _KeyAuth(requests.auth.AuthBase):
         if key is not None:
             if self._target.provider is Provider.AZURE:
                 request.headers["api-key"] = key.value
+            elif self._target.provider is Provider.ANTHROPIC:
+                request.headers["x-api-key"] = key.value
             else:
                 request.headers["Authorization"] = f"Bearer {key.value}"
         return request

@@ -1,6 +1,7 @@
 """Answers from the store (`monitor sim --recorded`): an upstream that repeats history.
 
-A POST to `.../chat/completions` (OpenAI's and Azure's routes, any base path) is matched by its
+A POST to `.../chat/completions` (OpenAI's and Azure's routes, any base path) or to
+`.../v1/messages` (Anthropic's) is matched by its
 JSON payload: canonical JSON and sha256, as request_payloads keys it. A match gets the newest
 successful probe's answer to that payload (only that target's answers with `--target`): the
 stored status, the stored headers in their order, and the body byte for byte. A stream goes
@@ -161,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         path = self.path.split("?", 1)[0]
-        if not path.endswith("/chat/completions"):
+        if not path.endswith(("/chat/completions", "/v1/messages")):
             self._send(_error(404, f"Invalid URL (POST {path})", "not_found"))
             return
         try:

@@ -13,7 +13,6 @@ import hmac
 import math
 import re
 from dataclasses import dataclass
-from http import HTTPStatus
 
 from monitor.sim import canary, faults, responses
 from monitor.sim.request import ChatRequest, InvalidRequest, parse_request
@@ -138,7 +137,7 @@ def handle(state: State, call: Call) -> Action:
 def _authorize(route: _Route, call: Call, keys: tuple[str, ...]) -> None:
     if not keys:
         return
-    given = _bearer(call.authorization)
+    given = bearer(call.authorization)
     if route.azure and call.api_key is not None:
         given = call.api_key
     # Compared as bytes in constant time, as a real key check would be.
@@ -152,7 +151,7 @@ def _authorize(route: _Route, call: Call, keys: tuple[str, ...]) -> None:
     raise _Refused(route.reply(401, body), "unauthorized")
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer(authorization: str | None) -> str | None:
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -264,7 +263,7 @@ def _instead_of_completion(state: State, route: _Route, fault: str | None,
     """What a fault sends in place of a completion; None when a completion is sent."""
     status = faults.http_status(fault) if fault else None
     if status is not None:
-        message = _SERVER_ERRORS.get(status, f"{HTTPStatus(status).phrase}.")
+        message = _SERVER_ERRORS.get(status, f"{responses.phrase(status)}.")
         kind = "server_error" if status >= 500 else "invalid_request_error"
         return route.reply(status, responses.openai_error(message, kind))
     if fault == faults.HTML_ERROR:

@@ -34,7 +34,8 @@ NAMED: Final = frozenset(
 
 # Besides the names above, "http_<status>" answers any 4xx/5xx status with an OpenAI error body.
 _HTTP: Final = re.compile(r"http_([45]\d\d)")
-_STATUSES: Final = frozenset(status.value for status in HTTPStatus)
+# 529: Anthropic's overloaded_error, in no registry but sent all the same.
+_STATUSES: Final = frozenset(status.value for status in HTTPStatus) | {529}
 
 _MODELS: Final = {
     "sim-429": RATE_LIMITED,

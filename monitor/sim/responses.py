@@ -312,11 +312,16 @@ def azure_headers(rng: random.Random, now: float, content_type: str, deployment:
 def message(status: int, headers: list[tuple[str, str]], body: bytes, *,
             declared_length: int | None = None) -> bytes:
     """A whole HTTP/1.1 response; `declared_length` may promise more than `body` (truncation)."""
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    lines = [f"HTTP/1.1 {status} {phrase(status)}"]
     lines += [f"{name}: {value}" for name, value in headers]
     length = len(body) if declared_length is None else declared_length
     lines.append(f"content-length: {length}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def phrase(status: int) -> str:
+    """The reason phrase; 529 (Anthropic's overloaded_error) has no registered one."""
+    return "Overloaded" if status == 529 else HTTPStatus(status).phrase
 
 
 def stream_head(headers: list[tuple[str, str]]) -> bytes:

@@ -16,13 +16,17 @@ from typing import Any, NoReturn, TypeVar
 from monitor.errors import SimulatorError
 from monitor.sim import faults
 
-# What OpenAI's aliases pointed at when this was written; any other model answers as requested.
+# What OpenAI's and Anthropic's aliases pointed at when this was written; any other model answers as requested.
 DEFAULT_ALIASES: Mapping[str, str] = {
     "gpt-4o": "gpt-4o-2024-08-06",
     "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
     "gpt-4.1": "gpt-4.1-2025-04-14",
     "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
     "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
+    "claude-sonnet-4-0": "claude-sonnet-4-20250514",
+    "claude-opus-4-0": "claude-opus-4-20250514",
+    "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
+    "claude-3-5-haiku-latest": "claude-3-5-haiku-20241022",
 }
 
 

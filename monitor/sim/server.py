@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from monitor import httpd
 from monitor.errors import SimulatorError
-from monitor.sim import api, control, responses
+from monitor.sim import anthropic, api, control, responses
 from monitor.sim.responses import Action, Hang, Reply, Reset, Stream
 from monitor.sim.scenario import Scenario, load_scenario
 from monitor.sim.state import State
@@ -52,6 +52,15 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         if url.path.startswith("/_sim/"):
             self._answer(control.handle(state, self.command, url.path, body), arrived)
+            return
+        if self.command == "POST" and url.path == anthropic.PATH:
+            state.enter()
+            try:
+                key = self.headers.get("x-api-key") or api.bearer(self.headers.get("authorization"))
+                self._answer(anthropic.handle(state, body, key,
+                                              self.headers.get("anthropic-version")), arrived)
+            finally:
+                state.leave()
             return
         call = api.Call(
             method=self.command,

@@ -37,6 +37,8 @@ _COLUMNS = (
     ProbeRow.ratelimit_limit_requests, ProbeRow.ratelimit_limit_tokens,
     ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens,
     ProbeRow.ratelimit_reset_requests_s, ProbeRow.ratelimit_reset_tokens_s,
+    ProbeRow.ratelimit_limit_input_tokens, ProbeRow.ratelimit_remaining_input_tokens,
+    ProbeRow.ratelimit_limit_output_tokens, ProbeRow.ratelimit_remaining_output_tokens,
     # The first choice's text, taken out by the database: parsing every probe's choices JSON
     # was a third of the time of folding a long history. (The text is always a string or
     # null: probe.completion stores nothing else.)
@@ -123,8 +125,9 @@ class ObservationReader:
         # By position: a Row's attributes are looked up by name, which adds up over a year.
         (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
          ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
-         remaining_tokens, reset_requests_s, reset_tokens_s, content, finish_reason,
-         prompt_tokens, payload_id) = row
+         remaining_tokens, reset_requests_s, reset_tokens_s, limit_input_tokens,
+         remaining_input_tokens, limit_output_tokens, remaining_output_tokens, content,
+         finish_reason, prompt_tokens, payload_id) = row
         digest, requested_model, deterministic = self._payloads[payload_id]
         return Observation(
             uid=uid,
@@ -145,6 +148,10 @@ class ObservationReader:
                 remaining_tokens=remaining_tokens,
                 reset_requests_s=reset_requests_s,
                 reset_tokens_s=reset_tokens_s,
+                limit_input_tokens=limit_input_tokens,
+                remaining_input_tokens=remaining_input_tokens,
+                limit_output_tokens=limit_output_tokens,
+                remaining_output_tokens=remaining_output_tokens,
             ),
             content=content,
             finish_reason=finish_reason,

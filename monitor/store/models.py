@@ -169,6 +169,13 @@ class ProbeRow(Base):
     ratelimit_remaining_tokens: Mapped[int | None] = mapped_column(BigInteger)
     ratelimit_reset_requests_s: Mapped[float | None] = mapped_column(Float)
     ratelimit_reset_tokens_s: Mapped[float | None] = mapped_column(Float)
+    # Anthropic limits input and output tokens apart (anthropic-ratelimit-input-tokens-*).
+    ratelimit_limit_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_remaining_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_reset_input_tokens_s: Mapped[float | None] = mapped_column(Float)
+    ratelimit_limit_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_remaining_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    ratelimit_reset_output_tokens_s: Mapped[float | None] = mapped_column(Float)
 
     response_id: Mapped[str | None] = mapped_column(Text)
     response_created_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -188,6 +195,7 @@ class ProbeRow(Base):
     completion_audio_tokens: Mapped[int | None] = mapped_column(BigInteger)
     accepted_prediction_tokens: Mapped[int | None] = mapped_column(BigInteger)
     rejected_prediction_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_creation_input_tokens: Mapped[int | None] = mapped_column(BigInteger)  # Anthropic
 
     # The headers (already redacted) as JSON and the body exactly as received (SSE bytes for
     # streams), each compressed by store/codec.py against a preset dictionary: together they

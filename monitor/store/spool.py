@@ -64,7 +64,9 @@ def decode(line: bytes) -> ProbeResult:
     document["error_kind"] = ErrorKind(kind) if kind else None
     document["rate_limits"] = RateLimits(**document["rate_limits"])
     document["usage"] = Usage(**document["usage"])
-    document["choices"] = tuple(Choice(**choice) for choice in document["choices"])
+    # tool_calls: a tuple, as the probe made it; absent from lines spooled before it existed.
+    document["choices"] = tuple(Choice(**choice | {"tool_calls": tuple(
+        choice.get("tool_calls", ()))}) for choice in document["choices"])
     return ProbeResult(**document)
 
 
