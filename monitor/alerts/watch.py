@@ -26,10 +26,11 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from monitor.alerting import AlertSettings
 from monitor.alerts import engine as alerts
 from monitor.clock import Clock, utc_now
 from monitor.detect import TargetDetector
-from monitor.domain import AlertSettings, DetectionThresholds, DriftEvent, Observation, Target
+from monitor.domain import DetectionThresholds, DriftEvent, Observation, Target
 from monitor.render.text import safe_text
 from monitor.store import history
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from monitor import defaults
+from monitor.alerting import AlertSettings
 from monitor.config.checks import (
     _NOTHING,
     _array_of,
@@ -40,7 +41,7 @@ from monitor.config.targets import (
     _build_targets,
     _targets,
 )
-from monitor.domain import AlertSettings, Settings
+from monitor.domain import Settings
 from monitor.errors import ConfigError, raw
 
 
