@@ -114,6 +114,7 @@ class Target:
     daily_token_budget: int | None = None
     daily_request_budget: int | None = None
     detection: DetectionThresholds = field(default_factory=lambda: DetectionThresholds())
+    checks: tuple[Check, ...] = ()  # on each answer (not in config_hash: nothing sent changes)
     # sha256 of the effective config without the key: a change shows up as a new hash in history.
     config_hash: str = ""
 
@@ -145,11 +146,57 @@ class RateLimits:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function the answer calls, as sent (a `tool_calls` entry's `function`)."""
+
+    name: str | None
+    arguments: str | None  # JSON text, unparsed: the model may send anything
+
+
+@dataclass(frozen=True)
 class Choice:
     index: int
     finish_reason: str | None
     content: str | None
     refusal: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+class CheckKind(enum.StrEnum):
+    """What a check on the answer tests (answer_checks.py evaluates them). Stored as-is."""
+
+    CONTENT_EQUALS = "content_equals"  # after trimming whitespace
+    CONTENT_CONTAINS = "content_contains"
+    CONTENT_REGEX = "content_regex"  # re.search
+    JSON_SCHEMA = "json_schema"  # the content parsed as JSON
+    FINISH_REASON = "finish_reason"
+    MAX_COMPLETION_TOKENS = "max_completion_tokens"
+    MAX_TOTAL = "max_total"  # expected in ms
+    TOOL_CALL = "tool_call"  # expected {"name": str, "arguments": JSON schema or None}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check a target's answers must pass (a target's `checks`)."""
+
+    name: str  # unique within its target: the kind unless the config names it
+    kind: CheckKind
+    expected: Any  # JSON-able, as configured (durations in ms)
+
+
+class CheckOutcome(enum.StrEnum):
+    """Stored as-is."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NOT_APPLICABLE = "not_applicable"  # the probe failed, or the answer lacks what is checked
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str  # the Check's name
+    outcome: CheckOutcome
+    reason: str | None = None  # one line saying why it failed (None otherwise)
 
 
 @dataclass(frozen=True)
@@ -200,6 +247,7 @@ class ProbeResult:
     system_fingerprint: str | None = None
     service_tier: str | None = None
     choices: tuple[Choice, ...] = ()
+    checks: tuple[CheckResult, ...] = ()  # the target's checks on this answer
     usage: Usage = Usage()
     stream_chunks: int | None = None
     # The body exactly as received (for a stream, the raw SSE bytes); capped at max_response_bytes.
@@ -227,6 +275,7 @@ class DriftKind(enum.StrEnum):
     QUOTA = "quota"
     AVAILABILITY = "availability"
     OUTPUT = "output"
+    QUALITY = "quality"
 
 
 class Severity(enum.StrEnum):
@@ -308,6 +357,15 @@ class DetectionThresholds:
     availability_error_rate: float = 0.2
     # output (deterministic canaries only: temperature 0 and a seed); a day, as above.
     output_accept_after_ms: int = 24 * 3_600_000
+    # quality (targets with checks): the share of answers passing every check over the last
+    # `recent` checked probes against the `baseline` before them (frozen while open), by a
+    # one-sided Fisher exact test; bench/detect_false_alerts.py and detect_delay.py chose them.
+    quality_recent_probes: int = 20
+    quality_baseline_probes: int = 200
+    quality_baseline_min_probes: int = 40
+    quality_p_value: float = 1e-3
+    quality_min_drop: float = 0.15  # and the pass rate fell by at least 15 points
+    quality_clear_p_value: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -332,6 +390,7 @@ class Observation:
     prompt_tokens: int | None
     request_hash: str  # identical requests (payload and URL) share it
     deterministic: bool  # temperature 0 and a seed: the same request should get the same answer
+    checks: tuple[CheckResult, ...] = ()  # the target's checks on this answer
 
 
 @dataclass(frozen=True)
