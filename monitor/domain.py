@@ -163,7 +163,7 @@ class Choice:
 
 
 class CheckKind(enum.StrEnum):
-    """What a check on the answer tests (answer_checks.py evaluates them). Stored as-is."""
+    """What a check on the answer tests (probe/checks.py evaluates them). Stored as-is."""
 
     CONTENT_EQUALS = "content_equals"  # after trimming whitespace
     CONTENT_CONTAINS = "content_contains"

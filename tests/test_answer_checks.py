@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from monitor.answer_checks import Answer, evaluate
 from monitor.domain import Check, CheckKind, CheckOutcome, CheckResult, ToolCall
+from monitor.probe.checks import Answer, evaluate
 
 PASS, FAIL, NA = CheckOutcome.PASS, CheckOutcome.FAIL, CheckOutcome.NOT_APPLICABLE
 SCHEMA = {"type": "object", "required": ["answer"], "properties": {"answer": {"const": 4}}}

@@ -133,12 +133,13 @@ class Watcher:
                 self._rebuild_later(target, target_id, position, until)
                 return [], None
             detector = TargetDetector(target.name, target.detection)
-            for _, observation in self._reader.all(connection, target_id, until=until):
+            for _, observation in self._reader.all(connection, target_id, until=until,
+                                                   checks=bool(target.checks)):
                 detector.step(observation)
             last = until
         events: list[DriftEvent] = []
         while True:
-            chunk = self._reader.after(connection, target_id, last)
+            chunk = self._reader.after(connection, target_id, last, checks=bool(target.checks))
             for stored_id, observation in chunk:
                 stepped, live = self._step(connection, detector, target, target_id,
                                            observation, live)
@@ -203,7 +204,8 @@ class Watcher:
             reader = history.ObservationReader()
             folded = 0
             with self.engine.connect() as connection:
-                for _, observation in reader.all(connection, target_id, until=until):
+                for _, observation in reader.all(connection, target_id, until=until,
+                                                 checks=bool(target.checks)):
                     detector.step(observation)
                     folded += 1
                     if folded % YIELD_EVERY == 0:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from monitor.answer_checks import schema_error
 from monitor.config.checks import (
     _NOTHING,
     _at,
@@ -32,6 +31,7 @@ from monitor.config.checks import (
 )
 from monitor.domain import Check, CheckKind
 from monitor.errors import raw
+from monitor.probe.checks import schema_error
 
 # Names are labels in reports and in /metrics: kept to what reads well there.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -77,7 +77,7 @@ def _tool(value: object) -> dict[str, Any]:
     return {"name": tool["name"], "arguments": tool.get("arguments")}
 
 
-# What each kind expects, checked as written: a new kind starts here (and in answer_checks).
+# What each kind expects, checked as written: a new kind starts here (and in probe/checks.py).
 _KINDS: dict[str, _Check] = {
     CheckKind.CONTENT_EQUALS: _text,
     CheckKind.CONTENT_CONTAINS: _text,
