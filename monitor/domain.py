@@ -363,7 +363,7 @@ class DetectionThresholds:
     quality_recent_probes: int = 20
     quality_baseline_probes: int = 200
     quality_baseline_min_probes: int = 40
-    quality_p_value: float = 1e-3
+    quality_p_value: float = 5e-4
     quality_min_drop: float = 0.15  # and the pass rate fell by at least 15 points
     quality_clear_p_value: float = 0.05
 
