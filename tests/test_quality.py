@@ -1,0 +1,155 @@
+"""Quality canaries end to end: the issue's two example targets probe the simulator, every probe
+stores every check's outcome, a worse answer opens a `quality` alert naming the failing checks,
+and the right answer back resolves it (SQLite and PostgreSQL, real HTTP)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from monitor import config
+from monitor.daemon import Daemon
+from monitor.domain import AlertState
+from monitor.sim import SimClient, Simulator
+from monitor.store.models import AlertRow, CheckResultRow, ProbeRow, TargetRow
+from monitor.store.records import Recorder
+from monitor.store.spool import Spool
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ARITH = "What is 17*23? Reply with the number only."
+JSON = 'Return {"answer": 4} as JSON, nothing else.'
+WRONG = "Three hundred ninety-one"
+
+# The issue's examples as written, pointed at the simulator, with short baselines so that a
+# test takes tens of probes.
+CONFIG = """
+[database]
+url = "{database_url}"
+
+[alerts]
+group_wait = "0s"
+
+[defaults]
+base_url = "{sim_url}/v1"
+interval = "1m"
+detect = {{ quality_recent_probes = 10, quality_baseline_min_probes = 10 }}
+
+[[targets]]
+name = "gpt-4o-arith"
+provider = "openai"
+model = "gpt-4o"
+messages = [{{ role = "user", content = "What is 17*23? Reply with the number only." }}]
+checks = [
+  {{ content_equals = "391" }},                 # after trimming whitespace
+  {{ content_regex = "^[0-9]+$" }},
+  {{ finish_reason = "stop" }},
+  {{ max_total = "5s" }},
+]
+
+[[targets]]
+name = "gpt-4o-json"
+provider = "openai"
+model = "gpt-4o"
+messages = [{{ role = "user", content = "Return {{\\"answer\\": 4}} as JSON, nothing else." }}]
+params = {{ response_format = {{ type = "json_object" }} }}
+checks = [{{ json_schema = {{ type = "object", required = ["answer"], properties = {{ answer = {{ const = 4 }} }} }} }}]
+"""
+
+
+class Canaries:
+    """Both targets probed once a minute of fake clock; HTTP and the database are real."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.minute = 0
+
+    def now(self) -> datetime:
+        return T0 + timedelta(minutes=self.minute)
+
+    def probes(self, count: int) -> None:
+        for _ in range(count):
+            assert self.daemon.tick(self.now()) == 2
+            self.minute += 1
+
+
+@pytest.fixture
+def canaries(tmp_path: Path, engine: Engine, database_url: str, sim: SimClient,
+             sim_server: Simulator) -> Iterator[Canaries]:
+    sim.update(latency={"base_ms": 5, "jitter_ms": 1},
+               answers={ARITH: "391", JSON: '{"answer": 4}'})
+    path = tmp_path / "monitor.toml"
+    path.write_text(textwrap.dedent(CONFIG).format(database_url=database_url,
+                                                   sim_url=sim_server.url))
+    settings = config.load(str(path), environ={"OPENAI_API_KEY": "sk-test"})
+    daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"),
+                    clock=lambda: run.now())
+    daemon.register()
+    run = Canaries(daemon)
+    yield run
+    daemon.close()
+
+
+def outcomes(engine: Engine) -> Counter[tuple[str, str, str]]:
+    """(target, check, outcome) -> probes."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(TargetRow.name, CheckResultRow.check_name, CheckResultRow.outcome)
+            .join(TargetRow, TargetRow.id == CheckResultRow.target_id)).all()
+    return Counter((name, check, outcome) for name, check, outcome in rows)
+
+
+def quality_alerts(engine: Engine) -> list[AlertRow]:
+    with engine.connect() as connection:
+        return list(connection.execute(
+            select(AlertRow).where(AlertRow.kind == "quality").order_by(AlertRow.id)).all())
+
+
+def test_every_probe_stores_every_checks_outcome(canaries: Canaries, engine: Engine) -> None:
+    canaries.probes(5)
+    assert outcomes(engine) == {
+        ("gpt-4o-arith", "content_equals", "pass"): 5,
+        ("gpt-4o-arith", "content_regex", "pass"): 5,
+        ("gpt-4o-arith", "finish_reason", "pass"): 5,
+        ("gpt-4o-arith", "max_total", "pass"): 5,
+        ("gpt-4o-json", "json_schema", "pass"): 5,
+    }
+    with engine.connect() as connection:
+        probes = connection.execute(select(ProbeRow.id)).scalars().all()
+        judged = connection.execute(select(CheckResultRow.probe_id).distinct()).scalars().all()
+    assert sorted(probes) == sorted(judged)
+
+
+def test_a_worse_answer_opens_a_quality_alert_naming_the_checks_and_reverting_resolves_it(
+    canaries: Canaries, engine: Engine, sim: SimClient
+) -> None:
+    canaries.probes(25)
+    assert quality_alerts(engine) == []
+    sim.update(answers={ARITH: WRONG}, fingerprints=[{"value": "fp_b"}])
+    canaries.probes(10)
+    (alert,) = quality_alerts(engine)
+    target = select(TargetRow.name).where(TargetRow.id == alert.target_id)
+    with engine.connect() as connection:
+        assert connection.execute(target).scalar_one() == "gpt-4o-arith"
+    assert (alert.key, alert.state) == ("pass_rate", AlertState.OPEN)
+    assert set(alert.after["failing"]) == {"content_equals", "content_regex"}
+    assert alert.after["example"]["content"] == WRONG
+    assert alert.after["example"]["reasons"]["content_equals"] == (
+        f'answered "{WRONG}", not "391"')
+    assert (alert.before["system_fingerprint"], alert.after["system_fingerprint"]) == (
+        "fp_6ec83003ad", "fp_b")
+    assert f"fp_b (gpt-4o-2024-08-06) answered '{WRONG}'" in alert.explanation
+    counts = outcomes(engine)
+    assert counts[("gpt-4o-arith", "content_equals", "fail")] >= 8
+    assert counts[("gpt-4o-arith", "finish_reason", "fail")] == 0
+    assert counts[("gpt-4o-json", "json_schema", "fail")] == 0
+
+    sim.update(answers={ARITH: "391"})
+    canaries.probes(25)
+    (alert,) = quality_alerts(engine)
+    assert alert.state == AlertState.RESOLVED and alert.resolution
