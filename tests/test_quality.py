@@ -153,3 +153,16 @@ def test_a_worse_answer_opens_a_quality_alert_naming_the_checks_and_reverting_re
     canaries.probes(25)
     (alert,) = quality_alerts(engine)
     assert alert.state == AlertState.RESOLVED and alert.resolution
+
+
+def test_a_spooled_result_keeps_its_check_outcomes_and_tool_calls() -> None:
+    from monitor.domain import CheckOutcome, CheckResult, Choice, ProbeResult, ToolCall
+    from monitor.store import spool
+
+    result = ProbeResult(
+        uid="u1", target_name="t", config_hash="h", started_at=T0, stream=False,
+        request_url="http://x/v1/chat/completions", request_payload={"model": "m"}, ok=True,
+        choices=(Choice(0, "tool_calls", None, tool_calls=(ToolCall("add", '{"a": 1}'),)),),
+        checks=(CheckResult("tool_call", CheckOutcome.PASS),
+                CheckResult("max_total", CheckOutcome.FAIL, "took 6000 ms, more than 5000 ms")))
+    assert spool.decode(spool.encode(result)) == result

@@ -186,10 +186,3 @@ def evaluate(checks: Sequence[Check], answer: Answer) -> tuple[CheckResult, ...]
         results.append(CheckResult(check.name, outcome, reason))
     return tuple(results)
 
-
-def passed(results: Sequence[CheckResult]) -> bool | None:
-    """Whether the answer passed every applicable check; None when none applied."""
-    applied = [r for r in results if r.outcome is not CheckOutcome.NOT_APPLICABLE]
-    if not applied:
-        return None
-    return all(r.outcome is CheckOutcome.PASS for r in applied)
