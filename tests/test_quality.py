@@ -166,3 +166,38 @@ def test_a_spooled_result_keeps_its_check_outcomes_and_tool_calls() -> None:
         checks=(CheckResult("tool_call", CheckOutcome.PASS),
                 CheckResult("max_total", CheckOutcome.FAIL, "took 6000 ms, more than 5000 ms")))
     assert spool.decode(spool.encode(result)) == result
+
+
+def test_reports_and_metrics_show_pass_rates_per_check_and_per_backend(
+    canaries: Canaries, engine: Engine, sim: SimClient
+) -> None:
+    from monitor.health import build_report, metrics_snapshot
+    from monitor.render.html import render_html
+    from monitor.render.metrics import exposition_registry, render_metrics
+    from monitor.render.table import render_table
+
+    canaries.probes(6)
+    sim.update(answers={ARITH: "<b>391</b>"}, fingerprints=[{"value": "fp_b"}])
+    canaries.probes(2)
+    report = build_report(engine, T0, canaries.now(), None, canaries.now())
+    arith = next(t for t in report["targets"] if t["target"] == "gpt-4o-arith")
+    equals = next(c for c in arith["checks"] if c["check"] == "content_equals")
+    assert (equals["pass"], equals["fail"], equals["not_applicable"]) == (6, 2, 0)
+    assert equals["pass_rate"] == 0.75
+    assert [(b["fingerprint"], b["pass"], b["fail"], b["pass_rate"])
+            for b in equals["by_backend"]] == [("fp_6ec83003ad", 6, 0, 1.0), ("fp_b", 0, 2, 0.0)]
+    assert {c["check"] for c in arith["checks"]} == {
+        "content_equals", "content_regex", "finish_reason", "max_total"}
+
+    text = render_table(report)
+    assert "content_equals 75.0% (6/8)" in text
+    assert "content_equals from fp_b gpt-4o-2024-08-06: 0.0% (0/2)" in text
+    html = render_html(report)
+    assert "<h3>checks on the answers</h3>" in html and "<b>391</b>" not in html
+
+    body, _ = render_metrics(exposition_registry(lambda: metrics_snapshot(engine)), "")
+    lines = body.decode().splitlines()
+    assert ('monitor_check_results_total{check="content_equals",outcome="fail",'
+            'target="gpt-4o-arith"} 2.0') in lines
+    assert ('monitor_check_results_total{check="json_schema",outcome="pass",'
+            'target="gpt-4o-json"} 8.0') in lines
