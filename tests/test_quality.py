@@ -201,3 +201,36 @@ def test_reports_and_metrics_show_pass_rates_per_check_and_per_backend(
             'target="gpt-4o-arith"} 2.0') in lines
     assert ('monitor_check_results_total{check="json_schema",outcome="pass",'
             'target="gpt-4o-json"} 8.0') in lines
+
+
+def test_detect_backtests_stored_answers_with_the_checks_configured_now(
+    canaries: Canaries, engine: Engine, sim: SimClient, tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from monitor.cli import cli
+
+    canaries.probes(25)
+    sim.update(answers={ARITH: WRONG})
+    canaries.probes(10)
+    (alert,) = quality_alerts(engine)
+    path = tmp_path / "monitor.toml"
+
+    def detect() -> list[dict[str, object]]:
+        result = CliRunner().invoke(cli, ["detect", "--json", "--config", str(path)],
+                                    env={"OPENAI_API_KEY": "sk-test"})
+        assert result.exit_code == 0, result.output
+        return [e for e in json.loads(result.output) if e["kind"] == "quality"]
+
+    (event,) = detect()
+    assert (event["target"], event["opened"], event["after"]) == (
+        "gpt-4o-arith", True, alert.after)
+    # Only the regex now: the stored answers are judged again by it, not by what was stored.
+    path.write_text(path.read_text().replace(
+        '{ content_equals = "391" },', "").replace('{ finish_reason = "stop" },', ""))
+    (event,) = detect()
+    assert set(event["after"]["failing"]) == {"content_regex"}
+    assert event["after"]["example"]["reasons"] == {
+        "content_regex": f'answered "{WRONG}", not matching "^[0-9]+$"'}

@@ -48,6 +48,17 @@ class Answer:
         )
 
 
+def stored_answer(ok: bool, content: str | None, finish_reason: str | None,
+                  completion_tokens: int | None, total_ms: float | None,
+                  choices: list[dict[str, Any]] | None) -> Answer:
+    """An Answer from a stored probe's columns (`choices` as stored: tool calls in the first)."""
+    calls = (choices or [{}])[0].get("tool_calls") or []
+    return Answer(ok=ok, content=content, finish_reason=finish_reason,
+                  completion_tokens=completion_tokens, total_ms=total_ms,
+                  tool_calls=tuple(ToolCall(call.get("name"), call.get("arguments"))
+                                   for call in calls))
+
+
 def preview(text: str | None) -> str:
     """An answer as a reason quotes it: escaped, cut to PREVIEW_CHARS."""
     if text is None:

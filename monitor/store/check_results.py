@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -60,6 +61,15 @@ def of_probes(connection: Connection, probe_ids: Iterable[int]
     for probe_id, name, outcome, reason in connection.execute(query):
         found.setdefault(probe_id, []).append(CheckResult(name, CheckOutcome(outcome), reason))
     return {probe_id: tuple(results) for probe_id, results in found.items()}
+
+
+def answers(connection: Connection, probe_ids: Sequence[int]
+            ) -> dict[int, tuple[int | None, list[dict[str, Any]] | None]]:
+    """(completion tokens, stored choices) of these probes: what checks read beyond an
+    Observation, for judging stored answers again (`monitor detect`)."""
+    query = (select(ProbeRow.id, ProbeRow.completion_tokens, ProbeRow.choices)
+             .where(ProbeRow.id.in_(probe_ids)))
+    return {probe_id: (tokens, choices) for probe_id, tokens, choices in connection.execute(query)}
 
 
 @dataclass(frozen=True)
