@@ -234,3 +234,36 @@ def test_detect_backtests_stored_answers_with_the_checks_configured_now(
     assert set(event["after"]["failing"]) == {"content_regex"}
     assert event["after"]["example"]["reasons"] == {
         "content_regex": f'answered "{WRONG}", not matching "^[0-9]+$"'}
+
+
+def test_replay_shows_the_checks_on_the_replayed_answer_next_to_the_original(
+    canaries: Canaries, engine: Engine, sim: SimClient, tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from monitor.cli import cli
+
+    canaries.probes(1)
+    with engine.connect() as connection:
+        original = connection.execute(
+            select(ProbeRow.id).join(TargetRow, TargetRow.id == ProbeRow.target_id)
+            .where(TargetRow.name == "gpt-4o-arith")).scalar_one()
+    sim.update(answers={ARITH: WRONG})
+    args = ["replay", str(original), "--config", str(tmp_path / "monitor.toml")]
+    env = {"OPENAI_API_KEY": "sk-test"}
+    result = CliRunner().invoke(cli, [*args, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    outcomes_of = {side: {c["check"]: c["outcome"] for c in answer["checks"]}
+                   for side, answer in (("original", document["original"]),
+                                        ("replay", document["replays"][0]))}
+    assert outcomes_of == {
+        "original": {"content_equals": "pass", "content_regex": "pass", "finish_reason": "pass",
+                     "max_total": "pass"},
+        "replay": {"content_equals": "fail", "content_regex": "fail", "finish_reason": "pass",
+                   "max_total": "pass"}}
+    text = CliRunner().invoke(cli, args, env=env).output
+    assert "* content_equals" in text and "  finish_reason" in text
+    assert 'content_equals on replay #' in text and f'answered "{WRONG}", not "391"' in text
