@@ -146,3 +146,13 @@ def test_a_malformed_check_set_is_named_under_check_sets() -> None:
         load('[check_sets]\narith = [{ content_regex = "[" }]\n')
     assert str(caught.value).startswith(
         "monitor.toml: check_sets.arith[0].content_regex: expected a regular expression")
+
+
+def test_the_readme_example_loads() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Quality canaries", 1)[1]
+    example = section.split("```toml", 1)[1].split("```", 1)[0]
+    arith, json_target = load(example).targets
+    assert [c.name for c in arith.checks] == ["content_regex", "finish_reason", "max_total",
+                                              "content_equals"]
+    assert json_target.checks[0].kind is CheckKind.JSON_SCHEMA
