@@ -267,3 +267,24 @@ def test_replay_shows_the_checks_on_the_replayed_answer_next_to_the_original(
     text = CliRunner().invoke(cli, args, env=env).output
     assert "* content_equals" in text and "  finish_reason" in text
     assert 'content_equals on replay #' in text and f'answered "{WRONG}", not "391"' in text
+
+
+def test_a_batch_replay_counts_the_checks_passed_before_and_after(
+    canaries: Canaries, sim: SimClient, tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from monitor.cli import cli
+
+    canaries.probes(4)
+    sim.update(answers={ARITH: WRONG})
+    result = CliRunner().invoke(cli, [
+        "replay", "--target", "gpt-4o-arith", "--since", T0.isoformat(), "--json",
+        "--config", str(tmp_path / "monitor.toml")], env={"OPENAI_API_KEY": "sk-test"})
+    assert result.exit_code == 0, result.output
+    # The JSON summary on stdout; progress ("run #1") goes to stderr.
+    assert json.loads(result.stdout)["checks"] == {
+        "content_equals": [4, 4, 0], "content_regex": [4, 4, 0], "finish_reason": [4, 4, 4],
+        "max_total": [4, 4, 4]}

@@ -177,6 +177,11 @@ def render_summary(summary: BatchSummary) -> str:
     lines.append(f"changed: content {s.content_changed}, fingerprint {s.fingerprint_changed}, "
                  f"model {s.model_changed} (among answers that succeeded both times)")
     lines.append(f"failed now: {s.failed}; failed before but answered now: {s.recovered}")
+    if s.checks:
+        judged = next(iter(s.checks.values()))[0]
+        lines.append(f"checks passed, original -> replay (of the {judged} that answered both "
+                     "times): " + ", ".join(f"{safe(name)} {before} -> {after}"
+                                             for name, (_, before, after) in s.checks.items()))
     lines.append("latency (total, original -> replay)")
     lines.append(_latency(s.original, s.replay, "p50"))
     lines.append(_latency(s.original, s.replay, "p95"))
