@@ -288,3 +288,33 @@ def test_a_batch_replay_counts_the_checks_passed_before_and_after(
     assert json.loads(result.stdout)["checks"] == {
         "content_equals": [4, 4, 0], "content_regex": [4, 4, 0], "finish_reason": [4, 4, 4],
         "max_total": [4, 4, 4]}
+
+
+@pytest.mark.parametrize(("answers", "message"), [
+    pytest.param({"x": 3}, "scenario: answers.x: expected a string, got 3", id="not-text"),
+    pytest.param("nope", "scenario: answers: expected a table, got 'nope'", id="not-a-table"),
+])
+def test_the_simulators_answers_are_validated(answers: object, message: str) -> None:
+    from monitor.errors import SimulatorError
+    from monitor.sim import Scenario
+
+    with pytest.raises(SimulatorError) as caught:
+        Scenario.from_dict({"answers": answers})
+    assert str(caught.value) == message
+
+
+def test_the_simulator_answers_a_listed_prompt_and_an_override_still_wins(
+    sim: SimClient, sim_server: Simulator
+) -> None:
+    import requests
+
+    def ask(prompt: str) -> str:
+        body = requests.post(f"{sim_server.url}/v1/chat/completions", timeout=10, json={
+            "model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]}).json()
+        return str(body["choices"][0]["message"]["content"])
+
+    sim.update(answers={ARITH: "391"})
+    assert ask(ARITH) == "391"
+    assert ask("Reply with the single word: pong") == "pong"  # others as before
+    sim.enqueue({"content": "override"})
+    assert ask(ARITH) == "override"
