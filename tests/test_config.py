@@ -792,6 +792,7 @@ def test_describe_resolves_masks_and_estimates_tokens_per_day() -> None:
         "expected_tokens_per_day": 7920,
         "daily_token_budget": None,
         "daily_request_budget": None,
+        "checks": [],
     }
     assert json.loads(json.dumps(row)) == row
 

@@ -156,3 +156,13 @@ def test_the_readme_example_loads() -> None:
     assert [c.name for c in arith.checks] == ["content_regex", "finish_reason", "max_total",
                                               "content_equals"]
     assert json_target.checks[0].kind is CheckKind.JSON_SCHEMA
+
+
+def test_config_check_lists_each_targets_checks() -> None:
+    from monitor.render.check import describe, render_check
+
+    settings = load(ISSUE_EXAMPLES)
+    assert describe(settings)[1]["checks"] == [{"name": "json_schema", "kind": "json_schema",
+                                                "expected": settings.targets[1].checks[0].expected}]
+    assert "  checks      content_equals, content_regex, finish_reason, max_total" in (
+        render_check(settings))
