@@ -1,6 +1,7 @@
 """Per-step cost of all detectors together, over a year of one-a-minute history.
 
-One target (detect_false_alerts' streaming 3-fingerprint OpenAI canary: every detector has data)
+One target (detect_false_alerts' streaming 3-fingerprint OpenAI canary with a check passing 95%
+of the time: every detector has data)
 is folded through 525,600 observations, timing each `step`. State is bounded, so the cost and
 the snapshot size at the end are those of the start. A second pass times a stretch where a
 latency condition is open (the rank test then runs at every probe), the costliest state.
@@ -21,7 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
-from detect_false_alerts import PROFILES, probe  # bench/ is on sys.path when run as a script
+from detect_false_alerts import (  # bench/ is on sys.path when run as a script
+    PROFILES,
+    checked,
+    probe,
+)
 
 from monitor.detect import TargetDetector
 from monitor.domain import DetectionThresholds
@@ -38,13 +43,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=525_600)
     args = parser.parse_args()
-    rng = random.Random(1)
+    rng, check_rng = random.Random(1), random.Random(2)
     detector = TargetDetector(PROFILE.name, DetectionThresholds())
     timings: list[int] = []
     sizes: dict[int, int] = {}
     events = 0
     for i in range(args.probes):
-        o = probe(PROFILE, i, rng)
+        o = checked(probe(PROFILE, i, rng), check_rng)
         started = time.perf_counter_ns()
         events += len(detector.step(o))
         timings.append(time.perf_counter_ns() - started)

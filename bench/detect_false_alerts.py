@@ -3,7 +3,8 @@
 Several simulated targets (OpenAI with 2 or 3 load-balanced fingerprints, Azure without limit
 headers, an OpenAI-compatible server sending no fingerprint) probed once a minute, with lognormal
 latency and occasional tail spikes, single errors at ~0.5% (about one in five of them a 429),
-and rate-limit remaining moving about. Nothing drifts, so every opening event is a false alert.
+rate-limit remaining moving about, and one check on the answer passing 95% of the time (the
+quality detector's bar). Nothing drifts, so every opening event is a false alert.
 The bar is at most 1 per 10,000 probes. Also imported by the other detect benchmarks for its
 steady-state canary.
 
@@ -16,7 +17,7 @@ import argparse
 import random
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from monitor.detect import TargetDetector
-from monitor.domain import DetectionThresholds, ErrorKind, Observation, RateLimits
+from monitor.domain import (
+    CheckOutcome,
+    CheckResult,
+    DetectionThresholds,
+    ErrorKind,
+    Observation,
+    RateLimits,
+)
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -111,15 +119,33 @@ def probe(profile: Profile, i: int, rng: random.Random) -> Observation:
     )
 
 
+# The quality canaries' steady pass rate: a canary whose answer is right 19 times in 20.
+PASS_RATE = 0.95
+
+
+def checked(o: Observation, rng: random.Random, pass_rate: float = PASS_RATE) -> Observation:
+    """`o` with the outcome of one check ("content_equals") that passes at `pass_rate`; not
+    applicable when the probe failed."""
+    if not o.ok:
+        return replace(o, checks=(CheckResult("content_equals", CheckOutcome.NOT_APPLICABLE),))
+    if rng.random() < pass_rate:
+        return replace(o, checks=(CheckResult("content_equals", CheckOutcome.PASS),))
+    # The text is left alone: output drift (deterministic canaries) is not what this measures.
+    return replace(o, checks=(CheckResult(
+        "content_equals", CheckOutcome.FAIL, 'answered "Three hundred ninety-one", not "391"'),))
+
+
 def count_false_alerts(probes: int, seed: int, thresholds: DetectionThresholds) -> Counter[str]:
     """Opening events by "target kind/key" over `probes` probes shared among PROFILES."""
     rng = random.Random(seed)
+    # Its own stream, so the other detectors see the same probes as before checks existed.
+    check_rng = random.Random(seed + 1_000_003)
     opened: Counter[str] = Counter()
     per_target = probes // len(PROFILES)
     for profile in PROFILES:
         detector = TargetDetector(profile.name, thresholds)
         for i in range(per_target):
-            for event in detector.step(probe(profile, i, rng)):
+            for event in detector.step(checked(probe(profile, i, rng), check_rng)):
                 if event.opened:
                     opened[f"{profile.name} {event.kind.value}/{event.key}"] += 1
     return opened

@@ -36,8 +36,9 @@ from canary import canary_target  # bench/ is on sys.path when run as a script
 from sqlalchemy import Engine, delete, event, func, select
 from write_path import standard_canary
 
+from monitor.alerting import AlertSettings
 from monitor.alerts.watch import Watcher
-from monitor.domain import AlertSettings, ProbeResult, Target
+from monitor.domain import ProbeResult, Target
 from monitor.sim import Simulator
 from monitor.store import db
 from monitor.store.models import DetectorStateRow, ProbeRow

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from monitor.alerting import AlertSettings
 from monitor.secrets import Secret
 
 
@@ -115,6 +115,7 @@ class Target:
     daily_token_budget: int | None = None
     daily_request_budget: int | None = None
     detection: DetectionThresholds = field(default_factory=lambda: DetectionThresholds())
+    checks: tuple[Check, ...] = ()  # on each answer (not in config_hash: nothing sent changes)
     # sha256 of the effective config without the key: a change shows up as a new hash in history.
     config_hash: str = ""
 
@@ -153,12 +154,58 @@ class RateLimits:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function the answer calls, as sent (a `tool_calls` entry's `function`)."""
+
+    name: str | None
+    arguments: str | None  # JSON text, unparsed: the model may send anything
+    id: str | None = None  # the call's id ("call_...", Anthropic's "toolu_...")
+
+
+@dataclass(frozen=True)
 class Choice:
     index: int
     finish_reason: str | None
     content: str | None
     refusal: str | None = None
-    tool_calls: tuple[dict[str, Any], ...] = ()  # each {"id", "name", "arguments": JSON text}
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+class CheckKind(enum.StrEnum):
+    """What a check on the answer tests (probe/checks.py evaluates them). Stored as-is."""
+
+    CONTENT_EQUALS = "content_equals"  # after trimming whitespace
+    CONTENT_CONTAINS = "content_contains"
+    CONTENT_REGEX = "content_regex"  # re.search
+    JSON_SCHEMA = "json_schema"  # the content parsed as JSON
+    FINISH_REASON = "finish_reason"
+    MAX_COMPLETION_TOKENS = "max_completion_tokens"
+    MAX_TOTAL = "max_total"  # expected in ms
+    TOOL_CALL = "tool_call"  # expected {"name": str, "arguments": JSON schema or None}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check a target's answers must pass (a target's `checks`)."""
+
+    name: str  # unique within its target: the kind unless the config names it
+    kind: CheckKind
+    expected: Any  # JSON-able, as configured (durations in ms)
+
+
+class CheckOutcome(enum.StrEnum):
+    """Stored as-is."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NOT_APPLICABLE = "not_applicable"  # the probe failed, or the answer lacks what is checked
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str  # the Check's name
+    outcome: CheckOutcome
+    reason: str | None = None  # one line saying why it failed (None otherwise)
 
 
 @dataclass(frozen=True)
@@ -210,6 +257,7 @@ class ProbeResult:
     system_fingerprint: str | None = None
     service_tier: str | None = None
     choices: tuple[Choice, ...] = ()
+    checks: tuple[CheckResult, ...] = ()  # the target's checks on this answer
     usage: Usage = Usage()
     stream_chunks: int | None = None
     # The body exactly as received (for a stream, the raw SSE bytes); capped at max_response_bytes.
@@ -237,6 +285,7 @@ class DriftKind(enum.StrEnum):
     QUOTA = "quota"
     AVAILABILITY = "availability"
     OUTPUT = "output"
+    QUALITY = "quality"
 
 
 class Severity(enum.StrEnum):
@@ -318,6 +367,15 @@ class DetectionThresholds:
     availability_error_rate: float = 0.2
     # output (deterministic canaries only: temperature 0 and a seed); a day, as above.
     output_accept_after_ms: int = 24 * 3_600_000
+    # quality (targets with checks): the share of answers passing every check over the last
+    # `recent` checked probes against the `baseline` before them (frozen while open), by a
+    # one-sided Fisher exact test; bench/detect_false_alerts.py and detect_delay.py chose them.
+    quality_recent_probes: int = 20
+    quality_baseline_probes: int = 200
+    quality_baseline_min_probes: int = 40
+    quality_p_value: float = 5e-4
+    quality_min_drop: float = 0.15  # and the pass rate fell by at least 15 points
+    quality_clear_p_value: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -342,6 +400,7 @@ class Observation:
     prompt_tokens: int | None
     request_hash: str  # identical requests (payload and URL) share it
     deterministic: bool  # temperature 0 and a seed: the same request should get the same answer
+    checks: tuple[CheckResult, ...] = ()  # the target's checks on this answer
 
 
 @dataclass(frozen=True)
@@ -358,91 +417,6 @@ class DriftEvent:
     after: Any  # JSON-able
     probe_uids: tuple[str, ...]  # the probes that show it, oldest first
     explanation: str  # one sentence a person understands
-
-
-# --- alerting -------------------------------------------------------------------------------
-# Maintenance windows are read by monitor/alerts/maintenance.py, which says how they follow
-# time zones and daylight saving time.
-
-
-@dataclass(frozen=True)
-class OneOff:
-    start: datetime  # aware
-    end: datetime  # aware, after start
-
-    def covers(self, at: datetime) -> bool:
-        return self.start <= at < self.end
-
-    def ends(self, at: datetime) -> datetime | None:
-        """The end of the occurrence covering `at`, or None if none does."""
-        return self.end if self.covers(at) else None
-
-
-@dataclass(frozen=True)
-class Recurring:
-    days: tuple[int, ...]  # weekdays the window starts on, 0 = Monday
-    start: time  # local, in `zone`
-    until: timedelta | time  # elapsed time, or a local end time (the next day if before start)
-    zone: ZoneInfo
-
-    def covers(self, at: datetime) -> bool:
-        return self.ends(at) is not None
-
-    def ends(self, at: datetime) -> datetime | None:
-        """The end of the occurrence covering `at` (the latest, if several overlap)."""
-        moment = at.astimezone(UTC)
-        today = at.astimezone(self.zone).date()
-        # A window can start up to 7 days (plus a DST hour) before the local date of `at`.
-        ends = []
-        for back in range(9):
-            day = today - timedelta(days=back)
-            if day.weekday() in self.days:
-                start, end = self._bounds(day)
-                if start <= moment < end:
-                    ends.append(end)
-        return max(ends, default=None)
-
-    def _bounds(self, day: date) -> tuple[datetime, datetime]:
-        # Arithmetic on datetimes sharing a tzinfo is wall-clock arithmetic, and comparing them
-        # ignores `fold`: both are done in UTC.
-        start = datetime.combine(day, self.start, tzinfo=self.zone).astimezone(UTC)
-        if isinstance(self.until, timedelta):
-            return start, start + self.until
-        end_day = day if self.until > self.start else day + timedelta(days=1)
-        return start, datetime.combine(end_day, self.until, tzinfo=self.zone).astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class MaintenanceWindow:
-    name: str
-    when: OneOff | Recurring
-    targets: tuple[str, ...] = ()  # empty: every target
-    reason: str = ""
-
-    def applies_to(self, target: str) -> bool:
-        return not self.targets or target in self.targets
-
-
-@dataclass(frozen=True)
-class AlertSettings:
-    """The [alerts] section: how conditions become alerts and where notifications go."""
-
-    # URLs are secrets (Slack's carry a token): kept out of repr, shown only redacted.
-    webhooks: tuple[str, ...] = field(default=(), repr=False)
-    slack_webhooks: tuple[str, ...] = field(default=(), repr=False)
-    # A condition opens an alert once it has held for this many probes in a row, and the
-    # alert resolves once it has been clear for `resolve_after` probes in a row.
-    open_after: int = 1
-    resolve_after: int = 3
-    # Flap damping: a 'resolved' is sent only once the alert has stayed resolved this long;
-    # if the condition comes back before then, the alert simply continues, silently.
-    cooldown_ms: int = 5 * 60_000
-    remind_every_ms: int | None = None  # None: no reminders
-    # Changes that happen within this long of each other go out as one notification.
-    group_wait_ms: int = 30_000
-    # A notification a receiver has not taken after this long is given up (and logged).
-    give_up_after_ms: int = 24 * 3_600_000
-    maintenance: tuple[MaintenanceWindow, ...] = ()
 
 
 # --- reporting ------------------------------------------------------------------------------

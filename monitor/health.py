@@ -22,10 +22,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
 from monitor.detect import SEVERITIES
-from monitor.domain import AlertState, SkipKind
+from monitor.domain import AlertState, CheckOutcome, SkipKind
 from monitor.sketch import Sketch
 from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
-from monitor.store import aggregate, alert_reads, leases, replays, rollups, timeline
+from monitor.store import aggregate, alert_reads, check_results, leases, replays, rollups, timeline
 from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
 from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetRow
 from monitor.store.records import newest_probe
@@ -87,6 +87,7 @@ def build_report(engine: Engine, since: datetime, until: datetime,
         skipped = leases.skipped_counts(connection, since, until, ids) if ids else {}
         listed = replays.listed(connection, since, until, ids, REPLAYS_LISTED) if ids else []
         uptime = _uptime(connection, ids, until)
+        checks = _checks(check_results.counts(connection, ids, since, until) if ids else [])
         heartbeat = {i: [_beat(p) for p in timeline.read_latest(
             connection, i, until, HEARTBEAT_PROBES)] for i in ids}
     return {
@@ -97,7 +98,8 @@ def build_report(engine: Engine, since: datetime, until: datetime,
         "targets": [_target(names[i], totals[i], points[i], bucket, alerts.get(i, []),
                             since, until)
                     | {"uptime": uptime[i], "heartbeat": heartbeat[i],
-                       "skipped": dict(sorted(skipped.get(i, {}).items()))}
+                       "skipped": dict(sorted(skipped.get(i, {}).items())),
+                       "checks": checks.get(i, [])}
                     for i in sorted(ids, key=names.__getitem__)],
         # Replays are kept apart: no number above counts them (rollups fold canaries only).
         "replays": [_replay(row) for row in listed],
@@ -119,6 +121,32 @@ def _replay(row: Any) -> dict[str, Any]:
             "http_status": row.http_status, "model": row.model,
             "fingerprint": row.system_fingerprint,
             "total_ms": None if row.total_ms is None else _ms(row.total_ms)}
+
+
+def _checks(counts: Iterable[check_results.PassCount]) -> dict[int, list[dict[str, Any]]]:
+    """Per target, each check's outcomes and pass rate, overall and per backend (fingerprint
+    and model), so one backend that answers worse than the others shows."""
+    found: dict[int, dict[str, dict[tuple[str, str], dict[str, int]]]] = {}
+    for c in counts:
+        backend = (c.system_fingerprint or "", c.model or "")
+        tally = found.setdefault(c.target_id, {}).setdefault(c.check, {}).setdefault(
+            backend, dict.fromkeys(OUTCOMES, 0))
+        tally[c.outcome.value] += c.probes
+    return {target_id: [
+        {"check": check, **_pass_rate(list(backends.values())),
+         "by_backend": [{"fingerprint": fp or None, "model": model or None, **_pass_rate([tally])}
+                        for (fp, model), tally in sorted(backends.items())]}
+        for check, backends in sorted(checks.items())] for target_id, checks in found.items()}
+
+
+OUTCOMES = tuple(outcome.value for outcome in CheckOutcome)
+
+
+def _pass_rate(tallies: list[dict[str, int]]) -> dict[str, Any]:
+    """The outcomes added up, and the share of the answers judged that passed."""
+    total = {outcome: sum(t[outcome] for t in tallies) for outcome in OUTCOMES}
+    judged = total["pass"] + total["fail"]
+    return {**total, "pass_rate": _fraction(total["pass"] / judged) if judged else None}
 
 
 def _segments(since: datetime, until: datetime,
@@ -323,6 +351,12 @@ def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
         totals = rollups.read_totals(connection)
         skipped = leases.skipped_counts(connection)
         open_alerts = _open_alerts(connection)
+        checked: dict[int, dict[tuple[str, str], int]] = {}
+        # Every stored outcome: a scan of check_results (fine for months of canaries; a rollup
+        # would be next if scrapes grow slow).
+        for c in check_results.counts(connection, list(names)):
+            tally = checked.setdefault(c.target_id, {})
+            tally[(c.check, c.outcome.value)] = tally.get((c.check, c.outcome.value), 0) + c.probes
         metrics = []
         for target_id in sorted(names, key=names.__getitem__):
             total = totals.get(target_id, Aggregate())
@@ -348,6 +382,7 @@ def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
                                for kind in SkipKind},
                 last_probe_timestamp_s=newest.started_at.timestamp() if newest else None,
                 last_probe_ok=newest.ok if newest else None,
+                check_results=checked.get(target_id, {}),
             ))
         failed = alert_reads.failed_attempts(connection)
     return MetricsSnapshot(targets=metrics, notifications_failed=failed)

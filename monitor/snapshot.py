@@ -3,7 +3,7 @@ metric families by `render.metrics`. Like `domain`, it imports nothing from `mon
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Prometheus histogram buckets for probe latency, in seconds: 25 ms to a minute.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -42,6 +42,8 @@ class TargetMetrics:
     # the epoch) and whether it succeeded; None before the first.
     last_probe_timestamp_s: float | None
     last_probe_ok: bool | None
+    # (check, outcome) -> probes, over all stored history; empty for a target without checks
+    check_results: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

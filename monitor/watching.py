@@ -188,7 +188,7 @@ def _warmups(connection: Connection, target: Target, target_id: int) -> tuple[Wa
         if history.more_than(connection, target_id, defaults.WATCH_FOLD_MAX_PROBES):
             return None
         detector, last = TargetDetector(target.name, target.detection), 0
-    while chunk := reader.after(connection, target_id, last):
+    while chunk := reader.after(connection, target_id, last, checks=bool(target.checks)):
         for stored_id, observation in chunk:
             detector.step(observation)
             last = stored_id

@@ -17,10 +17,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
+from monitor.alerting import AlertSettings
 from monitor.alerts import lifecycle
 from monitor.cli import cli
 from monitor.daemon import Daemon
-from monitor.domain import AlertSettings, AlertState
+from monitor.domain import AlertState
 from monitor.sim import SimClient
 from monitor.store import db
 from monitor.store.models import (

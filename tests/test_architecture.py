@@ -50,13 +50,18 @@ def test_forbidden_imports(pattern: str, forbidden: tuple[str, ...]) -> None:
         assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
 
 
-def test_domain_depends_on_nothing_but_secrets() -> None:
+def test_domain_depends_on_nothing_but_secrets_and_alerting() -> None:
     own = {n for n in imports_of(PACKAGE / "domain.py") if n.startswith("monitor")}
-    assert own <= {"monitor.secrets", "monitor.secrets.Secret"}
+    assert own <= {"monitor.secrets", "monitor.secrets.Secret", "monitor.alerting",
+                   "monitor.alerting.AlertSettings"}
 
 
 def test_snapshot_depends_on_nothing() -> None:
     assert not [n for n in imports_of(PACKAGE / "snapshot.py") if n.startswith("monitor")]
+
+
+def test_alerting_depends_on_nothing() -> None:
+    assert not [n for n in imports_of(PACKAGE / "alerting.py") if n.startswith("monitor")]
 
 
 def test_only_providers_reads_a_secret_value() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.domain import Choice, ErrorKind, Usage
+from monitor.domain import Choice, ErrorKind, ToolCall, Usage
 from monitor.probe.completion import CompletionError, StreamAssembler, parse_completion
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -117,3 +117,34 @@ def test_error_event_mid_stream_is_refused() -> None:
     with pytest.raises(CompletionError) as caught:
         assembler.feed(b'data: {"error": {"message": "overloaded"}}\n\n')
     assert "overloaded" in caught.value.detail
+
+
+def test_tool_calls_are_captured_from_a_body_and_reassembled_from_a_stream() -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    body = {"id": "x", "choices": [{"index": 0, "finish_reason": "tool_calls",
+                                    "message": {"role": "assistant", "content": None,
+                                                "tool_calls": [call, "junk"]}}]}
+    (choice,) = parse_completion(json.dumps(body).encode()).choices
+    assert choice.tool_calls == (ToolCall("get_weather", '{"city": "Paris"}', "call_1"),)
+
+    pieces = [{"index": 0, "id": "call_1", "function": {"name": "get_weather", "arguments": ""}},
+              {"index": 0, "function": {"arguments": '{"city": '}},
+              {"index": 0, "function": {"arguments": '"Paris"}'}}]
+    assembler = StreamAssembler()
+    for piece in pieces:
+        chunk = {"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]}
+        assembler.feed(f"data: {json.dumps(chunk)}\n\n".encode())
+    done = {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+    assembler.feed(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+    (choice,) = assembler.finish().choices
+    assert choice.tool_calls == (ToolCall("get_weather", '{"city": "Paris"}', "call_1"),)
+
+
+def test_a_choice_without_tool_calls_is_stored_as_before() -> None:
+    from monitor.store.records import _choice
+
+    assert _choice(Choice(0, "stop", "pong")) == {
+        "index": 0, "finish_reason": "stop", "content": "pong", "refusal": None}
+    assert _choice(Choice(0, "tool_calls", None, tool_calls=(ToolCall("f", "{}"),)))[
+        "tool_calls"] == [{"name": "f", "arguments": "{}", "id": None}]

@@ -65,7 +65,7 @@ def target_toml(**keys: str) -> str:
 
 
 TARGET_KEYS = (
-    "api_key_env, api_version, base_url, daily_request_budget, daily_token_budget, deployment, detect, interval, max_response_bytes, messages, "
+    "api_key_env, api_version, base_url, checks, daily_request_budget, daily_token_budget, deployment, detect, interval, max_response_bytes, messages, "
     "model, name, params, provider, stream, timeout"
 )
 DEFAULT_KEYS = TARGET_KEYS.replace(" name,", "")
@@ -81,13 +81,13 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         # The top level.
         pytest.param(
             "alert = 1\n",
-            "alert: expected a known key (alerts, database, defaults, retention, targets, web), got an unknown key"
+            "alert: expected a known key (alerts, check_sets, database, defaults, retention, targets, web), got an unknown key"
             ' (did you mean "alerts"?)',
             id="top-unknown-section",
         ),
         pytest.param(
             '[target]\nname = "a"\n',
-            "target: expected a known key (alerts, database, defaults, retention, targets, web), "
+            "target: expected a known key (alerts, check_sets, database, defaults, retention, targets, web), "
             'got an unknown key (did you mean "targets"?)',
             id="top-typo",
         ),
@@ -812,6 +812,7 @@ def test_describe_resolves_masks_and_estimates_tokens_per_day() -> None:
         "expected_tokens_per_day": 7920,
         "daily_token_budget": None,
         "daily_request_budget": None,
+        "checks": [],
     }
     assert json.loads(json.dumps(row)) == row
 

@@ -12,6 +12,8 @@ import pytest
 
 from monitor.detect import TargetDetector, detect
 from monitor.domain import (
+    CheckOutcome,
+    CheckResult,
     DetectionThresholds,
     DriftEvent,
     DriftKind,
@@ -36,12 +38,20 @@ QUICK = DetectionThresholds(
 def eventful(n: int, seed: int) -> list[Observation]:
     """A history in which every kind of drift comes and goes: each regime flips at random."""
     rng = random.Random(seed)
+    # Answers passing their check, then failing half the time: a stream of its own, so the
+    # other regimes flip as they did before checks existed.
+    check_rng, worse = random.Random(seed + 1), False
     flips = {"fp": False, "model": False, "slow": False, "limit": False, "low": False,
              "content": False, "outage": False, "throttled": False, "request": False}
     rates = {"fp": 0.004, "model": 0.005, "slow": 0.006, "limit": 0.005, "low": 0.01,
              "content": 0.006, "outage": 0.01, "throttled": 0.008, "request": 0.0005}
     history = []
     for i in range(n):
+        if check_rng.random() < 0.006:
+            worse = not worse
+        passed = check_rng.random() < (0.5 if worse else 0.97)
+        checks = (CheckResult("content_equals", CheckOutcome.PASS if passed
+                              else CheckOutcome.FAIL, None if passed else "answered x"),)
         for regime, rate in rates.items():
             if rng.random() < (rate * 15 if flips[regime] and regime in ("outage", "throttled")
                                else rate):
@@ -73,6 +83,7 @@ def eventful(n: int, seed: int) -> list[Observation]:
             ),
             content="Pong." if flips["content"] else "pong",
             request_hash="req-2" if flips["request"] else "req-1",
+            checks=checks,
         ))
     return history
 

@@ -152,8 +152,8 @@ def test_open_alerts_by_kind_failed_deliveries_and_a_body_promtool_accepts(
     opened = {labels: value for (_, labels), value in alerts.items() if value}
     # b is still learning its fingerprint pool (30 probes): the new fingerprint joins it.
     assert opened == {(("kind", "fingerprint"), ("severity", "warning"), ("target", "a")): 1}
-    # Zeros for every kind and severity a detector can raise, per target: 8, not 6 x 3.
-    assert len(alerts) == 2 * 8
+    # Zeros for every kind and severity a detector can raise, per target: 9, not 7 x 3.
+    assert len(alerts) == 2 * 9
     webhook = next(channel for channel in channels(settings.alerts) if channel != "log")
     assert samples(body, "monitor_notifications_failed") == {
         ("monitor_notifications_failed_total", (("channel", "log"),)): 0,

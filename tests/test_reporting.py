@@ -98,6 +98,7 @@ def expected(results: list[ProbeResult], since: datetime, until: datetime,
         "skipped": dict(sorted(Counter(
             kind for name, slot, kind in skips
             if name == results[0].target_name and since <= slot < until).items())),
+        "checks": [],  # no checks on these canaries (tests/test_quality.py has some)
         "latency_ms": {key: percentiles([getattr(r, column) for r in ok])
                        for key, column in PHASES.items()},
         "output_tokens_per_s": percentiles(speeds),

@@ -126,3 +126,13 @@ def test_a_wrong_key_and_a_missing_version_are_refused_as_anthropic_does(
     extra = post(sim_server, seed=7)
     assert extra.status_code == 400
     assert extra.json()["error"]["message"] == "seed: Extra inputs are not permitted"
+
+
+def test_a_scenario_answer_for_the_prompt_is_what_messages_answers(
+        sim: SimClient, sim_server: Simulator) -> None:
+    """The same `answers` scenario key as the OpenAI endpoint's, so quality canaries can be
+    made worse and better again on Anthropic targets too."""
+    sim.update(api_keys=[KEY], answers={PROMPT[0]["content"]: "Pong!"})
+    assert post(sim_server).json()["content"] == [{"type": "text", "text": "Pong!"}]
+    other = [{"role": "user", "content": "Reply with the single word: ping"}]
+    assert post(sim_server, messages=other).json()["content"][0]["text"] != "Pong!"

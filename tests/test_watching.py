@@ -18,11 +18,12 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
 from monitor import defaults, probe
+from monitor.alerting import MaintenanceWindow, OneOff, Recurring
 from monitor.alerts.maintenance import maintenance_until
 from monitor.cli import cli
 from monitor.daemon import Daemon
 from monitor.detect import Warmup
-from monitor.domain import MaintenanceWindow, OneOff, RateLimits, Recurring
+from monitor.domain import RateLimits
 from monitor.sim import SimClient
 from monitor.store.models import ProbeRow, SlotRow
 from monitor.store.records import Recorder

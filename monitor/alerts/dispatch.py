@@ -29,6 +29,7 @@ import requests
 from sqlalchemy import Connection, Engine, and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from monitor.alerting import AlertSettings
 from monitor.alerts import engine as alert_engine
 from monitor.alerts import lifecycle
 from monitor.alerts.maintenance import active_window
@@ -44,7 +45,6 @@ from monitor.alerts.notifiers import (
 )
 from monitor.domain import (
     AlertChange,
-    AlertSettings,
     AlertState,
     DriftEvent,
     DriftKind,

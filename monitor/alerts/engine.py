@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from monitor.alerting import AlertSettings
 from monitor.alerts import lifecycle
 from monitor.alerts.maintenance import active_window
-from monitor.domain import AlertChange, AlertSettings, AlertState, DriftEvent, OutboxState
+from monitor.domain import AlertChange, AlertState, DriftEvent, OutboxState
 from monitor.store.models import AlertRow, OutboxRow
 
 ConditionKey = tuple[str, str]  # (kind, key)

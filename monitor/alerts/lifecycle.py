@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from monitor.domain import AlertChange, AlertSettings, AlertState
+from monitor.alerting import AlertSettings
+from monitor.domain import AlertChange, AlertState
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from monitor.alerting import MaintenanceWindow, OneOff, Recurring
 from monitor.config.checks import _NOTHING, summarize, unknown_key
-from monitor.domain import MaintenanceWindow, OneOff, Recurring
 from monitor.durations import parse_ms
 from monitor.errors import ConfigError
 

@@ -15,23 +15,26 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from monitor.alerting import AlertSettings
 from monitor.alerts import engine as alerts
 from monitor.clock import Clock, utc_now
 from monitor.detect import TargetDetector
-from monitor.domain import AlertSettings, DetectionThresholds, DriftEvent, Observation, Target
+from monitor.domain import DetectionThresholds, DriftEvent, Observation, Target
+from monitor.probe.checks import evaluate, stored_answer
 from monitor.render.text import safe_text
-from monitor.store import history
+from monitor.store import check_results, history
 
 log = logging.getLogger("monitor")
 
@@ -132,12 +135,13 @@ class Watcher:
                 self._rebuild_later(target, target_id, position, until)
                 return [], None
             detector = TargetDetector(target.name, target.detection)
-            for _, observation in self._reader.all(connection, target_id, until=until):
+            for _, observation in self._reader.all(connection, target_id, until=until,
+                                                   checks=bool(target.checks)):
                 detector.step(observation)
             last = until
         events: list[DriftEvent] = []
         while True:
-            chunk = self._reader.after(connection, target_id, last)
+            chunk = self._reader.after(connection, target_id, last, checks=bool(target.checks))
             for stored_id, observation in chunk:
                 stepped, live = self._step(connection, detector, target, target_id,
                                            observation, live)
@@ -202,7 +206,8 @@ class Watcher:
             reader = history.ObservationReader()
             folded = 0
             with self.engine.connect() as connection:
-                for _, observation in reader.all(connection, target_id, until=until):
+                for _, observation in reader.all(connection, target_id, until=until,
+                                                 checks=bool(target.checks)):
                     detector.step(observation)
                     folded += 1
                     if folded % YIELD_EVERY == 0:
@@ -229,6 +234,25 @@ def rerun(engine: Engine, target: Target, target_id: int,
     detector = TargetDetector(target.name, target.detection)
     events: list[DriftEvent] = []
     with engine.connect() as connection:
-        for _, observation in reader.all(connection, target_id):
+        stored = reader.all(connection, target_id)
+        for _, observation in _judged(connection, target, stored) if target.checks else stored:
             events += detector.step(observation)
     return [e for e in events if since is None or e.at >= since]
+
+
+def _judged(connection: Connection, target: Target,
+            stored: Iterator[tuple[int, Observation]]) -> Iterator[tuple[int, Observation]]:
+    """The stored answers judged by the target's checks as configured now (a backtest of new
+    or changed checks), not by the outcomes stored with them."""
+    batch: list[tuple[int, Observation]] = []
+    for item in itertools.chain(stored, [None]):
+        if item is not None:
+            batch.append(item)
+        if batch and (item is None or len(batch) == history.CHUNK):
+            extras = check_results.answers(connection, [probe_id for probe_id, _ in batch])
+            for probe_id, o in batch:
+                tokens, choices = extras[probe_id]
+                answer = stored_answer(o.ok, o.content, o.finish_reason, tokens, o.total_ms,
+                                       choices)
+                yield probe_id, replace(o, checks=evaluate(target.checks, answer))
+            batch = []

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from monitor import defaults
+from monitor.alerting import AlertSettings
 from monitor.config.checks import (
     _NOTHING,
     _array_of,
@@ -35,12 +36,13 @@ from monitor.config.checks import (
     _read_keys,
     _timeout_ms,
 )
+from monitor.config.quality import check_sets
 from monitor.config.targets import (
     _DEFAULT_KEYS,
     _build_targets,
     _targets,
 )
-from monitor.domain import AlertSettings, Settings
+from monitor.domain import Settings
 from monitor.errors import ConfigError, raw
 
 
@@ -117,6 +119,7 @@ _SECTIONS: dict[str, _Check] = {
     "alerts": lambda value: _read_keys(value, _ALERT_KEYS),
     "retention": lambda value: _read_keys(value, {"raw": _timeout_ms}),
     "web": lambda value: _read_keys(value, _WEB_KEYS),
+    "check_sets": check_sets,
 }
 
 # Reading the file and the environment.
@@ -166,7 +169,8 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
     try:
         sections = _read_keys(document, _SECTIONS)
         database_url = _database(sections.get("database", {}), env)
-        targets = _build_targets(sections.get("defaults", {}), sections.get("targets", []), env)
+        targets = _build_targets(sections.get("defaults", {}), sections.get("targets", []), env,
+                                 sections.get("check_sets", {}))
         alerts = _alert_settings(sections.get("alerts", {}), env, config_path,
                                  [t.name for t in targets])
     except _Invalid as err:

@@ -14,13 +14,14 @@ from dataclasses import fields, replace
 from typing import Any
 
 from monitor import defaults
-from monitor.domain import DetectionThresholds, Provider, Target
+from monitor.domain import Check, DetectionThresholds, Provider, Target
 from monitor.durations import format_ms
 from monitor.errors import raw
 from monitor.secrets import Secret
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _NAME_EXPECTED = 'a name like "gpt-4o" (letters, digits, ".", "_", "-"; used on the command line)'
+from monitor.config import quality
 from monitor.config.checks import (
     _LINE_ENDS,
     _NOTHING,
@@ -149,7 +150,7 @@ def _threshold_check(name: str, annotation: str) -> _Check:
         check = _duration_ms
     elif annotation.startswith("int"):
         check = _integer(1)
-    elif name.endswith(("p_value", "fraction", "error_rate", "min_change")):
+    elif name.endswith(("p_value", "fraction", "error_rate", "min_change", "min_drop")):
         check = _fraction
     else:
         check = _positive_number
@@ -197,6 +198,7 @@ _TARGET_KEYS: dict[str, _Check] = {
     "daily_token_budget": _integer(1),
     "daily_request_budget": _integer(1),
     "detect": _detect,
+    "checks": quality.checks,
 }
 
 # A name identifies one target, so it cannot have a default.
@@ -262,7 +264,8 @@ def _merge_params(layers: list[dict[str, Any]], provider: Provider) -> dict[str,
     return copy.deepcopy(merged)  # targets must not share mutable values
 
 
-def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Target:
+def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str],
+                  check_sets: dict[str, tuple[Check, ...]]) -> Target:
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
@@ -305,6 +308,8 @@ def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Targe
             raise _Invalid(f"{api_key_env} to hold a key without control characters",
                            raw(f"one containing {flaw}{hint}"), "api_key_env")
         api_key = Secret(value)
+    with _at("checks"):
+        checks = quality.resolve(merged.get("checks", []), check_sets)
 
     target = Target(
         name=name,
@@ -324,6 +329,7 @@ def _build_target(layers: list[dict[str, Any]], env: Mapping[str, str]) -> Targe
         daily_token_budget=merged.get("daily_token_budget"),
         daily_request_budget=merged.get("daily_request_budget"),
         detection=_thresholds([layer.get("detect", {}) for layer in layers]),
+        checks=checks,
     )
     if provider is Provider.ANTHROPIC:
         _check_messages_api(target, layers[1:])
@@ -364,13 +370,14 @@ def _config_hash(target: Target) -> str:
 
 
 def _build_targets(
-    defaults_layer: dict[str, Any], target_layers: list[dict[str, Any]], env: Mapping[str, str]
+    defaults_layer: dict[str, Any], target_layers: list[dict[str, Any]], env: Mapping[str, str],
+    check_sets: dict[str, tuple[Check, ...]],
 ) -> tuple[Target, ...]:
     targets: list[Target] = []
     first_index: dict[str, int] = {}
     for index, layer in enumerate(target_layers):
         with _at(f"targets[{index}]"):
-            target = _build_target([_BUILTIN, defaults_layer, layer], env)
+            target = _build_target([_BUILTIN, defaults_layer, layer], env, check_sets)
             if target.name in first_index:
                 expected = f"a unique name (targets[{first_index[target.name]}] already uses it)"
                 raise _Invalid(expected, target.name, "name")

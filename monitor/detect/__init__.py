@@ -12,7 +12,7 @@ are still learning and how far each has got, which is what `monitor status` show
 Each call of `TargetDetector.step` returns the events of the conditions that observation opened
 (`opened=True`) or cleared (`opened=False`); `active()` gives the opening events of those still
 open. The kinds live in one module each: fingerprint, model, latency, quota, availability,
-output; their docstrings list their condition keys.
+output, quality; their docstrings list their condition keys.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from monitor.detect.fingerprint import FingerprintDetector
 from monitor.detect.latency import LatencyDetector
 from monitor.detect.model import ModelDetector
 from monitor.detect.output import OutputDetector
+from monitor.detect.quality import QualityDetector
 from monitor.detect.quota import QuotaDetector
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
@@ -33,7 +34,7 @@ __all__ = ["SEVERITIES", "SNAPSHOT_VERSION", "TargetDetector", "Warmup", "detect
 
 # Bumped when the snapshot layout changes; an older snapshot is refused, and the caller
 # rebuilds the state by folding the stored history again.
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the quality detector
 
 # The order events of one observation come out in.
 DETECTORS: tuple[type[Detector], ...] = (
@@ -42,6 +43,7 @@ DETECTORS: tuple[type[Detector], ...] = (
     ModelDetector,
     FingerprintDetector,
     OutputDetector,
+    QualityDetector,
     LatencyDetector,
 )
 

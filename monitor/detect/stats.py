@@ -89,3 +89,20 @@ def homogeneity_p_value(a: Sequence[int], b: Sequence[int]) -> float:
     if categories < 2:
         return 1.0
     return chi_square_sf(statistic, categories - 1)
+
+
+def fisher_more_failures(base_failed: int, base_total: int, recent_failed: int,
+                         recent_total: int) -> float:
+    """One-sided p-value of Fisher's exact test that the recent sample fails more often than
+    the baseline: the chance, with every failure equally likely to fall anywhere in the pooled
+    sample, that the recent one holds at least `recent_failed` of them (hypergeometric tail;
+    as scipy's `fisher_exact(table, alternative="greater")`). Exact for any sample size, so a
+    short baseline costs power, not false alerts."""
+    total = base_total + recent_total
+    failed = base_failed + recent_failed
+    if not recent_total or not base_total:
+        return 1.0
+    ways = math.comb(total, recent_total)
+    tail = sum(math.comb(failed, k) * math.comb(total - failed, recent_total - k)
+               for k in range(recent_failed, min(failed, recent_total) + 1))
+    return tail / ways

@@ -26,6 +26,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -37,6 +38,7 @@ import urllib3.exceptions
 from monitor.domain import ErrorKind, ProbeResult, Provider, Target
 from monitor.probe import anthropic, providers, transport
 from monitor.probe import headers as header_parsing
+from monitor.probe.checks import Answer, evaluate
 from monitor.probe.completion import (
     ID_LIMIT,
     Completion,
@@ -159,7 +161,11 @@ def run(target: Target, session: requests.Session, *,
         **fields,
     )
     # A server that echoes the key back must not get it into the database, a log or a report.
-    return scrub_result(result, secrets)
+    scrubbed = scrub_result(result, secrets)
+    if not target.checks:
+        return scrubbed
+    # Judged on the scrubbed answer: a reason quoting it cannot carry the key either.
+    return replace(scrubbed, checks=evaluate(target.checks, Answer.of(scrubbed)))
 
 
 _TRANSPORT_ERRORS = (

@@ -7,7 +7,7 @@ Where each of Anthropic's fields lands (README "Anthropic" lists the same):
   header keeps it as sent, the number is the seconds from the response's `date` to it (None
   without a `date`: nothing to measure from).
 - body: `id` -> response_id, `model`, `stop_reason` -> finish_reason, text blocks joined ->
-  content, `tool_use` blocks -> tool_calls ({"id", "name", "arguments": the input as JSON text}),
+  content, `tool_use` blocks -> tool_calls (ToolCall: name, the input as JSON text, id),
   `usage.input_tokens` -> prompt_tokens, `output_tokens` -> completion_tokens,
   `cache_read_input_tokens` -> cached_tokens, `cache_creation_input_tokens` as itself,
   `usage.service_tier` -> service_tier. total_tokens is their sum (Anthropic sends none): the
@@ -27,7 +27,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from monitor.domain import Choice, ErrorKind, RateLimits, Usage
+from monitor.domain import Choice, ErrorKind, RateLimits, ToolCall, Usage
 from monitor.probe.completion import (
     ID_LIMIT,
     WORD_LIMIT,
@@ -154,10 +154,10 @@ class _Blocks:
         pieces = [piece for _, text in sorted(self.text.items()) for piece in text]
         return storable_text("".join(pieces)) if pieces else None
 
-    def tool_calls(self) -> tuple[dict[str, Any], ...]:
+    def tool_calls(self) -> tuple[ToolCall, ...]:
         return tuple(
-            {"id": _str(tool["id"], ID_LIMIT), "name": _str(tool["name"], ID_LIMIT),
-             "arguments": storable_text("".join(tool["arguments"]) or "{}")}
+            ToolCall(_str(tool["name"], ID_LIMIT),
+                     storable_text("".join(tool["arguments"]) or "{}"), _str(tool["id"], ID_LIMIT))
             for _, tool in sorted(self.tools.items()))
 
 

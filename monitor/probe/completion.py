@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.domain import Choice, ErrorKind, Usage
+from monitor.domain import Choice, ErrorKind, ToolCall, Usage
 
 
 class CompletionError(Exception):
@@ -140,9 +140,20 @@ def parse_completion(data: bytes) -> Completion:
                 finish_reason=_str(raw.get("finish_reason"), WORD_LIMIT),
                 content=_str(message.get("content")),
                 refusal=_str(message.get("refusal")),
+                tool_calls=_tool_calls(message.get("tool_calls")),
             )
         )
     return _completion(document, tuple(choices), document.get("usage"))
+
+
+def _tool_calls(calls: object) -> tuple[ToolCall, ...]:
+    """A message's `tool_calls` (function calls; anything else sent there is left out)."""
+    if not isinstance(calls, list):
+        return ()
+    return tuple(ToolCall(_str(f.get("name"), ID_LIMIT), _str(f.get("arguments")),
+                          _str(call.get("id"), ID_LIMIT))
+                 for call in calls if isinstance(call, dict)
+                 if isinstance(f := call.get("function"), dict))
 
 
 def _completion(
@@ -186,6 +197,8 @@ class _ChoiceParts:
     content: list[str] = field(default_factory=list)
     refusal: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    # tool call index -> its function's name and arguments and the call's id, streamed in pieces
+    tools: dict[int, tuple[list[str], list[str], list[str]]] = field(default_factory=dict)
 
 
 class StreamAssembler:
@@ -255,6 +268,7 @@ class StreamAssembler:
                     if isinstance(piece, str) and piece:
                         target.append(piece)
                         self.saw_content = True
+                _add_tool_pieces(parts, delta.get("tool_calls"))
             if isinstance(raw.get("finish_reason"), str):
                 parts.finish_reason = raw["finish_reason"]
 
@@ -293,7 +307,28 @@ class StreamAssembler:
                 finish_reason=_str(parts.finish_reason, WORD_LIMIT),
                 content=storable_text("".join(parts.content)) if parts.content else None,
                 refusal=storable_text("".join(parts.refusal)) if parts.refusal else None,
+                tool_calls=tuple(
+                    ToolCall(_str("".join(name), ID_LIMIT), _str("".join(arguments)),
+                             _str("".join(call_id), ID_LIMIT) if call_id else None)
+                    for _, (name, arguments, call_id) in sorted(parts.tools.items())),
             )
             for index, parts in sorted(self._choices.items())
         )
         return _completion(self._fields, choices, self._usage, self.chunks)
+
+
+def _add_tool_pieces(parts: _ChoiceParts, calls: object) -> None:
+    """A delta's `tool_calls`: each piece of a function's name or arguments, by call index."""
+    if not isinstance(calls, list):
+        return
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        name, arguments, call_id = parts.tools.setdefault(
+            _int(call.get("index")) or 0, ([], [], []))
+        for key, pieces in (("name", name), ("arguments", arguments)):
+            if isinstance(function.get(key), str):
+                pieces.append(function[key])
+        if isinstance(call.get("id"), str):  # sent with the call's first piece
+            call_id.append(call["id"])

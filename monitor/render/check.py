@@ -55,6 +55,8 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
                 "expected_tokens_per_day": round(tokens_per_probe * probes_per_day),
                 "daily_token_budget": target.daily_token_budget,
                 "daily_request_budget": target.daily_request_budget,
+                "checks": [{"name": check.name, "kind": check.kind.value,
+                            "expected": copy.deepcopy(check.expected)} for check in target.checks],
             }
         )
     return rows
@@ -81,6 +83,7 @@ def render_check(settings: Settings) -> str:
             "params": json.dumps(row["params"], sort_keys=True, ensure_ascii=False),
             "per day": f"{_count(row['probes_per_day'])} probes, "
             f"~{row['expected_tokens_per_day']:,} tokens (estimated)",
+            "checks": ", ".join(c["name"] for c in row["checks"]) or None,
         }
         lines = [row["name"]]
         lines += [f"  {label:<10}  {value}" for label, value in fields.items() if value is not None]

@@ -128,7 +128,32 @@ def target_section(t: dict[str, Any], frame: charts.Frame, anchor: str, *,
             f'<ul class="legend">{legend}</ul>'
             + ("<h3>rate-limit headroom of every probe</h3>" if by_probe else
                "<h3>rate-limit headroom, the lowest per bucket</h3>")
-            + f"{charts.headroom_chart(t, frame)}{_numbers(t)}</section>")
+            + f"{charts.headroom_chart(t, frame)}{_numbers(t)}"
+            + f"{_checks(t.get('checks', []))}</section>")
+
+
+def _checks(checks: list[dict[str, Any]]) -> str:
+    """Each check's pass rate, overall and per backend (fingerprint and model): one backend
+    that answers worse than the others stands out."""
+    if not checks:
+        return ""
+    rows = []
+    for c in checks:
+        rows.append(_check_row(esc(c["check"]), "all answers", c))
+        rows += [_check_row("", f"<code>{esc(b['fingerprint'] or '-')}</code> "
+                                f"{esc(b['model'] or '-')}", b) for b in c["by_backend"]]
+    return ("<h3>checks on the answers</h3><table><tr><th>check</th><th>from</th>"
+            "<th>pass</th><th>fail</th><th>n/a</th><th>pass rate</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _check_row(check: str, source: str, tally: dict[str, Any]) -> str:
+    rate = tally["pass_rate"]
+    return (f'<tr><td>{check}</td><td>{source}</td><td class="n">{number(tally["pass"])}</td>'
+            f'<td class="n">{number(tally["fail"])}</td>'
+            f'<td class="n">{number(tally["not_applicable"])}</td>'
+            f'<td class="n{" bad" if rate is not None and rate < 0.95 else ""}">'
+            f'{percent(rate, 1)}</td></tr>')
 
 
 def _share(t: dict[str, Any], fingerprint: str) -> str:

@@ -53,6 +53,9 @@ class StoreCollector(Collector):
         skipped = CounterMetricFamily(
             "monitor_slots_skipped", "Scheduled slots not probed, by reason: rate_limited, "
             "budget_spent or missed", labels=["target", "reason"])
+        checks = CounterMetricFamily(
+            "monitor_check_results", "Checks on canary answers, by check and outcome: pass, "
+            "fail or not_applicable (the probe failed)", labels=["target", "check", "outcome"])
         last_probe = GaugeMetricFamily(
             "monitor_last_probe_timestamp_seconds",
             "When the newest canary probe started (replays excluded), seconds since the epoch",
@@ -80,6 +83,8 @@ class StoreCollector(Collector):
                 alerts.add_metric([m.target, kind, severity], count)
             for reason, count in m.skipped_slots.items():
                 skipped.add_metric([m.target, reason], count)
+            for (check, outcome), count in sorted(m.check_results.items()):
+                checks.add_metric([m.target, check, outcome], count)
             if m.last_probe_timestamp_s is not None:
                 last_probe.add_metric([m.target], m.last_probe_timestamp_s)
             if m.last_probe_ok is not None:
@@ -89,8 +94,8 @@ class StoreCollector(Collector):
             labels=["channel"])
         for channel, count in snapshot.notifications_failed.items():
             failed.add_metric([channel], count)
-        yield from (latency, probes, info, limit, remaining, alerts, skipped, last_probe,
-                    last_ok, failed)
+        yield from (latency, probes, info, limit, remaining, alerts, skipped, checks,
+                    last_probe, last_ok, failed)
 
 
 def exposition_registry(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:

@@ -50,6 +50,7 @@ def _block(t: dict[str, Any], now: datetime) -> str:
     lines.append(_row("fingerprints", _shares(t["fingerprints"], "fingerprint")))
     lines.append(_row("models", _shares(t["models"], "model")))
     lines.append(_row("rate limits", _limits(t["rate_limits"], now)))
+    lines += _checks(t.get("checks", []))
     alerts = t["open_alerts"]
     lines.append(_row("open alerts", "none" if not alerts else str(len(alerts))))
     lines += [f"    #{a['id']} {safe_text(a['severity'], 10)} {safe_text(a['kind'], 20)} "
@@ -62,6 +63,24 @@ def _block(t: dict[str, Any], now: datetime) -> str:
                                         f"{safe_text(error['error_kind'], 40)} (HTTP {status}): "
                                         f"{safe_text(error['detail'] or '', 160)}"))
     return "\n".join(lines)
+
+
+def _checks(checks: list[dict[str, Any]]) -> list[str]:
+    """Each check's pass rate, then per backend where the answers came from more than one."""
+    if not checks:
+        return []
+    lines = [_row("checks", ", ".join(f"{safe_text(c['check'], 64)} {_passed(c)}"
+                                      for c in checks))]
+    for c in checks:
+        if len(c["by_backend"]) > 1:
+            lines += [f"    {safe_text(c['check'], 64)} from {safe_text(b['fingerprint'] or '-', 40)}"
+                      f" {safe_text(b['model'] or '-', 40)}: {_passed(b)}" for b in c["by_backend"]]
+    return lines
+
+
+def _passed(tally: dict[str, Any]) -> str:
+    judged = tally["pass"] + tally["fail"]
+    return f"{percent(tally['pass_rate'], 1)} ({number(tally['pass'])}/{number(judged)})"
 
 
 def _replays(replays: list[dict[str, Any]], now: datetime) -> str:

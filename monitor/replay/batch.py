@@ -30,10 +30,11 @@ from sqlalchemy import Engine
 
 from monitor import probe
 from monitor.detect.stats import percentile
-from monitor.domain import ErrorKind, ProbeResult, ReplayState, Target
+from monitor.domain import CheckOutcome, ErrorKind, ProbeResult, ReplayState, Target
 from monitor.probe import providers
+from monitor.probe.checks import evaluate, stored_answer
 from monitor.replay.send import Plan, ReplayError, plan
-from monitor.store import replays
+from monitor.store import check_results, replays
 from monitor.store.records import Recorder, canonical_json, target_id_of, usage_since
 from monitor.store.replays import Claim, LinkedWriter, RunSpec, StoredAnswer
 
@@ -86,6 +87,9 @@ class BatchSummary:
     original: Latency  # total_ms of successful pairs
     replay: Latency
     model_change: tuple[str | None, str | None] | None
+    # check -> (pairs that answered both times, originals that passed, replays that passed),
+    # by the destination's checks as configured now
+    checks: dict[str, tuple[int, int, int]]
 
 
 def run_key(spec: BatchSpec) -> str:
@@ -283,17 +287,17 @@ def run_batch(engine: Engine, spec: BatchSpec, stop: threading.Event,
     stopped = runner.stopped or ("stopped on request" if stop.is_set() else None)
     if counts[ReplayState.PENDING] == 0:
         replays.finish(engine, run.id, datetime.now(UTC))
-    return summarize(engine, run, spec.destination.name, counts, sent, stopped,
+    return summarize(engine, run, spec.destination, counts, sent, stopped,
                      runner.model_change)
 
 
-def summarize(engine: Engine, run: replays.Run, destination: str,
+def summarize(engine: Engine, run: replays.Run, destination: Target,
               counts: dict[ReplayState, int], sent_now: int, stopped: str | None,
               model_change: tuple[str | None, str | None] | None) -> BatchSummary:
     pairs = replays.run_pairs(engine, run.id)
     both = [(o, r) for o, r, _ in pairs if o.ok and r.ok]
     return BatchSummary(
-        run_id=run.id, resumed=run.resumed, destination=destination, items=run.items,
+        run_id=run.id, resumed=run.resumed, destination=destination.name, items=run.items,
         done=counts[ReplayState.DONE], pending=counts[ReplayState.PENDING],
         lost=counts[ReplayState.SENDING], sent_now=sent_now,
         rate_limited=sum(waits for _, _, waits in pairs), stopped=stopped,
@@ -305,7 +309,25 @@ def summarize(engine: Engine, run: replays.Run, destination: str,
         original=_latency([o for o, _ in both]),
         replay=_latency([r for _, r in both]),
         model_change=model_change,
+        checks=_checks(engine, destination, both),
     )
+
+
+def _checks(engine: Engine, target: Target, both: list[tuple[StoredAnswer, StoredAnswer]]
+            ) -> dict[str, tuple[int, int, int]]:
+    """How the target's checks judge the originals and their replays, pair by pair."""
+    if not target.checks or not both:
+        return {}
+    with engine.connect() as connection:
+        extras = check_results.answers(connection, [a.probe_id for pair in both for a in pair])
+    passed = {check.name: [0, 0] for check in target.checks}
+    for pair in both:
+        for side, a in enumerate(pair):
+            tokens, choices = extras[a.probe_id]
+            answer = stored_answer(a.ok, a.content, a.finish_reason, tokens, a.total_ms, choices)
+            for result in evaluate(target.checks, answer):
+                passed[result.check][side] += result.outcome is CheckOutcome.PASS
+    return {name: (len(both), before, after) for name, (before, after) in passed.items()}
 
 
 def _latency(answers: list[StoredAnswer]) -> Latency:

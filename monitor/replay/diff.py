@@ -103,6 +103,7 @@ def render_outcome(outcome: Outcome) -> str:
         mark = "*" if compared and any(v != values[0] for v in values[1:]) else " "
         cells = "".join(safe(v, _COLUMN_WIDTH - 2).ljust(_COLUMN_WIDTH) for v in values)
         lines.append(f"{mark} {label.ljust(_LABEL_WIDTH)}{cells}".rstrip())
+    lines += _checks(outcome)
     lines.append("")
     diffs = [content_diff(original, replay) for replay in outcome.replays]
     if not any(diffs):
@@ -110,6 +111,24 @@ def render_outcome(outcome: Outcome) -> str:
     for diff in diffs:
         lines.extend(diff)
     return "\n".join(lines)
+
+
+def _checks(outcome: Outcome) -> list[str]:
+    """Each check's outcome on the original and on each replay, then the reasons it failed."""
+    if not outcome.checks or not outcome.checks[0]:
+        return []  # the destination has no checks
+    lines = ["", f"checks of {safe(outcome.destination)} as configured now:"]
+    reasons = []
+    for row, first in enumerate(outcome.checks[0]):
+        results = [judged[row] for judged in outcome.checks]
+        cells = [r.outcome.value.replace("not_applicable", "n/a") for r in results]
+        mark = "*" if any(cell != cells[0] for cell in cells[1:]) else " "
+        lines.append(f"{mark} {safe(first.check, _LABEL_WIDTH - 1).ljust(_LABEL_WIDTH)}"
+                     + "".join(cell.ljust(_COLUMN_WIDTH) for cell in cells).rstrip())
+        names = ["the original"] + [f"replay #{r.probe_id}" for r in outcome.replays]
+        reasons += [f"  {safe(first.check)} on {name}: {safe(r.reason, 300)}"
+                    for name, r in zip(names, results, strict=True) if r.reason]
+    return lines + reasons
 
 
 def _answer_json(answer: StoredAnswer) -> dict[str, Any]:
@@ -120,14 +139,16 @@ def _answer_json(answer: StoredAnswer) -> dict[str, Any]:
 
 def outcome_json(outcome: Outcome) -> str:
     change = outcome.model_change
+    judged = [[{"check": r.check, "outcome": r.outcome.value, "reason": r.reason}
+               for r in checks] for checks in outcome.checks]
     document = {
-        "original": _answer_json(outcome.original),
+        "original": {**_answer_json(outcome.original), "checks": judged[0]},
         "destination": outcome.destination,
         "model_change": None if change is None else {"stored": change[0], "sent": change[1]},
         "replays": [
             {**_answer_json(replay), "changed": changed_fields(outcome.original, replay),
-             "content_diff": content_diff(outcome.original, replay)}
-            for replay in outcome.replays
+             "content_diff": content_diff(outcome.original, replay), "checks": checks}
+            for replay, checks in zip(outcome.replays, judged[1:], strict=True)
         ],
     }
     return json.dumps(document, indent=2)
@@ -156,6 +177,11 @@ def render_summary(summary: BatchSummary) -> str:
     lines.append(f"changed: content {s.content_changed}, fingerprint {s.fingerprint_changed}, "
                  f"model {s.model_changed} (among answers that succeeded both times)")
     lines.append(f"failed now: {s.failed}; failed before but answered now: {s.recovered}")
+    if s.checks:
+        judged = next(iter(s.checks.values()))[0]
+        lines.append(f"checks passed, original -> replay (of the {judged} that answered both "
+                     "times): " + ", ".join(f"{safe(name)} {before} -> {after}"
+                                             for name, (_, before, after) in s.checks.items()))
     lines.append("latency (total, original -> replay)")
     lines.append(_latency(s.original, s.replay, "p50"))
     lines.append(_latency(s.original, s.replay, "p95"))

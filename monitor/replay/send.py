@@ -19,10 +19,11 @@ from sqlalchemy import Engine
 
 from monitor import probe
 from monitor.config.targets import effective_config
-from monitor.domain import Settings, Target
+from monitor.domain import CheckResult, Settings, Target
 from monitor.errors import MonitorError
 from monitor.probe import providers
-from monitor.store import replays
+from monitor.probe.checks import evaluate, stored_answer
+from monitor.store import check_results, replays
 from monitor.store.records import canonical_json
 from monitor.store.replays import LinkedWriter, StoredAnswer
 
@@ -49,6 +50,9 @@ class Outcome:
     destination: str
     model_change: tuple[str | None, str | None] | None
     replays: tuple[StoredAnswer, ...]
+    # The destination's checks (as configured now) on the original answer, then on each
+    # replay's: the same checks on both sides, whatever the original was judged by.
+    checks: tuple[tuple[CheckResult, ...], ...]
 
 
 def plan(payload: dict[str, Any], source: str, destination: Target) -> Plan:
@@ -106,10 +110,24 @@ def replay_probe(engine: Engine, settings: Settings, probe_id: int, to: str | No
     chosen = plan(stored.payload, sent_by, destination(settings, sent_by, to))
     writer = LinkedWriter(engine)
     ids = []
+    judged = [_judged(engine, chosen.target, stored.answer)]
     with providers.new_session() as session:
         for _ in range(repeat):
-            result = probe.run(chosen.target, session)
+            result = probe.run(chosen.target, session)  # judged by the target's checks
             ids.append(writer.save(result, chosen.config, probe_id))
+            judged.append(result.checks)
     found = replays.answers(engine, ids)
     return Outcome(stored.answer, chosen.target.name, chosen.model_change,
-                   tuple(found[i] for i in ids))
+                   tuple(found[i] for i in ids), tuple(judged))
+
+
+def _judged(engine: Engine, target: Target, original: StoredAnswer) -> tuple[CheckResult, ...]:
+    """The target's checks on a stored answer."""
+    if not target.checks:
+        return ()
+    with engine.connect() as connection:
+        tokens, choices = check_results.answers(connection, [original.probe_id])[
+            original.probe_id]
+    return evaluate(target.checks, stored_answer(
+        original.ok, original.content, original.finish_reason, tokens, original.total_ms,
+        choices))

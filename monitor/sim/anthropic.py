@@ -181,6 +181,8 @@ def _draft(ticket: Ticket, request: Request, override: Override,
     variant = scenario.output_variant if override.output_variant is None else (
         override.output_variant)
     text = override.content
+    if text is None:  # a scenario's answer for this prompt, as the OpenAI endpoint gives it
+        text = scenario.answers.get(canary.last_prompt(request.messages) or "")
     if text is None:  # Anthropic has no seed: the same prompt is answered the same
         text = canary.answer(request.messages, snapshot, variant, "greedy")
     pieces = tuple(canary.pieces(text))

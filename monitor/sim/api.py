@@ -240,7 +240,10 @@ def _draft(route: _Route, request: ChatRequest, override: Override,
     variant = _first(override.output_variant, scenario.output_variant)
     hidden_tokens = _first(override.hidden_system_prompt_tokens,
                            scenario.hidden_system_prompt_tokens)
-    choices = _choices(request, snapshot, variant, sample, override.content)
+    content = override.content
+    if content is None:
+        content = scenario.answers.get(canary.last_prompt(request.messages) or "")
+    choices = _choices(request, snapshot, variant, sample, content)
     if fault == faults.HUGE_BODY:
         choices = tuple(Choice(_HUGE, "stop") for _ in choices)
     answer = Answer(

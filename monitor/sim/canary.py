@@ -65,13 +65,18 @@ def pieces(text: str) -> list[str]:
     return found
 
 
-def _single_word(messages: Sequence[dict[str, Any]]) -> str | None:
+def last_prompt(messages: Sequence[dict[str, Any]]) -> str | None:
+    """The text of the last user message (what a scenario's `answers` are keyed by)."""
     for message in reversed(messages):
         if message.get("role") == "user":
-            match = _SINGLE_WORD.search(_text(message.get("content")))
-            word = match[1].rstrip(".,;:!?") if match else ""
-            return word or None
+            return _text(message.get("content"))
     return None
+
+
+def _single_word(messages: Sequence[dict[str, Any]]) -> str | None:
+    match = _SINGLE_WORD.search(last_prompt(messages) or "")
+    word = match[1].rstrip(".,;:!?") if match else ""
+    return word or None
 
 
 def _text(content: object) -> str:

@@ -113,6 +113,9 @@ class Scenario:
     hidden_system_prompt_tokens: int = 0  # added to prompt_tokens: a hidden prompt or tokenizer change
     service_tier: str = "default"
     api_keys: tuple[str, ...] = ()  # empty: no authentication
+    # A prompt (the last user message, exactly) -> the answer text, for canaries with checks;
+    # a queued override's `content` still wins.
+    answers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "scenario") -> Scenario:
@@ -268,7 +271,7 @@ class _Check:
 
 _KEYS = (
     "seed", "models", "aliases", "fingerprints", "fingerprint_rotation", "latency", "rate_limits",
-    "faults", "output_variant", "hidden_system_prompt_tokens", "service_tier", "api_keys",
+    "faults", "output_variant", "hidden_system_prompt_tokens", "service_tier", "api_keys", "answers",
 )
 
 
@@ -277,9 +280,10 @@ def _parse(data: Mapping[str, Any], check: _Check) -> Scenario:
     seed = data["seed"]
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         check.fail("seed", "an integer", seed)
-    aliases = data["aliases"]
-    if not isinstance(aliases, Mapping):
-        check.fail("aliases", "a table", aliases)
+    aliases, answers = data["aliases"], data["answers"]
+    for key, table in (("aliases", aliases), ("answers", answers)):
+        if not isinstance(table, Mapping):
+            check.fail(key, "a table", table)
     return Scenario(
         seed=seed,
         models=check.optional(data["models"], "models", check.strings),
@@ -294,6 +298,7 @@ def _parse(data: Mapping[str, Any], check: _Check) -> Scenario:
             data["hidden_system_prompt_tokens"], "hidden_system_prompt_tokens"),
         service_tier=check.string(data["service_tier"], "service_tier"),
         api_keys=check.strings(data["api_keys"], "api_keys"),
+        answers={prompt: check.string(text, f"answers.{prompt}") for prompt, text in answers.items()},
     )
 
 

@@ -18,7 +18,8 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from monitor.domain import DriftEvent, ErrorKind, Observation, RateLimits
+from monitor.domain import CheckResult, DriftEvent, ErrorKind, Observation, RateLimits
+from monitor.store import check_results
 from monitor.store.models import (
     CANARY,
     DetectorStateRow,
@@ -85,20 +86,22 @@ class ObservationReader:
         # payload id -> (sha256, requested model, deterministic)
         self._payloads: dict[int, tuple[str, str | None, bool]] = {}
 
-    def after(self, connection: Connection, target_id: int,
-              after_id: int) -> list[tuple[int, Observation]]:
+    def after(self, connection: Connection, target_id: int, after_id: int, *,
+              checks: bool = False) -> list[tuple[int, Observation]]:
         """The target's probes stored after probe `after_id`, oldest first, with their ids:
-        CHUNK of them at most."""
+        CHUNK of them at most. With `checks`, with their stored check outcomes (one more
+        query, which targets without checks are spared)."""
         rows = connection.execute(
             _AFTER, {"target_id": target_id, "after_id": after_id, "limit": CHUNK}).all()
         self._learn(connection, {row[-1] for row in rows})
-        return [(row[0], self._observation(row)) for row in rows]
+        outcomes = check_results.of_probes(connection, [row[0] for row in rows]) if checks else {}
+        return [(row[0], self._observation(row, outcomes.get(row[0], ()))) for row in rows]
 
-    def all(self, connection: Connection, target_id: int,
-            until: int | None = None) -> Iterator[tuple[int, Observation]]:
+    def all(self, connection: Connection, target_id: int, until: int | None = None, *,
+            checks: bool = False) -> Iterator[tuple[int, Observation]]:
         """Every probe of the target (up to probe `until`), oldest first, read in chunks."""
         last = 0
-        while chunk := self.after(connection, target_id, last):
+        while chunk := self.after(connection, target_id, last, checks=checks):
             for stored_id, observation in chunk:
                 if until is not None and stored_id > until:
                     return
@@ -121,7 +124,7 @@ class ObservationReader:
             self._payloads[payload_id] = (digest, model if isinstance(model, str) else None,
                                           deterministic)
 
-    def _observation(self, row: Any) -> Observation:
+    def _observation(self, row: Any, checks: tuple[CheckResult, ...]) -> Observation:
         # By position: a Row's attributes are looked up by name, which adds up over a year.
         (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
          ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
@@ -158,6 +161,7 @@ class ObservationReader:
             prompt_tokens=prompt_tokens,
             request_hash=digest,
             deterministic=deterministic,
+            checks=checks,
         )
 
 def longer_than_chunk(connection: Connection, target_id: int, until: int) -> bool:

@@ -217,6 +217,29 @@ class ProbeRow(Base):
 CANARY = ProbeRow.replay_of.is_(None)
 
 
+class CheckResultRow(Base):
+    """One check's outcome on one canary probe (`CheckOutcome`, a one-line reason when it
+    failed). The probe's fingerprint and model are copied in, so pass rates per target, check,
+    fingerprint and model are counted from this table alone. Replays store none: `monitor
+    replay` evaluates their answers when it shows them."""
+
+    __tablename__ = "check_results"
+    __table_args__ = (
+        # Reports, the dashboard and /metrics count a target's outcomes over a time range.
+        Index("ix_check_results_target_id_started_at", "target_id", "started_at"),
+    )
+
+    probe_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("probes.id", ondelete="CASCADE"), primary_key=True)
+    check_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(Text)
+    system_fingerprint: Mapped[str | None] = mapped_column(Text)
+
+
 class SlotRow(Base):
     """One scheduled slot of one target: claimed by exactly one instance, then probed or
     skipped (with the reason), once its time came; or reserved ahead by a 429 backoff, and

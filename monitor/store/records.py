@@ -20,9 +20,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from monitor.domain import ProbeResult, RateLimits
-from monitor.store import codec
-from monitor.store.models import CANARY, ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
+from monitor.domain import Choice, ProbeResult, RateLimits
+from monitor.store import check_results, codec
+from monitor.store.models import (
+    CANARY,
+    ProbeRow,
+    RequestPayloadRow,
+    TargetConfigRow,
+    TargetRow,
+)
 
 # What no column can hold: PostgreSQL text and jsonb refuse NUL, and a lone surrogate (a
 # half of a UTF-16 pair, which JSON's \u escapes can produce) cannot be encoded as UTF-8.
@@ -108,12 +114,11 @@ class Recorder:
                 connection, result.target_name, target_id, result.config_hash, config
             )
             payload_id = self._payload_id(connection, result.request_payload)
-            return int(
-                connection.execute(
-                    insert(ProbeRow).returning(ProbeRow.id),
-                    _probe_values(result, target_id, config_id, payload_id),
-                ).scalar_one()
-            )
+            probe_id = int(connection.execute(
+                insert(ProbeRow).returning(ProbeRow.id),
+                _probe_values(result, target_id, config_id, payload_id)).scalar_one())
+            check_results.insert(connection, [(result, probe_id, target_id)])
+            return probe_id
 
     def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]]) -> list[int]:
         """Store results with their configs in one transaction and return their ids in order
@@ -135,6 +140,8 @@ class Recorder:
                     insert(ProbeRow).returning(ProbeRow.uid, ProbeRow.id), rows)
                 ids = {uid: probe_id for uid, probe_id in inserted}
                 uids = [result.uid for result, _ in batch]
+                check_results.insert(connection, [(result, ids[result.uid], row["target_id"])
+                                                  for (result, _), row in zip(batch, rows)])
                 return [ids[uid] for uid in uids]
         except Exception:
             self._forget()  # ids cached inside the failed transaction may not exist
@@ -165,6 +172,7 @@ class Recorder:
             connection.execute(
                 dialect_insert(ProbeRow).on_conflict_do_nothing(index_elements=["uid"]), rows
             )
+            check_results.insert_by_uid(connection, [(r, row["target_id"]) for r, row in zip(results, rows)])
 
     def target_id(self, name: str) -> int:
         """The target's row id (creating the row if needed); cached after the first call."""
@@ -276,9 +284,8 @@ def _probe_values(
         "system_fingerprint": result.system_fingerprint,
         "service_tier": result.service_tier,
         "finish_reason": result.finish_reason,
-        # vars(), not asdict(): a shallow copy is enough (storable() rebuilds containers) and
-        # asdict's deep copy was a fifth of the write path's time.
-        "choices": [dict(vars(choice)) for choice in result.choices] if result.choices else None,
+        # vars(), not asdict() (its deep copy was a fifth of the write path's time).
+        "choices": [_choice(choice) for choice in result.choices] if result.choices else None,
         "stream_chunks": result.stream_chunks,
         **vars(usage),
         "response_headers_zlib": codec.compress_headers(_storable_headers(result.response_headers)),
@@ -289,6 +296,14 @@ def _probe_values(
     # keys are ours, and floats, times and bytes are stored as they are.
     return {key: storable(value) if type(value) in _SCRUBBED else value
             for key, value in values.items()}
+
+
+def _choice(choice: Choice) -> dict[str, Any]:
+    """A choice as stored (storable() rebuilds containers); `tool_calls` only when it made
+    some (most canaries never do)."""
+    stored = {key: value for key, value in vars(choice).items() if key != "tool_calls"}
+    calls = {"tool_calls": [vars(call) for call in choice.tool_calls]} if choice.tool_calls else {}
+    return {**stored, **calls}
 
 
 def _storable_headers(headers: dict[str, str]) -> dict[str, str]:

@@ -35,7 +35,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from monitor.domain import Choice, ErrorKind, ProbeResult, RateLimits, Usage
+from monitor.domain import (
+    CheckOutcome,
+    CheckResult,
+    Choice,
+    ErrorKind,
+    ProbeResult,
+    RateLimits,
+    ToolCall,
+    Usage,
+)
 from monitor.store.failures import Failure, classify, describe
 
 log = logging.getLogger(__name__)
@@ -64,9 +73,14 @@ def decode(line: bytes) -> ProbeResult:
     document["error_kind"] = ErrorKind(kind) if kind else None
     document["rate_limits"] = RateLimits(**document["rate_limits"])
     document["usage"] = Usage(**document["usage"])
-    # tool_calls: a tuple, as the probe made it; absent from lines spooled before it existed.
-    document["choices"] = tuple(Choice(**choice | {"tool_calls": tuple(
-        choice.get("tool_calls", ()))}) for choice in document["choices"])
+    document["choices"] = tuple(
+        Choice(**{**choice, "tool_calls": tuple(ToolCall(**call) for call in
+                                                choice.get("tool_calls", ()))})
+        for choice in document["choices"])
+    # Lines spooled before checks existed have none.
+    document["checks"] = tuple(
+        CheckResult(check["check"], CheckOutcome(check["outcome"]), check["reason"])
+        for check in document.get("checks", ()))
     return ProbeResult(**document)
 
 
