@@ -6,6 +6,7 @@ The pure rules are tested on their own first."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -277,6 +278,12 @@ def test_a_warmed_up_target_is_watching_and_status_lists_its_open_alerts(
     assert "open alerts     1" in text
     assert "warning  a  fingerprint new:fp_new0000001  opened " in text
     assert status["open_alerts"][0]["explanation"] in text
+    # Times for people: to the second, in UTC, and how long ago by the CLI's clock.
+    assert re.search(r"opened \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \((just now|\d+ \w+ ago)\)",
+                     text), text
+    last_probe = text.split("last probe per target\n")[1].split("\n")[0]
+    assert re.fullmatch(r"  a  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(\d+ min ago\)  ok  \d+ ms",
+                        last_probe), last_probe
 
 
 def test_a_state_made_under_other_thresholds_is_folded_again_as_the_daemon_would(

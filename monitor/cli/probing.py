@@ -180,7 +180,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return
-    click.echo(text.render_status(status))
+    click.echo(text.render_status(status, at))
 
 
 @click.command("demo")

@@ -98,7 +98,8 @@ def probe_line(result: ProbeResult, name_width: int = 0) -> str:
     return "  ".join(parts)
 
 
-def render_status(status: dict[str, Any]) -> str:
+def render_status(status: dict[str, Any], now: datetime) -> str:
+    """`monitor status` for people: times to the second with how long ago."""
     size = status["bytes"]
     lines = [
         f"database        {status['database']}",
@@ -109,34 +110,38 @@ def render_status(status: dict[str, Any]) -> str:
     ]
     alive = status["instances"]
     lines.append(f"instances       {len(alive)} alive" + "".join(
-        f"\n  {i['id']}  since {i['started_at']}  heartbeat {i['heartbeat_at']}" for i in alive))
+        f"\n  {i['id']}  since {when(i['started_at'], now)}  "
+        f"heartbeat {when(i['heartbeat_at'], now)}" for i in alive))
     if status["last_probes"]:
         lines.append("last probe per target")
         width = max(len(p["target"]) for p in status["last_probes"])
         for last in status["last_probes"]:
             outcome = "ok" if last["ok"] else f"FAIL {last['error_kind']}"
-            lines.append(f"  {safe_text(last['target']).ljust(width)}  {last['started_at']}  "
-                         f"{outcome}  {_n(last['total_ms'], ' ms')}")
+            lines.append(f"  {safe_text(last['target']).ljust(width)}  "
+                         f"{when(last['started_at'], now)}  {outcome}  "
+                         f"{_n(last['total_ms'], ' ms')}")
     lines += _skipped(status["skipped_24h"])
-    lines += _watch_lines(status["states"], status["open_alerts"])
+    lines += _watch_lines(status["states"], status["open_alerts"], now)
     return "\n".join(lines)
 
 
-def _watch_lines(states: dict[str, Any], open_alerts: list[dict[str, Any]]) -> list[str]:
-    """What each configured target waits for (its warm-ups one per line), then the open
-    alerts, newest first."""
+def _watch_lines(states: dict[str, Any], open_alerts: list[dict[str, Any]],
+                 now: datetime) -> list[str]:
+    """What each configured target waits for (its warm-ups one per line when the summary
+    names only the first), then the open alerts, newest first."""
     lines = []
     if states:
         lines.append("state per target")
         width = max(len(safe_text(name)) for name in states)
         for name, state in states.items():
             lines.append(f"  {safe_text(name).ljust(width)}  {state['summary']}")
-            lines += [f"  {'':{width}}    {w['baseline']}: {w['seen']} of {w['needed']} probes"
-                      for w in state["warmups"]]
+            if len(state["warmups"]) > 1:
+                lines += [f"  {'':{width}}    {w['baseline']}: {w['seen']} of {w['needed']} "
+                          "probes" for w in state["warmups"]]
     lines.append(f"open alerts     {len(open_alerts) or 'none'}")
     for a in open_alerts:
         lines.append(f"  #{a['id']}  {a['severity']:<8} {safe_text(a['target'])}  {a['kind']} "
-                     f"{safe_text(a['key'], 40)}  opened {a['opened_at']}")
+                     f"{safe_text(a['key'], 40)}  opened {when(a['opened_at'], now)}")
         lines.append(f"      {safe_text(a['explanation'], 200)}")
     return lines
 
