@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,11 +20,18 @@ from sqlalchemy.orm import Session, aliased
 
 from monitor import probe
 from monitor.cli.replay import export_command, import_command
+from monitor.health import build_report
 from monitor.probe import providers
 from monitor.replay.send import replay_probe
 from monitor.sim import SimClient
 from monitor.store import codec, db, transfer
-from monitor.store.models import ProbeRow, RequestPayloadRow, TargetConfigRow, TargetRow
+from monitor.store.models import (
+    CheckResultRow,
+    ProbeRow,
+    RequestPayloadRow,
+    TargetConfigRow,
+    TargetRow,
+)
 from monitor.store.records import Recorder
 from tests.conftest import MakeSettings, empty_postgres
 from tests.test_replay import store_probes, target
@@ -193,3 +201,90 @@ def test_the_commands_move_probes_between_databases(
     assert imported.output.strip() == "imported 3 probes, skipped 0 already stored"
     again = runner.invoke(import_command, [str(path), "--database", other_url])
     assert again.output.strip() == "imported 0 probes, skipped 3 already stored"
+
+
+def a_checked_history(sim: SimClient, make_settings: MakeSettings, engine: Engine) -> None:
+    """Two answers that pass one check and fail another, and a failed probe (not applicable)."""
+    settings = make_settings({"name": "checked", "checks": [
+        {"content_regex": "."}, {"content_equals": "no such answer"}, {"finish_reason": "stop"}]})
+    store_probes(engine, target(settings, "checked"), 2)
+    sim.enqueue({"fault": "http_503"})
+    store_probes(engine, target(settings, "checked"))
+
+
+def check_rows(engine: Engine) -> set[tuple[Any, ...]]:
+    """Every check_results row, with the probe's uid and the target's name for their ids."""
+    query = (select(ProbeRow.uid, TargetRow.name, CheckResultRow.check_name,
+                    CheckResultRow.outcome, CheckResultRow.reason, CheckResultRow.started_at,
+                    CheckResultRow.model, CheckResultRow.system_fingerprint)
+             .join(ProbeRow, ProbeRow.id == CheckResultRow.probe_id)
+             .join(TargetRow, TargetRow.id == CheckResultRow.target_id))
+    with engine.connect() as connection:
+        return {tuple(row) for row in connection.execute(query)}
+
+
+def report_checks(engine: Engine) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    report = build_report(engine, now - timedelta(hours=1), now + timedelta(minutes=1), None, now)
+    return {t["target"]: t["checks"] for t in report["targets"]}
+
+
+def test_export_then_import_carries_every_check_outcome(
+    sim: SimClient, make_settings: MakeSettings, engine: Engine, other_url: str
+) -> None:
+    a_checked_history(sim, make_settings, engine)
+    before = check_rows(engine)
+    assert Counter(row[3] for row in before) == {"pass": 4, "fail": 2, "not_applicable": 3}
+    assert all(row[4] for row in before if row[3] == "fail")
+    out = io.StringIO()
+    assert transfer.export(engine, out) == 3
+
+    other = db.open_store(other_url)
+    try:
+        summary = transfer.import_lines(other, io.StringIO(out.getvalue()), "export.jsonl")
+        assert summary.inserted == 3
+        assert check_rows(other) == before
+        assert report_checks(other) == report_checks(engine)
+        assert report_checks(other)["checked"]
+
+        again = transfer.import_lines(other, io.StringIO(out.getvalue()), "export.jsonl")
+        assert again.skipped == 3
+        assert check_rows(other) == before
+    finally:
+        other.dispose()
+
+
+def test_an_export_from_before_checks_were_exported_imports_without_outcomes(
+    sim: SimClient, make_settings: MakeSettings, engine: Engine, other_url: str
+) -> None:
+    a_checked_history(sim, make_settings, engine)
+    out = io.StringIO()
+    transfer.export(engine, out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    for record in records:
+        record.pop("checks", None)
+
+    other = db.open_store(other_url)
+    try:
+        summary = transfer.import_lines(other, [json.dumps(r) for r in records], "old.jsonl")
+        assert summary.inserted == 3
+        assert snapshot(other) == snapshot(engine)
+        assert check_rows(other) == set()
+    finally:
+        other.dispose()
+
+
+def test_a_check_that_cannot_be_stored_is_refused_with_its_line(
+    sim: SimClient, make_settings: MakeSettings, engine: Engine
+) -> None:
+    a_checked_history(sim, make_settings, engine)
+    out = io.StringIO()
+    transfer.export(engine, out)
+    lines = out.getvalue().splitlines()
+    number, probe_line = next((n, line) for n, line in enumerate(lines, start=1)
+                              if json.loads(line)["kind"] == "probe")
+    record = json.loads(probe_line)
+    record["checks"][0]["outcome"] = "maybe"
+    lines[number - 1] = json.dumps(record)
+    with pytest.raises(transfer.TransferError, match=f"f.jsonl:{number}: unreadable probe"):
+        transfer.import_lines(engine, lines, "f.jsonl")

@@ -30,6 +30,11 @@ def insert(connection: Connection, stored: Sequence[tuple[ProbeResult, int, int]
          "system_fingerprint": result.system_fingerprint}
         for result, probe_id, target_id in stored for check in result.checks
     ]
+    insert_rows(connection, rows)
+
+
+def insert_rows(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """check_results rows as they are (`monitor import`), keeping outcomes already stored."""
     if not rows:
         return
     dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
@@ -43,7 +48,7 @@ def insert_by_uid(connection: Connection, stored: Sequence[tuple[ProbeResult, in
     if not checked:
         return
     ids = dict(connection.execute(select(ProbeRow.uid, ProbeRow.id).where(
-        ProbeRow.uid.in_([result.uid for result, _ in checked]))).tuples().all())
+        ProbeRow.uid.in_([result.uid for result, _ in checked]))).all())
     insert(connection, [(result, ids[result.uid], target_id) for result, target_id in checked])
 
 
@@ -57,7 +62,7 @@ def of_probes(connection: Connection, probe_ids: Iterable[int]
     query = (select(CheckResultRow.probe_id, CheckResultRow.check_name, CheckResultRow.outcome,
                     CheckResultRow.reason)
              .where(CheckResultRow.probe_id.in_(wanted))
-             .order_by(CheckResultRow.probe_id))
+             .order_by(CheckResultRow.probe_id, CheckResultRow.check_name))
     for probe_id, name, outcome, reason in connection.execute(query):
         found.setdefault(probe_id, []).append(CheckResult(name, CheckOutcome(outcome), reason))
     return {probe_id: tuple(results) for probe_id, results in found.items()}

@@ -4,18 +4,24 @@ The file holds a header line, then the probes in id order. Before a probe's line
 target, configuration and request payload it refers to, each written once, before its first
 use:
 
-    {"kind": "monitor-export", "version": 1, "schema": "0006", "exported_at": "..."}
+    {"kind": "monitor-export", "version": 1, "schema": "0010", "exported_at": "..."}
     {"kind": "target", "name": "canary", "created_at": "..."}
     {"kind": "config", "target": "canary", "config_hash": "...", "config": {...}, "first_seen_at": "..."}
     {"kind": "payload", "sha256": "...", "payload": {...}}
-    {"kind": "probe", "uid": "...", "target": "canary", "config_hash": "...",
-     "request_sha256": "...", "replay_of_uid": null, ...every other column...,
-     "response_headers": {...}, "raw_response": "..."}      (or "raw_response_base64")
+    {"kind": "probe", "target": "canary", "config_hash": "...", "request_sha256": "...",
+     "replay_of_uid": null, "uid": "...", ...every other column...,
+     "response_headers": {...}, "raw_response": "...",      (or "raw_response_base64")
+     "checks": [{"check": "content_equals", "outcome": "fail", "reason": "..."}, ...]}
+
+"schema" is the exporting monitor's migration head. A probe's "checks" are its check_results
+rows, in check name order (their target, time, model and fingerprint are the probe's own); a
+file exported before checks were has none, and its probes import without outcomes.
 
 Row ids are not exported. References go by target name, config hash, payload sha256 and probe
 uid, so a file imports into any database. Import is idempotent by probe uid: a probe already
-there is skipped, untouched. Export then import reproduces every column. The compressed body and
-headers are re-encoded from the exported bytes, and decode to the same bytes.
+there is skipped, untouched, checks and all. Export then import reproduces every column and
+every check outcome. The compressed body and headers are re-encoded from the exported bytes, and
+decode to the same bytes.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 
+from monitor.domain import CheckOutcome, CheckResult
 from monitor.errors import MonitorError
-from monitor.store import codec
+from monitor.store import check_results, codec
 from monitor.store.db import head_revision
 from monitor.store.models import (
     ProbeRow,
@@ -57,7 +64,7 @@ _COLUMNS = [c for c in ProbeRow.__table__.columns if c.key not in _NOT_EXPORTED]
 _TIMES = {c.key for c in _COLUMNS if isinstance(c.type, UtcDateTime)}
 _REQUIRED = {c.key for c in _COLUMNS if not c.nullable}
 _REFERENCES = {"kind", "target", "config_hash", "request_sha256", "replay_of_uid",
-               "response_headers", "raw_response", "raw_response_base64"}
+               "response_headers", "raw_response", "raw_response_base64", "checks"}
 
 
 class TransferError(MonitorError):
@@ -90,7 +97,7 @@ def export(engine: Engine, out: IO[str], target: str | None = None,
     refer to; returns how many probes were written."""
     original = aliased(ProbeRow)
     query = (
-        select(*_COLUMNS, ProbeRow.response_headers_zlib, ProbeRow.raw_response_zlib,
+        select(*_COLUMNS, ProbeRow.id.label("probe_id"), ProbeRow.response_headers_zlib, ProbeRow.raw_response_zlib,
                ProbeRow.target_config_id, ProbeRow.request_payload_id,
                TargetRow.name.label("target_name"), TargetRow.created_at.label("target_created_at"),
                RequestPayloadRow.sha256.label("request_sha256"),
@@ -114,23 +121,33 @@ def export(engine: Engine, out: IO[str], target: str | None = None,
     written = 0
     with engine.connect() as connection:
         rows = connection.execution_options(yield_per=BATCH).execute(query)
-        for row in rows:
-            if row.target_name not in targets:
-                targets.add(row.target_name)
-                out.write(_line({"kind": "target", "name": row.target_name,
-                                 "created_at": _time(row.target_created_at)}))
-            if row.target_config_id not in configs:
-                configs[row.target_config_id] = _write_config(
-                    connection, out, row.target_name, row.target_config_id)
-            if row.request_payload_id not in payloads:
-                payloads.add(row.request_payload_id)
-                payload = connection.execute(select(RequestPayloadRow.payload).where(
-                    RequestPayloadRow.id == row.request_payload_id)).scalar_one()
-                out.write(_line({"kind": "payload", "sha256": row.request_sha256,
-                                 "payload": payload}))
-            out.write(_line(_probe_record(row, configs[row.target_config_id])))
-            written += 1
+        for batch in rows.partitions():
+            # One query per batch for the checks, not one per probe.
+            checks = check_results.of_probes(connection, [row.probe_id for row in batch])
+            for row in batch:
+                _write_references(connection, out, row, targets, configs, payloads)
+                out.write(_line(_probe_record(row, configs[row.target_config_id],
+                                              checks.get(row.probe_id, ()))))
+                written += 1
     return written
+
+
+def _write_references(connection: Connection, out: IO[str], row: Any, targets: set[str],
+                      configs: dict[int, str], payloads: set[int]) -> None:
+    """The target, configuration and payload of `row` not yet written (noted in the sets)."""
+    if row.target_name not in targets:
+        targets.add(row.target_name)
+        out.write(_line({"kind": "target", "name": row.target_name,
+                         "created_at": _time(row.target_created_at)}))
+    if row.target_config_id not in configs:
+        configs[row.target_config_id] = _write_config(
+            connection, out, row.target_name, row.target_config_id)
+    if row.request_payload_id not in payloads:
+        payloads.add(row.request_payload_id)
+        payload = connection.execute(select(RequestPayloadRow.payload).where(
+            RequestPayloadRow.id == row.request_payload_id)).scalar_one()
+        out.write(_line({"kind": "payload", "sha256": row.request_sha256,
+                         "payload": payload}))
 
 
 def _write_config(connection: Connection, out: IO[str], target: str, config_id: int) -> str:
@@ -142,7 +159,8 @@ def _write_config(connection: Connection, out: IO[str], target: str, config_id: 
     return str(config.config_hash)
 
 
-def _probe_record(row: Any, config_hash: str) -> dict[str, Any]:
+def _probe_record(row: Any, config_hash: str,
+                  checks: Iterable[CheckResult]) -> dict[str, Any]:
     record: dict[str, Any] = {"kind": "probe", "target": row.target_name,
                               "config_hash": config_hash, "request_sha256": row.request_sha256,
                               "replay_of_uid": row.replay_of_uid}
@@ -155,6 +173,8 @@ def _probe_record(row: Any, config_hash: str) -> dict[str, Any]:
         record["raw_response"] = body.decode("utf-8")
     except UnicodeDecodeError:
         record["raw_response_base64"] = base64.b64encode(body).decode("ascii")
+    record["checks"] = [{"check": c.check, "outcome": c.outcome.value, "reason": c.reason}
+                        for c in checks]
     return record
 
 
@@ -193,6 +213,7 @@ class _Importer:
         self.configs: dict[tuple[str, str], int] = {}
         self.payloads: dict[str, int] = {}
         self.rows: list[dict[str, Any]] = []
+        self.checks: dict[str, list[dict[str, Any]]] = {}  # uid -> its check_results rows
         self.links: dict[str, str] = {}  # uid -> the original's uid
         self.probes = self.inserted = self.unlinked = 0
 
@@ -230,7 +251,9 @@ class _Importer:
                     connection, RequestPayloadRow, {"sha256": digest},
                     {"payload": record["payload"]})
             elif kind == "probe":
-                self.rows.append(self._probe_row(connection, record, line))
+                row = self._probe_row(connection, record, line)
+                self.rows.append(row)
+                self.checks[row["uid"]] = _check_rows(record.get("checks", []), row)
                 if record.get("replay_of_uid") is not None:
                     self.links[record["uid"]] = record["replay_of_uid"]
                 self.probes += 1
@@ -299,8 +322,13 @@ class _Importer:
         insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
         statement = insert(ProbeRow).on_conflict_do_nothing(index_elements=["uid"])
         # RETURNING, not rowcount: psycopg 3 reports -1 for an INSERT ... ON CONFLICT here.
-        inserted = set(connection.execute(statement.returning(ProbeRow.uid), self.rows).scalars())
+        inserted = dict(connection.execute(
+            statement.returning(ProbeRow.uid, ProbeRow.id), self.rows).all())
         self.inserted += len(inserted)
+        # Only the new probes' checks: a probe already stored keeps the outcomes it has.
+        check_results.insert_rows(connection, [
+            {**check, "probe_id": probe_id} for uid, probe_id in inserted.items()
+            for check in self.checks[uid]])
         links = {uid: original for uid, original in self.links.items() if uid in inserted}
         if links:
             ids = dict(connection.execute(select(ProbeRow.uid, ProbeRow.id).where(
@@ -314,7 +342,25 @@ class _Importer:
                     update(_PROBES).where(_PROBES.c.uid == bindparam("link_uid"))
                     .values(replay_of=bindparam("link_id")), updates)
         self.rows = []
+        self.checks = {}
         self.links = {}
+
+
+def _check_rows(checks: Any, probe: dict[str, Any]) -> list[dict[str, Any]]:
+    """A probe record's "checks" as check_results rows, but for the probe's id."""
+    if not isinstance(checks, list):
+        raise TypeError("checks is not a list")
+    rows = []
+    for check in checks:
+        if not isinstance(check, dict) or set(check) != {"check", "outcome", "reason"}:
+            raise TypeError('a check is not {"check": ..., "outcome": ..., "reason": ...}')
+        if not isinstance(check["check"], str) or not isinstance(check["reason"], str | None):
+            raise TypeError("a check's name or reason is not a string")
+        rows.append({"check_name": check["check"], "outcome": CheckOutcome(check["outcome"]).value,
+                     "reason": check["reason"], "target_id": probe["target_id"],
+                     "started_at": probe["started_at"], "model": probe["model"],
+                     "system_fingerprint": probe["system_fingerprint"]})
+    return rows
 
 
 def _parse_time(value: Any) -> datetime | None:
