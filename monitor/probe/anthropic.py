@@ -37,6 +37,7 @@ from monitor.probe.completion import (
     _int,
     _load_object,
     _str,
+    parse_leftover,
     storable_text,
 )
 from monitor.probe.headers import count, text
@@ -245,16 +246,7 @@ class MessageStream(StreamAssembler):
     def finish(self) -> Completion:
         """The reassembled message; TRUNCATED_STREAM if it stopped before `message_stop`."""
         leftover, self._buffer = self._buffer, b""
-        if leftover.strip():
-            try:
-                self._event(leftover)
-            except CompletionError as exc:
-                if exc.kind is not ErrorKind.INVALID_JSON:
-                    raise
-                raise CompletionError(
-                    ErrorKind.TRUNCATED_STREAM,
-                    f"stream ended inside event {self.chunks + 1} ({len(leftover)} bytes)",
-                ) from None
+        parse_leftover(leftover, self._event, f"event {self.chunks + 1}")
         if self.chunks == 0:
             raise CompletionError(ErrorKind.INVALID_RESPONSE, "stream carried no events")
         if not self.done:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,18 +276,7 @@ class StreamAssembler:
     def finish(self) -> Completion:
         """The reassembled completion; TRUNCATED_STREAM if the stream stopped before its end."""
         leftover, self._buffer = self._buffer, b""
-        if leftover.strip():
-            # A last event without its blank line still counts (some servers omit it); one that
-            # does not parse was cut off in transit.
-            try:
-                self._event(leftover)
-            except CompletionError as exc:
-                if exc.kind is not ErrorKind.INVALID_JSON:
-                    raise
-                raise CompletionError(
-                    ErrorKind.TRUNCATED_STREAM,
-                    f"stream ended inside chunk {self.chunks + 1} ({len(leftover)} bytes)",
-                ) from None
+        parse_leftover(leftover, self._event, f"chunk {self.chunks + 1}")
         finished = bool(self._choices) and all(
             p.finish_reason is not None for p in self._choices.values()
         )
@@ -315,6 +305,21 @@ class StreamAssembler:
             for index, parts in sorted(self._choices.items())
         )
         return _completion(self._fields, choices, self._usage, self.chunks)
+
+
+def parse_leftover(leftover: bytes, parse: Callable[[bytes], None], where: str) -> None:
+    """The bytes after a stream's last blank line. A last event without its blank line still
+    counts (some servers omit it); one that does not parse was cut off in transit."""
+    if not leftover.strip():
+        return
+    try:
+        parse(leftover)
+    except CompletionError as exc:
+        if exc.kind is not ErrorKind.INVALID_JSON:
+            raise
+        raise CompletionError(
+            ErrorKind.TRUNCATED_STREAM, f"stream ended inside {where} ({len(leftover)} bytes)",
+        ) from None
 
 
 def _add_tool_pieces(parts: _ChoiceParts, calls: object) -> None:

@@ -19,7 +19,7 @@ from monitor.sim import anthropic_wire as wire
 from monitor.sim import canary, faults, responses
 from monitor.sim.responses import Action, Event, Reply, Stream
 from monitor.sim.scenario import Override, Scenario
-from monitor.sim.state import Budget, State, Ticket
+from monitor.sim.state import Budget, State, Ticket, answer_delay
 
 PATH = "/v1/messages"
 _NO_OVERRIDE = Override()
@@ -138,13 +138,7 @@ def _complete(state: State, ticket: Ticket, request_id: str,
         return _rate_limited(ticket, request_id, budget), faults.RATE_LIMITED
 
     latency = scenario.latency
-    factor = latency.factor(ticket.elapsed_s)
-    base_ms = latency.ttft_ms if request.stream and latency.ttft_ms is not None else latency.base_ms
-    delay_ms = max(0.0, base_ms + jitter_ms) * factor
-    if override.latency_ms is not None:
-        delay_ms = override.latency_ms
-    if fault == faults.SLOW:
-        delay_ms += 1000
+    delay_ms, factor = answer_delay(ticket, request.stream, jitter_ms, override, fault)
     content_type = "text/plain; charset=utf-8" if fault == faults.WRONG_CONTENT_TYPE else None
     truncated = fault in (faults.TRUNCATED_BODY, faults.TRUNCATED_STREAM)
     if request.stream:

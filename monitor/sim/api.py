@@ -18,7 +18,7 @@ from monitor.sim import canary, faults, responses
 from monitor.sim.request import ChatRequest, InvalidRequest, parse_request
 from monitor.sim.responses import JSON, Action, Answer, Choice, Event, Reply, Stream
 from monitor.sim.scenario import Override, Scenario
-from monitor.sim.state import Budget, State, Ticket
+from monitor.sim.state import Budget, State, Ticket, answer_delay
 
 _CHAT_PATH = "/v1/chat/completions"
 _MODELS_PATH = "/v1/models"
@@ -189,13 +189,7 @@ def _complete(state: State, route: _Route, request: ChatRequest) -> tuple[Action
         return _rate_limited(route, budget, request.model), faults.RATE_LIMITED
 
     latency = scenario.latency
-    factor = latency.factor(ticket.elapsed_s)
-    base_ms = latency.ttft_ms if request.stream and latency.ttft_ms is not None else latency.base_ms
-    delay_ms = max(0.0, base_ms + jitter_ms) * factor
-    if override.latency_ms is not None:
-        delay_ms = override.latency_ms
-    if fault == faults.SLOW:
-        delay_ms += 1000
+    delay_ms, factor = answer_delay(ticket, request.stream, jitter_ms, override, fault)
     content_type = "text/plain; charset=utf-8" if fault == faults.WRONG_CONTENT_TYPE else None
     truncated = fault in (faults.TRUNCATED_BODY, faults.TRUNCATED_STREAM)
 

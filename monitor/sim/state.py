@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.sim import faults
 from monitor.sim.scenario import Override, Scenario
 
 
@@ -26,6 +27,22 @@ class Ticket:
     scenario: Scenario  # a snapshot: an update mid-request does not tear the answer
     now: float  # the clock at arrival, unix seconds
     elapsed_s: float  # since start or the last reset; drives slow periods and rotation
+
+
+def answer_delay(ticket: Ticket, stream: bool, jitter_ms: float, override: Override,
+                 fault: str | None) -> tuple[float, float]:
+    """(ms before the answer, or before a stream's first token; the slowdown factor the
+    per-token time is multiplied by): the scenario's latency at the ticket's moment, unless the
+    request's override sets it, plus a second for the `slow` fault. Both APIs answer so."""
+    latency = ticket.scenario.latency
+    factor = latency.factor(ticket.elapsed_s)
+    base_ms = latency.ttft_ms if stream and latency.ttft_ms is not None else latency.base_ms
+    delay_ms = max(0.0, base_ms + jitter_ms) * factor
+    if override.latency_ms is not None:
+        delay_ms = override.latency_ms
+    if fault == faults.SLOW:
+        delay_ms += 1000
+    return delay_ms, factor
 
 
 @dataclass(frozen=True)
