@@ -5,9 +5,10 @@ message, checking a URL, and one attempt at sending it.
   (`tgram://BOT_TOKEN/CHAT`). It is shown only as `describe(url)`, `scheme://host/…` when the
   host looks like a DNS name or an address and `scheme://…` otherwise.
 - Apprise reports a failure by returning False and logging why through its `apprise` logger,
-  URL and all. While monitor calls Apprise (`_captured`), that logger's records are kept from
-  every handler and their warnings become the attempt's error text, with every part of the URL
-  removed (`redact`): a failure is recorded and retried like a webhook's, never silent.
+  URL and all. While monitor calls Apprise (`_captured`), that logger's records (and urllib3's,
+  which name the request's path) are kept from every handler, and their warnings become the
+  attempt's error text with every part of the URL removed (`redact`): a failure is recorded
+  and retried like a webhook's, never silent.
 - Apprise cannot tell a refusal that will last from one that will not, so every failure is
   retried with backoff until the notification is given up (`give_up_after`).
 - One `apprise.Apprise` per channel, built on first use: a plugin keeps its connection state
@@ -24,7 +25,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from monitor.alerts.notifiers import DeliveryOutcome, Notification, iso
 from monitor.domain import AlertState, Severity
@@ -101,7 +102,7 @@ def describe(url: str) -> str:
 
 
 def _secret_parts(url: str) -> list[str]:
-    """Every piece of `url` that may be a secret, longest first, decoded forms too."""
+    """Every piece of `url` that may be a secret, longest first, decoded and encoded too."""
     pieces = {url}
     scheme, _, rest = url.partition("://")
     netloc, _, tail = rest.partition("/")
@@ -118,7 +119,7 @@ def _secret_parts(url: str) -> list[str]:
     pieces.update(path.split("/"))
     pieces.update(part.partition("=")[2] for part in re.split(r"[&;]", query))
     pieces.update((fragment, path_fragment))
-    pieces |= {unquote(p) for p in pieces}
+    pieces |= {unquote(p) for p in pieces} | {quote(p, safe="") for p in pieces}
     pieces.discard(scheme)
     # Shorter than 3 characters is no secret worth the words it would take out of a message.
     return sorted((p for p in pieces if len(p) >= 3), key=len, reverse=True)
@@ -126,12 +127,18 @@ def _secret_parts(url: str) -> list[str]:
 
 def redact(text: str, url: str) -> str:
     """`text` with the URL and every part of it that may be a secret replaced by "…"."""
+    # The URL in any form, Apprise's own "privacy" one included (it keeps a secret's first and
+    # last characters: `json://user:p...s@host`).
+    scheme = url.partition("://")[0]
+    if scheme:
+        text = re.sub(rf"(?i)(?<![A-Za-z0-9+.-]){re.escape(scheme)}://[^\s'\"<>]*[^\s'\"<>.,;:)]",
+                      "…", text)
     for piece in _secret_parts(url):
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", "…", text)
     return text
 
 
-# While set, records of the `apprise` logger go here instead of to any handler.
+# While set, records of _LOGGERS go here instead of to any handler.
 _CAPTURE: contextvars.ContextVar[list[logging.LogRecord] | None] = contextvars.ContextVar(
     "monitor_apprise_capture", default=None)
 
@@ -144,13 +151,18 @@ def _keep_from_handlers(record: logging.LogRecord) -> bool:
     return False
 
 
+# Apprise's own logger, and urllib3's, which logs each request's path at DEBUG.
+_LOGGERS: Final = ("apprise", "urllib3.connectionpool")
+
+
 @contextmanager
 def _captured() -> Iterator[list[logging.LogRecord]]:
-    """Apprise's log records in this context (a context variable: Apprise's own worker
-    threads copy it), withheld from every handler: their text holds the URL."""
-    logger = logging.getLogger("apprise")
-    if _keep_from_handlers not in logger.filters:
-        logger.addFilter(_keep_from_handlers)
+    """The log records of Apprise's calls in this context (a context variable: Apprise's own
+    worker threads copy it), withheld from every handler: their text holds the URL."""
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if _keep_from_handlers not in logger.filters:
+            logger.addFilter(_keep_from_handlers)
     records: list[logging.LogRecord] = []
     token = _CAPTURE.set(records)
     try:
