@@ -35,7 +35,8 @@ def _since(value: str | None) -> datetime | None:
 @click.pass_context
 def alerts_command(ctx: click.Context, open_only: bool, target: str | None, since: str | None,
                    as_json: bool, config_path: str | None) -> None:
-    """List alerts, newest first: what changed, before and after, and why."""
+    """List alerts, newest first: what changed, before and after, and why
+    (`monitor alerts test`: try the notification channels)."""
     if ctx.invoked_subcommand is not None:
         return
     from monitor.render import text
@@ -53,8 +54,10 @@ def alerts_command(ctx: click.Context, open_only: bool, target: str | None, sinc
 @config_option
 @click.pass_context
 def alerts_test_command(ctx: click.Context, channel: str | None, config_path: str | None) -> None:
-    """Send a test notification to every channel (or CHANNEL: an id as shown, or a kind:
-    log, webhook, slack, apprise) and print each outcome; exit 1 if any failed."""
+    """Send a test notification to each channel and print how it went.
+
+    Every channel, or CHANNEL: an id as `monitor config check` shows it (or its unambiguous
+    start), or a kind (log, webhook, slack, apprise). Exits 1 if any failed."""
     from monitor.alerts.channels import configured, destination, select, send_test
 
     parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
