@@ -1,16 +1,21 @@
 """Alert settings and maintenance windows: plain data read from the [alerts] section.
 
-Immutable and dependency-free (like domain.py, which imports AlertSettings from here for
-Settings), so config, the alert layer and the daemon share them without importing each other.
+Immutable and dependency-free but for the Secret wrapper (like domain.py, which imports
+AlertSettings from here for Settings), so config, the alert layer and the daemon share them
+without importing each other.
 Maintenance windows are read by monitor/alerts/maintenance.py, which says how they follow time
 zones and daylight saving time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import re
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+from monitor.secrets import Secret
 
 
 @dataclass(frozen=True)
@@ -71,13 +76,51 @@ class MaintenanceWindow:
         return not self.targets or target in self.targets
 
 
+SEVERITIES = ("info", "warning", "critical")  # domain.Severity's values, lowest first
+CHANNEL_KINDS = ("webhook", "slack", "apprise")
+_SCHEMA = re.compile(r"[a-z][a-z0-9+]{0,19}")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One configured destination besides the log, and which notifications it takes.
+
+    The URL is a secret (Slack's and most Apprise URLs carry a token or a password): it is
+    held in a Secret and known everywhere else by `id`, which is stored and shown instead."""
+
+    kind: str  # one of CHANNEL_KINDS, or "log" (always there, URL empty)
+    url: Secret
+    min_severity: str = "info"  # it takes alerts of this severity and above
+    kinds: tuple[str, ...] = ()  # the drift kinds it takes; empty: every kind
+    origin: str = ""  # where it was configured: 'alerts.apprise[0] (APPRISE_URLS)'
+
+    @property
+    def id(self) -> str:
+        """'webhook:<hash>', 'slack:<hash>' or 'apprise:<schema>:<hash>', the hash a sha256
+        prefix of the URL: stable across restarts and config reordering, useless to a reader;
+        'log' for the log."""
+        if self.kind == "log":
+            return "log"
+        digest = hashlib.sha256(self.url.value.encode()).hexdigest()[:16]
+        if self.kind != "apprise":
+            return f"{self.kind}:{digest}"
+        schema = self.url.value.partition("://")[0].lower()
+        return f"apprise:{schema if _SCHEMA.fullmatch(schema) else 'url'}:{digest}"
+
+    def takes(self, kind: str, severity: str) -> bool:
+        """Whether an alert of this drift kind and severity goes to this channel."""
+        return ((not self.kinds or kind in self.kinds)
+                and SEVERITIES.index(severity) >= SEVERITIES.index(self.min_severity))
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """The [alerts] section: how conditions become alerts and where notifications go."""
 
-    # URLs are secrets (Slack's carry a token): kept out of repr, shown only redacted.
-    webhooks: tuple[str, ...] = field(default=(), repr=False)
-    slack_webhooks: tuple[str, ...] = field(default=(), repr=False)
+    # Where notifications go besides the log (their URLs print as Secret('****')).
+    webhooks: tuple[Channel, ...] = ()
+    slack_webhooks: tuple[Channel, ...] = ()
+    apprise: tuple[Channel, ...] = ()
     # A condition opens an alert once it has held for this many probes in a row, and the
     # alert resolves once it has been clear for `resolve_after` probes in a row.
     open_after: int = 1

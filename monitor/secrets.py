@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class Secret:
-    """Holds a secret string; prints as `Secret('****')`. Only probe/providers.py reads `.value`."""
+    """Holds a secret string; prints as `Secret('****')`. `.value` is read only to send: an API key
+    by probe/providers.py, a notification URL by alerts/channels.py (and hashed into its id)."""
 
     __slots__ = ("_value",)
 

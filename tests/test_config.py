@@ -979,8 +979,9 @@ def test_alerts_section_with_webhooks_from_the_environment_keeps_urls_out_of_rep
         environ={**ENV, "SLACK_URL": secret},
     )
     alerts = settings.alerts
-    assert alerts.webhooks == ("https://hooks.example.com/monitor",)
-    assert alerts.slack_webhooks == (secret,)
+    assert [c.url.value for c in alerts.webhooks] == ["https://hooks.example.com/monitor"]
+    assert [(c.url.value, c.origin) for c in alerts.slack_webhooks] == [
+        (secret, "alerts.slack_webhooks[0] (SLACK_URL)")]
     assert (alerts.open_after, alerts.resolve_after) == (2, 3)
     assert (alerts.cooldown_ms, alerts.remind_every_ms, alerts.group_wait_ms) == (
         300_000, 14_400_000, 10_000)

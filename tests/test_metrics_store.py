@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select
 
-from monitor.alerts.dispatch import channels
+from monitor.alerts.channels import configured
 from monitor.cli import cli
 from monitor.daemon import Daemon
 from monitor.domain import Settings
@@ -154,7 +154,7 @@ def test_open_alerts_by_kind_failed_deliveries_and_a_body_promtool_accepts(
     assert opened == {(("kind", "fingerprint"), ("severity", "warning"), ("target", "a")): 1}
     # Zeros for every kind and severity a detector can raise, per target: 9, not 7 x 3.
     assert len(alerts) == 2 * 9
-    webhook = next(channel for channel in channels(settings.alerts) if channel != "log")
+    webhook = next(channel for channel in configured(settings.alerts) if channel != "log")
     assert samples(body, "monitor_notifications_failed") == {
         ("monitor_notifications_failed_total", (("channel", "log"),)): 0,
         ("monitor_notifications_failed_total", (("channel", webhook),)): 1}

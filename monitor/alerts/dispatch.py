@@ -6,43 +6,34 @@ One pass (`Dispatcher.run`) does, in order:
 2. queue reminders for alerts open and unacknowledged for `remind_every`;
 3. group pending changes: all changes of one kind and direction ("availability opened") that
    arrived within `group_wait` become one notification naming every target; a 'resolved' also
-   waits out the cooldown (flap damping, see engine.py);
+   waits out the cooldown (flap damping, see engine.py). Each channel gets a delivery of the
+   alerts its routing takes (`min_severity`, `kinds`; channels.py), or none;
 4. deliver due deliveries. Each is claimed with a short lease first, so several daemons on one
-   PostgreSQL never send the same one at once; a 2xx marks it delivered. A crash between the
-   receiver's 2xx and that mark re-sends it after the lease: receivers dedupe on the
-   `Idempotency-Key` header, which is the notification's id on every attempt.
+   PostgreSQL never send the same one at once; a 2xx (for Apprise, notify() returning True)
+   marks it delivered. A crash between the receiver's 2xx and that mark re-sends it after the
+   lease: webhook receivers dedupe on the `Idempotency-Key` header, which is the
+   notification's id on every attempt; Apprise's services have no such header, so that crash
+   is the one case where an Apprise notification can arrive twice.
 
 Runs on its own scheduler thread: a slow or failing receiver never delays a probe.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import requests
 from sqlalchemy import Connection, Engine, and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from monitor.alerting import AlertSettings
+from monitor.alerting import AlertSettings, Channel
 from monitor.alerts import engine as alert_engine
 from monitor.alerts import lifecycle
+from monitor.alerts.channels import Sender, configured, destination, render, routed
 from monitor.alerts.maintenance import active_window
-from monitor.alerts.notifiers import (
-    AlertSummary,
-    Notification,
-    deliver,
-    log_line,
-    redact_url,
-    retry_delay_s,
-    slack_payload,
-    webhook_payload,
-)
+from monitor.alerts.notifiers import AlertSummary, Notification, retry_delay_s
 from monitor.domain import (
     AlertChange,
     AlertState,
@@ -61,35 +52,17 @@ from monitor.store.models import (
 
 log = logging.getLogger("monitor")
 
-# A receiver gets this long to answer one POST.
-DELIVERY_TIMEOUT_S = 10.0
-# An instance owns a delivery this long while sending it (well over the timeout).
+# An instance owns a delivery this long while sending it (well over any timeout).
 LEASE = timedelta(minutes=2)
 # Deliveries attempted per pass; the rest wait for the next pass (one second later).
 BATCH = 50
-
-Render = Callable[[Notification], dict[str, Any]]
-_RENDER: dict[str, Render] = {
-    "log": lambda n: {"line": log_line(n)},
-    "webhook": webhook_payload,
-    "slack": slack_payload,
-}
-
-
-def channels(policy: AlertSettings) -> dict[str, tuple[str, str | None]]:
-    """channel id -> (kind, URL). A URL is known by its hash: it is a secret, never stored."""
-    found: dict[str, tuple[str, str | None]] = {"log": ("log", None)}
-    for kind, urls in (("webhook", policy.webhooks), ("slack", policy.slack_webhooks)):
-        for url in urls:
-            found[f"{kind}:{hashlib.sha256(url.encode()).hexdigest()[:16]}"] = (kind, url)
-    return found
 
 
 class Dispatcher:
     def __init__(self, engine: Engine, policy: AlertSettings) -> None:
         self.engine = engine
         self.policy = policy
-        self.session = requests.Session()
+        self.sender = Sender()
 
     def run(self, now: datetime | None = None, *, flush: bool = False) -> int:
         """One pass; returns how many deliveries succeeded. `flush` groups at once (for
@@ -102,7 +75,7 @@ class Dispatcher:
         return self._deliver_due(now)
 
     def close(self) -> None:
-        self.session.close()
+        self.sender.close()
 
     # --- 1. maintenance --------------------------------------------------------------------
 
@@ -182,12 +155,15 @@ class Dispatcher:
             .values(state=OutboxState.GROUPED, notification_id=notification_id))
         connection.execute(update(AlertRow).where(AlertRow.id.in_(list(alerts)))
                            .values(last_notified_at=now))
-        connection.execute(insert(DeliveryRow), [
-            {"notification_id": notification_id, "channel": channel,
-             "destination": "log" if url is None else redact_url(url),
-             "body": _RENDER[kind](notification), "attempts": 0, "next_attempt_at": now}
-            for channel, (kind, url) in channels(self.policy).items()
-        ])
+        # Each channel gets the alerts it takes (its kinds, its severities), or nothing.
+        deliveries = [
+            {"notification_id": notification_id, "channel": channel_id,
+             "destination": destination(channel), "body": render(channel, taken),
+             "attempts": 0, "next_attempt_at": now}
+            for channel_id, channel in configured(self.policy).items()
+            if (taken := routed(channel, notification)) is not None
+        ]
+        connection.execute(insert(DeliveryRow), deliveries)
 
     # --- 4. delivery -------------------------------------------------------------------------
 
@@ -199,7 +175,7 @@ class Dispatcher:
                 select(DeliveryRow.channel).where(DeliveryRow.next_attempt_at.is_not(None))
                 .distinct()
             ).scalars().all()
-        known = channels(self.policy)
+        known = configured(self.policy)
         delivered = 0
         for channel in busy:
             for _ in range(BATCH):
@@ -247,7 +223,7 @@ class Dispatcher:
             return row, uid, created_at
 
     def _attempt(self, claimed: tuple[DeliveryRow, str, datetime],
-                 known: dict[str, tuple[str, str | None]], now: datetime) -> str:
+                 known: dict[str, Channel], now: datetime) -> str:
         """'delivered', 'gave_up' or 'retry'."""
         row, uid, created_at = claimed
         attempts = row.attempts + 1
@@ -259,13 +235,7 @@ class Dispatcher:
                       row.destination, row.attempts, row.last_error)
             self._finish(row.id, row.attempts, now, gave_up=row.last_error or "too old")
             return "gave_up"
-        _, url = known[row.channel]
-        if url is None:
-            log.warning("%s", row.body["line"])
-            self._finish(row.id, attempts, now, delivered=True)
-            return "delivered"
-        outcome = deliver(self.session, url, row.body, idempotency_key=uid,
-                          timeout_s=DELIVERY_TIMEOUT_S)
+        outcome = self.sender.send(known[row.channel], row.body, uid)
         if outcome.ok:
             self._finish(row.id, attempts, now, delivered=True, status=outcome.status)
             return "delivered"
@@ -326,21 +296,22 @@ def notify_now(policy: AlertSettings, events: list[DriftEvent], now: datetime) -
     for event in events:
         groups[(event.opened, event.kind.value)].append(event)
     failures = []
-    with requests.Session() as session:
+    sender = Sender()
+    try:
         for (opened, _), members in groups.items():
             notification = Notification(
                 id=uuid.uuid4().hex, created_at=now,
                 change=AlertChange.OPENED if opened else AlertChange.RESOLVED,
                 alerts=tuple(_event_summary(e) for e in members))
-            for kind, url in channels(policy).values():
-                body = _RENDER[kind](notification)
-                if url is None:
-                    log.warning("%s", body["line"])
+            for channel in configured(policy).values():
+                taken = routed(channel, notification)
+                if taken is None:
                     continue
-                outcome = deliver(session, url, body, idempotency_key=notification.id,
-                                  timeout_s=DELIVERY_TIMEOUT_S)
+                outcome = sender.send(channel, render(channel, taken), notification.id)
                 if not outcome.ok:
-                    failures.append(outcome.error or redact_url(url))
+                    failures.append(outcome.error or destination(channel))
+    finally:
+        sender.close()
     return failures
 
 

@@ -33,7 +33,8 @@ from monitor.render.text import safe_text
 
 WEBHOOK_VERSION: Final = 1
 USER_AGENT: Final = f"monitor/{__version__}"
-CHANGES: Final = tuple(change.value for change in AlertChange)
+# "test" is `monitor alerts test`: a notification about no alert, to try a channel out.
+CHANGES: Final = (*(change.value for change in AlertChange), "test")
 STATES: Final = (AlertState.OPEN.value, AlertState.RESOLVED.value)  # a pending one is never sent
 
 # Backoff: the first retry comes quickly (a blip), later ones spread out under the ceiling so a
@@ -44,7 +45,7 @@ MAX_RETRY_S: Final = 300.0
 MAX_RETRY_AFTER_S: Final = 3600.0
 
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
-_VERB = {"opened": "opened", "resolved": "resolved", "reminder": "still open"}
+_VERB = {"opened": "opened", "resolved": "resolved", "reminder": "still open", "test": "test"}
 
 
 def _require_aware(name: str, value: datetime | None) -> None:
@@ -88,18 +89,21 @@ class Notification:
     def __post_init__(self) -> None:
         if self.change not in CHANGES:
             raise ValueError(f"change must be one of {CHANGES}, got {self.change!r}")
-        if not self.alerts:
+        if not self.alerts and self.change != "test":
             raise ValueError("a notification needs at least one alert")
         _require_aware("created_at", self.created_at)
 
     @property
     def severity(self) -> Severity:
-        """The highest severity among the alerts."""
-        return max((a.severity for a in self.alerts), key=_SEVERITY_RANK.__getitem__)
+        """The highest severity among the alerts (info for a test)."""
+        return max((a.severity for a in self.alerts), key=_SEVERITY_RANK.__getitem__,
+                   default=Severity.INFO)
 
     @property
     def title(self) -> str:
         """A headline: "gpt-4o: latency opened (warning)", "3 targets: availability opened (critical)"."""
+        if self.change == "test":
+            return "monitor: test notification"
         targets = _unique(a.target for a in self.alerts)
         who = targets[0] if len(targets) == 1 else f"{len(targets)} targets"
         kinds = ", ".join(_unique(a.kind.value for a in self.alerts))
@@ -110,7 +114,7 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     """UTC with millisecond precision and a Z: one fixed-width form every parser reads."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -123,7 +127,7 @@ def webhook_payload(n: Notification) -> dict[str, Any]:
     return {
         "version": WEBHOOK_VERSION,
         "id": n.id,
-        "created_at": _iso(n.created_at),
+        "created_at": iso(n.created_at),
         "change": n.change,
         "title": n.title,
         "severity": n.severity.value,
@@ -135,8 +139,8 @@ def webhook_payload(n: Notification) -> dict[str, Any]:
                 "key": a.key,
                 "severity": a.severity.value,
                 "state": a.state,
-                "opened_at": _iso(a.opened_at),
-                "resolved_at": _iso(a.resolved_at) if a.resolved_at is not None else None,
+                "opened_at": iso(a.opened_at),
+                "resolved_at": iso(a.resolved_at) if a.resolved_at is not None else None,
                 "before": a.before,
                 "after": a.after,
                 "explanation": a.explanation,
@@ -211,7 +215,7 @@ def slack_payload(n: Notification) -> dict[str, Any]:
             "elements": [
                 {
                     "type": "mrkdwn",
-                    "text": _slack(f"{n.change} at {_iso(n.created_at)} · id {n.id}", 300),
+                    "text": _slack(f"{n.change} at {iso(n.created_at)} · id {n.id}", 300),
                 }
             ],
         },
@@ -240,7 +244,7 @@ def _log_value(value: Any) -> str:
 
 def log_line(n: Notification) -> str:
     """One line for the log notifier."""
-    count = f"{len(n.alerts)} alert{'s' if len(n.alerts) > 1 else ''}"
+    count = f"{len(n.alerts)} alert{'' if len(n.alerts) == 1 else 's'}"
     parts = [f"notification {_log_value(n.id)} {n.change} {n.severity.value}: {count}"]
     for a in n.alerts[:_LOG_ALERTS]:
         parts.append(

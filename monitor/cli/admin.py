@@ -42,14 +42,16 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved targets as JSON.")
 @config_option
 def config_check(as_json: bool, config_path: str | None) -> None:
-    """Validate the config and show each resolved target, keys masked."""
-    from monitor.render.check import describe, render_check
+    """Validate the config and show each resolved target and notification channel, keys and
+    URLs masked."""
+    from monitor.alerts.channels import summary
+    from monitor.render.check import describe, render_channels, render_check
 
     settings = load(config_path)
     if as_json:
         click.echo(json.dumps(describe(settings), indent=2, ensure_ascii=False))
     else:
-        click.echo(render_check(settings))
+        click.echo(render_check(settings) + "\n\n" + render_channels(summary(settings.alerts)))
 
 
 @click.command("sim")

@@ -1,4 +1,5 @@
-"""`monitor alerts`, `ack`, `fingerprints` and `detect`: what detection found, over the store."""
+"""`monitor alerts`, `ack`, `fingerprints` and `detect`: what detection found, over the store;
+`monitor alerts test`: whether each notification channel works."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 
 from monitor.cli.common import (
     ID,
+    SetupError,
     config_option,
     json_option,
     load,
@@ -24,15 +26,19 @@ def _since(value: str | None) -> datetime | None:
     return moment(value, "--since")
 
 
-@click.command("alerts")
+@click.group("alerts", invoke_without_command=True)
 @click.option("--open", "open_only", is_flag=True, help="Only alerts still open.")
 @click.option("--target", metavar="NAME", help="Only this target.")
 @since_option
 @json_option
 @config_option
-def alerts_command(open_only: bool, target: str | None, since: str | None, as_json: bool,
-                   config_path: str | None) -> None:
-    """List alerts, newest first: what changed, before and after, and why."""
+@click.pass_context
+def alerts_command(ctx: click.Context, open_only: bool, target: str | None, since: str | None,
+                   as_json: bool, config_path: str | None) -> None:
+    """List alerts, newest first: what changed, before and after, and why
+    (`monitor alerts test`: try the notification channels)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from monitor.render import text
     from monitor.store import alert_reads
 
@@ -41,6 +47,37 @@ def alerts_command(open_only: bool, target: str | None, since: str | None, as_js
         alerts = alert_reads.list_alerts(engine, open_only=open_only, target=target,
                                          since=moment(since, "--since", at))
     click.echo(json.dumps(alerts, indent=2) if as_json else text.render_alerts(alerts, at))
+
+
+@alerts_command.command("test")
+@click.argument("channel", required=False)
+@config_option
+@click.pass_context
+def alerts_test_command(ctx: click.Context, channel: str | None, config_path: str | None) -> None:
+    """Send a test notification to each channel and print how it went.
+
+    Every channel, or CHANNEL: an id as `monitor config check` shows it (or its unambiguous
+    start), or a kind (log, webhook, slack, apprise). Exits 1 if any failed."""
+    from monitor.alerts.channels import configured, destination, select, send_test
+
+    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
+    settings = load(config_path or parent)
+    chosen = select(settings.alerts, channel)
+    if not chosen:
+        known = ", ".join(configured(settings.alerts))
+        # A URL given here is not echoed: it is a secret, and output ends up in CI logs.
+        named = "a URL" if "://" in (channel or "") else repr(channel)
+        raise SetupError(f"no channel is named {named}: the configured ones are {known}")
+    outcomes = send_test(chosen, now())
+    width = max(len(key) for key in chosen)
+    for key, outcome in outcomes.items():
+        where = destination(chosen[key])
+        # A failure's error names the destination already (redacted, as everywhere).
+        shown = (f"failed: {outcome.error}" if not outcome.ok
+                 else "ok" if where == "log" else f"ok  {where}")
+        click.echo(f"{key:<{width}}  {shown}")
+    if not all(outcome.ok for outcome in outcomes.values()):
+        ctx.exit(1)
 
 
 @click.command("ack")

@@ -17,15 +17,13 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from monitor import defaults
 from monitor.alerting import AlertSettings
+from monitor.config.alert_channels import CHANNEL_KEYS, resolve_channels
 from monitor.config.checks import (
-    _NOTHING,
-    _array_of,
     _at,
     _Check,
     _database_url,
@@ -45,29 +43,8 @@ from monitor.config.targets import (
 from monitor.domain import Settings
 from monitor.errors import ConfigError, raw
 
-
-def _webhook_url(value: object) -> str:
-    """An http(s) URL, or "env:NAME" to read it from the environment (they carry tokens)."""
-    if isinstance(value, str) and value.startswith("env:"):
-        return value
-    try:
-        parts = urlsplit(value) if isinstance(value, str) else None
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        # The URL may hold a token: show only its shape.
-        got = raw("a string that is not one") if isinstance(value, str) else value
-        raise _Invalid('an http(s) URL or "env:VARIABLE"', got)
-    return value  # type: ignore[return-value]  # checked by urlsplit above
-
-
-_webhook_urls = _array_of(_webhook_url,
-                          'an array of URLs like ["https://hooks.example.com/monitor"]')
-
-
 _ALERT_KEYS: dict[str, _Check] = {
-    "webhooks": _webhook_urls,
-    "slack_webhooks": _webhook_urls,
+    **CHANNEL_KEYS,
     "open_after": _integer(1),
     "resolve_after": _integer(1),
     "cooldown": _duration_ms,
@@ -82,26 +59,14 @@ def _alert_settings(section: dict[str, Any], env: Mapping[str, str],
                     path: str, target_names: list[str]) -> AlertSettings:
     from monitor.alerts.maintenance import parse_windows
 
-    def resolve(key: str) -> tuple[str, ...]:
-        urls = []
-        for index, url in enumerate(section.get(key, ())):
-            if url.startswith("env:"):
-                name = url[4:]
-                if not env.get(name):
-                    raise _Invalid(f"environment variable {name} to be set to a webhook URL",
-                                   _NOTHING, f"alerts.{key}[{index}]")
-                with _at(f"alerts.{key}[{index}] ({name})"):
-                    url = _webhook_url(env[name])
-            urls.append(url)
-        return tuple(urls)
-
     windows = parse_windows(section.get("maintenance", []), path, known_targets=target_names)
     renamed = {"cooldown": "cooldown_ms", "remind_every": "remind_every_ms",
                "group_wait": "group_wait_ms", "give_up_after": "give_up_after_ms"}
     plain = {renamed.get(k, k): v for k, v in section.items()
-             if k not in ("webhooks", "slack_webhooks", "maintenance")}
-    return AlertSettings(webhooks=resolve("webhooks"), slack_webhooks=resolve("slack_webhooks"),
-                         maintenance=windows, **plain)
+             if k not in (*CHANNEL_KEYS, "maintenance")}
+    channels = resolve_channels(section, env)
+    return AlertSettings(webhooks=channels["webhooks"], slack_webhooks=channels["slack_webhooks"],
+                         apprise=channels["apprise"], maintenance=windows, **plain)
 
 
 _DATABASE_KEYS: dict[str, _Check] = {"url": _database_url}

@@ -96,3 +96,16 @@ def render_check(settings: Settings) -> str:
         f"~{tokens:,} tokens/day (estimated)"
     )
     return "\n\n".join(blocks)
+
+
+def render_channels(rows: list[dict[str, str]]) -> str:
+    """The notification channels: id, where it sends (redacted), what it takes, and where it
+    was configured. `rows` come from monitor.alerts.channels.summary(): no URL is in them."""
+    width = max(len(row["channel"]) for row in rows)
+    where = max(len(row["destination"]) for row in rows)
+    lines = ["notifications"]
+    for row in rows:
+        origin = f"  from {row['origin']}" if row["origin"] else ""
+        lines.append(f"  {row['channel']:<{width}}  {row['destination']:<{where}}  takes "
+                     f"{row['takes']}{origin}")
+    return "\n".join(lines)
