@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from monitor import otel
 from monitor.clock import Clock
 from monitor.daemon.prober import Prober
 from monitor.daemon.service import Service
@@ -60,14 +61,18 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
             log.error("%s; probing anyway and spooling to %s until it is back", error,
                       spool.path)
             engine = db.create(settings.database_url)
+        # [otel] is read once, at start: a reload (SIGHUP) keeps the exporter it began with.
+        telemetry = otel.start(settings)
         try:
-            daemon = Daemon(settings, Recorder(engine), spool, clock=clock)
+            daemon = Daemon(settings, Recorder(engine), spool, clock=clock, telemetry=telemetry)
             daemon.register()
             if once:
                 daemon.run_once()
             else:
                 _serve(Service(daemon, reload), web, echo)
         finally:
+            if telemetry is not None:
+                telemetry.shutdown()  # flushes what is queued, within a deadline
             engine.dispose()
     finally:
         if lock is not None:
@@ -83,9 +88,11 @@ def _serve(service: Service, web: WebOptions | None, echo: Callable[[str], None]
 
     engine = service.daemon.recorder.engine
     daemon = service.daemon
+    telemetry = daemon.telemetry
     wsgi = serving.build_app(engine, web.token, lambda: daemon.settings,
                              scheduler_alive=lambda: service.scheduler.running,
-                             clock=daemon.clock)
+                             clock=daemon.clock,
+                             otel_failures=telemetry.failures.snapshot if telemetry else None)
     server = app.WebServer(wsgi, web.host, web.port, allowed_hosts=web.allowed_hosts).start()
     echo(f"listening on {server.url}")
     try:
