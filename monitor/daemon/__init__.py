@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from monitor import otel
 from monitor.clock import Clock
@@ -27,6 +28,9 @@ from monitor.errors import StoreUnavailable
 from monitor.store import db
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
+
+if TYPE_CHECKING:
+    from monitor.otel.export import Telemetry
 
 __all__ = ["Daemon", "Prober", "Service", "WebOptions", "run", "slot_at", "slot_trigger"]
 
@@ -48,6 +52,19 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
         echo: Callable[[str], None] = print) -> None:
     """`monitor run`: probe every target on its schedule until SIGTERM/SIGINT (or one round
     with `once`), through database outages, with the dashboard alongside if `web` says where."""
+    # [otel] is read once, first (a missing extra is said before anything is done); a reload
+    # (SIGHUP) keeps the exporter the daemon began with.
+    telemetry = otel.start(settings)
+    try:
+        _run(settings, spool, once, clock, reload, web, echo, telemetry)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # flushes what is queued, within a deadline
+
+
+def _run(settings: Settings, spool: Spool, once: bool, clock: Clock,
+         reload: Callable[[], Settings], web: WebOptions | None,
+         echo: Callable[[str], None], telemetry: Telemetry | None) -> None:
     # SQLite has no leases that work across processes: one daemon per file.
     lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
         "sqlite") else None
@@ -61,8 +78,6 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
             log.error("%s; probing anyway and spooling to %s until it is back", error,
                       spool.path)
             engine = db.create(settings.database_url)
-        # [otel] is read once, at start: a reload (SIGHUP) keeps the exporter it began with.
-        telemetry = otel.start(settings)
         try:
             daemon = Daemon(settings, Recorder(engine), spool, clock=clock, telemetry=telemetry)
             daemon.register()
@@ -71,8 +86,6 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
             else:
                 _serve(Service(daemon, reload), web, echo)
         finally:
-            if telemetry is not None:
-                telemetry.shutdown()  # flushes what is queued, within a deadline
             engine.dispose()
     finally:
         if lock is not None:

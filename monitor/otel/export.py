@@ -106,30 +106,34 @@ class ExportFailures(logging.Handler):
         self._clock = clock
         self._told_at: float | None = None
         self._untold = 0
-        self._reason = "no reason given"
+        self._reason = ""
         self._lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
+        # The exporters log the cause (a retry's "Transient error ... connection refused")
+        # and then the verdict ("Failed to export ..."): the last two different lines say both.
+        message = record.getMessage()[:200]
         with self._lock:
-            self._reason = record.getMessage()[:300]
+            if not self._reason.endswith(message):
+                self._reason = f"{self._reason.rpartition(' / ')[2]} / {message}"
 
     def failed(self, signal: str, reason: str | None = None) -> None:
         with self._lock:
             self.counts[signal] += 1
             self._untold += 1
             if reason is not None:
-                self._reason = reason[:300]
+                self._reason = reason[:200]
             now = self._clock()
             if self._told_at is not None and now - self._told_at < self._every_s:
                 return
             self._told_at, untold, self._untold = now, self._untold, 0
-            why = self._reason
+            why = self._reason.strip(" /") or "no reason given"
         self._tell(untold, why)
 
     def tell_rest(self) -> None:
         """At shutdown: the failures not logged yet."""
         with self._lock:
-            untold, self._untold, why = self._untold, 0, self._reason
+            untold, self._untold, why = self._untold, 0, self._reason.strip(" /")
         if untold:
             self._tell(untold, why)
 
