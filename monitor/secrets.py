@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class Secret:
-    """Holds a secret string; prints as `Secret('****')`. Only probe/providers.py reads `.value`."""
+    """Holds a secret string; prints as `Secret('****')`. Only probe/providers.py (API keys) and
+    otel/export.py (a collector's headers) read `.value`."""
 
     __slots__ = ("_value",)
 
