@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
@@ -54,6 +54,7 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 # Where the OTLP exporters log each failed batch and retry; monitor says it once a minute.
 _EXPORTER_LOGGER = "opentelemetry.exporter.otlp"
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Raised = Sequence[tuple[str, DriftEvent]]  # (uid of the probe that raised it, event)
 
 
@@ -64,7 +65,8 @@ def probe_ids(uid: str) -> tuple[int, int]:
 
 
 def _ns(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000) * 1000  # microseconds: what a datetime holds
+    """Nanoseconds since the epoch, exactly (a float timestamp would round the microseconds)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 class _ProbeIds(IdGenerator):
@@ -288,7 +290,9 @@ class Telemetry:
     def flush(self, timeout_s: float) -> bool:
         """Send everything recorded so far now (tests, and shutdown)."""
         ms = round(timeout_s * 1000)
-        return bool(self._traces.force_flush(ms)) & bool(self._meters.force_flush(ms))
+        traces = self._traces.force_flush(ms)
+        metrics = self._meters.force_flush(ms)
+        return bool(traces and metrics)
 
     def shutdown(self, deadline_s: float = defaults.OTEL_SHUTDOWN_FLUSH_S) -> None:
         """Flush what is queued and stop, within `deadline_s` however the collector behaves
@@ -304,9 +308,11 @@ class Telemetry:
         stopping = threading.Thread(target=stop, name="monitor-otel-shutdown", daemon=True)
         stopping.start()
         stopping.join(deadline_s)
+        self.failures.tell_rest()
         if stopping.is_alive():
+            # Still retrying: its last lines stay with us rather than reach the log.
             log.warning("OpenTelemetry: the last spans and metrics were not all sent to %s "
                         "within %g s; the rest is dropped (the probes are stored)",
                         self.settings.endpoint, deadline_s)
-        self.failures.tell_rest()
-        self.failures.detach()
+        else:
+            self.failures.detach()
