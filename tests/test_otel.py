@@ -328,6 +328,8 @@ def test_monitor_run_with_an_unreachable_collector_keeps_probing_and_logs_failur
     pytest.param({}, "otel.endpoint", "an OTLP/HTTP endpoint", id="no-endpoint"),
     pytest.param({"endpoint": "127.0.0.1:4318"}, "otel.endpoint", "an http(s) base URL",
                  id="no-scheme"),
+    pytest.param({"endpoint": "http://h:4318/v1/traces"}, "otel.endpoint",
+                 "an http(s) base URL like \"http://127.0.0.1:4318\" (the base", id="signal-path"),
     pytest.param({"endpoint": "http://user:hunter2@host:4318"}, "otel.endpoint",
                  "a URL without user:password@", id="credentials"),
     pytest.param({"endpoint": "http://h:4318", "headers": {"authorization": "env:NOPE"}},

@@ -49,6 +49,9 @@ def _endpoint(value: object) -> str:
                        raw("a URL with credentials"))
     if parts.query or parts.fragment:
         raise _Invalid(expected + " without ?query or #fragment", value)
+    if parts.path.rstrip("/").endswith(("/v1/traces", "/v1/metrics")):
+        raise _Invalid(expected + " (the base: /v1/traces and /v1/metrics are added to it)",
+                       value)
     return str(value).rstrip("/")
 
 
