@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -314,6 +315,11 @@ def test_monitor_run_with_an_unreachable_collector_keeps_probing_and_logs_failur
     assert metric_value(text, "monitor_otel_export_failures_total", 'signal="traces"') > 0
     assert metric_value(text, "monitor_otel_export_failures_total", 'signal="metrics"') > 0
     assert metric_value(text, "monitor_slots_skipped_total") == 0  # every slot probed
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is not installed: `apt-get install -y prometheus`"
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, check=False,
+                             capture_output=True, text=True, timeout=60)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, ""), text
     told = [line for line in output.splitlines() if "OpenTelemetry export to" in line]
     # One line when the first export failed, one with the rest at shutdown: not one per failure.
     assert 1 <= len(told) <= 2 < failed, output

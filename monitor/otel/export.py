@@ -97,7 +97,7 @@ class ExportFailures(logging.Handler):
     """Failed exports, counted per signal ("traces", "metrics") and logged at most once every
     `every_s` with how many failed since the last line. As a log handler it takes the OTLP
     exporters' own lines (one per failed batch and per retry) out of monitor's log, keeping
-    the latest as the reason given."""
+    the last two as the reason given."""
 
     def __init__(self, endpoint: str, every_s: float = defaults.OTEL_FAILURE_LOG_EVERY_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
