@@ -141,3 +141,18 @@ WRITE_TIMEOUT_S: Final = 30
 # `monitor status` and /healthz count an instance alive while its heartbeat is younger than
 # three beats: one late beat is a busy machine, three are a stopped daemon.
 ALIVE_WITHIN_S: Final = 3 * HEARTBEAT_EVERY_S
+
+
+# --- OpenTelemetry export (otel/) -------------------------------------------------------------
+
+# Spans waiting for the exporter while the collector is slow or down. A span is a few KB, so
+# the queue holds at most ~10 MB; that is 34 hours of one target probed every minute, or 20
+# minutes of a hundred. Past it the oldest spans are dropped: the probes themselves are in
+# the database whatever happens to their telemetry.
+OTEL_MAX_QUEUED_SPANS: Final = 2048
+# A collector that stays down fails every batch: one log line a minute says so, with the
+# count, instead of one line per batch and retry.
+OTEL_FAILURE_LOG_EVERY_S: Final = 60.0
+# At shutdown, what is queued gets this long to reach the collector; a stop never waits on a
+# dead one for longer.
+OTEL_SHUTDOWN_FLUSH_S: Final = 5.0

@@ -132,6 +132,19 @@ class Settings:
     # [web] allowed_hosts: Host names the dashboard answers to besides its own address and
     # loopback (checked against DNS rebinding; `monitor serve --allowed-host` adds more).
     allowed_hosts: tuple[str, ...] = ()
+    otel: OtelSettings | None = None  # [otel]: None when the section is absent
+
+
+@dataclass(frozen=True)
+class OtelSettings:
+    """[otel]: where `monitor run` sends each probe as an OpenTelemetry span, and its metrics
+    (monitor/otel/). Header values are secrets: they may hold a collector's token."""
+
+    endpoint: str  # the OTLP/HTTP base URL; /v1/traces and /v1/metrics are appended
+    headers: tuple[tuple[str, Secret], ...] = ()  # (name, value) sent with every export
+    service_name: str = "monitor"  # the resource's service.name
+    timeout_ms: int = 10_000  # one export, retries included
+    metrics_interval_ms: int | None = None  # None: the SDK's (OTEL_METRIC_EXPORT_INTERVAL, 60 s)
 
 
 @dataclass(frozen=True)

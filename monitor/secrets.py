@@ -5,7 +5,8 @@ from __future__ import annotations
 
 class Secret:
     """Holds a secret string; prints as `Secret('****')`. `.value` is read only to send: an API key
-    by probe/providers.py, a notification URL by alerts/channels.py (and hashed into its id)."""
+    by probe/providers.py, a notification URL by alerts/channels.py (and hashed into its id), a
+    collector's headers by otel/export.py."""
 
     __slots__ = ("_value",)
 

@@ -54,3 +54,6 @@ class MetricsSnapshot:
     # channel ("log", "webhook:<hash>", "slack:<hash>") -> delivery attempts that failed,
     # over all stored notifications
     notifications_failed: dict[str, int]
+    # signal ("traces", "metrics") -> OpenTelemetry exports that failed in this process since
+    # it started; None where nothing is exported from here (no [otel], or `monitor serve`)
+    otel_export_failures: dict[str, int] | None = None

@@ -35,9 +35,10 @@ TEST_KEY = "sk-" "test-3f9c2b7e1d4a6f8e0c5b9a7d2e4f6a8c"  # fake; the secrets te
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No MONITOR_*, OPENAI_*, AZURE_* or ANTHROPIC_* from the developer's shell leaks into a test."""
+    """No MONITOR_*, OPENAI_*, AZURE_*, ANTHROPIC_* or OTEL_* (the OpenTelemetry SDK's) from the
+    developer's shell leaks into a test."""
     for name in list(os.environ):
-        if name.startswith(("MONITOR_", "OPENAI_", "AZURE_", "ANTHROPIC_")):
+        if name.startswith(("MONITOR_", "OPENAI_", "AZURE_", "ANTHROPIC_", "OTEL_")):
             monkeypatch.delenv(name)
 
 

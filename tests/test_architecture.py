@@ -31,6 +31,10 @@ def modules(pattern: str) -> list[Path]:
     ("pattern", "forbidden"),
     [
         pytest.param("probe/*.py", ("monitor.store", "sqlalchemy"), id="probe-knows-no-database"),
+        pytest.param("probe/*.py", ("monitor.otel", "opentelemetry"), id="probe-knows-no-otel"),
+        pytest.param("store/*.py", ("monitor.otel", "opentelemetry"), id="store-knows-no-otel"),
+        pytest.param("otel/attributes.py", ("opentelemetry", "monitor.store", "requests"),
+                     id="otel-attributes-are-pure"),
         pytest.param("probe/completion.py", ("requests", "monitor.store"), id="parser-is-pure"),
         pytest.param("probe/headers.py", ("requests", "monitor.store"), id="headers-are-pure"),
         pytest.param("probe/anthropic.py", ("requests", "monitor.store"),
@@ -127,7 +131,8 @@ def test_only_the_daemon_and_the_cli_wire_parts_together() -> None:
 def test_the_cli_loads_no_heavy_subsystem_until_a_command_needs_it() -> None:
     code = ("import sys, monitor.cli; print(sorted(m for m in sys.modules if m.startswith("
             "('monitor.web', 'monitor.replay', 'monitor.sim', 'monitor.store', 'monitor.daemon', "
-            "'monitor.alerts', 'monitor.probe', 'monitor.health', 'monitor.render'))))")
+            "'monitor.alerts', 'monitor.probe', 'monitor.health', 'monitor.render', "
+            "'monitor.otel', 'opentelemetry'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

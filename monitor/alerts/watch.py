@@ -91,6 +91,11 @@ class Watcher:
         return the events. A target seen for the first time starts from its stored history,
         silently: old probes never raise new alerts. While that history is folded in the
         background, this returns at once with no events."""
+        return [event for _, event in self.raised(target, target_id, probe_id)]
+
+    def raised(self, target: Target, target_id: int, probe_id: int
+               ) -> list[tuple[str, DriftEvent]]:
+        """catch_up(), each event with the uid of the probe that raised it."""
         if self.rebuilding(target.name):
             return []
         try:
@@ -108,7 +113,7 @@ class Watcher:
         return events
 
     def _fold(self, connection: Connection, target: Target, target_id: int, probe_id: int
-              ) -> tuple[list[DriftEvent], tuple[int, str, bytes, bool] | None]:
+              ) -> tuple[list[tuple[str, DriftEvent]], tuple[int, str, bytes, bool] | None]:
         now = self.clock()
         position = history.lock_position(connection, target_id)
         if position is None:
@@ -139,13 +144,13 @@ class Watcher:
                                                    checks=bool(target.checks)):
                 detector.step(observation)
             last = until
-        events: list[DriftEvent] = []
+        events: list[tuple[str, DriftEvent]] = []
         while True:
             chunk = self._reader.after(connection, target_id, last, checks=bool(target.checks))
             for stored_id, observation in chunk:
                 stepped, live = self._step(connection, detector, target, target_id,
                                            observation, live)
-                events += stepped
+                events += [(observation.uid, event) for event in stepped]
                 last = stored_id
             if len(chunk) < history.CHUNK:
                 break  # a short read is the end: no second query to learn it

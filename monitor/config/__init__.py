@@ -34,6 +34,7 @@ from monitor.config.checks import (
     _read_keys,
     _timeout_ms,
 )
+from monitor.config.otel import otel_settings, read_otel
 from monitor.config.quality import check_sets
 from monitor.config.targets import (
     _DEFAULT_KEYS,
@@ -85,6 +86,7 @@ _SECTIONS: dict[str, _Check] = {
     "retention": lambda value: _read_keys(value, {"raw": _timeout_ms}),
     "web": lambda value: _read_keys(value, _WEB_KEYS),
     "check_sets": check_sets,
+    "otel": read_otel,
 }
 
 # Reading the file and the environment.
@@ -138,9 +140,10 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
                                  sections.get("check_sets", {}))
         alerts = _alert_settings(sections.get("alerts", {}), env, config_path,
                                  [t.name for t in targets])
+        otel = otel_settings(sections.get("otel"), env)
     except _Invalid as err:
         raise ConfigError(config_path, err.key, err.expected, err.got) from None
     retention = sections.get("retention", {})
     return Settings(config_path=config_path, database_url=database_url, targets=targets,
                     alerts=alerts, raw_retention_ms=retention.get("raw", defaults.RAW_RETENTION_MS),
-                    allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()))
+                    allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()), otel=otel)

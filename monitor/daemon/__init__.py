@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from monitor import otel
 from monitor.clock import Clock
 from monitor.daemon.prober import Prober
 from monitor.daemon.service import Service
@@ -26,6 +28,9 @@ from monitor.errors import StoreUnavailable
 from monitor.store import db
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
+
+if TYPE_CHECKING:
+    from monitor.otel.export import Telemetry
 
 __all__ = ["Daemon", "Prober", "Service", "WebOptions", "run", "slot_at", "slot_trigger"]
 
@@ -47,6 +52,19 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
         echo: Callable[[str], None] = print) -> None:
     """`monitor run`: probe every target on its schedule until SIGTERM/SIGINT (or one round
     with `once`), through database outages, with the dashboard alongside if `web` says where."""
+    # [otel] is read once, first (a missing extra is said before anything is done); a reload
+    # (SIGHUP) keeps the exporter the daemon began with.
+    telemetry = otel.start(settings)
+    try:
+        _run(settings, spool, once, clock, reload, web, echo, telemetry)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # flushes what is queued, within a deadline
+
+
+def _run(settings: Settings, spool: Spool, once: bool, clock: Clock,
+         reload: Callable[[], Settings], web: WebOptions | None,
+         echo: Callable[[str], None], telemetry: Telemetry | None) -> None:
     # SQLite has no leases that work across processes: one daemon per file.
     lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
         "sqlite") else None
@@ -61,7 +79,7 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
                       spool.path)
             engine = db.create(settings.database_url)
         try:
-            daemon = Daemon(settings, Recorder(engine), spool, clock=clock)
+            daemon = Daemon(settings, Recorder(engine), spool, clock=clock, telemetry=telemetry)
             daemon.register()
             if once:
                 daemon.run_once()
@@ -83,9 +101,11 @@ def _serve(service: Service, web: WebOptions | None, echo: Callable[[str], None]
 
     engine = service.daemon.recorder.engine
     daemon = service.daemon
+    telemetry = daemon.telemetry
     wsgi = serving.build_app(engine, web.token, lambda: daemon.settings,
                              scheduler_alive=lambda: service.scheduler.running,
-                             clock=daemon.clock)
+                             clock=daemon.clock,
+                             otel_failures=telemetry.failures.snapshot if telemetry else None)
     server = app.WebServer(wsgi, web.host, web.port, allowed_hosts=web.allowed_hosts).start()
     echo(f"listening on {server.url}")
     try:

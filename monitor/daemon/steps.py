@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,7 +20,7 @@ from monitor.alerts.watch import Watcher
 from monitor.clock import Clock, utc_now
 from monitor.daemon.prober import Prober
 from monitor.daemon.slots import slot_at, slots_before
-from monitor.domain import ErrorKind, ProbeResult, Settings, SkipKind, Target
+from monitor.domain import DriftEvent, ErrorKind, ProbeResult, Settings, SkipKind, Target
 from monitor.errors import StoreError, StoreUnavailable
 from monitor.render import text as report
 from monitor.store import db, leases, retention, rollups
@@ -30,6 +30,8 @@ from monitor.store.spool import Spool
 from monitor.store.writer import GroupWriter
 from monitor.watching import backoff_s, budget_spent, utc_day
 
+if TYPE_CHECKING:
+    from monitor.otel.export import Telemetry
 log = logging.getLogger("monitor")
 T = TypeVar("T")
 
@@ -44,8 +46,9 @@ class Daemon:
     """
 
     def __init__(self, settings: Settings, recorder: Recorder, spool: Spool, *,
-                 clock: Clock = utc_now) -> None:
+                 clock: Clock = utc_now, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
+        self.telemetry = telemetry  # [otel]: each stored (or spooled) probe, as a span
         self.clock = clock
         self.recorder = recorder
         self.spool = spool
@@ -104,12 +107,13 @@ class Daemon:
         else:
             self._backoff.pop(target.name, None)
         probe_id = self.store(result)
-        if probe_id is not None:
-            self.detect(target, probe_id)
+        raised = self.detect(target, probe_id) if probe_id is not None else []
         if claimed is leases.Claim.OURS:
             self._db_quietly(lambda: leases.settle(
                 self.recorder.engine, self.recorder.target_id(target.name), slot, result.uid))
         log.info("%s", report.probe_line(result))
+        if self.telemetry is not None:  # last: the probe is stored and its slot settled
+            self.telemetry.record(target, result, raised)
         return result
 
     def _budget_spent(self, target: Target, now: datetime) -> str | None:
@@ -241,16 +245,18 @@ class Daemon:
                       "quarantined either (%s): it is lost", result.uid, result.target_name,
                       describe(error), trouble.strerror or trouble)
 
-    def detect(self, target: Target, probe_id: int) -> None:
-        """Run the target's detectors over its new probes and move its alerts. Detection
-        failing (the database went away, a bug) is logged and never stops probing; the
-        probes it missed are folded after the next one."""
+    def detect(self, target: Target, probe_id: int) -> list[tuple[str, DriftEvent]]:
+        """Run the target's detectors over its new probes and move its alerts; the events,
+        each with the uid of the probe that raised it. Detection failing (the database went
+        away, a bug) is logged and never stops probing; the probes it missed are folded after
+        the next one."""
         try:
-            self.watcher.catch_up(target, self.recorder.target_id(target.name), probe_id)
+            return self.watcher.raised(target, self.recorder.target_id(target.name), probe_id)
         except SQLAlchemyError as exc:
             log.warning("%s for detection", self._trouble(exc))
         except Exception:
             log.exception("detection failed for %s", target.name)
+        return []
 
     def roll_up(self) -> None:
         """Fold newly stored probes into the hourly and daily rollups (a job of its own)."""

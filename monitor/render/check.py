@@ -11,7 +11,7 @@ from typing import Any
 from monitor.config.checks import (
     _DAY_MS,
 )
-from monitor.domain import Settings
+from monitor.domain import OtelSettings, Settings
 from monitor.durations import format_ms
 
 
@@ -95,6 +95,8 @@ def render_check(settings: Settings) -> str:
         f"total: {count} target{'' if count == 1 else 's'}, {_count(probes)} probes/day, "
         f"~{tokens:,} tokens/day (estimated)"
     )
+    if settings.otel is not None:
+        blocks.append(_otel(settings.otel))
     return "\n\n".join(blocks)
 
 
@@ -109,3 +111,17 @@ def render_channels(rows: list[dict[str, str]]) -> str:
         lines.append(f"  {row['channel']:<{width}}  {row['destination']:<{where}}  takes "
                      f"{row['takes']}{origin}")
     return "\n".join(lines)
+
+
+def _otel(otel: OtelSettings) -> str:
+    """Where [otel] sends each probe's span; header values masked (they carry tokens)."""
+    fields = {
+        "endpoint": f"{otel.endpoint} (/v1/traces, /v1/metrics)",
+        "service": otel.service_name,
+        "timeout": format_ms(otel.timeout_ms),
+        "metrics": "every " + (format_ms(otel.metrics_interval_ms) if otel.metrics_interval_ms
+                               else "60s (or OTEL_METRIC_EXPORT_INTERVAL)"),
+    }
+    fields.update({f"header {name}": value.masked() for name, value in otel.headers})
+    return "\n".join(["otel (OpenTelemetry export)"]
+                     + [f"  {label:<10}  {value}" for label, value in fields.items()])

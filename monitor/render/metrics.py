@@ -2,7 +2,9 @@
 
 Nothing is counted in this process. Each scrape reads a fresh snapshot (rollups, newest probe,
 open alerts) through `source`, so `monitor serve` and `monitor run --http` expose the same
-numbers however many instances probe, and a restart loses nothing. Label values (fingerprint,
+numbers however many instances probe, and a restart loses nothing. The one exception is
+`monitor_otel_export_failures_total`: failed OpenTelemetry exports are not stored, so only the
+`monitor run --http` that exports counts them, from its start. Label values (fingerprint,
 model) are untrusted; the client library escapes them.
 """
 
@@ -96,6 +98,13 @@ class StoreCollector(Collector):
             failed.add_metric([channel], count)
         yield from (latency, probes, info, limit, remaining, alerts, skipped, checks,
                     last_probe, last_ok, failed)
+        if snapshot.otel_export_failures is not None:
+            otel = CounterMetricFamily(
+                "monitor_otel_export_failures", "OpenTelemetry exports (span batches, metric "
+                "collections) that failed in this process since it started", labels=["signal"])
+            for signal, count in sorted(snapshot.otel_export_failures.items()):
+                otel.add_metric([signal], count)
+            yield otel
 
 
 def exposition_registry(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:

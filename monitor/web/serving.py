@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -59,10 +60,12 @@ def health(engine: Engine, scheduler_alive: Callable[[], bool] | None) -> tuple[
 
 def build_app(engine: Engine, token: str | None, settings: Callable[[], Settings],
               scheduler_alive: Callable[[], bool] | None = None, *,
-              clock: Clock = utc_now) -> Any:
+              clock: Clock = utc_now,
+              otel_failures: Callable[[], dict[str, int]] | None = None) -> Any:
     """The web app over the store. `settings` gives the configuration in force (the daemon's
     changes on SIGHUP): it says what each target's detectors, budgets and maintenance windows
-    are; `clock` decides what "now" and "the last 24 h" mean."""
+    are; `clock` decides what "now" and "the last 24 h" mean; `otel_failures` this process's
+    failed OpenTelemetry exports (`monitor run --http` with [otel])."""
     def report(since: datetime, until: datetime, targets: list[str] | None) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             rollups.catch_up(engine)  # idempotent; cheap when the daemon keeps up
@@ -80,7 +83,10 @@ def build_app(engine: Engine, token: str | None, settings: Callable[[], Settings
             # write, and no write lock taken, when it keeps up).
             if rollups.behind(engine):
                 rollups.catch_up(engine)
-            return metrics_snapshot(engine)
+            snapshot = metrics_snapshot(engine)
+            if otel_failures is None:
+                return snapshot
+            return replace(snapshot, otel_export_failures=otel_failures())
         return _store(read)
 
     def probe(probe_id: int) -> dict[str, Any] | None:
