@@ -263,7 +263,7 @@ def hosts_allowed(settings: Settings, names: tuple[str, ...]) -> tuple[str, ...]
 
 def refuse_public(host: str, token: str | None, insecure_public: bool, option: str) -> None:
     """The dashboard shows every probe: off loopback only behind a token, unless asked."""
-    from monitor.web.app import is_loopback
+    from monitor.httpd import is_loopback
 
     if is_loopback(host) or token is not None:
         return

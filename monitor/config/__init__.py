@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ from monitor.config.checks import (
     _timeout_ms,
 )
 from monitor.config.quality import check_sets
+from monitor.config.routes import check_routes, require_routes
 from monitor.config.targets import (
     _DEFAULT_KEYS,
     _build_targets,
@@ -44,6 +46,7 @@ from monitor.config.targets import (
 )
 from monitor.domain import Settings
 from monitor.errors import ConfigError, raw
+from monitor.proxy.exchange import Route
 
 
 def _webhook_url(value: object) -> str:
@@ -120,6 +123,7 @@ _SECTIONS: dict[str, _Check] = {
     "retention": lambda value: _read_keys(value, {"raw": _timeout_ms}),
     "web": lambda value: _read_keys(value, _WEB_KEYS),
     "check_sets": check_sets,
+    "routes": check_routes,  # read by `monitor proxy` (load_proxy); other commands ignore it
 }
 
 # Reading the file and the environment.
@@ -156,6 +160,30 @@ def _database(section: dict[str, Any], env: Mapping[str, str]) -> str:
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the config file and .env into Settings; raise ConfigError on anything doubtful."""
+    return _load(path, environ)[0]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What `monitor proxy` runs on: the file's settings (database, retention; targets may be
+    none) and its routes, at least one."""
+
+    settings: Settings
+    routes: tuple[Route, ...]
+
+
+def load_proxy(path: str | None = None,
+               environ: Mapping[str, str] | None = None) -> ProxySettings:
+    """Read the config file like load(), and its [[routes]], of which there must be one."""
+    settings, sections = _load(path, environ)
+    try:
+        routes = require_routes(sections.get("routes", ()))
+    except _Invalid as err:
+        raise ConfigError(settings.config_path, err.key, err.expected, err.got) from None
+    return ProxySettings(settings, routes)
+
+
+def _load(path: str | None, environ: Mapping[str, str] | None) -> tuple[Settings, dict[str, Any]]:
     base = dict(os.environ if environ is None else environ)
     cwd_dotenv = _read_dotenv(Path(".env"))
     config_path = (
@@ -176,6 +204,8 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
     except _Invalid as err:
         raise ConfigError(config_path, err.key, err.expected, err.got) from None
     retention = sections.get("retention", {})
-    return Settings(config_path=config_path, database_url=database_url, targets=targets,
-                    alerts=alerts, raw_retention_ms=retention.get("raw", defaults.RAW_RETENTION_MS),
-                    allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()))
+    settings = Settings(config_path=config_path, database_url=database_url, targets=targets,
+                        alerts=alerts,
+                        raw_retention_ms=retention.get("raw", defaults.RAW_RETENTION_MS),
+                        allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()))
+    return settings, sections
