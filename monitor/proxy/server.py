@@ -48,9 +48,10 @@ class _Mapped:
 class _Relay:
     """What relaying one answer found: the start of the body, and how it ended."""
 
-    __slots__ = ("error", "first_byte", "kept", "size")
+    __slots__ = ("error", "first_byte", "headers", "kept", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers  # the upstream's, as received, names lower-cased
         self.kept: list[bytes] = []
         self.size = 0
         self.first_byte: float | None = None
@@ -135,8 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _relay(self, response: http.client.HTTPResponse, limit: int) -> _Relay:
         """Pass the answer on: head, then the body whole or chunk by chunk."""
-        relay = _Relay()
-        forward, _ = response_headers(response.getheaders())
+        forward, received = response_headers(response.getheaders())
+        relay = _Relay(received)
         head_only = self.command == "HEAD" or response.status in _NO_BODY or response.status < 200
         framed = not response.chunked and response.length is not None
         if not head_only and not framed:
@@ -248,7 +249,7 @@ class _Exchange:
     def answered(self, response: http.client.HTTPResponse, relay: _Relay, arrived: float,
                  start: float, headers_at: float, done: float) -> Exchange:
         end = time.perf_counter()
-        _, received = response_headers(response.getheaders())
+        received = relay.headers
         upstream_total_ms = (done - start) * 1000
         first = relay.first_byte
         return self._make(
