@@ -138,9 +138,10 @@ def test_monitor_proxy_forwards_logs_one_line_per_call_and_stops_on_sigterm(
                              out.wait_for("listening on").strip())
         assert match
         assert f"/openai/ -> {sim_server.url} (openai)" in out.wait_for("/openai/")
-        client = openai.OpenAI(api_key=TEST_KEY, base_url=f"{match[1]}/openai/v1", max_retries=0)
-        reply = client.chat.completions.create(model="gpt-4o", messages=[
-            {"role": "user", "content": "hello"}])
+        with openai.OpenAI(api_key=TEST_KEY, base_url=f"{match[1]}/openai/v1",
+                           max_retries=0) as client:
+            reply = client.chat.completions.create(model="gpt-4o", messages=[
+                {"role": "user", "content": "hello"}])
         assert reply.choices[0].message.content
         assert err.wait_for("openai POST /v1/chat/completions 200")
         process.send_signal(signal.SIGTERM)

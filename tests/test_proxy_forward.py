@@ -116,6 +116,18 @@ def request(url: str, method: str = "GET", path: str = "/", body: bytes | None =
     return response, data
 
 
+def _plain_and_streamed(client: openai.OpenAI) -> tuple[Any, ...]:
+    """One plain and one streamed completion, as the app sees them: status, headers, bytes."""
+    plain = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=MESSAGES, stream=True,
+            stream_options={"include_usage": True}) as streamed:
+        stream_bytes = b"".join(streamed.iter_bytes())
+        stream_headers = raw_headers(streamed.http_response)
+    return (plain.status_code, raw_headers(plain.http_response), plain.content,
+            plain.parse().model_dump(), stream_headers, stream_bytes)
+
+
 # --- the done-when: the official SDKs see no difference -------------------------------------
 
 
@@ -124,20 +136,10 @@ def test_the_openai_sdk_gets_byte_identical_answers_through_the_proxy(
         collected: Collected) -> None:
     direct_sim, behind_sim = twins
     proxy = make_proxy(route("openai", behind_sim.url))
-    direct = openai.OpenAI(api_key=TEST_KEY, base_url=f"{direct_sim.url}/v1", max_retries=0)
-    proxied = openai.OpenAI(api_key=TEST_KEY, base_url=f"{proxy.url}/openai/v1", max_retries=0)
-
     answers = []
-    for client in (direct, proxied):
-        plain = client.chat.completions.with_raw_response.create(model="gpt-4o",
-                                                                 messages=MESSAGES)
-        with client.chat.completions.with_streaming_response.create(
-                model="gpt-4o", messages=MESSAGES, stream=True,
-                stream_options={"include_usage": True}) as streamed:
-            stream_bytes = b"".join(streamed.iter_bytes())
-            stream_headers = raw_headers(streamed.http_response)
-        answers.append((plain.status_code, raw_headers(plain.http_response), plain.content,
-                        plain.parse().model_dump(), stream_headers, stream_bytes))
+    for base_url in (f"{direct_sim.url}/v1", f"{proxy.url}/openai/v1"):
+        with openai.OpenAI(api_key=TEST_KEY, base_url=base_url, max_retries=0) as client:
+            answers.append(_plain_and_streamed(client))
 
     assert answers[0] == answers[1]
     status, _, content, parsed, _, stream_bytes = answers[1]
@@ -170,13 +172,13 @@ def test_the_anthropic_sdk_gets_byte_identical_answers_through_an_anthropic_rout
     proxy = make_proxy(route("claude", behind_sim.url, Provider.ANTHROPIC))
     answers = []
     for base_url in (direct_sim.url, f"{proxy.url}/claude"):
-        client = anthropic.Anthropic(api_key=TEST_KEY, base_url=base_url, max_retries=0)
-        plain = client.messages.with_raw_response.create(
-            model="claude-sim", max_tokens=64, messages=MESSAGES)
-        with client.messages.with_streaming_response.create(
-                model="claude-sim", max_tokens=64, messages=MESSAGES,
-                stream=True) as streamed:
-            stream_bytes = b"".join(streamed.iter_bytes())
+        with anthropic.Anthropic(api_key=TEST_KEY, base_url=base_url, max_retries=0) as client:
+            plain = client.messages.with_raw_response.create(
+                model="claude-sim", max_tokens=64, messages=MESSAGES)
+            with client.messages.with_streaming_response.create(
+                    model="claude-sim", max_tokens=64, messages=MESSAGES,
+                    stream=True) as streamed:
+                stream_bytes = b"".join(streamed.iter_bytes())
         answers.append((plain.status_code, raw_headers(plain.http_response),
                         plain.http_response.content, stream_bytes))
     assert answers[0] == answers[1]
@@ -292,8 +294,9 @@ def closed_port() -> int:
 def test_an_unreachable_upstream_is_a_502_in_openais_error_shape(
         make_proxy: MakeProxy, collected: Collected) -> None:
     proxy = make_proxy(route("openai", f"http://127.0.0.1:{closed_port()}"))
-    client = openai.OpenAI(api_key=TEST_KEY, base_url=f"{proxy.url}/openai/v1", max_retries=0)
-    with pytest.raises(openai.InternalServerError) as raised:
+    with (openai.OpenAI(api_key=TEST_KEY, base_url=f"{proxy.url}/openai/v1",
+                        max_retries=0) as client,
+          pytest.raises(openai.InternalServerError) as raised):
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert raised.value.status_code == 502
     assert "refused the connection" in raised.value.message

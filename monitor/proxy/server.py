@@ -66,6 +66,11 @@ class _Relay:
         self.size += len(data)
 
 
+def _is_stream(headers: Mapping[str, str]) -> bool:
+    """Server-sent events: relayed as they arrive even when their length is known."""
+    return headers.get("content-type", "").startswith("text/event-stream")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else Nagle plus delayed ACK stall small writes by ~40 ms
@@ -150,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
             if head_only:
                 response.read()  # nothing, but the answer is then complete
                 self.wfile.write(start)
-            elif framed and (response.length or 0) <= _SMALL:
+            elif framed and (response.length or 0) <= _SMALL and not _is_stream(received):
                 data = response.read()
                 relay.keep(data, limit)
                 self.wfile.write(start + data)
@@ -256,7 +261,7 @@ class _Exchange:
             status=response.status, response_headers=received,
             response_body=b"".join(relay.kept),
             response_truncated=relay.size > self.route.max_body_bytes,
-            streamed=received.get("content-type", "").startswith("text/event-stream"),
+            streamed=_is_stream(received),
             time_to_headers_ms=(headers_at - start) * 1000,
             time_to_first_byte_ms=None if first is None else (first - start) * 1000,
             upstream_total_ms=upstream_total_ms,
