@@ -211,6 +211,34 @@ def test_upstream_errors_reach_the_app_unchanged(model: str, twins: tuple[Simula
     assert exchange.response_body == answers[1][2]
 
 
+def test_a_body_the_upstream_cuts_short_reaches_the_app_cut_as_short(
+        make_proxy: MakeProxy, collected: Collected) -> None:
+    direct_sim, behind_sim = twin_simulators()
+    with direct_sim, behind_sim:
+        proxy = make_proxy(route("openai", behind_sim.url))
+        partials = _cut_short(direct_sim.url, proxy.url)
+    assert partials[0] == partials[1] and partials[1][2] > 0
+    (exchange,) = collected.wait_for(1)
+    assert exchange.status == 200 and "broke off after" in (exchange.error or "")
+    assert len(exchange.response_body) == partials[1][2]
+
+
+def _cut_short(direct_url: str, proxy_url: str) -> list[tuple[int, str | None, int]]:
+    body = json.dumps({"model": "sim-truncated", "messages": MESSAGES}).encode()
+    partials = []
+    for url, prefix in ((direct_url, ""), (proxy_url, "/openai")):
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("POST", f"{prefix}/v1/chat/completions", body)
+        response = connection.getresponse()
+        with pytest.raises(http.client.IncompleteRead) as raised:
+            response.read()
+        partials.append((response.status, response.getheader("Content-Length"),
+                         len(raised.value.partial)))
+        connection.close()
+    return partials
+
+
 # --- secrets ---------------------------------------------------------------------------------
 
 

@@ -156,9 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
                 response.read()  # nothing, but the answer is then complete
                 self.wfile.write(start)
             elif framed and (response.length or 0) <= _SMALL and not _is_stream(received):
-                data = response.read()
+                data = self._read_whole(response, relay)
                 relay.keep(data, limit)
-                self.wfile.write(start + data)
+                self.wfile.write(start + data)  # cut short as the upstream cut it, if it did
             else:
                 self.wfile.write(start)
                 self._pieces(response, relay, limit, chunked=not framed and
@@ -166,10 +166,22 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as error:
             relay.error = relay.error or f"The app closed its connection mid-answer ({error})"
             self.close_connection = True
-        except http.client.HTTPException as error:
-            relay.error = f"The upstream's answer broke off ({type(error).__name__})"
-            self.close_connection = True
         return relay
+
+    def _read_whole(self, response: http.client.HTTPResponse, relay: _Relay) -> bytes:
+        """A small body of known length; what arrived of it if the upstream broke off, and
+        then the app's connection ends after it, so the app sees the same short answer."""
+        try:
+            return response.read()
+        except http.client.IncompleteRead as short:
+            relay.error = (f"The upstream's answer broke off after {len(short.partial)} of "
+                           f"{len(short.partial) + (short.expected or 0)} bytes")
+            self.close_connection = True
+            return short.partial
+        except (OSError, http.client.HTTPException) as error:
+            relay.error = f"The upstream's answer broke off ({error or type(error).__name__})"
+            self.close_connection = True
+            return b""
 
     def _pieces(self, response: http.client.HTTPResponse, relay: _Relay, limit: int, *,
                 chunked: bool) -> None:
