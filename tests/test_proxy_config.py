@@ -124,6 +124,17 @@ def test_the_command_refuses_a_public_address_without_a_token(host: str) -> None
     assert "MONITOR_PROXY_TOKEN" in result.output and "--insecure-public" in result.output
 
 
+@pytest.mark.parametrize(("value", "says"), [("", "is set but empty"), ("  ", "is set but blank"),
+                                             ("tok\n", "contains a newline")])
+def test_a_proxy_token_that_could_never_be_sent_is_refused(
+        value: str, says: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(ROUTE)
+    monkeypatch.setenv("MONITOR_PROXY_TOKEN", value)
+    result = CliRunner().invoke(cli, ["proxy", "--port", "0"])
+    assert result.exit_code == 2, result.output
+    assert f"MONITOR_PROXY_TOKEN {says}" in result.output
+
+
 def test_monitor_proxy_forwards_logs_one_line_per_call_and_stops_on_sigterm(
         tmp_path: Path, sim_server: Simulator) -> None:
     write(ROUTE.replace("https://api.openai.com/", sim_server.url))

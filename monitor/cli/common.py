@@ -228,8 +228,13 @@ def spool_path(value: str, option: str = "--spool") -> str:
 TOKEN_ENV = "MONITOR_WEB_TOKEN"
 
 
-def web_token(variable: str = TOKEN_ENV) -> str | None:
-    """MONITOR_WEB_TOKEN (or another token `variable`), or None when it is not set. Set but
+def web_token() -> str | None:
+    """MONITOR_WEB_TOKEN, or None when it is not set (see env_token)."""
+    return env_token(TOKEN_ENV)
+
+
+def env_token(variable: str) -> str | None:
+    """A token from the environment variable `variable`, or None when it is not set. Set but
     empty, blank or padded is a mistake (an empty token would open the server to anyone),
     never shown back."""
     token = os.environ.get(variable)

@@ -3,15 +3,17 @@ logged (and, once recording is on, stored)."""
 
 from __future__ import annotations
 
+import threading
+
 import click
 
 from monitor.cli.common import (
     SetupError,
     config_option,
+    env_token,
     log_format_option,
     remember_database,
     setup_logging,
-    web_token,
 )
 
 # Read from the environment, never a flag: `ps` would show a flag to every local user.
@@ -38,7 +40,7 @@ def proxy_command(host: str, port: int, insecure_public: bool, log_format: str,
     from monitor.proxy.server import Proxy
     from monitor.proxy.sink import make_sink
 
-    token = web_token(PROXY_TOKEN_ENV)
+    token = env_token(PROXY_TOKEN_ENV)
     loaded = config.load_proxy(config_path)
     remember_database(loaded.settings.database_url)
     setup_logging(log_format)
@@ -56,10 +58,16 @@ def proxy_command(host: str, port: int, insecure_public: bool, log_format: str,
         click.echo(f"warning: listening on {host or 'every address'} without "
                    f"{PROXY_TOKEN_ENV} (--insecure-public): anyone who can reach it can spend "
                    "your apps' keys", err=True)
-    httpd.serve_until_signal()
-    click.echo("stopping: calls in flight finish first (a second signal exits at once)")
-    proxy.stop()
-    sink.close()
+    stop = threading.Event()
+    # The handlers stay installed while calls drain: a second signal exits at once (130).
+    with httpd.stop_signals(lambda _: stop.set(), cold_exit=130):
+        try:
+            stop.wait()
+        except KeyboardInterrupt:  # off the main thread no handler is installed
+            pass
+        click.echo("stopping: calls in flight finish first (a second signal exits at once)")
+        proxy.stop()
+        sink.close()
     click.echo("stopped")
 
 

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -243,7 +244,7 @@ class _Exchange:
 
     __slots__ = ("body", "headers", "method", "path", "route", "started_at", "url")
 
-    def __init__(self, route: Route, method: str, path: str, url: str, started_at: Any,
+    def __init__(self, route: Route, method: str, path: str, url: str, started_at: datetime,
                  headers: RequestHeaders, body: bytes) -> None:
         self.route, self.method, self.path, self.url = route, method, path, url
         self.started_at, self.headers, self.body = started_at, headers, body
