@@ -15,8 +15,10 @@ import http.client
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -33,6 +35,7 @@ from tests.conftest import TEST_KEY
 from tests.origin import GZIP_TEXT, Origin
 from tests.waiting import wait_until
 
+TLS = Path(__file__).parent / "fixtures" / "proxy-tls"
 TOKEN = "proxy-token-5d1c9e0b7a3f"  # fake; hunted for like the key
 FIXED_NOW = 1_800_000_000.0  # both simulators' clock: their Date headers and `created` agree
 HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding"}
@@ -333,6 +336,37 @@ def test_an_unreachable_upstream_is_a_502_in_openais_error_shape(
     assert "refused the connection" in exchange.error
     assert exchange.response_body == b"" and exchange.time_to_headers_ms is None
     assert exchange.credential_hash == hashlib.sha256(TEST_KEY.encode()).hexdigest()
+
+
+def test_an_https_upstream_with_an_untrusted_certificate_is_refused(
+        make_proxy: MakeProxy, collected: Collected) -> None:
+    """The proxy checks the upstream's certificate: the app's key never goes to a host that
+    cannot prove it is the one configured."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS / "test-only-cert.pem", TLS / "test-only-key.pem")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        handshakes: list[str] = []
+
+        def serve() -> None:
+            sock, _ = listener.accept()
+            try:
+                with context.wrap_socket(sock, server_side=True):
+                    handshakes.append("completed")
+            except (ssl.SSLError, OSError) as error:
+                handshakes.append(type(error).__name__)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        proxy = make_proxy(route("openai", f"https://127.0.0.1:{port}"))
+        response, data = request(proxy.url, "POST", "/openai/v1/chat/completions", b"{}",
+                                 {"Authorization": f"Bearer {TEST_KEY}"})
+        server.join(30)
+    assert response.status == 502 and handshakes != ["completed"]
+    message = json.loads(data)["error"]["message"]
+    assert "TLS with the upstream 127.0.0.1" in message and "CERTIFICATE_VERIFY_FAILED" in message
+    (exchange,) = collected.wait_for(1)
+    assert exchange.status is None and "CERTIFICATE_VERIFY_FAILED" in (exchange.error or "")
 
 
 def test_an_upstream_that_never_answers_is_a_504_after_the_read_timeout(
