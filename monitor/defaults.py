@@ -156,3 +156,25 @@ OTEL_FAILURE_LOG_EVERY_S: Final = 60.0
 # At shutdown, what is queued gets this long to reach the collector; a stop never waits on a
 # dead one for longer.
 OTEL_SHUTDOWN_FLUSH_S: Final = 5.0
+
+# --- the logging proxy (proxy/) ---------------------------------------------------------------
+
+# `monitor proxy --port`: next to the dashboard's 8787, so a team running both remembers both.
+PROXY_PORT: Final = 8788
+# Reaching the upstream: a healthy API answers a TCP/TLS handshake in well under a second, and a
+# call that cannot connect in ten is better answered 502 than left hanging.
+PROXY_CONNECT_TIMEOUT_S: Final = 10.0
+# Between two reads of the upstream's answer. Reasoning models think for minutes before the
+# first byte; the app's own timeout is the one that should decide, so this is only a backstop.
+PROXY_READ_TIMEOUT_S: Final = 600.0
+# An idle app connection (keep-alive) is closed after this, so its thread ends.
+PROXY_IDLE_TIMEOUT_S: Final = 300.0
+# Idle upstream connections kept per upstream for reuse; more concurrent calls open more, which
+# are closed rather than kept once the burst is over.
+PROXY_POOL_SIZE: Final = 32
+# On SIGTERM/SIGINT calls in flight get this long to finish (streams included); a second
+# signal exits at once.
+PROXY_DRAIN_TIMEOUT_S: Final = 30.0
+# Exchanges waiting for the logging sink's worker; beyond, new ones are counted and dropped,
+# never waited for (the app's call has already been answered).
+PROXY_SINK_QUEUE: Final = 10_000

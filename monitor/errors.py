@@ -7,7 +7,8 @@
      │    └── StoreUnavailable  the database cannot be reached or refused a write
      │         ├── StoreCorrupt     a SQLite file that is not (or no longer) a database
      │         └── StoreReadOnly    a SQLite file that cannot be written
-     └── SimulatorError         a simulator scenario is invalid
+     ├── SimulatorError         a simulator scenario is invalid
+     └── ProxyError             `monitor proxy` cannot or may not listen where it was asked
 
 The CLI turns any MonitorError into a one-line message and exit code 2 (config) or 1 (others);
 anything else is a bug and keeps its traceback.
@@ -73,4 +74,8 @@ class StoreReadOnly(StoreUnavailable):
 
 
 class SimulatorError(MonitorError):
+    pass
+
+
+class ProxyError(MonitorError):
     pass

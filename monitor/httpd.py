@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import http.server
+import ipaddress
 import os
 import signal
 import socket
@@ -98,6 +99,18 @@ def bind(make: Callable[[], S], host: str, port: int, error: Callable[[str], Exc
         return make()
     except OSError as failure:
         raise error(f"cannot listen on {host}:{port}: {failure.strerror or failure}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine ("127.0.0.1", "::1",
+    "localhost"); "0.0.0.0", "" and any other name or address do not."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def url(host: str, port: int) -> str:

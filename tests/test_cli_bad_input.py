@@ -21,7 +21,8 @@ from click.testing import CliRunner, Result
 
 from monitor.cli import cli
 from monitor.cli.common import atomic_output
-from monitor.web.app import WebServer, is_loopback
+from monitor.httpd import is_loopback
+from monitor.web.app import WebServer
 from tests.conftest import TEST_KEY, write_config
 
 DEADLINE_S = 30  # for a subprocess to say what it is doing

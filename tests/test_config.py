@@ -81,13 +81,13 @@ VAR_MISSING = "expected environment variable {} to be set (in the environment or
         # The top level.
         pytest.param(
             "alert = 1\n",
-            "alert: expected a known key (alerts, check_sets, database, defaults, otel, retention, targets, web), got an unknown key"
+            "alert: expected a known key (alerts, check_sets, database, defaults, otel, retention, routes, targets, web), got an unknown key"
             ' (did you mean "alerts"?)',
             id="top-unknown-section",
         ),
         pytest.param(
             '[target]\nname = "a"\n',
-            "target: expected a known key (alerts, check_sets, database, defaults, otel, retention, targets, web), "
+            "target: expected a known key (alerts, check_sets, database, defaults, otel, retention, routes, targets, web), "
             'got an unknown key (did you mean "targets"?)',
             id="top-typo",
         ),

@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 a probe failed (it is still stored) or a runtime error;
 2 usage, configuration or schema errors.
 
-Each command family has its module (probing, inspect, alerts, reports, replay, admin). At the
+Each command family has its module (probing, inspect, alerts, reports, replay, admin, proxy). At the
 top they import click and the standard library only; everything else (the store and SQLAlchemy,
 the daemon, web, replay, sim) is imported inside the command that needs it, so `monitor --help`
 and `--version` start as fast as click does (tests/test_architecture.py holds them to it). A
@@ -15,7 +15,7 @@ from __future__ import annotations
 import click
 
 from monitor import __version__
-from monitor.cli import admin, alerts, inspect, probing, replay, reports
+from monitor.cli import admin, alerts, inspect, probing, proxy, replay, reports
 from monitor.cli.common import MonitorGroup
 
 
@@ -25,7 +25,7 @@ def cli() -> None:
     """Watch hosted LLM APIs for drift: canary probes, full-fidelity history, alerts."""
 
 
-for _module in (probing, inspect, admin, alerts, reports, replay):
+for _module in (probing, inspect, admin, alerts, reports, replay, proxy):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -6,10 +6,13 @@ all."""
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import stat
+import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -226,20 +229,26 @@ TOKEN_ENV = "MONITOR_WEB_TOKEN"
 
 
 def web_token() -> str | None:
-    """MONITOR_WEB_TOKEN, or None when it is not set. Set but empty, blank or padded is a
-    mistake (an empty token would open the server to anyone), never shown back."""
-    token = os.environ.get(TOKEN_ENV)
+    """MONITOR_WEB_TOKEN, or None when it is not set (see env_token)."""
+    return env_token(TOKEN_ENV)
+
+
+def env_token(variable: str) -> str | None:
+    """A token from the environment variable `variable`, or None when it is not set. Set but
+    empty, blank or padded is a mistake (an empty token would open the server to anyone),
+    never shown back."""
+    token = os.environ.get(variable)
     if token is None:
         return None
     if not token.strip():
-        raise click.UsageError(f"{TOKEN_ENV} is set but {'empty' if not token else 'blank'}: "
+        raise click.UsageError(f"{variable} is set but {'empty' if not token else 'blank'}: "
                                "set it to a token, or unset it")
     from monitor.config.checks import control_character
 
     flaw = control_character(token)
     if flaw is not None or token != token.strip():
         what = f"contains {flaw}" if flaw is not None else "has leading or trailing spaces"
-        raise click.UsageError(f"{TOKEN_ENV} {what}: a client could never send it in a "
+        raise click.UsageError(f"{variable} {what}: a client could never send it in a "
                                "header")
     return token
 
@@ -263,7 +272,7 @@ def hosts_allowed(settings: Settings, names: tuple[str, ...]) -> tuple[str, ...]
 
 def refuse_public(host: str, token: str | None, insecure_public: bool, option: str) -> None:
     """The dashboard shows every probe: off loopback only behind a token, unless asked."""
-    from monitor.web.app import is_loopback
+    from monitor.httpd import is_loopback
 
     if is_loopback(host) or token is not None:
         return
@@ -274,3 +283,31 @@ def refuse_public(host: str, token: str | None, insecure_public: bool, option: s
             f"set {TOKEN_ENV} to require a token, or pass --insecure-public to serve anyone")
     click.echo(f"warning: serving on {shown} without {TOKEN_ENV} (--insecure-public): anyone "
                "who can reach it can read every probe", err=True)
+
+
+log_format_option = click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one JSON object per line, for log shippers.")
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }, ensure_ascii=False)
+
+
+def setup_logging(log_format: str) -> None:
+    """Log `monitor.*` to stderr at INFO, as text lines or JSON objects."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLines() if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("monitor")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False

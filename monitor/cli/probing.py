@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import click
@@ -17,9 +16,11 @@ from monitor.cli.common import (
     hosts_allowed,
     insecure_public_option,
     load,
+    log_format_option,
     now,
     opened,
     refuse_public,
+    setup_logging,
     spool_path,
     web_token,
 )
@@ -74,28 +75,6 @@ def _select(settings: Settings, names: tuple[str, ...]) -> list[Target]:
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }, ensure_ascii=False)
-
-
-def _setup_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonLines() if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    )
-    root = logging.getLogger("monitor")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-
-
 def _address(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -106,8 +85,7 @@ def _address(value: str) -> tuple[str, int]:
 
 @click.command("run")
 @click.option("--once", is_flag=True, help="Probe every target once, store, and exit.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="json: one JSON object per line, for log shippers.")
+@log_format_option
 @click.option("--spool", default="monitor-spool.jsonl", show_default=True,
               metavar="FILE", help="Where results wait while the database is unreachable.")
 @click.option("--http", "http_address", metavar="HOST:PORT",
@@ -130,7 +108,7 @@ def run_command(once: bool, log_format: str, spool: str, http_address: str | Non
     if address is not None:
         refuse_public(address[0], token, insecure_public, "--http")
     spool_path(spool)
-    _setup_logging(log_format)
+    setup_logging(log_format)
     settings = load(config_path)
     allowed = hosts_allowed(settings, allowed_hosts)
     if not settings.targets:

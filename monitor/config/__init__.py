@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from monitor.config.checks import (
 )
 from monitor.config.otel import otel_settings, read_otel
 from monitor.config.quality import check_sets
+from monitor.config.routes import check_routes, require_routes
 from monitor.config.targets import (
     _DEFAULT_KEYS,
     _build_targets,
@@ -43,6 +45,7 @@ from monitor.config.targets import (
 )
 from monitor.domain import Settings
 from monitor.errors import ConfigError, raw
+from monitor.proxy.exchange import Route
 
 _ALERT_KEYS: dict[str, _Check] = {
     **CHANNEL_KEYS,
@@ -87,6 +90,7 @@ _SECTIONS: dict[str, _Check] = {
     "web": lambda value: _read_keys(value, _WEB_KEYS),
     "check_sets": check_sets,
     "otel": read_otel,
+    "routes": check_routes,  # read by `monitor proxy` (load_proxy); other commands ignore it
 }
 
 # Reading the file and the environment.
@@ -123,6 +127,30 @@ def _database(section: dict[str, Any], env: Mapping[str, str]) -> str:
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the config file and .env into Settings; raise ConfigError on anything doubtful."""
+    return _load(path, environ)[0]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What `monitor proxy` runs on: the file's settings (database, retention; targets may be
+    none) and its routes, at least one."""
+
+    settings: Settings
+    routes: tuple[Route, ...]
+
+
+def load_proxy(path: str | None = None,
+               environ: Mapping[str, str] | None = None) -> ProxySettings:
+    """Read the config file like load(), and its [[routes]], of which there must be one."""
+    settings, sections = _load(path, environ)
+    try:
+        routes = require_routes(sections.get("routes", ()))
+    except _Invalid as err:
+        raise ConfigError(settings.config_path, err.key, err.expected, err.got) from None
+    return ProxySettings(settings, routes)
+
+
+def _load(path: str | None, environ: Mapping[str, str] | None) -> tuple[Settings, dict[str, Any]]:
     base = dict(os.environ if environ is None else environ)
     cwd_dotenv = _read_dotenv(Path(".env"))
     config_path = (
@@ -144,6 +172,9 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> S
     except _Invalid as err:
         raise ConfigError(config_path, err.key, err.expected, err.got) from None
     retention = sections.get("retention", {})
-    return Settings(config_path=config_path, database_url=database_url, targets=targets,
-                    alerts=alerts, raw_retention_ms=retention.get("raw", defaults.RAW_RETENTION_MS),
-                    allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()), otel=otel)
+    settings = Settings(config_path=config_path, database_url=database_url, targets=targets,
+                        alerts=alerts,
+                        raw_retention_ms=retention.get("raw", defaults.RAW_RETENTION_MS),
+                        allowed_hosts=sections.get("web", {}).get("allowed_hosts", ()),
+                        otel=otel)
+    return settings, sections

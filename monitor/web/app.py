@@ -42,6 +42,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from monitor import defaults, httpd
 from monitor.durations import OutOfRange, parse_since
 from monitor.errors import MonitorError
+from monitor.httpd import is_loopback
 from monitor.render import exposition_registry, render_dashboard, render_metrics
 from monitor.render.badges import KINDS as BADGE_KINDS
 from monitor.render.badges import badge_for
@@ -269,18 +270,6 @@ def _time(query: dict[str, list[str]], name: str, default: str | None,
 
 
 # --- the server -----------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` keeps the server on this machine ("127.0.0.1", "::1",
-    "localhost"); "0.0.0.0", "" and any other name or address do not."""
-    name = host.strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_name(header: str) -> str:
