@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, FunctionElement, Integer, String, bindparam, case, func, select
+from sqlalchemy import (
+    Connection,
+    Float,
+    FunctionElement,
+    Integer,
+    String,
+    bindparam,
+    case,
+    func,
+    select,
+)
 from sqlalchemy.ext.compiler import compiles
 
 from monitor.store.aggregate import floor_hour
@@ -27,32 +37,72 @@ POINT_COLUMNS = (
 )
 
 
-class utc_text(FunctionElement[str]):
-    """A UTC time column as "YYYY-MM-DD HH:MM:SS.ffffff" text, read as the database has it: a
-    point's time is only ever shown as text, and parsing 28,800 of them into datetimes to
-    format them back was a third of the cost of a day of points. On SQLite that is the stored
-    text (UtcDateTime writes it so); PostgreSQL formats it."""
+class iso_utc(FunctionElement[str]):
+    """A UTC time column as `datetime.isoformat()` writes it ("2026-11-26T12:00:04.120331+00:00",
+    no fraction when it is zero), made by the database: a point's time is only ever shown as
+    text, and parsing 28,800 of them into datetimes to format them back was a third of the cost
+    of a day of points. SQLite rewrites the text UtcDateTime stored
+    ("YYYY-MM-DD HH:MM:SS.ffffff"); PostgreSQL formats it."""
 
     type = String()
-    name = "utc_text"
+    name = "iso_utc"
     inherit_cache = True
 
 
-@compiles(utc_text)
-def _stored_text(element: utc_text, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.clauses, **kw))
-
-
-@compiles(utc_text, "postgresql")
-def _formatted_text(element: utc_text, compiler: Any, **kw: Any) -> str:
+@compiles(iso_utc)
+def _rewritten_text(element: iso_utc, compiler: Any, **kw: Any) -> str:
     column = compiler.process(element.clauses, **kw)
-    return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+    return f"replace(replace({column}, ' ', 'T') || '+00:00', '.000000+', '+')"
 
 
-_POINT_COLUMNS_AS_READ = (POINT_COLUMNS[0], POINT_COLUMNS[1], utc_text(ProbeRow.started_at),
-                          *POINT_COLUMNS[3:])
+@compiles(iso_utc, "postgresql")
+def _formatted_text(element: iso_utc, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return (f"replace(to_char({column} AT TIME ZONE 'UTC', "
+            f"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'), '.000000+', '+')")
+
+
+class headroom(FunctionElement[float]):
+    """remaining / limit clamped to [0, 1] and rounded half up to 4 places, made by the
+    database (as aggregate.headroom and the report's rounding would, but for a tie in the
+    fifth place); null when either is missing or the limit is 0. Two per point, so the client
+    calls nothing per probe."""
+
+    type = Float()
+    name = "headroom"
+    inherit_cache = True
+
+
+def _clamped(ratio: str, rounded: str) -> str:
+    return f"CASE WHEN {ratio} <= 0 THEN 0.0 WHEN {ratio} >= 1 THEN 1.0 ELSE {rounded} END"
+
+
+@compiles(headroom)
+def _headroom(element: headroom, compiler: Any, **kw: Any) -> str:
+    remaining, limit = (compiler.process(c, **kw) for c in element.clauses)
+    ratio = f"(CAST({remaining} AS REAL) / NULLIF({limit}, 0))"
+    # SQLite has floor() only when built with its math functions; CAST truncates, which is
+    # floor for the positive values rounded here.
+    return _clamped(ratio, f"CAST({ratio} * 10000 + 0.5 AS INTEGER) / 10000.0")
+
+
+@compiles(headroom, "postgresql")
+def _headroom_double(element: headroom, compiler: Any, **kw: Any) -> str:
+    remaining, limit = (compiler.process(c, **kw) for c in element.clauses)
+    ratio = f"(CAST({remaining} AS DOUBLE PRECISION) / NULLIF({limit}, 0))"
+    return _clamped(ratio, f"floor({ratio} * 10000 + 0.5) / 10000")
+
+
+# A probe point's fields (docs/report.md, series of bucket "probe"), in the order read.
+PROBE_POINT_FIELDS = ("t", "probe_id", "ok", "error_kind", "http_status", "total_ms",
+                      "processing_ms", "fingerprint", "model", "headroom_requests",
+                      "headroom_tokens")
 _POINTS = (
-    select(*_POINT_COLUMNS_AS_READ)
+    select(iso_utc(ProbeRow.started_at), ProbeRow.id, ProbeRow.ok, ProbeRow.error_kind,
+           ProbeRow.http_status, ProbeRow.total_ms, ProbeRow.openai_processing_ms,
+           ProbeRow.system_fingerprint, ProbeRow.model,
+           headroom(ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_limit_requests),
+           headroom(ProbeRow.ratelimit_remaining_tokens, ProbeRow.ratelimit_limit_tokens))
     .where(ProbeRow.target_id == bindparam("target_id"),
            ProbeRow.started_at >= bindparam("since"), ProbeRow.started_at < bindparam("until"),
            CANARY)
@@ -68,28 +118,25 @@ _LATEST = (
 
 
 def read_points(connection: Connection, since: datetime, until: datetime,
-                target_id: int) -> Sequence[Any]:
-    """The target's probes started in [since, until), as DB-API tuples of POINT_COLUMNS in
-    time order (ties by id): the time as iso_utc() takes it, `ok` as the driver gives it."""
+                target_id: int) -> dict[str, list[Any]]:
+    """The target's probes started in [since, until) as columns: for each of
+    PROBE_POINT_FIELDS a list, in time order (ties by id)."""
     # One target at a time, so both databases walk ix_probes_target_id_started_at in order
     # and nothing is sorted (PostgreSQL would sort two days of many targets on disk once
-    # they outgrow work_mem). The rows are the driver's own tuples, fetched in one call:
-    # SQLAlchemy's rows cost as much again, and the one value its processors would change is
-    # `ok` on SQLite (0 or 1), which the caller turns into a bool.
+    # they outgrow work_mem). Everything a point shows is computed by the query, so the rows
+    # are the driver's own tuples, fetched in one call and turned into columns by zip: no
+    # SQLAlchemy row (it costs as much as the fetch) and no Python call per probe. The one
+    # value its processors would change is `ok` on SQLite (0 or 1), made a bool below.
     result = connection.execute(_POINTS, {"target_id": target_id, "since": since,
                                           "until": until})
     try:
         rows = result.cursor.fetchall()
     finally:
         result.close()
-    return rows
-
-
-def iso_utc(text: str) -> str:
-    """A time of read_points ("YYYY-MM-DD HH:MM:SS.ffffff", UTC) as `datetime.isoformat()`
-    gives it."""
-    fraction = text[19:26]
-    return f"{text[:10]}T{text[11:19]}{'' if fraction == '.000000' else fraction}+00:00"
+    columns = dict(zip(PROBE_POINT_FIELDS, map(list, zip(*rows, strict=True)), strict=True)
+                   ) if rows else {field: [] for field in PROBE_POINT_FIELDS}
+    columns["ok"] = list(map(bool, columns["ok"]))
+    return columns
 
 
 def read_latest(connection: Connection, target_id: int, until: datetime,
