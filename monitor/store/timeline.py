@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +24,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 
 from monitor.store.aggregate import floor_hour
@@ -127,16 +129,38 @@ def read_points(connection: Connection, since: datetime, until: datetime,
     # are the driver's own tuples, fetched in one call and turned into columns by zip: no
     # SQLAlchemy row (it costs as much as the fetch) and no Python call per probe. The one
     # value its processors would change is `ok` on SQLite (0 or 1), made a bool below.
-    result = connection.execute(_POINTS, {"target_id": target_id, "since": since,
-                                          "until": until})
-    try:
-        rows = result.cursor.fetchall()
-    finally:
-        result.close()
+    parameters = {"target_id": target_id, "since": since, "until": until}
+    rows: Sequence[tuple[Any, ...]]
+    if connection.dialect.driver == "psycopg":
+        rows = _binary_rows(connection, parameters)
+    else:
+        result = connection.execute(_POINTS, parameters)
+        try:
+            rows = result.cursor.fetchall()
+        finally:
+            result.close()
     columns = dict(zip(PROBE_POINT_FIELDS, map(list, zip(*rows, strict=True)), strict=True)
                    ) if rows else {field: [] for field in PROBE_POINT_FIELDS}
     columns["ok"] = list(map(bool, columns["ok"]))
     return columns
+
+
+def _binary_rows(connection: Connection, parameters: dict[str, Any]) -> Sequence[tuple[Any, ...]]:
+    """_POINTS on PostgreSQL, the rows in binary: numbers come as stored instead of written as
+    text for psycopg to parse back, ~10 ms less of the client's CPU for a day of 20 targets.
+    SQLAlchemy has no option for it, so this asks psycopg itself, inside the connection's
+    transaction. `since` and `until` are aware UTC datetimes (build_report's), which psycopg
+    sends as timestamptz: UtcDateTime's bind processing would change nothing."""
+    driver: Any = connection.connection.driver_connection
+    with driver.cursor(binary=True) as cursor:
+        rows: Sequence[tuple[Any, ...]] = cursor.execute(
+            _compiled(connection.dialect), parameters).fetchall()
+    return rows
+
+
+@cache
+def _compiled(dialect: Dialect) -> str:
+    return str(_POINTS.compile(dialect=dialect))
 
 
 def read_latest(connection: Connection, target_id: int, until: datetime,
