@@ -75,24 +75,23 @@ class headroom(FunctionElement[float]):
     inherit_cache = True
 
 
-def _clamped(ratio: str, rounded: str) -> str:
-    return f"CASE WHEN {ratio} <= 0 THEN 0.0 WHEN {ratio} >= 1 THEN 1.0 ELSE {rounded} END"
-
-
 @compiles(headroom)
 def _headroom(element: headroom, compiler: Any, **kw: Any) -> str:
     remaining, limit = (compiler.process(c, **kw) for c in element.clauses)
-    ratio = f"(CAST({remaining} AS REAL) / NULLIF({limit}, 0))"
-    # SQLite has floor() only when built with its math functions; CAST truncates, which is
-    # floor for the positive values rounded here.
-    return _clamped(ratio, f"CAST({ratio} * 10000 + 0.5 AS INTEGER) / 10000.0")
+    # SQLite's min() and max() of several values are null if one is, and it has floor() only
+    # when built with its math functions: CAST truncates, which is floor for x + 0.5 >= 0 (a
+    # ratio under that is clamped to 0 either way).
+    rounded = f"CAST(CAST({remaining} AS REAL) / NULLIF({limit}, 0) * 10000 + 0.5 AS INTEGER)"
+    return f"max(0.0, min(1.0, {rounded} / 10000.0))"
 
 
 @compiles(headroom, "postgresql")
 def _headroom_double(element: headroom, compiler: Any, **kw: Any) -> str:
     remaining, limit = (compiler.process(c, **kw) for c in element.clauses)
+    # GREATEST and LEAST skip nulls, so the clamp is a CASE.
     ratio = f"(CAST({remaining} AS DOUBLE PRECISION) / NULLIF({limit}, 0))"
-    return _clamped(ratio, f"floor({ratio} * 10000 + 0.5) / 10000")
+    return (f"CASE WHEN {ratio} <= 0 THEN 0.0 WHEN {ratio} >= 1 THEN 1.0 "
+            f"ELSE floor({ratio} * 10000 + 0.5) / 10000 END")
 
 
 # A probe point's fields (docs/report.md, series of bucket "probe"), in the order read.
