@@ -88,8 +88,8 @@ def build_report(engine: Engine, since: datetime, until: datetime,
         listed = replays.listed(connection, since, until, ids, REPLAYS_LISTED) if ids else []
         uptime = _uptime(connection, ids, until)
         checks = _checks(check_results.counts(connection, ids, since, until) if ids else [])
-        heartbeat = {i: [_beat(p) for p in timeline.read_latest(
-            connection, i, until, HEARTBEAT_PROBES)] for i in ids}
+        heartbeat = {i: timeline.read_latest(connection, i, until, HEARTBEAT_PROBES)
+                     for i in ids}
     return {
         "version": VERSION,
         "generated_at": now.astimezone(UTC).isoformat(),
@@ -258,13 +258,6 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
         "headroom_requests": _fraction(aggregate.min_headroom_requests),
         "headroom_tokens": _fraction(aggregate.min_headroom_tokens),
     }
-
-
-def _beat(probe: Any) -> dict[str, Any]:
-    return {"probe_id": probe.id, "t": probe.started_at.isoformat(), "ok": probe.ok,
-            "total_ms": probe.total_ms, "http_status": probe.http_status,
-            "error_kind": probe.error_kind, "fingerprint": probe.system_fingerprint,
-            "model": probe.model}
 
 
 def _uptime(connection: Connection, ids: Sequence[int],

@@ -30,14 +30,6 @@ from sqlalchemy.ext.compiler import compiles
 from monitor.store.aggregate import floor_hour
 from monitor.store.models import CANARY, HourlyRollupRow, ProbeRow
 
-POINT_COLUMNS = (
-    ProbeRow.id, ProbeRow.target_id, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
-    ProbeRow.http_status, ProbeRow.total_ms, ProbeRow.openai_processing_ms,
-    ProbeRow.system_fingerprint, ProbeRow.model, ProbeRow.ratelimit_limit_requests,
-    ProbeRow.ratelimit_limit_tokens, ProbeRow.ratelimit_remaining_requests,
-    ProbeRow.ratelimit_remaining_tokens,
-)
-
 
 class iso_utc(FunctionElement[str]):
     """A UTC time column as `datetime.isoformat()` writes it ("2026-11-26T12:00:04.120331+00:00",
@@ -110,8 +102,13 @@ _POINTS = (
     .order_by(ProbeRow.started_at, ProbeRow.id)
 )
 # Walks ix_probes_target_id_started_at backwards from `until` and stops after `limit` rows.
+# A heartbeat's fields (docs/report.md), in the order read.
+BEAT_FIELDS = ("probe_id", "t", "ok", "total_ms", "http_status", "error_kind", "fingerprint",
+               "model")
 _LATEST = (
-    select(*POINT_COLUMNS)
+    select(ProbeRow.id, iso_utc(ProbeRow.started_at), ProbeRow.ok, ProbeRow.total_ms,
+           ProbeRow.http_status, ProbeRow.error_kind, ProbeRow.system_fingerprint,
+           ProbeRow.model)
     .where(ProbeRow.target_id == bindparam("target_id"),
            ProbeRow.started_at < bindparam("until"), CANARY)
     .order_by(ProbeRow.started_at.desc(), ProbeRow.id.desc()).limit(bindparam("limit"))
@@ -163,11 +160,12 @@ def _compiled(dialect: Dialect) -> str:
 
 
 def read_latest(connection: Connection, target_id: int, until: datetime,
-                limit: int) -> list[Any]:
-    """The target's last `limit` probes started before `until`, oldest first."""
+                limit: int) -> list[dict[str, Any]]:
+    """The target's last `limit` probes started before `until`, oldest first, each a dict of
+    BEAT_FIELDS."""
     rows = connection.execute(_LATEST, {"target_id": target_id, "until": until,
                                         "limit": limit}).all()
-    return list(reversed(rows))
+    return [dict(zip(BEAT_FIELDS, row, strict=True)) for row in reversed(rows)]
 
 
 def count_outcomes(connection: Connection, since: datetime, until: datetime,
