@@ -308,6 +308,7 @@ def test_uptime_and_heartbeat_are_those_of_the_probes_before_until(
             {"probe_id": ids[r.uid], "t": r.started_at.isoformat(), "ok": r.ok,
              "total_ms": r.total_ms, "http_status": r.http_status, "error_kind": r.error_kind,
              "fingerprint": r.system_fingerprint, "model": r.model} for r in latest]
+        assert all(type(beat["ok"]) is bool for beat in entry["heartbeat"])  # true, not 1
 
 
 def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:
