@@ -377,3 +377,4 @@ def test_a_points_headroom_is_clamped_and_rounded_by_the_database(
         target_id = connection.execute(select(TargetRow.id)).scalar_one()
         points = timeline.read_points(connection, START, START + timedelta(days=1), target_id)
     assert (points["headroom_requests"], points["headroom_tokens"]) == ([share], [share])
+    assert share is None or type(points["headroom_requests"][0]) is float  # JSON, not Decimal
