@@ -18,11 +18,13 @@ and every `--prune-every` days retention runs as the daemon's job would (`prune`
     python bench/history_scale.py [--targets 20] [--days 365] [--backend both|sqlite|postgresql]
         [--prune-every 7] [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
         [--keep DIR]  (keep the SQLite file in DIR and the PostgreSQL database, to look into)
+        [--runs 5]    (timed runs of each report; each line gives wall, client and server CPU)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -140,18 +142,67 @@ def build_history(engine: Engine, rows: Rows, keys: list[tuple[int, ...]], days:
 REPORTS = {"365d": timedelta(days=365), "48h": timedelta(hours=48), "24h": timedelta(hours=24)}
 
 
-def time_reports(engine: Engine, now: datetime, runs: int = 5) -> dict[str, list[float]]:
-    timings: dict[str, list[float]] = {label: [] for label in REPORTS}
+class Timings:
+    """Per report: wall times, this process's CPU times (time.process_time) and, for a
+    PostgreSQL server on this machine, the CPU its backends spent (from /proc; None when it
+    cannot be read): on a shared machine the CPU figures move much less than the wall."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.server: list[float] = []
+
+    def line(self, label: str, bar: str) -> str:
+        wall, cpu = (sorted(v) for v in (self.wall, self.cpu))
+        text = (f"build_report --since {label}: wall first {self.wall[0] * 1000:.0f} ms, median "
+                f"{statistics.median(wall) * 1000:.0f}, min {wall[0] * 1000:.0f} (bar {bar}); "
+                f"client CPU median {statistics.median(cpu) * 1000:.0f} ms")
+        if len(self.server) == len(self.wall):
+            text += f"; server CPU mean {statistics.mean(self.server) * 1000:.0f} ms"
+        return text
+
+
+def server_cpu_s(pids: list[int]) -> float | None:
+    """User + system CPU seconds of these PostgreSQL backends so far, if this machine has them
+    (clock ticks: 10 ms each, so take the mean of several reports)."""
+    if not pids:
+        return None
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (after pid and comm)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pids(engine: Engine) -> list[int]:
+    if engine.dialect.name != "postgresql":
+        return []
+    with engine.connect() as connection:
+        return [int(pid) for pid in connection.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").scalars()]
+
+
+def time_reports(engine: Engine, now: datetime, runs: int) -> dict[str, Timings]:
+    timings = {label: Timings() for label in REPORTS}
+    pids = backend_pids(engine)  # the pool's connections, which the reports use
     for _ in range(runs):
         for label, span in REPORTS.items():
-            started = time.perf_counter()
+            timing = timings[label]
+            server = server_cpu_s(pids)
+            started, cpu = time.perf_counter(), time.process_time()
             report = build_report(engine, now - span, now, None, now)
-            timings[label].append(time.perf_counter() - started)
+            timing.wall.append(time.perf_counter() - started)
+            timing.cpu.append(time.process_time() - cpu)
+            if server is not None and (after := server_cpu_s(pids)) is not None:
+                timing.server.append(after - server)
             assert report["targets"] and report["targets"][0]["probes"] > 0
             # The series follows the range: a point per probe up to 48 h.
-            points = report["targets"][0]["series"]["points"]
-            assert report["targets"][0]["series"]["bucket"] != "probe" or (
-                len(points) == report["targets"][0]["probes"])
+            series = report["targets"][0]["series"]
+            assert series["bucket"] != "probe" or (
+                len(series["columns"]["t"]) == report["targets"][0]["probes"])
     return timings
 
 
@@ -178,7 +229,7 @@ def live_fold_cost(engine: Engine, template: ProbeResult, names: list[str], now:
 
 
 def measure(url: str, template: ProbeResult, failed: ProbeResult, targets: int, days: int,
-            prune_every: int) -> None:
+            prune_every: int, runs: int) -> None:
     db.upgrade(url)
     engine = db.open_store(url)
     names = [f"target-{i:02d}" for i in range(targets)]
@@ -191,7 +242,9 @@ def measure(url: str, template: ProbeResult, failed: ProbeResult, targets: int, 
         # heartbeat's newest-60 walk as a scan of the target's whole history.
         with engine.connect() as connection:
             connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
-    timings = time_reports(engine, now)
+    load = os.getloadavg()[0]
+    timings = time_reports(engine, now, runs)
+    load = max(load, os.getloadavg()[0])
     size = db.size_bytes(engine) or 0
     each, per_round = live_fold_cost(engine, template, names, now)
     compacted = compacted_size(engine)
@@ -200,10 +253,10 @@ def measure(url: str, template: ProbeResult, failed: ProbeResult, targets: int, 
     print(f"  {engine.dialect.name}: {probes:,} probes written in {spent['insert_s']:.0f} s, "
           f"folded in {spent['catch_up_s']:.0f} s, pruned in {spent['prune_s']:.0f} s "
           f"({spent['vacuums']} vacuums)")
+    print(f"    {runs} runs of each report; 1-minute load average up to "
+          f"{load:.1f} on {os.cpu_count()} CPUs")
     for label, bar in (("365d", "1 s"), ("48h", "none"), ("24h", "200 ms")):
-        runs = timings[label]
-        print(f"    build_report --since {label}: first {runs[0] * 1000:.0f} ms, "
-              f"median {statistics.median(runs) * 1000:.0f} ms (bar {bar})")
+        print("    " + timings[label].line(label, bar))
     print(f"    catch_up per probe: {each:.2f} ms called after each probe, "
           f"{per_round:.2f} ms called once per round of {targets} targets")
     print(f"    bytes on disk per probe: {size / probes:.0f} ({size / 1e9:.2f} GB) as retention "
@@ -244,6 +297,7 @@ def main() -> None:
     parser.add_argument("--prune-every", type=int, default=7)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--keep", metavar="DIR")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs of each report")
     args = parser.parse_args()
     with Simulator(seed=1) as sim:
         SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
@@ -257,14 +311,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir="/var/tmp") as workdir:
             path = Path(args.keep or workdir) / f"scale_{args.targets}x{args.days}.db"
             measure(f"sqlite:///{path}", template, failed, args.targets, args.days,
-                    args.prune_every)
+                    args.prune_every, args.runs)
     if args.backend in ("both", "postgresql"):
         name = f"monitor_scale_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(args.postgres, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         try:
             measure(args.postgres.rsplit("/", 1)[0] + f"/{name}", template, failed,
-                    args.targets, args.days, args.prune_every)
+                    args.targets, args.days, args.prune_every, args.runs)
         finally:
             if args.keep:
                 print(f"  kept PostgreSQL database {name}")

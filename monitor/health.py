@@ -1,4 +1,4 @@
-"""The health report (docs/report.md, JSON version 1) and the per-target numbers /metrics
+"""The health report (docs/report.md, JSON version 3) and the per-target numbers /metrics
 exposes, read from rollups so that a year costs about what a day does.
 
 A range [since, until) is read in three grains: whole days from daily rollups (only when the
@@ -30,7 +30,7 @@ from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_ho
 from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetRow
 from monitor.store.records import newest_probe
 
-VERSION = 2
+VERSION = 3
 # Every probe a point up to two days (2,880 at one a minute), so a change shows the minute it
 # happens; hourly points up to two weeks (336 of them); daily beyond, so a year is 365 points.
 PROBE_SERIES_UP_TO = timedelta(hours=48)
@@ -78,24 +78,24 @@ def build_report(engine: Engine, since: datetime, until: datetime,
                 totals[target_id].merge(aggregate)
                 if bucket != "probe":
                     buckets[target_id][start] = _point(start, aggregate)
-        points = {i: [found[start] for start in sorted(found)] for i, found in buckets.items()}
         if bucket == "probe":
-            for target_id in ids:
-                points[target_id] = _probe_points(
-                    timeline.read_points(connection, since, until, target_id))
+            columns = {i: timeline.read_points(connection, since, until, i) for i in ids}
+        else:
+            columns = {i: _columns([found[start] for start in sorted(found)])
+                       for i, found in buckets.items()}
         alerts = _alerts(connection, ids, since, until)
         skipped = leases.skipped_counts(connection, since, until, ids) if ids else {}
         listed = replays.listed(connection, since, until, ids, REPLAYS_LISTED) if ids else []
         uptime = _uptime(connection, ids, until)
         checks = _checks(check_results.counts(connection, ids, since, until) if ids else [])
-        heartbeat = {i: [_beat(p) for p in timeline.read_latest(
-            connection, i, until, HEARTBEAT_PROBES)] for i in ids}
+        heartbeat = {i: timeline.read_latest(connection, i, until, HEARTBEAT_PROBES)
+                     for i in ids}
     return {
         "version": VERSION,
         "generated_at": now.astimezone(UTC).isoformat(),
         "since": since.isoformat(),
         "until": until.isoformat(),
-        "targets": [_target(names[i], totals[i], points[i], bucket, alerts.get(i, []),
+        "targets": [_target(names[i], totals[i], columns[i], bucket, alerts.get(i, []),
                             since, until)
                     | {"uptime": uptime[i], "heartbeat": heartbeat[i],
                        "skipped": dict(sorted(skipped.get(i, {}).items())),
@@ -196,7 +196,7 @@ def _alerts(connection: Connection, target_ids: Sequence[int], since: datetime,
     return found
 
 
-def _target(name: str, total: Aggregate, points: list[dict[str, Any]], bucket: str,
+def _target(name: str, total: Aggregate, columns: dict[str, list[Any]], bucket: str,
             alerts: list[Any], since: datetime, until: datetime) -> dict[str, Any]:
     error = total.last_error
     return {
@@ -224,13 +224,23 @@ def _target(name: str, total: Aggregate, points: list[dict[str, Any]], bucket: s
         "last_error": None if error is None else {
             "at": error.at.isoformat(), "error_kind": error.kind,
             "http_status": error.status, "detail": error.detail},
-        "series": {"bucket": bucket, "points": points},
+        "series": {"bucket": bucket, "columns": columns},
     }
 
 
 def _open_within(alert: Any, since: datetime, until: datetime) -> bool:
     return (alert.opened_at is not None and alert.opened_at < until
             and (alert.resolved_at is None or alert.resolved_at >= since))
+
+
+# A bucket point's fields (docs/report.md, series of bucket "hour" or "day").
+BUCKET_POINT_FIELDS = ("t", "probes", "errors", "p50_ms", "p95_ms", "fingerprint",
+                       "headroom_requests", "headroom_tokens")
+
+
+def _columns(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Bucket points (at most a few hundred a target) as the series' columns."""
+    return {field: [p[field] for p in points] for field in BUCKET_POINT_FIELDS}
 
 
 def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
@@ -248,35 +258,6 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
         "headroom_requests": _fraction(aggregate.min_headroom_requests),
         "headroom_tokens": _fraction(aggregate.min_headroom_tokens),
     }
-
-
-def _probe_points(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    """A point per probe, rows of timeline.read_points. This runs for every probe of up to
-    48 h of every target, so rows are unpacked as tuples and nothing is called per probe but
-    iso_utc and _share."""
-    return [{
-        "t": timeline.iso_utc(at), "probe_id": probe_id, "ok": bool(ok), "error_kind": kind,
-        "http_status": status, "total_ms": total_ms, "processing_ms": processing_ms,
-        "fingerprint": fingerprint, "model": model,
-        "headroom_requests": None if remaining_requests is None or not limit_requests
-        else _share(remaining_requests / limit_requests),
-        "headroom_tokens": None if remaining_tokens is None or not limit_tokens
-        else _share(remaining_tokens / limit_tokens),
-    } for (probe_id, _, at, ok, kind, status, total_ms, processing_ms, fingerprint, model,
-           limit_requests, limit_tokens, remaining_requests, remaining_tokens) in rows]
-
-
-def _share(ratio: float) -> float:
-    """aggregate.headroom's clamp to [0, 1], rounded as _fraction rounds; comparisons rather
-    than min() and max(), which cost more than the rest of a point."""
-    return 0.0 if ratio <= 0.0 else 1.0 if ratio >= 1.0 else round(ratio, 4)
-
-
-def _beat(probe: Any) -> dict[str, Any]:
-    return {"probe_id": probe.id, "t": probe.started_at.isoformat(), "ok": probe.ok,
-            "total_ms": probe.total_ms, "http_status": probe.http_status,
-            "error_kind": probe.error_kind, "fingerprint": probe.system_fingerprint,
-            "model": probe.model}
 
 
 def _uptime(connection: Connection, ids: Sequence[int],

@@ -31,6 +31,18 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
+# docs/report.md: a series' fields, each a column (a list with one value per point).
+BUCKET_FIELDS = ("t", "probes", "errors", "p50_ms", "p95_ms", "fingerprint", "headroom_requests",
+                 "headroom_tokens")
+PROBE_FIELDS = ("t", "probe_id", "ok", "error_kind", "http_status", "total_ms", "processing_ms",
+                "fingerprint", "model", "headroom_requests", "headroom_tokens")
+
+
+def columns(points: Sequence[dict[str, Any]], fields: Sequence[str]) -> dict[str, list[Any]]:
+    """Points written one dict each, as the report's columns."""
+    return {field: [p[field] for p in points] for field in fields}
+
+
 def _series(since: datetime, hours: int, fingerprints: Sequence[str | None],
             slow_from: int | None = None) -> dict[str, Any]:
     """One point per hour; `fingerprints[i % len]` per bucket; slower from `slow_from` on."""
@@ -48,7 +60,7 @@ def _series(since: datetime, hours: int, fingerprints: Sequence[str | None],
             "headroom_requests": None if gap else round(0.99 - hour * 0.01, 4),
             "headroom_tokens": None if gap else round(0.95 - hour * 0.03, 4),
         })
-    return {"bucket": "hour", "points": points}
+    return {"bucket": "hour", "columns": columns(points, BUCKET_FIELDS)}
 
 
 def _heartbeat(now: datetime, count: int, first_id: int, fingerprint: str | None,
@@ -163,7 +175,7 @@ def _idle_target() -> dict[str, Any]:
                         "remaining_requests": None, "remaining_tokens": None,
                         "headroom_requests": None, "headroom_tokens": None, "at": None},
         "open_alerts": [], "alerts": [], "last_error": None,
-        "series": {"bucket": "hour", "points": []},
+        "series": {"bucket": "hour", "columns": columns([], BUCKET_FIELDS)},
         "uptime": {"24h": None, "7d": None, "30d": None},
         "heartbeat": [],
         "state": {
@@ -180,7 +192,7 @@ def document(now: datetime = NOW) -> dict[str, Any]:
     alerts, a streaming one, and one with no probes."""
     since = now - timedelta(hours=24)
     return {
-        "version": 2, "generated_at": _iso(now), "since": _iso(since), "until": _iso(now),
+        "version": 3, "generated_at": _iso(now), "since": _iso(since), "until": _iso(now),
         "targets": [_plain_target(since), _streaming_target(since), _idle_target()],
         "replays": [
             {"probe_id": 901, "replay_of": 17, "target": "gpt-4o",
@@ -237,7 +249,7 @@ def probe_series(since: datetime, minutes: int = 10, interval_s: int = 2, *,
             "model": "gpt-4o-2024-08-06" if ok else None,
             "headroom_requests": 0.9999 if ok else None,
             "headroom_tokens": round(0.999 - i / 1000, 4) if ok else None})
-    return {"bucket": "probe", "points": points}
+    return {"bucket": "probe", "columns": columns(points, PROBE_FIELDS)}
 
 
 def probe_document(now: datetime = NOW, minutes: int = 10) -> dict[str, Any]:
@@ -250,7 +262,7 @@ def probe_document(now: datetime = NOW, minutes: int = 10) -> dict[str, Any]:
     stream["series"] = probe_series(since, minutes, fingerprints=("fp_stream", "fp_stream2"),
                                     first_id=100_001)
     plain["alerts"] = plain["open_alerts"] = []
-    idle["series"] = {"bucket": "probe", "points": []}
+    idle["series"] = {"bucket": "probe", "columns": columns([], PROBE_FIELDS)}
     return doc
 
 

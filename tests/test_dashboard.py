@@ -44,10 +44,10 @@ def vertices(path: Node) -> list[tuple[float, float]]:
 def test_every_probe_is_a_point_on_each_chart_across_the_whole_width() -> None:
     doc = probe_document()
     plain = sections(dashboard(doc))[0]
-    points = doc["targets"][0]["series"]["points"]
+    times = doc["targets"][0]["series"]["columns"]["t"]
     drawn = charts_of(plain)
     latency = markers(drawn["latency"])
-    assert len(latency) == len(points) == 300
+    assert len(latency) == len(times) == 300
     assert len([m for m in latency if "failed" in m.classes()]) == 6
     # Ten minutes of a 24 h range fill the axis, not its last pixel.
     xs = [float(m.attrs.get("cx", 0)) or float(m.attrs["x"]) + 1 for m in latency]
@@ -99,9 +99,9 @@ def test_headroom_lines_stay_clear_of_the_frame() -> None:
 
 def test_upstream_strings_in_probe_points_are_escaped() -> None:
     doc = probe_document()
-    for p in doc["targets"][0]["series"]["points"][:5]:
-        p["fingerprint"] = SCRIPT
-    p["model"] = IMG
+    series = doc["targets"][0]["series"]["columns"]
+    series["fingerprint"][:5] = [SCRIPT] * 5
+    series["model"][4] = IMG
     root = dashboard(doc)
     assert len(root.iter("script")) == 1 and not root.iter("img")
     assert any(SCRIPT in t.all_text() for t in root.iter("title"))

@@ -10,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from report_fixtures import (
+    BUCKET_FIELDS,
     ESCAPE,
     FORMULA,
     IMG,
     NOW,
     SCRIPT,
     charts_of,
+    columns,
     document,
     hostile_document,
     parse_html,
@@ -276,9 +278,9 @@ def test_html_of_a_month_uses_day_buckets_and_dates() -> None:
     doc = document()
     since = NOW - timedelta(days=30)
     doc["since"] = since.isoformat()
-    points = [dict(doc["targets"][0]["series"]["points"][0], t=(since + timedelta(days=d))
-                   .isoformat()) for d in range(30)]
-    doc["targets"][0]["series"] = {"bucket": "day", "points": points}
+    first = {field: values[0] for field, values in doc["targets"][0]["series"]["columns"].items()}
+    points = [dict(first, t=(since + timedelta(days=d)).isoformat()) for d in range(30)]
+    doc["targets"][0]["series"] = {"bucket": "day", "columns": columns(points, BUCKET_FIELDS)}
     latency = charts_of(sections(parse_html(render_html(doc)))[0])["latency"]
     labels = [t.all_text() for t in latency.iter("text")]
     assert "2026-10-27" in labels and "2026-11-26" in labels

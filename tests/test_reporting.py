@@ -113,10 +113,22 @@ def expected(results: list[ProbeResult], since: datetime, until: datetime,
                        "error_kind": failed[-1].error_kind,
                        "http_status": failed[-1].http_status,
                        "detail": failed[-1].error_detail} if failed else None,
-        "series": {"bucket": bucket,
-                   "points": [probe_point(r, (ids or {})[r.uid]) for r in inside]
-                   if bucket == "probe" else [point(t, series[t]) for t in sorted(series)]},
+        "series": {"bucket": bucket, "columns": columns(
+            [probe_point(r, (ids or {})[r.uid]) for r in inside], PROBE_FIELDS)
+            if bucket == "probe" else columns([point(t, series[t]) for t in sorted(series)],
+                                              BUCKET_FIELDS)},
     }
+
+
+PROBE_FIELDS = ("t", "probe_id", "ok", "error_kind", "http_status", "total_ms", "processing_ms",
+                "fingerprint", "model", "headroom_requests", "headroom_tokens")
+BUCKET_FIELDS = ("t", "probes", "errors", "p50_ms", "p95_ms", "fingerprint", "headroom_requests",
+                 "headroom_tokens")
+
+
+def columns(points: list[dict[str, Any]], fields: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Points as the report's series carries them: a list per field (docs/report.md)."""
+    return {field: [p[field] for p in points] for field in fields}
 
 
 def percentiles(values: list[float | None]) -> dict[str, float] | None:
@@ -184,7 +196,9 @@ def stored_ids(engine: Engine) -> dict[str, int]:
 
 
 def assert_matches(got: Any, want: Any, path: str = "") -> None:
-    """Equal, except percentiles (within 1%) and headroom minima (rounded after the min)."""
+    """Equal, except percentiles (within 1%) and headroom (minima rounded after the min, a
+    probe's rounded by the database: half up)."""
+    name = path.rsplit(".", 1)[-1].split("[", 1)[0]  # a column's values are name[i]
     if isinstance(want, dict):
         assert isinstance(got, dict) and got.keys() == want.keys(), path
         for key in want:
@@ -193,9 +207,9 @@ def assert_matches(got: Any, want: Any, path: str = "") -> None:
         assert isinstance(got, list) and len(got) == len(want), path
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_matches(g, w, f"{path}[{i}]")
-    elif path.rsplit(".", 1)[-1] in {"p50", "p95", "p99", "p50_ms", "p95_ms"}:
+    elif name in {"p50", "p95", "p99", "p50_ms", "p95_ms"}:
         assert got == pytest.approx(want, rel=0.01), path
-    elif path.rsplit(".", 1)[-1].startswith("headroom_") and want is not None:
+    elif name.startswith("headroom_") and want is not None:
         assert got == pytest.approx(want, abs=1e-4), path
     else:
         assert got == want, path
@@ -224,7 +238,7 @@ def test_report_numbers_equal_those_computed_from_the_probes(
         engine: Engine, history: History, since: datetime,
         until: datetime, bucket: str) -> None:
     report = build_report(engine, since, until, None, NOW)
-    assert report["version"] == 2
+    assert report["version"] == 3
     assert (report["since"], report["until"]) == (since.isoformat(), until.isoformat())
     assert report["generated_at"] == NOW.isoformat()
     assert [t["target"] for t in report["targets"]] == ["gpt-4o", "gpt-4o-stream"]
@@ -272,7 +286,7 @@ def test_a_range_without_probes_reports_nothing_measured(
     assert (entry["probes"], entry["success_rate"], entry["rate_limits"]) == (0, None, None)
     assert entry["latency_ms"] == {"total": None, "headers": None, "ttft": None,
                                    "processing": None}
-    assert entry["series"] == {"bucket": "probe", "points": []}
+    assert entry["series"] == {"bucket": "probe", "columns": columns([], PROBE_FIELDS)}
     assert (entry["uptime"]["24h"], entry["uptime"]["7d"]) == (None, None)
     assert entry["uptime"]["30d"] is not None  # the 30 days before the range's end had probes
 
@@ -294,6 +308,7 @@ def test_uptime_and_heartbeat_are_those_of_the_probes_before_until(
             {"probe_id": ids[r.uid], "t": r.started_at.isoformat(), "ok": r.ok,
              "total_ms": r.total_ms, "http_status": r.http_status, "error_kind": r.error_kind,
              "fingerprint": r.system_fingerprint, "model": r.model} for r in latest]
+        assert all(type(beat["ok"]) is bool for beat in entry["heartbeat"])  # true, not 1
 
 
 def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:
@@ -330,7 +345,7 @@ def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:
 
 
 def test_a_points_time_reads_as_isoformat_in_utc_on_both_databases(engine: Engine) -> None:
-    """read_points hands SQLite's stored text over unparsed; iso_utc must give exactly what
+    """read_points has the database write each time; it must be exactly what
     datetime.isoformat() gives, with and without microseconds."""
     moments = [START + timedelta(minutes=1), START + timedelta(minutes=2, microseconds=123456),
                START + timedelta(minutes=3, microseconds=1), START + timedelta(days=400)]
@@ -339,5 +354,27 @@ def test_a_points_time_reads_as_isoformat_in_utc_on_both_databases(engine: Engin
     store(engine, results)
     with engine.connect() as connection:
         target_id = connection.execute(select(TargetRow.id)).scalar_one()
-        rows = timeline.read_points(connection, START, START + timedelta(days=401), target_id)
-    assert [timeline.iso_utc(row[2]) for row in rows] == [at.isoformat() for at in moments]
+        points = timeline.read_points(connection, START, START + timedelta(days=401), target_id)
+    assert points["t"] == [at.isoformat() for at in moments]
+    assert points["ok"] == [r.ok for r in results]
+    assert all(type(ok) is bool for ok in points["ok"])
+
+
+@pytest.mark.parametrize(("remaining", "limit", "share"), [
+    (9_999, 10_000, 0.9999), (29_999_985, 30_000_000, 1.0), (12_345, 100_000, 0.1235),
+    (1, 32, 0.0313),  # an exact tie goes up (Python's round() goes to even: 0.0312)
+    (3, 20_000, 0.0001),  # 0.00015 is just under it as a float: down, as round() goes
+    (1, 30_000_000, 0.0), (0, 10_000, 0.0), (-5, 10_000, 0.0), (10_001, 10_000, 1.0),
+    (5, 0, None), (None, 10_000, None), (5, None, None),
+])
+def test_a_points_headroom_is_clamped_and_rounded_by_the_database(
+        engine: Engine, remaining: int | None, limit: int | None, share: float | None) -> None:
+    [result] = varied_history(1, seed=3)
+    store(engine, [replace(result, rate_limits=RateLimits(
+        limit_requests=limit, remaining_requests=remaining, limit_tokens=limit,
+        remaining_tokens=remaining))])
+    with engine.connect() as connection:
+        target_id = connection.execute(select(TargetRow.id)).scalar_one()
+        points = timeline.read_points(connection, START, START + timedelta(days=1), target_id)
+    assert (points["headroom_requests"], points["headroom_tokens"]) == ([share], [share])
+    assert share is None or type(points["headroom_requests"][0]) is float  # JSON, not Decimal

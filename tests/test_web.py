@@ -93,7 +93,7 @@ def test_report_defaults_to_the_last_24_hours_of_every_target(server: str,
     answer = get(server, "/api/report")
     assert answer.status == 200
     doc = answer.json()
-    assert doc["version"] == 2 and [t["target"] for t in doc["targets"]] == [
+    assert doc["version"] == 3 and [t["target"] for t in doc["targets"]] == [
         "gpt-4o", "gpt-4o-mini-stream", "azure-east"]
     assert sources.report_calls == [(NOW - timedelta(hours=24), NOW, None)]
     assert answer.headers["cache-control"] == "no-store"

@@ -70,11 +70,17 @@ def frame_of(doc: dict[str, Any]) -> Frame:
     """The report's range, starting where its data starts when that is later (a new install,
     a target added today): history is drawn across the width, not in its last pixel."""
     since, until = moment(doc["since"]), moment(doc["until"])
-    firsts = [moment(t["series"]["points"][0]["t"]) for t in doc["targets"]
-              if t["series"]["points"]]
+    firsts = [moment(t["series"]["columns"]["t"][0]) for t in doc["targets"]
+              if t["series"]["columns"]["t"]]
     if firsts:
         since = min(max(since, min(firsts)), until)
     return Frame(since, until)
+
+
+def rows(series: dict[str, Any]) -> list[Point]:
+    """A series' points one dict each (the report carries them as columns: docs/report.md)."""
+    columns = series["columns"]
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values())]
 
 
 def probe_tip(p: Point) -> str:
@@ -94,7 +100,7 @@ def link(probe_id: object, inner: str, links: bool) -> str:
 def fingerprint_colours(target: dict[str, Any]) -> dict[str, str]:
     """A colour per fingerprint, the most frequent first, then any only the series shows."""
     names = [f["fingerprint"] for f in target["fingerprints"]]
-    names += [p["fingerprint"] for p in target["series"]["points"] if p["fingerprint"]]
+    names += [name for name in target["series"]["columns"]["fingerprint"] if name]
     colours: dict[str, str] = {}
     for name in names:
         colours.setdefault(name, PALETTE[len(colours) % len(PALETTE)])
@@ -105,12 +111,13 @@ def _by_probe(target: dict[str, Any]) -> bool:
     return bool(target["series"]["bucket"] == "probe")
 
 
-def latency_chart(target: dict[str, Any], frame: Frame, *, links: bool = False) -> str:
+def latency_chart(target: dict[str, Any], series: list[Point], frame: Frame, *,
+                  links: bool = False) -> str:
     """Total latency: every probe (failed ones as red ticks), or per bucket the p50 line over
-    the p50-p95 band."""
+    the p50-p95 band. `series` is rows(target["series"])."""
     height = 170
     bottom = height - BOTTOM
-    points = _points(target, frame)
+    points = _points(target, series, frame)
     by_probe = _by_probe(target)
     keys = ("total_ms",) if by_probe else ("p50_ms", "p95_ms")
     peak = max([p[k] for _, p in points for k in keys
@@ -152,11 +159,11 @@ def latency_chart(target: dict[str, Any], frame: Frame, *, links: bool = False) 
                        f"{p['probes']} probes")
                 parts.append(f'<circle cx="{x:.1f}" cy="{y(p["p50_ms"]):.1f}" r="2" '
                              f'fill="#0072b2"><title>{esc(tip)}</title></circle>')
-        parts += _errors(target, frame, bottom)
+        parts += _errors(target, series, frame, bottom)
     return _svg("latency", height, frame, target, grid, parts, has_data=bool(points))
 
 
-def headroom_chart(target: dict[str, Any], frame: Frame) -> str:
+def headroom_chart(target: dict[str, Any], series: list[Point], frame: Frame) -> str:
     """The share of the request and token quota left: per probe, or the lowest per bucket."""
     height = 120
     bottom = height - BOTTOM
@@ -167,7 +174,7 @@ def headroom_chart(target: dict[str, Any], frame: Frame) -> str:
         return bottom - 3 - value * (bottom - TOP - 6)
 
     grid = _grid([(y(v), percent(v, 0)) for v in (0.0, 0.5, 1.0)])
-    points = _points(target, frame)
+    points = _points(target, series, frame)
     parts = []
     has_data = False
     for key, colour, label, row in (("headroom_requests", "#009e73", "requests", 0),
@@ -182,13 +189,14 @@ def headroom_chart(target: dict[str, Any], frame: Frame) -> str:
     return _svg("headroom", height, frame, target, grid, parts, has_data=has_data)
 
 
-def fingerprint_stripe(target: dict[str, Any], frame: Frame, colours: dict[str, str]) -> str:
+def fingerprint_stripe(target: dict[str, Any], series: list[Point], frame: Frame,
+                       colours: dict[str, str]) -> str:
     """A cell per probe (grouped in runs of one fingerprint) or a band per bucket, in the
     colour of its fingerprint (of a bucket: its most frequent one)."""
     height = 44
     bottom = height - BOTTOM
     parts = []
-    for name, cells, tip in _stripe_cells(target, frame):
+    for name, cells, tip in _stripe_cells(target, series, frame):
         fill = colours.get(name, NO_FINGERPRINT) if name else NO_FINGERPRINT
         rects = "".join(f'<rect class="{kind}" x="{x0:.1f}" y="{TOP}" '
                         f'width="{max(x1 - x0, 0.5):.1f}" height="{bottom - TOP}"/>'
@@ -198,10 +206,9 @@ def fingerprint_stripe(target: dict[str, Any], frame: Frame, colours: dict[str, 
     return _svg("fingerprints", height, frame, target, "", parts, has_data=bool(parts))
 
 
-def _stripe_cells(target: dict[str, Any], frame: Frame
+def _stripe_cells(target: dict[str, Any], points: list[Point], frame: Frame
                   ) -> Iterable[tuple[str | None, list[tuple[float, float, str]], str]]:
     """(fingerprint, cells (x0, x1, class), tooltip) per run of probes or per bucket."""
-    points = target["series"]["points"]
     if not _by_probe(target):
         width = BUCKET.get(target["series"]["bucket"], BUCKET["hour"])
         for p in points:
@@ -235,12 +242,13 @@ def _run(points: list[Point], run: list[int], times: list[datetime], ends: list[
     return name, [(frame.x(times[i]), frame.x(ends[i]), "probe") for i in run], tip
 
 
-def _points(target: dict[str, Any], frame: Frame) -> list[tuple[float, Point]]:
+def _points(target: dict[str, Any], series: list[Point],
+            frame: Frame) -> list[tuple[float, Point]]:
     """The series points with their x: a probe's own time, or the middle of its bucket."""
     if _by_probe(target):
-        return [(frame.x(moment(p["t"])), p) for p in target["series"]["points"]]
+        return [(frame.x(moment(p["t"])), p) for p in series]
     half = BUCKET.get(target["series"]["bucket"], BUCKET["hour"]) / 2
-    return [(frame.x(moment(p["t"]) + half), p) for p in target["series"]["points"]]
+    return [(frame.x(moment(p["t"]) + half), p) for p in series]
 
 
 def _runs(points: list[tuple[float, Point]], *keys: str) -> Iterable[list[tuple[float, Point]]]:
@@ -275,10 +283,11 @@ def _grid(ticks: list[tuple[float, str]]) -> str:
                    f'text-anchor="end">{label}</text>' for y, label in ticks)
 
 
-def _errors(target: dict[str, Any], frame: Frame, bottom: float) -> list[str]:
+def _errors(target: dict[str, Any], series: list[Point], frame: Frame,
+            bottom: float) -> list[str]:
     width = BUCKET.get(target["series"]["bucket"], BUCKET["hour"])
     marks = []
-    for p in target["series"]["points"]:
+    for p in series:
         if p["errors"]:
             start = moment(p["t"])
             x0, x1 = frame.x(start), frame.x(start + width)

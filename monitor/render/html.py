@@ -112,6 +112,7 @@ def target_section(t: dict[str, Any], frame: charts.Frame, anchor: str, *,
                    links: bool = False) -> str:
     """One target: latency, fingerprint and headroom charts, then its numbers."""
     colours = charts.fingerprint_colours(t)
+    points = charts.rows(t["series"])
     legend = "".join(
         f'<li><svg width="10" height="10" aria-hidden="true"><rect width="10" height="10" '
         f'fill="{colour}"/></svg> <code>{esc(name)}</code> {_share(t, name)}</li>'
@@ -121,14 +122,14 @@ def target_section(t: dict[str, Any], frame: charts.Frame, anchor: str, *,
             + ("<h3>latency of the whole probe, every probe (ms; failed probes in red)</h3>"
                if by_probe else
                "<h3>latency of the whole probe, p50 and the p50-p95 band (ms)</h3>")
-            + f"{charts.latency_chart(t, frame, links=links)}"
+            + f"{charts.latency_chart(t, points, frame, links=links)}"
             + ("<h3>system_fingerprint of every probe</h3>" if by_probe else
                "<h3>system_fingerprint, the most frequent per bucket</h3>")
-            + f"{charts.fingerprint_stripe(t, frame, colours)}"
+            + f"{charts.fingerprint_stripe(t, points, frame, colours)}"
             f'<ul class="legend">{legend}</ul>'
             + ("<h3>rate-limit headroom of every probe</h3>" if by_probe else
                "<h3>rate-limit headroom, the lowest per bucket</h3>")
-            + f"{charts.headroom_chart(t, frame)}{_numbers(t)}"
+            + f"{charts.headroom_chart(t, points, frame)}{_numbers(t)}"
             + f"{_checks(t.get('checks', []))}</section>")
 
 
