@@ -27,7 +27,7 @@ from monitor.sketch import Sketch
 from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
 from monitor.store import aggregate, alert_reads, check_results, leases, replays, rollups, timeline
 from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
-from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetRow
+from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetKind, TargetRow
 from monitor.store.records import newest_probe
 
 VERSION = 2
@@ -170,7 +170,9 @@ def _segments(since: datetime, until: datetime,
 
 
 def _target_names(connection: Connection, targets: Sequence[str] | None) -> dict[int, str]:
-    query = select(TargetRow.id, TargetRow.name)
+    """The canary targets (by name when `targets` is given). Recorded traffic is filtered out
+    here, target by target, so no probe query below pays for keeping it apart."""
+    query = select(TargetRow.id, TargetRow.name).where(TargetRow.kind == TargetKind.CANARY)
     if targets is not None:
         query = query.where(TargetRow.name.in_(targets))
     return {row.id: row.name for row in connection.execute(query)}

@@ -36,7 +36,8 @@ def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None
     """Probe the named targets (all if none) once and store every result."""
     from monitor.daemon.prober import Prober
     from monitor.render import text
-    from monitor.store.records import Recorder, probe_records
+    from monitor.store.probe_reads import probe_records
+    from monitor.store.records import Recorder
 
     settings = load(config_path)
     targets = _select(settings, names)
