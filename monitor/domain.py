@@ -118,6 +118,9 @@ class Target:
     checks: tuple[Check, ...] = ()  # on each answer (not in config_hash: nothing sent changes)
     # sha256 of the effective config without the key: a change shows up as a new hash in history.
     config_hash: str = ""
+    # A target of recorded traffic (monitor proxy: one per route and requested model), never
+    # probed: only the detectors that judge the upstream (detect.TRAFFIC_KINDS) run on it.
+    traffic: bool = False
 
 
 @dataclass(frozen=True)
