@@ -47,6 +47,16 @@ class TargetMetrics:
 
 
 @dataclass(frozen=True)
+class TrafficMetrics:
+    """One route and model of recorded traffic (monitor proxy): its calls over all stored
+    history (as last rolled up), by outcome ("ok" or the error kind)."""
+
+    route: str
+    model: str
+    outcomes: dict[str, int]
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """Everything one /metrics scrape exposes."""
 
@@ -54,3 +64,4 @@ class MetricsSnapshot:
     # channel ("log", "webhook:<hash>", "slack:<hash>") -> delivery attempts that failed,
     # over all stored notifications
     notifications_failed: dict[str, int]
+    traffic: list[TrafficMetrics] = field(default_factory=list)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ import pytest
 from sqlalchemy import Engine, LargeBinary, String, Text, func, select
 
 from monitor.domain import DetectionThresholds
+from monitor.health import build_report, metrics_snapshot
 from monitor.probe.headers import is_sensitive
 from monitor.proxy.recorder import TrafficRecorder
+from monitor.render import render_html, render_table
+from monitor.render.metrics import exposition_registry, render_metrics
 from monitor.sim import SimClient, Simulator
-from monitor.store import codec, db
+from monitor.store import codec, db, rollups
 from monitor.store.models import (
     AlertRow,
     Base,
@@ -27,6 +31,7 @@ from monitor.store.models import (
     TargetKind,
     TargetRow,
 )
+from monitor.store.records import count_targets, last_probes
 from monitor.store.spool import Spool
 from tests.conftest import TEST_KEY
 from tests.proxy import Proxy
@@ -292,3 +297,46 @@ def locked(engine: Engine) -> Iterator[None]:
             connection.exec_driver_sql("LOCK TABLE request_payloads IN ACCESS EXCLUSIVE MODE")
         yield
         connection.rollback()
+
+
+def test_traffic_stays_out_of_canary_health_and_shows_beside_it(
+        engine: Engine, sim_server: Simulator, sim: SimClient, make_recorder: MakeRecorder,
+        make_daemon: Callable[..., Any]) -> None:
+    """The report's targets, /metrics' per-target series and `monitor status` read the same
+    before and after traffic is recorded (even traffic that fails, on the canary's model);
+    the traffic shows in its own section and series."""
+    daemon = make_daemon(engine, {"name": "canary"})
+    daemon.tick(datetime.now(UTC))
+    rollups.catch_up(engine)
+    since, until = datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC) + timedelta(hours=2)
+
+    def canary_view() -> tuple[Any, ...]:
+        report = build_report(engine, since, until, None, until)
+        snapshot = metrics_snapshot(engine)
+        return report["targets"], snapshot.targets, last_probes(engine), count_targets(engine)
+
+    before = canary_view()
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route)
+    for exchange in [chat(route, key=TEST_KEY), chat(route, model="sim-500"),
+                     chat(route, key=TEST_KEY)]:
+        recorder.submit(exchange)
+    stored(engine, 4)
+    recorder.close(5)
+    rollups.catch_up(engine)
+    assert canary_view() == before
+
+    report = build_report(engine, since, until, None, until)
+    [model_row, failing] = report["traffic"]
+    assert (model_row["target"], model_row["calls"], model_row["ok"]) == ("openai/gpt-4o", 2, 2)
+    assert model_row["credentials"] == 1 and model_row["proxy_added_ms_p50"] == 0.25
+    assert model_row["fingerprints"][0]["fingerprint"] == "fp_6ec83003ad"
+    assert (failing["model"], failing["error_rate"], failing["errors"]) == (
+        "sim-500", 1.0, {"http_server_error": 1})
+    assert "openai" in render_table(report) and 'id="traffic"' in render_html(report)
+    body, _ = render_metrics(exposition_registry(lambda: metrics_snapshot(engine)),
+                             "text/plain")
+    text = body.decode()
+    assert 'monitor_traffic_calls_total{model="gpt-4o",outcome="ok",route="openai"} 2.0' in text
+    assert ('monitor_traffic_calls_total{model="sim-500",outcome="http_server_error",'
+            'route="openai"} 1.0') in text

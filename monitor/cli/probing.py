@@ -155,6 +155,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     from monitor.defaults import ALIVE_WITHIN_S
     from monitor.render import text
     from monitor.store import alert_reads, db, leases
+    from monitor.store.models import TargetKind
     from monitor.store.records import count_probes, count_targets, last_probes
     from monitor.store.spool import Spool
     from monitor.watching import read_states, states_json
@@ -168,6 +169,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "schema_revision": db.current_revision(engine),
             "probes": count_probes(engine),
             "targets": count_targets(engine),
+            "traffic_targets": count_targets(engine, TargetKind.TRAFFIC),
             "bytes": db.size_bytes(engine),
             "spool_backlog": Spool(spool).backlog(),
             "last_probes": last_probes(engine),
