@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, LargeBinary, String, Text, func, select
 
+from monitor.cli.replay import replay_command
 from monitor.domain import DetectionThresholds
 from monitor.health import build_report, metrics_snapshot
 from monitor.probe.headers import is_sensitive
@@ -340,3 +342,58 @@ def test_traffic_stays_out_of_canary_health_and_shows_beside_it(
     assert 'monitor_traffic_calls_total{model="gpt-4o",outcome="ok",route="openai"} 2.0' in text
     assert ('monitor_traffic_calls_total{model="sim-500",outcome="http_server_error",'
             'route="openai"} 1.0') in text
+
+
+def test_monitor_replay_resends_a_recorded_call_and_shows_the_diff(
+        engine: Engine, database_url: str, sim_server: Simulator, sim: SimClient,
+        make_recorder: MakeRecorder, make_settings: Callable[..., Any]) -> None:
+    """The proxy kept no key, so the recorded request goes to the configured target of its
+    model; the upstream has moved to a new fingerprint since, which the diff marks."""
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route)
+    recorder.submit(chat(route, key=TEST_KEY, content="What is 2+2?"))
+    [original] = stored(engine, 1)
+    settings = make_settings({"name": "canary"}, database_url=database_url)
+    sim.update(fingerprints=[{"value": "fp_new0000001"}])
+
+    result = CliRunner().invoke(replay_command, [str(original.id), "-c", settings.config_path])
+
+    assert result.exit_code == 0, result.output
+    assert f"replay of probe #{original.id} (target openai/gpt-4o" in result.output
+    assert "to canary" in result.output
+    fingerprint_line = next(line for line in result.output.splitlines() if "fingerprint" in line)
+    assert fingerprint_line.startswith("*") and "fp_new0000001" in fingerprint_line
+    with engine.connect() as connection:
+        replayed = connection.execute(
+            select(ProbeRow.replay_of, TargetRow.name)
+            .join(TargetRow, TargetRow.id == ProbeRow.target_id)
+            .where(ProbeRow.replay_of.is_not(None))).one()
+    assert tuple(replayed) == (original.id, "canary")
+
+
+def test_batch_replay_sends_a_sample_of_a_routes_traffic_to_a_candidate(
+        engine: Engine, database_url: str, sim_server: Simulator, sim: SimClient,
+        make_recorder: MakeRecorder, make_settings: Callable[..., Any]) -> None:
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route)
+    for index in range(6):
+        recorder.submit(chat(route, content=f"question {index}"))
+    recorder.submit(call(route, "GET", "/v1/models"))  # not chat: never re-sent
+    originals = stored(engine, 7)
+    settings = make_settings({"name": "candidate", "model": "gpt-4o-mini"},
+                             database_url=database_url)
+
+    result = CliRunner().invoke(replay_command, [
+        "--target", "openai/gpt-4o", "--since", "1h", "--to", "candidate", "--sample", "3",
+        "--json", "-c", settings.config_path])
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["items"], summary["done"], summary["failed"]) == (3, 3, 0)
+    with engine.connect() as connection:
+        sent = connection.execute(
+            select(ProbeRow.replay_of, ProbeRow.model).where(ProbeRow.replay_of.is_not(None))
+            .order_by(ProbeRow.replay_of)).all()
+    # Spread over the range: the 1st, 3rd and 5th of the six calls, sent to the candidate.
+    assert [r.replay_of for r in sent] == [originals[i].id for i in (0, 2, 4)]
+    assert {r.model for r in sent} == {"gpt-4o-mini-2024-07-18"}  # the alias, as answered
