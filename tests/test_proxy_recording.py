@@ -3,9 +3,11 @@ them over (tests/traffic.py), stored in real SQLite and PostgreSQL databases."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import socket
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,9 +19,10 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, LargeBinary, String, Text, func, select
 
 from monitor.cli.replay import replay_command
-from monitor.domain import DetectionThresholds
+from monitor.domain import DetectionThresholds, Provider
 from monitor.health import build_report, metrics_snapshot
 from monitor.probe.headers import is_sensitive
+from monitor.proxy.exchange import Route
 from monitor.proxy.recorder import TrafficRecorder
 from monitor.render import render_html, render_table
 from monitor.render.metrics import exposition_registry, render_metrics
@@ -397,3 +400,58 @@ def test_batch_replay_sends_a_sample_of_a_routes_traffic_to_a_candidate(
     # Spread over the range: the 1st, 3rd and 5th of the six calls, sent to the candidate.
     assert [r.replay_of for r in sent] == [originals[i].id for i in (0, 2, 4)]
     assert {r.model for r in sent} == {"gpt-4o-mini-2024-07-18"}  # the alias, as answered
+
+
+def test_anthropic_messages_are_parsed_like_an_anthropic_probe(
+        engine: Engine, sim_server: Simulator, sim: SimClient,
+        make_recorder: MakeRecorder) -> None:
+    route = Route("claude", Provider.ANTHROPIC, sim_server.url)
+    recorder = make_recorder(engine, route)
+    body = {"model": "claude-sonnet-4-0", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Say OK"}]}
+    version = {"anthropic-version": "2023-06-01"}
+    sent = [call(route, "POST", "/v1/messages", body, key=TEST_KEY, headers=version),
+            call(route, "POST", "/v1/messages", {**body, "stream": True}, key=TEST_KEY,
+                 headers=version)]
+    for exchange in sent:
+        recorder.submit(exchange)
+    plain, streamed = stored(engine, 2)
+    answer = json.loads(sent[0].response_body)
+    assert plain.ok and plain.model == answer["model"] and plain.response_id == answer["id"]
+    assert plain.prompt_tokens == answer["usage"]["input_tokens"]
+    assert plain.completion_tokens == answer["usage"]["output_tokens"]
+    assert plain.ratelimit_limit_input_tokens is not None  # anthropic-ratelimit-* headers
+    assert streamed.ok and streamed.stream and streamed.completion_tokens
+    assert streamed.choices[0]["content"] == plain.choices[0]["content"]
+
+
+def test_failures_and_cut_bodies_are_recorded_with_their_flags(
+        engine: Engine, sim_server: Simulator, sim: SimClient,
+        make_recorder: MakeRecorder) -> None:
+    """An upstream that cannot be reached, a body cut at the route's cap (forwarded whole,
+    stored cut and flagged, and not a failure for that), a 429 and the app's own 400."""
+    route = openai_route(sim_server.url, max_body_bytes=120)
+    recorder = make_recorder(engine, route)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    sent = [call(route, "POST", "/v1/chat/completions",
+                 {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+                 upstream=f"http://127.0.0.1:{port}"),
+            chat(route, content="x" * 200),
+            chat(route, model="sim-429"),
+            chat(route, model="sim-400")]
+    for exchange in sent:
+        recorder.submit(exchange)
+    unreachable, cut, limited, refused = stored(engine, 4)
+    assert (unreachable.ok, unreachable.error_kind, unreachable.http_status) == (
+        False, "connection_refused", None)
+    assert cut.ok and cut.request_truncated and cut.response_truncated
+    assert codec.decompress(cut.raw_response_zlib) == sent[1].response_body
+    assert len(sent[1].response_body) == 120
+    assert (limited.error_kind, limited.http_status) == ("rate_limited", 429)
+    assert (refused.error_kind, refused.http_status) == ("http_client_error", 400)
+    with engine.connect() as connection:
+        payload = connection.execute(select(RequestPayloadRow.payload).where(
+            RequestPayloadRow.id == cut.request_payload_id)).scalar_one()
+    assert base64.b64decode(payload["body_base64"]) == sent[1].request_body

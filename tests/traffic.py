@@ -20,11 +20,11 @@ CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
 
 def call(route: Route, method: str, path: str, body: dict[str, Any] | bytes | None = None, *,
          key: str | None = None, max_body_bytes: int | None = None,
-         upstream: str | None = None) -> Exchange:
+         upstream: str | None = None, headers: dict[str, str] | None = None) -> Exchange:
     """Send one call to the route's upstream (or `upstream`) and return its Exchange."""
     cap = max_body_bytes if max_body_bytes is not None else route.max_body_bytes
     data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
-    headers = {"content-type": "application/json"} if data else {}
+    headers = {**({"content-type": "application/json"} if data else {}), **(headers or {})}
     if key is not None:
         headers["authorization"] = f"Bearer {key}"
     url = (upstream or route.upstream) + path
@@ -53,9 +53,7 @@ def call(route: Route, method: str, path: str, body: dict[str, Any] | bytes | No
                 answer += piece
             total = since_ms()
     except requests.RequestException as exc:
-        error = f"{type(exc).__name__}: connection failed"
-        if "timed out" in str(exc).lower():
-            error = "Read timed out"
+        error = str(exc)  # the forwarder's sentence: what the HTTP library said
         total = since_ms()
     return Exchange(
         route=route.name, provider=route.provider, method=method, path=path,
