@@ -455,3 +455,28 @@ def test_failures_and_cut_bodies_are_recorded_with_their_flags(
         payload = connection.execute(select(RequestPayloadRow.payload).where(
             RequestPayloadRow.id == cut.request_payload_id)).scalar_one()
     assert base64.b64decode(payload["body_base64"]) == sent[1].request_body
+
+
+def test_availability_on_traffic_ignores_the_apps_own_bad_requests(
+        engine: Engine, sim_server: Simulator, sim: SimClient,
+        make_recorder: MakeRecorder) -> None:
+    """Four 400s in a row (the app's mistakes) open nothing; three 503s from the upstream do."""
+    route = openai_route(sim_server.url)
+    thresholds = DetectionThresholds(warmup_probes=1, availability_consecutive_failures=3)
+    recorder = make_recorder(engine, route, thresholds=thresholds)
+    recorder.submit(chat(route, model="sim-503"))  # the target's first call: its baseline
+    for _ in range(4):
+        recorder.submit(chat(route, model="sim-503", content="bad", n="not a number"))
+    assert [r.http_status for r in stored(engine, 5)] == [503, 400, 400, 400, 400]
+    recorder.close(5)
+    recorder = make_recorder(engine, route, thresholds=thresholds)
+
+    def availability() -> list[str]:
+        with engine.connect() as connection:
+            return list(connection.execute(select(AlertRow.key).where(
+                AlertRow.kind == "availability")).scalars())
+
+    assert availability() == []
+    for _ in range(3):
+        recorder.submit(chat(route, model="sim-503"))
+    assert wait_until(availability, "an availability alert") == ["consecutive_failures"]
