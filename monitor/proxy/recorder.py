@@ -177,7 +177,14 @@ class TrafficRecorder:
                     exchanges.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            results = [r for r in map(self._quietly_parsed, exchanges) if r is not None]
+            results = []
+            for exchange in exchanges:
+                parsed = self._quietly_parsed(exchange)
+                if parsed is not None:
+                    results.append(parsed)
+                # Let a waiting forwarder thread run now: a batch parsed without a break holds
+                # the GIL until Python takes it away (5 ms), which an app's call would wait out.
+                time.sleep(0)
             try:
                 self._store(results)
             except Exception:  # a bug must not stop recording
