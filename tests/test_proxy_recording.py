@@ -23,7 +23,7 @@ from monitor.domain import DetectionThresholds, Provider
 from monitor.health import build_report, metrics_snapshot
 from monitor.probe.headers import is_sensitive
 from monitor.proxy.exchange import Route
-from monitor.proxy.recorder import TrafficRecorder
+from monitor.proxy.recorder import TrafficRecorder, make_recording_sink
 from monitor.render import render_html, render_table
 from monitor.render.metrics import exposition_registry, render_metrics
 from monitor.sim import SimClient, Simulator
@@ -480,3 +480,20 @@ def test_availability_on_traffic_ignores_the_apps_own_bad_requests(
     for _ in range(3):
         recorder.submit(chat(route, model="sim-503"))
     assert wait_until(availability, "an availability alert") == ["consecutive_failures"]
+
+
+def test_make_recording_sink_records_to_the_configured_database(
+        database_url: str, sim_server: Simulator, sim: SimClient, tmp_path: Path,
+        make_settings: Callable[..., Any]) -> None:
+    """What `monitor proxy` calls: the configured database, the configured alert policy."""
+    settings = make_settings({"name": "canary"}, database_url=database_url)
+    route = openai_route(sim_server.url)
+    sink = make_recording_sink(settings, [route], spool_path=tmp_path / "proxy-spool.jsonl")
+    try:
+        sink.submit(chat(route, key=TEST_KEY))
+        [row] = stored(sink.engine, 1)
+        assert row.credential_hash == hashlib.sha256(TEST_KEY.encode()).hexdigest()
+    finally:
+        counts = sink.close(5)
+        sink.engine.dispose()
+    assert (counts.submitted, counts.stored, counts.dropped) == (1, 1, 0)
