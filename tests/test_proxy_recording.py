@@ -31,6 +31,7 @@ from monitor.store import codec, db, rollups
 from monitor.store.models import (
     AlertRow,
     Base,
+    HourlyRollupRow,
     ProbeRow,
     RequestPayloadRow,
     TargetKind,
@@ -497,3 +498,20 @@ def test_make_recording_sink_records_to_the_configured_database(
         counts = sink.close(5)
         sink.engine.dispose()
     assert (counts.submitted, counts.stored, counts.dropped) == (1, 1, 0)
+
+
+def test_upkeep_rolls_up_and_prunes_old_raw_bodies_without_a_daemon(
+        engine: Engine, sim_server: Simulator, sim: SimClient,
+        make_recorder: MakeRecorder) -> None:
+    later = datetime.now(UTC) + timedelta(days=2)
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route, clock=lambda: later,
+                             raw_retention_ms=24 * 3_600_000)
+    recorder.submit(chat(route))
+    [row] = stored(engine, 1)
+    assert codec.decompress(row.raw_response_zlib)
+    recorder.maintain()
+    with engine.connect() as connection:
+        body = connection.execute(select(ProbeRow.raw_response_zlib)).scalar_one()
+        hours = connection.execute(select(func.count()).select_from(HourlyRollupRow)).scalar_one()
+    assert codec.decompress(body) == b"" and hours == 1

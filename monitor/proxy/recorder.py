@@ -18,8 +18,9 @@ the forwarder's threads:
 - After storing, the worker runs live detection on each traffic target it touched
   (alerts.watch.Watcher, with the traffic detectors: detect.TRAFFIC_KINDS), so drift on the
   upstream is raised from traffic alone. Rollups are caught up and notifications sent every
-  `maintenance_s` on a thread of their own, so a proxy without a daemon still reports and
-  alerts (several processes doing both on one database is safe: both are locked).
+  `maintenance_s` on a thread of their own, and old raw bodies pruned daily, so a proxy
+  without a daemon still reports, alerts and keeps to `[retention]` (several processes doing
+  the same on one database is safe: each is locked or idempotent).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from monitor.clock import Clock, utc_now
 from monitor.domain import DetectionThresholds, ProbeResult, Provider, Settings, Target
 from monitor.proxy import traffic
 from monitor.proxy.exchange import Exchange, RecordMode, Route
-from monitor.store import db, rollups
+from monitor.store import db, retention, rollups
 from monitor.store.failures import Failure, classify, describe
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
@@ -55,6 +57,7 @@ QUEUE_SIZE = 10_000  # exchanges waiting for the worker (a few seconds at 1,000 
 BATCH = 500  # results per transaction, as the daemon's group writer
 RETRY_S = 1.0  # while the database is down, a drain at most this often
 MAINTENANCE_S = 30.0  # rollups and notifications
+PRUNE_EVERY = timedelta(days=1)  # raw bodies past [retention] raw, as the daemon's daily job
 DEFAULT_SPOOL = "monitor-proxy-spool.jsonl"
 
 
@@ -85,7 +88,8 @@ class TrafficRecorder:
                  thresholds: DetectionThresholds | None = None,
                  clock: Clock = utc_now, draw: Callable[[], float] = random.random,
                  queue_size: int = QUEUE_SIZE, batch: int = BATCH, retry_s: float = RETRY_S,
-                 maintenance_s: float | None = MAINTENANCE_S) -> None:
+                 maintenance_s: float | None = MAINTENANCE_S,
+                 raw_retention_ms: int | None = None) -> None:
         self.engine = engine
         self.spool = spool
         self.routes = {route.name: route for route in routes}
@@ -93,6 +97,8 @@ class TrafficRecorder:
         self.watcher = Watcher(engine, policy or AlertSettings(), clock)
         self.thresholds = thresholds or DetectionThresholds()
         self.counts = Counts()
+        self._raw_retention_ms = raw_retention_ms
+        self._pruned_at: datetime | None = None
         self._draw = draw
         self._draw_lock = threading.Lock()  # an injected generator need not be thread-safe
         self._queue: queue.Queue[Exchange] = queue.Queue(maxsize=queue_size)
@@ -321,12 +327,19 @@ class TrafficRecorder:
             self.maintain()
 
     def maintain(self) -> None:
-        """Fold new probes into rollups and send due notifications (what `monitor run` does
-        on its schedule), logging database trouble instead of raising."""
+        """Fold new probes into rollups, send due notifications and, once a day, empty raw
+        bodies past `[retention] raw` (what `monitor run` does on its schedule), logging
+        database trouble instead of raising."""
         try:
             rollups.catch_up(self.engine)
+            now = self.watcher.clock()
             if self._dispatcher is not None:
-                self._dispatcher.run(self.watcher.clock())
+                self._dispatcher.run(now)
+            if self._raw_retention_ms is not None and (
+                    self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY):
+                retention.prune(self.engine,
+                                now - timedelta(milliseconds=self._raw_retention_ms), now)
+                self._pruned_at = now
         except SQLAlchemyError as error:
             log.warning("database unavailable for rollups and notifications (%s)",
                         describe(error))
@@ -339,4 +352,5 @@ def make_recording_sink(settings: Settings, routes: Sequence[Route], *,
     """The recorder `monitor proxy` hands its exchanges to: on the configured database (which
     may be down: records then wait in `spool_path`), alerting by the configured policy."""
     engine = db.create(settings.database_url)
-    return TrafficRecorder(engine, Spool(spool_path), routes, policy=settings.alerts)
+    return TrafficRecorder(engine, Spool(spool_path), routes, policy=settings.alerts,
+                           raw_retention_ms=settings.raw_retention_ms)
