@@ -25,6 +25,7 @@ from monitor.probe.headers import is_sensitive
 from monitor.proxy.exchange import Route
 from monitor.proxy.recorder import TrafficRecorder, make_recording_sink
 from monitor.render import render_html, render_table
+from monitor.render.dashboard import render_dashboard
 from monitor.render.metrics import exposition_registry, render_metrics
 from monitor.sim import SimClient, Simulator
 from monitor.store import codec, db, rollups
@@ -340,6 +341,8 @@ def test_traffic_stays_out_of_canary_health_and_shows_beside_it(
     assert (failing["model"], failing["error_rate"], failing["errors"]) == (
         "sim-500", 1.0, {"http_server_error": 1})
     assert "openai" in render_table(report) and 'id="traffic"' in render_html(report)
+    dashboard = render_dashboard(report, [], since="2h", targets=None, refresh_s=60)
+    assert 'id="traffic"' in dashboard and "sim-500" in dashboard
     body, _ = render_metrics(exposition_registry(lambda: metrics_snapshot(engine)),
                              "text/plain")
     text = body.decode()
