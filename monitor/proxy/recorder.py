@@ -106,7 +106,7 @@ class TrafficRecorder:
         self._retry_s = retry_s
         self._spooling = not spool.empty()  # keep order: while anything waits, new ones queue
         self._last_drain = 0.0
-        self._spool_lock = threading.Lock()  # submit's overflow and the worker append at once
+        self._spool_lock = threading.Lock()  # guards _spooling against an append meanwhile
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="monitor-proxy-recorder",
                                          daemon=True)
@@ -265,10 +265,13 @@ class TrafficRecorder:
         self._detect(stored)
 
     def _to_spool(self, results: list[ProbeResult]) -> None:
+        """Append to the spool (each fsync'd; Spool is thread-safe) and have the worker drain
+        it. The lock is held only to set the flag: submit() never waits for the worker's
+        appends or drains, only for one fsync of the spool's at most."""
+        for result in results:
+            self.spool.append(result)
         with self._spool_lock:
             self._spooling = True  # the worker drains it, and stores behind it meanwhile
-            for result in results:
-                self.spool.append(result)
         self.counts.add(spooled=len(results))
 
     def _drain(self, *, force: bool = False) -> None:
@@ -287,8 +290,8 @@ class TrafficRecorder:
             touched.update(result.target_name for result in batch)
 
         try:
-            with self._spool_lock:
-                self.spool.drain(save)
+            self.spool.drain(save)
+            with self._spool_lock:  # an append after this check sets the flag again
                 if self.spool.empty():
                     self._spooling = False
                     log.info("database is back: the spooled traffic records are stored")
