@@ -118,6 +118,9 @@ class Target:
     checks: tuple[Check, ...] = ()  # on each answer (not in config_hash: nothing sent changes)
     # sha256 of the effective config without the key: a change shows up as a new hash in history.
     config_hash: str = ""
+    # A target of recorded traffic (monitor proxy: one per route and requested model), never
+    # probed: only the detectors that judge the upstream (detect.TRAFFIC_KINDS) run on it.
+    traffic: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,16 @@ class ProbeResult:
     stream_chunks: int | None = None
     # The body exactly as received (for a stream, the raw SSE bytes); capped at max_response_bytes.
     raw_response: bytes = b""
+    # Only on the application's own calls recorded by `monitor proxy` (monitor/proxy/): the
+    # result belongs to a traffic target, never a canary. The credential is never here, only
+    # its sha256; request_path is set for endpoints stored raw (not chat); the flags say a body
+    # was cut at the route's size cap.
+    traffic: bool = False
+    credential_hash: str | None = None
+    request_path: str | None = None
+    proxy_added_ms: float | None = None
+    request_truncated: bool | None = None
+    response_truncated: bool | None = None
 
     @property
     def content(self) -> str | None:

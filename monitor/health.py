@@ -23,11 +23,35 @@ from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
 from monitor.detect import SEVERITIES
 from monitor.domain import AlertState, CheckOutcome, SkipKind
-from monitor.sketch import Sketch
-from monitor.snapshot import LATENCY_BUCKETS_S, Histogram, MetricsSnapshot, TargetMetrics
-from monitor.store import aggregate, alert_reads, check_results, leases, replays, rollups, timeline
-from monitor.store.aggregate import TOTAL_PHASES, Aggregate, floor_day, floor_hour, from_micros
-from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetRow
+from monitor.snapshot import (
+    LATENCY_BUCKETS_S,
+    Histogram,
+    MetricsSnapshot,
+    TargetMetrics,
+    TrafficMetrics,
+)
+from monitor.store import (
+    aggregate,
+    alert_reads,
+    check_results,
+    leases,
+    replays,
+    rollups,
+    timeline,
+    traffic_reads,
+)
+from monitor.store.aggregate import (
+    TOTAL_PHASES,
+    Aggregate,
+    floor_day,
+    floor_hour,
+    fraction,
+    ms,
+    percentiles,
+    seen,
+    segments,
+)
+from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetKind, TargetRow
 from monitor.store.records import newest_probe
 
 VERSION = 3
@@ -57,7 +81,7 @@ def build_report(engine: Engine, since: datetime, until: datetime,
         buckets: dict[int, dict[datetime, dict[str, Any]]] = {i: {} for i in ids}
         # Buckets cut by the range's edges, or made of finer rows than the series' bucket.
         partial: dict[int, dict[datetime, Aggregate]] = {i: {} for i in ids}
-        for span, low, high in _segments(since, until, grain) if ids else ():
+        for span, low, high in segments(since, until, grain) if ids else ():
             if span is None:
                 for probe in rollups.read_probes(connection, low, high, ids):
                     point = floor(probe.started_at)
@@ -90,6 +114,7 @@ def build_report(engine: Engine, since: datetime, until: datetime,
         checks = _checks(check_results.counts(connection, ids, since, until) if ids else [])
         heartbeat = {i: timeline.read_latest(connection, i, until, HEARTBEAT_PROBES)
                      for i in ids}
+        traffic = traffic_reads.summary(connection, since, until) if targets is None else []
     return {
         "version": VERSION,
         "generated_at": now.astimezone(UTC).isoformat(),
@@ -103,6 +128,9 @@ def build_report(engine: Engine, since: datetime, until: datetime,
                     for i in sorted(ids, key=names.__getitem__)],
         # Replays are kept apart: no number above counts them (rollups fold canaries only).
         "replays": [_replay(row) for row in listed],
+        # The application's calls through `monitor proxy`, per route and model: never in the
+        # canaries' numbers above.
+        "traffic": traffic,
     }
 
 
@@ -120,7 +148,7 @@ def _replay(row: Any) -> dict[str, Any]:
             "t": row.started_at.isoformat(), "ok": row.ok, "error_kind": row.error_kind,
             "http_status": row.http_status, "model": row.model,
             "fingerprint": row.system_fingerprint,
-            "total_ms": None if row.total_ms is None else _ms(row.total_ms)}
+            "total_ms": None if row.total_ms is None else ms(row.total_ms)}
 
 
 def _checks(counts: Iterable[check_results.PassCount]) -> dict[int, list[dict[str, Any]]]:
@@ -146,31 +174,13 @@ def _pass_rate(tallies: list[dict[str, int]]) -> dict[str, Any]:
     """The outcomes added up, and the share of the answers judged that passed."""
     total = {outcome: sum(t[outcome] for t in tallies) for outcome in OUTCOMES}
     judged = total["pass"] + total["fail"]
-    return {**total, "pass_rate": _fraction(total["pass"] / judged) if judged else None}
-
-
-def _segments(since: datetime, until: datetime,
-              bucket: str) -> list[tuple[str | None, datetime, datetime]]:
-    """[since, until) as (grain, start, end) pieces: None for raw probes, else a rollup span."""
-    first_hour = floor_hour(since) + (timedelta(hours=1) if since != floor_hour(since)
-                                      else timedelta())
-    last_hour = floor_hour(until)
-    if first_hour >= last_hour:
-        return [(None, since, until)]
-    middle: list[tuple[str | None, datetime, datetime]] = [("hour", first_hour, last_hour)]
-    if bucket == "day":
-        first_day = floor_day(first_hour) + (
-            timedelta(days=1) if first_hour != floor_day(first_hour) else timedelta())
-        last_day = floor_day(last_hour)
-        if first_day < last_day:
-            middle = [("hour", first_hour, first_day), ("day", first_day, last_day),
-                      ("hour", last_day, last_hour)]
-    pieces = [(None, since, first_hour), *middle, (None, last_hour, until)]
-    return [piece for piece in pieces if piece[1] < piece[2]]
+    return {**total, "pass_rate": fraction(total["pass"] / judged) if judged else None}
 
 
 def _target_names(connection: Connection, targets: Sequence[str] | None) -> dict[int, str]:
-    query = select(TargetRow.id, TargetRow.name)
+    """The canary targets (by name when `targets` is given). Recorded traffic is filtered out
+    here, target by target, so no probe query below pays for keeping it apart."""
+    query = select(TargetRow.id, TargetRow.name).where(TargetRow.kind == TargetKind.CANARY)
     if targets is not None:
         query = query.where(TargetRow.name.in_(targets))
     return {row.id: row.name for row in connection.execute(query)}
@@ -203,14 +213,14 @@ def _target(name: str, total: Aggregate, columns: dict[str, list[Any]], bucket: 
         "target": name,
         "probes": total.probes,
         "ok": total.ok,
-        "success_rate": _fraction(total.ok / total.probes) if total.probes else None,
+        "success_rate": fraction(total.ok / total.probes) if total.probes else None,
         "errors": dict(sorted(total.errors.items())),
-        "latency_ms": {phase: _percentiles(total.sketch(phase)) for phase in TOTAL_PHASES},
-        "output_tokens_per_s": _percentiles(total.sketch("tokens_per_s")),
+        "latency_ms": {phase: percentiles(total.sketch(phase)) for phase in TOTAL_PHASES},
+        "output_tokens_per_s": percentiles(total.sketch("tokens_per_s")),
         "tokens": {"prompt": total.prompt_tokens, "completion": total.completion_tokens,
                    "total": total.total_tokens},
-        "fingerprints": _seen("fingerprint", total.fingerprints),
-        "models": _seen("model", total.models),
+        "fingerprints": seen("fingerprint", total.fingerprints),
+        "models": seen("model", total.models),
         "rate_limits": _rate_limits(total),
         "open_alerts": [
             {"id": a.id, "kind": a.kind, "key": a.key, "severity": a.severity,
@@ -250,13 +260,13 @@ def _point(start: datetime, aggregate: Aggregate) -> dict[str, Any]:
         "t": start.isoformat(),
         "probes": aggregate.probes,
         "errors": aggregate.probes - aggregate.ok,
-        "p50_ms": None if p50 is None else _ms(p50),
-        "p95_ms": None if p95 is None else _ms(p95),
+        "p50_ms": None if p50 is None else ms(p50),
+        "p95_ms": None if p95 is None else ms(p95),
         # Most frequent; of equally frequent ones, the first by name, so output is stable.
         "fingerprint": min(fingerprints, key=lambda f: (-fingerprints[f][0], f))
         if fingerprints else None,
-        "headroom_requests": _fraction(aggregate.min_headroom_requests),
-        "headroom_tokens": _fraction(aggregate.min_headroom_tokens),
+        "headroom_requests": fraction(aggregate.min_headroom_requests),
+        "headroom_tokens": fraction(aggregate.min_headroom_tokens),
     }
 
 
@@ -267,25 +277,8 @@ def _uptime(connection: Connection, ids: Sequence[int],
     for label, span in UPTIME_WINDOWS.items():
         counts = timeline.count_outcomes(connection, until - span, until, ids)
         for target_id, (probes, ok) in counts.items():
-            uptime[target_id][label] = _fraction(ok / probes) if probes else None
+            uptime[target_id][label] = fraction(ok / probes) if probes else None
     return uptime
-
-
-def _percentiles(sketch: Sketch) -> dict[str, float] | None:
-    if not sketch:
-        return None
-    p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
-    return {"p50": _ms(p50 or 0.0), "p95": _ms(p95 or 0.0), "p99": _ms(p99 or 0.0)}
-
-
-def _seen(label: str, table: dict[str, list[int]]) -> list[dict[str, Any]]:
-    """Every value with its share of the probes that carried one, most frequent first."""
-    carried = sum(count for count, _, _ in table.values())
-    ordered = sorted(table.items(), key=lambda item: (-item[1][0], item[0]))
-    return [{label: value, "count": count, "share": _fraction(count / carried),
-             "first_seen": from_micros(first).isoformat(),
-             "last_seen": from_micros(last).isoformat()}
-            for value, (count, first, last) in ordered]
 
 
 def _rate_limits(total: Aggregate) -> dict[str, Any] | None:
@@ -296,21 +289,12 @@ def _rate_limits(total: Aggregate) -> dict[str, Any] | None:
         "limit_requests": limits.limit_requests, "limit_tokens": limits.limit_tokens,
         "remaining_requests": limits.remaining_requests,
         "remaining_tokens": limits.remaining_tokens,
-        "headroom_requests": _fraction(
+        "headroom_requests": fraction(
             aggregate.headroom(limits.remaining_requests, limits.limit_requests)),
-        "headroom_tokens": _fraction(
+        "headroom_tokens": fraction(
             aggregate.headroom(limits.remaining_tokens, limits.limit_tokens)),
         "at": limits.at.isoformat(),
     }
-
-
-def _ms(value: float) -> float:
-    # Four significant digits: the sketch is good to 0.5%, so more would be noise.
-    return float(f"{value:.4g}")
-
-
-def _fraction(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -366,7 +350,12 @@ def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
                 check_results=checked.get(target_id, {}),
             ))
         failed = alert_reads.failed_attempts(connection)
-    return MetricsSnapshot(targets=metrics, notifications_failed=failed)
+        traffic = [TrafficMetrics(route, model, {"ok": calls.ok, **calls.errors})
+                   for (route, _, model), target_id in sorted(
+                       (name.rpartition("/"), i) for i, name in
+                       traffic_reads.targets(connection).items())
+                   if (calls := totals.get(target_id)) is not None and calls.probes]
+    return MetricsSnapshot(targets=metrics, notifications_failed=failed, traffic=traffic)
 
 
 # Every (kind, severity) a detector can raise, at zero: "sum(monitor_open_alerts) > 0" then

@@ -47,6 +47,16 @@ class TargetMetrics:
 
 
 @dataclass(frozen=True)
+class TrafficMetrics:
+    """One route and model of recorded traffic (monitor proxy): its calls over all stored
+    history (as last rolled up), by outcome ("ok" or the error kind)."""
+
+    route: str
+    model: str
+    outcomes: dict[str, int]
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """Everything one /metrics scrape exposes."""
 
@@ -57,3 +67,4 @@ class MetricsSnapshot:
     # signal ("traces", "metrics") -> OpenTelemetry exports that failed in this process since
     # it started; None where nothing is exported from here (no [otel], or `monitor serve`)
     otel_export_failures: dict[str, int] | None = None
+    traffic: list[TrafficMetrics] = field(default_factory=list)

@@ -18,7 +18,8 @@ from monitor.probe.completion import CompletionError
 from monitor.sim import SimClient, Simulator
 from monitor.sim.anthropic_wire import ORGANIZATION_ID
 from monitor.store.models import ProbeRow
-from monitor.store.records import Recorder, probe_records
+from monitor.store.probe_reads import probe_records
+from monitor.store.records import Recorder
 from monitor.watching import read_states
 from tests.conftest import TEST_KEY, MakeSettings
 

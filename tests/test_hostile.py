@@ -35,7 +35,8 @@ from monitor.replay.batch import BatchSpec, run_batch
 from monitor.replay.send import replay_probe
 from monitor.store import codec
 from monitor.store.models import Base, ProbeRow
-from monitor.store.records import Recorder, probe_records
+from monitor.store.probe_reads import probe_records
+from monitor.store.records import Recorder
 from tests.conftest import TEST_KEY, MakeSettings, write_config
 from tests.hostile import HostileServer, bomb
 

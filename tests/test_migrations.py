@@ -194,3 +194,36 @@ def test_0008_gives_old_skips_their_kind_and_refolds_rollups_that_counted_replay
             assert connection.execute(select(RollupTotalRow.probes)).scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_0011_up_and_down_keeps_every_row(empty_url: str) -> None:
+    """targets.kind and the traffic columns come and go with plain ALTER TABLEs: on SQLite a
+    batch (the table copied, then dropped) would cascade-delete what refers to a target or
+    probe while foreign keys are on."""
+    from sqlalchemy import func, select
+
+    from monitor.store.models import SlotRow, TargetRow
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0010")
+    engine = db.create(empty_url)
+    try:
+        probe = save_then(engine, result())
+        with engine.begin() as connection:
+            target = connection.execute(select(ProbeRow.target_id)).scalar_one()
+            connection.execute(insert(SlotRow.__table__), {
+                "target_id": target, "slot_at": result().started_at, "instance_id": "i",
+                "state": "probed", "reason": None})
+        for revision in ("head", "0010"):
+            if revision == "head":
+                db.upgrade(empty_url)
+            else:
+                command.downgrade(db.alembic_config(empty_url), revision)
+            with engine.connect() as connection:
+                assert connection.execute(select(ProbeRow.__table__.c.id)).scalar_one() == probe
+                assert connection.execute(select(func.count()).select_from(
+                    SlotRow.__table__)).scalar_one() == 1
+                if revision == "head":
+                    assert connection.execute(select(TargetRow.kind)).scalar_one() == "canary"
+    finally:
+        engine.dispose()

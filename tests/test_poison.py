@@ -24,7 +24,8 @@ from monitor.store import db
 from monitor.store import spool as spool_module
 from monitor.store.failures import Failure, classify
 from monitor.store.models import ProbeRow, TargetRow
-from monitor.store.records import Recorder, probe_records
+from monitor.store.probe_reads import probe_records
+from monitor.store.records import Recorder
 from monitor.store.spool import Spool, decode, encode
 from tests.conftest import MakeSettings, empty_postgres, write_config
 from tests.test_store import result

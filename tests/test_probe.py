@@ -17,7 +17,8 @@ from monitor.domain import ErrorKind, ProbeResult, Settings, Target
 from monitor.probe import providers
 from monitor.sim import SimClient
 from monitor.store.models import ProbeRow, RequestPayloadRow
-from monitor.store.records import Recorder, probe_records
+from monitor.store.probe_reads import probe_records
+from monitor.store.records import Recorder
 from tests.receiver import Receiver
 
 MakeTarget = Callable[..., Target]

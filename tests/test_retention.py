@@ -12,7 +12,8 @@ from sqlalchemy import Engine, func, select
 from monitor.health import build_report
 from monitor.store import db, rollups
 from monitor.store.models import ProbeRow, RetentionStateRow
-from monitor.store.records import Recorder, probe_records
+from monitor.store.probe_reads import probe_records
+from monitor.store.records import Recorder
 from monitor.store.retention import EMPTY_BODY, EMPTY_HEADERS, prune
 from tests.test_rollups import START, store, varied_history
 

@@ -14,7 +14,8 @@ from sqlalchemy import Engine, func, select
 from monitor.domain import Choice, ErrorKind, ProbeResult, RateLimits, Usage
 from monitor.store import codec
 from monitor.store.models import ProbeRow
-from monitor.store.records import Recorder, probe_records
+from monitor.store.probe_reads import probe_records
+from monitor.store.records import Recorder
 from monitor.store.spool import Spool, decode, encode
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "openai-chat-completion.json"

@@ -30,8 +30,15 @@ from sqlalchemy import Connection, Engine
 from monitor.alerting import AlertSettings
 from monitor.alerts import engine as alerts
 from monitor.clock import Clock, utc_now
-from monitor.detect import TargetDetector
-from monitor.domain import DetectionThresholds, DriftEvent, Observation, Target
+from monitor.detect import TRAFFIC_KINDS, TargetDetector
+from monitor.domain import (
+    DetectionThresholds,
+    DriftEvent,
+    DriftKind,
+    ErrorKind,
+    Observation,
+    Target,
+)
 from monitor.probe.checks import evaluate, stored_answer
 from monitor.render.text import safe_text
 from monitor.store import check_results, history
@@ -127,22 +134,23 @@ class Watcher:
         live = True  # unknown: ask the database
         if cached is not None and cached[:2] == (last, wanted) and saved_hash == wanted:
             detector = TargetDetector.restore(target.name, target.detection,
-                                              history.unpack_state(cached[2]))
+                                              history.unpack_state(cached[2]), _kinds(target))
             live = cached[3]
         elif saved_hash == wanted:
             detector = TargetDetector.restore(
                 target.name, target.detection,
-                history.unpack_state(history.load_state(connection, target_id)))
+                history.unpack_state(history.load_state(connection, target_id)), _kinds(target))
         else:
             # New, or its thresholds changed: rebuild from history without alerting on it.
             until = last if saved_hash else probe_id - 1
             if history.longer_than_chunk(connection, target_id, until):
                 self._rebuild_later(target, target_id, position, until)
                 return [], None
-            detector = TargetDetector(target.name, target.detection)
+            detector = TargetDetector(target.name, target.detection, _kinds(target))
             for _, observation in self._reader.all(connection, target_id, until=until,
                                                    checks=bool(target.checks)):
-                detector.step(observation)
+                if _folds(target, observation):
+                    detector.step(observation)
             last = until
         events: list[tuple[str, DriftEvent]] = []
         while True:
@@ -161,6 +169,8 @@ class Watcher:
     def _step(self, connection: Connection, detector: TargetDetector, target: Target,
               target_id: int, observation: Observation,
               live: bool) -> tuple[list[DriftEvent], bool]:
+        if not _folds(target, observation):
+            return [], live
         events = detector.step(observation)
         history.record_events(connection, target_id, observation.uid, events)
         active = {(e.kind.value, e.key): e for e in detector.active()}
@@ -207,13 +217,14 @@ class Watcher:
         nobody moved the target's position meanwhile (another daemon may have done the same
         work first: then this one is dropped, and the next catch-up uses theirs)."""
         try:
-            detector = TargetDetector(target.name, target.detection)
+            detector = TargetDetector(target.name, target.detection, _kinds(target))
             reader = history.ObservationReader()
             folded = 0
             with self.engine.connect() as connection:
                 for _, observation in reader.all(connection, target_id, until=until,
                                                  checks=bool(target.checks)):
-                    detector.step(observation)
+                    if _folds(target, observation):
+                        detector.step(observation)
                     folded += 1
                     if folded % YIELD_EVERY == 0:
                         time.sleep(0)  # hand the GIL to a waiting thread now (see YIELD_EVERY)
@@ -231,17 +242,30 @@ class Watcher:
                 self._rebuilding.discard(target.name)
 
 
+def _kinds(target: Target) -> frozenset[DriftKind] | None:
+    """The detectors that run on the target: all of them, or those for recorded traffic."""
+    return TRAFFIC_KINDS if target.traffic else None
+
+
+def _folds(target: Target, observation: Observation) -> bool:
+    """Whether the target's detectors take the observation in. On recorded traffic, the
+    application's own rejected requests (HTTP 4xx but 401, 403 and 429: a bad payload, an
+    unknown model) say nothing about the upstream, so availability never counts them."""
+    return not (target.traffic and observation.error_kind is ErrorKind.HTTP_CLIENT_ERROR)
+
+
 def rerun(engine: Engine, target: Target, target_id: int,
           since: datetime | None = None) -> list[DriftEvent]:
     """`monitor detect`: fold the target's whole stored history with its (possibly new)
     thresholds, as live detection would have; the events at or after `since`."""
     reader = history.ObservationReader()
-    detector = TargetDetector(target.name, target.detection)
+    detector = TargetDetector(target.name, target.detection, _kinds(target))
     events: list[DriftEvent] = []
     with engine.connect() as connection:
         stored = reader.all(connection, target_id)
         for _, observation in _judged(connection, target, stored) if target.checks else stored:
-            events += detector.step(observation)
+            if _folds(target, observation):
+                events += detector.step(observation)
     return [e for e in events if since is None or e.at >= since]
 
 

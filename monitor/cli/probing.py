@@ -37,7 +37,8 @@ def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None
     """Probe the named targets (all if none) once and store every result."""
     from monitor.daemon.prober import Prober
     from monitor.render import text
-    from monitor.store.records import Recorder, probe_records
+    from monitor.store.probe_reads import probe_records
+    from monitor.store.records import Recorder
 
     settings = load(config_path)
     targets = _select(settings, names)
@@ -132,6 +133,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     from monitor.defaults import ALIVE_WITHIN_S
     from monitor.render import text
     from monitor.store import alert_reads, db, leases
+    from monitor.store.models import TargetKind
     from monitor.store.records import count_probes, count_targets, last_probes
     from monitor.store.spool import Spool
     from monitor.watching import read_states, states_json
@@ -145,6 +147,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "schema_revision": db.current_revision(engine),
             "probes": count_probes(engine),
             "targets": count_targets(engine),
+            "traffic_targets": count_targets(engine, TargetKind.TRAFFIC),
             "bytes": db.size_bytes(engine),
             "spool_backlog": Spool(spool).backlog(),
             "last_probes": last_probes(engine),

@@ -49,21 +49,26 @@ def _url(config_path: str | None, database_url: str | None = None) -> str:
               help='Batch: from ("24h", "7d", a date or an ISO 8601 time).')
 @click.option("--until", metavar="WHEN", help="Batch: up to (excluded).")
 @click.option("--limit", type=click.IntRange(1), help="Batch: at most this many requests.")
+@click.option("--sample", type=click.IntRange(1),
+              help="Batch: this many requests spread evenly over the range (a sample of "
+                   "yesterday's recorded traffic, say) instead of the oldest.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Batch: requests in flight at once.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the comparison, or a batch's summary, as JSON.")
 @config_option
 def replay_command(probe_id: int | None, to: str | None, repeat: int, source: str | None,
-                   since: str | None, until: str | None, limit: int | None, concurrency: int,
-                   as_json: bool, config_path: str | None) -> None:
+                   since: str | None, until: str | None, limit: int | None,
+                   sample: int | None, concurrency: int, as_json: bool,
+                   config_path: str | None) -> None:
     """Re-send a stored probe's exact request (PROBE_ID), or a target's stored requests over a
-    time range (--target, --since), store the answers linked to the originals, and compare."""
+    time range (--target, --since), store the answers linked to the originals, and compare.
+    Recorded traffic (monitor proxy) replays the same way: its targets are "route/model"."""
     if (probe_id is None) == (source is None):
         raise click.UsageError("give a PROBE_ID, or --target and --since for a batch")
-    if probe_id is not None and (since or until or limit):
-        raise click.UsageError("--since, --until and --limit select a batch: use them with "
-                               "--target instead of a PROBE_ID")
+    if probe_id is not None and (since or until or limit or sample):
+        raise click.UsageError("--since, --until, --limit and --sample select a batch: use "
+                               "them with --target instead of a PROBE_ID")
     if source is not None and since is None:
         raise click.UsageError("a batch needs --since (replaying a whole history costs money)")
     if source is not None and repeat != 1:
@@ -84,7 +89,7 @@ def replay_command(probe_id: int | None, to: str | None, repeat: int, source: st
             assert source is not None and since is not None
             spec = BatchSpec(source, destination(settings, source, to), since, until,
                              moment(since, "--since"), moment(until, "--until"), limit,
-                             concurrency)
+                             concurrency, sample)
             summary = _run_batch(engine, spec)
             click.echo(replay_diff.summary_json(summary) if as_json
                        else replay_diff.render_summary(summary))

@@ -30,7 +30,7 @@ from monitor.detect.quality import QualityDetector
 from monitor.detect.quota import QuotaDetector
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
-__all__ = ["SEVERITIES", "SNAPSHOT_VERSION", "TargetDetector", "Warmup", "detect"]
+__all__ = ["SEVERITIES", "SNAPSHOT_VERSION", "TRAFFIC_KINDS", "TargetDetector", "Warmup", "detect"]
 
 # Bumped when the snapshot layout changes; an older snapshot is refused, and the caller
 # rebuilds the state by folding the stored history again.
@@ -50,14 +50,24 @@ DETECTORS: tuple[type[Detector], ...] = (
 # The severities each kind's conditions can have.
 SEVERITIES: dict[DriftKind, tuple[Severity, ...]] = {d.kind: d.severities for d in DETECTORS}
 
+# What runs on an application's recorded traffic (monitor proxy): what the upstream is and
+# how it answers. Not latency (every prompt differs, so times are not comparable), output
+# (requests are not repeated canaries) or quality (no checks).
+TRAFFIC_KINDS = frozenset({DriftKind.AVAILABILITY, DriftKind.QUOTA, DriftKind.MODEL,
+                           DriftKind.FINGERPRINT})
+
 
 class TargetDetector:
-    """Every detector of one target, stepped together, one observation at a time."""
+    """Every detector of one target (or those of `kinds`), stepped together, one observation
+    at a time."""
 
-    def __init__(self, target_name: str, thresholds: DetectionThresholds) -> None:
+    def __init__(self, target_name: str, thresholds: DetectionThresholds,
+                 kinds: frozenset[DriftKind] | None = None) -> None:
         self.target_name = target_name
         self.thresholds = thresholds
-        self._detectors = [cls(target_name, thresholds) for cls in DETECTORS]
+        self.kinds = kinds
+        self._detectors = [cls(target_name, thresholds) for cls in DETECTORS
+                           if kinds is None or cls.kind in kinds]
 
     def step(self, obs: Observation) -> list[DriftEvent]:
         """Take in the next observation; return the conditions it opened or cleared."""
@@ -84,7 +94,8 @@ class TargetDetector:
 
     @classmethod
     def restore(
-        cls, target_name: str, thresholds: DetectionThresholds, snapshot: dict[str, Any]
+        cls, target_name: str, thresholds: DetectionThresholds, snapshot: dict[str, Any],
+        kinds: frozenset[DriftKind] | None = None,
     ) -> TargetDetector:
         """Continue from a snapshot, as if the observations behind it were folded again."""
         if snapshot.get("version") != SNAPSHOT_VERSION:
@@ -92,7 +103,7 @@ class TargetDetector:
                 f"detector snapshot version {snapshot.get('version')!r} is not "
                 f"{SNAPSHOT_VERSION}: fold the stored history again instead"
             )
-        restored = cls(target_name, thresholds)
+        restored = cls(target_name, thresholds, kinds)
         restored._detectors = [
             type(detector).restore(target_name, thresholds, snapshot[detector.kind.value])
             for detector in restored._detectors

@@ -22,6 +22,7 @@ from monitor.render.fields import esc
 from monitor.render.html import CSS_SOURCE, heading, page, severity_class, target_sections
 from monitor.render.overview import render_overview
 from monitor.render.text import human_time
+from monitor.render.traffic import traffic_html
 
 RANGES = ("10m", "1h", "6h", "24h", "48h", "7d", "30d")
 CHARTS_UP_TO = 12
@@ -88,7 +89,8 @@ def render_dashboard(doc: dict[str, Any], open_alerts: list[dict[str, Any]], *,
         charts = target_sections(doc, links=True)
     main = (f'<main id="report" data-refresh-s="{refresh_s}" '
             f'data-generated="{esc(doc["generated_at"])}">{heading(doc)}'
-            f"{_alerts(open_alerts, targets)}{render_overview(doc, target_href)}{charts}</main>")
+            f"{_alerts(open_alerts, targets)}{render_overview(doc, target_href)}{charts}"
+            f"{traffic_html(doc.get('traffic', []))}</main>")
     head = (f'<link rel="icon" href="data:,"><noscript><meta http-equiv="refresh" '
             f'content="{refresh_s}"></noscript>')
     # At the end of <body>: the script looks up elements above it.

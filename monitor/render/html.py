@@ -15,6 +15,7 @@ from typing import Any
 from monitor.render import charts
 from monitor.render.fields import PHASES, QUANTILES, esc, number, percent
 from monitor.render.text import human_time, percentages
+from monitor.render.traffic import traffic_html
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;
@@ -56,10 +57,11 @@ def page(title: str, body: str, *, policy: str | None = None, head: str = "") ->
 
 def report_body(doc: dict[str, Any]) -> str:
     """The title, a summary of every target, then a section per target."""
+    traffic = traffic_html(doc.get("traffic", []))
     if not doc["targets"]:
-        return heading(doc) + "<p>No targets in this report.</p>"
+        return heading(doc) + "<p>No targets in this report.</p>" + traffic
     return (heading(doc) + _summary(doc["targets"]) + target_sections(doc)
-            + _replays(doc["replays"]))
+            + _replays(doc["replays"]) + traffic)
 
 
 def heading(doc: dict[str, Any]) -> str:

@@ -96,8 +96,15 @@ class StoreCollector(Collector):
             labels=["channel"])
         for channel, count in snapshot.notifications_failed.items():
             failed.add_metric([channel], count)
+        calls = CounterMetricFamily(
+            "monitor_traffic_calls", "The application's calls recorded by monitor proxy, by "
+            "route, requested model and outcome: ok or the error kind (never in the canaries' "
+            "numbers)", labels=["route", "model", "outcome"])
+        for t in snapshot.traffic:
+            for outcome, count in sorted(t.outcomes.items()):
+                calls.add_metric([t.route, t.model, outcome], count)
         yield from (latency, probes, info, limit, remaining, alerts, skipped, checks,
-                    last_probe, last_ok, failed)
+                    last_probe, last_ok, failed, calls)
         if snapshot.otel_export_failures is not None:
             otel = CounterMetricFamily(
                 "monitor_otel_export_failures", "OpenTelemetry exports (span batches, metric "

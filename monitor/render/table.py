@@ -11,6 +11,7 @@ from typing import Any
 
 from monitor.render.fields import PHASES, QUANTILES, moment, number, percent
 from monitor.render.text import human_time, percentages, safe_text, when
+from monitor.render.traffic import traffic_text
 
 _LABEL = 14  # width of the field names on the left
 REPLAYS_SHOWN = 20  # a terminal's worth; the JSON has them all
@@ -20,11 +21,12 @@ def render_table(doc: dict[str, Any]) -> str:
     """The report document (docs/report.md) as text, one block per target."""
     head = (f"report {human_time(doc['since'])} .. {human_time(doc['until'])}"
             f"  (generated {human_time(doc['generated_at'])})")
+    traffic = [traffic_text(doc["traffic"])] if doc.get("traffic") else []
     if not doc["targets"]:
-        return f"{head}\n\nno targets in this report"
+        return "\n\n".join([f"{head}\n\nno targets in this report", *traffic])
     now = moment(doc["generated_at"])  # "3 min ago" as of when the report was made
     replays = [_replays(doc["replays"], now)] if doc["replays"] else []
-    return "\n\n".join([head] + [_block(t, now) for t in doc["targets"]] + replays)
+    return "\n\n".join([head] + [_block(t, now) for t in doc["targets"]] + replays + traffic)
 
 
 def _row(label: str, value: str) -> str:

@@ -108,6 +108,10 @@ def render_status(status: dict[str, Any], now: datetime) -> str:
         + (f", {size / 1e6:.1f} MB" if size is not None else ""),
         f"spool backlog   {status['spool_backlog']} probes waiting for the database",
     ]
+    if status.get("traffic_targets"):
+        lines.append(f"traffic         {status['traffic_targets']} route/model targets recorded "
+                     "by monitor proxy (drift: fingerprint, model, quota, availability; "
+                     "latency is not judged on traffic)")
     alive = status["instances"]
     lines.append(f"instances       {len(alive)} alive" + "".join(
         f"\n  {i['id']}  since {when(i['started_at'], now)}  "

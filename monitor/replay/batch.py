@@ -58,6 +58,7 @@ class BatchSpec:
     until_at: datetime | None
     limit: int | None
     concurrency: int = 4
+    sample: int | None = None  # --sample: this many, spread evenly over the range
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class BatchSummary:
 def run_key(spec: BatchSpec) -> str:
     identity = {"target": spec.source, "to": spec.destination.name, "since": spec.since,
                 "until": spec.until, "limit": spec.limit}
+    if spec.sample is not None:  # commands from before --sample keep their identity
+        identity["sample"] = spec.sample
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
 
 
@@ -268,7 +271,8 @@ def run_batch(engine: Engine, spec: BatchSpec, stop: threading.Event,
         raise ReplayError(f"no stored probes of target {spec.source!r}")
     destination_id = Recorder(engine).target_id(spec.destination.name)
     run = replays.open_run(engine, RunSpec(run_key(spec), source_id, destination_id,
-                                           spec.since_at, spec.until_at, spec.limit),
+                                           spec.since_at, spec.until_at, spec.limit,
+                                           spec.sample),
                            datetime.now(UTC))
     on_start(run, replays.progress(engine, run.id)[ReplayState.DONE])
     runner = _Runner(engine, spec, run, Budget(engine, spec.destination, destination_id), stop)

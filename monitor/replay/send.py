@@ -86,12 +86,23 @@ def plan(payload: dict[str, Any], source: str, destination: Target) -> Plan:
 
 
 def destination(settings: Settings, source: str, to: str | None) -> Target:
-    """The configured target a replay goes to: `to`, else the original's own target."""
+    """The configured target a replay goes to: `to`, else the original's own target; for
+    recorded traffic ("route/model", monitor proxy), which has no key of its own (the proxy
+    never keeps the app's), the one configured target of that model."""
     name = to or source
     for target in settings.targets:
         if target.name == name:
             return target
     configured = ", ".join(t.name for t in settings.targets) or "none"
+    if to is None and "/" in source:
+        model = source.rsplit("/", 1)[1]
+        serving = [t for t in settings.targets if t.model == model]
+        if len(serving) == 1:
+            return serving[0]
+        raise ReplayError(f"{source} is recorded traffic, sent with the app's own key, which "
+                          f"monitor never keeps; {len(serving)} configured targets have model "
+                          f"{model!r}: name the one to send it to with --to (configured: "
+                          f"{configured})")
     if to is None:
         raise ReplayError(f"the probe was sent by target {source!r}, which "
                           f"{settings.config_path} no longer configures (it has: {configured}); "

@@ -51,6 +51,26 @@ def floor_day(at: datetime) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def segments(since: datetime, until: datetime,
+              bucket: str) -> list[tuple[str | None, datetime, datetime]]:
+    """[since, until) as (grain, start, end) pieces: None for raw probes, else a rollup span."""
+    first_hour = floor_hour(since) + (timedelta(hours=1) if since != floor_hour(since)
+                                      else timedelta())
+    last_hour = floor_hour(until)
+    if first_hour >= last_hour:
+        return [(None, since, until)]
+    middle: list[tuple[str | None, datetime, datetime]] = [("hour", first_hour, last_hour)]
+    if bucket == "day":
+        first_day = floor_day(first_hour) + (
+            timedelta(days=1) if first_hour != floor_day(first_hour) else timedelta())
+        last_day = floor_day(last_hour)
+        if first_day < last_day:
+            middle = [("hour", first_hour, first_day), ("day", first_day, last_day),
+                      ("hour", last_day, last_hour)]
+    pieces = [(None, since, first_hour), *middle, (None, last_hour, until)]
+    return [piece for piece in pieces if piece[1] < piece[2]]
+
+
 def headroom(remaining: int | None, limit: int | None) -> float | None:
     """remaining / limit in [0, 1]; None unless both were sent."""
     if remaining is None or limit is None or limit <= 0:
@@ -249,3 +269,32 @@ def _seen(table: dict[str, list[int]], value: str, at: int) -> None:
         entry[0] += 1
         entry[1] = min(entry[1], at)
         entry[2] = max(entry[2], at)
+
+
+# --- as reports show them ----------------------------------------------------------------
+
+
+def percentiles(sketch: Sketch) -> dict[str, float] | None:
+    if not sketch:
+        return None
+    p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
+    return {"p50": ms(p50 or 0.0), "p95": ms(p95 or 0.0), "p99": ms(p99 or 0.0)}
+
+
+def seen(label: str, table: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """Every value with its share of the probes that carried one, most frequent first."""
+    carried = sum(count for count, _, _ in table.values())
+    ordered = sorted(table.items(), key=lambda item: (-item[1][0], item[0]))
+    return [{label: value, "count": count, "share": fraction(count / carried),
+             "first_seen": from_micros(first).isoformat(),
+             "last_seen": from_micros(last).isoformat()}
+            for value, (count, first, last) in ordered]
+
+
+def ms(value: float) -> float:
+    # Four significant digits: the sketch is good to 0.5%, so more would be noise.
+    return float(f"{value:.4g}")
+
+
+def fraction(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

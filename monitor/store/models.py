@@ -93,6 +93,10 @@ class TargetRow(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # 'canary': a configured target that monitor probes; 'traffic': the application's own
+    # calls through `monitor proxy`, one target per route and requested model ("route/model").
+    # Canary reads (status, reports, /metrics, badges) filter on this, never probe by probe.
+    kind: Mapped[str] = mapped_column(String(10), server_default=text("'canary'"))
 
 
 class TargetConfigRow(Base):
@@ -210,11 +214,28 @@ class ProbeRow(Base):
     replay_of: Mapped[int | None] = mapped_column(
         Id, ForeignKey("probes.id", ondelete="SET NULL")
     )
+    # Traffic recorded by `monitor proxy` only (None on canaries and replays): a sha256 of the
+    # app's credential (never the credential), so keys can be told apart; the path called
+    # when it was not Chat Completions or Messages (stored raw, unparsed); the proxy's own
+    # added time; and whether the request or answer body was cut at the route's size cap.
+    credential_hash: Mapped[str | None] = mapped_column(String(64))
+    request_path: Mapped[str | None] = mapped_column(Text)
+    proxy_added_ms: Mapped[float | None] = mapped_column(Float)
+    request_truncated: Mapped[bool | None] = mapped_column(Boolean)
+    response_truncated: Mapped[bool | None] = mapped_column(Boolean)
 
 
 # The canary's own probes: everything but replays, which re-send an old request on demand.
 # Rollups, reports, /metrics and detection read only these, so replaying changes no number.
+# (Recorded traffic is kept apart a level up: its probes belong to targets of kind 'traffic'.)
 CANARY = ProbeRow.replay_of.is_(None)
+
+
+class TargetKind:
+    """targets.kind. Stored as-is."""
+
+    CANARY = "canary"
+    TRAFFIC = "traffic"
 
 
 class CheckResultRow(Base):

@@ -2,7 +2,7 @@
 /probes/{id} page): a list newest first, and one probe in full with its neighbours and what
 changed since the probe it is compared with.
 
-Records are the JSON-ready dicts `records.probe_records` builds (every column, the redacted
+Records are the JSON-ready dicts `probe_records` builds (every column, the redacted
 headers, the request payload, the raw body). A replay is listed like any probe, with its
 `replay_of`; it is compared with the probe it re-sent, a canary with the target's previous
 canary, so that a replay never stands in for the history it was sent beside.
@@ -10,13 +10,16 @@ canary, so that a replay never stands in for the history it was sent beside.
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
-from monitor.store.models import ProbeRow, TargetRow
-from monitor.store.records import probe_records
+from monitor.store import codec
+from monitor.store.models import ProbeRow, RequestPayloadRow, TargetRow
 
 # The fields `show` compares between a probe and the one before it, in the order it lists them.
 COMPARED = ("ok", "http_status", "error_kind", "model", "system_fingerprint", "service_tier",
@@ -106,3 +109,41 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "answer_changed": answer_before != answer_after,
         "answer_before": answer_before,
     }
+
+
+def raw_response(row: ProbeRow) -> bytes:
+    """The body exactly as it was received."""
+    return codec.decompress(row.raw_response_zlib)
+
+
+def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Stored probes as JSON-ready dicts: every column, the target name, the request payload and
+    the raw body (text when it is UTF-8, else base64), in the order of `ids`."""
+    if not ids:
+        return []
+    query = (
+        select(ProbeRow, TargetRow.name, RequestPayloadRow.payload)
+        .join(TargetRow, TargetRow.id == ProbeRow.target_id)
+        .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
+        .where(ProbeRow.id.in_(ids))
+    )
+    with Session(engine) as session:
+        found = {row[0].id: row for row in session.execute(query)}
+        return [_record(*found[i]) for i in ids if i in found]
+
+
+def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": probe.id, "target": target_name}
+    for column in ProbeRow.__table__.columns:
+        if column.key in ("id", "raw_response_zlib", "response_headers_zlib"):
+            continue
+        value = getattr(probe, column.key)
+        record[column.key] = value.isoformat() if isinstance(value, datetime) else value
+    record["response_headers"] = codec.decompress_headers(probe.response_headers_zlib)
+    record["request_payload"] = payload
+    body = raw_response(probe)
+    try:
+        record["raw_response"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["raw_response_base64"] = base64.b64encode(body).decode("ascii")
+    return record

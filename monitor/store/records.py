@@ -5,7 +5,6 @@ The store knows nothing of HTTP: it takes plain ProbeResults and gives back plai
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -18,7 +17,6 @@ from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from monitor.domain import Choice, ProbeResult, RateLimits
 from monitor.store import check_results, codec
@@ -27,6 +25,7 @@ from monitor.store.models import (
     ProbeRow,
     RequestPayloadRow,
     TargetConfigRow,
+    TargetKind,
     TargetRow,
 )
 
@@ -75,10 +74,11 @@ class Recorder:
         self._config_ids: dict[tuple[str, str], int] = {}
         self._payload_ids: dict[str, int] = {}
 
-    def register(self, name: str, config_hash: str, config: dict[str, Any]) -> None:
+    def register(self, name: str, config_hash: str, config: dict[str, Any], *,
+                 traffic: bool = False) -> None:
         """Make sure a target and its current configuration exist (idempotent)."""
         with self.engine.begin() as connection:
-            target_id = self._target_id(connection, name)
+            target_id = self._target_id(connection, name, traffic)
             self._config_id(connection, name, target_id, config_hash, config)
 
     def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
@@ -109,7 +109,7 @@ class Recorder:
 
     def _insert(self, result: ProbeResult, config: dict[str, Any] | None) -> int:
         with self.engine.begin() as connection:
-            target_id = self._target_id(connection, result.target_name)
+            target_id = self._target_id(connection, result.target_name, result.traffic)
             config_id = self._config_id(
                 connection, result.target_name, target_id, result.config_hash, config
             )
@@ -128,7 +128,8 @@ class Recorder:
             with self.engine.begin() as connection:
                 rows = []
                 for result, config in batch:
-                    target_id = self._target_id(connection, result.target_name)
+                    target_id = self._target_id(connection, result.target_name,
+                                                result.traffic)
                     config_id = self._config_id(
                         connection, result.target_name, target_id, result.config_hash, config
                     )
@@ -162,7 +163,7 @@ class Recorder:
         with self.engine.begin() as connection:
             rows = []
             for result in results:
-                target_id = self._target_id(connection, result.target_name)
+                target_id = self._target_id(connection, result.target_name, result.traffic)
                 config_id = self._config_id(
                     connection, result.target_name, target_id, result.config_hash, None
                 )
@@ -190,11 +191,16 @@ class Recorder:
         self._config_ids.clear()
         self._payload_ids.clear()
 
-    def _target_id(self, connection: Any, name: str) -> int:
+    def _target_id(self, connection: Any, name: str, traffic: bool = False) -> int:
+        """The target's id, created on first use: a canary, or with `traffic` a target of
+        recorded traffic (whose names, "route/model", no canary can take: canary names have
+        no "/")."""
         if name in self._target_ids:
             return self._target_ids[name]
+        # A canary takes the column's default ('canary').
+        kind = {"kind": TargetKind.TRAFFIC} if traffic else {}
         found = _get_or_create(
-            connection, TargetRow, {"name": name}, {"created_at": datetime.now(UTC)}
+            connection, TargetRow, {"name": name}, {"created_at": datetime.now(UTC), **kind}
         )
         self._target_ids[name] = found
         return found
@@ -291,6 +297,11 @@ def _probe_values(
         "response_headers_zlib": codec.compress_headers(_storable_headers(result.response_headers)),
         "raw_response_zlib": codec.compress(result.raw_response),
         "raw_response_bytes": len(result.raw_response),
+        "credential_hash": result.credential_hash,
+        "request_path": result.request_path,
+        "proxy_added_ms": result.proxy_added_ms,
+        "request_truncated": result.request_truncated,
+        "response_truncated": result.response_truncated,
     }
     # Only values that can carry an unstorable string or integer go through storable(): the
     # keys are ours, and floats, times and bytes are stored as they are.
@@ -325,44 +336,6 @@ def _timestamp(created: int | None) -> datetime | None:
         return None
 
 
-def raw_response(row: ProbeRow) -> bytes:
-    """The body exactly as it was received."""
-    return codec.decompress(row.raw_response_zlib)
-
-
-def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Stored probes as JSON-ready dicts: every column, the target name, the request payload and
-    the raw body (text when it is UTF-8, else base64), in the order of `ids`."""
-    if not ids:
-        return []
-    query = (
-        select(ProbeRow, TargetRow.name, RequestPayloadRow.payload)
-        .join(TargetRow, TargetRow.id == ProbeRow.target_id)
-        .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
-        .where(ProbeRow.id.in_(ids))
-    )
-    with Session(engine) as session:
-        found = {row[0].id: row for row in session.execute(query)}
-        return [_record(*found[i]) for i in ids if i in found]
-
-
-def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": probe.id, "target": target_name}
-    for column in ProbeRow.__table__.columns:
-        if column.key in ("id", "raw_response_zlib", "response_headers_zlib"):
-            continue
-        value = getattr(probe, column.key)
-        record[column.key] = value.isoformat() if isinstance(value, datetime) else value
-    record["response_headers"] = codec.decompress_headers(probe.response_headers_zlib)
-    record["request_payload"] = payload
-    body = raw_response(probe)
-    try:
-        record["raw_response"] = body.decode("utf-8")
-    except UnicodeDecodeError:
-        record["raw_response_base64"] = base64.b64encode(body).decode("ascii")
-    return record
-
-
 def count_probes(engine: Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count(ProbeRow.id))).scalar_one())
@@ -382,6 +355,7 @@ def last_probes(engine: Engine) -> list[dict[str, Any]]:
                ProbeRow.http_status, ProbeRow.total_ms)
         .join(newest, newest.c.target_id == TargetRow.id)
         .join(ProbeRow, ProbeRow.id == newest.c.id)
+        .where(TargetRow.kind == TargetKind.CANARY)
         .order_by(TargetRow.name)
     )
     with engine.connect() as connection:
@@ -398,9 +372,10 @@ def target_id_of(engine: Engine, name: str) -> int | None:
         return connection.execute(select(TargetRow.id).where(TargetRow.name == name)).scalar()
 
 
-def count_targets(engine: Engine) -> int:
+def count_targets(engine: Engine, kind: str = TargetKind.CANARY) -> int:
     with engine.connect() as connection:
-        return int(connection.execute(select(func.count(TargetRow.id))).scalar_one())
+        return int(connection.execute(
+            select(func.count(TargetRow.id)).where(TargetRow.kind == kind)).scalar_one())
 
 
 def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, int]:

@@ -78,6 +78,9 @@ class RunSpec:
     since_at: datetime | None
     until_at: datetime | None
     max_probes: int | None
+    # At most this many, spread evenly over the range (a sample of a day of traffic) rather
+    # than the oldest `max_probes`.
+    sample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,10 @@ def open_run(engine: Engine, spec: RunSpec, now: datetime) -> Run:
     found = _open_run(engine, spec.key)
     if found is not None:
         return found
+    # Recorded traffic of other endpoints than chat (request_path set) has nothing to re-send.
     query = select(ProbeRow.id, ProbeRow.request_payload_id).where(
-        ProbeRow.target_id == spec.source_target_id, ProbeRow.replay_of.is_(None))
+        ProbeRow.target_id == spec.source_target_id, ProbeRow.replay_of.is_(None),
+        ProbeRow.request_path.is_(None))
     if spec.since_at is not None:
         query = query.where(ProbeRow.started_at >= spec.since_at)
     if spec.until_at is not None:
@@ -235,6 +240,9 @@ def open_run(engine: Engine, spec: RunSpec, now: datetime) -> Run:
     try:
         with engine.begin() as connection:
             originals = connection.execute(query).all()
+            if spec.sample is not None and len(originals) > spec.sample:
+                step = len(originals) / spec.sample
+                originals = [originals[int(i * step)] for i in range(spec.sample)]
             run_id = connection.execute(insert(ReplayRunRow).returning(ReplayRunRow.id), {
                 "key": spec.key, "open_key": spec.key,
                 "source_target_id": spec.source_target_id,

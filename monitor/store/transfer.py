@@ -47,6 +47,7 @@ from monitor.store.models import (
     ProbeRow,
     RequestPayloadRow,
     TargetConfigRow,
+    TargetKind,
     TargetRow,
     UtcDateTime,
 )
@@ -100,6 +101,7 @@ def export(engine: Engine, out: IO[str], target: str | None = None,
         select(*_COLUMNS, ProbeRow.id.label("probe_id"), ProbeRow.response_headers_zlib, ProbeRow.raw_response_zlib,
                ProbeRow.target_config_id, ProbeRow.request_payload_id,
                TargetRow.name.label("target_name"), TargetRow.created_at.label("target_created_at"),
+               TargetRow.kind.label("target_kind"),
                RequestPayloadRow.sha256.label("request_sha256"),
                original.uid.label("replay_of_uid"))
         .join(TargetRow, TargetRow.id == ProbeRow.target_id)
@@ -138,7 +140,8 @@ def _write_references(connection: Connection, out: IO[str], row: Any, targets: s
     if row.target_name not in targets:
         targets.add(row.target_name)
         out.write(_line({"kind": "target", "name": row.target_name,
-                         "created_at": _time(row.target_created_at)}))
+                         "created_at": _time(row.target_created_at),
+                         "target_kind": row.target_kind}))
     if row.target_config_id not in configs:
         configs[row.target_config_id] = _write_config(
             connection, out, row.target_name, row.target_config_id)
@@ -234,7 +237,9 @@ class _Importer:
             if kind == "target":
                 self.targets[record["name"]] = _get_or_create(
                     connection, TargetRow, {"name": record["name"]},
-                    {"created_at": _parse_time(record["created_at"])})
+                    # Exports from before recorded traffic have only canaries.
+                    {"created_at": _parse_time(record["created_at"]),
+                     "kind": record.get("target_kind", TargetKind.CANARY)})
             elif kind == "config":
                 target_id = self._target(connection, record["target"], line)
                 self.configs[(record["target"], record["config_hash"])] = _get_or_create(
