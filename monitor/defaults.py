@@ -178,3 +178,5 @@ PROXY_DRAIN_TIMEOUT_S: Final = 30.0
 # Exchanges waiting for the logging sink's worker; beyond, new ones are counted and dropped,
 # never waited for (the app's call has already been answered).
 PROXY_SINK_QUEUE: Final = 10_000
+# `monitor proxy --spool`: where records wait while the database is unreachable.
+PROXY_SPOOL: Final = "monitor-proxy-spool.jsonl"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -135,12 +136,17 @@ def test_a_proxy_token_that_could_never_be_sent_is_refused(
     assert f"MONITOR_PROXY_TOKEN {says}" in result.output
 
 
-def test_monitor_proxy_forwards_logs_one_line_per_call_and_stops_on_sigterm(
-        tmp_path: Path, sim_server: Simulator) -> None:
+@pytest.mark.parametrize("record", [True, False], ids=["recording", "no-record"])
+def test_monitor_proxy_forwards_records_each_call_and_stops_on_sigterm(
+        record: bool, tmp_path: Path, sim_server: Simulator) -> None:
     write(ROUTE.replace("https://api.openai.com/", sim_server.url))
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("MONITOR_", "OPENAI_"))}
+    if record:
+        subprocess.run([sys.executable, "-m", "monitor", "db", "upgrade"], cwd=tmp_path,
+                       env=environ, check=True, capture_output=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "proxy", "--port", "0"], cwd=tmp_path,
+        [sys.executable, "-m", "monitor", "proxy", "--port", "0",
+         *([] if record else ["--no-record"])], cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
     assert process.stdout is not None and process.stderr is not None
     out, err = Lines(process.stdout), Lines(process.stderr)
@@ -154,7 +160,8 @@ def test_monitor_proxy_forwards_logs_one_line_per_call_and_stops_on_sigterm(
             reply = client.chat.completions.create(model="gpt-4o", messages=[
                 {"role": "user", "content": "hello"}])
         assert reply.choices[0].message.content
-        assert err.wait_for("openai POST /v1/chat/completions 200")
+        if not record:
+            assert err.wait_for("openai POST /v1/chat/completions 200")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -164,3 +171,9 @@ def test_monitor_proxy_forwards_logs_one_line_per_call_and_stops_on_sigterm(
     assert "stopped" in out.close()
     logged = err.close()
     assert TEST_KEY not in logged and "hello" not in logged
+    if record:  # stored by the time the command has stopped, the key nowhere in the file
+        with sqlite3.connect(tmp_path / "monitor.db") as db:
+            stored = db.execute("SELECT t.name, t.kind, p.model FROM probes p "
+                                "JOIN targets t ON t.id = p.target_id").fetchall()
+        assert stored == [("openai/gpt-4o", "traffic", reply.model)]
+        assert TEST_KEY.encode() not in (tmp_path / "monitor.db").read_bytes()

@@ -1,5 +1,5 @@
-"""`monitor proxy`: a pass-through in front of the apps' LLM API that hands every call on to be
-logged (and, once recording is on, stored)."""
+"""`monitor proxy`: a pass-through in front of the apps' LLM API that records every call like a
+probe (or, with --no-record, only logs it)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from monitor.cli.common import (
     log_format_option,
     remember_database,
     setup_logging,
+    spool_path,
 )
 
 # Read from the environment, never a flag: `ps` would show a flag to every local user.
@@ -29,22 +30,32 @@ _DEFAULT_PORT = 8788  # defaults.PROXY_PORT, which test_cli checks; a literal ke
 @click.option("--insecure-public", is_flag=True,
               help=f"Listen on a non-loopback address without {PROXY_TOKEN_ENV}: anyone who can "
                    "reach it can spend the quota of the keys your apps send.")
+@click.option("--no-record", is_flag=True,
+              help="Only log each call (route, method, path, status, ms); store nothing.")
+@click.option("--spool", default="monitor-proxy-spool.jsonl", show_default=True, metavar="FILE",
+              help="Where records wait while the database is unreachable.")
 @log_format_option
 @config_option
-def proxy_command(host: str, port: int, insecure_public: bool, log_format: str,
-                  config_path: str | None) -> None:
-    """Forward calls under /ROUTE/ to that route's upstream API and log each one.
+def proxy_command(host: str, port: int, insecure_public: bool, no_record: bool, spool: str,
+                  log_format: str, config_path: str | None) -> None:
+    """Forward calls under /ROUTE/ to that route's upstream API and record each one.
     Apps point their base URL at it, e.g. OPENAI_BASE_URL=http://127.0.0.1:8788/openai/v1."""
     from monitor import config, httpd
     from monitor.errors import ProxyError
-    from monitor.proxy.server import Proxy
+    from monitor.proxy.server import Proxy, refuse_public
     from monitor.proxy.sink import make_sink
 
+    if not no_record:
+        spool_path(spool)
     token = env_token(PROXY_TOKEN_ENV)
     loaded = config.load_proxy(config_path)
     remember_database(loaded.settings.database_url)
     setup_logging(log_format)
-    sink = make_sink(loaded.settings, loaded.routes)
+    try:
+        refuse_public(host, token, insecure_public)  # before the store is opened
+    except ProxyError as error:
+        raise SetupError(str(error)) from None
+    sink = make_sink(loaded.settings, loaded.routes, record=not no_record, spool_path=spool)
     try:
         proxy = Proxy(loaded.routes, sink, host, port, token=token,
                       insecure_public=insecure_public).start()

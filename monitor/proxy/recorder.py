@@ -39,6 +39,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from monitor import defaults
 from monitor.alerting import AlertSettings
 from monitor.alerts.dispatch import Dispatcher
 from monitor.alerts.watch import Watcher
@@ -58,7 +59,6 @@ BATCH = 500  # results per transaction, as the daemon's group writer
 RETRY_S = 1.0  # while the database is down, a drain at most this often
 MAINTENANCE_S = 30.0  # rollups and notifications
 PRUNE_EVERY = timedelta(days=1)  # raw bodies past [retention] raw, as the daemon's daily job
-DEFAULT_SPOOL = "monitor-proxy-spool.jsonl"
 
 
 @dataclass
@@ -351,7 +351,7 @@ class TrafficRecorder:
 
 
 def make_recording_sink(settings: Settings, routes: Sequence[Route], *,
-                        spool_path: str | Path = DEFAULT_SPOOL) -> TrafficRecorder:
+                        spool_path: str | Path = defaults.PROXY_SPOOL) -> TrafficRecorder:
     """The recorder `monitor proxy` hands its exchanges to: on the configured database (which
     may be down: records then wait in `spool_path`), alerting by the configured policy."""
     engine = db.create(settings.database_url)

@@ -322,6 +322,16 @@ class _Server(httpd.HTTPServer):
             super().handle_error(request, client_address)
 
 
+def refuse_public(host: str, token: str | None, insecure_public: bool) -> None:
+    """ProxyError for a non-loopback address without a token or --insecure-public."""
+    if not token and not insecure_public and not httpd.is_loopback(host):
+        raise ProxyError(
+            f"refusing to listen on {host or 'every address'}, which is not loopback: anyone "
+            "who can reach it could spend your API keys' quota through it. Set "
+            "MONITOR_PROXY_TOKEN (apps then send it as X-Monitor-Proxy-Token) or pass "
+            "--insecure-public")
+
+
 class Proxy(httpd.Background[_Server]):
     """The proxy on a background thread: start(), .url, stop() (which lets calls finish)."""
 
@@ -334,12 +344,7 @@ class Proxy(httpd.Background[_Server]):
                  clock: Clock = utc_now,
                  connect_timeout_s: float = defaults.PROXY_CONNECT_TIMEOUT_S,
                  read_timeout_s: float = defaults.PROXY_READ_TIMEOUT_S) -> None:
-        if not token and not insecure_public and not httpd.is_loopback(host):
-            raise ProxyError(
-                f"refusing to listen on {host or 'every address'}, which is not loopback: anyone "
-                "who can reach it could spend your API keys' quota through it. Set "
-                "MONITOR_PROXY_TOKEN (apps then send it as X-Monitor-Proxy-Token) or pass "
-                "--insecure-public")
+        refuse_public(host, token, insecure_public)
         self._routes = {
             route.name: _Mapped(route, Upstream(route.upstream,
                                                 connect_timeout_s=connect_timeout_s,

@@ -1,6 +1,7 @@
 """Where `monitor proxy` sends each finished call: `make_sink` is the one place that decides.
 
-The logging sink writes one line per call (route, method, path without its query, status and
+By default the TrafficRecorder (proxy/recorder.py) stores every call like a probe. With
+`--no-record` the logging sink writes one line per call (route, method, path without its query, status and
 the app's wait in ms), never a body, a header or a credential. Its queue is bounded and
 `submit` never waits: when the worker falls behind, calls are counted as dropped, not queued
 without end, because the app's call has already been answered and must not pay for the log.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from pathlib import Path
 from typing import Protocol
 
 from monitor import defaults
@@ -23,12 +25,28 @@ logger = logging.getLogger("monitor.proxy")
 class ClosableSink(TrafficSink, Protocol):
     """A sink the proxy owns: close() hands on what is still queued, then stops."""
 
-    def close(self) -> None: ...
+    def close(self) -> object: ...
 
 
-def make_sink(settings: Settings, routes: tuple[Route, ...]) -> ClosableSink:
-    """The sink `monitor proxy` runs with: for now the logging sink."""
-    return LoggingSink()
+def make_sink(settings: Settings, routes: tuple[Route, ...], *, record: bool = True,
+              spool_path: str | Path = defaults.PROXY_SPOOL) -> ClosableSink:
+    """The recorder on the configured database, or the logging sink when not recording.
+
+    A database at the wrong revision is the user's to fix (`monitor db upgrade`), so it stops
+    the start; one that cannot be reached does not: calls are forwarded and their records wait
+    in `spool_path`, as the daemon's probes do."""
+    if not record:
+        return LoggingSink()
+    from monitor.errors import StoreUnavailable
+    from monitor.proxy.recorder import make_recording_sink
+    from monitor.store import db
+
+    try:
+        db.open_store(settings.database_url).dispose()
+    except StoreUnavailable as error:
+        logger.error("%s; forwarding anyway and recording to %s until it is back", error,
+                     spool_path)
+    return make_recording_sink(settings, routes, spool_path=spool_path)
 
 
 class LoggingSink:
