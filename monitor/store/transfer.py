@@ -59,7 +59,7 @@ BATCH = 1000
 # Ids and the compressed blobs are not exported as they are; the rest is, column for column.
 _NOT_EXPORTED = {"id", "target_id", "target_config_id", "request_payload_id", "replay_of",
                  "response_headers_zlib", "raw_response_zlib"}
-_PROBES: Table = ProbeRow.__table__  # type: ignore[assignment]
+_PROBES: Table = ProbeRow.__table__
 _COLUMNS = [c for c in ProbeRow.__table__.columns if c.key not in _NOT_EXPORTED]
 _TIMES = {c.key for c in _COLUMNS if isinstance(c.type, UtcDateTime)}
 _REQUIRED = {c.key for c in _COLUMNS if not c.nullable}
