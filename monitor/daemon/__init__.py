@@ -12,22 +12,38 @@ the optional web server; the CLI only parses options and calls it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from monitor.clock import Clock
-from monitor.daemon.prober import Prober
-from monitor.daemon.service import Service
-from monitor.daemon.slots import slot_at, slot_trigger
-from monitor.daemon.steps import Daemon
 from monitor.domain import Settings
 from monitor.errors import StoreUnavailable
 from monitor.store import db
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 
+if TYPE_CHECKING:
+    from monitor.daemon.prober import Prober
+    from monitor.daemon.service import Service
+    from monitor.daemon.slots import slot_at, slot_trigger
+    from monitor.daemon.steps import Daemon
+
 __all__ = ["Daemon", "Prober", "Service", "WebOptions", "run", "slot_at", "slot_trigger"]
+
+# The module of each name above, imported when the name is first used: `monitor probe`
+# imports monitor.daemon.prober, which runs this package first, and needs neither APScheduler
+# nor the steps (alerts, rollups, retention and the ORM they read through).
+_LAZY = {"Daemon": "steps", "Prober": "prober", "Service": "service", "slot_at": "slots",
+         "slot_trigger": "slots"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"monitor.daemon.{_LAZY[name]}"), name)
 
 log = logging.getLogger("monitor")
 
@@ -47,6 +63,9 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
         echo: Callable[[str], None] = print) -> None:
     """`monitor run`: probe every target on its schedule until SIGTERM/SIGINT (or one round
     with `once`), through database outages, with the dashboard alongside if `web` says where."""
+    from monitor.daemon.service import Service
+    from monitor.daemon.steps import Daemon
+
     # SQLite has no leases that work across processes: one daemon per file.
     lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
         "sqlite") else None

@@ -14,21 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from monitor.domain import Choice, ProbeResult, RateLimits
 from monitor.store import check_results, codec
-from monitor.store.models import (
-    CANARY,
-    ProbeRow,
-    RequestPayloadRow,
-    TargetConfigRow,
-    TargetRow,
-)
+from monitor.store.db import upsert
+from monitor.store.schema import CANARY, probes, request_payloads, target_configs, targets
 
 # What no column can hold: PostgreSQL text and jsonb refuse NUL, and a lone surrogate (a
 # half of a UTF-16 pair, which JSON's \u escapes can produce) cannot be encoded as UTF-8.
@@ -115,7 +107,7 @@ class Recorder:
             )
             payload_id = self._payload_id(connection, result.request_payload)
             probe_id = int(connection.execute(
-                insert(ProbeRow).returning(ProbeRow.id),
+                insert(probes).returning(probes.c.id),
                 _probe_values(result, target_id, config_id, payload_id)).scalar_one())
             check_results.insert(connection, [(result, probe_id, target_id)])
             return probe_id
@@ -137,7 +129,7 @@ class Recorder:
                 # Each row's id comes back beside its uid: RETURNING in parameter order
                 # would make SQLAlchemy insert SQLite rows one statement at a time.
                 inserted = connection.execute(
-                    insert(ProbeRow).returning(ProbeRow.uid, ProbeRow.id), rows)
+                    insert(probes).returning(probes.c.uid, probes.c.id), rows)
                 ids = {uid: probe_id for uid, probe_id in inserted}
                 uids = [result.uid for result, _ in batch]
                 check_results.insert(connection, [(result, ids[result.uid], row["target_id"])
@@ -168,9 +160,9 @@ class Recorder:
                 )
                 payload_id = self._payload_id(connection, result.request_payload)
                 rows.append(_probe_values(result, target_id, config_id, payload_id))
-            dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
             connection.execute(
-                dialect_insert(ProbeRow).on_conflict_do_nothing(index_elements=["uid"]), rows
+                upsert(connection.dialect, probes).on_conflict_do_nothing(
+                    index_elements=["uid"]), rows
             )
             check_results.insert_by_uid(connection, [(r, row["target_id"]) for r, row in zip(results, rows)])
 
@@ -183,7 +175,7 @@ class Recorder:
 
     def probe_id(self, uid: str) -> int | None:
         with self.engine.connect() as connection:
-            return connection.execute(select(ProbeRow.id).where(ProbeRow.uid == uid)).scalar()
+            return connection.execute(select(probes.c.id).where(probes.c.uid == uid)).scalar()
 
     def _forget(self) -> None:
         self._target_ids.clear()
@@ -194,7 +186,7 @@ class Recorder:
         if name in self._target_ids:
             return self._target_ids[name]
         found = _get_or_create(
-            connection, TargetRow, {"name": name}, {"created_at": datetime.now(UTC)}
+            connection, targets, {"name": name}, {"created_at": datetime.now(UTC)}
         )
         self._target_ids[name] = found
         return found
@@ -212,7 +204,7 @@ class Recorder:
             return self._config_ids[key]
         found = _get_or_create(
             connection,
-            TargetConfigRow,
+            target_configs,
             {"target_id": target_id, "config_hash": config_hash},
             # Known to the probe's process but not to a later one draining its spool: then
             # the row still marks the change.
@@ -228,27 +220,26 @@ class Recorder:
         if digest in self._payload_ids:
             return self._payload_ids[digest]
         found = _get_or_create(
-            connection, RequestPayloadRow, {"sha256": digest}, {"payload": storable(payload)}
+            connection, request_payloads, {"sha256": digest}, {"payload": storable(payload)}
         )
         self._payload_ids[digest] = found
         return found
 
 
 def _get_or_create(
-    connection: Any, model: Any, key: dict[str, Any], values: dict[str, Any]
+    connection: Any, table: Table, key: dict[str, Any], values: dict[str, Any]
 ) -> int:
     """The id of the row with `key`, inserting it if missing. ON CONFLICT DO NOTHING makes two
     daemons registering the same target at once both succeed, with one row."""
-    where = [getattr(model, column) == value for column, value in key.items()]
-    found = connection.execute(select(model.id).where(*where)).scalar()
+    where = [table.c[column] == value for column, value in key.items()]
+    found = connection.execute(select(table.c.id).where(*where)).scalar()
     if found is None:
-        dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
         connection.execute(
-            dialect_insert(model).values(**key, **values).on_conflict_do_nothing(
+            upsert(connection.dialect, table).values(**key, **values).on_conflict_do_nothing(
                 index_elements=list(key)
             )
         )
-        found = connection.execute(select(model.id).where(*where)).scalar_one()
+        found = connection.execute(select(table.c.id).where(*where)).scalar_one()
     return int(found)
 
 
@@ -325,7 +316,7 @@ def _timestamp(created: int | None) -> datetime | None:
         return None
 
 
-def raw_response(row: ProbeRow) -> bytes:
+def raw_response(row: Row[Any]) -> bytes:
     """The body exactly as it was received."""
     return codec.decompress(row.raw_response_zlib)
 
@@ -336,25 +327,26 @@ def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
     if not ids:
         return []
     query = (
-        select(ProbeRow, TargetRow.name, RequestPayloadRow.payload)
-        .join(TargetRow, TargetRow.id == ProbeRow.target_id)
-        .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
-        .where(ProbeRow.id.in_(ids))
+        select(probes, targets.c.name.label("target_name"),
+               request_payloads.c.payload.label("request_payload"))
+        .join(targets, targets.c.id == probes.c.target_id)
+        .join(request_payloads, request_payloads.c.id == probes.c.request_payload_id)
+        .where(probes.c.id.in_(ids))
     )
-    with Session(engine) as session:
-        found = {row[0].id: row for row in session.execute(query)}
-        return [_record(*found[i]) for i in ids if i in found]
+    with engine.connect() as connection:
+        found = {row.id: row for row in connection.execute(query)}
+        return [_record(found[i]) for i in ids if i in found]
 
 
-def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": probe.id, "target": target_name}
-    for column in ProbeRow.__table__.columns:
+def _record(probe: Row[Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": probe.id, "target": probe.target_name}
+    for column in probes.columns:
         if column.key in ("id", "raw_response_zlib", "response_headers_zlib"):
             continue
         value = getattr(probe, column.key)
         record[column.key] = value.isoformat() if isinstance(value, datetime) else value
     record["response_headers"] = codec.decompress_headers(probe.response_headers_zlib)
-    record["request_payload"] = payload
+    record["request_payload"] = probe.request_payload
     body = raw_response(probe)
     try:
         record["raw_response"] = body.decode("utf-8")
@@ -365,24 +357,24 @@ def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[
 
 def count_probes(engine: Engine) -> int:
     with engine.connect() as connection:
-        return int(connection.execute(select(func.count(ProbeRow.id))).scalar_one())
+        return int(connection.execute(select(func.count(probes.c.id))).scalar_one())
 
 
 def last_probes(engine: Engine) -> list[dict[str, Any]]:
     """The newest canary probe (not a replay) of every target: when, outcome, status, total
     ms."""
     newest = (
-        select(ProbeRow.target_id, func.max(ProbeRow.id).label("id"))
+        select(probes.c.target_id, func.max(probes.c.id).label("id"))
         .where(CANARY)
-        .group_by(ProbeRow.target_id)
+        .group_by(probes.c.target_id)
         .subquery()
     )
     query = (
-        select(TargetRow.name, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
-               ProbeRow.http_status, ProbeRow.total_ms)
-        .join(newest, newest.c.target_id == TargetRow.id)
-        .join(ProbeRow, ProbeRow.id == newest.c.id)
-        .order_by(TargetRow.name)
+        select(targets.c.name, probes.c.started_at, probes.c.ok, probes.c.error_kind,
+               probes.c.http_status, probes.c.total_ms)
+        .join(newest, newest.c.target_id == targets.c.id)
+        .join(probes, probes.c.id == newest.c.id)
+        .order_by(targets.c.name)
     )
     with engine.connect() as connection:
         return [
@@ -395,12 +387,12 @@ def last_probes(engine: Engine) -> list[dict[str, Any]]:
 def target_id_of(engine: Engine, name: str) -> int | None:
     """The stored target's id, or None if it never probed."""
     with engine.connect() as connection:
-        return connection.execute(select(TargetRow.id).where(TargetRow.name == name)).scalar()
+        return connection.execute(select(targets.c.id).where(targets.c.name == name)).scalar()
 
 
 def count_targets(engine: Engine) -> int:
     with engine.connect() as connection:
-        return int(connection.execute(select(func.count(TargetRow.id))).scalar_one())
+        return int(connection.execute(select(func.count(targets.c.id))).scalar_one())
 
 
 def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, int]:
@@ -409,8 +401,8 @@ def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, i
     they were sent for."""
     with engine.connect() as connection:
         requests, tokens = connection.execute(
-            select(func.count(ProbeRow.id), func.coalesce(func.sum(ProbeRow.total_tokens), 0))
-            .where(ProbeRow.target_id == target_id, ProbeRow.started_at >= since)
+            select(func.count(probes.c.id), func.coalesce(func.sum(probes.c.total_tokens), 0))
+            .where(probes.c.target_id == target_id, probes.c.started_at >= since)
         ).one()
     return int(requests), int(tokens or 0)
 
@@ -429,10 +421,10 @@ class NewestProbe:
 
 # Walks ix_probes_target_id_started_at backwards, past any replays, to the first canary probe.
 _NEWEST = (
-    select(ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind, ProbeRow.retry_after_s,
-           ProbeRow.ratelimit_reset_requests_s, ProbeRow.ratelimit_reset_tokens_s)
-    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.replay_of.is_(None))
-    .order_by(ProbeRow.started_at.desc()).limit(1)
+    select(probes.c.started_at, probes.c.ok, probes.c.error_kind, probes.c.retry_after_s,
+           probes.c.ratelimit_reset_requests_s, probes.c.ratelimit_reset_tokens_s)
+    .where(probes.c.target_id == bindparam("target_id"), probes.c.replay_of.is_(None))
+    .order_by(probes.c.started_at.desc()).limit(1)
 )
 
 

@@ -233,12 +233,12 @@ class _Importer:
         try:
             if kind == "target":
                 self.targets[record["name"]] = _get_or_create(
-                    connection, TargetRow, {"name": record["name"]},
+                    connection, TargetRow.__table__, {"name": record["name"]},
                     {"created_at": _parse_time(record["created_at"])})
             elif kind == "config":
                 target_id = self._target(connection, record["target"], line)
                 self.configs[(record["target"], record["config_hash"])] = _get_or_create(
-                    connection, TargetConfigRow,
+                    connection, TargetConfigRow.__table__,
                     {"target_id": target_id, "config_hash": record["config_hash"]},
                     {"config": record["config"],
                      "first_seen_at": _parse_time(record["first_seen_at"])})
@@ -248,7 +248,7 @@ class _Importer:
                     raise self._fail(line, f"payload sha256 {record['sha256']} does not match "
                                            f"its content ({digest})")
                 self.payloads[digest] = _get_or_create(
-                    connection, RequestPayloadRow, {"sha256": digest},
+                    connection, RequestPayloadRow.__table__, {"sha256": digest},
                     {"payload": record["payload"]})
             elif kind == "probe":
                 row = self._probe_row(connection, record, line)
