@@ -16,6 +16,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped
 
 from monitor.store import schema
 
+# Whatever builds or compares the schema (Alembic, the tests) reads it through Base.metadata.
+schema.add_partial_indexes()
+
 CANARY = schema.CANARY
 # Migrations name the column type as monitor.store.models.UtcDateTime.
 UtcDateTime = schema.UtcDateTime

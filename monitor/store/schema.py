@@ -217,16 +217,7 @@ probes = Table(
     # Live detection reads a target's probes stored after the last one it folded: without
     # this, PostgreSQL's generic plan for `id > $1` sorts the target's whole history.
     Index("ix_probes_target_id_id", "target_id", "id"),
-    # The report lists the replays in its range: this holds only those, so a year's
-    # report never looks through a year of canaries to find them.
-    Index("ix_probes_replays_target_id_started_at", "target_id", "started_at",
-          sqlite_where=text("replay_of IS NOT NULL"),
-          postgresql_where=text("replay_of IS NOT NULL")),
-    # An original's replays (export, the probe page). Replays only: a whole index would
-    # tempt SQLite to answer `replay_of IS NULL` (every canary read) through it.
-    Index("ix_probes_replay_of", "replay_of",
-          sqlite_where=text("replay_of IS NOT NULL"),
-          postgresql_where=text("replay_of IS NOT NULL")),
+    # Two partial indexes of replays: add_partial_indexes() below.
     # `monitor sim --recorded` looks up the newest successful answer to one request payload:
     # an index seek by payload, then backwards by id, instead of a scan of every probe.
     Index("ix_probes_request_payload_id_ok_id", "request_payload_id", "ok", "id"),
@@ -269,11 +260,7 @@ slots = Table(
     Column("reason", Text),  # the same in words, for people
     Column("probe_uid", String(32)),
     UniqueConstraint("target_id", "slot_at"),
-    # Reports, `monitor status` and /metrics count skipped slots per target and kind over
-    # a range: a partial index holds those few rows only, not the probed ones (one a probe).
-    Index("ix_slots_skipped_target_id_slot_at", "target_id", "slot_at",
-          sqlite_where=text("state = 'skipped'"),
-          postgresql_where=text("state = 'skipped'")),
+    # A partial index of skipped slots: add_partial_indexes() below.
 )
 
 # A running `monitor run`, alive while its heartbeat is recent.
@@ -531,3 +518,28 @@ replay_items = Table(
     Index("ix_replay_items_run_id_state_position", "run_id", "state", "position"),
 )
 
+
+def add_partial_indexes() -> None:
+    """Add the partial indexes (a WHERE on SQLite and on PostgreSQL) to the tables above, once.
+
+    Not made with the tables: SQLAlchemy checks a dialect's option by importing that dialect's
+    package, and PostgreSQL's imports every PostgreSQL driver's dialect and asyncio (~20 ms),
+    which `monitor status` on SQLite should not pay. Queries never need an Index object; what
+    creates or compares the schema does, and reads it through store/models.py, which calls
+    this (Alembic's env.py, the tests; tests/test_migrations.py compares the result)."""
+    if any(index.name == "ix_probes_replay_of" for index in probes.indexes):
+        return
+    replays = text("replay_of IS NOT NULL")
+    # The report lists the replays in its range: this holds only those, so a year's report
+    # never looks through a year of canaries to find them.
+    Index("ix_probes_replays_target_id_started_at", probes.c.target_id, probes.c.started_at,
+          sqlite_where=replays, postgresql_where=replays)
+    # An original's replays (export, the probe page). Replays only: a whole index would tempt
+    # SQLite to answer `replay_of IS NULL` (every canary read) through it.
+    Index("ix_probes_replay_of", probes.c.replay_of,
+          sqlite_where=replays, postgresql_where=replays)
+    # Reports, `monitor status` and /metrics count skipped slots per target and kind over a
+    # range: a partial index holds those few rows only, not the probed ones (one a probe).
+    skipped = text("state = 'skipped'")
+    Index("ix_slots_skipped_target_id_slot_at", slots.c.target_id, slots.c.slot_at,
+          sqlite_where=skipped, postgresql_where=skipped)
