@@ -13,6 +13,7 @@ from monitor.cli.common import (
     config_option,
     json_option,
     load,
+    loading,
     moment,
     now,
     opened,
@@ -33,8 +34,9 @@ def _since(value: str | None) -> datetime | None:
 def alerts_command(open_only: bool, target: str | None, since: str | None, as_json: bool,
                    config_path: str | None) -> None:
     """List alerts, newest first: what changed, before and after, and why."""
-    from monitor.render import text
-    from monitor.store import alert_reads
+    with loading():
+        from monitor.render import text
+        from monitor.store import alert_reads
 
     at = now()
     with opened(load(config_path).database_url) as engine:
