@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, select
 
 from monitor import defaults
 from monitor.alerts.maintenance import maintenance_until
-from monitor.detect import TargetDetector, Warmup, thresholds_hash
+from monitor.detect import TargetDetector, Warmup
 from monitor.domain import ErrorKind, Provider, RateLimits, Settings, Target
 from monitor.store import history
 from monitor.store.records import newest_probe, usage_since
@@ -175,7 +175,7 @@ def _warmups(connection: Connection, target: Target, target_id: int) -> tuple[Wa
     reader = history.ObservationReader()
     detector = None
     position = history.position(connection, target_id)
-    if position is not None and position[0] == thresholds_hash(target.detection):
+    if position is not None and position[0] == history.thresholds_hash(target.detection):
         last = position[1]
         try:
             detector = TargetDetector.restore(

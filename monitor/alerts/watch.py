@@ -27,11 +27,12 @@ from sqlalchemy import Connection, Engine
 from monitor.alerting import AlertSettings
 from monitor.alerts import engine as alerts
 from monitor.clock import Clock, utc_now
-from monitor.detect import TargetDetector, thresholds_hash
+from monitor.detect import TargetDetector
 from monitor.domain import DriftEvent, Observation, Target
 from monitor.probe.checks import evaluate, stored_answer
 from monitor.render.text import safe_text
 from monitor.store import check_results, history
+from monitor.store.history import thresholds_hash
 
 log = logging.getLogger("monitor")
 

@@ -17,11 +17,7 @@ output, quality; their docstrings list their condition keys.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 from collections.abc import Iterable
-from dataclasses import asdict
 from typing import Any
 
 from monitor.detect.availability import AvailabilityDetector
@@ -34,8 +30,7 @@ from monitor.detect.quality import QualityDetector
 from monitor.detect.quota import QuotaDetector
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
-__all__ = ["SEVERITIES", "SNAPSHOT_VERSION", "TargetDetector", "Warmup", "detect",
-           "thresholds_hash"]
+__all__ = ["SEVERITIES", "SNAPSHOT_VERSION", "TargetDetector", "Warmup", "detect"]
 
 # Bumped when the snapshot layout changes; an older snapshot is refused, and the caller
 # rebuilds the state by folding the stored history again.
@@ -103,14 +98,6 @@ class TargetDetector:
             for detector in restored._detectors
         ]
         return restored
-
-
-@functools.lru_cache(maxsize=256)
-def thresholds_hash(thresholds: DetectionThresholds) -> str:
-    """What a saved snapshot was made under: one made under other thresholds is not restored
-    but replaced, by folding the stored history again."""
-    text = json.dumps(asdict(thresholds), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def detect(

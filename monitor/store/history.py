@@ -8,15 +8,25 @@ that live detection and a re-run over stored history can both follow exactly.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from monitor.domain import CheckResult, DriftEvent, ErrorKind, Observation, RateLimits
+from monitor.domain import (
+    CheckResult,
+    DetectionThresholds,
+    DriftEvent,
+    ErrorKind,
+    Observation,
+    RateLimits,
+)
 from monitor.store import check_results
 from monitor.store.db import upsert
 from monitor.store.schema import CANARY, detector_states, drift_events, probes, request_payloads
@@ -191,6 +201,14 @@ def load_state(connection: Connection, target_id: int) -> bytes:
     """The target's saved detector state, packed (see `pack_state`)."""
     blob: bytes = connection.execute(_STATE, {"target_id": target_id}).scalar_one()
     return blob
+
+
+@functools.lru_cache(maxsize=256)
+def thresholds_hash(thresholds: DetectionThresholds) -> str:
+    """What a saved state was made under: one made under other thresholds is not restored but
+    replaced, by folding the stored history again."""
+    text = json.dumps(asdict(thresholds), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def pack_state(state: dict[str, Any]) -> bytes:
