@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import monitor.store.models  # noqa: F401  (custom column types such as UtcDateTime)
+import monitor.store.schema  # noqa: F401  (custom column types: UtcDateTime, Json, Blob)
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

@@ -18,12 +18,11 @@ from sqlalchemy import Connection, Engine, select
 
 from monitor import defaults
 from monitor.alerts.maintenance import maintenance_until
-from monitor.alerts.watch import thresholds_hash
 from monitor.detect import TargetDetector, Warmup
 from monitor.domain import ErrorKind, Provider, RateLimits, Settings, Target
 from monitor.store import history
-from monitor.store.models import TargetRow
 from monitor.store.records import newest_probe, usage_since
+from monitor.store.schema import targets
 
 # --- the daemon's rules ---------------------------------------------------------------------
 
@@ -125,7 +124,7 @@ def read_states(engine: Engine, settings: Settings, now: datetime) -> dict[str, 
     names = [target.name for target in settings.targets]
     with engine.connect() as connection:
         ids = {row.name: row.id for row in connection.execute(
-            select(TargetRow.name, TargetRow.id).where(TargetRow.name.in_(names)))}
+            select(targets.c.name, targets.c.id).where(targets.c.name.in_(names)))}
         states = {}
         for target in settings.targets:
             target_id = ids.get(target.name)
@@ -176,7 +175,7 @@ def _warmups(connection: Connection, target: Target, target_id: int) -> tuple[Wa
     reader = history.ObservationReader()
     detector = None
     position = history.position(connection, target_id)
-    if position is not None and position[0] == thresholds_hash(target.detection):
+    if position is not None and position[0] == history.thresholds_hash(target.detection):
         last = position[1]
         try:
             detector = TargetDetector.restore(

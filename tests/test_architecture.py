@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import ast
+import gc
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from monitor.cli.common import loading
+from monitor.sim import SimClient, Simulator
+from tests.conftest import write_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "monitor"
 
@@ -155,7 +162,48 @@ def test_help_and_version_load_no_database_or_http_library(option: str) -> None:
 def test_top_level_stays_small_and_modules_stay_readable() -> None:
     top = [p.name for p in PACKAGE.glob("*.py")]
     assert len(top) <= 15, top
-    # The ORM schema reads best whole; every other module owns one noun.
+    # The schema reads best whole; every other module owns one noun.
     long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 450}
-    assert set(long) <= {"store/models.py"}, long
+    assert set(long) <= {"store/schema.py"}, long
+
+
+# What `monitor status`, `alerts` and `probe` must not load: they read and write through
+# store/schema.py's Core tables (docs/benchmarks.md, "Command start-up").
+HEAVY = ("sqlalchemy.orm", "sqlalchemy.dialects.postgresql", "monitor.store.models", "alembic",
+         "apscheduler", "jsonschema", "monitor.daemon.steps", "monitor.alerts.engine",
+         "monitor.web", "monitor.replay", "monitor.sim")
+
+
+def test_status_alerts_and_probe_load_no_orm_or_daemon(
+        tmp_path: Path, sqlite_template: Path, sim: SimClient, sim_server: Simulator) -> None:
+    """Each as its own process (the console script's `main`) on SQLite: a probe stored, then
+    the status that folds it and the alert list. What their imports made is frozen, left out
+    of the collector's scans (cli.common.loading)."""
+    database = tmp_path / "monitor.db"
+    shutil.copy(sqlite_template, database)
+    config = write_config(tmp_path / "monitor.toml", [
+        {"name": "sim", "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+         "model": "gpt-4o"}], f"sqlite:///{database}")
+    for command in ("probe", "status", "alerts"):
+        code = ("import atexit, gc, json, sys\n"
+                f"atexit.register(lambda: print(json.dumps([sorted(m for m in sys.modules if "
+                f"m.startswith({HEAVY!r})), gc.get_freeze_count() > 0])))\n"
+                f"sys.argv = ['monitor', {command!r}, '--config', {str(config)!r}]\n"
+                "from monitor.cli import main\n"
+                "main()\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path, check=False)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == [[], True], command
+
+
+def test_loading_in_process_pauses_the_collector_and_freezes_nothing() -> None:
+    """Where commands run in-process (tests, CliRunner) the collector resumes as it was, and
+    nothing is frozen: that process's garbage must still be collected."""
+    frozen = gc.get_freeze_count()
+    assert gc.isenabled()
+    with loading():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen

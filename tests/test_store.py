@@ -169,3 +169,17 @@ def test_drained_results_are_stored_once_even_if_replayed(tmp_path: Path, engine
     [record] = probe_records(engine, [recorder.probe_id(items[0].uid) or 0])
     assert record["choices"][0]["content"] == "Hello\n\u2028<b>"
     assert record["started_at"] == "2026-11-26T01:02:03.456789+00:00"
+
+
+def test_the_orm_classes_type_exactly_the_columns_of_their_tables() -> None:
+    """store/schema.py defines each column once; store/models.py's annotations only type it
+    for the code that names columns through the ORM classes. A column added to one and not
+    the other is caught here (a class cannot add a column of its own: its table is given)."""
+    from monitor.store import models
+
+    mapped = [m.class_ for m in models.Base.registry.mappers]
+    assert len(mapped) == len(models.Base.metadata.tables)
+    for cls in mapped:
+        annotated = {name for klass in cls.__mro__ if klass.__module__ == models.__name__
+                     for name in vars(klass).get("__annotations__", {})}
+        assert annotated == set(cls.__table__.columns.keys()), cls.__name__

@@ -13,16 +13,13 @@ its probes keep their schedule meanwhile, and the probes stored during the rebui
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import itertools
-import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine
@@ -32,7 +29,6 @@ from monitor.alerts import engine as alerts
 from monitor.clock import Clock, utc_now
 from monitor.detect import TRAFFIC_KINDS, TargetDetector
 from monitor.domain import (
-    DetectionThresholds,
     DriftEvent,
     DriftKind,
     ErrorKind,
@@ -42,6 +38,7 @@ from monitor.domain import (
 from monitor.probe.checks import evaluate, stored_answer
 from monitor.render.text import safe_text
 from monitor.store import check_results, history
+from monitor.store.history import thresholds_hash
 
 log = logging.getLogger("monitor")
 
@@ -57,12 +54,6 @@ Background = Callable[[Callable[[], None]], None]
 
 def in_thread(job: Callable[[], None]) -> None:
     threading.Thread(target=job, name="monitor-detect-rebuild", daemon=True).start()
-
-
-@functools.lru_cache(maxsize=256)
-def thresholds_hash(thresholds: DetectionThresholds) -> str:
-    text = json.dumps(asdict(thresholds), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Watcher:

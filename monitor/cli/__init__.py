@@ -16,7 +16,7 @@ import click
 
 from monitor import __version__
 from monitor.cli import admin, alerts, inspect, probing, proxy, replay, reports
-from monitor.cli.common import MonitorGroup
+from monitor.cli.common import MonitorGroup, ends_with_the_command
 
 
 @click.group(cls=MonitorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,4 +32,5 @@ for _module in (probing, inspect, admin, alerts, reports, replay, proxy):
 
 def main() -> None:
     """The console script (`monitor = "monitor.cli:main"`)."""
+    ends_with_the_command()
     cli()

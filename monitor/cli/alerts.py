@@ -15,6 +15,7 @@ from monitor.cli.common import (
     config_option,
     json_option,
     load,
+    loading,
     moment,
     now,
     opened,
@@ -39,8 +40,9 @@ def alerts_command(ctx: click.Context, open_only: bool, target: str | None, sinc
     (`monitor alerts test`: try the notification channels)."""
     if ctx.invoked_subcommand is not None:
         return
-    from monitor.render import text
-    from monitor.store import alert_reads
+    with loading():
+        from monitor.render import text
+        from monitor.store import alert_reads
 
     at = now()
     with opened(load(config_path).database_url) as engine:

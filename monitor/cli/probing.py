@@ -16,6 +16,7 @@ from monitor.cli.common import (
     hosts_allowed,
     insecure_public_option,
     load,
+    loading,
     log_format_option,
     now,
     opened,
@@ -35,10 +36,11 @@ if TYPE_CHECKING:
 @config_option
 def probe_command(names: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
     """Probe the named targets (all if none) once and store every result."""
-    from monitor.daemon.prober import Prober
-    from monitor.render import text
-    from monitor.store.probe_reads import probe_records
-    from monitor.store.records import Recorder
+    with loading():
+        from monitor.daemon.prober import Prober
+        from monitor.render import text
+        from monitor.store.probe_reads import probe_records
+        from monitor.store.records import Recorder
 
     settings = load(config_path)
     targets = _select(settings, names)
@@ -130,13 +132,14 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     """Show where the database is, how much history it holds, each target's last probe and
     what it is waiting for (baselines still learning, backoff, budget, maintenance), and the
     open alerts."""
-    from monitor.defaults import ALIVE_WITHIN_S
-    from monitor.render import text
-    from monitor.store import alert_reads, db, leases
-    from monitor.store.models import TargetKind
-    from monitor.store.records import count_probes, count_targets, last_probes
-    from monitor.store.spool import Spool
-    from monitor.watching import read_states, states_json
+    with loading():
+        from monitor.defaults import ALIVE_WITHIN_S
+        from monitor.render import text
+        from monitor.store import alert_reads, db, leases
+        from monitor.store.records import count_probes, count_targets, last_probes
+        from monitor.store.schema import TargetKind
+        from monitor.store.spool import Spool
+        from monitor.watching import read_states, states_json
 
     spool_path(spool)
     settings = load(config_path)

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dotenv import dotenv_values
-
 from monitor import defaults
 from monitor.alerting import AlertSettings
 from monitor.config.alert_channels import CHANNEL_KEYS, resolve_channels
@@ -99,6 +97,8 @@ _SECTIONS: dict[str, _Check] = {
 def _read_dotenv(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
+    from dotenv import dotenv_values  # ~5 ms that a directory without .env need not pay
+
     # `KEY` alone (no `=`) reads as None: it sets nothing.
     return {key: value for key, value in dotenv_values(path).items() if value is not None}
 

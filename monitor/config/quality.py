@@ -31,7 +31,6 @@ from monitor.config.checks import (
 )
 from monitor.domain import Check, CheckKind
 from monitor.errors import raw
-from monitor.probe.checks import schema_error
 
 # Names are labels in reports and in /metrics: kept to what reads well there.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -54,10 +53,14 @@ def _regex(value: object) -> str:
 
 
 def _schema(value: object) -> dict[str, Any]:
+    # Here, not at the top: every command loads the config, few configure a JSON schema.
+    import jsonschema
+
     schema = _table(value)
-    problem = schema_error(schema)
-    if problem is not None:
-        raise _Invalid("a JSON schema", raw(f"one that is not: {problem}"))
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as err:
+        raise _Invalid("a JSON schema", raw(f"one that is not: {err.message}")) from None
     return schema
 
 

@@ -12,17 +12,14 @@ the optional web server; the CLI only parses options and calls it.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from monitor import otel
 from monitor.clock import Clock
-from monitor.daemon.prober import Prober
-from monitor.daemon.service import Service
-from monitor.daemon.slots import slot_at, slot_trigger
-from monitor.daemon.steps import Daemon
 from monitor.domain import Settings
 from monitor.errors import StoreUnavailable
 from monitor.store import db
@@ -30,9 +27,25 @@ from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 
 if TYPE_CHECKING:
+    from monitor.daemon.prober import Prober
+    from monitor.daemon.service import Service
+    from monitor.daemon.slots import slot_at, slot_trigger
+    from monitor.daemon.steps import Daemon
     from monitor.otel.export import Telemetry
 
 __all__ = ["Daemon", "Prober", "Service", "WebOptions", "run", "slot_at", "slot_trigger"]
+
+# The module of each name above, imported when the name is first used: `monitor probe`
+# imports monitor.daemon.prober, which runs this package first, and needs neither APScheduler
+# nor the steps (alerts, rollups, retention and the ORM they read through).
+_LAZY = {"Daemon": "steps", "Prober": "prober", "Service": "service", "slot_at": "slots",
+         "slot_trigger": "slots"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"monitor.daemon.{_LAZY[name]}"), name)
 
 log = logging.getLogger("monitor")
 
@@ -65,6 +78,9 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
 def _run(settings: Settings, spool: Spool, once: bool, clock: Clock,
          reload: Callable[[], Settings], web: WebOptions | None,
          echo: Callable[[str], None], telemetry: Telemetry | None) -> None:
+    from monitor.daemon.service import Service
+    from monitor.daemon.steps import Daemon
+
     # SQLite has no leases that work across processes: one daemon per file.
     lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
         "sqlite") else None

@@ -13,11 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from monitor.domain import CheckOutcome, CheckResult, ProbeResult
-from monitor.store.models import CheckResultRow, ProbeRow
+from monitor.store.db import upsert
+from monitor.store.schema import check_results, probes
 
 
 def insert(connection: Connection, stored: Sequence[tuple[ProbeResult, int, int]]) -> None:
@@ -37,8 +36,7 @@ def insert_rows(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """check_results rows as they are (`monitor import`), keeping outcomes already stored."""
     if not rows:
         return
-    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    connection.execute(dialect_insert(CheckResultRow).on_conflict_do_nothing(
+    connection.execute(upsert(connection.dialect, check_results).on_conflict_do_nothing(
         index_elements=["probe_id", "check_name"]), rows)
 
 
@@ -47,8 +45,8 @@ def insert_by_uid(connection: Connection, stored: Sequence[tuple[ProbeResult, in
     checked = [(result, target_id) for result, target_id in stored if result.checks]
     if not checked:
         return
-    ids = dict(connection.execute(select(ProbeRow.uid, ProbeRow.id).where(
-        ProbeRow.uid.in_([result.uid for result, _ in checked]))).all())
+    ids = dict(connection.execute(select(probes.c.uid, probes.c.id).where(
+        probes.c.uid.in_([result.uid for result, _ in checked]))).all())
     insert(connection, [(result, ids[result.uid], target_id) for result, target_id in checked])
 
 
@@ -59,10 +57,10 @@ def of_probes(connection: Connection, probe_ids: Iterable[int]
     wanted = list(probe_ids)
     if not wanted:
         return {}
-    query = (select(CheckResultRow.probe_id, CheckResultRow.check_name, CheckResultRow.outcome,
-                    CheckResultRow.reason)
-             .where(CheckResultRow.probe_id.in_(wanted))
-             .order_by(CheckResultRow.probe_id, CheckResultRow.check_name))
+    query = (select(check_results.c.probe_id, check_results.c.check_name, check_results.c.outcome,
+                    check_results.c.reason)
+             .where(check_results.c.probe_id.in_(wanted))
+             .order_by(check_results.c.probe_id, check_results.c.check_name))
     for probe_id, name, outcome, reason in connection.execute(query):
         found.setdefault(probe_id, []).append(CheckResult(name, CheckOutcome(outcome), reason))
     return {probe_id: tuple(results) for probe_id, results in found.items()}
@@ -72,8 +70,8 @@ def answers(connection: Connection, probe_ids: Sequence[int]
             ) -> dict[int, tuple[int | None, list[dict[str, Any]] | None]]:
     """(completion tokens, stored choices) of these probes: what checks read beyond an
     Observation, for judging stored answers again (`monitor detect`)."""
-    query = (select(ProbeRow.id, ProbeRow.completion_tokens, ProbeRow.choices)
-             .where(ProbeRow.id.in_(probe_ids)))
+    query = (select(probes.c.id, probes.c.completion_tokens, probes.c.choices)
+             .where(probes.c.id.in_(probe_ids)))
     return {probe_id: (tokens, choices) for probe_id, tokens, choices in connection.execute(query)}
 
 
@@ -92,7 +90,7 @@ class PassCount:
 def counts(connection: Connection, target_ids: Sequence[int], since: datetime | None = None,
            until: datetime | None = None) -> list[PassCount]:
     """Outcomes counted per target, check, model, fingerprint and outcome."""
-    row = CheckResultRow
+    row = check_results.c
     query = (select(row.target_id, row.check_name, row.model, row.system_fingerprint,
                     row.outcome, func.count())
              .where(row.target_id.in_(target_ids))

@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Dialect, Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -31,6 +31,7 @@ from monitor.errors import (
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.dialects import postgresql, sqlite
 
 # Long enough to ride out another writer's checkpoint, short enough to surface a stuck lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -49,6 +50,19 @@ def normalize_url(url: str) -> str:
 def display_url(url: str) -> str:
     """The URL with any password hidden, for messages and `monitor status`."""
     return make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
+def upsert(dialect: Dialect, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into `table` that can take ON CONFLICT, in the dialect's form. The PostgreSQL
+    module is imported only on PostgreSQL, whose engine has loaded it anyway: it imports every
+    PostgreSQL driver's dialect and asyncio, which a command on SQLite should not pay for."""
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 def create(url: str) -> Engine:

@@ -8,43 +8,46 @@ that live detection and a re-run over stored history can both follow exactly.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from monitor.domain import CheckResult, DriftEvent, ErrorKind, Observation, RateLimits
-from monitor.store import check_results
-from monitor.store.models import (
-    CANARY,
-    DetectorStateRow,
-    DriftEventRow,
-    ProbeRow,
-    RequestPayloadRow,
+from monitor.domain import (
+    CheckResult,
+    DetectionThresholds,
+    DriftEvent,
+    ErrorKind,
+    Observation,
+    RateLimits,
 )
+from monitor.store import check_results
+from monitor.store.db import upsert
+from monitor.store.schema import CANARY, detector_states, drift_events, probes, request_payloads
 
 # Probes read per query while folding a long history.
 CHUNK = 5000
 
 _COLUMNS = (
-    ProbeRow.id, ProbeRow.uid, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
-    ProbeRow.http_status, ProbeRow.model, ProbeRow.system_fingerprint, ProbeRow.total_ms,
-    ProbeRow.time_to_first_token_ms, ProbeRow.openai_processing_ms,
-    ProbeRow.ratelimit_limit_requests, ProbeRow.ratelimit_limit_tokens,
-    ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens,
-    ProbeRow.ratelimit_reset_requests_s, ProbeRow.ratelimit_reset_tokens_s,
-    ProbeRow.ratelimit_limit_input_tokens, ProbeRow.ratelimit_remaining_input_tokens,
-    ProbeRow.ratelimit_limit_output_tokens, ProbeRow.ratelimit_remaining_output_tokens,
+    probes.c.id, probes.c.uid, probes.c.started_at, probes.c.ok, probes.c.error_kind,
+    probes.c.http_status, probes.c.model, probes.c.system_fingerprint, probes.c.total_ms,
+    probes.c.time_to_first_token_ms, probes.c.openai_processing_ms,
+    probes.c.ratelimit_limit_requests, probes.c.ratelimit_limit_tokens,
+    probes.c.ratelimit_remaining_requests, probes.c.ratelimit_remaining_tokens,
+    probes.c.ratelimit_reset_requests_s, probes.c.ratelimit_reset_tokens_s,
+    probes.c.ratelimit_limit_input_tokens, probes.c.ratelimit_remaining_input_tokens,
+    probes.c.ratelimit_limit_output_tokens, probes.c.ratelimit_remaining_output_tokens,
     # The first choice's text, taken out by the database: parsing every probe's choices JSON
     # was a third of the time of folding a long history. (The text is always a string or
     # null: probe.completion stores nothing else.)
-    ProbeRow.choices[(0, "content")].as_string(), ProbeRow.finish_reason, ProbeRow.prompt_tokens,
-    ProbeRow.request_payload_id,
+    probes.c.choices[(0, "content")].as_string(), probes.c.finish_reason, probes.c.prompt_tokens,
+    probes.c.request_payload_id,
 )
 
 
@@ -52,31 +55,31 @@ _COLUMNS = (
 # Replays (`monitor replay`) are not the canary's schedule: drift is judged on probes alone.
 _AFTER = (
     select(*_COLUMNS)
-    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.id > bindparam("after_id"),
+    .where(probes.c.target_id == bindparam("target_id"), probes.c.id > bindparam("after_id"),
            CANARY)
-    .order_by(ProbeRow.id)
+    .order_by(probes.c.id)
     .limit(bindparam("limit"))
 )
 # Whether a history is long: is there a probe past the first chunk (reads CHUNK index entries,
 # not the probes themselves).
 _BEYOND_CHUNK = (
-    select(ProbeRow.id)
-    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.id <= bindparam("until"),
-           ProbeRow.replay_of.is_(None))
-    .order_by(ProbeRow.id)
+    select(probes.c.id)
+    .where(probes.c.target_id == bindparam("target_id"), probes.c.id <= bindparam("until"),
+           probes.c.replay_of.is_(None))
+    .order_by(probes.c.id)
     .offset(bindparam("chunk"))
     .limit(1)
 )
-_POSITION = select(DetectorStateRow.thresholds_hash, DetectorStateRow.last_probe_id).where(
-    DetectorStateRow.target_id == bindparam("target_id"))
+_POSITION = select(detector_states.c.thresholds_hash, detector_states.c.last_probe_id).where(
+    detector_states.c.target_id == bindparam("target_id"))
 # On PostgreSQL the lock also makes the transaction's commit asynchronous, in the same round
 # trip (a SET LOCAL would be one more). Safe to lose in a crash: the probes are already stored
 # durably, and a lost fold (state, events, alerts and outbox go together) is folded again.
 _LOCK_POSITION = _POSITION.add_columns(
     func.set_config("synchronous_commit", "off", True)).with_for_update()
-_STATE = select(DetectorStateRow.state_zlib).where(
-    DetectorStateRow.target_id == bindparam("target_id"))
-_SAVE = update(DetectorStateRow).where(DetectorStateRow.target_id == bindparam("target_id_"))
+_STATE = select(detector_states.c.state_zlib).where(
+    detector_states.c.target_id == bindparam("target_id"))
+_SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("target_id_"))
 
 
 class ObservationReader:
@@ -114,9 +117,9 @@ class ObservationReader:
         missing = payload_ids - self._payloads.keys()
         if not missing:
             return
-        query = select(RequestPayloadRow.id, RequestPayloadRow.sha256, RequestPayloadRow.payload)
+        query = select(request_payloads.c.id, request_payloads.c.sha256, request_payloads.c.payload)
         for payload_id, digest, payload in connection.execute(
-            query.where(RequestPayloadRow.id.in_(missing))
+            query.where(request_payloads.c.id.in_(missing))
         ):
             model = payload.get("model")
             # The same request should get the same answer only when nothing is sampled.
@@ -184,8 +187,8 @@ def more_than(connection: Connection, target_id: int, count: int) -> bool:
     """Whether folding the target's history from scratch would read more than `count` probes
     (an index walk of `count` entries, not a count of them all)."""
     return connection.execute(
-        select(ProbeRow.id).where(ProbeRow.target_id == target_id, ProbeRow.replay_of.is_(None))
-        .order_by(ProbeRow.id).offset(count).limit(1)).first() is not None
+        select(probes.c.id).where(probes.c.target_id == target_id, probes.c.replay_of.is_(None))
+        .order_by(probes.c.id).offset(count).limit(1)).first() is not None
 
 
 def position(connection: Connection, target_id: int) -> tuple[str, int] | None:
@@ -198,6 +201,14 @@ def load_state(connection: Connection, target_id: int) -> bytes:
     """The target's saved detector state, packed (see `pack_state`)."""
     blob: bytes = connection.execute(_STATE, {"target_id": target_id}).scalar_one()
     return blob
+
+
+@functools.lru_cache(maxsize=256)
+def thresholds_hash(thresholds: DetectionThresholds) -> str:
+    """What a saved state was made under: one made under other thresholds is not restored but
+    replaced, by folding the stored history again."""
+    text = json.dumps(asdict(thresholds), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def pack_state(state: dict[str, Any]) -> bytes:
@@ -213,9 +224,8 @@ def unpack_state(blob: bytes) -> dict[str, Any]:
 
 def claim_state(connection: Connection, target_id: int, now: datetime) -> None:
     """Make sure the target has a state row to lock (ON CONFLICT: daemons race here)."""
-    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     connection.execute(
-        dialect_insert(DetectorStateRow).values(
+        upsert(connection.dialect, detector_states).values(
             target_id=target_id, thresholds_hash="", last_probe_id=0, state_zlib=b"",
             updated_at=now
         ).on_conflict_do_nothing(index_elements=["target_id"])
@@ -234,8 +244,8 @@ def replace_state(connection: Connection, target_id: int, was: tuple[str, int],
     """Save a state built without the lock, only if the target's position is still `was`
     (thresholds hash, last folded probe id); whether it was saved."""
     result = connection.execute(
-        _SAVE.where(DetectorStateRow.thresholds_hash == bindparam("was_hash"),
-                    DetectorStateRow.last_probe_id == bindparam("was_last")),
+        _SAVE.where(detector_states.c.thresholds_hash == bindparam("was_hash"),
+                    detector_states.c.last_probe_id == bindparam("was_last")),
         {**_saved(target_id, thresholds_hash, last_probe_id, packed, now),
          "was_hash": was[0], "was_last": was[1]})
     return result.rowcount == 1
@@ -253,9 +263,8 @@ def record_events(connection: Connection, target_id: int, probe_uid: str,
     were."""
     if not events:
         return
-    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     connection.execute(
-        dialect_insert(DriftEventRow).on_conflict_do_nothing(
+        upsert(connection.dialect, drift_events).on_conflict_do_nothing(
             index_elements=["probe_uid", "kind", "key", "opened"]),
         [
             {"target_id": target_id, "kind": e.kind.value, "key": e.key, "opened": e.opened,

@@ -20,21 +20,21 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, literal_column, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine, Table, delete, func, literal_column, select, update
 
 from monitor.domain import SkipKind, SlotState
-from monitor.store.models import InstanceRow, SlotRow, TargetRow
+from monitor.store.db import upsert
+from monitor.store.schema import instances, targets
+from monitor.store.schema import slots as slot_rows  # `slots` names the times in this module
 
 
-def _insert(engine: Engine, table: Any) -> Any:
-    return (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(table)
+def _insert(engine: Engine, table: Table) -> Any:
+    return upsert(engine.dialect, table)
 
 
 # The literal, not a bound parameter: only then may SQLite and PostgreSQL's generic plans use
 # the partial index of skipped slots (their WHERE must match the index's).
-_IS_SKIPPED = SlotRow.state == literal_column("'skipped'")
+_IS_SKIPPED = slot_rows.c.state == literal_column("'skipped'")
 
 
 class Claim(enum.Enum):
@@ -48,15 +48,15 @@ class Claim(enum.Enum):
 def claim(engine: Engine, target_id: int, slot_at: datetime, instance_id: str) -> Claim:
     """Take the slot whose time has come. A slot reserved by any instance's backoff is
     recorded as skipped by this one, the one whose schedule reached it."""
-    statement = _insert(engine, SlotRow).values(
+    statement = _insert(engine, slot_rows).values(
         target_id=target_id, slot_at=slot_at, instance_id=instance_id,
         state=SlotState.CLAIMED.value,
     )
     statement = statement.on_conflict_do_update(
         index_elements=["target_id", "slot_at"],
         set_={"state": SlotState.SKIPPED.value, "instance_id": statement.excluded.instance_id},
-        where=SlotRow.state == SlotState.RESERVED.value,
-    ).returning(SlotRow.state)
+        where=slot_rows.c.state == SlotState.RESERVED.value,
+    ).returning(slot_rows.c.state)
     # RETURNING, not rowcount: psycopg 3 reports -1 for an INSERT ... ON CONFLICT here.
     with engine.begin() as connection:
         state = connection.execute(statement).scalar()
@@ -74,14 +74,14 @@ def skip(engine: Engine, target_id: int, slots: Iterable[datetime], instance_id:
             for s in slots]
     if not rows:
         return 0
-    statement = _insert(engine, SlotRow)
+    statement = _insert(engine, slot_rows)
     statement = statement.on_conflict_do_update(
         index_elements=["target_id", "slot_at"],
         set_={"state": statement.excluded.state, "instance_id": statement.excluded.instance_id,
               "reason_kind": statement.excluded.reason_kind,
               "reason": statement.excluded.reason},
-        where=SlotRow.state == SlotState.RESERVED.value,
-    ).returning(SlotRow.id)
+        where=slot_rows.c.state == SlotState.RESERVED.value,
+    ).returning(slot_rows.c.id)
     with engine.begin() as connection:
         return len(connection.execute(statement, rows).all())
 
@@ -96,8 +96,8 @@ def reserve(engine: Engine, target_id: int, slots: Iterable[datetime], instance_
              "reason": reason} for s in slots]
     if not rows:
         return 0
-    statement = _insert(engine, SlotRow).on_conflict_do_nothing(
-        index_elements=["target_id", "slot_at"]).returning(SlotRow.id)
+    statement = _insert(engine, slot_rows).on_conflict_do_nothing(
+        index_elements=["target_id", "slot_at"]).returning(slot_rows.c.id)
     with engine.begin() as connection:
         return len(connection.execute(statement, rows).all())
 
@@ -107,16 +107,17 @@ def skipped_counts(connection: Connection, since: datetime | None = None,
                    target_ids: Sequence[int] | None = None) -> dict[int, dict[str, int]]:
     """Skipped slots per target id and SkipKind, of the slots in [since, until) (all by
     default); reserved slots whose time has not come are not counted."""
-    query = select(SlotRow.target_id, SlotRow.reason_kind, func.count().label("skipped")).where(_IS_SKIPPED)
+    query = select(slot_rows.c.target_id, slot_rows.c.reason_kind,
+                   func.count().label("skipped")).where(_IS_SKIPPED)
     if since is not None:
-        query = query.where(SlotRow.slot_at >= since)
+        query = query.where(slot_rows.c.slot_at >= since)
     if until is not None:
-        query = query.where(SlotRow.slot_at < until)
+        query = query.where(slot_rows.c.slot_at < until)
     if target_ids is not None:
-        query = query.where(SlotRow.target_id.in_(target_ids))
+        query = query.where(slot_rows.c.target_id.in_(target_ids))
     counts: dict[int, dict[str, int]] = {}
     # Every skipped row has a kind (0008 gave the older ones theirs).
-    for row in connection.execute(query.group_by(SlotRow.target_id, SlotRow.reason_kind)):
+    for row in connection.execute(query.group_by(slot_rows.c.target_id, slot_rows.c.reason_kind)):
         counts.setdefault(row.target_id, {})[row.reason_kind] = row.skipped
     return counts
 
@@ -126,7 +127,7 @@ def skipped_by_target(engine: Engine, since: datetime) -> dict[str, dict[str, in
     with engine.connect() as connection:
         counts = skipped_counts(connection, since)
         names = dict(connection.execute(
-            select(TargetRow.id, TargetRow.name).where(TargetRow.id.in_(counts))).all())
+            select(targets.c.id, targets.c.name).where(targets.c.id.in_(counts))).all())
     return {names[i]: dict(sorted(kinds.items()))
             for i, kinds in sorted(counts.items(), key=lambda item: names[item[0]])}
 
@@ -134,8 +135,8 @@ def skipped_by_target(engine: Engine, since: datetime) -> dict[str, dict[str, in
 def settle(engine: Engine, target_id: int, slot_at: datetime, probe_uid: str) -> None:
     with engine.begin() as connection:
         connection.execute(
-            update(SlotRow)
-            .where(SlotRow.target_id == target_id, SlotRow.slot_at == slot_at)
+            update(slot_rows)
+            .where(slot_rows.c.target_id == target_id, slot_rows.c.slot_at == slot_at)
             .values(state=SlotState.PROBED.value, probe_uid=probe_uid)
         )
 
@@ -146,7 +147,7 @@ def new_instance_id() -> str:
 
 def heartbeat(engine: Engine, instance_id: str, now: datetime) -> None:
     host, pid, _ = instance_id.split(":")
-    statement = _insert(engine, InstanceRow).values(
+    statement = _insert(engine, instances).values(
         id=instance_id, hostname=host, pid=int(pid), started_at=now, heartbeat_at=now,
     ).on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
     with engine.begin() as connection:
@@ -155,14 +156,14 @@ def heartbeat(engine: Engine, instance_id: str, now: datetime) -> None:
 
 def retire(engine: Engine, instance_id: str) -> None:
     with engine.begin() as connection:
-        connection.execute(delete(InstanceRow).where(InstanceRow.id == instance_id))
+        connection.execute(delete(instances).where(instances.c.id == instance_id))
 
 
 def alive(engine: Engine, now: datetime, within: timedelta) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         rows = connection.execute(
-            select(InstanceRow).where(InstanceRow.heartbeat_at >= now - within)
-            .order_by(InstanceRow.started_at)
+            select(instances).where(instances.c.heartbeat_at >= now - within)
+            .order_by(instances.c.started_at)
         ).all()
     return [{"id": r.id, "hostname": r.hostname, "pid": r.pid,
              "started_at": r.started_at.isoformat(), "heartbeat_at": r.heartbeat_at.isoformat()}

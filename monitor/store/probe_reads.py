@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, Row, select
 
 from monitor.store import codec
-from monitor.store.models import ProbeRow, RequestPayloadRow, TargetRow
+from monitor.store.schema import probes, request_payloads, targets
 
 # The fields `show` compares between a probe and the one before it, in the order it lists them.
 COMPARED = ("ok", "http_status", "error_kind", "model", "system_fingerprint", "service_tier",
@@ -30,14 +29,14 @@ def list_probes(engine: Engine, *, limit: int, target: str | None = None,
                 since: datetime | None = None, failed: bool = False) -> list[dict[str, Any]]:
     """The newest `limit` stored probes (by id: the order they were stored), newest first,
     as full records."""
-    query = select(ProbeRow.id).order_by(ProbeRow.id.desc()).limit(limit)
+    query = select(probes.c.id).order_by(probes.c.id.desc()).limit(limit)
     if target is not None:
-        query = query.join(TargetRow, TargetRow.id == ProbeRow.target_id).where(
-            TargetRow.name == target)
+        query = query.join(targets, targets.c.id == probes.c.target_id).where(
+            targets.c.name == target)
     if since is not None:
-        query = query.where(ProbeRow.started_at >= since)
+        query = query.where(probes.c.started_at >= since)
     if failed:
-        query = query.where(ProbeRow.ok.is_(False))
+        query = query.where(probes.c.ok.is_(False))
     with engine.connect() as connection:
         ids = list(connection.execute(query).scalars())
     return probe_records(engine, ids)
@@ -49,23 +48,23 @@ def probe_detail(engine: Engine, probe_id: int) -> dict[str, Any] | None:
     (None when there is none)."""
     with engine.connect() as connection:
         row = connection.execute(
-            select(ProbeRow.target_id, ProbeRow.replay_of).where(ProbeRow.id == probe_id)
+            select(probes.c.target_id, probes.c.replay_of).where(probes.c.id == probe_id)
         ).first()
         if row is None:
             return None
         target_id, replay_of = row
-        same_target = ProbeRow.target_id == target_id
+        same_target = probes.c.target_id == target_id
         # Both walk ix_probes_target_id_id from the probe, one step each way.
         previous_id = connection.execute(
-            select(ProbeRow.id).where(same_target, ProbeRow.id < probe_id)
-            .order_by(ProbeRow.id.desc()).limit(1)).scalar()
+            select(probes.c.id).where(same_target, probes.c.id < probe_id)
+            .order_by(probes.c.id.desc()).limit(1)).scalar()
         next_id = connection.execute(
-            select(ProbeRow.id).where(same_target, ProbeRow.id > probe_id)
-            .order_by(ProbeRow.id).limit(1)).scalar()
+            select(probes.c.id).where(same_target, probes.c.id > probe_id)
+            .order_by(probes.c.id).limit(1)).scalar()
         base_id = replay_of if replay_of is not None else connection.execute(
-            select(ProbeRow.id).where(same_target, ProbeRow.id < probe_id,
-                                      ProbeRow.replay_of.is_(None))
-            .order_by(ProbeRow.id.desc()).limit(1)).scalar()
+            select(probes.c.id).where(same_target, probes.c.id < probe_id,
+                                      probes.c.replay_of.is_(None))
+            .order_by(probes.c.id.desc()).limit(1)).scalar()
     found = probe_records(engine, [probe_id] + ([base_id] if base_id is not None else []))
     if not found:
         return None  # deleted in between
@@ -111,7 +110,7 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def raw_response(row: ProbeRow) -> bytes:
+def raw_response(row: Row[Any]) -> bytes:
     """The body exactly as it was received."""
     return codec.decompress(row.raw_response_zlib)
 
@@ -122,25 +121,26 @@ def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
     if not ids:
         return []
     query = (
-        select(ProbeRow, TargetRow.name, RequestPayloadRow.payload)
-        .join(TargetRow, TargetRow.id == ProbeRow.target_id)
-        .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
-        .where(ProbeRow.id.in_(ids))
+        select(probes, targets.c.name.label("target_name"),
+               request_payloads.c.payload.label("request_payload"))
+        .join(targets, targets.c.id == probes.c.target_id)
+        .join(request_payloads, request_payloads.c.id == probes.c.request_payload_id)
+        .where(probes.c.id.in_(ids))
     )
-    with Session(engine) as session:
-        found = {row[0].id: row for row in session.execute(query)}
-        return [_record(*found[i]) for i in ids if i in found]
+    with engine.connect() as connection:
+        found = {row.id: row for row in connection.execute(query)}
+        return [_record(found[i]) for i in ids if i in found]
 
 
-def _record(probe: ProbeRow, target_name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": probe.id, "target": target_name}
-    for column in ProbeRow.__table__.columns:
+def _record(probe: Row[Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": probe.id, "target": probe.target_name}
+    for column in probes.columns:
         if column.key in ("id", "raw_response_zlib", "response_headers_zlib"):
             continue
         value = getattr(probe, column.key)
         record[column.key] = value.isoformat() if isinstance(value, datetime) else value
     record["response_headers"] = codec.decompress_headers(probe.response_headers_zlib)
-    record["request_payload"] = payload
+    record["request_payload"] = probe.request_payload
     body = raw_response(probe)
     try:
         record["raw_response"] = body.decode("utf-8")

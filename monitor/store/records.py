@@ -13,20 +13,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import Choice, ProbeResult, RateLimits
 from monitor.store import check_results, codec
-from monitor.store.models import (
+from monitor.store.db import upsert
+from monitor.store.schema import (
     CANARY,
-    ProbeRow,
-    RequestPayloadRow,
-    TargetConfigRow,
     TargetKind,
-    TargetRow,
+    probes,
+    request_payloads,
+    target_configs,
+    targets,
 )
 
 # What no column can hold: PostgreSQL text and jsonb refuse NUL, and a lone surrogate (a
@@ -115,7 +114,7 @@ class Recorder:
             )
             payload_id = self._payload_id(connection, result.request_payload)
             probe_id = int(connection.execute(
-                insert(ProbeRow).returning(ProbeRow.id),
+                insert(probes).returning(probes.c.id),
                 _probe_values(result, target_id, config_id, payload_id)).scalar_one())
             check_results.insert(connection, [(result, probe_id, target_id)])
             return probe_id
@@ -138,7 +137,7 @@ class Recorder:
                 # Each row's id comes back beside its uid: RETURNING in parameter order
                 # would make SQLAlchemy insert SQLite rows one statement at a time.
                 inserted = connection.execute(
-                    insert(ProbeRow).returning(ProbeRow.uid, ProbeRow.id), rows)
+                    insert(probes).returning(probes.c.uid, probes.c.id), rows)
                 ids = {uid: probe_id for uid, probe_id in inserted}
                 uids = [result.uid for result, _ in batch]
                 check_results.insert(connection, [(result, ids[result.uid], row["target_id"])
@@ -169,9 +168,9 @@ class Recorder:
                 )
                 payload_id = self._payload_id(connection, result.request_payload)
                 rows.append(_probe_values(result, target_id, config_id, payload_id))
-            dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
             connection.execute(
-                dialect_insert(ProbeRow).on_conflict_do_nothing(index_elements=["uid"]), rows
+                upsert(connection.dialect, probes).on_conflict_do_nothing(
+                    index_elements=["uid"]), rows
             )
             check_results.insert_by_uid(connection, [(r, row["target_id"]) for r, row in zip(results, rows)])
 
@@ -184,7 +183,7 @@ class Recorder:
 
     def probe_id(self, uid: str) -> int | None:
         with self.engine.connect() as connection:
-            return connection.execute(select(ProbeRow.id).where(ProbeRow.uid == uid)).scalar()
+            return connection.execute(select(probes.c.id).where(probes.c.uid == uid)).scalar()
 
     def _forget(self) -> None:
         self._target_ids.clear()
@@ -200,7 +199,7 @@ class Recorder:
         # A canary takes the column's default ('canary').
         kind = {"kind": TargetKind.TRAFFIC} if traffic else {}
         found = _get_or_create(
-            connection, TargetRow, {"name": name}, {"created_at": datetime.now(UTC), **kind}
+            connection, targets, {"name": name}, {"created_at": datetime.now(UTC), **kind}
         )
         self._target_ids[name] = found
         return found
@@ -218,7 +217,7 @@ class Recorder:
             return self._config_ids[key]
         found = _get_or_create(
             connection,
-            TargetConfigRow,
+            target_configs,
             {"target_id": target_id, "config_hash": config_hash},
             # Known to the probe's process but not to a later one draining its spool: then
             # the row still marks the change.
@@ -234,27 +233,26 @@ class Recorder:
         if digest in self._payload_ids:
             return self._payload_ids[digest]
         found = _get_or_create(
-            connection, RequestPayloadRow, {"sha256": digest}, {"payload": storable(payload)}
+            connection, request_payloads, {"sha256": digest}, {"payload": storable(payload)}
         )
         self._payload_ids[digest] = found
         return found
 
 
 def _get_or_create(
-    connection: Any, model: Any, key: dict[str, Any], values: dict[str, Any]
+    connection: Any, table: Table, key: dict[str, Any], values: dict[str, Any]
 ) -> int:
     """The id of the row with `key`, inserting it if missing. ON CONFLICT DO NOTHING makes two
     daemons registering the same target at once both succeed, with one row."""
-    where = [getattr(model, column) == value for column, value in key.items()]
-    found = connection.execute(select(model.id).where(*where)).scalar()
+    where = [table.c[column] == value for column, value in key.items()]
+    found = connection.execute(select(table.c.id).where(*where)).scalar()
     if found is None:
-        dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
         connection.execute(
-            dialect_insert(model).values(**key, **values).on_conflict_do_nothing(
+            upsert(connection.dialect, table).values(**key, **values).on_conflict_do_nothing(
                 index_elements=list(key)
             )
         )
-        found = connection.execute(select(model.id).where(*where)).scalar_one()
+        found = connection.execute(select(table.c.id).where(*where)).scalar_one()
     return int(found)
 
 
@@ -338,25 +336,25 @@ def _timestamp(created: int | None) -> datetime | None:
 
 def count_probes(engine: Engine) -> int:
     with engine.connect() as connection:
-        return int(connection.execute(select(func.count(ProbeRow.id))).scalar_one())
+        return int(connection.execute(select(func.count(probes.c.id))).scalar_one())
 
 
 def last_probes(engine: Engine) -> list[dict[str, Any]]:
     """The newest canary probe (not a replay) of every target: when, outcome, status, total
     ms."""
     newest = (
-        select(ProbeRow.target_id, func.max(ProbeRow.id).label("id"))
+        select(probes.c.target_id, func.max(probes.c.id).label("id"))
         .where(CANARY)
-        .group_by(ProbeRow.target_id)
+        .group_by(probes.c.target_id)
         .subquery()
     )
     query = (
-        select(TargetRow.name, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
-               ProbeRow.http_status, ProbeRow.total_ms)
-        .join(newest, newest.c.target_id == TargetRow.id)
-        .join(ProbeRow, ProbeRow.id == newest.c.id)
-        .where(TargetRow.kind == TargetKind.CANARY)
-        .order_by(TargetRow.name)
+        select(targets.c.name, probes.c.started_at, probes.c.ok, probes.c.error_kind,
+               probes.c.http_status, probes.c.total_ms)
+        .join(newest, newest.c.target_id == targets.c.id)
+        .join(probes, probes.c.id == newest.c.id)
+        .where(targets.c.kind == TargetKind.CANARY)
+        .order_by(targets.c.name)
     )
     with engine.connect() as connection:
         return [
@@ -369,13 +367,13 @@ def last_probes(engine: Engine) -> list[dict[str, Any]]:
 def target_id_of(engine: Engine, name: str) -> int | None:
     """The stored target's id, or None if it never probed."""
     with engine.connect() as connection:
-        return connection.execute(select(TargetRow.id).where(TargetRow.name == name)).scalar()
+        return connection.execute(select(targets.c.id).where(targets.c.name == name)).scalar()
 
 
 def count_targets(engine: Engine, kind: str = TargetKind.CANARY) -> int:
     with engine.connect() as connection:
         return int(connection.execute(
-            select(func.count(TargetRow.id)).where(TargetRow.kind == kind)).scalar_one())
+            select(func.count(targets.c.id)).where(targets.c.kind == kind)).scalar_one())
 
 
 def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, int]:
@@ -384,8 +382,8 @@ def usage_since(engine: Engine, target_id: int, since: datetime) -> tuple[int, i
     they were sent for."""
     with engine.connect() as connection:
         requests, tokens = connection.execute(
-            select(func.count(ProbeRow.id), func.coalesce(func.sum(ProbeRow.total_tokens), 0))
-            .where(ProbeRow.target_id == target_id, ProbeRow.started_at >= since)
+            select(func.count(probes.c.id), func.coalesce(func.sum(probes.c.total_tokens), 0))
+            .where(probes.c.target_id == target_id, probes.c.started_at >= since)
         ).one()
     return int(requests), int(tokens or 0)
 
@@ -404,10 +402,10 @@ class NewestProbe:
 
 # Walks ix_probes_target_id_started_at backwards, past any replays, to the first canary probe.
 _NEWEST = (
-    select(ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind, ProbeRow.retry_after_s,
-           ProbeRow.ratelimit_reset_requests_s, ProbeRow.ratelimit_reset_tokens_s)
-    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.replay_of.is_(None))
-    .order_by(ProbeRow.started_at.desc()).limit(1)
+    select(probes.c.started_at, probes.c.ok, probes.c.error_kind, probes.c.retry_after_s,
+           probes.c.ratelimit_reset_requests_s, probes.c.ratelimit_reset_tokens_s)
+    .where(probes.c.target_id == bindparam("target_id"), probes.c.replay_of.is_(None))
+    .order_by(probes.c.started_at.desc()).limit(1)
 )
 
 

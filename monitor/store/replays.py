@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import ProbeResult, ReplayState
@@ -196,21 +196,21 @@ class LinkedWriter:
 
     def _insert(self, connection: Connection, learnt: dict[tuple[Any, ...], int],
                 result: ProbeResult, config: dict[str, Any], replay_of: int) -> int:
-        def known(cache_key: tuple[Any, ...], model: Any, key: dict[str, Any],
+        def known(cache_key: tuple[Any, ...], table: Table, key: dict[str, Any],
                   values: dict[str, Any]) -> int:
             found = self._ids.get(cache_key) or learnt.get(cache_key)
             if found is None:
-                found = learnt[cache_key] = _get_or_create(connection, model, key, values)
+                found = learnt[cache_key] = _get_or_create(connection, table, key, values)
             return found
 
         now = datetime.now(UTC)
-        target_id = known(("target", result.target_name), TargetRow,
+        target_id = known(("target", result.target_name), TargetRow.__table__,
                           {"name": result.target_name}, {"created_at": now})
-        config_id = known(("config", target_id, result.config_hash), TargetConfigRow,
+        config_id = known(("config", target_id, result.config_hash), TargetConfigRow.__table__,
                           {"target_id": target_id, "config_hash": result.config_hash},
                           {"config": config, "first_seen_at": now})
         digest = hashlib.sha256(canonical_json(result.request_payload).encode()).hexdigest()
-        payload_id = known(("payload", digest), RequestPayloadRow, {"sha256": digest},
+        payload_id = known(("payload", digest), RequestPayloadRow.__table__, {"sha256": digest},
                            {"payload": result.request_payload})
         values = _probe_values(result, target_id, config_id, payload_id)
         values["replay_of"] = replay_of

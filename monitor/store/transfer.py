@@ -60,7 +60,7 @@ BATCH = 1000
 # Ids and the compressed blobs are not exported as they are; the rest is, column for column.
 _NOT_EXPORTED = {"id", "target_id", "target_config_id", "request_payload_id", "replay_of",
                  "response_headers_zlib", "raw_response_zlib"}
-_PROBES: Table = ProbeRow.__table__  # type: ignore[assignment]
+_PROBES: Table = ProbeRow.__table__
 _COLUMNS = [c for c in ProbeRow.__table__.columns if c.key not in _NOT_EXPORTED]
 _TIMES = {c.key for c in _COLUMNS if isinstance(c.type, UtcDateTime)}
 _REQUIRED = {c.key for c in _COLUMNS if not c.nullable}
@@ -236,14 +236,14 @@ class _Importer:
         try:
             if kind == "target":
                 self.targets[record["name"]] = _get_or_create(
-                    connection, TargetRow, {"name": record["name"]},
+                    connection, TargetRow.__table__, {"name": record["name"]},
                     # Exports from before recorded traffic have only canaries.
                     {"created_at": _parse_time(record["created_at"]),
                      "kind": record.get("target_kind", TargetKind.CANARY)})
             elif kind == "config":
                 target_id = self._target(connection, record["target"], line)
                 self.configs[(record["target"], record["config_hash"])] = _get_or_create(
-                    connection, TargetConfigRow,
+                    connection, TargetConfigRow.__table__,
                     {"target_id": target_id, "config_hash": record["config_hash"]},
                     {"config": record["config"],
                      "first_seen_at": _parse_time(record["first_seen_at"])})
@@ -253,7 +253,7 @@ class _Importer:
                     raise self._fail(line, f"payload sha256 {record['sha256']} does not match "
                                            f"its content ({digest})")
                 self.payloads[digest] = _get_or_create(
-                    connection, RequestPayloadRow, {"sha256": digest},
+                    connection, RequestPayloadRow.__table__, {"sha256": digest},
                     {"payload": record["payload"]})
             elif kind == "probe":
                 row = self._probe_row(connection, record, line)

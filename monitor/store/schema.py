@@ -1,0 +1,567 @@
+"""The schema, as SQLAlchemy Core tables. Alembic revisions in migrations/ are its truth;
+tests/test_migrations.py proves the two agree.
+
+Core on purpose: defining these costs little, and the commands people run by hand (`monitor
+status`, `alerts`, `probe`) read and write through them without loading the ORM at all
+(docs/benchmarks.md, "Command start-up"). store/models.py maps ORM classes onto the same tables
+for the code that still names columns through them.
+
+Units are in column names (`total_ms`, `reset_requests_s`); every timestamp is aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeEngine
+
+# Named constraints from the first revision, so later migrations (and SQLite batch mode, which
+# recreates tables) can refer to them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out. Refuses naive datetimes instead of guessing their zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: monitor stores aware UTC only")
+        value = value.astimezone(UTC)
+        # SQLite has no time zones; storing the naive UTC wall time keeps values sortable as text.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        # SQLite hands back the stored text; one C-speed parse instead of SQLAlchemy's regex
+        # then process_result_value (a report of two days of probes reads ~30,000 of them).
+        def parse(value: str | None) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+        return parse
+
+
+class Json(TypeDecorator[Any]):
+    """JSONB on PostgreSQL (smaller, indexable), plain JSON text elsewhere. A decorator rather
+    than `JSON().with_variant(JSONB(), "postgresql")`: that needs the JSONB type object when
+    the schema is defined, and sqlalchemy.dialects.postgresql imports every PostgreSQL
+    driver's dialect and asyncio, which a command on SQLite would pay for at each start."""
+
+    impl = JSON
+    cache_ok = True
+    # As JSON: Python None is stored as JSON null, not SQL NULL.
+    should_evaluate_none = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+class Blob(TypeDecorator[bytes]):
+    """BYTEA on PostgreSQL, BLOB elsewhere (imported when used, as for Json)."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import BYTEA
+
+            return dialect.type_descriptor(BYTEA())
+        return dialect.type_descriptor(LargeBinary())
+
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids for years of probes.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# A configured target, by name. Its configurations over time are in target_configs.
+targets = Table(
+    "targets", metadata,
+    Column("id", Id, primary_key=True),
+    Column("name", String(200), unique=True, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    # 'canary': a configured target that monitor probes; 'traffic': the application's own
+    # calls through `monitor proxy`, one target per route and requested model ("route/model").
+    # Canary reads (status, reports, /metrics, badges) filter on this, never probe by probe.
+    Column("kind", String(10), server_default=text("'canary'"), nullable=False),
+)
+
+
+class TargetKind:
+    """targets.kind. Stored as-is."""
+
+    CANARY = "canary"
+    TRAFFIC = "traffic"
+
+
+# One effective configuration of a target (never the key); a new hash marks a change.
+target_configs = Table(
+    "target_configs", metadata,
+    Column("id", Id, primary_key=True),
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("config_hash", String(64), nullable=False),
+    Column("config", Json, nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    UniqueConstraint("target_id", "config_hash"),
+)
+
+# A request body, stored once however many probes sent it (canaries repeat exactly).
+request_payloads = Table(
+    "request_payloads", metadata,
+    Column("id", Id, primary_key=True),
+    Column("sha256", String(64), unique=True, nullable=False),
+    Column("payload", Json, nullable=False),
+)
+
+# One canary call: queryable columns for every captured field, plus the raw exchange.
+probes = Table(
+    "probes", metadata,
+    Column("id", Id, primary_key=True),
+    # The probe's own id, fixed before it is stored: a spooled result replayed twice is one row.
+    Column("uid", String(32), unique=True, nullable=False),
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("target_config_id", ForeignKey("target_configs.id"), nullable=False),
+    Column("request_payload_id", ForeignKey("request_payloads.id"), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("error_kind", String(40)),
+    Column("error_detail", Text),
+    Column("http_status", SmallInteger),
+    Column("time_to_headers_ms", Float),
+    Column("total_ms", Float),
+    Column("time_to_first_token_ms", Float),
+    Column("output_tokens_per_s", Float),
+    Column("openai_processing_ms", Float),
+    Column("openai_version", Text),
+    Column("openai_organization", Text),
+    Column("x_request_id", Text),
+    Column("retry_after_s", Float),
+    Column("ratelimit_limit_requests", BigInteger),
+    Column("ratelimit_limit_tokens", BigInteger),
+    Column("ratelimit_remaining_requests", BigInteger),
+    Column("ratelimit_remaining_tokens", BigInteger),
+    Column("ratelimit_reset_requests_s", Float),
+    Column("ratelimit_reset_tokens_s", Float),
+    # Anthropic limits input and output tokens apart (anthropic-ratelimit-input-tokens-*).
+    Column("ratelimit_limit_input_tokens", BigInteger),
+    Column("ratelimit_remaining_input_tokens", BigInteger),
+    Column("ratelimit_reset_input_tokens_s", Float),
+    Column("ratelimit_limit_output_tokens", BigInteger),
+    Column("ratelimit_remaining_output_tokens", BigInteger),
+    Column("ratelimit_reset_output_tokens_s", Float),
+    Column("response_id", Text),
+    Column("response_created_at", UtcDateTime),
+    Column("model", Text),
+    Column("system_fingerprint", Text),
+    Column("service_tier", Text),
+    Column("finish_reason", Text),  # of the first choice
+    Column("choices", Json),
+    Column("stream_chunks", BigInteger),
+    Column("prompt_tokens", BigInteger),
+    Column("completion_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    Column("cached_tokens", BigInteger),
+    Column("prompt_audio_tokens", BigInteger),
+    Column("reasoning_tokens", BigInteger),
+    Column("completion_audio_tokens", BigInteger),
+    Column("accepted_prediction_tokens", BigInteger),
+    Column("rejected_prediction_tokens", BigInteger),
+    Column("cache_creation_input_tokens", BigInteger),  # Anthropic
+    # The headers (already redacted) as JSON and the body exactly as received (SSE bytes for
+    # streams), each compressed by store/codec.py against a preset dictionary: together they
+    # are most of a probe's bytes, and they shrink ~4x. The parsed columns above are the ones
+    # to query.
+    Column("response_headers_zlib", Blob, nullable=False),
+    Column("raw_response_zlib", Blob, nullable=False),
+    Column("raw_response_bytes", BigInteger, nullable=False),
+    # The probe whose stored request this one re-sent (`monitor replay`); None for a canary.
+    # Indexed (replays only, above) for finding an original's replays and for export, which
+    # carries the link along.
+    Column("replay_of", Id, ForeignKey("probes.id", ondelete="SET NULL")),
+    # Traffic recorded by `monitor proxy` only (None on canaries and replays): a sha256 of the
+    # app's credential (never the credential), so keys can be told apart; the path called
+    # when it was not Chat Completions or Messages (stored raw, unparsed); the proxy's own
+    # added time; and whether the request or answer body was cut at the route's size cap.
+    Column("credential_hash", String(64)),
+    Column("request_path", Text),
+    Column("proxy_added_ms", Float),
+    Column("request_truncated", Boolean),
+    Column("response_truncated", Boolean),
+    # Detectors, reports and `monitor probe` read one target's history in time order.
+    Index("ix_probes_target_id_started_at", "target_id", "started_at"),
+    # Live detection reads a target's probes stored after the last one it folded: without
+    # this, PostgreSQL's generic plan for `id > $1` sorts the target's whole history.
+    Index("ix_probes_target_id_id", "target_id", "id"),
+    # Two partial indexes of replays: add_partial_indexes() below.
+    # `monitor sim --recorded` looks up the newest successful answer to one request payload:
+    # an index seek by payload, then backwards by id, instead of a scan of every probe.
+    Index("ix_probes_request_payload_id_ok_id", "request_payload_id", "ok", "id"),
+)
+
+# The canary's own probes: everything but replays, which re-send an old request on demand.
+# Rollups, reports, /metrics and detection read only these, so replaying changes no number.
+# (Recorded traffic is kept apart a level up: its probes belong to targets of kind 'traffic'.)
+CANARY = probes.c.replay_of.is_(None)
+
+# One check's outcome on one canary probe (`CheckOutcome`, a one-line reason when it
+# failed). The probe's fingerprint and model are copied in, so pass rates per target, check,
+# fingerprint and model are counted from this table alone. Replays store none: `monitor
+# replay` evaluates their answers when it shows them.
+check_results = Table(
+    "check_results", metadata,
+    Column("probe_id", Id, ForeignKey("probes.id", ondelete="CASCADE"), primary_key=True),
+    Column("check_name", String(64), primary_key=True),
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("reason", Text),
+    Column("model", Text),
+    Column("system_fingerprint", Text),
+    # Reports, the dashboard and /metrics count a target's outcomes over a time range.
+    Index("ix_check_results_target_id_started_at", "target_id", "started_at"),
+)
+
+# One scheduled slot of one target: claimed by exactly one instance, then probed or
+# skipped (with the reason), once its time came; or reserved ahead by a 429 backoff, and
+# skipped when its time comes (store/leases.py). The unique (target, slot) pair is how
+# several daemons on one PostgreSQL share the work without consensus of their own.
+slots = Table(
+    "slots", metadata,
+    Column("id", Id, primary_key=True),
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("slot_at", UtcDateTime, nullable=False),
+    Column("instance_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # SlotState
+    Column("reason_kind", String(20)),  # SkipKind, for counting
+    Column("reason", Text),  # the same in words, for people
+    Column("probe_uid", String(32)),
+    UniqueConstraint("target_id", "slot_at"),
+    # A partial index of skipped slots: add_partial_indexes() below.
+)
+
+# A running `monitor run`, alive while its heartbeat is recent.
+instances = Table(
+    "instances", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("hostname", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("heartbeat_at", UtcDateTime, nullable=False),
+)
+
+# Where live detection stands for one target: the detectors' snapshot after folding every
+# probe up to `last_probe_id`. Several daemons share it, so each folds what the others
+# stored; a changed `thresholds_hash` means folding the history again.
+detector_states = Table(
+    "detector_states", metadata,
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), primary_key=True),
+    Column("thresholds_hash", String(64), nullable=False),
+    Column("last_probe_id", Id, nullable=False),
+    # TargetDetector.snapshot() as zlib'd JSON: rewritten after every probe, and a quarter of
+    # its JSON size (about 3 of 12 KB); nothing queries inside it.
+    Column("state_zlib", Blob, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# A condition that opened or cleared at one probe (a DriftEvent). Unique per probe, so
+# folding the same probe twice (a crash before the state was saved) stores it once.
+drift_events = Table(
+    "drift_events", metadata,
+    Column("id", Id, primary_key=True),
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(20), nullable=False),  # DriftKind
+    Column("key", Text, nullable=False),  # may embed an upstream value (a fingerprint)
+    Column("opened", Boolean, nullable=False),
+    Column("severity", String(10), nullable=False),  # Severity
+    Column("at", UtcDateTime, nullable=False),
+    Column("probe_uid", String(32), nullable=False),  # the probe it happened at
+    Column("before", Json, nullable=True),
+    Column("after", Json, nullable=True),
+    Column("probe_uids", Json, nullable=False),
+    Column("explanation", Text, nullable=False),
+    UniqueConstraint("probe_uid", "kind", "key", "opened"),
+    Index("ix_drift_events_target_id_at", "target_id", "at"),
+)
+
+# One alert: a condition that held long enough to open, until it resolved. `pending`
+# rows are conditions not yet held for `open_after` probes; they notify nobody.
+alerts = Table(
+    "alerts", metadata,
+    Column("id", Id, primary_key=True),
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("key", Text, nullable=False),  # may embed an upstream value (a fingerprint)
+    Column("severity", String(10), nullable=False),
+    Column("state", String(10), nullable=False),  # pending | open | resolved
+    # Probes in a row the condition has held (pending) or has been clear (open).
+    Column("streak", Integer, nullable=False),
+    # Times it re-opened within the cooldown, silently, instead of a new alert.
+    Column("flaps", Integer, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),  # the condition's first probe
+    Column("opened_at", UtcDateTime),
+    Column("resolved_at", UtcDateTime),
+    Column("before", Json, nullable=True),
+    Column("after", Json, nullable=True),
+    Column("probe_uids", Json, nullable=False),
+    Column("explanation", Text, nullable=False),
+    Column("resolution", Text),  # why it cleared
+    Column("last_notified_at", UtcDateTime),
+    Column("acked_at", UtcDateTime),
+    Column("acked_by", String(200)),
+    Index("ix_alerts_target_id_kind_key", "target_id", "kind", "key"),
+    Index("ix_alerts_state", "state"),
+)
+
+# An alert's state change to tell people about, written in the transaction that made
+# it. `pending` rows wait to be grouped into a notification; `held` ones arrived during a
+# maintenance window; `dropped` ones were outlived by a later change.
+outbox = Table(
+    "outbox", metadata,
+    Column("id", Id, primary_key=True),
+    Column("alert_id", ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False),
+    Column("change", String(10), nullable=False),  # opened | resolved | reminder
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("state", String(10), nullable=False),  # pending | held | grouped | dropped
+    Column("note", Text),
+    Column("notification_id", ForeignKey("notifications.id", ondelete="SET NULL")),
+    Index("ix_outbox_state", "state"),
+)
+
+# One message about one or more alert changes (grouped), sent on every channel.
+notifications = Table(
+    "notifications", metadata,
+    Column("id", Id, primary_key=True),
+    Column("uid", String(32), unique=True, nullable=False),  # the receivers' idempotency key
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("change", String(10), nullable=False),
+    Column("title", Text, nullable=False),
+)
+
+# A notification on one channel: the exact body to send, and how sending it went.
+# Delivered once it got a 2xx; retried with backoff until then, across restarts.
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Id, primary_key=True),
+    Column("notification_id", ForeignKey("notifications.id", ondelete="CASCADE"), nullable=False),
+    # "log", or "webhook:"/"slack:" and a hash of the URL (URLs are secrets: never stored).
+    Column("channel", String(80), nullable=False),
+    Column("destination", String(300), nullable=False),  # the URL, redacted
+    Column("body", Json, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime),  # None: finished
+    Column("lease_until", UtcDateTime),  # an instance is sending
+    Column("delivered_at", UtcDateTime),
+    Column("gave_up_at", UtcDateTime),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    UniqueConstraint("notification_id", "channel"),
+    Index("ix_deliveries_next_attempt_at", "next_attempt_at"),
+)
+
+
+def _rollup_columns() -> list[Column[Any]]:
+    """One target's probes in one UTC hour or day, folded by store/rollups.py: what reports
+    read instead of raw probes. Sketches are monitor.sketch encodings (None: nothing
+    measured); `fingerprints` and `models` map each value to [count, first seen, last seen]
+    (microseconds since the epoch), so first/last seen outlive raw-probe retention."""
+    return [
+        Column("id", Id, primary_key=True),
+        Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+        Column("start_at", UtcDateTime, nullable=False),
+        Column("probes", Integer, nullable=False),
+        Column("ok", Integer, nullable=False),
+        Column("errors", Json, nullable=False),  # error_kind -> probes
+        # Usage summed over successful probes.
+        Column("prompt_tokens", BigInteger, nullable=False),
+        Column("completion_tokens", BigInteger, nullable=False),
+        Column("total_tokens", BigInteger, nullable=False),
+        # Latency of successful probes, and streaming output speed.
+        Column("total_ms_sketch", Blob),
+        Column("headers_ms_sketch", Blob),
+        Column("ttft_ms_sketch", Blob),
+        Column("processing_ms_sketch", Blob),
+        Column("tokens_per_s_sketch", Blob),
+        Column("fingerprints", Json, nullable=False),
+        Column("models", Json, nullable=False),
+        # The newest probe in the bucket that carried rate-limit headers, and the lowest
+        # remaining / limit seen in it.
+        Column("limits_at", UtcDateTime),
+        Column("limit_requests", BigInteger),
+        Column("limit_tokens", BigInteger),
+        Column("remaining_requests", BigInteger),
+        Column("remaining_tokens", BigInteger),
+        Column("min_headroom_requests", Float),
+        Column("min_headroom_tokens", Float),
+        # The newest failed probe in the bucket.
+        Column("last_error_at", UtcDateTime),
+        Column("last_error_kind", String(40)),
+        Column("last_error_status", SmallInteger),
+        Column("last_error_detail", Text),
+    ]
+
+
+# One target's probes in one UTC hour (the columns are described in _rollup_columns).
+hourly_rollups = Table(
+    "hourly_rollups", metadata,
+    *_rollup_columns(),
+    UniqueConstraint("target_id", "start_at"),
+)
+
+# The same per UTC day. A table of its own: a year's report reads 365 rows per target,
+# which sit together here instead of scattered among 24 times as many hours.
+daily_rollups = Table(
+    "daily_rollups", metadata,
+    *_rollup_columns(),
+    UniqueConstraint("target_id", "start_at"),
+)
+
+# One target's outcomes and latency sketches over all its history, for /metrics.
+rollup_totals = Table(
+    "rollup_totals", metadata,
+    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), primary_key=True),
+    Column("probes", BigInteger, nullable=False),
+    Column("ok", BigInteger, nullable=False),
+    Column("errors", Json, nullable=False),
+    Column("total_ms_sketch", Blob),
+    Column("headers_ms_sketch", Blob),
+    Column("ttft_ms_sketch", Blob),
+    Column("processing_ms_sketch", Blob),
+)
+
+# How far rollups have folded probes (one row, id 1; locked by each catch_up). Ids up to
+# `last_probe_id` were read, except `gaps`: ranges [first, last, noticed at (us)] missing
+# when read, because a transaction that took those ids had not committed yet (PostgreSQL
+# hands out ids before commit) or rolled back; they are looked for again until they expire.
+rollup_state = Table(
+    "rollup_state", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_probe_id", Id, nullable=False),
+    Column("gaps", Json, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# How far raw-probe retention has got (one row, id 1): every probe started before
+# `pruned_before` with id up to `checked_id` has had its raw body and headers emptied.
+retention_state = Table(
+    "retention_state", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pruned_before", UtcDateTime),
+    Column("checked_id", Id, nullable=False),
+    # Bytes emptied on SQLite since its last VACUUM: what a VACUUM would give back.
+    Column("unreclaimed_bytes", BigInteger, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# One batch replay (`monitor replay --target T --since D`): the stored requests it re-sends,
+# fixed when it starts, so that running the same command again after an interruption resumes
+# it instead of sending anything twice. `open_key` is the command's identity while the run is
+# unfinished and None after: at most one open run per command, and a finished one can be
+# run afresh.
+replay_runs = Table(
+    "replay_runs", metadata,
+    Column("id", Id, primary_key=True),
+    Column("key", String(64), nullable=False),  # sha256 of the command's options
+    Column("open_key", String(64), unique=True),
+    Column("source_target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("destination_target_id", ForeignKey("targets.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("since_at", UtcDateTime),
+    Column("until_at", UtcDateTime),
+    Column("max_probes", Integer),  # --limit
+    Column("items", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+)
+
+# One stored request of a batch replay. `pending`, then `sending` (claimed, committed
+# before the request goes out), then `done` with the replay's probe stored in the same
+# transaction. A `sending` item whose process died is never sent again: the request may have
+# reached the server.
+replay_items = Table(
+    "replay_items", metadata,
+    Column("id", Id, primary_key=True),
+    Column("run_id", ForeignKey("replay_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("probe_id", ForeignKey("probes.id", ondelete="CASCADE"), nullable=False),
+    # The original's, copied so that a claim is one statement.
+    Column("request_payload_id", ForeignKey("request_payloads.id"), nullable=False),
+    Column("position", Integer, nullable=False),  # oldest original first
+    Column("state", String(10), nullable=False),  # ReplayState
+    Column("claimed_at", UtcDateTime),
+    Column("replay_probe_id", ForeignKey("probes.id", ondelete="SET NULL")),
+    Column("rate_limited", Integer, nullable=False),  # 429s waited out before the answer
+    UniqueConstraint("run_id", "probe_id"),
+    # Workers claim the run's next pending item in position order.
+    Index("ix_replay_items_run_id_state_position", "run_id", "state", "position"),
+)
+
+
+def add_partial_indexes() -> None:
+    """Add the partial indexes (a WHERE on SQLite and on PostgreSQL) to the tables above, once.
+
+    Not made with the tables: SQLAlchemy checks a dialect's option by importing that dialect's
+    package, and PostgreSQL's imports every PostgreSQL driver's dialect and asyncio (~20 ms),
+    which `monitor status` on SQLite should not pay. Queries never need an Index object; what
+    creates or compares the schema does, and reads it through store/models.py, which calls
+    this (Alembic's env.py, the tests; tests/test_migrations.py compares the result)."""
+    if any(index.name == "ix_probes_replay_of" for index in probes.indexes):
+        return
+    replays = text("replay_of IS NOT NULL")
+    # The report lists the replays in its range: this holds only those, so a year's report
+    # never looks through a year of canaries to find them.
+    Index("ix_probes_replays_target_id_started_at", probes.c.target_id, probes.c.started_at,
+          sqlite_where=replays, postgresql_where=replays)
+    # An original's replays (export, the probe page). Replays only: a whole index would tempt
+    # SQLite to answer `replay_of IS NULL` (every canary read) through it.
+    Index("ix_probes_replay_of", probes.c.replay_of,
+          sqlite_where=replays, postgresql_where=replays)
+    # Reports, `monitor status` and /metrics count skipped slots per target and kind over a
+    # range: a partial index holds those few rows only, not the probed ones (one a probe).
+    skipped = text("state = 'skipped'")
+    Index("ix_slots_skipped_target_id_slot_at", slots.c.target_id, slots.c.slot_at,
+          sqlite_where=skipped, postgresql_where=skipped)
