@@ -48,7 +48,7 @@ def stored_ids(engine: Engine) -> dict[str, int]:
 
 
 def queued(writer: GroupWriter) -> int:
-    with writer._changed:  # the writer's own queue: what the test waits on
+    with writer._lock:  # the writer's own queue: what the test waits on
         return len(writer._queue)
 
 
