@@ -68,7 +68,7 @@ class ProbeInsert:
             found = connection.exec_driver_sql(query, tuple(uids))
         else:
             found = connection.exec_driver_sql(_IDS_POSTGRESQL, (uids,))
-        ids: dict[str, int] = dict(found.tuples().all())
+        ids: dict[str, int] = {uid: probe_id for uid, probe_id in found}
         return [ids[uid] for uid in uids]
 
     def _params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
