@@ -23,8 +23,8 @@ from typing import Any
 from monitor.domain import ProbeResult
 from monitor.store.records import Recorder
 
-# Enough to absorb a slot of 10,000 targets in a few commits; small enough that one statement
-# stays well under SQLite's and psycopg's parameter limits (insertmanyvalues batches anyway).
+# Enough to absorb a slot of 10,000 targets in a few commits; small enough that the query for
+# the batch's ids (one parameter per uid on SQLite) stays far under SQLite's parameter limit.
 MAX_BATCH = 500
 
 
