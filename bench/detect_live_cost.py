@@ -6,9 +6,11 @@ state back), on SQLite and on PostgreSQL.
 The year (525,600 probes of one target, one a minute) is written through Recorder.save_many,
 the path the spool drain uses, in batches. The target then has history but no detection state
 (as after an upgrade or an import): its first catch-up starts a rebuild from that history in
-the background. While it runs, a new probe is stored and caught up every 50 ms, as the
-target's probe thread would; the longest of those catch-ups is the schedule lag the rebuild
-causes. Then each new probe is timed on its own, with the statements it issued.
+the background. Before that, the first 100,000 probes are folded alone in one thread, their CPU
+split into reading them and stepping the detectors. While the rebuild runs, a new probe is
+stored and caught up every 50 ms, as the target's probe thread would; the longest of those
+catch-ups is the schedule lag the rebuild causes. Then each new probe is timed on its own,
+with the statements it issued.
 
     python bench/detect_live_cost.py [--probes 525600] [--samples 500] [--reuse]
         [--postgres postgresql://postgres@127.0.0.1/postgres]
@@ -38,14 +40,17 @@ from write_path import standard_canary
 
 from monitor.alerting import AlertSettings
 from monitor.alerts.watch import Watcher
+from monitor.detect import TargetDetector
 from monitor.domain import ProbeResult, Target
 from monitor.sim import Simulator
 from monitor.store import db
+from monitor.store.history import ObservationReader
 from monitor.store.models import DetectorStateRow, ProbeRow
 from monitor.store.records import Recorder
 
 START = datetime(2025, 11, 26, tzinfo=UTC)
 PACE_S = 0.05  # how often a probe arrives while the rebuild runs (far more often than live)
+FOLD_SAMPLE = 100_000  # probes folded alone to split the fold's CPU into reading and stepping
 
 
 def history(template: ProbeResult, count: int, start: int = 0,
@@ -102,6 +107,27 @@ def prepare(url: str, template: ProbeResult, probes: int) -> tuple[Engine, int, 
     return engine, stored, time.perf_counter() - started
 
 
+def fold_cost(engine: Engine, target: Target, target_id: int,
+              count: int) -> tuple[float, float]:
+    """CPU us per probe of reading the first `count` stored probes as Observations and of
+    stepping the detectors through them, as a rebuild does (one thread, nothing else running)."""
+    reader = ObservationReader()
+    detector = TargetDetector(target.name, target.detection)
+    read_s = step_s = 0.0
+    with engine.connect() as connection:
+        stored = reader.all(connection, target_id)
+        for _ in range(count):
+            began = time.process_time()
+            item = next(stored, None)
+            read = time.process_time()
+            if item is None:
+                break
+            detector.step(item[1])
+            step_s += time.process_time() - read
+            read_s += read - began
+    return read_s / count * 1e6, step_s / count * 1e6
+
+
 def store_and_catch_up(recorder: Recorder, watcher: Watcher, target: Target, target_id: int,
                        result: ProbeResult) -> float:
     """What the probe thread does after a probe (store it, detect), in ms."""
@@ -115,6 +141,7 @@ def measure(url: str, template: ProbeResult, probes: int, samples: int) -> dict[
     recorder = Recorder(engine)
     target = canary_target("http://127.0.0.1:9/v1")
     target_id = recorder.target_id(target.name)
+    read_us, step_us = fold_cost(engine, target, target_id, min(stored, FOLD_SAMPLE))
     watcher = Watcher(engine, AlertSettings())
     # Fresh seeds: a reused database already holds the probes of earlier runs.
     new = iter(history(template, 2 * samples + 20_000, start=stored, seed=stored))
@@ -150,7 +177,7 @@ def measure(url: str, template: ProbeResult, probes: int, samples: int) -> dict[
             "calm_p50_ms": statistics.median(calm), "calm_max_ms": calm[-1],
             "backlog_ms": backlog_ms, "p50_ms": statistics.median(times),
             "p99_ms": times[int(len(times) * 0.99) - 1], "max_ms": times[-1],
-            "statements": issued / samples}
+            "statements": issued / samples, "read_us": read_us, "step_us": step_us}
 
 
 def main() -> None:
@@ -194,7 +221,11 @@ def report(label: str, figures: dict[str, float]) -> None:
           f" {figures['during_p50_ms']:.1f} ms, max {figures['during_max_ms']:.1f} ms"
           f" ({figures['during']:.0f} probes; after it p50 {figures['calm_p50_ms']:.1f} ms,"
           f" max {figures['calm_max_ms']:.1f} ms); the backlog {figures['backlog_ms']:.0f} ms;"
-          f" history written in {figures['write_s']:.0f} s")
+          f" history written in {figures['write_s']:.0f} s;"
+          f"\n  {'':<11} folding alone (one thread, CPU): reading {figures['read_us']:.1f} us +"
+          f" stepping {figures['step_us']:.1f} us a probe, a year"
+          f" {(figures['read_us'] + figures['step_us']) * 525_600 / 1e6:.1f} s (bar: 5 s);"
+          f" the rebuild took {figures['rebuild_s'] / figures['stored'] * 1e6:.1f} us a probe")
 
 
 if __name__ == "__main__":

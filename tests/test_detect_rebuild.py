@@ -273,3 +273,39 @@ def test_probes_keep_their_schedule_while_a_history_is_rebuilt(
         last = connection.execute(select(func.max(ProbeRow.id))
                                   .where(ProbeRow.target_id == target_id)).scalar_one()
     assert saved_state(engine, target_id)[1] == last
+
+
+def test_live_detectors_kept_for_a_few_targets_give_the_full_folds_events(
+    engine: Engine, make_target: Callable[..., Target], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two targets caught up in turn with room for one live detector: a catch-up either takes
+    the detector kept from its target's last one or, when it was pushed out or another daemon
+    folded since, restores the saved state; each target gets the events and the state of
+    folding its history in one go."""
+    monkeypatch.setattr(watch, "LIVE_DETECTORS", 1)
+    one, two = make_target(name="one"), make_target(name="two")
+    recorder = Recorder(engine)
+    watcher = Watcher(engine, AlertSettings(), clock=lambda: START)
+    for target in (one, two):
+        recorder.register(target.name, target.config_hash, {})
+    count = 3 * 288
+    first, second = varied_history(one, count, seed=1), varied_history(two, count, seed=2)
+    # "one" every time, "two" two times in three: runs of "one" use its kept detector, the
+    # turns after "two" restore it.
+    order = [(one, result) for result in first]
+    for n, result in enumerate(second):
+        order.insert(n * 3 // 2 + n, (two, result))
+    # Now and then another daemon folds "one": the detector kept here is then behind.
+    other = Watcher(engine, AlertSettings(), clock=lambda: START)
+    live: dict[str, list[DriftEvent]] = {one.name: [], two.name: []}
+    for n, (target, result) in enumerate(order):
+        by = other if target is one and n % 100 == 7 else watcher
+        live[target.name] += by.catch_up(target, recorder.target_id(target.name),
+                                         recorder.save(result))
+    for target in (one, two):
+        target_id = recorder.target_id(target.name)
+        everything, events = full_fold(engine, target, target_id)
+        assert live[target.name] == [event for _, event in events]
+        assert {event.kind.value for event in live[target.name]} >= {"availability", "latency"}
+        assert saved_state(engine, target_id)[2] == everything.snapshot()
+    assert len(watcher._live) == 1

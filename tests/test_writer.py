@@ -32,6 +32,7 @@ class GatedRecorder(Recorder):
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.batches: list[int] = []
+        self.saved_alone = 0  # results stored one by one (after their batch failed)
 
     def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]]) -> list[int]:
         self.batches.append(len(batch))
@@ -39,6 +40,10 @@ class GatedRecorder(Recorder):
             self.entered.set()
             assert self.gate.wait(60)
         return super().save_batch(batch)
+
+    def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
+        self.saved_alone += 1
+        return super().save(result, config)
 
 
 def stored_ids(engine: Engine) -> dict[str, int]:
@@ -48,7 +53,7 @@ def stored_ids(engine: Engine) -> dict[str, int]:
 
 
 def queued(writer: GroupWriter) -> int:
-    with writer._changed:  # the writer's own queue: what the test waits on
+    with writer._lock:  # the writer's own queue: what the test waits on
         return len(writer._queue)
 
 
@@ -125,3 +130,20 @@ def test_an_unreachable_database_fails_every_caller(tmp_path: Any) -> None:
         with pytest.raises(Exception) as raised:
             future.result(60)
         assert classify(raised.value) is Failure.UNAVAILABLE
+
+
+def test_a_batch_is_inserted_at_once_and_gives_each_result_its_own_id(engine: Engine) -> None:
+    results = [result(uid=uuid.uuid4().hex) for _ in range(5)]
+    ids = Recorder(engine).save_batch([(r, None) for r in results])
+    stored = stored_ids(engine)
+    assert ids == [stored[r.uid] for r in results]
+    assert len(set(ids)) == 5
+
+
+def test_concurrent_results_are_committed_in_batches_not_one_by_one(engine: Engine) -> None:
+    results = [result(uid=uuid.uuid4().hex) for _ in range(8)]
+    recorder, ids = save_while_gated(engine, results)
+    stored = stored_ids(engine)
+    assert ids == [stored[r.uid] for r in results]
+    assert recorder.batches == [1, 7]
+    assert recorder.saved_alone == 0  # no batch fell back to storing its results one by one

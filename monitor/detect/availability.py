@@ -56,6 +56,7 @@ class AvailabilityDetector(Detector):
         # None for a success, else the error kind; and each failure's label (_label)
         self.window: deque[str | None] = deque(maxlen=thresholds.availability_window_probes)
         self.labels: deque[str | None] = deque(maxlen=thresholds.availability_window_probes)
+        self.failures = 0  # in the window, kept as it moves (not counted again every probe)
 
     def step(self, obs: Observation) -> list[DriftEvent]:
         if obs.error_kind == ErrorKind.RATE_LIMITED:
@@ -72,8 +73,11 @@ class AvailabilityDetector(Detector):
             self.run_kinds[kind] = self.run_kinds.get(kind, 0) + 1
             self.run_labels[label] += 1
             self.run_uids.append(obs.uid)
+        if len(self.window) == self.window.maxlen and self.window[0] is not None:
+            self.failures -= 1
         self.window.append(kind)
         self.labels.append(label)
+        self.failures += failed
         if not failed:
             events += self._recover(obs)
         if not learning:
@@ -113,11 +117,8 @@ class AvailabilityDetector(Detector):
         size = self.thresholds.availability_window_probes
         if len(self.window) < size:
             return []
-        kinds = dict(Counter(kind for kind in self.window if kind is not None))
-        labels = Counter(label for label in self.labels if label is not None)
-        failures = sum(kinds.values())
+        failures = self.failures
         rate = failures / size
-        now = {"error_rate": round(rate, 3), "n": size, "by_kind": kinds}
         threshold = self.thresholds.availability_error_rate
         opening = self.conditions.get("error_rate")
         if opening is None:
@@ -127,14 +128,19 @@ class AvailabilityDetector(Detector):
                 or self.conditions.is_open("consecutive_failures")
             ):
                 return []
+        elif rate > threshold / 2:
+            return []
+        # An event: only now the window is broken down by kind and label.
+        kinds = dict(Counter(kind for kind in self.window if kind is not None))
+        now = {"error_rate": round(rate, 3), "n": size, "by_kind": kinds}
+        if opening is None:
+            labels = Counter(label for label in self.labels if label is not None)
             return [self.conditions.open(
                 "error_rate", obs, Severity.CRITICAL, before={"max_error_rate": threshold},
                 after=now, uids=[obs.uid],
                 explanation=f"{self.target}: {failures} of the last {size} probes failed: "
                 f"{_breakdown(labels)}, more than the {threshold:.0%} allowed.",
             )]
-        if rate > threshold / 2:
-            return []
         return [self.conditions.close(
             "error_rate", obs, before=opening.after, after=now, uids=[obs.uid],
             explanation=f"{self.target}: {failures} of the last {size} probes failed, down to "
@@ -162,6 +168,7 @@ class AvailabilityDetector(Detector):
         self.run_kinds = dict(state["run_kinds"])
         self.run_uids.extend(state["run_uids"])
         self.window.extend(state["window"])
+        self.failures = sum(kind is not None for kind in self.window)
         # A state saved before labels were kept: the error kinds stand in for them.
         self.run_labels = Counter(state.get("run_labels", self.run_kinds))
         self.labels.extend(state.get("labels", [

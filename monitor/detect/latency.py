@@ -57,27 +57,30 @@ METRICS = (
 
 
 class Series:
-    """One metric's recent window and the baseline window behind it (kept sorted as well,
-    so percentiles cost no sort per probe)."""
+    """One metric's recent window and the baseline window behind it (both kept sorted as
+    well, so percentiles cost no sort per probe)."""
 
     def __init__(self, thresholds: DetectionThresholds) -> None:
         self.recent: deque[tuple[float, str]] = deque(maxlen=thresholds.latency_recent_probes)
+        self.sorted_recent: list[float] = []
         self.baseline: deque[float] = deque(maxlen=thresholds.latency_baseline_probes)
         self.sorted_baseline: list[float] = []
 
     def add(self, value: float, uid: str, *, frozen: bool) -> None:
-        if len(self.recent) == self.recent.maxlen and not frozen:
-            if len(self.baseline) == self.baseline.maxlen:
-                gone = self.baseline[0]
-                del self.sorted_baseline[bisect_left(self.sorted_baseline, gone)]
+        if len(self.recent) == self.recent.maxlen:
             moved = self.recent[0][0]
-            self.baseline.append(moved)
-            insort(self.sorted_baseline, moved)
+            del self.sorted_recent[bisect_left(self.sorted_recent, moved)]
+            if not frozen:
+                if len(self.baseline) == self.baseline.maxlen:
+                    gone = self.baseline[0]
+                    del self.sorted_baseline[bisect_left(self.sorted_baseline, gone)]
+                self.baseline.append(moved)
+                insort(self.sorted_baseline, moved)
         self.recent.append((value, uid))
+        insort(self.sorted_recent, value)
 
     def stats(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        recent = sorted(value for value, _ in self.recent)
-        return _summary(self.sorted_baseline), _summary(recent)
+        return _summary(self.sorted_baseline), _summary(self.sorted_recent)
 
     def dump(self) -> dict[str, Any]:
         return {"recent": [list(pair) for pair in self.recent], "baseline": list(self.baseline)}
@@ -85,6 +88,7 @@ class Series:
     def load(self, state: dict[str, Any]) -> None:
         self.recent.extend((value, uid) for value, uid in state["recent"])
         self.baseline.extend(state["baseline"])
+        self.sorted_recent = sorted(value for value, _ in self.recent)
         self.sorted_baseline = sorted(self.baseline)
 
 
@@ -132,17 +136,24 @@ class LatencyDetector(Detector):
                 continue
             series = self.series[metric.key]
             series.add(value, obs.uid, frozen=frozen)
-            # Sorted once per probe and metric: the tests below all read it.
-            recent = sorted(v for v, _ in series.recent) if self._comparable(series) else None
+            recent = series.sorted_recent if self._comparable(series) else None
+            # Whether the recent median is slower by the ratio: asked by the relative test
+            # and again just below, worked out once.
+            median_slower: bool | None = None
             if not learning:
-                events += self._relative(metric, series, recent, obs, explained=explained)
+                if recent is not None and not explained and not self.conditions.is_open(
+                        metric.key):
+                    median_slower = self._slower(recent, series.sorted_baseline, 50)
+                events += self._relative(metric, series, recent, obs, explained=explained,
+                                         median_slower=median_slower)
                 events += self._absolute(metric, series, obs)
             # Slower by the ratio, even before the test is significant: the metrics after this
             # one wait, so the slowdown is put down to the metric that explains it.
             # (The median only: a p95 of ten values jumps with one slow probe.)
             explained = (explained or self.conditions.is_open(metric.key)
-                         or recent is not None
-                         and self._slower(recent, series.sorted_baseline, tail=False))
+                         or recent is not None and (
+                             median_slower if median_slower is not None
+                             else self._slower(recent, series.sorted_baseline, 50)))
         return events
 
     def _comparable(self, series: Series) -> bool:
@@ -150,29 +161,28 @@ class LatencyDetector(Detector):
         least = self.thresholds.latency_min_samples
         return len(series.recent) >= least and len(series.baseline) >= least
 
-    def _slower(self, recent: list[float], base: list[float], *, tail: bool = True) -> bool:
-        """Recent p50 (or, with `tail`, p95) at least `latency_ratio` times the baseline's
-        (both sorted); no test."""
-        ratio = self.thresholds.latency_ratio
-
-        def slower(q: float) -> bool:
-            # 0 against 0 is no slowdown (a server that reports 0 ms processing for streams
-            # would otherwise "explain" every slowdown and hide the metric that shows it).
-            now = percentile(recent, q)
-            return now > 0 and now >= ratio * percentile(base, q)
-
-        return slower(50) or tail and slower(95)
+    def _slower(self, recent: list[float], base: list[float], q: float) -> bool:
+        """Recent q-th percentile at least `latency_ratio` times the baseline's (both sorted);
+        no test."""
+        # 0 against 0 is no slowdown (a server that reports 0 ms processing for streams
+        # would otherwise "explain" every slowdown and hide the metric that shows it).
+        now = percentile(recent, q)
+        return now > 0 and now >= self.thresholds.latency_ratio * percentile(base, q)
 
     def _relative(self, metric: Metric, series: Series, recent: list[float] | None,
-                  obs: Observation, *, explained: bool) -> list[DriftEvent]:
-        """`recent`: the recent window sorted, or None while the windows are too small."""
+                  obs: Observation, *, explained: bool,
+                  median_slower: bool | None) -> list[DriftEvent]:
+        """`recent`: the recent window sorted, or None while the windows are too small;
+        `median_slower`: whether its median is slower by the ratio, when no condition of this
+        metric is open and none before explains the slowdown."""
         if recent is None:
             return []
         t = self.thresholds
         base = series.sorted_baseline
         opening = self.conditions.get(metric.key)
         if opening is None:
-            if explained or not self._slower(recent, base):
+            # Slower at the median or at p95 (the test decides).
+            if explained or not (median_slower or self._slower(recent, base, 95)):
                 return []
             if mann_whitney_greater(recent, base) >= t.latency_p_value:
                 return []
@@ -206,7 +216,7 @@ class LatencyDetector(Detector):
         ):
             return []
         after = series.stats()[1]
-        over = limit is not None and percentile(sorted(v for v, _ in series.recent), 50) > limit
+        over = limit is not None and percentile(series.sorted_recent, 50) > limit
         if opening is None and over:
             return [self.conditions.open(
                 key, obs, Severity.WARNING, before={"max_p50_ms": limit}, after=after,

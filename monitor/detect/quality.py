@@ -58,6 +58,10 @@ class QualityDetector(Detector):
         self.recent: deque[list[Any]] = deque(maxlen=thresholds.quality_recent_probes)
         # [passed, fingerprint, model]
         self.baseline: deque[list[Any]] = deque(maxlen=thresholds.quality_baseline_probes)
+        # The failing entries of each window, kept as they change: counting them again at
+        # every probe was most of this detector's cost.
+        self.base_failed = 0
+        self.recent_failed = 0
 
     def step(self, obs: Observation) -> list[DriftEvent]:
         applied = [c for c in obs.checks if c.outcome is not CheckOutcome.NOT_APPLICABLE]
@@ -70,9 +74,15 @@ class QualityDetector(Detector):
         failed = {c.check: c.reason for c in applied if c.outcome is CheckOutcome.FAIL}
         if len(self.recent) == self.thresholds.quality_recent_probes and not self._suspect():
             _, passed, _, _, fingerprint, model = self.recent[0]
+            if len(self.baseline) == self.baseline.maxlen and not self.baseline[0][0]:
+                self.base_failed -= 1
             self.baseline.append([passed, fingerprint, model])
+            self.base_failed += not passed
+        if len(self.recent) == self.recent.maxlen and not self.recent[0][1]:
+            self.recent_failed -= 1
         self.recent.append([obs.uid, not failed, failed, obs.content if failed else None,
                             obs.system_fingerprint, obs.model])
+        self.recent_failed += bool(failed)
         self.learned = min(self.learned + 1, self._needed())
         if (len(self.recent) < self.thresholds.quality_recent_probes
                 or len(self.baseline) < self.thresholds.quality_baseline_min_probes):
@@ -95,8 +105,7 @@ class QualityDetector(Detector):
 
     def _rates(self) -> tuple[int, int, float, float, float]:
         """(baseline failures, recent failures, baseline pass rate, recent pass rate, p)"""
-        base_failed = sum(1 for passed, _, _ in self.baseline if not passed)
-        recent_failed = sum(1 for entry in self.recent if not entry[1])
+        base_failed, recent_failed = self.base_failed, self.recent_failed
         p = fisher_more_failures(base_failed, len(self.baseline), recent_failed,
                                  len(self.recent))
         return (base_failed, recent_failed, 1 - base_failed / len(self.baseline),
@@ -168,6 +177,7 @@ class QualityDetector(Detector):
         self.learned = 0
         self.recent.clear()
         self.baseline.clear()
+        self.base_failed = self.recent_failed = 0
         return events
 
     def warmups(self) -> list[Warmup]:
@@ -184,3 +194,5 @@ class QualityDetector(Detector):
         self.checks = state["checks"]
         self.recent.extend(state["recent"])
         self.baseline.extend(state["baseline"])
+        self.base_failed = sum(1 for passed, _, _ in self.baseline if not passed)
+        self.recent_failed = sum(1 for entry in self.recent if not entry[1])

@@ -6,6 +6,7 @@ out by hand), so a detector's threshold means what its docstring says.
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -91,6 +92,8 @@ def homogeneity_p_value(a: Sequence[int], b: Sequence[int]) -> float:
     return chi_square_sf(statistic, categories - 1)
 
 
+# Cached: the quality detector asks at every probe, and its four counts rarely change.
+@functools.lru_cache(maxsize=4096)
 def fisher_more_failures(base_failed: int, base_total: int, recent_failed: int,
                          recent_total: int) -> float:
     """One-sided p-value of Fisher's exact test that the recent sample fails more often than

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import Choice, ProbeResult, RateLimits
 from monitor.store import check_results, codec
 from monitor.store.db import upsert
+from monitor.store.probe_insert import ProbeInsert
 from monitor.store.schema import (
     CANARY,
     TargetKind,
@@ -27,36 +27,7 @@ from monitor.store.schema import (
     target_configs,
     targets,
 )
-
-# What no column can hold: PostgreSQL text and jsonb refuse NUL, and a lone surrogate (a
-# half of a UTF-16 pair, which JSON's \u escapes can produce) cannot be encoded as UTF-8.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-# BIGINT, the widest integer both databases store.
-_INT64 = range(-(2**63), 2**63)
-_SCRUBBED = {str, int, list, tuple, dict}
-
-
-def storable(value: Any) -> Any:
-    """`value` with every string made storable (NUL and lone surrogates become U+FFFD), through
-    dicts, lists and tuples; integers beyond 64 bits become None. The raw body and headers keep
-    what was sent; this is for the parsed columns, whatever the parser let through."""
-    if type(value) is str:
-        # Nearly every string is ASCII, where only NUL needs replacing: two C-speed checks
-        # instead of a regex (this function runs on every field of every probe).
-        if value.isascii():
-            return value.replace("\x00", "\ufffd") if "\x00" in value else value
-        return _UNSTORABLE.sub("\ufffd", value)
-    if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if value in _INT64 else None
-    if isinstance(value, dict):
-        return {storable(k): storable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [storable(v) for v in value]
-    return value
+from monitor.store.scrub import scrubbed, storable
 
 
 def canonical_json(value: Any) -> str:
@@ -72,6 +43,7 @@ class Recorder:
         self._target_ids: dict[str, int] = {}
         self._config_ids: dict[tuple[str, str], int] = {}
         self._payload_ids: dict[str, int] = {}
+        self._probe_insert: ProbeInsert | None = None
 
     def register(self, name: str, config_hash: str, config: dict[str, Any], *,
                  traffic: bool = False) -> None:
@@ -113,9 +85,8 @@ class Recorder:
                 connection, result.target_name, target_id, result.config_hash, config
             )
             payload_id = self._payload_id(connection, result.request_payload)
-            probe_id = int(connection.execute(
-                insert(probes).returning(probes.c.id),
-                _probe_values(result, target_id, config_id, payload_id)).scalar_one())
+            [probe_id] = self._statement().execute(
+                connection, [_probe_values(result, target_id, config_id, payload_id)])
             check_results.insert(connection, [(result, probe_id, target_id)])
             return probe_id
 
@@ -134,15 +105,11 @@ class Recorder:
                     )
                     payload_id = self._payload_id(connection, result.request_payload)
                     rows.append(_probe_values(result, target_id, config_id, payload_id))
-                # Each row's id comes back beside its uid: RETURNING in parameter order
-                # would make SQLAlchemy insert SQLite rows one statement at a time.
-                inserted = connection.execute(
-                    insert(probes).returning(probes.c.uid, probes.c.id), rows)
-                ids = {uid: probe_id for uid, probe_id in inserted}
-                uids = [result.uid for result, _ in batch]
-                check_results.insert(connection, [(result, ids[result.uid], row["target_id"])
-                                                  for (result, _), row in zip(batch, rows)])
-                return [ids[uid] for uid in uids]
+                ids = self._statement().execute(connection, rows)
+                check_results.insert(connection, [(result, probe_id, row["target_id"])
+                                                  for (result, _), probe_id, row
+                                                  in zip(batch, ids, rows)])
+                return ids
         except Exception:
             self._forget()  # ids cached inside the failed transaction may not exist
             raise
@@ -173,6 +140,11 @@ class Recorder:
                     index_elements=["uid"]), rows
             )
             check_results.insert_by_uid(connection, [(r, row["target_id"]) for r, row in zip(results, rows)])
+
+    def _statement(self) -> ProbeInsert:
+        if self._probe_insert is None:
+            self._probe_insert = ProbeInsert(self.engine.dialect)
+        return self._probe_insert
 
     def target_id(self, name: str) -> int:
         """The target's row id (creating the row if needed); cached after the first call."""
@@ -228,14 +200,16 @@ class Recorder:
         return found
 
     def _payload_id(self, connection: Any, payload: dict[str, Any]) -> int:
-        text = canonical_json(payload)
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        if digest in self._payload_ids:
-            return self._payload_ids[digest]
+        # Cached by repr(), which tells JSON values apart as exactly as the canonical text
+        # (1, 1.0 and True included) at half its cost, for the payload every canary repeats.
+        seen = repr(payload)
+        if seen in self._payload_ids:
+            return self._payload_ids[seen]
+        digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()
         found = _get_or_create(
             connection, request_payloads, {"sha256": digest}, {"payload": storable(payload)}
         )
-        self._payload_ids[digest] = found
+        self._payload_ids[seen] = found
         return found
 
 
@@ -301,10 +275,7 @@ def _probe_values(
         "request_truncated": result.request_truncated,
         "response_truncated": result.response_truncated,
     }
-    # Only values that can carry an unstorable string or integer go through storable(): the
-    # keys are ours, and floats, times and bytes are stored as they are.
-    return {key: storable(value) if type(value) in _SCRUBBED else value
-            for key, value in values.items()}
+    return scrubbed(values)
 
 
 def _choice(choice: Choice) -> dict[str, Any]:

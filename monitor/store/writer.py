@@ -3,8 +3,9 @@
 A commit is the expensive part of storing a probe (an fsync on SQLite, a round trip and a WAL
 flush on PostgreSQL), and a daemon's targets finish in bursts on the slot grid. The first
 caller that finds no commit under way becomes the leader: it takes everything queued so far,
-inserts it in one transaction and wakes the others; a caller that arrives meanwhile waits and
-goes in the next batch. No thread of its own, so there is nothing to start or stop.
+inserts it in one transaction and wakes the callers it stored; a caller that arrives meanwhile
+waits and goes in the next batch, which the first of them leads once the leader hands over.
+No thread of its own, so there is nothing to start or stop.
 
 Each caller returns only once its own row is committed (durable as the database makes a
 commit durable), with its own id or its own exception: if a batch fails, its results are
@@ -22,15 +23,24 @@ from typing import Any
 from monitor.domain import ProbeResult
 from monitor.store.records import Recorder
 
-# Enough to absorb a slot of 10,000 targets in a few commits; small enough that one statement
-# stays well under SQLite's and psycopg's parameter limits (insertmanyvalues batches anyway).
+# Enough to absorb a slot of 10,000 targets in a few commits; small enough that the query for
+# the batch's ids (one parameter per uid on SQLite) stays far under SQLite's parameter limit.
 MAX_BATCH = 500
+
+
+def _taken_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
 
 @dataclass
 class _Waiting:
     result: ProbeResult
     config: dict[str, Any] | None
+    # Released once this result is committed (or refused), or when its caller is handed the
+    # lead: a lock taken at birth, a tenth of an Event's cost.
+    ready: threading.Lock = field(default_factory=_taken_lock)
     done: bool = False
     probe_id: int | None = None
     error: BaseException | None = field(default=None, repr=False)
@@ -44,47 +54,63 @@ class GroupWriter:
         self._max_batch = max_batch
         self._queue: list[_Waiting] = []
         self._writing = False
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self.commits = 0  # transactions that stored a whole batch (for the benchmark)
 
     def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
         """Store one probe and return its id once it is committed."""
         mine = _Waiting(result, config)
-        with self._changed:
+        with self._lock:
             self._queue.append(mine)
-        while True:
-            with self._changed:
-                while not mine.done and self._writing:
-                    self._changed.wait()
-                if mine.done:
-                    return _outcome(mine)
-                # Lead: take what has queued. More than a batch ahead of this result means
-                # leading again after this one.
-                self._writing = True
-                batch = self._queue[:self._max_batch]
-                del self._queue[:self._max_batch]
-            try:
+            lead = not self._writing
+            self._writing = True
+        # Each caller is woken once: when its result is committed, or when the leader
+        # before it hands it the lead (waking every waiter at each commit, to let them find
+        # out which of them was done, cost more CPU than the commit itself).
+        if not lead:
+            mine.ready.acquire()
+            if mine.done:
+                return _outcome(mine)
+        try:
+            while not mine.done:
+                with self._lock:
+                    batch = self._queue[:self._max_batch]
+                    del self._queue[:self._max_batch]
                 self._commit(batch)
-            finally:
-                with self._changed:
-                    self._writing = False
-                    self._changed.notify_all()
+        finally:
+            with self._lock:
+                following = self._queue[0] if self._queue else None
+                self._writing = following is not None
+            if following is not None:
+                following.ready.release()  # not done: it leads the next commit
+        return _outcome(mine)
 
     def _commit(self, batch: Sequence[_Waiting]) -> None:
         try:
-            ids = self.recorder.save_batch([(w.result, w.config) for w in batch])
-            self.commits += 1
-        except Exception:  # noqa: BLE001 - each result gets its own verdict below
-            ids = None
-        for index, waiting in enumerate(batch):
-            if ids is not None:
-                waiting.probe_id = ids[index]
-            else:
-                try:
-                    waiting.probe_id = self.recorder.save(waiting.result, waiting.config)
-                except Exception as exc:  # noqa: BLE001 - handed to its own caller
+            try:
+                ids = self.recorder.save_batch([(w.result, w.config) for w in batch])
+                self.commits += 1
+            except Exception:  # noqa: BLE001 - each result gets its own verdict below
+                ids = None
+            for index, waiting in enumerate(batch):
+                if ids is not None:
+                    waiting.probe_id = ids[index]
+                else:
+                    try:
+                        waiting.probe_id = self.recorder.save(waiting.result, waiting.config)
+                    except Exception as exc:  # noqa: BLE001 - handed to its own caller
+                        waiting.error = exc
+                waiting.done = True
+                waiting.ready.release()
+        except BaseException as exc:
+            # Interrupted (KeyboardInterrupt, say): whoever has no verdict yet gets this
+            # one rather than waiting for ever.
+            for waiting in batch:
+                if not waiting.done:
                     waiting.error = exc
-            waiting.done = True
+                    waiting.done = True
+                    waiting.ready.release()
+            raise
 
 
 def _outcome(waiting: _Waiting) -> int:
