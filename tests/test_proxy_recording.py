@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import socket
 import zlib
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, LargeBinary, String, Text, func, select
@@ -24,6 +26,7 @@ from monitor.health import build_report, metrics_snapshot
 from monitor.probe.headers import is_sensitive
 from monitor.proxy.exchange import Route
 from monitor.proxy.recorder import TrafficRecorder, make_recording_sink
+from monitor.proxy.server import Proxy as ForwardingProxy
 from monitor.render import render_html, render_table
 from monitor.render.dashboard import render_dashboard
 from monitor.render.metrics import exposition_registry, render_metrics
@@ -149,6 +152,11 @@ def test_no_credential_reaches_the_database(
         recorder.submit(exchange)
     stored(engine, len(sent))
     recorder.close(5)
+    assert_nowhere_in(engine, TEST_KEY)
+
+
+def assert_nowhere_in(engine: Engine, secret: str) -> None:
+    """`secret` (or all but its first three characters) in no column of any table."""
     seen = 0
     with engine.connect() as connection:
         for table in Base.metadata.sorted_tables:
@@ -164,9 +172,55 @@ def test_no_credential_reaches_the_database(
                     else:
                         text = json.dumps(value, default=str)
                     seen += 1
-                    assert TEST_KEY not in text, f"{table.name}.{column.name}"
-                    assert TEST_KEY[3:] not in text, f"{table.name}.{column.name}"
+                    assert secret not in text, f"{table.name}.{column.name}"
+                    assert secret[3:] not in text, f"{table.name}.{column.name}"
     assert seen > 50
+
+
+def test_the_openai_sdk_through_the_proxy_is_stored_call_by_call(
+        engine: Engine, sim_server: Simulator, make_recorder: MakeRecorder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The done-when end to end: the official SDK through the real forwarder, recording on;
+    each call stored with what the SDK itself received, and the key nowhere."""
+    caplog.set_level(logging.DEBUG)
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route)
+    proxy = ForwardingProxy((route,), recorder).start()
+    try:
+        with openai.OpenAI(api_key=TEST_KEY, base_url=f"{proxy.url}/openai/v1",
+                           max_retries=0) as client:
+            messages: Any = [{"role": "user", "content": "Say OK"}]
+            plain = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=messages)
+            with client.chat.completions.with_streaming_response.create(
+                    model="gpt-4o", messages=messages, stream=True,
+                    stream_options={"include_usage": True}) as streaming:
+                stream_bytes = b"".join(streaming.iter_bytes())
+                stream_request_id = streaming.headers["x-request-id"]
+    finally:
+        proxy.stop()
+    first, second = stored(engine, 2)
+    answer = plain.parse()
+    assert codec.decompress(first.raw_response_zlib) == plain.content
+    assert (first.ok, first.stream, first.http_status) == (True, False, 200)
+    assert first.x_request_id == plain.headers["x-request-id"]
+    assert first.model == answer.model and first.system_fingerprint == answer.system_fingerprint
+    assert first.response_id == answer.id
+    assert answer.usage is not None
+    assert (first.prompt_tokens, first.completion_tokens) == (
+        answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    assert first.ratelimit_remaining_requests == int(
+        plain.headers["x-ratelimit-remaining-requests"])
+    assert first.choices[0]["content"] == answer.choices[0].message.content
+    assert codec.decompress(second.raw_response_zlib) == stream_bytes
+    assert (second.ok, second.stream, second.x_request_id) == (True, True, stream_request_id)
+    assert second.completion_tokens and second.stream_chunks
+    for row in (first, second):
+        assert row.credential_hash == hashlib.sha256(TEST_KEY.encode()).hexdigest()
+        assert row.proxy_added_ms is not None and row.proxy_added_ms >= 0
+    recorder.close(5)
+    assert_nowhere_in(engine, TEST_KEY)
+    assert TEST_KEY not in caplog.text and TEST_KEY[3:] not in caplog.text
 
 
 def unpacked(column: str, data: bytes) -> bytes:
