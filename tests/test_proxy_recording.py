@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import Engine, LargeBinary, String, Text, func, select
 
@@ -292,34 +293,47 @@ def test_a_fingerprint_change_is_raised_from_traffic_alone(
     assert "fp_new0000001" in explanation
 
 
-def test_a_database_outage_never_blocks_submit_and_every_record_arrives_once(
+def test_a_database_outage_never_blocks_a_call_and_every_record_arrives_once(
         postgres_through_proxy: tuple[str, Proxy], sim_server: Simulator, sim: SimClient,
         make_recorder: MakeRecorder) -> None:
+    """Calls through the real forwarder while the database is cut all succeed; their records
+    wait in the spool and arrive, each once, when it is back."""
     url, cut = postgres_through_proxy
     engine = db.create(url)
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route, retry_s=0.05)
+    proxy = ForwardingProxy((route,), recorder).start()
+
+    def app_calls(indexes: range) -> None:
+        with requests.Session() as session:
+            for index in indexes:
+                answer = session.post(
+                    f"{proxy.url}/openai/v1/chat/completions", timeout=30,
+                    headers={"Authorization": f"Bearer {TEST_KEY}"},
+                    json={"model": "gpt-4o", "messages": [
+                        {"role": "user", "content": f"call {index}"}]})
+                assert answer.status_code == 200 and answer.json()["choices"]
+
     try:
-        route = openai_route(sim_server.url)
-        recorder = make_recorder(engine, route, retry_s=0.05)
-        exchanges = [chat(route, content=f"call {index}") for index in range(40)]
-        for exchange in exchanges[:10]:
-            recorder.submit(exchange)
+        app_calls(range(10))
         stored(engine, 10)
         cut.cut()
-        for exchange in exchanges[10:30]:
-            recorder.submit(exchange)  # returns: the worker spools while the database is away
+        app_calls(range(10, 30))  # answered: the worker spools while the database is away
         wait_until(lambda: recorder.counts.spooled >= 20, "the outage's records in the spool")
         cut.restore()
-        for exchange in exchanges[30:]:
-            recorder.submit(exchange)
-        rows = stored(engine, 40)
+        app_calls(range(30, 40))
+        stored(engine, 40)
         wait_until(lambda: recorder.spool.empty(), "the spool drained")
         recorder.close(5)
         with engine.connect() as connection:
             count = connection.execute(select(func.count(ProbeRow.id))).scalar_one()
+            payloads = connection.execute(select(RequestPayloadRow.payload)).scalars().all()
         assert count == 40
-        assert sorted(r.started_at for r in rows) == sorted(e.started_at for e in exchanges)
+        assert sorted(p["messages"][0]["content"] for p in payloads) == sorted(
+            f"call {index}" for index in range(40))
         assert recorder.counts.dropped == 0 and recorder.counts.stored == 40
     finally:
+        proxy.stop()
         engine.dispose()
 
 
