@@ -291,6 +291,15 @@ def test_a_fingerprint_change_is_raised_from_traffic_alone(
     kind, state, explanation, target = wait_until(alert, "a fingerprint alert")
     assert (kind, state, target) == ("fingerprint", "open", "openai/gpt-4o")
     assert "fp_new0000001" in explanation
+    # /metrics shows it on the route and model, for alert rules on traffic.
+    recorder.close(5)
+    rollups.catch_up(engine)
+    body, _ = render_metrics(exposition_registry(lambda: metrics_snapshot(engine)),
+                             "text/plain")
+    [opened] = [line for line in body.decode().splitlines()
+                if line.startswith("monitor_traffic_open_alerts{") and line.endswith(" 1.0")]
+    assert opened == ('monitor_traffic_open_alerts{kind="fingerprint",model="gpt-4o",'
+                      'route="openai",severity="warning"} 1.0')
 
 
 def test_a_database_outage_never_blocks_a_call_and_every_record_arrives_once(
