@@ -38,13 +38,17 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def proc_sample(pid: int) -> tuple[float, float]:
-    """(RSS in MB, CPU seconds so far) of a process."""
+def proc_sample(pid: int) -> tuple[float, float, float]:
+    """(RSS in MB, of which anonymous, CPU seconds so far) of a process. SQLite reads and writes
+    its file through a memory map (PRAGMA mmap_size), whose pages count as resident as the
+    database grows: the anonymous part is the process's own memory."""
     with open(f"/proc/{pid}/statm") as file:
-        rss_mb = int(file.read().split()[1]) * PAGE / 1e6
+        pages = file.read().split()
+    rss_mb = int(pages[1]) * PAGE / 1e6
+    anonymous_mb = (int(pages[1]) - int(pages[2])) * PAGE / 1e6  # resident minus file-backed
     with open(f"/proc/{pid}/stat") as file:
         fields = file.read().rsplit(")", 1)[1].split()
-    return rss_mb, (int(fields[11]) + int(fields[12])) / TICKS
+    return rss_mb, anonymous_mb, (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def start_simulator(base_ms: int = 200, jitter_ms: int = 50) -> tuple[subprocess.Popen[str], str]:
@@ -92,11 +96,11 @@ def main() -> None:
          "--spool", str(workdir / "spool.jsonl")],
         stderr=log_file, cwd=workdir)
     started = time.monotonic()
-    samples: list[tuple[float, float, float]] = []
+    samples: list[tuple[float, float, float, float]] = []
     while (elapsed := time.monotonic() - started) < args.minutes * 60:
         time.sleep(5)
-        rss, cpu = proc_sample(daemon.pid)
-        samples.append((time.monotonic() - started, rss, cpu))
+        rss, anonymous, cpu = proc_sample(daemon.pid)
+        samples.append((time.monotonic() - started, rss, anonymous, cpu))
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=120)
     log_file.close()
@@ -125,8 +129,9 @@ def main() -> None:
     for seen in per_target.values():
         ordered = sorted(seen)  # type: ignore[type-var]
         missed += sum(round((b - a) / interval) - 1 for a, b in itertools.pairwise(ordered))
-    cpu_s = samples[-1][2]
-    after_2 = [rss for t, rss, _ in samples if t >= 120]
+    cpu_s = samples[-1][3]
+    after_2 = [rss for t, rss, _, _ in samples if t >= 120]
+    anonymous_after_2 = [anonymous for t, _, anonymous, _ in samples if t >= 120]
     print(f"{args.targets} targets every {args.interval}s for {args.minutes:g} min on "
           f"{'SQLite' if pg_name is None else 'PostgreSQL'} ({first:%H:%M:%S}-{last:%H:%M:%S})")
     print(f"  probes stored {probes} (failed {failed}), slots {slots}, "
@@ -137,9 +142,11 @@ def main() -> None:
     print(f"  daemon CPU {cpu_s:.1f} s over {elapsed:.0f} s = {100 * cpu_s / elapsed:.1f}% of one core")
     if len(after_2) >= 2:
         # Flat means no growth with time: the least-squares slope of RSS over the samples.
-        slope = statistics.linear_regression([t for t, _, _ in samples if t >= 120], after_2).slope
-        print(f"  RSS MB: at 2 min {after_2[0]:.1f}, end {after_2[-1]:.1f}, max {max(after_2):.1f}"
-              f", slope after 2 min {60 * slope:+.2f} MB/min")
+        times = [t for t, _, _, _ in samples if t >= 120]
+        for label, values in (("RSS", after_2), ("anonymous RSS", anonymous_after_2)):
+            slope = statistics.linear_regression(times, values).slope
+            print(f"  {label} MB: at 2 min {values[0]:.1f}, end {values[-1]:.1f}, "
+                  f"max {max(values):.1f}, slope after 2 min {60 * slope:+.2f} MB/min")
     print(f"  machine: nproc {os.cpu_count()}, load average at start {load_at_start:.2f}, "
           f"at end {os.getloadavg()[0]:.2f}")
     if pg_name is not None:
