@@ -80,6 +80,9 @@ class Encoders:
 
     def for_result(self, connection: Connection, config_id: int,
                    result: ProbeResult) -> codec.Dictionary | None:
+        found = self._known.get(config_id)
+        if found is not None:  # nearly always: no headers to copy
+            return found
         # The dictionary's bytes need not be exact, only alike: no scrubbing needed.
         headers = {name: value.encode("utf-8", "replace").decode()
                    for name, value in result.response_headers.items()}
