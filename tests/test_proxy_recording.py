@@ -110,6 +110,8 @@ def test_calls_are_stored_like_probes_with_every_field(
     assert payloads == 4  # plain twice, stream, sim-500, and the empty GET
 
     assert plain.ok and again.ok and streamed.ok
+    # Compressed as a canary's: against the dictionary of the route/model's configuration.
+    assert bytes(plain.raw_response_zlib)[0] == bytes(again.raw_response_zlib)[0] == 2
     for row, exchange in zip(rows, exchanges):
         # The answer and its headers as the app received them.
         assert body_of(engine, row) == exchange.response_body
