@@ -1,8 +1,9 @@
 """What `monitor proxy` adds to a call: calling the same loopback upstream directly and through
 the proxy, in one run.
 
-The simulator (latency 0) and the proxy (`monitor proxy`, its logging sink writing one line per
-call to a file) each run in their own process, as in use, so neither shares a GIL with the
+The simulator (latency 0) and the proxy (`monitor proxy`, recording every call in a SQLite
+database of its own, or with --no-record only logging one line per call) each run in their own
+process, as in use, so neither shares a GIL with the
 clients measuring them. The client is a bare http.client keep-alive connection, so what it
 measures is the server side.
 
@@ -14,11 +15,11 @@ measures is the server side.
   tenth as many straight to the simulator, for its own rate.
 
     python bench/proxy_overhead.py [--calls 2000] [--streams 500] [--load-calls 100000]
-                                   [--clients 8] [--config FILE]
+                                   [--clients 8] [--no-record] [--config FILE]
 
 --config runs the proxy with another config file, in which a route named "bench" has
-upstream = "SIM_URL" (replaced by the simulator's address): the way to measure the proxy with
-recording on (a [database] and whatever recording needs), once it records.
+upstream = "SIM_URL" (replaced by the simulator's address) and [database] may name another
+database (PostgreSQL, say); `monitor db upgrade` is run on it first.
 """
 
 from __future__ import annotations
@@ -98,19 +99,22 @@ def interleaved(direct: Client, proxied: Client, body: bytes, count: int,
     return direct_ms, proxied_ms
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident KiB. SQLite reads and writes the database through a
+    memory map (PRAGMA mmap_size), so its pages count as resident file pages as the file grows:
+    the process's own memory is the anonymous part."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["RssAnon"].split()[0]), int(fields["RssFile"].split()[0])
 
 
-def load(url: str, prefix: str, calls: int, clients: int, pid: int) -> tuple[float, list[int]]:
+def load(url: str, prefix: str, calls: int, clients: int,
+         pid: int) -> tuple[float, list[tuple[int, int]]]:
     """calls/s through the proxy from `clients` connections, and RSS samples every 10%."""
     remaining = [calls]
     done = [0]
     lock = threading.Lock()
-    samples: list[int] = []
+    samples: list[tuple[int, int]] = []
     failures: list[Exception] = []
     step = max(1, calls // 10)
 
@@ -148,6 +152,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=500)
     parser.add_argument("--load-calls", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--no-record", action="store_true",
+                        help="Run the proxy with --no-record (log lines only).")
     parser.add_argument("--config", type=Path,
                         help='A config whose route "bench" has upstream = "SIM_URL".')
     args = parser.parse_args()
@@ -159,10 +165,16 @@ def main() -> None:
     sim, sim_url = start(["sim", "--port", "0", "--seed", "1", "--scenario", str(scenario)],
                          work / "sim.log")
     text = (args.config.read_text() if args.config else
+            f'[database]\nurl = "sqlite:///{work / "monitor.db"}"\n\n'
             '[[routes]]\nname = "bench"\nprovider = "openai"\nupstream = "SIM_URL"\n')
     config = work / "monitor.toml"
     config.write_text(text.replace("SIM_URL", sim_url))
-    proxy, proxy_url = start(["proxy", "--port", "0", "--config", str(config)],
+    if not args.no_record:
+        subprocess.run([sys.executable, "-m", "monitor", "db", "upgrade", "--config",
+                        str(config)], check=True, capture_output=True)
+    proxy, proxy_url = start(["proxy", "--port", "0", "--config", str(config),
+                              "--spool", str(work / "spool.jsonl"),
+                              *(["--no-record"] if args.no_record else [])],
                              work / "proxy.log")
     try:
         direct, proxied = Client(sim_url, ""), Client(proxy_url, "/bench")
@@ -176,7 +188,9 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=60)
     logged = sum(1 for _ in (work / "proxy.log").open())
-    print(f"monitor proxy overhead, {os.cpu_count()} cores; upstream: monitor sim, latency 0")
+    mode = "logging only (--no-record)" if args.no_record else "recording every call"
+    print(f"monitor proxy overhead, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; upstream: monitor sim, latency 0; proxy {mode}")
     print(f"{'':28} {'direct p50':>10} {'p99':>7} {'proxied p50':>11} {'p99':>7} "
           f"{'added p50':>9} {'p99':>7}")
     for name, (a, b), count in (("plain call, whole answer", plain, args.calls),
@@ -186,9 +200,26 @@ def main() -> None:
               f"{b50 - a50:9.3f} {b99 - a99:7.3f}")
     print(f"load: {args.load_calls} calls from {args.clients} connections: {rate:.0f} calls/s "
           f"through the proxy ({direct_rate:.0f} calls/s to the simulator directly)")
-    print(f"proxy RSS (MiB) every {args.load_calls // 10} calls: "
-          + " ".join(f"{kib / 1024:.1f}" for kib in samples))
+    print(f"proxy RSS (MiB) every {args.load_calls // 10} calls, anonymous: "
+          + " ".join(f"{anon / 1024:.1f}" for anon, _ in samples))
+    print("  and file-backed (the database's memory map, shared libraries): "
+          + " ".join(f"{file / 1024:.1f}" for _, file in samples))
+    if not args.no_record:
+        sent = 2 * 50 + args.calls + args.streams + args.load_calls  # warm-ups included
+        print(f"calls recorded: {recorded(config)} of {sent}")
     print(f"proxy log lines: {logged} (work files in {work})")
+
+
+def recorded(config: Path) -> int:
+    """Probes of traffic targets in the proxy's database, once it has stopped (drained)."""
+    code = ("import sys\nfrom sqlalchemy import func, select\nfrom monitor import config\n"
+            "from monitor.store import db\nfrom monitor.store.schema import probes\n"
+            "engine = db.create(config.load_proxy(sys.argv[1]).settings.database_url)\n"
+            "with engine.connect() as c:\n"
+            "    print(c.execute(select(func.count(probes.c.id))).scalar_one())\n")
+    out = subprocess.run([sys.executable, "-c", code, str(config)], check=True,
+                         capture_output=True, text=True)
+    return int(out.stdout)
 
 
 if __name__ == "__main__":

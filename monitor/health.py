@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 
-from monitor.detect import SEVERITIES
+from monitor.detect import SEVERITIES, TRAFFIC_KINDS
 from monitor.domain import AlertState, CheckOutcome, SkipKind
 from monitor.snapshot import (
     LATENCY_BUCKETS_S,
@@ -350,7 +350,8 @@ def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
                 check_results=checked.get(target_id, {}),
             ))
         failed = alert_reads.failed_attempts(connection)
-        traffic = [TrafficMetrics(route, model, {"ok": calls.ok, **calls.errors})
+        traffic = [TrafficMetrics(route, model, {"ok": calls.ok, **calls.errors},
+                                  _ZERO_TRAFFIC_ALERTS | open_alerts.get(target_id, {}))
                    for (route, _, model), target_id in sorted(
                        (name.rpartition("/"), i) for i, name in
                        traffic_reads.targets(connection).items())
@@ -363,6 +364,7 @@ def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
 # kind times every severity).
 _ZERO_ALERTS = {(kind.value, severity.value): 0
                 for kind, severities in SEVERITIES.items() for severity in severities}
+_ZERO_TRAFFIC_ALERTS = {pair: 0 for pair in _ZERO_ALERTS if pair[0] in TRAFFIC_KINDS}
 
 
 def _open_alerts(connection: Connection) -> dict[int, dict[tuple[str, str], int]]:

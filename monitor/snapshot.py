@@ -54,6 +54,9 @@ class TrafficMetrics:
     route: str
     model: str
     outcomes: dict[str, int]
+    # (drift kind, severity) -> alerts open now on this route and model; zeros for every pair
+    # the traffic detectors can raise, so an alert rule reads 0 rather than "no data"
+    open_alerts: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import socket
 import zlib
 from collections.abc import Callable, Iterator
@@ -14,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import Engine, LargeBinary, String, Text, func, select
 
@@ -24,6 +27,7 @@ from monitor.health import build_report, metrics_snapshot
 from monitor.probe.headers import is_sensitive
 from monitor.proxy.exchange import Route
 from monitor.proxy.recorder import TrafficRecorder, make_recording_sink
+from monitor.proxy.server import Proxy as ForwardingProxy
 from monitor.render import render_html, render_table
 from monitor.render.dashboard import render_dashboard
 from monitor.render.metrics import exposition_registry, render_metrics
@@ -162,6 +166,11 @@ def test_no_credential_reaches_the_database(
         recorder.submit(exchange)
     stored(engine, len(sent))
     recorder.close(5)
+    assert_nowhere_in(engine, TEST_KEY)
+
+
+def assert_nowhere_in(engine: Engine, secret: str) -> None:
+    """`secret` (or all but its first three characters) in no column of any table."""
     seen = 0
     with engine.connect() as connection:
         dictionaries = blobs.Dictionaries()
@@ -184,9 +193,55 @@ def test_no_credential_reaches_the_database(
                     else:
                         text = json.dumps(value, default=str)
                     seen += 1
-                    assert TEST_KEY not in text, f"{table.name}.{column.name}"
-                    assert TEST_KEY[3:] not in text, f"{table.name}.{column.name}"
+                    assert secret not in text, f"{table.name}.{column.name}"
+                    assert secret[3:] not in text, f"{table.name}.{column.name}"
     assert seen > 50
+
+
+def test_the_openai_sdk_through_the_proxy_is_stored_call_by_call(
+        engine: Engine, sim_server: Simulator, make_recorder: MakeRecorder,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The done-when end to end: the official SDK through the real forwarder, recording on;
+    each call stored with what the SDK itself received, and the key nowhere."""
+    caplog.set_level(logging.DEBUG)
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route)
+    proxy = ForwardingProxy((route,), recorder).start()
+    try:
+        with openai.OpenAI(api_key=TEST_KEY, base_url=f"{proxy.url}/openai/v1",
+                           max_retries=0) as client:
+            messages: Any = [{"role": "user", "content": "Say OK"}]
+            plain = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=messages)
+            with client.chat.completions.with_streaming_response.create(
+                    model="gpt-4o", messages=messages, stream=True,
+                    stream_options={"include_usage": True}) as streaming:
+                stream_bytes = b"".join(streaming.iter_bytes())
+                stream_request_id = streaming.headers["x-request-id"]
+    finally:
+        proxy.stop()
+    first, second = stored(engine, 2)
+    answer = plain.parse()
+    assert codec.decompress(first.raw_response_zlib) == plain.content
+    assert (first.ok, first.stream, first.http_status) == (True, False, 200)
+    assert first.x_request_id == plain.headers["x-request-id"]
+    assert first.model == answer.model and first.system_fingerprint == answer.system_fingerprint
+    assert first.response_id == answer.id
+    assert answer.usage is not None
+    assert (first.prompt_tokens, first.completion_tokens) == (
+        answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    assert first.ratelimit_remaining_requests == int(
+        plain.headers["x-ratelimit-remaining-requests"])
+    assert first.choices[0]["content"] == answer.choices[0].message.content
+    assert codec.decompress(second.raw_response_zlib) == stream_bytes
+    assert (second.ok, second.stream, second.x_request_id) == (True, True, stream_request_id)
+    assert second.completion_tokens and second.stream_chunks
+    for row in (first, second):
+        assert row.credential_hash == hashlib.sha256(TEST_KEY.encode()).hexdigest()
+        assert row.proxy_added_ms is not None and row.proxy_added_ms >= 0
+    recorder.close(5)
+    assert_nowhere_in(engine, TEST_KEY)
+    assert TEST_KEY not in caplog.text and TEST_KEY[3:] not in caplog.text
 
 
 def unpacked(column: str, data: bytes) -> bytes:
@@ -259,36 +314,58 @@ def test_a_fingerprint_change_is_raised_from_traffic_alone(
     kind, state, explanation, target = wait_until(alert, "a fingerprint alert")
     assert (kind, state, target) == ("fingerprint", "open", "openai/gpt-4o")
     assert "fp_new0000001" in explanation
+    # /metrics shows it on the route and model, for alert rules on traffic.
+    recorder.close(5)
+    rollups.catch_up(engine)
+    body, _ = render_metrics(exposition_registry(lambda: metrics_snapshot(engine)),
+                             "text/plain")
+    [opened] = [line for line in body.decode().splitlines()
+                if line.startswith("monitor_traffic_open_alerts{") and line.endswith(" 1.0")]
+    assert opened == ('monitor_traffic_open_alerts{kind="fingerprint",model="gpt-4o",'
+                      'route="openai",severity="warning"} 1.0')
 
 
-def test_a_database_outage_never_blocks_submit_and_every_record_arrives_once(
+def test_a_database_outage_never_blocks_a_call_and_every_record_arrives_once(
         postgres_through_proxy: tuple[str, Proxy], sim_server: Simulator, sim: SimClient,
         make_recorder: MakeRecorder) -> None:
+    """Calls through the real forwarder while the database is cut all succeed; their records
+    wait in the spool and arrive, each once, when it is back."""
     url, cut = postgres_through_proxy
     engine = db.create(url)
+    route = openai_route(sim_server.url)
+    recorder = make_recorder(engine, route, retry_s=0.05)
+    proxy = ForwardingProxy((route,), recorder).start()
+
+    def app_calls(indexes: range) -> None:
+        with requests.Session() as session:
+            for index in indexes:
+                answer = session.post(
+                    f"{proxy.url}/openai/v1/chat/completions", timeout=30,
+                    headers={"Authorization": f"Bearer {TEST_KEY}"},
+                    json={"model": "gpt-4o", "messages": [
+                        {"role": "user", "content": f"call {index}"}]})
+                assert answer.status_code == 200 and answer.json()["choices"]
+
     try:
-        route = openai_route(sim_server.url)
-        recorder = make_recorder(engine, route, retry_s=0.05)
-        exchanges = [chat(route, content=f"call {index}") for index in range(40)]
-        for exchange in exchanges[:10]:
-            recorder.submit(exchange)
+        app_calls(range(10))
         stored(engine, 10)
         cut.cut()
-        for exchange in exchanges[10:30]:
-            recorder.submit(exchange)  # returns: the worker spools while the database is away
+        app_calls(range(10, 30))  # answered: the worker spools while the database is away
         wait_until(lambda: recorder.counts.spooled >= 20, "the outage's records in the spool")
         cut.restore()
-        for exchange in exchanges[30:]:
-            recorder.submit(exchange)
-        rows = stored(engine, 40)
+        app_calls(range(30, 40))
+        stored(engine, 40)
         wait_until(lambda: recorder.spool.empty(), "the spool drained")
         recorder.close(5)
         with engine.connect() as connection:
             count = connection.execute(select(func.count(ProbeRow.id))).scalar_one()
+            payloads = connection.execute(select(RequestPayloadRow.payload)).scalars().all()
         assert count == 40
-        assert sorted(r.started_at for r in rows) == sorted(e.started_at for e in exchanges)
+        assert sorted(p["messages"][0]["content"] for p in payloads) == sorted(
+            f"call {index}" for index in range(40))
         assert recorder.counts.dropped == 0 and recorder.counts.stored == 40
     finally:
+        proxy.stop()
         engine.dispose()
 
 

@@ -92,16 +92,7 @@ def _entries(url_check: Any, example: str) -> Any:
         return _Entry(table["url"], table.get("min_severity", "info"),
                       table.get("kinds", ()), table=True)
 
-    def check(value: object) -> tuple[_Entry, ...]:
-        if not isinstance(value, list):
-            raise _Invalid(f"an array of URLs like {example}", value)
-        entries = []
-        for index, entry in enumerate(value):
-            with _at(f"[{index}]"):
-                entries.append(item(entry))
-        return tuple(entries)
-
-    return check
+    return _array_of(item, f"an array of URLs like {example}")
 
 
 CHANNEL_KEYS = {

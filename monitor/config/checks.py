@@ -14,12 +14,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, time
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from monitor.durations import parse_ms
 from monitor.errors import ConfigError, raw
 from monitor.secrets import mask
+
+_T = TypeVar("_T")
 
 _Check = Callable[[object], Any]
 
@@ -320,9 +322,9 @@ def _hostname(value: object) -> str:
     return value.lower().rstrip(".")
 
 
-def _array_of(check: Callable[[object], str], expected: str) -> Callable[[object], tuple[str, ...]]:
+def _array_of(check: Callable[[object], _T], expected: str) -> Callable[[object], tuple[_T, ...]]:
     """The check of an array whose items each pass `check`, reported as `key[i]`."""
-    def check_array(value: object) -> tuple[str, ...]:
+    def check_array(value: object) -> tuple[_T, ...]:
         if not isinstance(value, list):
             raise _Invalid(expected, value)
         items = []

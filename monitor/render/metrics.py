@@ -103,8 +103,15 @@ class StoreCollector(Collector):
         for t in snapshot.traffic:
             for outcome, count in sorted(t.outcomes.items()):
                 calls.add_metric([t.route, t.model, outcome], count)
+        traffic_alerts = GaugeMetricFamily(
+            "monitor_traffic_open_alerts", "Alerts open now on recorded traffic, by route, "
+            "requested model, drift kind and severity", labels=["route", "model", "kind",
+                                                                "severity"])
+        for t in snapshot.traffic:
+            for (kind, severity), count in sorted(t.open_alerts.items()):
+                traffic_alerts.add_metric([t.route, t.model, kind, severity], count)
         yield from (latency, probes, info, limit, remaining, alerts, skipped, checks,
-                    last_probe, last_ok, failed, calls)
+                    last_probe, last_ok, failed, calls, traffic_alerts)
         if snapshot.otel_export_failures is not None:
             otel = CounterMetricFamily(
                 "monitor_otel_export_failures", "OpenTelemetry exports (span batches, metric "
