@@ -222,7 +222,7 @@ def test_the_openai_sdk_through_the_proxy_is_stored_call_by_call(
         proxy.stop()
     first, second = stored(engine, 2)
     answer = plain.parse()
-    assert codec.decompress(first.raw_response_zlib) == plain.content
+    assert body_of(engine, first) == plain.content
     assert (first.ok, first.stream, first.http_status) == (True, False, 200)
     assert first.x_request_id == plain.headers["x-request-id"]
     assert first.model == answer.model and first.system_fingerprint == answer.system_fingerprint
@@ -233,7 +233,7 @@ def test_the_openai_sdk_through_the_proxy_is_stored_call_by_call(
     assert first.ratelimit_remaining_requests == int(
         plain.headers["x-ratelimit-remaining-requests"])
     assert first.choices[0]["content"] == answer.choices[0].message.content
-    assert codec.decompress(second.raw_response_zlib) == stream_bytes
+    assert body_of(engine, second) == stream_bytes
     assert (second.ok, second.stream, second.x_request_id) == (True, True, stream_request_id)
     assert second.completion_tokens and second.stream_chunks
     for row in (first, second):
