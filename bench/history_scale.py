@@ -9,8 +9,10 @@ into `records._probe_values(result, ...)` and inserts the list; here one real pr
 standard canary against the simulator (and one failed probe with no response) is turned into
 those values once, and each row is a copy with the per-probe fields varied: uid, started_at,
 latencies (lognormal), fingerprint (3:1), model (re-pointed at mid-year), quota remaining,
-tokens, and 0.5% errors of several kinds. The compressed headers and body are that probe's,
-byte for byte, so rows have their real size. Rows go in with one executemany per 10,000 (a
+tokens, and 0.5% errors of several kinds. The compressed headers and body are those of a
+second real probe, byte for byte, compressed as Recorder compresses them: against the
+dictionary each target's configuration got from its first probe (store/blobs.py), so rows
+have their real size. Rows go in with one executemany per 10,000 (a
 transaction each), day by day in time order; after each simulated day rollups catch up (timed)
 and every `--prune-every` days retention runs as the daemon's job would (`prune` with a cutoff
 30 days back), so no more than about a month of raw bodies is ever held.
@@ -38,13 +40,13 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, insert, select
-from write_path import standard_canary  # bench/ is on sys.path when run as a script
+from write_path import standard_canaries  # bench/ is on sys.path when run as a script
 
 from monitor.defaults import RAW_RETENTION_MS
 from monitor.domain import ErrorKind, ProbeResult, Usage
 from monitor.health import build_report
 from monitor.sim import SimClient, Simulator
-from monitor.store import db, rollups
+from monitor.store import blobs, db, rollups
 from monitor.store.models import ProbeRow
 from monitor.store.records import Recorder, _probe_values
 from monitor.store.retention import prune
@@ -60,8 +62,13 @@ ERRORS = ((ErrorKind.READ_TIMEOUT, None, 30_000.0), (ErrorKind.HTTP_SERVER_ERROR
 class Rows:
     """Probe rows as Recorder.save_many would write them, varied per probe."""
 
-    def __init__(self, template: ProbeResult, failed: ProbeResult, days: int) -> None:
-        self.ok_values = _probe_values(template, 0, 0, 0)
+    def __init__(self, engine: Engine, template: ProbeResult, failed: ProbeResult,
+                 days: int, keys: list[tuple[int, ...]]) -> None:
+        self.ok_values = {}  # by configuration id: each its own dictionary
+        with engine.connect() as connection:
+            for _, config_id, _ in keys:
+                dictionary = blobs.newest(connection, config_id)
+                self.ok_values[config_id] = _probe_values(template, 0, 0, 0, dictionary)
         self.error_values = _probe_values(failed, 0, 0, 0)
         self.days = days
         self.rng = random.Random(1)
@@ -78,7 +85,7 @@ class Rows:
             total = 380 * base * rng.lognormvariate(0, 0.25)
             completion = rng.randrange(1, 4)
             row = dict(
-                self.ok_values, total_ms=total, time_to_headers_ms=total * 0.97,
+                self.ok_values[keys[1]], total_ms=total, time_to_headers_ms=total * 0.97,
                 openai_processing_ms=total * 0.8,
                 time_to_first_token_ms=total * 0.4 if stream else None,
                 output_tokens_per_s=60 * rng.lognormvariate(0, 0.2) if stream else None,
@@ -228,13 +235,14 @@ def live_fold_cost(engine: Engine, template: ProbeResult, names: list[str], now:
     return statistics.median(each), statistics.median(per_round)
 
 
-def measure(url: str, template: ProbeResult, failed: ProbeResult, targets: int, days: int,
-            prune_every: int, runs: int) -> None:
+def measure(url: str, template: ProbeResult, second: ProbeResult, failed: ProbeResult,
+            targets: int, days: int, prune_every: int, runs: int) -> None:
     db.upgrade(url)
     engine = db.open_store(url)
     names = [f"target-{i:02d}" for i in range(targets)]
     keys = register(engine, template, names)
-    spent = build_history(engine, Rows(template, failed, days), keys, days, prune_every)
+    spent = build_history(engine, Rows(engine, second, failed, days, keys), keys, days,
+                          prune_every)
     probes = targets * (days * 1440 + 1)
     now = START + timedelta(days=days)
     if engine.dialect.name == "postgresql":
@@ -249,6 +257,7 @@ def measure(url: str, template: ProbeResult, failed: ProbeResult, targets: int, 
     each, per_round = live_fold_cost(engine, template, names, now)
     compacted = compacted_size(engine)
     largest = largest_parts(engine)
+    tables = tables_size(engine)
     engine.dispose()
     print(f"  {engine.dialect.name}: {probes:,} probes written in {spent['insert_s']:.0f} s, "
           f"folded in {spent['catch_up_s']:.0f} s, pruned in {spent['prune_s']:.0f} s "
@@ -260,7 +269,8 @@ def measure(url: str, template: ProbeResult, failed: ProbeResult, targets: int, 
     print(f"    catch_up per probe: {each:.2f} ms called after each probe, "
           f"{per_round:.2f} ms called once per round of {targets} targets")
     print(f"    bytes on disk per probe: {size / probes:.0f} ({size / 1e9:.2f} GB) as retention "
-          f"left it; {compacted / probes:.0f} once compacted, of which:", flush=True)
+          f"left it; {compacted / probes:.0f} once compacted ({tables / probes:.0f} in the "
+          "monitor's tables and indexes), of which:", flush=True)
     for name, size in largest:
         print(f"      {name:<40} {size / probes:6.0f}")
 
@@ -269,11 +279,26 @@ def largest_parts(engine: Engine) -> list[tuple[str, int]]:
     """The tables and indexes taking the most bytes."""
     query = ("SELECT name, SUM(pgsize) AS size FROM dbstat GROUP BY name"
              if engine.dialect.name == "sqlite" else
-             "SELECT relname, pg_relation_size(oid) AS size FROM pg_class "
-             "WHERE relkind IN ('r', 'i', 't')")
+             "SELECT relname, pg_relation_size(c.oid) AS size FROM pg_class c "
+             "JOIN pg_namespace n ON n.oid = c.relnamespace "
+             "WHERE relkind IN ('r', 'i', 't') AND nspname IN ('public', 'pg_toast') "
+             "AND (nspname = 'public' OR c.oid IN (SELECT reltoastrelid FROM pg_class d "
+             "JOIN pg_namespace m ON m.oid = d.relnamespace WHERE m.nspname = 'public'))")
     with engine.connect() as connection:
         rows = connection.exec_driver_sql(query + " ORDER BY size DESC LIMIT 8").all()
     return [(str(name), int(size)) for name, size in rows]
+
+
+def tables_size(engine: Engine) -> int:
+    """The monitor's own tables, TOAST and indexes (PostgreSQL's catalogs left out: ~8 MB,
+    nothing next to a year of history but most of a short run's database)."""
+    if engine.dialect.name == "sqlite":
+        return db.size_bytes(engine) or 0
+    with engine.connect() as connection:
+        return int(connection.exec_driver_sql(
+            "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'"
+        ).scalar_one())
 
 
 def compacted_size(engine: Engine) -> int:
@@ -301,7 +326,7 @@ def main() -> None:
     args = parser.parse_args()
     with Simulator(seed=1) as sim:
         SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
-        _, template = standard_canary(sim)
+        _, (template, second) = standard_canaries(sim, 2)
     failed = replace(template, ok=False, raw_response=b"", response_headers={}, choices=(),
                      usage=Usage(), model=None, system_fingerprint=None, response_id=None)
     print(f"{args.targets} targets x {args.days} days at one probe a minute; "
@@ -310,14 +335,14 @@ def main() -> None:
     if args.backend in ("both", "sqlite"):
         with tempfile.TemporaryDirectory(dir="/var/tmp") as workdir:
             path = Path(args.keep or workdir) / f"scale_{args.targets}x{args.days}.db"
-            measure(f"sqlite:///{path}", template, failed, args.targets, args.days,
+            measure(f"sqlite:///{path}", template, second, failed, args.targets, args.days,
                     args.prune_every, args.runs)
     if args.backend in ("both", "postgresql"):
         name = f"monitor_scale_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(args.postgres, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            measure(args.postgres.rsplit("/", 1)[0] + f"/{name}", template, failed,
+            measure(args.postgres.rsplit("/", 1)[0] + f"/{name}", template, second, failed,
                     args.targets, args.days, args.prune_every, args.runs)
         finally:
             if args.keep:

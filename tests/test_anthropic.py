@@ -79,8 +79,7 @@ def test_an_anthropic_probe_stores_every_field(
     assert record["model"] == "claude-sonnet-4-20250514"  # the alias's dated snapshot
     assert record["system_fingerprint"] is None and record["response_created_at"] is None
     assert record["finish_reason"] == "end_turn"
-    assert record["choices"] == [{"index": 0, "finish_reason": "end_turn", "content": "pong",
-                                  "refusal": None}]
+    assert record["choices"] == [{"index": 0, "finish_reason": "end_turn", "content": "pong"}]
     assert record["prompt_tokens"] > 0 and record["completion_tokens"] == 1
     assert record["total_tokens"] == record["prompt_tokens"] + 1
     assert record["cached_tokens"] == 0 and record["cache_creation_input_tokens"] == 0

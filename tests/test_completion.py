@@ -141,10 +141,12 @@ def test_tool_calls_are_captured_from_a_body_and_reassembled_from_a_stream() -> 
     assert choice.tool_calls == (ToolCall("get_weather", '{"city": "Paris"}', "call_1"),)
 
 
-def test_a_choice_without_tool_calls_is_stored_as_before() -> None:
+def test_a_choice_is_stored_with_tool_calls_and_refusal_only_when_it_has_them() -> None:
     from monitor.store.records import _choice
 
     assert _choice(Choice(0, "stop", "pong")) == {
-        "index": 0, "finish_reason": "stop", "content": "pong", "refusal": None}
+        "index": 0, "finish_reason": "stop", "content": "pong"}
+    assert _choice(Choice(0, "stop", None, refusal="")) == {
+        "index": 0, "finish_reason": "stop", "content": None, "refusal": ""}
     assert _choice(Choice(0, "tool_calls", None, tool_calls=(ToolCall("f", "{}"),)))[
         "tool_calls"] == [{"name": "f", "arguments": "{}", "id": None}]

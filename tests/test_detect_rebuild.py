@@ -5,6 +5,7 @@ events of folding the whole history in one go (`monitor detect`), on both databa
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -67,7 +68,7 @@ def varied_history(target: Target, count: int, seed: int = 7) -> list[ProbeResul
         asked = dict(payload, model="gpt-4o-mini") if 3.5 < day < 3.6 else payload
         total = latency * rng.lognormvariate(0, 0.15)
         result = ProbeResult(
-            uid=f"{target.name}-{i:07d}", target_name=target.name, config_hash=target.config_hash,
+            uid=uuid.uuid5(uuid.NAMESPACE_URL, f"{target.name}-{i}").hex, target_name=target.name, config_hash=target.config_hash,
             started_at=START + i * EVERY, stream=False,
             request_url=f"{target.base_url}/chat/completions", request_payload=asked, ok=True,
             http_status=200, total_ms=total, openai_processing_ms=0.8 * total,

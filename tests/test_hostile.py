@@ -33,7 +33,7 @@ from monitor.probe.scrub import Scrubber
 from monitor.render import text as report
 from monitor.replay.batch import BatchSpec, run_batch
 from monitor.replay.send import replay_probe
-from monitor.store import codec
+from monitor.store import blobs, codec
 from monitor.store.models import Base, ProbeRow
 from monitor.store.probe_reads import probe_records
 from monitor.store.records import Recorder
@@ -120,9 +120,14 @@ def _decompressed(blob: bytes) -> bytes:
 
 
 def stored_text(engine: Engine) -> str:
-    """Every stored byte of every table, compressed blobs decompressed."""
+    """Every stored byte of every table, compressed blobs decompressed (a probe's raw headers
+    and body through its dictionary and columns, as every reader decodes them)."""
     parts: list[str] = []
+    dictionaries = blobs.Dictionaries()
     with engine.connect() as connection:
+        for probe_row in connection.execute(ProbeRow.__table__.select()):
+            parts.append(json.dumps(blobs.headers(connection, probe_row, dictionaries)))
+            parts.append(blobs.body(connection, probe_row, dictionaries).decode("latin-1"))
         for table in Base.metadata.sorted_tables:
             for row in connection.execute(table.select()):
                 for value in row:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,21 +13,40 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, insert, inspect
+from sqlalchemy import (
+    Column,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
 
 from monitor.domain import ProbeResult
 from monitor.errors import SchemaNotAtHead
-from monitor.store import db
-from monitor.store.models import Base, ProbeRow
+from monitor.store import codec, db
+from monitor.store.models import Base, ProbeRow, UtcDateTime
 from monitor.store.records import Recorder, _probe_values
+from monitor.store.retention import EMPTY_BODY, EMPTY_HEADERS
 from tests.conftest import POSTGRES_URL, _postgres_admin
+from tests.test_codec import varied
 
 
 def save_then(engine: Engine, result: ProbeResult) -> int:
     """Store a probe as the code of the database's revision did: only the columns its probes
-    table has (today's Recorder writes columns added since)."""
+    table has (today's Recorder writes columns added since), the uid and times as text (as
+    before 0012)."""
     recorder = Recorder(engine)
     columns = {column["name"] for column in inspect(engine).get_columns("probes")}
+    before_0012 = {"uid": String(32), "response_created_at": UtcDateTime()}
+    probes = Table("probes", MetaData(), *[
+        Column(c.name, before_0012.get(c.name, c.type), primary_key=c.primary_key)
+        for c in ProbeRow.__table__.columns if c.name in columns])
     with engine.begin() as connection:
         target = recorder._target_id(connection, result.target_name)
         config = recorder._config_id(connection, result.target_name, target,
@@ -34,7 +54,7 @@ def save_then(engine: Engine, result: ProbeResult) -> int:
         payload = recorder._payload_id(connection, result.request_payload)
         values = _probe_values(result, target, config, payload)
         return int(connection.execute(
-            insert(ProbeRow.__table__).returning(ProbeRow.__table__.c.id),
+            insert(probes).returning(probes.c.id),
             {k: v for k, v in values.items() if k in columns}).scalar_one())
 
 
@@ -225,5 +245,69 @@ def test_0011_up_and_down_keeps_every_row(empty_url: str) -> None:
                     SlotRow.__table__)).scalar_one() == 1
                 if revision == "head":
                     assert connection.execute(select(TargetRow.kind)).scalar_one() == "canary"
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_from_0012_rewrites_compact_blobs_for_the_code_before(empty_url: str) -> None:
+    """Blobs in formats 2 (against a dictionary) and 0 (retention's empties) are rewritten to
+    format 1, which the code before 0012 reads, with the same bytes inside."""
+    db.upgrade(empty_url)
+    engine = db.open_store(empty_url)
+    try:
+        results = [varied(i) for i in range(1, 4)]
+        recorder = Recorder(engine)
+        ids = [recorder.save(r) for r in results]
+        with engine.begin() as connection:
+            connection.execute(update(ProbeRow).where(ProbeRow.id == ids[2]).values(
+                response_headers_zlib=EMPTY_HEADERS, raw_response_zlib=EMPTY_BODY))
+        assert {row[0][0] for row in blobs_of(engine, ids)} == {2, 0}
+        command.downgrade(db.alembic_config(empty_url), "0011")
+        stored = blobs_of(engine, ids)
+        assert {blob[0] for pair in stored for blob in pair} == {1}
+        assert [(codec.decompress_headers(h), codec.decompress(b)) for h, b in stored] == [
+            (r.response_headers, r.raw_response) for r in results[:2]] + [({}, b"")]
+        # Times as the code before stores them (text on SQLite).
+        created = sa_table("probes", sa_column("id"),
+                           sa_column("response_created_at", UtcDateTime()))
+        with engine.connect() as connection:
+            assert list(connection.execute(select(created.c.response_created_at)
+                                           .order_by(created.c.id)).scalars()) == [
+                datetime.fromtimestamp(r.response_created or 0, UTC) for r in results]
+        db.upgrade(empty_url)
+    finally:
+        engine.dispose()
+
+
+def blobs_of(engine: Engine, ids: list[int]) -> list[tuple[bytes, bytes]]:
+    table = sa_table("probes", sa_column("id"), sa_column("response_headers_zlib"),
+                     sa_column("raw_response_zlib"))
+    with engine.connect() as connection:
+        return [(bytes(h), bytes(b)) for h, b in connection.execute(
+            select(table.c.response_headers_zlib, table.c.raw_response_zlib)
+            .where(table.c.id.in_(ids)).order_by(table.c.id))]
+
+
+def test_0012_stores_uids_in_16_bytes_and_still_finds_the_old_ones(empty_url: str) -> None:
+    """uids stored as text before 0012 are converted: looking one up, and storing the same
+    probe again (a spool replayed after the upgrade), find the row as before."""
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0010")
+    engine = db.create(empty_url)
+    try:
+        old = [result() for _ in range(3)]
+        ids = [save_then(engine, r) for r in old]
+        db.upgrade(empty_url)
+        recorder = Recorder(engine)
+        assert [recorder.probe_id(r.uid) for r in old] == ids
+        assert recorder.save(old[1]) == ids[1]
+        new = recorder.save(result())
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                kinds = connection.exec_driver_sql("SELECT typeof(uid), length(uid) FROM probes")
+                assert set(kinds.all()) == {("blob", 16)}
+            uids = dict(connection.execute(select(ProbeRow.id, ProbeRow.uid)).all())
+        assert [uids[i] for i in ids] == [r.uid for r in old] and len(uids[new]) == 32
     finally:
         engine.dispose()

@@ -113,7 +113,7 @@ def test_nul_and_surrogates_inside_choices_and_headers_are_stored(engine: Engine
     probe_id = Recorder(engine).save(odd)
     [record] = probe_records(engine, [probe_id])
     assert record["choices"] == [{"index": 0, "finish_reason": "st\ufffdop",
-                                  "content": "a\ufffdb\ufffdc", "refusal": None}]
+                                  "content": "a\ufffdb\ufffdc"}]
     assert record["response_headers"]["x-odd"] == "v\ufffd\ufffd"
     assert record["raw_response"] == odd.raw_response.decode()  # the body stays as received
 

@@ -78,7 +78,7 @@ def test_plain_probe_captures_every_field(
     assert record["ratelimit_reset_requests_s"] == pytest.approx(limits.reset_requests_s)
     assert record["response_headers"] == result.response_headers
     assert record["choices"] == [
-        {"index": 0, "finish_reason": "stop", "content": "pong", "refusal": None}
+        {"index": 0, "finish_reason": "stop", "content": "pong"}
     ]
     assert record["request_payload"] == {
         "model": "gpt-4o",

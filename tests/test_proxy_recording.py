@@ -32,7 +32,7 @@ from monitor.render import render_html, render_table
 from monitor.render.dashboard import render_dashboard
 from monitor.render.metrics import exposition_registry, render_metrics
 from monitor.sim import SimClient, Simulator
-from monitor.store import codec, db, rollups
+from monitor.store import blobs, codec, db, rollups
 from monitor.store.models import (
     AlertRow,
     Base,
@@ -78,6 +78,17 @@ def stored(engine: Engine, count: int) -> list[ProbeRow]:
     return wait_until(read, f"{count} stored traffic probes")
 
 
+def body_of(engine: Engine, row: ProbeRow) -> bytes:
+    """A stored probe's raw body, decoded as every reader decodes it (store/blobs.py)."""
+    with engine.connect() as connection:
+        return blobs.body(connection, row, blobs.Dictionaries())
+
+
+def headers_of(engine: Engine, row: ProbeRow) -> dict[str, str]:
+    with engine.connect() as connection:
+        return blobs.headers(connection, row, blobs.Dictionaries())
+
+
 def test_calls_are_stored_like_probes_with_every_field(
         engine: Engine, sim_server: Simulator, sim: SimClient,
         make_recorder: MakeRecorder) -> None:
@@ -103,11 +114,13 @@ def test_calls_are_stored_like_probes_with_every_field(
     assert payloads == 4  # plain twice, stream, sim-500, and the empty GET
 
     assert plain.ok and again.ok and streamed.ok
+    # Compressed as a canary's: against the dictionary of the route/model's configuration.
+    assert bytes(plain.raw_response_zlib)[0] == bytes(again.raw_response_zlib)[0] == 2
     for row, exchange in zip(rows, exchanges):
         # The answer and its headers as the app received them.
-        assert codec.decompress(row.raw_response_zlib) == exchange.response_body
+        assert body_of(engine, row) == exchange.response_body
         # Its headers too, but those that carry credentials or sessions (redacted as a probe's).
-        headers = codec.decompress_headers(row.response_headers_zlib)
+        headers = headers_of(engine, row)
         assert headers == {name: "[redacted]" if is_sensitive(name) else value
                            for name, value in exchange.response_headers.items()}
         assert row.http_status == exchange.status
@@ -136,7 +149,7 @@ def test_calls_are_stored_like_probes_with_every_field(
     assert failed.error_detail.startswith("HTTP 500 Internal Server Error")
     # Other endpoints: stored raw, judged by their status only.
     assert models.ok and models.request_path == "/v1/models" and models.model is None
-    assert json.loads(codec.decompress(models.raw_response_zlib))["data"]
+    assert json.loads(body_of(engine, models))["data"]
 
 
 def test_no_credential_reaches_the_database(
@@ -160,6 +173,13 @@ def assert_nowhere_in(engine: Engine, secret: str) -> None:
     """`secret` (or all but its first three characters) in no column of any table."""
     seen = 0
     with engine.connect() as connection:
+        dictionaries = blobs.Dictionaries()
+        for probe_row in connection.execute(ProbeRow.__table__.select()):
+            # A probe's raw headers and body through its dictionary and columns.
+            for text in (json.dumps(blobs.headers(connection, probe_row, dictionaries)),
+                         blobs.body(connection, probe_row, dictionaries).decode(
+                             "utf-8", "replace")):
+                assert TEST_KEY not in text and TEST_KEY[3:] not in text
         for table in Base.metadata.sorted_tables:
             for row in connection.execute(table.select()):
                 for column, value in zip(table.columns, row):
@@ -202,7 +222,7 @@ def test_the_openai_sdk_through_the_proxy_is_stored_call_by_call(
         proxy.stop()
     first, second = stored(engine, 2)
     answer = plain.parse()
-    assert codec.decompress(first.raw_response_zlib) == plain.content
+    assert body_of(engine, first) == plain.content
     assert (first.ok, first.stream, first.http_status) == (True, False, 200)
     assert first.x_request_id == plain.headers["x-request-id"]
     assert first.model == answer.model and first.system_fingerprint == answer.system_fingerprint
@@ -213,7 +233,7 @@ def test_the_openai_sdk_through_the_proxy_is_stored_call_by_call(
     assert first.ratelimit_remaining_requests == int(
         plain.headers["x-ratelimit-remaining-requests"])
     assert first.choices[0]["content"] == answer.choices[0].message.content
-    assert codec.decompress(second.raw_response_zlib) == stream_bytes
+    assert body_of(engine, second) == stream_bytes
     assert (second.ok, second.stream, second.x_request_id) == (True, True, stream_request_id)
     assert second.completion_tokens and second.stream_chunks
     for row in (first, second):
@@ -225,8 +245,11 @@ def test_the_openai_sdk_through_the_proxy_is_stored_call_by_call(
 
 
 def unpacked(column: str, data: bytes) -> bytes:
-    """A blob's content: bodies and headers (store/codec.py), detector states (plain zlib)."""
+    """A blob's content: bodies and headers (store/codec.py; those against a dictionary are
+    decoded with their row above), detector states (plain zlib)."""
     if not column.endswith("_zlib") or not data:
+        return data
+    if codec.dictionary_id(data) is not None:
         return data
     try:
         return codec.decompress(data)
@@ -261,7 +284,7 @@ def test_headers_mode_stores_no_bodies_and_sampling_is_drawn_per_call(
     assert names == ["lean/gpt-4o", "some/gpt-4o", "some/gpt-4o"]
     lean = rows[0]
     assert lean.ok and lean.model and lean.system_fingerprint and lean.completion_tokens
-    assert codec.decompress(lean.raw_response_zlib) == b"" and lean.choices is None
+    assert body_of(engine, lean) == b"" and lean.choices is None
     assert lean_payload == {"model": "gpt-4o"}
     assert kept == ["call 0", "call 2"]
 
@@ -528,7 +551,7 @@ def test_failures_and_cut_bodies_are_recorded_with_their_flags(
     assert (unreachable.ok, unreachable.error_kind, unreachable.http_status) == (
         False, "connection_refused", None)
     assert cut.ok and cut.request_truncated and cut.response_truncated
-    assert codec.decompress(cut.raw_response_zlib) == sent[1].response_body
+    assert body_of(engine, cut) == sent[1].response_body
     assert len(sent[1].response_body) == 120
     assert (limited.error_kind, limited.http_status) == ("rate_limited", 429)
     assert (refused.error_kind, refused.http_status) == ("http_client_error", 400)
@@ -589,7 +612,7 @@ def test_upkeep_rolls_up_and_prunes_old_raw_bodies_without_a_daemon(
                              raw_retention_ms=24 * 3_600_000)
     recorder.submit(chat(route))
     [row] = stored(engine, 1)
-    assert codec.decompress(row.raw_response_zlib)
+    assert body_of(engine, row)
     recorder.maintain()
     with engine.connect() as connection:
         body = connection.execute(select(ProbeRow.raw_response_zlib)).scalar_one()

@@ -21,7 +21,7 @@ from monitor.domain import Target
 from monitor.probe import providers
 from monitor.replay.recorded import RecordedError, RecordedServer
 from monitor.sim import SimClient
-from monitor.store import codec
+from monitor.store import blobs
 from monitor.store.models import ProbeRow, RequestPayloadRow
 from tests.conftest import MakeSettings
 from tests.test_replay import store_probes, target
@@ -35,11 +35,13 @@ def stored(engine: Engine, probe_id: int) -> tuple[dict[str, Any], dict[str, str
     with engine.connect() as connection:
         row = connection.execute(
             select(RequestPayloadRow.payload, ProbeRow.response_headers_zlib,
-                   ProbeRow.raw_response_zlib)
+                   ProbeRow.raw_response_zlib, ProbeRow.x_request_id, ProbeRow.response_id,
+                   ProbeRow.response_created_at)
             .join(ProbeRow, ProbeRow.request_payload_id == RequestPayloadRow.id)
             .where(ProbeRow.id == probe_id)).one()
-    return (row.payload, codec.decompress_headers(row.response_headers_zlib),
-            codec.decompress(row.raw_response_zlib))
+        dictionaries = blobs.Dictionaries()
+        return (row.payload, blobs.headers(connection, row, dictionaries),
+                blobs.body(connection, row, dictionaries))
 
 
 def raw_exchange(url: str, path: str, body: bytes) -> tuple[str, list[tuple[str, str]], list[bytes]]:

@@ -24,7 +24,7 @@ from monitor.health import build_report
 from monitor.probe import providers
 from monitor.replay.send import replay_probe
 from monitor.sim import SimClient
-from monitor.store import codec, db, transfer
+from monitor.store import blobs, db, transfer
 from monitor.store.models import (
     CheckResultRow,
     ProbeRow,
@@ -81,17 +81,21 @@ def snapshot(engine: Engine) -> dict[str, dict[str, Any]]:
              .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
              .outerjoin(original, original.id == ProbeRow.replay_of))
     found = {}
+    dictionaries = blobs.Dictionaries()
     with Session(engine) as session:
         for row in session.execute(query):
             probe_row = row[0]
+            # The blobs' own bytes name a dictionary of their database: what must survive is
+            # what they decode to.
             record = {c.key: getattr(probe_row, c.key) for c in ProbeRow.__table__.columns
                       if c.key not in ("id", "target_id", "target_config_id",
-                                       "request_payload_id", "replay_of")}
+                                       "request_payload_id", "replay_of",
+                                       "response_headers_zlib", "raw_response_zlib")}
             record.update(target=row[1], target_created_at=row[2], config_hash=row[3],
                           config=row[4], config_first_seen_at=row[5], payload_sha256=row[6],
                           payload=row[7], replay_of_uid=row[8],
-                          body=codec.decompress(probe_row.raw_response_zlib),
-                          headers=codec.decompress_headers(probe_row.response_headers_zlib))
+                          body=blobs.body(session.connection(), probe_row, dictionaries),
+                          headers=blobs.headers(session.connection(), probe_row, dictionaries))
             found[probe_row.uid] = record
     return found
 
@@ -287,4 +291,22 @@ def test_a_check_that_cannot_be_stored_is_refused_with_its_line(
     record["checks"][0]["outcome"] = "maybe"
     lines[number - 1] = json.dumps(record)
     with pytest.raises(transfer.TransferError, match=f"f.jsonl:{number}: unreadable probe"):
+        transfer.import_lines(engine, lines, "f.jsonl")
+
+
+def test_a_probe_uid_that_is_not_a_uuid_is_refused_with_its_line(
+    sim: SimClient, make_settings: MakeSettings, engine: Engine
+) -> None:
+    """Probe uids are stored as the 16 bytes of their hex (models.HexUuid)."""
+    a_checked_history(sim, make_settings, engine)
+    out = io.StringIO()
+    transfer.export(engine, out)
+    lines = out.getvalue().splitlines()
+    number, probe_line = next((n, line) for n, line in enumerate(lines, start=1)
+                              if json.loads(line)["kind"] == "probe")
+    record = json.loads(probe_line)
+    record["uid"] = "probe-1"
+    lines[number - 1] = json.dumps(record)
+    with pytest.raises(transfer.TransferError,
+                       match=f"f.jsonl:{number}: probe uid 'probe-1': expected 32 hex digits"):
         transfer.import_lines(engine, lines, "f.jsonl")

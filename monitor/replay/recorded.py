@@ -33,7 +33,7 @@ from sqlalchemy import Engine, bindparam, select, true
 from monitor import httpd
 from monitor.errors import MonitorError
 from monitor.sim import responses
-from monitor.store import codec
+from monitor.store import blobs
 from monitor.store.models import ProbeRow, RequestPayloadRow
 from monitor.store.records import canonical_json, target_id_of
 
@@ -54,7 +54,9 @@ class RecordedError(MonitorError):
 _NEWEST = (
     select(ProbeRow.id, ProbeRow.http_status, ProbeRow.response_headers_zlib,
            ProbeRow.raw_response_zlib, ProbeRow.time_to_headers_ms,
-           ProbeRow.time_to_first_token_ms, ProbeRow.total_ms)
+           ProbeRow.time_to_first_token_ms, ProbeRow.total_ms,
+           # What the blobs were compressed with beside their dictionary (store/blobs.py).
+           ProbeRow.x_request_id, ProbeRow.response_id, ProbeRow.response_created_at)
     # The index (request_payload_id, ok, id) answers this without reading other rows.
     .where(ProbeRow.request_payload_id == select(RequestPayloadRow.id)
            .where(RequestPayloadRow.sha256 == bindparam("digest")).scalar_subquery(),
@@ -90,6 +92,7 @@ class Library:
                 raise RecordedError(f"no stored probes of target {target!r}")
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[float, Recording | None]] = OrderedDict()
+        self._dictionaries = blobs.Dictionaries()
 
     def find(self, payload: Any) -> tuple[str, Recording | None]:
         """The payload's sha256 and its newest successful recorded answer, if any."""
@@ -112,10 +115,10 @@ class Library:
         query = _NEWEST if self._target_id is None else _NEWEST_OF_TARGET
         with self.engine.connect() as connection:
             row = connection.execute(query, {"digest": digest, "target": self._target_id}).first()
-        if row is None:
-            return None
-        headers = codec.decompress_headers(row.response_headers_zlib)
-        body = codec.decompress(row.raw_response_zlib)
+            if row is None:
+                return None
+            headers = blobs.headers(connection, row, self._dictionaries)
+            body = blobs.body(connection, row, self._dictionaries)
         stream = "event-stream" in headers.get("content-type", "")
         return Recording(
             probe_id=row.id,

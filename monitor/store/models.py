@@ -21,8 +21,10 @@ schema.add_partial_indexes()
 
 CANARY = schema.CANARY
 TargetKind = schema.TargetKind
-# Migrations name the column type as monitor.store.models.UtcDateTime.
+# Migrations name the column types as monitor.store.models.UtcDateTime (and UtcSeconds).
 UtcDateTime = schema.UtcDateTime
+UtcSeconds = schema.UtcSeconds
+HexUuid = schema.HexUuid
 
 
 class Base(DeclarativeBase):
@@ -126,6 +128,17 @@ class ProbeRow(Base):
     proxy_added_ms: Mapped[float | None]
     request_truncated: Mapped[bool | None]
     response_truncated: Mapped[bool | None]
+
+
+class CodecDictionaryRow(Base):
+    """A row of codec_dictionaries."""
+
+    __table__ = schema.codec_dictionaries
+
+    id: Mapped[int]
+    target_config_id: Mapped[int]
+    created_at: Mapped[datetime]
+    dictionary: Mapped[bytes]
 
 
 class CheckResultRow(Base):

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Connection, Engine, Row, select
 
-from monitor.store import codec
+from monitor.store import blobs
 from monitor.store.schema import probes, request_payloads, targets
 
 # The fields `show` compares between a probe and the one before it, in the order it lists them.
@@ -110,11 +110,6 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def raw_response(row: Row[Any]) -> bytes:
-    """The body exactly as it was received."""
-    return codec.decompress(row.raw_response_zlib)
-
-
 def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
     """Stored probes as JSON-ready dicts: every column, the target name, the request payload and
     the raw body (text when it is UTF-8, else base64), in the order of `ids`."""
@@ -127,21 +122,23 @@ def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
         .join(request_payloads, request_payloads.c.id == probes.c.request_payload_id)
         .where(probes.c.id.in_(ids))
     )
+    dictionaries = blobs.Dictionaries()
     with engine.connect() as connection:
         found = {row.id: row for row in connection.execute(query)}
-        return [_record(found[i]) for i in ids if i in found]
+        return [_record(connection, dictionaries, found[i]) for i in ids if i in found]
 
 
-def _record(probe: Row[Any]) -> dict[str, Any]:
+def _record(connection: Connection, dictionaries: blobs.Dictionaries,
+            probe: Row[Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"id": probe.id, "target": probe.target_name}
     for column in probes.columns:
         if column.key in ("id", "raw_response_zlib", "response_headers_zlib"):
             continue
         value = getattr(probe, column.key)
         record[column.key] = value.isoformat() if isinstance(value, datetime) else value
-    record["response_headers"] = codec.decompress_headers(probe.response_headers_zlib)
+    record["response_headers"] = blobs.headers(connection, probe, dictionaries)
     record["request_payload"] = probe.request_payload
-    body = raw_response(probe)
+    body = blobs.body(connection, probe, dictionaries)
     try:
         record["raw_response"] = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import Choice, ProbeResult, RateLimits
-from monitor.store import check_results, codec
+from monitor.store import blobs, check_results, codec
 from monitor.store.db import upsert
 from monitor.store.probe_insert import ProbeInsert
 from monitor.store.schema import (
@@ -43,6 +43,7 @@ class Recorder:
         self._target_ids: dict[str, int] = {}
         self._config_ids: dict[tuple[str, str], int] = {}
         self._payload_ids: dict[str, int] = {}
+        self._encoders = blobs.Encoders()
         self._probe_insert: ProbeInsert | None = None
 
     def register(self, name: str, config_hash: str, config: dict[str, Any], *,
@@ -85,8 +86,9 @@ class Recorder:
                 connection, result.target_name, target_id, result.config_hash, config
             )
             payload_id = self._payload_id(connection, result.request_payload)
+            dictionary = self._encoders.for_result(connection, config_id, result)
             [probe_id] = self._statement().execute(
-                connection, [_probe_values(result, target_id, config_id, payload_id)])
+                connection, [_probe_values(result, target_id, config_id, payload_id, dictionary)])
             check_results.insert(connection, [(result, probe_id, target_id)])
             return probe_id
 
@@ -104,7 +106,9 @@ class Recorder:
                         connection, result.target_name, target_id, result.config_hash, config
                     )
                     payload_id = self._payload_id(connection, result.request_payload)
-                    rows.append(_probe_values(result, target_id, config_id, payload_id))
+                    dictionary = self._encoders.for_result(connection, config_id, result)
+                    rows.append(_probe_values(result, target_id, config_id, payload_id,
+                                              dictionary))
                 ids = self._statement().execute(connection, rows)
                 check_results.insert(connection, [(result, probe_id, row["target_id"])
                                                   for (result, _), probe_id, row
@@ -134,7 +138,8 @@ class Recorder:
                     connection, result.target_name, target_id, result.config_hash, None
                 )
                 payload_id = self._payload_id(connection, result.request_payload)
-                rows.append(_probe_values(result, target_id, config_id, payload_id))
+                dictionary = self._encoders.for_result(connection, config_id, result)
+                rows.append(_probe_values(result, target_id, config_id, payload_id, dictionary))
             connection.execute(
                 upsert(connection.dialect, probes).on_conflict_do_nothing(
                     index_elements=["uid"]), rows
@@ -161,6 +166,7 @@ class Recorder:
         self._target_ids.clear()
         self._config_ids.clear()
         self._payload_ids.clear()
+        self._encoders.forget()
 
     def _target_id(self, connection: Any, name: str, traffic: bool = False) -> int:
         """The target's id, created on first use: a canary, or with `traffic` a target of
@@ -231,10 +237,11 @@ def _get_or_create(
 
 
 def _probe_values(
-    result: ProbeResult, target_id: int, config_id: int, payload_id: int
+    result: ProbeResult, target_id: int, config_id: int, payload_id: int,
+    dictionary: codec.Dictionary | None = None,
 ) -> dict[str, Any]:
-    limits = result.rate_limits
-    usage = result.usage
+    """The probe's row, its raw bytes compressed against `dictionary` if any (blobs.encoded)."""
+    limits, usage = result.rate_limits, result.usage
     values: dict[str, Any] = {
         "uid": result.uid,
         "target_id": target_id,
@@ -266,8 +273,6 @@ def _probe_values(
         "choices": [_choice(choice) for choice in result.choices] if result.choices else None,
         "stream_chunks": result.stream_chunks,
         **vars(usage),
-        "response_headers_zlib": codec.compress_headers(_storable_headers(result.response_headers)),
-        "raw_response_zlib": codec.compress(result.raw_response),
         "raw_response_bytes": len(result.raw_response),
         "credential_hash": result.credential_hash,
         "request_path": result.request_path,
@@ -275,13 +280,15 @@ def _probe_values(
         "request_truncated": result.request_truncated,
         "response_truncated": result.response_truncated,
     }
-    return scrubbed(values)
+    # Compressed after scrubbing: decoding takes the context from the columns as stored.
+    return blobs.encoded(scrubbed(values), _storable_headers(result.response_headers),
+                         result.raw_response, dictionary)
 
 
 def _choice(choice: Choice) -> dict[str, Any]:
-    """A choice as stored (storable() rebuilds containers); `tool_calls` only when it made
-    some (most canaries never do)."""
-    stored = {key: value for key, value in vars(choice).items() if key != "tool_calls"}
+    """A choice as stored: `refusal`, `tool_calls` only when it has them (readers .get() them)."""
+    skip = ("tool_calls",) if choice.refusal is not None else ("tool_calls", "refusal")
+    stored = {key: value for key, value in vars(choice).items() if key not in skip}
     calls = {"tool_calls": [vars(call) for call in choice.tool_calls]} if choice.tool_calls else {}
     return {**stored, **calls}
 

@@ -1,9 +1,10 @@
 """Raw-probe retention: old probes keep every parsed column but lose their raw body and headers.
 
 `prune(engine, raw_older_than, now)` sets response_headers_zlib and raw_response_zlib of every
-probe started before the cutoff to the canonical empty encodings, which decode to `{}` and
-`b""` like any other blob, so `probe_records` (`monitor probe --json`) still reads a pruned
-probe: its raw_response is "" and raw_response_bytes still says how big the body was. Reports,
+probe started before the cutoff to the canonical empty encodings (3 and 1 bytes; 15 and 13
+before revision 0012), which decode to `{}` and `b""` like any other blob, so `probe_records`
+(`monitor probe --json`) still reads a pruned probe: its raw_response is "" and
+raw_response_bytes still says how big the body was. Reports,
 fingerprint history and detection read parsed columns and rollups only, and rollups are caught
 up first, so aggregates and first/last seen are kept forever.
 
@@ -22,7 +23,8 @@ Giving the space back differs by database:
   compactly. It blocks writers while it runs (the daemon spools meanwhile) and needs the
   file's size again in free disk, so it runs only once the bytes emptied since the last one
   reach a quarter of the file: the first prune of a long history, then rarely (the standard
-  canary's raw bytes are under a third of a probe, so a year's pruning stays just below).
+  canary's raw bytes are about a sixth of a probe since revision 0012, so a year's pruning
+  stays below).
 """
 
 from __future__ import annotations
@@ -42,12 +44,16 @@ BATCH = 2000
 # SQLite is vacuumed once the space emptied since the last VACUUM is this share of the file.
 VACUUM_FRACTION = 0.25
 
-EMPTY_HEADERS = codec.compress_headers({})
-EMPTY_BODY = codec.compress(b"")
+EMPTY_HEADERS = codec.stored(codec.headers_bytes({}))
+EMPTY_BODY = codec.stored(b"")
 _EMPTY_BYTES = len(EMPTY_HEADERS) + len(EMPTY_BODY)
+# What pruning wrote before revision 0012: still counts as pruned.
+_EMPTY_V1 = (codec.compress_headers({}), codec.compress(b""))
 _SIZE = func.length(ProbeRow.response_headers_zlib) + func.length(ProbeRow.raw_response_zlib)
-_UNPRUNED = ((ProbeRow.raw_response_zlib != EMPTY_BODY)
-             | (ProbeRow.response_headers_zlib != EMPTY_HEADERS))
+_UNPRUNED = (((ProbeRow.raw_response_zlib != EMPTY_BODY)
+              | (ProbeRow.response_headers_zlib != EMPTY_HEADERS))
+             & ((ProbeRow.raw_response_zlib != _EMPTY_V1[1])
+                | (ProbeRow.response_headers_zlib != _EMPTY_V1[0])))
 
 
 def prune(engine: Engine, raw_older_than: datetime, now: datetime,

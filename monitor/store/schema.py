@@ -82,6 +82,67 @@ class UtcDateTime(TypeDecorator[datetime]):
         return parse
 
 
+class UtcSeconds(UtcDateTime):
+    """UtcDateTime for a time in whole seconds that nothing compares in SQL: SQLite stores it as
+    the unix time, 4 bytes where the text takes 26 (text stored before still reads)."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        as_text = super().bind_processor(dialect)
+        if dialect.name != "sqlite" or as_text is None:
+            return as_text
+
+        def bind(value: datetime | None) -> Any:
+            if value is not None and value.tzinfo is not None and value.microsecond == 0:
+                return int(value.timestamp())
+            return as_text(value)
+
+        return bind
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def parse(value: int | str | None) -> datetime | None:
+            if value is None:
+                return None
+            if isinstance(value, int):
+                return datetime.fromtimestamp(value, UTC)
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+        return parse
+
+
+class HexUuid(TypeDecorator[str]):
+    """A uuid as 32 lower-case hex digits in Python, stored as its 16 bytes: PostgreSQL's uuid,
+    and on SQLite a blob (in a column declared VARCHAR(32), which SQLite does not enforce).
+    Half the bytes of the text, in the row and again in its unique index. (PostgreSQL's type
+    is imported when used, as for Json below.)"""
+
+    impl = String(32)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import UUID
+
+            return dialect.type_descriptor(UUID(as_uuid=False))
+        return dialect.type_descriptor(String(32))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if len(value) != 32 or value.strip("0123456789abcdef"):
+            raise ValueError(f"uid {value!r}: expected 32 lower-case hex digits")
+        return value if dialect.name == "postgresql" else bytes.fromhex(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return value.hex() if isinstance(value, bytes) else str(value).replace("-", "")
+
+
 class Json(TypeDecorator[Any]):
     """JSONB on PostgreSQL (smaller, indexable), plain JSON text elsewhere. A decorator rather
     than `JSON().with_variant(JSONB(), "postgresql")`: that needs the JSONB type object when
@@ -163,7 +224,8 @@ probes = Table(
     "probes", metadata,
     Column("id", Id, primary_key=True),
     # The probe's own id, fixed before it is stored: a spooled result replayed twice is one row.
-    Column("uid", String(32), unique=True, nullable=False),
+    # 32 hex digits, stored as 16 bytes (HexUuid).
+    Column("uid", HexUuid, unique=True, nullable=False),
     Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
     Column("target_config_id", ForeignKey("target_configs.id"), nullable=False),
     Column("request_payload_id", ForeignKey("request_payloads.id"), nullable=False),
@@ -196,7 +258,7 @@ probes = Table(
     Column("ratelimit_remaining_output_tokens", BigInteger),
     Column("ratelimit_reset_output_tokens_s", Float),
     Column("response_id", Text),
-    Column("response_created_at", UtcDateTime),
+    Column("response_created_at", UtcSeconds),
     Column("model", Text),
     Column("system_fingerprint", Text),
     Column("service_tier", Text),
@@ -214,9 +276,10 @@ probes = Table(
     Column("rejected_prediction_tokens", BigInteger),
     Column("cache_creation_input_tokens", BigInteger),  # Anthropic
     # The headers (already redacted) as JSON and the body exactly as received (SSE bytes for
-    # streams), each compressed by store/codec.py against a preset dictionary: together they
-    # are most of a probe's bytes, and they shrink ~4x. The parsed columns above are the ones
-    # to query.
+    # streams), each compressed by store/codec.py against its configuration's dictionary
+    # (codec_dictionaries) and this row's x_request_id, response_id and response_created_at:
+    # stored once, in those columns, so they are never rewritten (store/blobs.py). The parsed
+    # columns above are the ones to query.
     Column("response_headers_zlib", Blob, nullable=False),
     Column("raw_response_zlib", Blob, nullable=False),
     Column("raw_response_bytes", BigInteger, nullable=False),
@@ -248,6 +311,20 @@ probes = Table(
 # Rollups, reports, /metrics and detection read only these, so replaying changes no number.
 # (Recorded traffic is kept apart a level up: its probes belong to targets of kind 'traffic'.)
 CANARY = probes.c.replay_of.is_(None)
+
+# What a configuration's exchanges look like: the headers and body of one of its probes,
+# against which the raw bytes of its later probes are compressed (store/codec.py, format 2).
+# Never updated and never pruned: every blob naming it needs it.
+codec_dictionaries = Table(
+    "codec_dictionaries", metadata,
+    Column("id", Id, primary_key=True),
+    Column("target_config_id", ForeignKey("target_configs.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("dictionary", Blob, nullable=False),
+    # The recorder finds a configuration's newest dictionary once per process.
+    Index("ix_codec_dictionaries_target_config_id", "target_config_id"),
+)
 
 # One check's outcome on one canary probe (`CheckOutcome`, a one-line reason when it
 # failed). The probe's fingerprint and model are copied in, so pass rates per target, check,

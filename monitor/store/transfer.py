@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ from sqlalchemy.orm import aliased
 
 from monitor.domain import CheckOutcome, CheckResult
 from monitor.errors import MonitorError
-from monitor.store import check_results, codec
+from monitor.store import blobs, check_results
 from monitor.store.db import head_revision
 from monitor.store.models import (
     ProbeRow,
@@ -64,6 +65,7 @@ _PROBES: Table = ProbeRow.__table__
 _COLUMNS = [c for c in ProbeRow.__table__.columns if c.key not in _NOT_EXPORTED]
 _TIMES = {c.key for c in _COLUMNS if isinstance(c.type, UtcDateTime)}
 _REQUIRED = {c.key for c in _COLUMNS if not c.nullable}
+_UID = re.compile("[0-9a-f]{32}")  # a uuid4's hex, as probes get them (stored as 16 bytes)
 _REFERENCES = {"kind", "target", "config_hash", "request_sha256", "replay_of_uid",
                "response_headers", "raw_response", "raw_response_base64", "checks"}
 
@@ -121,6 +123,7 @@ def export(engine: Engine, out: IO[str], target: str | None = None,
     configs: dict[int, str] = {}  # config id -> hash
     payloads: set[int] = set()
     written = 0
+    dictionaries = blobs.Dictionaries()
     with engine.connect() as connection:
         rows = connection.execution_options(yield_per=BATCH).execute(query)
         for batch in rows.partitions():
@@ -128,8 +131,10 @@ def export(engine: Engine, out: IO[str], target: str | None = None,
             checks = check_results.of_probes(connection, [row.probe_id for row in batch])
             for row in batch:
                 _write_references(connection, out, row, targets, configs, payloads)
-                out.write(_line(_probe_record(row, configs[row.target_config_id],
-                                              checks.get(row.probe_id, ()))))
+                out.write(_line(_probe_record(
+                    row, configs[row.target_config_id], checks.get(row.probe_id, ()),
+                    blobs.headers(connection, row, dictionaries),
+                    blobs.body(connection, row, dictionaries))))
                 written += 1
     return written
 
@@ -162,16 +167,15 @@ def _write_config(connection: Connection, out: IO[str], target: str, config_id: 
     return str(config.config_hash)
 
 
-def _probe_record(row: Any, config_hash: str,
-                  checks: Iterable[CheckResult]) -> dict[str, Any]:
+def _probe_record(row: Any, config_hash: str, checks: Iterable[CheckResult],
+                  headers: dict[str, str], body: bytes) -> dict[str, Any]:
     record: dict[str, Any] = {"kind": "probe", "target": row.target_name,
                               "config_hash": config_hash, "request_sha256": row.request_sha256,
                               "replay_of_uid": row.replay_of_uid}
     for column in _COLUMNS:
         value = getattr(row, column.key)
         record[column.key] = _time(value) if column.key in _TIMES else value
-    record["response_headers"] = codec.decompress_headers(row.response_headers_zlib)
-    body = codec.decompress(row.raw_response_zlib)
+    record["response_headers"] = headers
     try:
         record["raw_response"] = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -215,6 +219,7 @@ class _Importer:
         self.targets: dict[str, int] = {}
         self.configs: dict[tuple[str, str], int] = {}
         self.payloads: dict[str, int] = {}
+        self.encoders = blobs.Encoders()
         self.rows: list[dict[str, Any]] = []
         self.checks: dict[str, list[dict[str, Any]]] = {}  # uid -> its check_results rows
         self.links: dict[str, str] = {}  # uid -> the original's uid
@@ -288,6 +293,8 @@ class _Importer:
         missing = sorted(_REQUIRED - set(record))
         if missing:
             raise self._fail(line, f"probe without {', '.join(missing)}")
+        if not isinstance(record["uid"], str) or not _UID.fullmatch(record["uid"]):
+            raise self._fail(line, f"probe uid {record['uid']!r}: expected 32 hex digits")
         name, config_hash = record["target"], record["config_hash"]
         target_id = self._target(connection, name, line)
         config_id = self.configs.get((name, config_hash))
@@ -315,10 +322,12 @@ class _Importer:
             body = base64.b64decode(record["raw_response_base64"], validate=True)
         else:
             body = record["raw_response"].encode("utf-8")
-        row.update(target_id=target_id, target_config_id=config_id, request_payload_id=payload_id,
-                   response_headers_zlib=codec.compress_headers(record["response_headers"]),
-                   raw_response_zlib=codec.compress(body))
-        return row
+        row.update(target_id=target_id, target_config_id=config_id, request_payload_id=payload_id)
+        # Compressed as Recorder stores them: against the configuration's dictionary in this
+        # database and the row's own columns.
+        headers = record["response_headers"]
+        return blobs.encoded(row, headers, body, self.encoders.dictionary(
+            connection, config_id, bool(row["ok"]), headers, body))
 
     def flush(self, connection: Connection) -> None:
         """Insert the pending probes (skipping stored uids), then link the new replays."""
