@@ -109,9 +109,13 @@ def main() -> None:
 
     engine = db.open_store(url)
     with engine.connect() as connection:
-        rows = connection.execute(
-            select(SlotRow.slot_at, ProbeRow.started_at, SlotRow.target_id)
-            .join(ProbeRow, ProbeRow.uid == SlotRow.probe_uid)).all()
+        # Joined here rather than in SQL: probes.uid is stored as 16 bytes (a uuid on
+        # PostgreSQL) and slots.probe_uid as its hex text.
+        started_at_of = dict(connection.execute(select(ProbeRow.uid, ProbeRow.started_at)).all())
+        rows = [(slot_at, started_at_of[uid], target_id) for slot_at, uid, target_id in
+                connection.execute(select(SlotRow.slot_at, SlotRow.probe_uid, SlotRow.target_id)
+                                   .where(SlotRow.probe_uid.is_not(None)))
+                if uid in started_at_of]
         slots = connection.execute(select(func.count(SlotRow.id))).scalar_one()
         probes = connection.execute(select(func.count(ProbeRow.id))).scalar_one()
         failed = connection.execute(
