@@ -159,7 +159,7 @@ OTEL_SHUTDOWN_FLUSH_S: Final = 5.0
 
 # --- the logging proxy (proxy/) ---------------------------------------------------------------
 
-# `monitor proxy --port`: next to the dashboard's 8787, so a team running both remembers both.
+# `monitor proxy --port`: clear of the dashboard's 8765 (`monitor serve`), so both can run.
 PROXY_PORT: Final = 8788
 # Reaching the upstream: a healthy API answers a TCP/TLS handshake in well under a second, and a
 # call that cannot connect in ten is better answered 502 than left hanging.
