@@ -8,6 +8,7 @@ import json
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -278,18 +279,27 @@ def test_an_export_from_before_checks_were_exported_imports_without_outcomes(
         other.dispose()
 
 
-def test_a_check_that_cannot_be_stored_is_refused_with_its_line(
-    sim: SimClient, make_settings: MakeSettings, engine: Engine
-) -> None:
-    a_checked_history(sim, make_settings, engine)
+def export_with_one_probe_changed(engine: Engine, change: Callable[[dict[str, Any]], object]
+                                  ) -> tuple[list[str], int]:
+    """The export's lines with `change` made to its first probe record, and that line's
+    number (from 1)."""
     out = io.StringIO()
     transfer.export(engine, out)
     lines = out.getvalue().splitlines()
     number, probe_line = next((n, line) for n, line in enumerate(lines, start=1)
                               if json.loads(line)["kind"] == "probe")
     record = json.loads(probe_line)
-    record["checks"][0]["outcome"] = "maybe"
+    change(record)
     lines[number - 1] = json.dumps(record)
+    return lines, number
+
+
+def test_a_check_that_cannot_be_stored_is_refused_with_its_line(
+    sim: SimClient, make_settings: MakeSettings, engine: Engine
+) -> None:
+    a_checked_history(sim, make_settings, engine)
+    lines, number = export_with_one_probe_changed(
+        engine, lambda record: record["checks"][0].update(outcome="maybe"))
     with pytest.raises(transfer.TransferError, match=f"f.jsonl:{number}: unreadable probe"):
         transfer.import_lines(engine, lines, "f.jsonl")
 
@@ -299,14 +309,8 @@ def test_a_probe_uid_that_is_not_a_uuid_is_refused_with_its_line(
 ) -> None:
     """Probe uids are stored as the 16 bytes of their hex (models.HexUuid)."""
     a_checked_history(sim, make_settings, engine)
-    out = io.StringIO()
-    transfer.export(engine, out)
-    lines = out.getvalue().splitlines()
-    number, probe_line = next((n, line) for n, line in enumerate(lines, start=1)
-                              if json.loads(line)["kind"] == "probe")
-    record = json.loads(probe_line)
-    record["uid"] = "probe-1"
-    lines[number - 1] = json.dumps(record)
+    lines, number = export_with_one_probe_changed(
+        engine, lambda record: record.update(uid="probe-1"))
     with pytest.raises(transfer.TransferError,
                        match=f"f.jsonl:{number}: probe uid 'probe-1': expected 32 hex digits"):
         transfer.import_lines(engine, lines, "f.jsonl")
