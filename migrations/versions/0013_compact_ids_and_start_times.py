@@ -1,4 +1,5 @@
-"""compact probes: upstream ids packed, start times as integer microseconds on SQLite
+"""compact probes: upstream ids packed, start times as integer microseconds on SQLite, and
+the recorded-answer index on successful probes only
 
 Every probe's request id (OpenAI's `req_` and 32 hex digits) and response id (`chatcmpl-` and
 29 alphanumerics) are stored as a shape byte and their digits packed as a number
@@ -11,7 +12,11 @@ On SQLite, probes.started_at becomes integer microseconds since 1970 (schema.Utc
 bytes instead of 26, in the row and in ix_probes_target_id_started_at. Every row is converted
 (one UPDATE): a range mixing text and integers would compare wrongly.
 
-Downgrading turns both back into the text the code before reads.
+The index of probes by (request_payload_id, ok, id) becomes a partial index of the successful
+ones by (request_payload_id, id), the only ones its reader (`monitor sim --recorded`) looks for.
+
+Downgrading turns the ids and times back into the text the code before reads and restores the
+index.
 
 Revision ID: 0013
 Revises: 0012
@@ -38,6 +43,10 @@ COLUMNS = ('x_request_id', 'response_id')
 
 def upgrade() -> None:
     connection = op.get_bind()
+    op.drop_index('ix_probes_request_payload_id_ok_id', table_name='probes')
+    op.create_index('ix_probes_ok_request_payload_id_id', 'probes', ['request_payload_id', 'id'],
+                    unique=False, sqlite_where=sa.text('ok = 1'),
+                    postgresql_where=sa.text('ok'))
     if connection.dialect.name == 'postgresql':
         for name in COLUMNS:
             # Valid in the new form at once (tag 0, verbatim), then packed below.
@@ -59,6 +68,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     connection = op.get_bind()
+    op.drop_index('ix_probes_ok_request_payload_id_id', table_name='probes',
+                  sqlite_where=sa.text('ok = 1'), postgresql_where=sa.text('ok'))
+    op.create_index('ix_probes_request_payload_id_ok_id', 'probes',
+                    ['request_payload_id', 'ok', 'id'], unique=False)
     if connection.dialect.name == 'postgresql':
         for name in COLUMNS:
             connection.exec_driver_sql(

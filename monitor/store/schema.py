@@ -375,10 +375,7 @@ probes = Table(
     # Live detection reads a target's probes stored after the last one it folded: without
     # this, PostgreSQL's generic plan for `id > $1` sorts the target's whole history.
     Index("ix_probes_target_id_id", "target_id", "id"),
-    # Two partial indexes of replays: add_partial_indexes() below.
-    # `monitor sim --recorded` looks up the newest successful answer to one request payload:
-    # an index seek by payload, then backwards by id, instead of a scan of every probe.
-    Index("ix_probes_request_payload_id_ok_id", "request_payload_id", "ok", "id"),
+    # Two partial indexes of replays and one of successful probes: add_partial_indexes().
 )
 
 # The canary's own probes: everything but replays, which re-send an old request on demand.
@@ -711,6 +708,13 @@ def add_partial_indexes() -> None:
     # SQLite to answer `replay_of IS NULL` (every canary read) through it.
     Index("ix_probes_replay_of", probes.c.replay_of,
           sqlite_where=replays, postgresql_where=replays)
+    # `monitor sim --recorded` looks up the newest successful answer to one request payload:
+    # an index seek by payload, then backwards by id, instead of a scan of every probe. Only
+    # successful probes, so without `ok` in each entry (12 bytes less a probe on PostgreSQL).
+    # Each database's predicate is the form its planner matches to the query's
+    # `ok = true()`: SQLite compares the terms as written, PostgreSQL simplifies `ok = true`.
+    Index("ix_probes_ok_request_payload_id_id", probes.c.request_payload_id, probes.c.id,
+          sqlite_where=text("ok = 1"), postgresql_where=text("ok"))
     # Reports, `monitor status` and /metrics count skipped slots per target and kind over a
     # range: a partial index holds those few rows only, not the probed ones (one a probe).
     skipped = text("state = 'skipped'")
