@@ -24,40 +24,39 @@ HEX = "0123456789abcdef"
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VERBATIM = 0
 _UUID = 1
+_VERBATIM_TAG = bytes((_VERBATIM,))
+_UUID_TAG = bytes((_UUID,))
 _MAX_DIGITS = 255
 # Longest first: every prefix but "" ends in "_" or "-", which no digit is, so the longest
 # that matches is the only one that can.
 _BY_LENGTH = sorted(enumerate(PREFIXES), key=lambda item: -len(item[1]))
-_HEX_SET = frozenset(HEX)
-_BASE62_SET = frozenset(BASE62)
 # A base62 digit's value is its index, as a base64 character's is: binascii packs and unpacks
 # six bits a digit in C.
 _BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_TO_BASE64 = str.maketrans(BASE62, _BASE64)
-_FROM_BASE64 = str.maketrans(_BASE64, BASE62)
+_TO_BASE64 = bytes.maketrans(BASE62.encode(), _BASE64.encode())
+_FROM_BASE64 = bytes.maketrans(_BASE64.encode(), BASE62.encode())
 
 
 def encode(text: str) -> bytes:
     """The stored bytes of `text`: its shape's when one fits and is shorter, else verbatim."""
     if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
         digits = text.replace("-", "")
-        if len(digits) == 32 and _HEX_SET.issuperset(digits):
-            return bytes((_UUID,)) + bytes.fromhex(digits)
+        if len(digits) == 32 and not digits.strip(HEX):
+            return _UUID_TAG + bytes.fromhex(digits)
     for index, prefix in _BY_LENGTH:
         if text.startswith(prefix):
             break
     digits = text[len(prefix):]
-    packed = None
-    if 0 < len(digits) <= _MAX_DIGITS:
-        if _HEX_SET.issuperset(digits):
-            packed = 2 + 2 * index, int(digits, 16).to_bytes((len(digits) + 1) // 2)
-        elif _BASE62_SET.issuperset(digits):
-            packed = 3 + 2 * index, _pack_base62(digits)
-    verbatim = bytes((_VERBATIM,)) + text.encode()
-    if packed is None or len(packed[1]) + 2 >= len(verbatim):
-        return verbatim
-    tag, number = packed
-    return bytes((tag, len(digits))) + number
+    count = len(digits)
+    # ASCII letters and digits only, so the text is ASCII: its UTF-8 is len(text) bytes.
+    if 0 < count <= _MAX_DIGITS and digits.isascii() and digits.isalnum():
+        if digits.strip(HEX):
+            tag, number = 3 + 2 * index, _pack_base62(digits)
+        else:
+            tag, number = 2 + 2 * index, int(digits, 16).to_bytes((count + 1) // 2)
+        if 2 + len(number) < 1 + len(text):
+            return bytes((tag, count)) + number
+    return _VERBATIM_TAG + text.encode()
 
 
 def decode(stored: bytes) -> str:
@@ -79,16 +78,16 @@ def decode(stored: bytes) -> str:
 def _pack_base62(digits: str) -> bytes:
     """Six bits a digit, first digit first, in the fewest whole bytes (the last padded with
     zero bits)."""
-    padded = digits.translate(_TO_BASE64) + "A" * (-len(digits) % 4)
+    padded = digits.encode().translate(_TO_BASE64) + b"A" * (-len(digits) % 4)
     return binascii.a2b_base64(padded)[:(6 * len(digits) + 7) // 8]
 
 
 def _unpack_base62(number: bytes, count: int) -> str:
     if len(number) != (6 * count + 7) // 8:
         raise ValueError(f"upstream id: {len(number)} bytes for {count} base62 digits")
-    text = binascii.b2a_base64(number + bytes(-len(number) % 3), newline=False).decode()
-    digits = text[:count].translate(_FROM_BASE64)
-    if text[count:].strip("A") or not _BASE62_SET.issuperset(digits):
+    text = binascii.b2a_base64(number + bytes(-len(number) % 3), newline=False)
+    digits = text[:count].translate(_FROM_BASE64).decode()
+    if text[count:].strip(b"A") or not digits.isalnum():
         raise ValueError("upstream id: bits that are no base62 digits")
     return digits
 
