@@ -1,9 +1,9 @@
 """Upstream ids (a response's `x-request-id`, a completion's `id`) as the bytes probes store.
 
 Every probe carries two ids that are unique by design, so no dictionary shrinks them: 36 and
-38 bytes of text for OpenAI's `req_` and 32 hex digits, `chatcmpl-` and 29 alphanumerics. Packed
-as numbers, their digits take half (hex) to three quarters (base62) of that. The first byte names the shape;
-shapes are append-only (history decodes with the table it was written with):
+38 bytes of text for OpenAI's `req_` and 32 hex digits, `chatcmpl-` and 29 alphanumerics.
+Packed, their digits take half (hex) to three quarters (base62) of that. The first byte names
+the shape; shapes are append-only (history decodes with the table it was written with):
 
 - 0: anything else, as UTF-8.
 - 1: a lower-case dashed uuid (Azure's request ids), its 16 bytes.
