@@ -48,11 +48,11 @@ def upgrade() -> None:
                     unique=False, sqlite_where=sa.text('ok = 1'),
                     postgresql_where=sa.text('ok'))
     if connection.dialect.name == 'postgresql':
-        for name in COLUMNS:
-            # Valid in the new form at once (tag 0, verbatim), then packed below.
-            connection.exec_driver_sql(
-                f"ALTER TABLE probes ALTER COLUMN {name} TYPE bytea "
-                f"USING '\\x00'::bytea || convert_to({name}, 'UTF8')")
+        # One statement, so the table is rewritten once. Valid in the new form at once (tag 0,
+        # verbatim), then packed below.
+        connection.exec_driver_sql("ALTER TABLE probes " + ", ".join(
+            f"ALTER COLUMN {name} TYPE bytea USING '\\x00'::bytea || convert_to({name}, 'UTF8')"
+            for name in COLUMNS))
         _rewrite(connection, lambda value: upstream_ids.encode(upstream_ids.decode(value)))
     else:
         _rewrite(connection, lambda value: value if isinstance(value, bytes)
@@ -73,9 +73,8 @@ def downgrade() -> None:
     op.create_index('ix_probes_request_payload_id_ok_id', 'probes',
                     ['request_payload_id', 'ok', 'id'], unique=False)
     if connection.dialect.name == 'postgresql':
-        for name in COLUMNS:
-            connection.exec_driver_sql(
-                f"ALTER TABLE probes ALTER COLUMN {name} TYPE text USING encode({name}, 'hex')")
+        connection.exec_driver_sql("ALTER TABLE probes " + ", ".join(
+            f"ALTER COLUMN {name} TYPE text USING encode({name}, 'hex')" for name in COLUMNS))
         _rewrite(connection, lambda value: upstream_ids.decode(bytes.fromhex(value)))
     else:
         _rewrite(connection, lambda value: value if isinstance(value, str)
