@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -19,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     insert,
     inspect,
     select,
@@ -26,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
+from sqlalchemy.types import TypeEngine
 
 from monitor.domain import ProbeResult
 from monitor.errors import SchemaNotAtHead
@@ -40,12 +44,16 @@ from tests.test_codec import varied
 def save_then(engine: Engine, result: ProbeResult) -> int:
     """Store a probe as the code of the database's revision did: only the columns its probes
     table has (today's Recorder writes columns added since), the uid and times as text (as
-    before 0012)."""
+    before 0012), the upstream ids and start times as text (as before 0013)."""
     recorder = Recorder(engine)
     columns = {column["name"] for column in inspect(engine).get_columns("probes")}
-    before_0012 = {"uid": String(32), "response_created_at": UtcDateTime()}
+    revision = db.current_revision(engine) or ""
+    as_before: dict[str, TypeEngine[Any]] = {"x_request_id": Text(), "response_id": Text(),
+                                             "started_at": UtcDateTime()}
+    if revision < "0012":
+        as_before.update(uid=String(32), response_created_at=UtcDateTime())
     probes = Table("probes", MetaData(), *[
-        Column(c.name, before_0012.get(c.name, c.type), primary_key=c.primary_key)
+        Column(c.name, as_before.get(c.name, c.type), primary_key=c.primary_key)
         for c in ProbeRow.__table__.columns if c.name in columns])
     with engine.begin() as connection:
         target = recorder._target_id(connection, result.target_name)
@@ -309,5 +317,78 @@ def test_0012_stores_uids_in_16_bytes_and_still_finds_the_old_ones(empty_url: st
                 assert set(kinds.all()) == {("blob", 16)}
             uids = dict(connection.execute(select(ProbeRow.id, ProbeRow.uid)).all())
         assert [uids[i] for i in ids] == [r.uid for r in old] and len(uids[new]) == 32
+    finally:
+        engine.dispose()
+
+
+def test_0013_packs_upstream_ids_and_reads_them_back_as_they_were(empty_url: str) -> None:
+    """Ids stored as text before 0013 are packed on upgrade (an equality lookup finds them) and
+    are text again after a downgrade, each exactly the string it was."""
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0012")
+    engine = db.create(empty_url)
+    try:
+        ids = [("req_" + uuid.uuid4().hex, "chatcmpl-AbCdEfGhIjKlMnOpQrStUvWxYz012"),
+               (str(uuid.uuid4()), "msg_01XFDUDYJgAACzvnptvVoYEL"),
+               ("r" * 250, None), (None, "chatcmpl-\u00e9t\u00e9")]
+        old = [save_then(engine, replace(result(), x_request_id=x, response_id=r))
+               for x, r in ids]
+        db.upgrade(empty_url)
+        new = Recorder(engine).save(replace(result(), x_request_id=ids[0][0],
+                                            response_id=ids[0][1]))
+        columns = select(ProbeRow.x_request_id, ProbeRow.response_id)
+        with engine.connect() as connection:
+            assert [tuple(connection.execute(columns.where(ProbeRow.id == i)).one())
+                    for i in old + [new]] == ids + ids[:1]
+            found = connection.execute(select(ProbeRow.id).where(
+                ProbeRow.x_request_id == ids[0][0])).scalars().all()
+            assert sorted(found) == [old[0], new]
+            stored = sa_table("probes", sa_column("id"), sa_column("x_request_id"))
+            assert len(connection.execute(select(stored.c.x_request_id).where(
+                stored.c.id == old[0])).scalar_one()) == 18
+        command.downgrade(db.alembic_config(empty_url), "0012")
+        text_columns = sa_table("probes", sa_column("id"), sa_column("x_request_id", Text()),
+                                sa_column("response_id", Text()))
+        with engine.connect() as connection:
+            assert [tuple(row) for row in connection.execute(
+                select(text_columns.c.x_request_id, text_columns.c.response_id)
+                .order_by(text_columns.c.id))] == ids + ids[:1]
+        db.upgrade(empty_url)
+    finally:
+        engine.dispose()
+
+
+def test_0013_stores_start_times_as_microseconds_on_sqlite(empty_url: str) -> None:
+    """Start times stored as text before 0013 read back the same after it, sort and select
+    with the new ones, and are the same text again after a downgrade."""
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0012")
+    engine = db.create(empty_url)
+    base = datetime(2026, 11, 26, 1, 2, 3, 456789, tzinfo=UTC)
+    times = [base, base.replace(microsecond=0), base.replace(year=1969, microsecond=1),
+             base.replace(microsecond=999999)]
+    try:
+        old = [save_then(engine, replace(result(), started_at=t)) for t in times[:3]]
+        stored = sa_table("probes", sa_column("id"), sa_column("started_at"))
+        with engine.connect() as connection:
+            before = connection.execute(select(stored.c.started_at).order_by(stored.c.id)).all()
+        db.upgrade(empty_url)
+        new = Recorder(engine).save(replace(result(), started_at=times[3]))
+        with engine.connect() as connection:
+            assert connection.execute(select(ProbeRow.started_at).order_by(
+                ProbeRow.id)).scalars().all() == times
+            assert connection.execute(select(ProbeRow.id).where(
+                ProbeRow.started_at >= base).order_by(ProbeRow.started_at)).scalars().all() == [
+                    old[0], new]
+            if engine.dialect.name == "sqlite":
+                kinds = connection.exec_driver_sql("SELECT DISTINCT typeof(started_at) FROM probes")
+                assert kinds.scalars().all() == ["integer"]
+        command.downgrade(db.alembic_config(empty_url), "0012")
+        with engine.connect() as connection:
+            after = connection.execute(select(stored.c.started_at).order_by(stored.c.id)).all()
+        assert after[:3] == before
+        db.upgrade(empty_url)
     finally:
         engine.dispose()

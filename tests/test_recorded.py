@@ -220,3 +220,22 @@ def test_the_command_prints_where_it_listens_first_and_stops_on_sigterm(
         printed, errors = out.close(), err.close()
     assert code == 0, errors
     assert printed == first + "stopped\n"
+
+
+@pytest.mark.parametrize("of_target", [False, True], ids=["any-target", "one-target"])
+def test_the_newest_answer_is_found_through_the_index_of_successful_probes(
+        engine: Engine, of_target: bool) -> None:
+    """The lookup's `ok = true()` matches the partial index's predicate on both databases (each
+    planner proves it its own way), so the index is usable; PostgreSQL is kept off a sequential
+    scan, which a small table would otherwise get."""
+    from monitor.replay.recorded import _NEWEST, _NEWEST_OF_TARGET
+
+    query = (_NEWEST_OF_TARGET if of_target else _NEWEST).params(digest="0" * 64, target=1)
+    sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+        else:
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = connection.exec_driver_sql(f"EXPLAIN {sql}").all()
+    assert "ix_probes_ok_request_payload_id_id" in " ".join(str(row[-1]) for row in plan)

@@ -347,14 +347,18 @@ def test_alerts_open_in_the_range_and_open_now(engine: Engine) -> None:
 def test_a_points_time_reads_as_isoformat_in_utc_on_both_databases(engine: Engine) -> None:
     """read_points has the database write each time; it must be exactly what
     datetime.isoformat() gives, with and without microseconds."""
-    moments = [START + timedelta(minutes=1), START + timedelta(minutes=2, microseconds=123456),
-               START + timedelta(minutes=3, microseconds=1), START + timedelta(days=400)]
-    results = [replace(r, started_at=at) for r, at in zip(varied_history(4), moments,
+    # SQLite stores integer microseconds (UtcMicros): before 1970 they are negative.
+    early = datetime(1969, 12, 31, 23, 59, 59, 250000, tzinfo=UTC)
+    moments = [early, START + timedelta(minutes=1),
+               START + timedelta(minutes=2, microseconds=123456),
+               START + timedelta(minutes=3, microseconds=1),
+               START + timedelta(minutes=4, microseconds=999999), START + timedelta(days=400)]
+    results = [replace(r, started_at=at) for r, at in zip(varied_history(6), moments,
                                                          strict=True)]
     store(engine, results)
     with engine.connect() as connection:
         target_id = connection.execute(select(TargetRow.id)).scalar_one()
-        points = timeline.read_points(connection, START, START + timedelta(days=401), target_id)
+        points = timeline.read_points(connection, early, START + timedelta(days=401), target_id)
     assert points["t"] == [at.isoformat() for at in moments]
     assert points["ok"] == [r.ok for r in results]
     assert all(type(ok) is bool for ok in points["ok"])

@@ -57,7 +57,8 @@ _NEWEST = (
            ProbeRow.time_to_first_token_ms, ProbeRow.total_ms,
            # What the blobs were compressed with beside their dictionary (store/blobs.py).
            ProbeRow.x_request_id, ProbeRow.response_id, ProbeRow.response_created_at)
-    # The index (request_payload_id, ok, id) answers this without reading other rows.
+    # The index of successful probes by (request_payload_id, id) answers this without
+    # reading other rows (its predicate matches `ok = true()` on both databases).
     .where(ProbeRow.request_payload_id == select(RequestPayloadRow.id)
            .where(RequestPayloadRow.sha256 == bindparam("digest")).scalar_subquery(),
            ProbeRow.ok == true())

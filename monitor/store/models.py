@@ -21,10 +21,12 @@ schema.add_partial_indexes()
 
 CANARY = schema.CANARY
 TargetKind = schema.TargetKind
-# Migrations name the column types as monitor.store.models.UtcDateTime (and UtcSeconds).
+# Migrations name the column types as monitor.store.models.UtcDateTime (and the others below).
 UtcDateTime = schema.UtcDateTime
 UtcSeconds = schema.UtcSeconds
+UtcMicros = schema.UtcMicros
 HexUuid = schema.HexUuid
+UpstreamId = schema.UpstreamId
 
 
 class Base(DeclarativeBase):

@@ -11,7 +11,7 @@ Units are in column names (`total_ms`, `reset_requests_s`); every timestamp is a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +36,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.types import TypeEngine
+
+from monitor.store import upstream_ids
 
 # Named constraints from the first revision, so later migrations (and SQLite batch mode, which
 # recreates tables) can refer to them by name.
@@ -114,6 +116,47 @@ class UtcSeconds(UtcDateTime):
         return parse
 
 
+class UtcMicros(UtcDateTime):
+    """UtcDateTime that SQLite stores as integer microseconds since 1970 (8 bytes where the
+    text takes 26, in the row and again in every index on it), for probes.started_at, which
+    every read of a time range compares and sorts: integers compare as the times do. Every
+    SQL expression on such a column must expect the integer there (timeline.iso_utc does);
+    revision 0013 converted the text stored before. PostgreSQL keeps timestamptz."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        return _micros
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        return _from_micros
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: monitor stores aware UTC only")
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(value: int | str | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return _EPOCH + timedelta(microseconds=value)
+    # Text as UtcDateTime stored it: a database read before revision 0013 converted it.
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
 class HexUuid(TypeDecorator[str]):
     """A uuid as 32 lower-case hex digits in Python, stored as its 16 bytes: PostgreSQL's uuid,
     and on SQLite a blob (in a column declared VARCHAR(32), which SQLite does not enforce).
@@ -141,6 +184,37 @@ class HexUuid(TypeDecorator[str]):
         if value is None:
             return None
         return value.hex() if isinstance(value, bytes) else str(value).replace("-", "")
+
+
+class UpstreamId(TypeDecorator[str]):
+    """An upstream's id (x-request-id, a response's id) as text in Python, stored in the bytes
+    of store/upstream_ids.py: about half the text for the shapes OpenAI, Anthropic and Azure
+    use. PostgreSQL's bytea; on SQLite a blob in the TEXT column (SQLite does not enforce it),
+    as HexUuid does. An equality lookup binds the same bytes; nothing searches these by prefix."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import BYTEA
+
+            return dialect.type_descriptor(BYTEA())
+        return dialect.type_descriptor(Text())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return _encode_upstream_id
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        return _decode_upstream_id
+
+
+def _encode_upstream_id(value: str | None) -> bytes | None:
+    return None if value is None else upstream_ids.encode(value)
+
+
+def _decode_upstream_id(value: bytes | None) -> str | None:
+    return None if value is None else upstream_ids.decode(bytes(value))
 
 
 class Json(TypeDecorator[Any]):
@@ -229,7 +303,7 @@ probes = Table(
     Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
     Column("target_config_id", ForeignKey("target_configs.id"), nullable=False),
     Column("request_payload_id", ForeignKey("request_payloads.id"), nullable=False),
-    Column("started_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcMicros, nullable=False),
     Column("stream", Boolean, nullable=False),
     Column("ok", Boolean, nullable=False),
     Column("error_kind", String(40)),
@@ -242,7 +316,7 @@ probes = Table(
     Column("openai_processing_ms", Float),
     Column("openai_version", Text),
     Column("openai_organization", Text),
-    Column("x_request_id", Text),
+    Column("x_request_id", UpstreamId),
     Column("retry_after_s", Float),
     Column("ratelimit_limit_requests", BigInteger),
     Column("ratelimit_limit_tokens", BigInteger),
@@ -257,7 +331,7 @@ probes = Table(
     Column("ratelimit_limit_output_tokens", BigInteger),
     Column("ratelimit_remaining_output_tokens", BigInteger),
     Column("ratelimit_reset_output_tokens_s", Float),
-    Column("response_id", Text),
+    Column("response_id", UpstreamId),
     Column("response_created_at", UtcSeconds),
     Column("model", Text),
     Column("system_fingerprint", Text),
@@ -301,10 +375,7 @@ probes = Table(
     # Live detection reads a target's probes stored after the last one it folded: without
     # this, PostgreSQL's generic plan for `id > $1` sorts the target's whole history.
     Index("ix_probes_target_id_id", "target_id", "id"),
-    # Two partial indexes of replays: add_partial_indexes() below.
-    # `monitor sim --recorded` looks up the newest successful answer to one request payload:
-    # an index seek by payload, then backwards by id, instead of a scan of every probe.
-    Index("ix_probes_request_payload_id_ok_id", "request_payload_id", "ok", "id"),
+    # Two partial indexes of replays and one of successful probes: add_partial_indexes().
 )
 
 # The canary's own probes: everything but replays, which re-send an old request on demand.
@@ -637,6 +708,13 @@ def add_partial_indexes() -> None:
     # SQLite to answer `replay_of IS NULL` (every canary read) through it.
     Index("ix_probes_replay_of", probes.c.replay_of,
           sqlite_where=replays, postgresql_where=replays)
+    # `monitor sim --recorded` looks up the newest successful answer to one request payload:
+    # an index seek by payload, then backwards by id, instead of a scan of every probe. Only
+    # successful probes, so without `ok` in each entry (12 bytes less a probe on PostgreSQL).
+    # Each database's predicate is the form its planner matches to the query's
+    # `ok = true()`: SQLite compares the terms as written, PostgreSQL simplifies `ok = true`.
+    Index("ix_probes_ok_request_payload_id_id", probes.c.request_payload_id, probes.c.id,
+          sqlite_where=text("ok = 1"), postgresql_where=text("ok"))
     # Reports, `monitor status` and /metrics count skipped slots per target and kind over a
     # range: a partial index holds those few rows only, not the probed ones (one a probe).
     skipped = text("state = 'skipped'")

@@ -32,11 +32,11 @@ from monitor.store.models import CANARY, HourlyRollupRow, ProbeRow
 
 
 class iso_utc(FunctionElement[str]):
-    """A UTC time column as `datetime.isoformat()` writes it ("2026-11-26T12:00:04.120331+00:00",
-    no fraction when it is zero), made by the database: a point's time is only ever shown as
-    text, and parsing 28,800 of them into datetimes to format them back was a third of the cost
-    of a day of points. SQLite rewrites the text UtcDateTime stored
-    ("YYYY-MM-DD HH:MM:SS.ffffff"); PostgreSQL formats it."""
+    """A UtcMicros column (probes.started_at) as `datetime.isoformat()` writes it
+    ("2026-11-26T12:00:04.120331+00:00", no fraction when it is zero), made by the database: a
+    point's time is only ever shown as text, and parsing 28,800 of them into datetimes to
+    format them back was a third of the cost of a day of points. SQLite formats the integer
+    microseconds UtcMicros stores; PostgreSQL the timestamptz."""
 
     type = String()
     name = "iso_utc"
@@ -44,9 +44,14 @@ class iso_utc(FunctionElement[str]):
 
 
 @compiles(iso_utc)
-def _rewritten_text(element: iso_utc, compiler: Any, **kw: Any) -> str:
+def _formatted_micros(element: iso_utc, compiler: Any, **kw: Any) -> str:
     column = compiler.process(element.clauses, **kw)
-    return f"replace(replace({column}, ' ', 'T') || '+00:00', '.000000+', '+')"
+    # SQLite's % and / truncate towards zero: the fraction is taken modulo, so that a time
+    # before 1970 splits as Python's floor division would.
+    fraction = f"(({column} % 1000000 + 1000000) % 1000000)"
+    return (f"strftime('%Y-%m-%dT%H:%M:%S', ({column} - {fraction}) / 1000000, 'unixepoch') || "
+            f"CASE WHEN {fraction} = 0 THEN '+00:00' "
+            f"ELSE printf('.%06d+00:00', {fraction}) END")
 
 
 @compiles(iso_utc, "postgresql")
