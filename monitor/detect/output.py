@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
+from monitor.detect.columns import Columns
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 # A few variants seen while learning are tolerated (a seed is best effort); more would mean
@@ -86,6 +87,34 @@ class OutputDetector(Detector):
                     baseline.variants.setdefault(identity, value)
             else:
                 events += self._compare(key, label, identity, value, obs)
+        return events
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        # The raw (request, content, finish_reason, prompt_tokens) of answers that step would
+        # find on every baseline with nothing open and nothing to learn: they change nothing
+        # (no digest worked out again for the same text every minute).
+        steady: set[tuple[str, str | None, str | None, int | None]] = set()
+        for i, (ok, deterministic, *answer) in enumerate(zip(
+                columns.ok, columns.deterministic, columns.request_hash, columns.content,
+                columns.finish_reason, columns.prompt_tokens, strict=True)):
+            if not ok or not deterministic:
+                continue
+            answered = (answer[0], answer[1], answer[2], answer[3])
+            if answered in steady:
+                continue
+            settled = (self.learned >= self.thresholds.warmup_probes
+                       and answered[0] == self.request_hash)
+            before = len(events)
+            obs = columns.observation(i)
+            events += [(i, event) for event in self.step(obs)]
+            # What the answers in `steady` were checked against may have moved.
+            if len(events) > before or not settled or self.conditions.active():
+                steady.clear()
+            if not self.conditions.active() and self.learned >= self.thresholds.warmup_probes \
+                    and all(read(obs)[0] in self.baselines[key].variants
+                            for key, (_, read) in FIELDS.items()):
+                steady.add(answered)
         return events
 
     def _compare(

@@ -12,21 +12,16 @@ import functools
 import hashlib
 import json
 import zlib
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from monitor.domain import (
-    CheckResult,
-    DetectionThresholds,
-    DriftEvent,
-    ErrorKind,
-    Observation,
-    RateLimits,
-)
+from monitor.detect.columns import Columns, of_observations
+from monitor.domain import CheckResult, DetectionThresholds, DriftEvent, Observation
 from monitor.store import check_results
 from monitor.store.db import upsert
 from monitor.store.schema import CANARY, detector_states, drift_events, probes, request_payloads
@@ -83,7 +78,8 @@ _SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("
 
 
 class ObservationReader:
-    """Turns stored probes into Observations; remembers what it learnt of each payload."""
+    """Turns stored probes into Observations, or columns of them; remembers what it learnt of
+    each payload."""
 
     def __init__(self) -> None:
         # payload id -> (sha256, requested model, deterministic)
@@ -94,27 +90,51 @@ class ObservationReader:
         """The target's probes stored after probe `after_id`, oldest first, with their ids:
         `limit` (CHUNK) of them at most. With `checks`, with their stored check outcomes (one
         more query, which targets without checks are spared)."""
+        ids, columns = self.columns_after(connection, target_id, after_id, checks=checks,
+                                          limit=limit)
+        return [(stored_id, columns.observation(i)) for i, stored_id in enumerate(ids)]
+
+    def columns_after(self, connection: Connection, target_id: int, after_id: int, *,
+                      checks: bool = False, limit: int | None = None
+                      ) -> tuple[list[int], Columns]:
+        """The same probes as their ids and columns (what a bulk fold walks)."""
         rows = connection.execute(
             _AFTER, {"target_id": target_id, "after_id": after_id,
                      "limit": limit or CHUNK}).all()
         self._learn(connection, {row[-1] for row in rows})
-        outcomes = check_results.of_probes(connection, [row[0] for row in rows]) if checks else {}
-        return [(row[0], self._observation(row, outcomes.get(row[0], ()))) for row in rows]
+        ids = [row[0] for row in rows]
+        outcomes = check_results.of_probes(connection, ids) if checks else {}
+        return ids, self._columns(rows, ids, outcomes)
 
     def all(self, connection: Connection, target_id: int, until: int | None = None, *,
             checks: bool = False, chunk: int | None = None) -> Iterator[tuple[int, Observation]]:
         """Every probe of the target (up to probe `until`), oldest first, read `chunk` (CHUNK)
         at a time."""
+        for ids, columns in self.all_columns(connection, target_id, until, checks=checks,
+                                             chunk=chunk):
+            for i, stored_id in enumerate(ids):
+                yield stored_id, columns.observation(i)
+
+    def all_columns(self, connection: Connection, target_id: int, until: int | None = None, *,
+                    checks: bool = False, chunk: int | None = None
+                    ) -> Iterator[tuple[list[int], Columns]]:
+        """The same, a chunk of ids and columns at a time (never an empty one)."""
         size = chunk or CHUNK
         last = 0
-        while read := self.after(connection, target_id, last, checks=checks, limit=size):
-            for stored_id, observation in read:
-                if until is not None and stored_id > until:
-                    return
-                yield stored_id, observation
-            if len(read) < size:
+        while True:
+            ids, columns = self.columns_after(connection, target_id, last, checks=checks,
+                                              limit=size)
+            if until is not None and ids and ids[-1] > until:
+                kept = bisect_right(ids, until)
+                ids, columns = ids[:kept], columns.section(0, kept)
+                if ids:
+                    yield ids, columns
                 return
-            last = read[-1][0]
+            if ids:
+                yield ids, columns
+            if len(ids) < size:
+                return
+            last = ids[-1]
 
     def _learn(self, connection: Connection, payload_ids: set[int]) -> None:
         missing = payload_ids - self._payloads.keys()
@@ -130,60 +150,43 @@ class ObservationReader:
             self._payloads[payload_id] = (digest, model if isinstance(model, str) else None,
                                           deterministic)
 
-    def _observation(self, row: Any, checks: tuple[CheckResult, ...]) -> Observation:
-        # By position: a Row's attributes are looked up by name, which adds up over a year.
+    def _columns(self, rows: Sequence[Any], ids: list[int],
+                 outcomes: dict[int, tuple[CheckResult, ...]]) -> Columns:
+        count = len(rows)
+        if not count:
+            return of_observations([])
+        # Transposed in C; the columns are read by position (a Row's attributes are looked
+        # up by name, which adds up over a year).
         (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
          ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
          remaining_tokens, reset_requests_s, reset_tokens_s, limit_input_tokens,
          remaining_input_tokens, limit_output_tokens, remaining_output_tokens, content,
-         finish_reason, prompt_tokens, payload_id) = row
-        digest, requested_model, deterministic = self._payloads[payload_id]
-        return _frozen(Observation, {
-            "uid": uid,
-            "started_at": started_at,
-            "ok": ok,
-            "error_kind": ErrorKind(error_kind) if error_kind else None,
-            "http_status": http_status,
-            "requested_model": requested_model,
-            "model": model,
-            "system_fingerprint": system_fingerprint,
-            "total_ms": total_ms,
-            "time_to_first_token_ms": ttft_ms,
-            "openai_processing_ms": processing_ms,
-            "rate_limits": _frozen(RateLimits, {
-                "limit_requests": limit_requests,
-                "limit_tokens": limit_tokens,
-                "remaining_requests": remaining_requests,
-                "remaining_tokens": remaining_tokens,
-                "reset_requests_s": reset_requests_s,
-                "reset_tokens_s": reset_tokens_s,
+         finish_reason, prompt_tokens, payload_ids) = zip(*rows, strict=True)
+        payloads = [self._payloads[payload_id] for payload_id in payload_ids]
+        unsent = (None,) * count
+        return Columns(
+            uid=uid, started_at=started_at, ok=ok, error_kind=error_kind,
+            http_status=http_status,
+            requested_model=[requested for _, requested, _ in payloads],
+            model=model, system_fingerprint=system_fingerprint, total_ms=total_ms,
+            time_to_first_token_ms=ttft_ms, openai_processing_ms=processing_ms,
+            limits={
+                "limit_requests": limit_requests, "limit_tokens": limit_tokens,
+                "remaining_requests": remaining_requests, "remaining_tokens": remaining_tokens,
+                "reset_requests_s": reset_requests_s, "reset_tokens_s": reset_tokens_s,
                 "limit_input_tokens": limit_input_tokens,
                 "remaining_input_tokens": remaining_input_tokens,
-                "reset_input_tokens_s": None,
+                "reset_input_tokens_s": unsent,
                 "limit_output_tokens": limit_output_tokens,
                 "remaining_output_tokens": remaining_output_tokens,
-                "reset_output_tokens_s": None,
-            }),
-            "content": content,
-            "finish_reason": finish_reason,
-            "prompt_tokens": prompt_tokens,
-            "request_hash": digest,
-            "deterministic": deterministic,
-            "checks": checks,
-        })
-
-
-_Frozen = TypeVar("_Frozen")
-
-
-def _frozen(cls: type[_Frozen], fields: dict[str, Any]) -> _Frozen:
-    """A frozen dataclass with every field given, built without its __init__, which sets each
-    field through object.__setattr__ (frozen): for the 30 fields of an Observation and its
-    RateLimits that was over half of reading a stored probe (3.5 us of 6), and a year is
-    525,600 of them."""
-    instance = object.__new__(cls)
-    instance.__dict__.update(fields)
-    return instance
+                "reset_output_tokens_s": unsent,
+            },
+            content=content, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+            request_hash=[digest for digest, _, _ in payloads],
+            deterministic=[deterministic for _, _, deterministic in payloads],
+            checks=[outcomes.get(stored_id, ()) for stored_id in ids] if outcomes
+            else ((),) * count,
+        )
 
 
 def longer_than_chunk(connection: Connection, target_id: int, until: int) -> bool:
