@@ -43,11 +43,11 @@ from monitor.store.history import thresholds_hash
 
 log = logging.getLogger("monitor")
 
-# A rebuild folds this many probes (about 1 ms of CPU), then lets other threads run: holding
-# the GIL until Python takes it away (5 ms) would add up to 5 ms to every step of a probe
-# thread that waits for it (each database call, each read of an answer), and so to the
+# A rebuild folds this many probes (about 1 ms of CPU in bulk), then lets other threads run:
+# holding the GIL until Python takes it away (5 ms) would add up to 5 ms to every step of a
+# probe thread that waits for it (each database call, each read of an answer), and so to the
 # latency the probes measure.
-YIELD_EVERY = 32
+YIELD_EVERY = 256
 # ... and reads the history a fifth of a chunk at a time: turning read rows into Python
 # objects holds the GIL throughout (5,000 rows: 100-160 ms that a probe thread waited).
 REBUILD_CHUNK_SHARE = 5

@@ -85,6 +85,9 @@ class FingerprintDetector(Detector):
         # No known fingerprint answered before this (stamps only grow while calm): while
         # `now` is under `retired_after_ms` past it, none can retire.
         oldest = min(known.values(), default=0)
+        # The largest change in a share, kept while the counts stay (None: work it out).
+        change: float | None = None
+        uids = columns.uid
         for i, (ok, fp) in enumerate(zip(columns.ok, columns.system_fingerprint, strict=True)):
             if not ok or fp is None:
                 continue
@@ -92,7 +95,7 @@ class FingerprintDetector(Detector):
             # with nothing open: step only stamps it, counts it, and tests the mix.
             if not calm or fp not in known:
                 self.step_at(columns, i, events)
-                calm, oldest = self._calm(), min(known.values(), default=0)
+                calm, oldest, change = self._calm(), min(known.values(), default=0), None
                 continue
             now = columns.started_ms[i]
             known[fp] = now  # as step does first (so stepping after it is the same)
@@ -100,34 +103,45 @@ class FingerprintDetector(Detector):
                 oldest = min(known.values())
                 if now - oldest >= retired_after_ms:
                     self.step_at(columns, i, events)
-                    calm, oldest = self._calm(), min(known.values(), default=0)
+                    calm, oldest, change = self._calm(), min(known.values(), default=0), None
                     continue
-            # self._count(fp, uid, frozen=False) in line
+            # self._count(fp, uid, frozen=False) in line, the counts moved only where the
+            # probes going in and out differ
             if len(recent) == recent_size:
                 old = recent[0][0]
-                _decrement(recent_counts, old)
+                if old != fp:
+                    _decrement(recent_counts, old)
+                    recent_counts[fp] += 1
+                    change = None
                 if len(baseline) == base_size:
-                    _decrement(baseline_counts, baseline[0])
+                    gone = baseline[0]
+                    if gone != old:
+                        _decrement(baseline_counts, gone)
+                        baseline_counts[old] += 1
+                        change = None
+                else:
+                    baseline_counts[old] += 1
+                    change = None
                 baseline.append(old)
-                baseline_counts[old] += 1
-            recent.append((fp, columns.uid[i]))
-            recent_counts[fp] += 1
+            else:
+                recent_counts[fp] += 1
+                change = None
+            recent.append((fp, uids[i]))
             if len(known) < 2 or len(recent) < recent_size or len(baseline) < base_size:
                 continue
-            # The largest change in a share, as _judge_share works it out (without building
-            # the shares): under the change that matters, no test and no event.
-            change = 0.0
-            for p, count in recent_counts.items():
-                moved = abs(count / recent_size - baseline_counts[p] / base_size)
-                change = max(change, moved)
-            for p, count in baseline_counts.items():
-                if p not in recent_counts:
-                    moved = abs(0 / recent_size - count / base_size)
-                    change = max(change, moved)
+            if change is None:
+                # The largest change in a share, as _judge_share works it out (without
+                # building the shares): under the change that matters, no test and no event.
+                change = 0.0
+                for p, count in recent_counts.items():
+                    change = max(change, abs(count / recent_size - baseline_counts[p] / base_size))
+                for p, count in baseline_counts.items():
+                    if p not in recent_counts:
+                        change = max(change, abs(0 / recent_size - count / base_size))
             if change >= min_change:
                 for event in self._judge_share(columns.observation(i), now):
                     events.append((i, event))
-                calm, oldest = self._calm(), min(known.values(), default=0)
+                calm, oldest, change = self._calm(), min(known.values(), default=0), None
         return events
 
     def _calm(self) -> bool:

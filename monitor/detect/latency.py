@@ -177,10 +177,16 @@ class LatencyDetector(Detector):
         limited = any(metric.limit(t) is not None for metric in METRICS)
         values = {"processing_ms": columns.openai_processing_ms,
                   "ttft_ms": columns.time_to_first_token_ms, "total_ms": columns.total_ms}
-        plan = [(metric, values[metric.key], self.series[metric.key]) for metric in METRICS]
+        # The windows of each metric measured at all here (ttft only on streams, processing
+        # only where the server says).
+        plan = [(metric, series, values[metric.key], series.recent, series.sorted_recent,
+                 series.baseline, series.sorted_baseline)
+                for metric in METRICS if any(value is not None for value in values[metric.key])
+                for series in [self.series[metric.key]]]
         longest = max(t.latency_recent_probes, t.latency_baseline_probes)
         medians, p95s = percentile_plans(longest, 50), percentile_plans(longest, 95)
         isfinite = math.isfinite
+        uids = columns.uid
         calm = self._calm()
         for i, ok in enumerate(columns.ok):
             if not ok:
@@ -190,21 +196,19 @@ class LatencyDetector(Detector):
                 calm = self._calm()
                 continue
             explained = False
-            for metric, column, series in plan:
+            for metric, series, column, window, recent, behind, base in plan:
                 value = column[i]
                 if value is None or not isfinite(value):
                     continue
                 # series.add(value, uid, frozen=False) in line
-                window, recent, base = series.recent, series.sorted_recent, series.sorted_baseline
                 if len(window) == window.maxlen:
                     moved = window[0][0]
                     del recent[bisect_left(recent, moved)]
-                    behind = series.baseline
                     if len(behind) == behind.maxlen:
                         del base[bisect_left(base, behind[0])]
                     behind.append(moved)
                     insort(base, moved)
-                window.append((value, columns.uid[i]))
+                window.append((value, uids[i]))
                 insort(recent, value)
                 count, base_count = len(recent), len(base)
                 if explained or count < least or base_count < least:

@@ -25,7 +25,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def percentile_plans(longest: int, q: float) -> list[tuple[int, int, float]]:
+@functools.lru_cache(maxsize=64)
+def percentile_plans(longest: int, q: float) -> tuple[tuple[int, int, float], ...]:
     """For each length up to `longest`, what `percentile` of that many values interpolates:
     (low rank, high rank, weight of the high one), so that `v[low] + (v[high] - v[low]) *
     weight` is exactly `percentile(v, q)` (a fold asks at every probe). Length 0: unused."""
@@ -34,7 +35,7 @@ def percentile_plans(longest: int, q: float) -> list[tuple[int, int, float]]:
         position = (count - 1) * q / 100
         low = math.floor(position)
         plans.append((low, min(low + 1, count - 1), position - low))
-    return plans
+    return tuple(plans)
 
 
 def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
