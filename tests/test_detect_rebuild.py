@@ -4,6 +4,7 @@ events of folding the whole history in one go (`monitor detect`), on both databa
 
 from __future__ import annotations
 
+import copy
 import random
 import uuid
 from collections.abc import Callable
@@ -310,3 +311,39 @@ def test_live_detectors_kept_for_a_few_targets_give_the_full_folds_events(
         assert {event.kind.value for event in live[target.name]} >= {"availability", "latency"}
         assert saved_state(engine, target_id)[2] == everything.snapshot()
     assert len(watcher._live) == 1
+
+
+def test_recorded_traffic_is_rebuilt_without_the_applications_own_rejected_requests(
+    engine: Engine, canary: Target
+) -> None:
+    """On recorded traffic the application's own 4xx are not folded (watch._folds): the
+    bulk rebuild and `monitor detect` leave them out exactly as stepping does."""
+    traffic = replace(canary, traffic=True)
+    recorder = Recorder(engine)
+    recorder.register(traffic.name, traffic.config_hash, {})
+    results = [
+        replace(result, ok=False, error_kind=ErrorKind.HTTP_CLIENT_ERROR, http_status=400,
+                model=None, system_fingerprint=None, choices=(), usage=Usage(),
+                rate_limits=RateLimits())
+        if n % 7 == 3 or 1_000 < n < 1_040 else result
+        for n, result in enumerate(varied_history(traffic, STORED + 1))
+    ]
+    store(recorder, results[:STORED])
+    target_id = recorder.target_id(traffic.name)
+    jobs = Jobs()
+    watcher = Watcher(engine, AlertSettings(), clock=lambda: START, background=jobs)
+    first = recorder.save(results[STORED])
+    assert watcher.catch_up(traffic, target_id, first) == []
+    jobs.run()
+
+    reference = TargetDetector(traffic.name, traffic.detection, watch.TRAFFIC_KINDS)
+    events = []
+    with engine.connect() as connection:
+        for _, observation in history.ObservationReader().all(connection, target_id):
+            if observation.error_kind is not ErrorKind.HTTP_CLIENT_ERROR:
+                events += reference.step(observation)
+                if observation.uid == results[STORED - 1].uid:
+                    state = copy.deepcopy(reference.snapshot())  # it shares live parts
+    assert saved_state(engine, target_id)[1:] == (first - 1, state)
+    assert {event.kind.value for event in events} >= {"availability", "model", "fingerprint"}
+    assert watch.rerun(engine, traffic, target_id) == events
