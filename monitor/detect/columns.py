@@ -58,7 +58,7 @@ class Columns:
         """Probe i as the Observation stepping it takes."""
         limits = self.limits
         error_kind = self.error_kind[i]
-        return _frozen(Observation, {
+        return frozen(Observation, {
             "uid": self.uid[i],
             "started_at": self.started_at[i],
             "ok": self.ok[i],
@@ -70,7 +70,7 @@ class Columns:
             "total_ms": self.total_ms[i],
             "time_to_first_token_ms": self.time_to_first_token_ms[i],
             "openai_processing_ms": self.openai_processing_ms[i],
-            "rate_limits": _frozen(RateLimits, {name: limits[name][i] for name in LIMITS}),
+            "rate_limits": frozen(RateLimits, {name: limits[name][i] for name in LIMITS}),
             "content": self.content[i],
             "finish_reason": self.finish_reason[i],
             "prompt_tokens": self.prompt_tokens[i],
@@ -113,7 +113,7 @@ def of_observations(observations: Sequence[Observation]) -> Columns:
 _Frozen = TypeVar("_Frozen")
 
 
-def _frozen(cls: type[_Frozen], values: dict[str, Any]) -> _Frozen:
+def frozen(cls: type[_Frozen], values: dict[str, Any]) -> _Frozen:
     """A frozen dataclass with every field given, built without its __init__, which sets each
     field through object.__setattr__ (frozen): for the 30 fields of an Observation and its
     RateLimits that was over half of reading a stored probe (3.5 us of 6), and a year is

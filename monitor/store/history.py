@@ -20,8 +20,15 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from monitor.detect.columns import Columns, of_observations
-from monitor.domain import CheckResult, DetectionThresholds, DriftEvent, Observation
+from monitor.detect.columns import Columns, frozen, of_observations
+from monitor.domain import (
+    CheckResult,
+    DetectionThresholds,
+    DriftEvent,
+    ErrorKind,
+    Observation,
+    RateLimits,
+)
 from monitor.store import check_results
 from monitor.store.db import upsert
 from monitor.store.schema import CANARY, detector_states, drift_events, probes, request_payloads
@@ -90,18 +97,15 @@ class ObservationReader:
         """The target's probes stored after probe `after_id`, oldest first, with their ids:
         `limit` (CHUNK) of them at most. With `checks`, with their stored check outcomes (one
         more query, which targets without checks are spared)."""
-        ids, columns = self.columns_after(connection, target_id, after_id, checks=checks,
-                                          limit=limit)
-        return [(stored_id, columns.observation(i)) for i, stored_id in enumerate(ids)]
+        rows = self._read(connection, target_id, after_id, limit)
+        outcomes = check_results.of_probes(connection, [row[0] for row in rows]) if checks else {}
+        return [(row[0], self._observation(row, outcomes.get(row[0], ()))) for row in rows]
 
     def columns_after(self, connection: Connection, target_id: int, after_id: int, *,
                       checks: bool = False, limit: int | None = None
                       ) -> tuple[list[int], Columns]:
         """The same probes as their ids and columns (what a bulk fold walks)."""
-        rows = connection.execute(
-            _AFTER, {"target_id": target_id, "after_id": after_id,
-                     "limit": limit or CHUNK}).all()
-        self._learn(connection, {row[-1] for row in rows})
+        rows = self._read(connection, target_id, after_id, limit)
         ids = [row[0] for row in rows]
         outcomes = check_results.of_probes(connection, ids) if checks else {}
         return ids, self._columns(rows, ids, outcomes)
@@ -110,10 +114,16 @@ class ObservationReader:
             checks: bool = False, chunk: int | None = None) -> Iterator[tuple[int, Observation]]:
         """Every probe of the target (up to probe `until`), oldest first, read `chunk` (CHUNK)
         at a time."""
-        for ids, columns in self.all_columns(connection, target_id, until, checks=checks,
-                                             chunk=chunk):
-            for i, stored_id in enumerate(ids):
-                yield stored_id, columns.observation(i)
+        size = chunk or CHUNK
+        last = 0
+        while read := self.after(connection, target_id, last, checks=checks, limit=size):
+            for stored_id, observation in read:
+                if until is not None and stored_id > until:
+                    return
+                yield stored_id, observation
+            if len(read) < size:
+                return
+            last = read[-1][0]
 
     def all_columns(self, connection: Connection, target_id: int, until: int | None = None, *,
                     checks: bool = False, chunk: int | None = None
@@ -136,6 +146,14 @@ class ObservationReader:
                 return
             last = ids[-1]
 
+    def _read(self, connection: Connection, target_id: int, after_id: int,
+              limit: int | None) -> Sequence[Any]:
+        rows = connection.execute(
+            _AFTER, {"target_id": target_id, "after_id": after_id,
+                     "limit": limit or CHUNK}).all()
+        self._learn(connection, {row[-1] for row in rows})
+        return rows
+
     def _learn(self, connection: Connection, payload_ids: set[int]) -> None:
         missing = payload_ids - self._payloads.keys()
         if not missing:
@@ -149,6 +167,50 @@ class ObservationReader:
             deterministic = payload.get("temperature") == 0 and payload.get("seed") is not None
             self._payloads[payload_id] = (digest, model if isinstance(model, str) else None,
                                           deterministic)
+
+    def _observation(self, row: Any, checks: tuple[CheckResult, ...]) -> Observation:
+        # By position: a Row's attributes are looked up by name, which adds up over a year.
+        # (Columns.observation builds the same from columns; a single probe is read this way,
+        # without columns, for live detection.)
+        (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
+         ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
+         remaining_tokens, reset_requests_s, reset_tokens_s, limit_input_tokens,
+         remaining_input_tokens, limit_output_tokens, remaining_output_tokens, content,
+         finish_reason, prompt_tokens, payload_id) = row
+        digest, requested_model, deterministic = self._payloads[payload_id]
+        return frozen(Observation, {
+            "uid": uid,
+            "started_at": started_at,
+            "ok": ok,
+            "error_kind": ErrorKind(error_kind) if error_kind else None,
+            "http_status": http_status,
+            "requested_model": requested_model,
+            "model": model,
+            "system_fingerprint": system_fingerprint,
+            "total_ms": total_ms,
+            "time_to_first_token_ms": ttft_ms,
+            "openai_processing_ms": processing_ms,
+            "rate_limits": frozen(RateLimits, {
+                "limit_requests": limit_requests,
+                "limit_tokens": limit_tokens,
+                "remaining_requests": remaining_requests,
+                "remaining_tokens": remaining_tokens,
+                "reset_requests_s": reset_requests_s,
+                "reset_tokens_s": reset_tokens_s,
+                "limit_input_tokens": limit_input_tokens,
+                "remaining_input_tokens": remaining_input_tokens,
+                "reset_input_tokens_s": None,
+                "limit_output_tokens": limit_output_tokens,
+                "remaining_output_tokens": remaining_output_tokens,
+                "reset_output_tokens_s": None,
+            }),
+            "content": content,
+            "finish_reason": finish_reason,
+            "prompt_tokens": prompt_tokens,
+            "request_hash": digest,
+            "deterministic": deterministic,
+            "checks": checks,
+        })
 
     def _columns(self, rows: Sequence[Any], ids: list[int],
                  outcomes: dict[int, tuple[CheckResult, ...]]) -> Columns:
