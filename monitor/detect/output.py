@@ -91,30 +91,30 @@ class OutputDetector(Detector):
 
     def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
         events: list[tuple[int, DriftEvent]] = []
+        warmup = self.thresholds.warmup_probes
         # The raw (request, content, finish_reason, prompt_tokens) of answers that step would
         # find on every baseline with nothing open and nothing to learn: they change nothing
         # (no digest worked out again for the same text every minute).
         steady: set[tuple[str, str | None, str | None, int | None]] = set()
-        for i, (ok, deterministic, *answer) in enumerate(zip(
-                columns.ok, columns.deterministic, columns.request_hash, columns.content,
-                columns.finish_reason, columns.prompt_tokens, strict=True)):
+        for i, (ok, deterministic, request, content, finish_reason, prompt_tokens) in enumerate(
+                zip(columns.ok, columns.deterministic, columns.request_hash, columns.content,
+                    columns.finish_reason, columns.prompt_tokens, strict=True)):
             if not ok or not deterministic:
                 continue
-            answered = (answer[0], answer[1], answer[2], answer[3])
-            if answered in steady:
+            answer = (request, content, finish_reason, prompt_tokens)
+            if answer in steady:
                 continue
-            settled = (self.learned >= self.thresholds.warmup_probes
-                       and answered[0] == self.request_hash)
-            before = len(events)
+            settled = self.learned >= warmup and request == self.request_hash
             obs = columns.observation(i)
-            events += [(i, event) for event in self.step(obs)]
-            # What the answers in `steady` were checked against may have moved.
-            if len(events) > before or not settled or self.conditions.active():
+            stepped = self.step(obs)
+            events += [(i, event) for event in stepped]
+            # What the answers in `steady` were found against may have moved.
+            if stepped or not settled or self.conditions.active():
                 steady.clear()
-            if not self.conditions.active() and self.learned >= self.thresholds.warmup_probes \
-                    and all(read(obs)[0] in self.baselines[key].variants
-                            for key, (_, read) in FIELDS.items()):
-                steady.add(answered)
+            if not self.conditions.active() and self.learned >= warmup and all(
+                    read(obs)[0] in self.baselines[key].variants
+                    for key, (_, read) in FIELDS.items()):
+                steady.add(answer)
         return events
 
     def _compare(
