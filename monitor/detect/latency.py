@@ -183,6 +183,7 @@ class LatencyDetector(Detector):
                  series.baseline, series.sorted_baseline)
                 for metric in METRICS if any(value is not None for value in values[metric.key])
                 for series in [self.series[metric.key]]]
+        recent_full, base_full = t.latency_recent_probes, t.latency_baseline_probes
         longest = max(t.latency_recent_probes, t.latency_baseline_probes)
         medians, p95s = percentile_plans(longest, 50), percentile_plans(longest, 95)
         isfinite = math.isfinite
@@ -201,10 +202,10 @@ class LatencyDetector(Detector):
                 if value is None or not isfinite(value):
                     continue
                 # series.add(value, uid, frozen=False) in line
-                if len(window) == window.maxlen:
+                if len(window) == recent_full:
                     moved = window[0][0]
                     del recent[bisect_left(recent, moved)]
-                    if len(behind) == behind.maxlen:
+                    if len(behind) == base_full:
                         del base[bisect_left(base, behind[0])]
                     behind.append(moved)
                     insort(base, moved)
