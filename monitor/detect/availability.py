@@ -91,11 +91,11 @@ class AvailabilityDetector(Detector):
         events: list[tuple[int, DriftEvent]] = []
         window, labels = self.window, self.labels
         size = window.maxlen
-        calm = self._calm()
+        settled = self._settled()
         for i, (ok, kind) in enumerate(zip(columns.ok, columns.error_kind, strict=True)):
             if kind == ErrorKind.RATE_LIMITED:
                 continue
-            if ok and calm:
+            if ok and settled:
                 # A success with no run of failures, nothing open and nothing to learn: only
                 # the window moves.
                 if len(window) == size and window[0] is not None:
@@ -104,10 +104,10 @@ class AvailabilityDetector(Detector):
                 labels.append(None)
                 continue
             self.step_at(columns, i, events)
-            calm = self._calm()
+            settled = self._settled()
         return events
 
-    def _calm(self) -> bool:
+    def _settled(self) -> bool:
         """Whether a success would only move the window."""
         return (self.learned >= self.thresholds.warmup_probes and not self.run_kinds
                 and not self.run_labels and not self.run_uids and not self.conditions.active())

@@ -81,8 +81,8 @@ class FingerprintDetector(Detector):
         retired_after_ms, min_change = t.fingerprint_retired_after_ms, t.fingerprint_share_min_change
         # The windows' sizes when full (the share test runs only then).
         recent_size, base_size = t.fingerprint_share_recent, t.fingerprint_share_window
-        calm = self._calm()
-        # No known fingerprint answered before this (stamps only grow while calm): while
+        settled = self._settled()
+        # No known fingerprint answered before this (stamps only grow while settled): while
         # `now` is under `retired_after_ms` past it, none can retire.
         oldest = min(known.values(), default=0)
         # The largest change in a share, kept while the counts stay (None: work it out).
@@ -93,9 +93,9 @@ class FingerprintDetector(Detector):
                 continue
             # A known fingerprint (kept clipped: a raw one found among them is its own clip)
             # with nothing open: step only stamps it, counts it, and tests the mix.
-            if not calm or fp not in known:
+            if not settled or fp not in known:
                 self.step_at(columns, i, events)
-                calm, oldest, change = self._calm(), min(known.values(), default=0), None
+                settled, oldest, change = self._settled(), min(known.values(), default=0), None
                 continue
             now = columns.started_ms[i]
             known[fp] = now  # as step does first (so stepping after it is the same)
@@ -103,7 +103,7 @@ class FingerprintDetector(Detector):
                 oldest = min(known.values())
                 if now - oldest >= retired_after_ms:
                     self.step_at(columns, i, events)
-                    calm, oldest, change = self._calm(), min(known.values(), default=0), None
+                    settled, oldest, change = self._settled(), min(known.values(), default=0), None
                     continue
             # self._count(fp, uid, frozen=False) in line, the counts moved only where the
             # probes going in and out differ
@@ -141,10 +141,10 @@ class FingerprintDetector(Detector):
             if change >= min_change:
                 for event in self._judge_share(columns.observation(i), now):
                     events.append((i, event))
-                calm, oldest, change = self._calm(), min(known.values(), default=0), None
+                settled, oldest, change = self._settled(), min(known.values(), default=0), None
         return events
 
-    def _calm(self) -> bool:
+    def _settled(self) -> bool:
         """Whether a known fingerprint needs no more than stamping, counting and the test."""
         return (self.learned >= self.thresholds.fingerprint_warmup_probes and not self.unseen
                 and not self.conditions.active())

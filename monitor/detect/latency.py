@@ -188,13 +188,13 @@ class LatencyDetector(Detector):
         medians, p95s = percentile_plans(longest, 50), percentile_plans(longest, 95)
         isfinite = math.isfinite
         uids = columns.uid
-        calm = self._calm()
+        settled = self._settled()
         for i, ok in enumerate(columns.ok):
             if not ok:
                 continue
-            if limited or not calm:
+            if limited or not settled:
                 self.step_at(columns, i, events)
-                calm = self._calm()
+                settled = self._settled()
                 continue
             explained = False
             for metric, series, column, window, recent, behind, base in plan:
@@ -229,10 +229,10 @@ class LatencyDetector(Detector):
                 judged, explained = self._judge(metric, series, columns.observation(i),
                                                 learning=False, explained=False)
                 events += [(i, event) for event in judged]
-                calm = self._calm()
+                settled = self._settled()
         return events
 
-    def _calm(self) -> bool:
+    def _settled(self) -> bool:
         """Nothing to learn and nothing open."""
         return self.learned >= self.thresholds.warmup_probes and not self.conditions.active()
 

@@ -89,9 +89,9 @@ class QuotaDetector(Detector):
         # counts found above their thresholds under them: step learns and opens nothing.
         steady: tuple[Any, ...] | None = None
         enough: tuple[Any, ...] | None = None
-        calm = self._calm()
+        settled = self._settled()
         for i, (ok, kind) in enumerate(zip(columns.ok, columns.error_kind, strict=True)):
-            if calm and kind != ErrorKind.RATE_LIMITED:
+            if settled and kind != ErrorKind.RATE_LIMITED:
                 if not ok:
                     throttled.append(False)
                     self.calm += 1
@@ -109,11 +109,11 @@ class QuotaDetector(Detector):
                     self.calm += 1
                     continue
             self.step_at(columns, i, events)
-            calm = self._calm()
+            settled = self._settled()
             steady = enough = None
         return events
 
-    def _calm(self) -> bool:
+    def _settled(self) -> bool:
         """Whether a probe that is no 429 may only move the window of 429s."""
         return self.learned >= self.thresholds.warmup_probes and not self.conditions.active()
 
