@@ -131,7 +131,9 @@ class Watcher:
               ) -> tuple[list[tuple[str, DriftEvent]], tuple[int, str, bytes, bool] | None,
                          TargetDetector | None]:
         now = self.clock()
-        position = history.lock_position(connection, target_id)
+        # On PostgreSQL the probes after the position come with its lock (one round trip).
+        position, newer = self._reader.locked_after(connection, target_id,
+                                                    checks=bool(target.checks))
         if position is None:
             history.claim_state(connection, target_id, now)
             position = history.lock_position(connection, target_id)
@@ -166,9 +168,12 @@ class Watcher:
                                                        checks=bool(target.checks)):
                 detector.fold(_foldable(target, columns))
             last = until
+            newer = None  # read after the old position, not after `until`
         events: list[tuple[str, DriftEvent]] = []
         while True:
-            chunk = self._reader.after(connection, target_id, last, checks=bool(target.checks))
+            chunk = newer if newer is not None else self._reader.after(
+                connection, target_id, last, checks=bool(target.checks))
+            newer = None
             for stored_id, observation in chunk:
                 stepped, live = self._step(connection, detector, target, target_id,
                                            observation, live)

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, true, update
 
 from monitor.detect.columns import Columns, frozen, of_observations
 from monitor.domain import (
@@ -79,6 +79,23 @@ _POSITION = select(detector_states.c.thresholds_hash, detector_states.c.last_pro
 # durably, and a lost fold (state, events, alerts and outbox go together) is folded again.
 _LOCK_POSITION = _POSITION.add_columns(
     func.set_config("synchronous_commit", "off", True)).with_for_update()
+# PostgreSQL, the same lock and the probes after the locked position, in one round trip.
+_NEWER = (
+    select(*_COLUMNS)
+    .where(probes.c.target_id == detector_states.c.target_id,
+           probes.c.id > detector_states.c.last_probe_id, CANARY)
+    .order_by(probes.c.id)
+    .limit(bindparam("limit"))
+    .lateral("newer")
+)
+_LOCK_AND_READ = (
+    select(detector_states.c.thresholds_hash, detector_states.c.last_probe_id,
+           func.set_config("synchronous_commit", "off", True), *_NEWER.c)
+    .select_from(detector_states.outerjoin(_NEWER, true()))
+    .where(detector_states.c.target_id == bindparam("target_id"))
+    .order_by(_NEWER.c.id)
+    .with_for_update(of=detector_states)
+)
 _STATE = select(detector_states.c.state_zlib).where(
     detector_states.c.target_id == bindparam("target_id"))
 _SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("target_id_"))
@@ -100,6 +117,28 @@ class ObservationReader:
         rows = self._read(connection, target_id, after_id, limit)
         outcomes = check_results.of_probes(connection, [row[0] for row in rows]) if checks else {}
         return [(row[0], self._observation(row, outcomes.get(row[0], ()))) for row in rows]
+
+    def locked_after(self, connection: Connection, target_id: int, *, checks: bool = False
+                     ) -> tuple[tuple[str, int] | None, list[tuple[int, Observation]] | None]:
+        """lock_position() and, on PostgreSQL, after() from that position in the same round
+        trip: (position, the probes after it, at most CHUNK), or (position, None) where they
+        must be read apart (SQLite, no state row yet). Also None when the lock waited for
+        another daemon's fold: PostgreSQL then returns the position it saved, with the probes
+        read from the one before (they are read again)."""
+        if connection.dialect.name != "postgresql":
+            return lock_position(connection, target_id), None
+        rows = connection.execute(_LOCK_AND_READ, {"target_id": target_id,
+                                                   "limit": CHUNK}).all()
+        if not rows:
+            return None, None
+        position = (rows[0][0], rows[0][1])
+        read = [row[3:] for row in rows if row[3] is not None]
+        if read and read[0][0] <= position[1]:
+            return position, None
+        self._learn(connection, {row[-1] for row in read})
+        outcomes = check_results.of_probes(connection, [row[0] for row in read]) if checks else {}
+        return position, [(row[0], self._observation(row, outcomes.get(row[0], ())))
+                          for row in read]
 
     def columns_after(self, connection: Connection, target_id: int, after_id: int, *,
                       checks: bool = False, limit: int | None = None
