@@ -1,5 +1,6 @@
 """What detection reads and writes: a target's probes as Observations (in the order they were
-stored), the detectors' saved state, and the DriftEvents they produced.
+stored), or as columns of them for a long history folded in bulk, the detectors' saved state,
+and the DriftEvents they produced.
 
 Probes are folded in id order (the order the database took them), not by started_at: a probe
 that waited in the spool during an outage is stored late, and folding by id is the one order
