@@ -4,7 +4,10 @@ events of folding the whole history in one go (`monitor detect`), on both databa
 
 from __future__ import annotations
 
+import copy
 import random
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -310,3 +313,96 @@ def test_live_detectors_kept_for_a_few_targets_give_the_full_folds_events(
         assert {event.kind.value for event in live[target.name]} >= {"availability", "latency"}
         assert saved_state(engine, target_id)[2] == everything.snapshot()
     assert len(watcher._live) == 1
+
+
+def test_recorded_traffic_is_rebuilt_without_the_applications_own_rejected_requests(
+    engine: Engine, canary: Target
+) -> None:
+    """On recorded traffic the application's own 4xx are not folded (watch._folds): the
+    bulk rebuild and `monitor detect` leave them out exactly as stepping does."""
+    traffic = replace(canary, traffic=True)
+    recorder = Recorder(engine)
+    recorder.register(traffic.name, traffic.config_hash, {})
+    results = [
+        replace(result, ok=False, error_kind=ErrorKind.HTTP_CLIENT_ERROR, http_status=400,
+                model=None, system_fingerprint=None, choices=(), usage=Usage(),
+                rate_limits=RateLimits())
+        if n % 7 == 3 or 1_000 < n < 1_040 else result
+        for n, result in enumerate(varied_history(traffic, STORED + 1))
+    ]
+    store(recorder, results[:STORED])
+    target_id = recorder.target_id(traffic.name)
+    jobs = Jobs()
+    watcher = Watcher(engine, AlertSettings(), clock=lambda: START, background=jobs)
+    first = recorder.save(results[STORED])
+    assert watcher.catch_up(traffic, target_id, first) == []
+    jobs.run()
+
+    reference = TargetDetector(traffic.name, traffic.detection, watch.TRAFFIC_KINDS)
+    events = []
+    with engine.connect() as connection:
+        for _, observation in history.ObservationReader().all(connection, target_id):
+            if observation.error_kind is not ErrorKind.HTTP_CLIENT_ERROR:
+                events += reference.step(observation)
+                if observation.uid == results[STORED - 1].uid:
+                    state = copy.deepcopy(reference.snapshot())  # it shares live parts
+    assert saved_state(engine, target_id)[1:] == (first - 1, state)
+    assert {event.kind.value for event in events} >= {"availability", "model", "fingerprint"}
+    assert watch.rerun(engine, traffic, target_id) == events
+
+
+def test_a_catch_up_that_waited_for_another_daemons_fold_reads_after_the_position_it_saved(
+    engine: Engine, canary: Target
+) -> None:
+    """On PostgreSQL a catch-up locks the position and reads the probes after it in one
+    statement. When the lock waited for another daemon's fold, PostgreSQL hands back the position
+    that daemon saved but the probes read from the one before it: those are not used, and the
+    probes after the saved position are read again."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: the position is locked and read apart")
+    recorder = Recorder(engine)
+    recorder.register(canary.name, canary.config_hash, {})
+    results = varied_history(canary, 40)
+    target_id = recorder.target_id(canary.name)
+    watcher = Watcher(engine, AlertSettings(), clock=lambda: START)
+    for result in results[:30]:
+        watcher.catch_up(canary, target_id, recorder.save(result))
+    later = [recorder.save(result) for result in results[30:]]
+    reader = history.ObservationReader()
+    with engine.begin() as connection:  # nobody else folding: the probes after it, at once
+        position, newer = reader.locked_after(connection, target_id)
+        assert newer == reader.after(connection, target_id, later[0] - 1)
+    assert position == (watch.thresholds_hash(canary.detection), later[0] - 1)
+
+    theirs, _ = full_fold(engine, canary, target_id, until=later[4])
+    got: list[Any] = []
+    with engine.begin() as other:  # another daemon folds the first five and saves
+        history.lock_position(other, target_id)
+        history.save_state(other, target_id, position[0], later[4],
+                           history.pack_state(theirs.snapshot()), START)
+        waiting = threading.Thread(target=lambda: got.append(_locked_after(engine, target_id)))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_for_a_lock(engine):
+            assert time.monotonic() < deadline, "the catch-up never waited for the lock"
+            time.sleep(0.01)
+    waiting.join(10)
+    assert got == [((position[0], later[4]), None)]
+    # Then a catch-up here folds the probes after the position saved, not those before it.
+    live = watcher.catch_up(canary, target_id, later[-1])
+    everything, events = full_fold(engine, canary, target_id)
+    assert saved_state(engine, target_id)[1:] == (later[-1], everything.snapshot())
+    assert live == [event for stored_id, event in events if stored_id > later[4]]
+
+
+def _locked_after(engine: Engine, target_id: int) -> Any:
+    with engine.begin() as connection:
+        return history.ObservationReader().locked_after(connection, target_id)
+
+
+def _waiting_for_a_lock(engine: Engine) -> bool:
+    # A connection of its own: pg_stat_activity stays as it was for a whole transaction.
+    with engine.connect() as connection:
+        return bool(connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()").scalar_one())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -11,6 +12,7 @@ from monitor.detect.stats import (
     homogeneity_p_value,
     mann_whitney_greater,
     percentile,
+    percentile_plans,
 )
 
 
@@ -103,3 +105,13 @@ def test_homogeneity_of_same_proportions_is_one() -> None:
 
 def test_homogeneity_drops_empty_categories() -> None:
     assert homogeneity_p_value([10, 0, 0], [0, 10, 0]) == pytest.approx(math.erfc(math.sqrt(10)))
+
+
+def test_percentile_plans_give_exactly_the_percentile() -> None:
+    rng = random.Random(3)
+    for q in (50, 95, 99):
+        plans = percentile_plans(70, q)
+        for count in range(1, 71):
+            values = sorted(rng.lognormvariate(5, 0.5) for _ in range(count))
+            low, high, weight = plans[count]
+            assert values[low] + (values[high] - values[low]) * weight == percentile(values, q)

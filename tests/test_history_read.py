@@ -60,3 +60,11 @@ def test_stored_probes_read_back_as_the_observations_their_values_make(engine: E
             f.name for f in dataclasses.fields(RateLimits)}
         with pytest.raises(dataclasses.FrozenInstanceError):
             observation.ok = not observation.ok  # type: ignore[misc]
+    # Read as columns (the bulk fold's way), the same probes make the same Observations.
+    with engine.connect() as connection:
+        [(ids, columns)] = history.ObservationReader().all_columns(
+            connection, recorder.target_id(answered.target_name))
+    assert len(ids) == len(columns) == 2
+    assert [columns.observation(i) for i in range(2)] == read
+    assert [vars(columns.observation(i)).keys() for i in range(2)] == [
+        vars(observation).keys() for observation in read]

@@ -13,6 +13,11 @@ Each call of `TargetDetector.step` returns the events of the conditions that obs
 (`opened=True`) or cleared (`opened=False`); `active()` gives the opening events of those still
 open. The kinds live in one module each: fingerprint, model, latency, quota, availability,
 output, quality; their docstrings list their condition keys.
+
+A stored history is folded in bulk: `TargetDetector.fold` takes a chunk of observations as
+columns (columns.py) and gives exactly the events and state of stepping each in turn, at a
+fraction of the cost (each detector skips what provably changes nothing; `step` stays the
+reference, and tests hold the two equal).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from monitor.detect.availability import AvailabilityDetector
 from monitor.detect.base import Detector, Warmup
+from monitor.detect.columns import Columns
 from monitor.detect.fingerprint import FingerprintDetector
 from monitor.detect.latency import LatencyDetector
 from monitor.detect.model import ModelDetector
@@ -76,6 +82,16 @@ class TargetDetector:
             events += detector.step(obs)
         return events
 
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        """Take in every observation of `columns`, in order: the same events and state as
+        stepping each, each event with its observation's index. Each detector walks the
+        columns on its own (they share nothing), then the events are put in step's order."""
+        events = []
+        for detector in self._detectors:
+            events += detector.fold(columns)
+        events.sort(key=_index)  # stable: within a probe, in the detectors' order
+        return events
+
     def active(self) -> list[DriftEvent]:
         """The opening events of the conditions open now."""
         return [event for detector in self._detectors for event in detector.conditions.active()]
@@ -109,6 +125,10 @@ class TargetDetector:
             for detector in restored._detectors
         ]
         return restored
+
+
+def _index(event: tuple[int, DriftEvent]) -> int:
+    return event[0]
 
 
 def detect(

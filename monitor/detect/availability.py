@@ -19,6 +19,7 @@ from collections import Counter, deque
 from typing import Any
 
 from monitor.detect.base import MAX_UIDS, Detector, Warmup
+from monitor.detect.columns import Columns
 from monitor.domain import (
     DetectionThresholds,
     DriftEvent,
@@ -85,6 +86,31 @@ class AvailabilityDetector(Detector):
                 events += self._run(obs)
             events += self._rate(obs, failed)
         return events
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        window, labels = self.window, self.labels
+        size = window.maxlen
+        settled = self._settled()
+        for i, (ok, kind) in enumerate(zip(columns.ok, columns.error_kind, strict=True)):
+            if kind == ErrorKind.RATE_LIMITED:
+                continue
+            if ok and settled:
+                # A success with no run of failures, nothing open and nothing to learn: only
+                # the window moves.
+                if len(window) == size and window[0] is not None:
+                    self.failures -= 1
+                window.append(None)
+                labels.append(None)
+                continue
+            self.step_at(columns, i, events)
+            settled = self._settled()
+        return events
+
+    def _settled(self) -> bool:
+        """Whether a success would only move the window."""
+        return (self.learned >= self.thresholds.warmup_probes and not self.run_kinds
+                and not self.run_labels and not self.run_uids and not self.conditions.active())
 
     def _run(self, obs: Observation) -> list[DriftEvent]:
         failures = sum(self.run_kinds.values())

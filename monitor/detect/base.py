@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol, Self
 
+from monitor.detect.columns import Columns
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -213,6 +214,20 @@ class Detector(abc.ABC):
     @abc.abstractmethod
     def step(self, obs: Observation) -> list[DriftEvent]:
         """Take in one observation; return the events of conditions it opened or cleared."""
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        """Step every observation of `columns` in turn; each event with its probe's index.
+        Detectors override it with a walk over the columns that skips what provably changes
+        nothing, and must give exactly these events and this state."""
+        events: list[tuple[int, DriftEvent]] = []
+        for i in range(len(columns)):
+            self.step_at(columns, i, events)
+        return events
+
+    def step_at(self, columns: Columns, i: int, events: list[tuple[int, DriftEvent]]) -> None:
+        """Step observation i of `columns` the ordinary way, adding its events to `events`."""
+        for event in self.step(columns.observation(i)):
+            events.append((i, event))
 
     @abc.abstractmethod
     def warmups(self) -> list[Warmup]:

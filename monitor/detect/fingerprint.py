@@ -23,6 +23,7 @@ from collections import Counter, deque
 from typing import Any
 
 from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
+from monitor.detect.columns import Columns
 from monitor.detect.stats import homogeneity_p_value
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
@@ -71,6 +72,82 @@ class FingerprintDetector(Detector):
         if fp in self.known:
             events += self._share(fp, obs, now)
         return events
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        t = self.thresholds
+        known, recent, baseline = self.known, self.recent, self.baseline
+        recent_counts, baseline_counts = self.recent_counts, self.baseline_counts
+        retired_after_ms, min_change = t.fingerprint_retired_after_ms, t.fingerprint_share_min_change
+        # The windows' sizes when full (the share test runs only then).
+        recent_size, base_size = t.fingerprint_share_recent, t.fingerprint_share_window
+        settled = self._settled()
+        # No known fingerprint answered before this (stamps only grow while settled): while
+        # `now` is under `retired_after_ms` past it, none can retire.
+        oldest = min(known.values(), default=0)
+        # The largest change in a share, kept while the counts stay (None: work it out).
+        change: float | None = None
+        uids = columns.uid
+        for i, (ok, fp) in enumerate(zip(columns.ok, columns.system_fingerprint, strict=True)):
+            if not ok or fp is None:
+                continue
+            # A known fingerprint (kept clipped: a raw one found among them is its own clip)
+            # with nothing open: step only stamps it, counts it, and tests the mix.
+            if not settled or fp not in known:
+                self.step_at(columns, i, events)
+                settled, oldest, change = self._settled(), min(known.values(), default=0), None
+                continue
+            now = columns.started_ms[i]
+            known[fp] = now  # as step does first (so stepping after it is the same)
+            if now - oldest >= retired_after_ms:
+                oldest = min(known.values())
+                if now - oldest >= retired_after_ms:
+                    self.step_at(columns, i, events)
+                    settled, oldest, change = self._settled(), min(known.values(), default=0), None
+                    continue
+            # self._count(fp, uid, frozen=False) in line, the counts moved only where the
+            # probes going in and out differ
+            if len(recent) == recent_size:
+                old = recent[0][0]
+                if old != fp:
+                    _decrement(recent_counts, old)
+                    recent_counts[fp] += 1
+                    change = None
+                if len(baseline) == base_size:
+                    gone = baseline[0]
+                    if gone != old:
+                        _decrement(baseline_counts, gone)
+                        baseline_counts[old] += 1
+                        change = None
+                else:
+                    baseline_counts[old] += 1
+                    change = None
+                baseline.append(old)
+            else:
+                recent_counts[fp] += 1
+                change = None
+            recent.append((fp, uids[i]))
+            if len(known) < 2 or len(recent) < recent_size or len(baseline) < base_size:
+                continue
+            if change is None:
+                # The largest change in a share, as _judge_share works it out (without
+                # building the shares): under the change that matters, no test and no event.
+                change = 0.0
+                for p, count in recent_counts.items():
+                    change = max(change, abs(count / recent_size - baseline_counts[p] / base_size))
+                for p, count in baseline_counts.items():
+                    if p not in recent_counts:
+                        change = max(change, abs(0 / recent_size - count / base_size))
+            if change >= min_change:
+                for event in self._judge_share(columns.observation(i), now):
+                    events.append((i, event))
+                settled, oldest, change = self._settled(), min(known.values(), default=0), None
+        return events
+
+    def _settled(self) -> bool:
+        """Whether a known fingerprint needs no more than stamping, counting and the test."""
+        return (self.learned >= self.thresholds.fingerprint_warmup_probes and not self.unseen
+                and not self.conditions.active())
 
     # --- new fingerprints ---------------------------------------------------------------
 
@@ -180,6 +257,11 @@ class FingerprintDetector(Detector):
         opening = self.conditions.get("share")
         full = len(self.baseline) == self.baseline.maxlen
         self._count(fp, obs.uid, frozen=opening is not None and full)
+        return self._judge_share(obs, now)
+
+    def _judge_share(self, obs: Observation, now: int) -> list[DriftEvent]:
+        """The share test, once the probe is counted."""
+        opening = self.conditions.get("share")
         accept_ms = self.thresholds.fingerprint_accept_after_ms
         if opening is not None and now - ms(opening.at) >= accept_ms:
             self.baseline.clear()

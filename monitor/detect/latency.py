@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.detect.base import Detector, Warmup
-from monitor.detect.stats import mann_whitney_greater, percentile
+from monitor.detect.columns import Columns
+from monitor.detect.stats import mann_whitney_greater, percentile, percentile_plans
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 
@@ -136,25 +137,104 @@ class LatencyDetector(Detector):
                 continue
             series = self.series[metric.key]
             series.add(value, obs.uid, frozen=frozen)
-            recent = series.sorted_recent if self._comparable(series) else None
-            # Whether the recent median is slower by the ratio: asked by the relative test
-            # and again just below, worked out once.
-            median_slower: bool | None = None
-            if not learning:
-                if recent is not None and not explained and not self.conditions.is_open(
-                        metric.key):
-                    median_slower = self._slower(recent, series.sorted_baseline, 50)
-                events += self._relative(metric, series, recent, obs, explained=explained,
-                                         median_slower=median_slower)
-                events += self._absolute(metric, series, obs)
-            # Slower by the ratio, even before the test is significant: the metrics after this
-            # one wait, so the slowdown is put down to the metric that explains it.
-            # (The median only: a p95 of ten values jumps with one slow probe.)
-            explained = (explained or self.conditions.is_open(metric.key)
-                         or recent is not None and (
-                             median_slower if median_slower is not None
-                             else self._slower(recent, series.sorted_baseline, 50)))
+            judged, explained = self._judge(metric, series, obs, learning=learning,
+                                            explained=explained)
+            events += judged
         return events
+
+    def _judge(self, metric: Metric, series: Series, obs: Observation, *, learning: bool,
+               explained: bool) -> tuple[list[DriftEvent], bool]:
+        """The metric's conditions once its value is added; (events, whether the slowdown is
+        explained by now)."""
+        events = []
+        recent = series.sorted_recent if self._comparable(series) else None
+        # Whether the recent median is slower by the ratio: asked by the relative test
+        # and again just below, worked out once.
+        median_slower: bool | None = None
+        if not learning:
+            if recent is not None and not explained and not self.conditions.is_open(
+                    metric.key):
+                median_slower = self._slower(recent, series.sorted_baseline, 50)
+            events += self._relative(metric, series, recent, obs, explained=explained,
+                                     median_slower=median_slower)
+            events += self._absolute(metric, series, obs)
+        # Slower by the ratio, even before the test is significant: the metrics after this
+        # one wait, so the slowdown is put down to the metric that explains it.
+        # (The median only: a p95 of ten values jumps with one slow probe.)
+        explained = (explained or self.conditions.is_open(metric.key)
+                     or recent is not None and (
+                         median_slower if median_slower is not None
+                         else self._slower(recent, series.sorted_baseline, 50)))
+        return events, explained
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        t = self.thresholds
+        least, ratio = t.latency_min_samples, t.latency_ratio
+        # With no absolute limit set and nothing open, a probe's metrics only move their
+        # windows unless one's recent median or p95 is slower by the ratio (then it is judged
+        # the ordinary way): the same as step, without its calls.
+        limited = any(metric.limit(t) is not None for metric in METRICS)
+        values = {"processing_ms": columns.openai_processing_ms,
+                  "ttft_ms": columns.time_to_first_token_ms, "total_ms": columns.total_ms}
+        # The windows of each metric measured at all here (ttft only on streams, processing
+        # only where the server says).
+        plan = [(metric, series, values[metric.key], series.recent, series.sorted_recent,
+                 series.baseline, series.sorted_baseline)
+                for metric in METRICS if any(value is not None for value in values[metric.key])
+                for series in [self.series[metric.key]]]
+        recent_full, base_full = t.latency_recent_probes, t.latency_baseline_probes
+        longest = max(t.latency_recent_probes, t.latency_baseline_probes)
+        medians, p95s = percentile_plans(longest, 50), percentile_plans(longest, 95)
+        isfinite = math.isfinite
+        uids = columns.uid
+        settled = self._settled()
+        for i, ok in enumerate(columns.ok):
+            if not ok:
+                continue
+            if limited or not settled:
+                self.step_at(columns, i, events)
+                settled = self._settled()
+                continue
+            explained = False
+            for metric, series, column, window, recent, behind, base in plan:
+                value = column[i]
+                if value is None or not isfinite(value):
+                    continue
+                # series.add(value, uid, frozen=False) in line
+                if len(window) == recent_full:
+                    moved = window[0][0]
+                    del recent[bisect_left(recent, moved)]
+                    if len(behind) == base_full:
+                        del base[bisect_left(base, behind[0])]
+                    behind.append(moved)
+                    insort(base, moved)
+                window.append((value, uids[i]))
+                insort(recent, value)
+                count, base_count = len(recent), len(base)
+                if explained or count < least or base_count < least:
+                    continue  # no test to make (explained stays as it was)
+                # _slower(recent, base, 50), then 95, with percentile() worked out in line.
+                low, high, weight = medians[count]
+                now = recent[low] + (recent[high] - recent[low]) * weight
+                low, high, weight = medians[base_count]
+                if not (now > 0 and now >= ratio * (
+                        base[low] + (base[high] - base[low]) * weight)):
+                    low, high, weight = p95s[count]
+                    now = recent[low] + (recent[high] - recent[low]) * weight
+                    low, high, weight = p95s[base_count]
+                    if not (now > 0 and now >= ratio * (
+                            base[low] + (base[high] - base[low]) * weight)):
+                        continue
+                judged, explained = self._judge(metric, series, columns.observation(i),
+                                                learning=False, explained=False)
+                events += [(i, event) for event in judged]
+                settled = self._settled()
+        return events
+
+    def _settled(self) -> bool:
+        """Nothing to learn and nothing open."""
+        return self.learned >= self.thresholds.warmup_probes and not self.conditions.active()
 
     def _comparable(self, series: Series) -> bool:
         """Both windows hold enough values to compare."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
+from monitor.detect.columns import Columns
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 
@@ -73,6 +74,25 @@ class ModelDetector(Detector):
             f"{name(opening.before)} for {duration(accept_ms)}; {name(model)} is accepted as "
             "the new baseline.",
         )]
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        # The raw (model, requested model) of an answer that step would find on the baseline
+        # with nothing open and nothing to learn: such an answer changes nothing.
+        steady: tuple[str, str | None] | None = None
+        for i, (ok, model, requested) in enumerate(zip(
+                columns.ok, columns.model, columns.requested_model, strict=True)):
+            if not ok or model is None or (model, requested) == steady:
+                continue
+            self.step_at(columns, i, events)
+            steady = (model, requested) if self._steady(model, requested) else None
+        return events
+
+    def _steady(self, model: str, requested: str | None) -> bool:
+        """Whether stepping this answer again would change nothing."""
+        return (self.learned >= self.thresholds.warmup_probes
+                and not self.conditions.is_open(self._key()) and clip(model) == self.baseline
+                and (None if requested is None else clip(requested)) == self.requested)
 
     def _key(self) -> str:
         return self.requested or "deployment"

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from monitor.detect.base import Detector, Warmup, clip, duration, ms, name
+from monitor.detect.columns import Columns
 from monitor.domain import DetectionThresholds, DriftEvent, DriftKind, Observation, Severity
 
 # A few variants seen while learning are tolerated (a seed is best effort); more would mean
@@ -86,6 +87,34 @@ class OutputDetector(Detector):
                     baseline.variants.setdefault(identity, value)
             else:
                 events += self._compare(key, label, identity, value, obs)
+        return events
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        warmup = self.thresholds.warmup_probes
+        # The raw (request, content, finish_reason, prompt_tokens) of answers that step would
+        # find on every baseline with nothing open and nothing to learn: they change nothing
+        # (no digest worked out again for the same text every minute).
+        steady: set[tuple[str, str | None, str | None, int | None]] = set()
+        for i, (ok, deterministic, request, content, finish_reason, prompt_tokens) in enumerate(
+                zip(columns.ok, columns.deterministic, columns.request_hash, columns.content,
+                    columns.finish_reason, columns.prompt_tokens, strict=True)):
+            if not ok or not deterministic:
+                continue
+            answer = (request, content, finish_reason, prompt_tokens)
+            if answer in steady:
+                continue
+            settled = self.learned >= warmup and request == self.request_hash
+            obs = columns.observation(i)
+            stepped = self.step(obs)
+            events += [(i, event) for event in stepped]
+            # What the answers in `steady` were found against may have moved.
+            if stepped or not settled or self.conditions.active():
+                steady.clear()
+            if not self.conditions.active() and self.learned >= warmup and all(
+                    read(obs)[0] in self.baselines[key].variants
+                    for key, (_, read) in FIELDS.items()):
+                steady.add(answer)
         return events
 
     def _compare(

@@ -23,6 +23,7 @@ from collections import Counter, deque
 from typing import Any
 
 from monitor.detect.base import Detector, Warmup, clip, name
+from monitor.detect.columns import Columns
 from monitor.detect.stats import fisher_more_failures
 from monitor.domain import (
     CheckOutcome,
@@ -88,6 +89,13 @@ class QualityDetector(Detector):
                 or len(self.baseline) < self.thresholds.quality_baseline_min_probes):
             return events
         return events + self._compare(obs, bool(failed))
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        for i, (ok, checks) in enumerate(zip(columns.ok, columns.checks, strict=True)):
+            if ok and checks:  # else no check applied: step returns at once
+                self.step_at(columns, i, events)
+        return events
 
     def _suspect(self) -> bool:
         """Open, or the recent window already fails suspiciously often: its answers stay out

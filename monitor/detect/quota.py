@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from monitor.detect.base import MAX_UIDS, Detector, Warmup, duration, ms
+from monitor.detect.columns import Columns
 from monitor.domain import (
     DetectionThresholds,
     DriftEvent,
@@ -76,6 +77,50 @@ class QuotaDetector(Detector):
                 if not learning:
                     events += self._remaining(header, obs.rate_limits, obs)
         return events
+
+    def fold(self, columns: Columns) -> list[tuple[int, DriftEvent]]:
+        events: list[tuple[int, DriftEvent]] = []
+        fraction = self.thresholds.quota_remaining_fraction
+        # Each probe's limits and what remains of them, in HEADERS' order (transposed in C).
+        sent = list(zip(*(columns.limits[header] for header in HEADERS), strict=True))
+        left = list(zip(*(columns.limits[key] for key, _ in HEADERS.values()), strict=True))
+        throttled = self.throttled
+        # The last limits found on their baselines (or not sent), and the last remaining
+        # counts found above their thresholds under them: step learns and opens nothing.
+        steady: tuple[Any, ...] | None = None
+        enough: tuple[Any, ...] | None = None
+        settled = self._settled()
+        for i, (ok, kind) in enumerate(zip(columns.ok, columns.error_kind, strict=True)):
+            if settled and kind != ErrorKind.RATE_LIMITED:
+                if not ok:
+                    throttled.append(False)
+                    self.calm += 1
+                    continue
+                limits, remaining = sent[i], left[i]
+                if limits != steady and self._on_baselines(limits):
+                    steady, enough = limits, None
+                if limits == steady and (remaining == enough or not any(
+                        limit is not None and value is not None and limit > 0
+                        and value < fraction * limit
+                        for limit, value in zip(limits, remaining, strict=True))):
+                    # Nothing to learn or open, no 429: only the window moves.
+                    enough = remaining
+                    throttled.append(False)
+                    self.calm += 1
+                    continue
+            self.step_at(columns, i, events)
+            settled = self._settled()
+            steady = enough = None
+        return events
+
+    def _settled(self) -> bool:
+        """Whether a probe that is no 429 may only move the window of 429s."""
+        return self.learned >= self.thresholds.warmup_probes and not self.conditions.active()
+
+    def _on_baselines(self, limits: tuple[int | float | None, ...]) -> bool:
+        return all(value is None or (limit.learned >= self.thresholds.warmup_probes
+                                     and value == limit.baseline)
+                   for value, limit in zip(limits, self.limits.values(), strict=True))
 
     def _limit(self, header: str, value: int, obs: Observation) -> list[DriftEvent]:
         limit = self.limits[header]

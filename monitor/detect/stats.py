@@ -25,6 +25,19 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+@functools.lru_cache(maxsize=64)
+def percentile_plans(longest: int, q: float) -> tuple[tuple[int, int, float], ...]:
+    """For each length up to `longest`, what `percentile` of that many values interpolates:
+    (low rank, high rank, weight of the high one), so that `v[low] + (v[high] - v[low]) *
+    weight` is exactly `percentile(v, q)` (a fold asks at every probe). Length 0: unused."""
+    plans = [(0, 0, 0.0)]
+    for count in range(1, longest + 1):
+        position = (count - 1) * q / 100
+        low = math.floor(position)
+        plans.append((low, min(low + 1, count - 1), position - low))
+    return tuple(plans)
+
+
 def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
     """One-sided p-value that values in x tend to be larger than values in y (Mann-Whitney U).
 

@@ -1,5 +1,6 @@
 """What detection reads and writes: a target's probes as Observations (in the order they were
-stored), the detectors' saved state, and the DriftEvents they produced.
+stored), or as columns of them for a long history folded in bulk, the detectors' saved state,
+and the DriftEvents they produced.
 
 Probes are folded in id order (the order the database took them), not by started_at: a probe
 that waited in the spool during an outage is stored late, and folding by id is the one order
@@ -12,13 +13,15 @@ import functools
 import hashlib
 import json
 import zlib
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, true, update
 
+from monitor.detect.columns import Columns, frozen, of_observations
 from monitor.domain import (
     CheckResult,
     DetectionThresholds,
@@ -77,13 +80,31 @@ _POSITION = select(detector_states.c.thresholds_hash, detector_states.c.last_pro
 # durably, and a lost fold (state, events, alerts and outbox go together) is folded again.
 _LOCK_POSITION = _POSITION.add_columns(
     func.set_config("synchronous_commit", "off", True)).with_for_update()
+# PostgreSQL, the same lock and the probes after the locked position, in one round trip.
+_NEWER = (
+    select(*_COLUMNS)
+    .where(probes.c.target_id == detector_states.c.target_id,
+           probes.c.id > detector_states.c.last_probe_id, CANARY)
+    .order_by(probes.c.id)
+    .limit(bindparam("limit"))
+    .lateral("newer")
+)
+_LOCK_AND_READ = (
+    select(detector_states.c.thresholds_hash, detector_states.c.last_probe_id,
+           func.set_config("synchronous_commit", "off", True), *_NEWER.c)
+    .select_from(detector_states.outerjoin(_NEWER, true()))
+    .where(detector_states.c.target_id == bindparam("target_id"))
+    .order_by(_NEWER.c.id)
+    .with_for_update(of=detector_states)
+)
 _STATE = select(detector_states.c.state_zlib).where(
     detector_states.c.target_id == bindparam("target_id"))
 _SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("target_id_"))
 
 
 class ObservationReader:
-    """Turns stored probes into Observations; remembers what it learnt of each payload."""
+    """Turns stored probes into Observations, or columns of them; remembers what it learnt of
+    each payload."""
 
     def __init__(self) -> None:
         # payload id -> (sha256, requested model, deterministic)
@@ -94,12 +115,40 @@ class ObservationReader:
         """The target's probes stored after probe `after_id`, oldest first, with their ids:
         `limit` (CHUNK) of them at most. With `checks`, with their stored check outcomes (one
         more query, which targets without checks are spared)."""
-        rows = connection.execute(
-            _AFTER, {"target_id": target_id, "after_id": after_id,
-                     "limit": limit or CHUNK}).all()
-        self._learn(connection, {row[-1] for row in rows})
+        rows = self._read(connection, target_id, after_id, limit)
         outcomes = check_results.of_probes(connection, [row[0] for row in rows]) if checks else {}
         return [(row[0], self._observation(row, outcomes.get(row[0], ()))) for row in rows]
+
+    def locked_after(self, connection: Connection, target_id: int, *, checks: bool = False
+                     ) -> tuple[tuple[str, int] | None, list[tuple[int, Observation]] | None]:
+        """lock_position() and, on PostgreSQL, after() from that position in the same round
+        trip: (position, the probes after it, at most CHUNK), or (position, None) where they
+        must be read apart (SQLite, no state row yet). Also None when the lock waited for
+        another daemon's fold: PostgreSQL then returns the position it saved, with the probes
+        read from the one before (they are read again)."""
+        if connection.dialect.name != "postgresql":
+            return lock_position(connection, target_id), None
+        rows = connection.execute(_LOCK_AND_READ, {"target_id": target_id,
+                                                   "limit": CHUNK}).all()
+        if not rows:
+            return None, None
+        position = (rows[0][0], rows[0][1])
+        read = [row[3:] for row in rows if row[3] is not None]
+        if read and read[0][0] <= position[1]:
+            return position, None
+        self._learn(connection, {row[-1] for row in read})
+        outcomes = check_results.of_probes(connection, [row[0] for row in read]) if checks else {}
+        return position, [(row[0], self._observation(row, outcomes.get(row[0], ())))
+                          for row in read]
+
+    def columns_after(self, connection: Connection, target_id: int, after_id: int, *,
+                      checks: bool = False, limit: int | None = None
+                      ) -> tuple[list[int], Columns]:
+        """The same probes as their ids and columns (what a bulk fold walks)."""
+        rows = self._read(connection, target_id, after_id, limit)
+        ids = [row[0] for row in rows]
+        outcomes = check_results.of_probes(connection, ids) if checks else {}
+        return ids, self._columns(rows, ids, outcomes)
 
     def all(self, connection: Connection, target_id: int, until: int | None = None, *,
             checks: bool = False, chunk: int | None = None) -> Iterator[tuple[int, Observation]]:
@@ -115,6 +164,35 @@ class ObservationReader:
             if len(read) < size:
                 return
             last = read[-1][0]
+
+    def all_columns(self, connection: Connection, target_id: int, until: int | None = None, *,
+                    checks: bool = False, chunk: int | None = None
+                    ) -> Iterator[tuple[list[int], Columns]]:
+        """The same, a chunk of ids and columns at a time (never an empty one)."""
+        size = chunk or CHUNK
+        last = 0
+        while True:
+            ids, columns = self.columns_after(connection, target_id, last, checks=checks,
+                                              limit=size)
+            if until is not None and ids and ids[-1] > until:
+                kept = bisect_right(ids, until)
+                ids, columns = ids[:kept], columns.section(0, kept)
+                if ids:
+                    yield ids, columns
+                return
+            if ids:
+                yield ids, columns
+            if len(ids) < size:
+                return
+            last = ids[-1]
+
+    def _read(self, connection: Connection, target_id: int, after_id: int,
+              limit: int | None) -> Sequence[Any]:
+        rows = connection.execute(
+            _AFTER, {"target_id": target_id, "after_id": after_id,
+                     "limit": limit or CHUNK}).all()
+        self._learn(connection, {row[-1] for row in rows})
+        return rows
 
     def _learn(self, connection: Connection, payload_ids: set[int]) -> None:
         missing = payload_ids - self._payloads.keys()
@@ -132,13 +210,15 @@ class ObservationReader:
 
     def _observation(self, row: Any, checks: tuple[CheckResult, ...]) -> Observation:
         # By position: a Row's attributes are looked up by name, which adds up over a year.
+        # (Columns.observation builds the same from columns; a single probe is read this way,
+        # without columns, for live detection.)
         (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
          ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
          remaining_tokens, reset_requests_s, reset_tokens_s, limit_input_tokens,
          remaining_input_tokens, limit_output_tokens, remaining_output_tokens, content,
          finish_reason, prompt_tokens, payload_id) = row
         digest, requested_model, deterministic = self._payloads[payload_id]
-        return _frozen(Observation, {
+        return frozen(Observation, {
             "uid": uid,
             "started_at": started_at,
             "ok": ok,
@@ -150,7 +230,7 @@ class ObservationReader:
             "total_ms": total_ms,
             "time_to_first_token_ms": ttft_ms,
             "openai_processing_ms": processing_ms,
-            "rate_limits": _frozen(RateLimits, {
+            "rate_limits": frozen(RateLimits, {
                 "limit_requests": limit_requests,
                 "limit_tokens": limit_tokens,
                 "remaining_requests": remaining_requests,
@@ -172,18 +252,43 @@ class ObservationReader:
             "checks": checks,
         })
 
-
-_Frozen = TypeVar("_Frozen")
-
-
-def _frozen(cls: type[_Frozen], fields: dict[str, Any]) -> _Frozen:
-    """A frozen dataclass with every field given, built without its __init__, which sets each
-    field through object.__setattr__ (frozen): for the 30 fields of an Observation and its
-    RateLimits that was over half of reading a stored probe (3.5 us of 6), and a year is
-    525,600 of them."""
-    instance = object.__new__(cls)
-    instance.__dict__.update(fields)
-    return instance
+    def _columns(self, rows: Sequence[Any], ids: list[int],
+                 outcomes: dict[int, tuple[CheckResult, ...]]) -> Columns:
+        count = len(rows)
+        if not count:
+            return of_observations([])
+        # Transposed in C; the columns are read by position (a Row's attributes are looked
+        # up by name, which adds up over a year).
+        (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
+         ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
+         remaining_tokens, reset_requests_s, reset_tokens_s, limit_input_tokens,
+         remaining_input_tokens, limit_output_tokens, remaining_output_tokens, content,
+         finish_reason, prompt_tokens, payload_ids) = zip(*rows, strict=True)
+        payloads = [self._payloads[payload_id] for payload_id in payload_ids]
+        unsent = (None,) * count
+        return Columns(
+            uid=uid, started_at=started_at, ok=ok, error_kind=error_kind,
+            http_status=http_status,
+            requested_model=[requested for _, requested, _ in payloads],
+            model=model, system_fingerprint=system_fingerprint, total_ms=total_ms,
+            time_to_first_token_ms=ttft_ms, openai_processing_ms=processing_ms,
+            limits={
+                "limit_requests": limit_requests, "limit_tokens": limit_tokens,
+                "remaining_requests": remaining_requests, "remaining_tokens": remaining_tokens,
+                "reset_requests_s": reset_requests_s, "reset_tokens_s": reset_tokens_s,
+                "limit_input_tokens": limit_input_tokens,
+                "remaining_input_tokens": remaining_input_tokens,
+                "reset_input_tokens_s": unsent,
+                "limit_output_tokens": limit_output_tokens,
+                "remaining_output_tokens": remaining_output_tokens,
+                "reset_output_tokens_s": unsent,
+            },
+            content=content, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+            request_hash=[digest for digest, _, _ in payloads],
+            deterministic=[deterministic for _, _, deterministic in payloads],
+            checks=[outcomes.get(stored_id, ()) for stored_id in ids] if outcomes
+            else ((),) * count,
+        )
 
 
 def longer_than_chunk(connection: Connection, target_id: int, until: int) -> bool:
