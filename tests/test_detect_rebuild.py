@@ -9,7 +9,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,9 +31,10 @@ from monitor.domain import (
     Target,
     Usage,
 )
-from monitor.store import history
+from monitor.store import db, history
 from monitor.store.models import DetectorStateRow, ProbeRow
 from monitor.store.records import Recorder
+from tests.conftest import empty_postgres
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 EVERY = timedelta(minutes=5)  # a day is 288 probes: the day-long accept periods pass quickly
@@ -351,15 +352,23 @@ def test_recorded_traffic_is_rebuilt_without_the_applications_own_rejected_reque
     assert watch.rerun(engine, traffic, target_id) == events
 
 
+@pytest.fixture
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    """PostgreSQL alone: SQLite has one writer, so there the position is locked and read apart."""
+    empty_postgres(postgres_url)
+    engine = db.open_store(postgres_url)
+    yield engine
+    engine.dispose()
+
+
 def test_a_catch_up_that_waited_for_another_daemons_fold_reads_after_the_position_it_saved(
-    engine: Engine, canary: Target
+    postgres_engine: Engine, canary: Target
 ) -> None:
     """On PostgreSQL a catch-up locks the position and reads the probes after it in one
     statement. When the lock waited for another daemon's fold, PostgreSQL hands back the position
     that daemon saved but the probes read from the one before it: those are not used, and the
     probes after the saved position are read again."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer: the position is locked and read apart")
+    engine = postgres_engine
     recorder = Recorder(engine)
     recorder.register(canary.name, canary.config_hash, {})
     results = varied_history(canary, 40)
