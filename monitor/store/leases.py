@@ -25,6 +25,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Table,
+    bindparam,
     delete,
     func,
     literal_column,
@@ -152,13 +153,17 @@ def skipped_by_target(engine: Engine, since: datetime) -> dict[str, dict[str, in
             for i, kinds in sorted(counts.items(), key=lambda item: names[item[0]])}
 
 
+# Built once, like the claim: it runs once per probe.
+_SETTLE = (update(slot_rows)
+           .where(slot_rows.c.target_id == bindparam("target_id_"),
+                  slot_rows.c.slot_at == bindparam("slot_at_"))
+           .values(state=SlotState.PROBED.value, probe_uid=bindparam("probe_uid")))
+
+
 def settle(engine: Engine, target_id: int, slot_at: datetime, probe_uid: str) -> None:
     with engine.begin() as connection:
-        connection.execute(
-            update(slot_rows)
-            .where(slot_rows.c.target_id == target_id, slot_rows.c.slot_at == slot_at)
-            .values(state=SlotState.PROBED.value, probe_uid=probe_uid)
-        )
+        connection.execute(_SETTLE, {"target_id_": target_id, "slot_at_": slot_at,
+                                     "probe_uid": probe_uid})
 
 
 def new_instance_id() -> str:
