@@ -28,6 +28,7 @@ import psycopg
 from daemon_load import PAGE, database_url, start_simulator  # bench/ is on sys.path
 
 from monitor import config
+from monitor.daemon import limit_malloc_arenas
 from monitor.daemon.steps import Daemon
 from monitor.domain import ProbeResult, Target
 from monitor.store import db
@@ -72,8 +73,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--database", default="sqlite", help="sqlite or a PostgreSQL URL")
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--default-arenas", action="store_true",
+                        help="leave glibc's malloc arenas as they are (`monitor run` limits them)")
     parser.add_argument("--profile", help="write a cProfile of rounds 2.. here (text)")
     args = parser.parse_args()
+    if not args.default_arenas:
+        limit_malloc_arenas()  # as `monitor run` does, before any thread
     sim, sim_url = start_simulator(base_ms=0, jitter_ms=0)
     workdir = Path(tempfile.mkdtemp(prefix="monitor-rounds-"))
     url, pg_name = database_url(args.database, workdir)
