@@ -2,9 +2,10 @@
 simulator (its own process, answering at once), with a fixed clock one interval apart per round.
 
 Prints, per round, the CPU this process spent per probe and its anonymous RSS; with
---tracemalloc, the Python allocations held after the first round and what grew between a
-later round and the last (the 15 biggest sites). With --profile, a cProfile of the rounds after
-the first (sorted by own time) goes to the given file.
+--tracemalloc, the Python allocations held after the last round and what grew from round 2 to
+the last (the 15 biggest sites). With --profile, a cProfile of every probe thread by its own
+CPU time, rounds 2 on, goes to the given file. malloc is limited to 2 arenas as `monitor run`
+does it, unless --default-arenas.
 
     python bench/daemon_rounds.py --targets 2000 --rounds 6 --database sqlite
     python bench/daemon_rounds.py --targets 2000 --rounds 6 \
