@@ -938,6 +938,20 @@ def test_detect_thresholds_merge_defaults_under_targets_key_by_key() -> None:
     assert tuned.config_hash == plain.config_hash  # thresholds do not change what is sent
 
 
+def test_targets_with_equal_detect_settings_share_one_thresholds_instance() -> None:
+    # Ten thousand targets would otherwise hold ten thousand copies (~1.6 KB each).
+    settings = load(
+        '[defaults.detect]\nlatency_ratio = 2\n'
+        + MINIMAL
+        + target_toml(detect="{ latency_ratio = 2 }").replace('"a"', '"b"')
+        + target_toml(detect="{ latency_ratio = 3 }").replace('"a"', '"c"')
+    )
+    first, same, other = settings.targets
+    assert same.detection is first.detection
+    assert other.detection is not first.detection
+    assert other.detection.latency_ratio == 3 and first.detection.latency_ratio == 2
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

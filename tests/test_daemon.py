@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
 from monitor.cli import cli
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, limit_malloc_arenas
 from monitor.domain import ErrorKind
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
@@ -423,3 +424,8 @@ def test_a_probe_is_stored_at_the_daemons_clock_not_the_wall_clock(
     with engine.connect() as connection:
         stored = connection.execute(select(ProbeRow.started_at).order_by(ProbeRow.id)).all()
     assert [row.started_at for row in stored] == [now, now, now + timedelta(minutes=1)]
+
+
+def test_the_daemon_limits_mallocs_arenas_where_the_c_library_is_glibc() -> None:
+    # glibc takes the setting (mallopt says so); elsewhere the call says it did nothing.
+    assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")

@@ -324,3 +324,27 @@ def test_targets_on_one_upstream_share_a_session_and_never_each_others_key(
         ("/v1/chat/completions", "Bearer sk-key-a", None, "application/json"),
         ("/openai/deployments/d/chat/completions", None, "azure-key-b", "text/event-stream"),
     }
+
+
+def test_probes_go_through_the_environments_proxy_unless_no_proxy_names_the_host(
+    sim: SimClient, make_target: MakeTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session looks the environment's proxies up once per upstream (ProbeSession), so
+    # each case gets a session of its own, as a daemon started in that environment would.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    target = make_target(model="gpt-4o")
+    with providers.new_session() as session:
+        through_proxy = [probe.run(target, session) for _ in range(2)]
+    assert [r.ok for r in through_proxy] == [False, False]
+    assert {r.error_kind for r in through_proxy} <= {ErrorKind.CONNECTION_ERROR,
+                                                     ErrorKind.CONNECTION_REFUSED}
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with providers.new_session() as session:
+        direct = [probe.run(target, session) for _ in range(2)]
+    assert [r.ok for r in direct] == [True, True], direct[0].error_detail

@@ -20,7 +20,18 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, func, literal_column, select, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    Table,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    update,
+)
 
 from monitor.domain import SkipKind, SlotState
 from monitor.store.db import upsert
@@ -48,21 +59,31 @@ class Claim(enum.Enum):
 def claim(engine: Engine, target_id: int, slot_at: datetime, instance_id: str) -> Claim:
     """Take the slot whose time has come. A slot reserved by any instance's backoff is
     recorded as skipped by this one, the one whose schedule reached it."""
-    statement = _insert(engine, slot_rows).values(
-        target_id=target_id, slot_at=slot_at, instance_id=instance_id,
-        state=SlotState.CLAIMED.value,
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=["target_id", "slot_at"],
-        set_={"state": SlotState.SKIPPED.value, "instance_id": statement.excluded.instance_id},
-        where=slot_rows.c.state == SlotState.RESERVED.value,
-    ).returning(slot_rows.c.state)
     # RETURNING, not rowcount: psycopg 3 reports -1 for an INSERT ... ON CONFLICT here.
     with engine.begin() as connection:
-        state = connection.execute(statement).scalar()
+        state = connection.execute(_claim_statement(engine.dialect), {
+            "target_id": target_id, "slot_at": slot_at, "instance_id": instance_id,
+            "state": SlotState.CLAIMED.value}).scalar()
     if state is None:
         return Claim.TAKEN
     return Claim.OURS if state == SlotState.CLAIMED.value else Claim.RESERVED
+
+
+# Built once per dialect name: building the claim (its `excluded` columns above all) cost
+# more CPU than running it, and it runs once per probe.
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(dialect: Dialect) -> Any:
+    statement = _CLAIMS.get(dialect.name)
+    if statement is None:
+        insert = upsert(dialect, slot_rows)
+        statement = _CLAIMS[dialect.name] = insert.on_conflict_do_update(
+            index_elements=["target_id", "slot_at"],
+            set_={"state": SlotState.SKIPPED.value, "instance_id": insert.excluded.instance_id},
+            where=slot_rows.c.state == SlotState.RESERVED.value,
+        ).returning(slot_rows.c.state)
+    return statement
 
 
 def skip(engine: Engine, target_id: int, slots: Iterable[datetime], instance_id: str,
@@ -132,13 +153,17 @@ def skipped_by_target(engine: Engine, since: datetime) -> dict[str, dict[str, in
             for i, kinds in sorted(counts.items(), key=lambda item: names[item[0]])}
 
 
+# Built once, like the claim: it runs once per probe.
+_SETTLE = (update(slot_rows)
+           .where(slot_rows.c.target_id == bindparam("target_id_"),
+                  slot_rows.c.slot_at == bindparam("slot_at_"))
+           .values(state=SlotState.PROBED.value, probe_uid=bindparam("probe_uid")))
+
+
 def settle(engine: Engine, target_id: int, slot_at: datetime, probe_uid: str) -> None:
     with engine.begin() as connection:
-        connection.execute(
-            update(slot_rows)
-            .where(slot_rows.c.target_id == target_id, slot_rows.c.slot_at == slot_at)
-            .values(state=SlotState.PROBED.value, probe_uid=probe_uid)
-        )
+        connection.execute(_SETTLE, {"target_id_": target_id, "slot_at_": slot_at,
+                                     "probe_uid": probe_uid})
 
 
 def new_instance_id() -> str:
