@@ -73,6 +73,16 @@ def database_url(choice: str, workdir: Path) -> tuple[str, str | None]:
     return f"{choice.rsplit('/', 1)[0]}/{name}", name
 
 
+def fleet_config(workdir: Path, url: str, sim_url: str, interval_s: float, targets: int) -> Path:
+    """A monitor.toml of `targets` alike canaries of the simulator, every `interval_s`."""
+    path = workdir / "monitor.toml"
+    path.write_text(f'[database]\nurl = "{url}"\n\n[defaults]\nprovider = "openai-compatible"\n'
+                    f'base_url = "{sim_url}/v1"\nmodel = "gpt-4o"\ninterval = "{interval_s:g}s"\n'
+                    'timeout = "10s"\n\n' + "".join(
+                        f'[[targets]]\nname = "t{i:05d}"\n\n' for i in range(targets)))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=2000)
@@ -85,11 +95,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="monitor-load-"))
     url, pg_name = database_url(args.database, workdir)
     db.upgrade(url)
-    config = workdir / "monitor.toml"
-    config.write_text(f'[database]\nurl = "{url}"\n\n[defaults]\nprovider = "openai-compatible"\n'
-                      f'base_url = "{sim_url}/v1"\nmodel = "gpt-4o"\ninterval = "{args.interval}s"\n'
-                      'timeout = "10s"\n\n' + "".join(
-                          f'[[targets]]\nname = "t{i:05d}"\n\n' for i in range(args.targets)))
+    config = fleet_config(workdir, url, sim_url, args.interval, args.targets)
     log_file = open(workdir / "daemon.log", "w")  # noqa: SIM115  (outlives this block)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "monitor", "run", "-c", str(config),

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
-from daemon_load import PAGE, database_url, start_simulator  # bench/ is on sys.path
+from daemon_load import PAGE, database_url, fleet_config, start_simulator  # bench/ is on sys.path
 
 from monitor import config
 from monitor.daemon import limit_malloc_arenas
@@ -85,11 +85,7 @@ def main() -> None:
     url, pg_name = database_url(args.database, workdir)
     try:
         db.upgrade(url)
-        path = workdir / "monitor.toml"
-        path.write_text(f'[database]\nurl = "{url}"\n\n[defaults]\n'
-                        f'provider = "openai-compatible"\nbase_url = "{sim_url}/v1"\n'
-                        'model = "gpt-4o"\ninterval = "60s"\ntimeout = "10s"\n\n' + "".join(
-                            f'[[targets]]\nname = "t{i:05d}"\n\n' for i in range(args.targets)))
+        path = fleet_config(workdir, url, sim_url, 60, args.targets)
         settings = config.load(str(path), environ={})
         now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
         clock_now = [now]
