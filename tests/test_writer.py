@@ -8,14 +8,16 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from monitor.domain import ProbeResult
+from monitor.domain import ProbeResult, SlotState
+from monitor.store import leases
 from monitor.store.failures import Failure, classify
-from monitor.store.models import ProbeRow
+from monitor.store.models import ProbeRow, SlotRow
 from monitor.store.records import Recorder
 from monitor.store.writer import GroupWriter
 from tests.test_poison import poison
@@ -34,16 +36,18 @@ class GatedRecorder(Recorder):
         self.batches: list[int] = []
         self.saved_alone = 0  # results stored one by one (after their batch failed)
 
-    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]]) -> list[int]:
+    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]],
+                   slots: Sequence[datetime | None] = ()) -> list[int]:
         self.batches.append(len(batch))
         if len(self.batches) == 1:
             self.entered.set()
             assert self.gate.wait(60)
-        return super().save_batch(batch)
+        return super().save_batch(batch, slots)
 
-    def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
+    def save(self, result: ProbeResult, config: dict[str, Any] | None = None,
+             slot_at: datetime | None = None) -> int:
         self.saved_alone += 1
-        return super().save(result, config)
+        return super().save(result, config, slot_at)
 
 
 def stored_ids(engine: Engine) -> dict[str, int]:
@@ -58,14 +62,17 @@ def queued(writer: GroupWriter) -> int:
 
 
 def save_while_gated(engine: Engine, results: list[ProbeResult],
+                     slots: Sequence[datetime | None] = (),
                      ) -> tuple[GatedRecorder, list[Any]]:
-    """The first result leads and is held; the rest queue behind it; then the gate opens."""
+    """The first result leads and is held; the rest queue behind it; then the gate opens.
+    `slots`: the slot each result settles, if any."""
     recorder = GatedRecorder(engine)
     writer = GroupWriter(recorder)
+    settles = list(slots) or [None] * len(results)
     with ThreadPoolExecutor(len(results)) as pool:
-        first = pool.submit(writer.save, results[0])
+        first = pool.submit(writer.save, results[0], None, settles[0])
         assert recorder.entered.wait(60)
-        rest = [pool.submit(writer.save, r) for r in results[1:]]
+        rest = [pool.submit(writer.save, r, None, s) for r, s in zip(results[1:], settles[1:])]
         wait_until(lambda: queued(writer) == len(results) - 1, "the others to queue")
         recorder.gate.set()
         outcomes: list[Any] = []
@@ -147,3 +154,46 @@ def test_concurrent_results_are_committed_in_batches_not_one_by_one(engine: Engi
     assert ids == [stored[r.uid] for r in results]
     assert recorder.batches == [1, 7]
     assert recorder.saved_alone == 0  # no batch fell back to storing its results one by one
+
+
+def claimed_slots(engine: Engine, count: int) -> list[datetime]:
+    """`count` slots of the test results' target, claimed by this instance."""
+    target_id = Recorder(engine).target_id(result().target_name)
+    first = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
+    slots = [first + timedelta(minutes=i) for i in range(count)]
+    for slot in slots:
+        assert leases.claim(engine, target_id, slot, "test:1:a") is leases.Claim.OURS
+    return slots
+
+
+def slot_states(engine: Engine) -> dict[datetime, tuple[str, str | None]]:
+    with engine.connect() as connection:
+        return {slot: (state, uid) for slot, state, uid in connection.execute(
+            select(SlotRow.slot_at, SlotRow.state, SlotRow.probe_uid))}
+
+
+def test_each_stored_probe_settles_its_slot_in_the_same_commit(engine: Engine) -> None:
+    results = [result(uid=uuid.uuid4().hex) for _ in range(6)]
+    slots = claimed_slots(engine, 6)
+    settles: list[datetime | None] = [*slots[:5], None]  # the last one has no slot of its own
+    recorder, ids = save_while_gated(engine, results, settles)
+    assert recorder.batches == [1, 5] and recorder.saved_alone == 0
+    assert all(isinstance(i, int) for i in ids)
+    states = slot_states(engine)
+    assert [states[s] for s in slots[:5]] == [
+        (SlotState.PROBED.value, r.uid) for r in results[:5]]
+    assert states[slots[5]] == (SlotState.CLAIMED.value, None)
+
+
+def test_a_poison_result_leaves_its_slot_claimed_and_the_others_settled(
+        engine: Engine) -> None:
+    results = [result(uid=uuid.uuid4().hex) for _ in range(4)]
+    results[2] = poison(uid=uuid.uuid4().hex)
+    slots = claimed_slots(engine, 4)
+    recorder, outcomes = save_while_gated(engine, results, slots)
+    assert recorder.batches == [1, 3] and recorder.saved_alone == 3
+    assert classify(outcomes[2]) is Failure.POISON
+    states = slot_states(engine)
+    assert [states[s][0] for s in slots] == [SlotState.PROBED.value] * 2 + [
+        SlotState.CLAIMED.value, SlotState.PROBED.value]
+    assert states[slots[3]][1] == results[3].uid

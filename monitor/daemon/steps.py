@@ -106,9 +106,11 @@ class Daemon:
             self._back_off(target, slot, result, now)
         else:
             self._backoff.pop(target.name, None)
-        probe_id = self.store(result)
+        # Our slot is settled in the probe's own transaction; a spooled probe's on its own.
+        ours = slot if claimed is leases.Claim.OURS else None
+        probe_id = self.store(result, ours)
         raised = self.detect(target, probe_id) if probe_id is not None else []
-        if claimed is leases.Claim.OURS:
+        if probe_id is None and ours is not None:
             self._db_quietly(lambda: leases.settle(
                 self.recorder.engine, self.recorder.target_id(target.name), slot, result.uid))
         log.info("%s", report.probe_line(result))
@@ -201,9 +203,10 @@ class Daemon:
         self._db_quietly(lambda: leases.heartbeat(
             self.recorder.engine, self.instance_id, self.clock()))
 
-    def store(self, result: ProbeResult) -> int | None:
-        """Save to the database and return the probe's id, or to the spool when it cannot
-        take it (nothing is lost; None). While anything waits in the spool, new results queue
+    def store(self, result: ProbeResult, slot_at: datetime | None = None) -> int | None:
+        """Save to the database and return the probe's id (settling its slot at `slot_at`,
+        if given, in the same transaction), or to the spool when it cannot take it (nothing
+        is lost; None). While anything waits in the spool, new results queue
         behind it, keeping their order. A result the database refuses for good (a poison
         record, store/failures.py) is quarantined beside the spool, and the next ones are
         stored as usual."""
@@ -213,7 +216,7 @@ class Daemon:
                 return None
         try:
             if self.register():
-                return self.writer.save(result)
+                return self.writer.save(result, slot_at=slot_at)
         except Exception as exc:
             failure = classify(exc)
             if failure is None:

@@ -161,9 +161,18 @@ _SETTLE = (update(slot_rows)
 
 
 def settle(engine: Engine, target_id: int, slot_at: datetime, probe_uid: str) -> None:
+    """Mark a claimed slot as probed by the probe `probe_uid`."""
     with engine.begin() as connection:
-        connection.execute(_SETTLE, {"target_id_": target_id, "slot_at_": slot_at,
-                                     "probe_uid": probe_uid})
+        settle_in(connection, [(target_id, slot_at, probe_uid)])
+
+
+def settle_in(connection: Connection, settled: Sequence[tuple[int, datetime, str]]) -> None:
+    """`settle` (target id, slot, probe uid) each, inside the caller's transaction: the
+    daemon's group commit settles the slots of the probes it stores, saving each probe a
+    transaction of its own."""
+    if settled:
+        connection.execute(_SETTLE, [{"target_id_": target_id, "slot_at_": slot_at,
+                                      "probe_uid": uid} for target_id, slot_at, uid in settled])
 
 
 def new_instance_id() -> str:

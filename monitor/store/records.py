@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import Choice, ProbeResult, RateLimits
-from monitor.store import blobs, check_results, codec
+from monitor.store import blobs, check_results, codec, leases
 from monitor.store.db import upsert
 from monitor.store.probe_insert import ProbeInsert
 from monitor.store.schema import (
@@ -53,12 +53,14 @@ class Recorder:
             target_id = self._target_id(connection, name, traffic)
             self._config_id(connection, name, target_id, config_hash, config)
 
-    def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
-        """Store one probe and return its id. A uid already stored returns the existing id,
-        which is what makes replaying a spool after a crash safe."""
+    def save(self, result: ProbeResult, config: dict[str, Any] | None = None,
+             slot_at: datetime | None = None) -> int:
+        """Store one probe and return its id; with `slot_at`, mark the target's slot then as
+        probed by it in the same transaction (leases.settle). A uid already stored returns the
+        existing id, which is what makes replaying a spool after a crash safe."""
         cached = bool(self._target_ids or self._config_ids or self._payload_ids)
         try:
-            return self._insert(result, config)
+            return self._insert(result, config, slot_at)
         except IntegrityError:
             existing = self.probe_id(result.uid)
             if existing is not None:
@@ -74,12 +76,13 @@ class Recorder:
         # A cached id may point at a row deleted since: once more with fresh ids, so that
         # only a result refused on its own merits is reported as refused.
         try:
-            return self._insert(result, config)
+            return self._insert(result, config, slot_at)
         except Exception:
             self._forget()
             raise
 
-    def _insert(self, result: ProbeResult, config: dict[str, Any] | None) -> int:
+    def _insert(self, result: ProbeResult, config: dict[str, Any] | None,
+                slot_at: datetime | None) -> int:
         with self.engine.begin() as connection:
             target_id = self._target_id(connection, result.target_name, result.traffic)
             config_id = self._config_id(
@@ -90,12 +93,16 @@ class Recorder:
             [probe_id] = self._statement().execute(
                 connection, [_probe_values(result, target_id, config_id, payload_id, dictionary)])
             check_results.insert(connection, [(result, probe_id, target_id)])
+            if slot_at is not None:
+                leases.settle_in(connection, [(target_id, slot_at, result.uid)])
             return probe_id
 
-    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]]) -> list[int]:
+    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]],
+                   slots: Sequence[datetime | None] = ()) -> list[int]:
         """Store results with their configs in one transaction and return their ids in order
-        (the group writer's commit). Any failure (a uid already stored included) fails the
-        whole batch; the caller then stores the results one by one to give each its verdict."""
+        (the group writer's commit); `slots`, where given, the slot each one settles, as in
+        `save`. Any failure (a uid already stored included) fails the whole batch; the caller
+        then stores the results one by one to give each its verdict."""
         try:
             with self.engine.begin() as connection:
                 rows = []
@@ -113,6 +120,10 @@ class Recorder:
                 check_results.insert(connection, [(result, probe_id, row["target_id"])
                                                   for (result, _), probe_id, row
                                                   in zip(batch, ids, rows)])
+                leases.settle_in(connection, [
+                    (row["target_id"], slot_at, result.uid)
+                    for (result, _), row, slot_at in zip(batch, rows, slots)
+                    if slot_at is not None])
                 return ids
         except Exception:
             self._forget()  # ids cached inside the failed transaction may not exist

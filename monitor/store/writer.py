@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from monitor.domain import ProbeResult
@@ -38,6 +39,7 @@ def _taken_lock() -> threading.Lock:
 class _Waiting:
     result: ProbeResult
     config: dict[str, Any] | None
+    slot_at: datetime | None
     # Released once this result is committed (or refused), or when its caller is handed the
     # lead: a lock taken at birth, a tenth of an Event's cost.
     ready: threading.Lock = field(default_factory=_taken_lock)
@@ -57,9 +59,11 @@ class GroupWriter:
         self._lock = threading.Lock()
         self.commits = 0  # transactions that stored a whole batch (for the benchmark)
 
-    def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
-        """Store one probe and return its id once it is committed."""
-        mine = _Waiting(result, config)
+    def save(self, result: ProbeResult, config: dict[str, Any] | None = None,
+             slot_at: datetime | None = None) -> int:
+        """Store one probe and return its id once it is committed; with `slot_at`, settle
+        that slot of its target in the same transaction (Recorder.save)."""
+        mine = _Waiting(result, config, slot_at)
         with self._lock:
             self._queue.append(mine)
             lead = not self._writing
@@ -88,7 +92,8 @@ class GroupWriter:
     def _commit(self, batch: Sequence[_Waiting]) -> None:
         try:
             try:
-                ids = self.recorder.save_batch([(w.result, w.config) for w in batch])
+                ids = self.recorder.save_batch([(w.result, w.config) for w in batch],
+                                               [w.slot_at for w in batch])
                 self.commits += 1
             except Exception:  # noqa: BLE001 - each result gets its own verdict below
                 ids = None
@@ -97,7 +102,8 @@ class GroupWriter:
                     waiting.probe_id = ids[index]
                 else:
                     try:
-                        waiting.probe_id = self.recorder.save(waiting.result, waiting.config)
+                        waiting.probe_id = self.recorder.save(
+                            waiting.result, waiting.config, waiting.slot_at)
                     except Exception as exc:  # noqa: BLE001 - handed to its own caller
                         waiting.error = exc
                 waiting.done = True
