@@ -197,3 +197,27 @@ def test_a_poison_result_leaves_its_slot_claimed_and_the_others_settled(
     assert [states[s][0] for s in slots] == [SlotState.PROBED.value] * 2 + [
         SlotState.CLAIMED.value, SlotState.PROBED.value]
     assert states[slots[3]][1] == results[3].uid
+
+
+
+def test_bursts_of_threads_reuse_the_pooled_connections(engine: Engine) -> None:
+    """As many threads as the pool keeps, each in a transaction at the same moment, burst
+    after burst (the daemon's probe threads on the slot grid): the connections are opened
+    once and kept, not opened and closed per burst (on PostgreSQL a server backend each)."""
+    from sqlalchemy import event, text
+
+    from monitor.store import db
+
+    opened: list[object] = []
+    event.listen(engine, "connect", lambda *_: opened.append(None))
+    together = threading.Barrier(db.POOL_SIZE, timeout=60)
+
+    def transaction(_: int) -> None:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT 1"))
+            together.wait()  # every thread holds a connection at once
+
+    with ThreadPoolExecutor(db.POOL_SIZE) as pool:
+        for _ in range(5):
+            list(pool.map(transaction, range(db.POOL_SIZE)))
+    assert len(opened) <= db.POOL_SIZE

@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Address space SQLite may map for reads; pages count as memory only once read.
 SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+# Connections an engine keeps open, and as many more it may open for a burst. The daemon's
+# probe threads each hold one for a few short transactions per probe; with SQLAlchemy's
+# default of 5 kept, a fleet's bursts opened (and closed) a new connection for every third
+# or fourth probe: on PostgreSQL a backend the server starts, on SQLite its pragmas and a cold
+# page cache. 2 x 16 per daemon leaves room under PostgreSQL's default max_connections (100)
+# for a second daemon and the commands.
+POOL_SIZE = 16
 
 
 def normalize_url(url: str) -> str:
@@ -69,10 +76,13 @@ def create(url: str) -> Engine:
     """An engine with the per-connection settings each backend needs."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url)
+        # A file's engine pools (QueuePool); an in-memory one keeps a connection per thread.
+        pooled = {"pool_size": POOL_SIZE, "max_overflow": POOL_SIZE} if sqlite_path(url) else {}
+        engine = create_engine(url, **pooled)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE,
+                         connect_args={"connect_timeout": 10})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
