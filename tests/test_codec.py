@@ -124,6 +124,31 @@ def test_a_new_configuration_gets_its_own_dictionary(engine: Engine) -> None:
     assert sorted(configs) == sorted(stored) and len(set(configs)) == 2
 
 
+
+def test_alike_targets_share_their_dictionary_s_bytes(engine: Engine) -> None:
+    """Targets sending the same request to the same URL get dictionary rows of their own with
+    the first one's bytes, held once in memory; another URL gets its exchange's own."""
+    recorder = Recorder(engine)
+    first, second = varied(1), varied(2, target_name="gpt-4o-eu")
+    elsewhere = varied(3, target_name="gpt-4o-proxy",
+                       request_url="https://proxy.example/v1/chat/completions")
+    ids = [recorder.save(first), recorder.save(second), recorder.save(elsewhere)]
+    assert_read_back(engine, ids, [first, second, elsewhere])
+    with engine.connect() as connection:
+        rows = connection.execute(select(CodecDictionaryRow.id, CodecDictionaryRow.dictionary)
+                                  .order_by(CodecDictionaryRow.id)).all()
+    assert len(rows) == 3 and len({row.id for row in rows}) == 3
+    assert bytes(rows[0].dictionary) == bytes(rows[1].dictionary) != bytes(rows[2].dictionary)
+    held = recorder._encoders._known  # the one process's view of each configuration's
+    first_held, second_held, other_held = (held[i] for i in sorted(held))
+    assert first_held is not None and second_held is not None and other_held is not None
+    assert first_held.data is second_held.data and other_held.data is not first_held.data
+    # A new process reads the equal bytes back and holds them once as well.
+    reader = Recorder(engine)
+    reader.save_batch([(varied(4), None), (varied(5, target_name="gpt-4o-eu"), None)])
+    again = [d for d in reader._encoders._known.values() if d is not None]
+    assert len(again) == 2 and again[0].data is again[1].data
+
 def test_rows_written_by_the_old_codec_stay_readable(engine: Engine) -> None:
     """Rows as the code before revision 0012 wrote them (format 1, and format 1 empties after
     retention) beside rows written now."""

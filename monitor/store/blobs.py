@@ -60,22 +60,38 @@ def headers(connection: Connection, row: Any, dictionaries: Dictionaries) -> dic
 class Encoders:
     """The dictionary each configuration's probes are compressed against, looked up once per
     configuration; made from a probe's exchange when its configuration has none yet and it
-    has an answer (a body, not an error)."""
+    has an answer (a body, not an error).
+
+    Each configuration has a dictionary row of its own, but targets that send the same request
+    to the same URL (one canary on many keys or names) get the same bytes: the first one's
+    exchange is as alike to theirs as their own would be. Held once in memory, whoever made
+    them (equal bytes read back from the database are shared too): a fleet of 10,000 alike
+    targets kept 10,000 copies, ~17 MB."""
 
     def __init__(self) -> None:
         self._known: dict[int, codec.Dictionary | None] = {}  # by configuration id
+        self._shared: dict[bytes, bytes] = {}  # each distinct dictionary's bytes, once
+        self._by_request: dict[tuple[str, str], bytes] = {}  # (URL, payload) -> bytes
 
     def forget(self) -> None:
-        """Drop what a rolled-back transaction may have created."""
+        """Drop what a rolled-back transaction may have created (rows; bytes stay good)."""
         self._known.clear()
 
     def dictionary(self, connection: Connection, config_id: int, ok: bool,
-                   headers: dict[str, str], body: bytes) -> codec.Dictionary | None:
+                   headers: dict[str, str], body: bytes,
+                   request: tuple[str, str] | None = None) -> codec.Dictionary | None:
+        """The configuration's dictionary; a new one when it has none and the exchange has an
+        answer: the bytes already made for the same `request` (URL and payload), if any,
+        else the exchange's own."""
         if config_id not in self._known:
-            self._known[config_id] = newest(connection, config_id)
+            self._known[config_id] = self._held(newest(connection, config_id))
         found = self._known[config_id]
         if found is None and ok and body:
-            found = self._known[config_id] = create(connection, config_id, headers, body)
+            alike = self._by_request.get(request) if request is not None else None
+            found = self._known[config_id] = self._held(
+                create(connection, config_id, headers, body, alike))
+        if found is not None and request is not None:
+            self._by_request.setdefault(request, found.data)
         return found
 
     def for_result(self, connection: Connection, config_id: int,
@@ -86,7 +102,14 @@ class Encoders:
         # The dictionary's bytes need not be exact, only alike: no scrubbing needed.
         headers = {name: value.encode("utf-8", "replace").decode()
                    for name, value in result.response_headers.items()}
-        return self.dictionary(connection, config_id, result.ok, headers, result.raw_response)
+        return self.dictionary(connection, config_id, result.ok, headers, result.raw_response,
+                               (result.request_url, repr(result.request_payload)))
+
+    def _held(self, dictionary: codec.Dictionary | None) -> codec.Dictionary | None:
+        if dictionary is None:
+            return None
+        data = self._shared.setdefault(dictionary.data, dictionary.data)
+        return dictionary if data is dictionary.data else codec.Dictionary(dictionary.id, data)
 
 
 def encoded(row: dict[str, Any], headers: dict[str, str], body: bytes,
@@ -113,10 +136,11 @@ def newest(connection: Connection, config_id: int) -> codec.Dictionary | None:
 
 
 def create(connection: Connection, config_id: int, headers: dict[str, str],
-           body: bytes) -> codec.Dictionary:
-    """A new dictionary for a configuration from one exchange (its headers as stored, then its
-    body), cut to what deflate can look back over."""
-    data = (codec.headers_bytes(headers) + body)[:codec.DICTIONARY_MAX_BYTES]
+           body: bytes, data: bytes | None = None) -> codec.Dictionary:
+    """A new dictionary for a configuration: `data`, or one exchange (its headers as stored,
+    then its body) cut to what deflate can look back over."""
+    if data is None:
+        data = (codec.headers_bytes(headers) + body)[:codec.DICTIONARY_MAX_BYTES]
     ident = connection.execute(
         insert(codec_dictionaries).returning(codec_dictionaries.c.id),
         {"target_config_id": config_id, "created_at": datetime.now(UTC), "dictionary": data},
