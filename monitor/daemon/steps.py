@@ -106,11 +106,10 @@ class Daemon:
             self._back_off(target, slot, result, now)
         else:
             self._backoff.pop(target.name, None)
-        # Our slot is settled in the probe's own transaction; a spooled probe's on its own.
-        ours = slot if claimed is leases.Claim.OURS else None
+        ours = slot if claimed is leases.Claim.OURS else None  # settled as it is stored
         probe_id = self.store(result, ours)
         raised = self.detect(target, probe_id) if probe_id is not None else []
-        if probe_id is None and ours is not None:
+        if probe_id is None and ours is not None:  # spooled: settled on its own
             self._db_quietly(lambda: leases.settle(
                 self.recorder.engine, self.recorder.target_id(target.name), slot, result.uid))
         log.info("%s", report.probe_line(result))
@@ -204,12 +203,11 @@ class Daemon:
             self.recorder.engine, self.instance_id, self.clock()))
 
     def store(self, result: ProbeResult, slot_at: datetime | None = None) -> int | None:
-        """Save to the database and return the probe's id (settling its slot at `slot_at`,
-        if given, in the same transaction), or to the spool when it cannot take it (nothing
-        is lost; None). While anything waits in the spool, new results queue
-        behind it, keeping their order. A result the database refuses for good (a poison
-        record, store/failures.py) is quarantined beside the spool, and the next ones are
-        stored as usual."""
+        """Save to the database and return the probe's id (settling its slot at `slot_at`
+        in the same transaction), or to the spool when it cannot take it (nothing is lost;
+        None). While anything waits in the spool, new results queue behind it, in order. A
+        result the database refuses for good (a poison record, store/failures.py) is
+        quarantined beside the spool, and the next ones are stored as usual."""
         with self._lock:
             if self._spooling:
                 self.spool.append(result)
