@@ -88,17 +88,6 @@ class Encoders:
                    for name, value in result.response_headers.items()}
         return self.dictionary(connection, config_id, result.ok, headers, result.raw_response)
 
-    def cached(self, config_id: int, result: ProbeResult) -> tuple[bool, codec.Dictionary | None]:
-        """(True, what `for_result` gives) when that needs no database, else (False, None).
-        Safe beside a `forget()` in another thread: one dict lookup."""
-        try:
-            found = self._known[config_id]
-        except KeyError:
-            return False, None
-        if found is None and result.ok and result.raw_response:
-            return False, None  # this answer would become the configuration's dictionary
-        return True, found
-
 
 def encoded(row: dict[str, Any], headers: dict[str, str], body: bytes,
             dictionary: codec.Dictionary | None) -> dict[str, Any]:

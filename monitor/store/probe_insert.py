@@ -57,10 +57,10 @@ class ProbeInsert:
             (index, process) for index, process in processors if process is not None)
         self._uid = self.keys.index("uid")
 
-    def execute(self, connection: Connection, params: Sequence[tuple[Any, ...]]) -> list[int]:
-        """Insert rows given as `params` builds them and return their ids in order. A uid
-        already stored raises IntegrityError (as any other constraint), and the caller's
-        transaction rolls back."""
+    def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert `rows` and return their ids in order. A uid already stored raises
+        IntegrityError (as any other constraint), and the caller's transaction rolls back."""
+        params = [self._params(row) for row in rows]
         if len(params) == 1:
             return [int(connection.exec_driver_sql(f"{self.sql} RETURNING id",
                                                    params[0]).scalar_one())]
@@ -74,9 +74,7 @@ class ProbeInsert:
         ids: dict[Any, int] = {uid: probe_id for uid, probe_id in found}
         return [ids[uid] for uid in uids]
 
-    def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        """A row as `records._probe_values` builds it, as the driver takes it. Needs no
-        connection, so the group writer's callers can run it before their transaction."""
+    def _params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         values = list(map(row.get, self.keys))
         try:
             for index, process in self._processors:

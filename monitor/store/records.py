@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,16 +34,6 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A probe's row as the INSERT takes it, and the ids it was built with. Rows built outside
-    the transaction (`Recorder.prepare`) are used only while `generation` is the Recorder's."""
-
-    generation: int
-    target_id: int
-    params: tuple[Any, ...]
-
-
 class Recorder:
     """Saves probe results, one transaction each; remembers the ids of targets, configurations
     and payloads it has seen so a steady stream of canaries costs one INSERT per probe."""
@@ -56,9 +45,6 @@ class Recorder:
         self._payload_ids: dict[str, int] = {}
         self._encoders = blobs.Encoders()
         self._probe_insert: ProbeInsert | None = None
-        # Bumped by _forget(): a row prepared before then may name rows rolled back since.
-        self._generation = 0
-        self._forgetting = threading.Lock()  # one bump per _forget(), never lost or reordered
 
     def register(self, name: str, config_hash: str, config: dict[str, Any], *,
                  traffic: bool = False) -> None:
@@ -95,70 +81,42 @@ class Recorder:
 
     def _insert(self, result: ProbeResult, config: dict[str, Any] | None) -> int:
         with self.engine.begin() as connection:
-            row = self._row(connection, result, config)
-            [probe_id] = self._statement().execute(connection, [row.params])
-            check_results.insert(connection, [(result, probe_id, row.target_id)])
+            target_id = self._target_id(connection, result.target_name, result.traffic)
+            config_id = self._config_id(
+                connection, result.target_name, target_id, result.config_hash, config
+            )
+            payload_id = self._payload_id(connection, result.request_payload)
+            dictionary = self._encoders.for_result(connection, config_id, result)
+            [probe_id] = self._statement().execute(
+                connection, [_probe_values(result, target_id, config_id, payload_id, dictionary)])
+            check_results.insert(connection, [(result, probe_id, target_id)])
             return probe_id
 
-    def prepare(self, result: ProbeResult, config: dict[str, Any] | None = None
-                ) -> Prepared | None:
-        """The result's row for `save_batch`, built now and outside any transaction (by the
-        group writer's callers, in their own threads while the leader commits) if every id
-        and the dictionary it needs are cached; else None, and the transaction builds it.
-        A row that fails to build is also left to the transaction, which meets the same error
-        where a poison record is sorted out."""
-        # Read before the ids: a _forget() after this read makes the row stale, and one before
-        # it left only ids cached since.
-        generation = self._generation
-        target_id = self._target_ids.get(result.target_name)
-        config_id = self._config_ids.get((result.target_name, result.config_hash))
-        payload_id = self._payload_ids.get(repr(result.request_payload))
-        if target_id is None or config_id is None or payload_id is None:
-            return None
-        known, dictionary = self._encoders.cached(config_id, result)
-        if not known:
-            return None
-        try:
-            values = _probe_values(result, target_id, config_id, payload_id, dictionary)
-            return Prepared(generation, target_id, self._statement().params(values))
-        except Exception:  # noqa: BLE001 - raised again, and handled, in the transaction
-            return None
-
-    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]],
-                   prepared: Sequence[Prepared | None] = ()) -> list[int]:
+    def save_batch(self, batch: Sequence[tuple[ProbeResult, dict[str, Any] | None]]) -> list[int]:
         """Store results with their configs in one transaction and return their ids in order
-        (the group writer's commit). `prepared` may hold each result's row from `prepare`.
-        Any failure (a uid already stored included) fails the whole batch; the caller then
-        stores the results one by one to give each its verdict."""
-        ready = list(prepared) if prepared else [None] * len(batch)
+        (the group writer's commit). Any failure (a uid already stored included) fails the
+        whole batch; the caller then stores the results one by one to give each its verdict."""
         try:
             with self.engine.begin() as connection:
-                rows = [self._row(connection, result, config, row)
-                        for (result, config), row in zip(batch, ready, strict=True)]
-                ids = self._statement().execute(connection, [row.params for row in rows])
-                check_results.insert(connection, [(result, probe_id, row.target_id)
+                rows = []
+                for result, config in batch:
+                    target_id = self._target_id(connection, result.target_name,
+                                                result.traffic)
+                    config_id = self._config_id(
+                        connection, result.target_name, target_id, result.config_hash, config
+                    )
+                    payload_id = self._payload_id(connection, result.request_payload)
+                    dictionary = self._encoders.for_result(connection, config_id, result)
+                    rows.append(_probe_values(result, target_id, config_id, payload_id,
+                                              dictionary))
+                ids = self._statement().execute(connection, rows)
+                check_results.insert(connection, [(result, probe_id, row["target_id"])
                                                   for (result, _), probe_id, row
                                                   in zip(batch, ids, rows)])
                 return ids
         except Exception:
             self._forget()  # ids cached inside the failed transaction may not exist
             raise
-
-    def _row(self, connection: Connection, result: ProbeResult, config: dict[str, Any] | None,
-             prepared: Prepared | None = None) -> Prepared:
-        """The result's row: `prepared` if it was built since the last _forget(), else built
-        here, its ids found or created in this transaction."""
-        if prepared is not None and prepared.generation == self._generation:
-            return prepared
-        generation = self._generation
-        target_id = self._target_id(connection, result.target_name, result.traffic)
-        config_id = self._config_id(
-            connection, result.target_name, target_id, result.config_hash, config
-        )
-        payload_id = self._payload_id(connection, result.request_payload)
-        dictionary = self._encoders.for_result(connection, config_id, result)
-        values = _probe_values(result, target_id, config_id, payload_id, dictionary)
-        return Prepared(generation, target_id, self._statement().params(values))
 
     def save_many(self, results: Sequence[ProbeResult]) -> None:
         """Store a batch in one transaction (draining a spool). Results whose uid is already
@@ -205,13 +163,10 @@ class Recorder:
             return connection.execute(select(probes.c.id).where(probes.c.uid == uid)).scalar()
 
     def _forget(self) -> None:
-        with self._forgetting:
-            self._target_ids.clear()
-            self._config_ids.clear()
-            self._payload_ids.clear()
-            self._encoders.forget()
-            # After the clearing: whoever reads the new generation finds no stale id cached.
-            self._generation += 1
+        self._target_ids.clear()
+        self._config_ids.clear()
+        self._payload_ids.clear()
+        self._encoders.forget()
 
     def _target_id(self, connection: Any, name: str, traffic: bool = False) -> int:
         """The target's id, created on first use: a canary, or with `traffic` a target of

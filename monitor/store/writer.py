@@ -7,12 +7,6 @@ inserts it in one transaction and wakes the callers it stored; a caller that arr
 waits and goes in the next batch, which the first of them leads once the leader hands over.
 No thread of its own, so there is nothing to start or stop.
 
-Each caller builds its own row (scrubbing, compressing, binding: most of a row's CPU) before it
-queues, with `Recorder.prepare`, so that callers build their rows while the leader's database
-work runs with the GIL released, instead of the leader building every row of its batch in
-turn. A row that needs the database to build (the first of a configuration, or after a failed
-transaction made the Recorder forget its ids) is built by the leader in the transaction.
-
 Each caller returns only once its own row is committed (durable as the database makes a
 commit durable), with its own id or its own exception: if a batch fails, its results are
 stored one by one, so a poison record (store/failures.py) fails alone and a database that is
@@ -27,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.domain import ProbeResult
-from monitor.store.records import Prepared, Recorder
+from monitor.store.records import Recorder
 
 # Enough to absorb a slot of 10,000 targets in a few commits; small enough that the query for
 # the batch's ids (one parameter per uid on SQLite) stays far under SQLite's parameter limit.
@@ -44,7 +38,6 @@ def _taken_lock() -> threading.Lock:
 class _Waiting:
     result: ProbeResult
     config: dict[str, Any] | None
-    prepared: Prepared | None
     # Released once this result is committed (or refused), or when its caller is handed the
     # lead: a lock taken at birth, a tenth of an Event's cost.
     ready: threading.Lock = field(default_factory=_taken_lock)
@@ -66,7 +59,7 @@ class GroupWriter:
 
     def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
         """Store one probe and return its id once it is committed."""
-        mine = _Waiting(result, config, self.recorder.prepare(result, config))
+        mine = _Waiting(result, config)
         with self._lock:
             self._queue.append(mine)
             lead = not self._writing
@@ -95,8 +88,7 @@ class GroupWriter:
     def _commit(self, batch: Sequence[_Waiting]) -> None:
         try:
             try:
-                ids = self.recorder.save_batch([(w.result, w.config) for w in batch],
-                                               [w.prepared for w in batch])
+                ids = self.recorder.save_batch([(w.result, w.config) for w in batch])
                 self.commits += 1
             except Exception:  # noqa: BLE001 - each result gets its own verdict below
                 ids = None
