@@ -3,21 +3,25 @@ returns only once its own row is committed, and a bad result fails alone."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 
 from monitor.domain import ProbeResult
+from monitor.store import db
 from monitor.store.failures import Failure, classify
 from monitor.store.models import ProbeRow
 from monitor.store.records import Recorder
 from monitor.store.writer import GroupWriter
+from tests.test_codec import assert_read_back, varied
 from tests.test_poison import poison
 from tests.test_store import result
 from tests.waiting import wait_until
@@ -147,3 +151,34 @@ def test_concurrent_results_are_committed_in_batches_not_one_by_one(engine: Engi
     assert ids == [stored[r.uid] for r in results]
     assert recorder.batches == [1, 7]
     assert recorder.saved_alone == 0  # no batch fell back to storing its results one by one
+
+
+def test_each_concurrent_caller_gets_the_id_of_its_own_answer(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    recorder.save(varied(0))  # the configuration's dictionary: the others are stored against it
+    writer = GroupWriter(recorder, max_batch=7)
+    results = [varied(i) for i in range(1, 121)]  # each its own body, headers and ids
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(writer.save, results))
+    assert len(set(ids)) == 120
+    assert_read_back(engine, ids, results)  # each id's row holds its caller's bytes
+
+
+def test_a_database_gone_after_ids_were_cached_fails_every_caller(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(sqlite_template, folder / "monitor.db")
+    engine = db.open_store(f"sqlite:///{folder}/monitor.db")
+    recorder = Recorder(engine)
+    recorder.save(result())  # ids and dictionary cached: no lookup before the insert fails
+    engine.dispose()
+    folder.rename(tmp_path / "moved")  # no file to open any more
+    writer = GroupWriter(recorder)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(writer.save, result(uid=uuid.uuid4().hex)) for _ in range(4)]
+    for future in futures:
+        with pytest.raises(Exception) as raised:
+            future.result(60)
+        assert classify(raised.value) is Failure.UNAVAILABLE
+    engine.dispose()
