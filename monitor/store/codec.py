@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 _DICTIONARY_V1 = (
@@ -86,6 +86,18 @@ class Dictionary:
 
     id: int
     data: bytes
+    # What every blob against it starts with, and the built-in dictionary before its bytes:
+    # made once, not for each of a probe's two blobs.
+    _head: bytes = field(init=False, repr=False, compare=False)
+    _preset: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_head", bytes([_WITH_DICTIONARY]) + _varint(self.id))
+        object.__setattr__(self, "_preset", _DICTIONARY_V1 + self.data)
+
+
+# Headers as they are compressed; one encoder for all (json.dumps with options makes one a call).
+_HEADERS_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def compress(data: bytes) -> bytes:
@@ -118,7 +130,7 @@ def decompress_headers(blob: bytes) -> dict[str, str]:
 
 def headers_bytes(headers: dict[str, str]) -> bytes:
     """Headers as they are compressed: compact JSON, in the order received."""
-    return json.dumps(headers, separators=(",", ":"), ensure_ascii=False).encode()
+    return _HEADERS_JSON.encode(headers).encode()
 
 
 def context(x_request_id: str | None, response_id: str | None,
@@ -131,10 +143,9 @@ def context(x_request_id: str | None, response_id: str | None,
 def encode(data: bytes, dictionary: Dictionary, context: bytes) -> bytes:
     """`data` in format 2: against `dictionary` and the probe's `context` (see the module)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15, _MEMORY_LEVEL, zlib.Z_DEFAULT_STRATEGY,
-                                  _DICTIONARY_V1 + dictionary.data + context)
+                                  dictionary._preset + context)
     check = (zlib.crc32(data) & 0xFFFF).to_bytes(2, "big")
-    return (bytes([_WITH_DICTIONARY]) + _varint(dictionary.id) + check
-            + compressor.compress(data) + compressor.flush())
+    return dictionary._head + check + compressor.compress(data) + compressor.flush()
 
 
 def encode_headers(headers: dict[str, str], dictionary: Dictionary, context: bytes) -> bytes:
