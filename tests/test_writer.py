@@ -3,23 +3,26 @@ returns only once its own row is committed, and a bad result fails alone."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select, text
 
 from monitor.domain import ProbeResult, SlotState
-from monitor.store import leases
+from monitor.store import db, leases
 from monitor.store.failures import Failure, classify
 from monitor.store.models import ProbeRow, SlotRow
 from monitor.store.records import Recorder
 from monitor.store.writer import GroupWriter
+from tests.test_codec import assert_read_back, varied
 from tests.test_poison import poison
 from tests.test_store import result
 from tests.waiting import wait_until
@@ -127,8 +130,6 @@ def test_many_concurrent_writers_store_every_result_once(engine: Engine) -> None
 
 
 def test_an_unreachable_database_fails_every_caller(tmp_path: Any) -> None:
-    from monitor.store import db
-
     engine = db.create(f"sqlite:///{tmp_path}/missing/dir/monitor.db")
     writer = GroupWriter(Recorder(engine))
     with ThreadPoolExecutor(4) as pool:
@@ -204,10 +205,6 @@ def test_bursts_of_threads_reuse_the_pooled_connections(engine: Engine) -> None:
     """As many threads as the pool keeps, each in a transaction at the same moment, burst
     after burst (the daemon's probe threads on the slot grid): the connections are opened
     once and kept, not opened and closed per burst (on PostgreSQL a server backend each)."""
-    from sqlalchemy import event, text
-
-    from monitor.store import db
-
     opened: list[object] = []
     event.listen(engine, "connect", lambda *_: opened.append(None))
     together = threading.Barrier(db.POOL_SIZE, timeout=60)
@@ -221,3 +218,34 @@ def test_bursts_of_threads_reuse_the_pooled_connections(engine: Engine) -> None:
         for _ in range(5):
             list(pool.map(transaction, range(db.POOL_SIZE)))
     assert len(opened) <= db.POOL_SIZE
+
+
+def test_each_concurrent_caller_gets_the_id_of_its_own_answer(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    recorder.save(varied(0))  # the configuration's dictionary: the others are stored against it
+    writer = GroupWriter(recorder, max_batch=7)
+    results = [varied(i) for i in range(1, 121)]  # each its own body, headers and ids
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(writer.save, results))
+    assert len(set(ids)) == 120
+    assert_read_back(engine, ids, results)  # each id's row holds its caller's bytes
+
+
+def test_a_database_gone_after_ids_were_cached_fails_every_caller(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(sqlite_template, folder / "monitor.db")
+    engine = db.open_store(f"sqlite:///{folder}/monitor.db")
+    recorder = Recorder(engine)
+    recorder.save(result())  # ids and dictionary cached: no lookup before the insert fails
+    engine.dispose()
+    folder.rename(tmp_path / "moved")  # no file to open any more
+    writer = GroupWriter(recorder)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(writer.save, result(uid=uuid.uuid4().hex)) for _ in range(4)]
+    for future in futures:
+        with pytest.raises(Exception) as raised:
+            future.result(60)
+        assert classify(raised.value) is Failure.UNAVAILABLE
+    engine.dispose()
