@@ -208,10 +208,15 @@ def stop_signals(warm: Callable[[signal.Signals], None], *, cold_exit: int,
             signal.signal(signum, handler)
 
 
-def serve_until_signal(stop: threading.Event | None = None) -> None:
-    """Block until SIGTERM, SIGINT (Ctrl-C) or `stop`; a second signal exits at once."""
+def serve_until_signal(stop: threading.Event | None = None,
+                       ready: Callable[[], None] | None = None) -> None:
+    """Block until SIGTERM, SIGINT (Ctrl-C) or `stop`; a second signal exits at once.
+    `ready` (announcing the server's URL) runs once the handlers are in place: whoever reads
+    the announcement may signal at once, and must not find the default handler's kill."""
     stop = stop or threading.Event()
     with stop_signals(lambda _: stop.set(), cold_exit=130):
+        if ready is not None:
+            ready()
         try:
             stop.wait()
         except KeyboardInterrupt:  # outside the main thread's handlers (not installed)

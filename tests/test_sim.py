@@ -848,3 +848,21 @@ def test_serve_announces_its_url_first_and_stops_on_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert out.close() == first + "stopped\n"
+
+
+def test_a_server_announces_itself_only_once_a_signal_would_stop_it_gently() -> None:
+    """Whoever reads `listening on` may send SIGTERM at once: the handler that stops the
+    server must already be in place, not the default one that kills it (seen under load)."""
+    from monitor import httpd
+
+    stop = threading.Event()
+    handlers: list[object] = []
+
+    def ready() -> None:
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        stop.set()
+
+    before = signal.getsignal(signal.SIGTERM)
+    httpd.serve_until_signal(stop, ready)
+    assert handlers and handlers[0] not in (signal.SIG_DFL, before)
+    assert signal.getsignal(signal.SIGTERM) == before  # put back afterwards

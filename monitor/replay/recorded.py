@@ -252,6 +252,5 @@ def serve(engine: Engine, host: str, port: int, target: str | None, latency: boo
           echo: Callable[[str], None]) -> None:
     """Serve until Ctrl-C or SIGTERM; the first line echoed is `listening on <url>`."""
     with RecordedServer(engine, target, host, port, latency) as server:
-        echo(f"listening on {server.url}")
-        httpd.serve_until_signal()
+        httpd.serve_until_signal(ready=lambda: echo(f"listening on {server.url}"))
     echo("stopped")

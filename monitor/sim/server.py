@@ -183,6 +183,5 @@ def serve(host: str, port: int, scenario_path: str | None, seed: int | None,
     """Serve until Ctrl-C or SIGTERM; the first line echoed is `listening on <url>`."""
     scenario = load_scenario(scenario_path) if scenario_path else None
     with Simulator(scenario, host, port, seed) as sim:
-        echo(f"listening on {sim.url}")
-        httpd.serve_until_signal()
+        httpd.serve_until_signal(ready=lambda: echo(f"listening on {sim.url}"))
     echo("stopped")

@@ -424,6 +424,5 @@ def serve(host: str, port: int, app: WSGIApplication,
           stop: threading.Event | None = None, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve until Ctrl-C, SIGTERM or `stop`; `ready` gets `listening on <url>` first."""
     with WebServer(app, host, port, allowed_hosts=allowed_hosts) as server:
-        if ready is not None:
-            ready(f"listening on {server.url}")
-        httpd.serve_until_signal(stop)
+        announce = None if ready is None else lambda: ready(f"listening on {server.url}")
+        httpd.serve_until_signal(stop, announce)
