@@ -21,7 +21,9 @@ from monitor.store.db import upsert
 from monitor.store.probe_insert import ProbeInsert
 from monitor.store.schema import (
     CANARY,
+    FACET_FIELDS,
     TargetKind,
+    probe_facets,
     probes,
     request_payloads,
     target_configs,
@@ -34,6 +36,39 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def facet_digest(values: Sequence[Any]) -> str:
+    """The probe_facets key of a facet's values (in FACET_FIELDS order). Revision 0014
+    computes the same for the rows it moves."""
+    return hashlib.sha256(canonical_json(list(values)).encode()).hexdigest()
+
+
+class FacetIds:
+    """The ids of probe_facets rows by their values, created on first use and remembered, so
+    the probes of a target cost no query for their facet once it is known. Like any id
+    cached inside a transaction, forget() them all when that transaction fails."""
+
+    def __init__(self) -> None:
+        # By the values themselves: text and integers (or None), which the tuple tells
+        # apart as exactly as the digest does.
+        self._ids: dict[tuple[Any, ...], int] = {}
+
+    def take(self, connection: Any, row: dict[str, Any]) -> None:
+        """Replace a probe row's facet values (as _probe_values built it) by its facet_id."""
+        values = tuple([row.pop(name) for name in FACET_FIELDS])
+        found = self._ids.get(values)
+        if found is None:
+            found = self._ids[values] = _get_or_create(
+                connection, probe_facets, {"sha256": facet_digest(values)},
+                dict(zip(FACET_FIELDS, values, strict=True)))
+        row["facet_id"] = found
+
+    def __bool__(self) -> bool:
+        return bool(self._ids)
+
+    def forget(self) -> None:
+        self._ids.clear()
+
+
 class Recorder:
     """Saves probe results, one transaction each; remembers the ids of targets, configurations
     and payloads it has seen so a steady stream of canaries costs one INSERT per probe."""
@@ -43,6 +78,7 @@ class Recorder:
         self._target_ids: dict[str, int] = {}
         self._config_ids: dict[tuple[str, str], int] = {}
         self._payload_ids: dict[str, int] = {}
+        self._facet_ids = FacetIds()
         self._encoders = blobs.Encoders()
         self._probe_insert: ProbeInsert | None = None
 
@@ -56,7 +92,8 @@ class Recorder:
     def save(self, result: ProbeResult, config: dict[str, Any] | None = None) -> int:
         """Store one probe and return its id. A uid already stored returns the existing id,
         which is what makes replaying a spool after a crash safe."""
-        cached = bool(self._target_ids or self._config_ids or self._payload_ids)
+        cached = bool(self._target_ids or self._config_ids or self._payload_ids
+                      or self._facet_ids)
         try:
             return self._insert(result, config)
         except IntegrityError:
@@ -87,8 +124,9 @@ class Recorder:
             )
             payload_id = self._payload_id(connection, result.request_payload)
             dictionary = self._encoders.for_result(connection, config_id, result)
-            [probe_id] = self._statement().execute(
-                connection, [_probe_values(result, target_id, config_id, payload_id, dictionary)])
+            row = _probe_values(result, target_id, config_id, payload_id, dictionary)
+            self._facet_ids.take(connection, row)
+            [probe_id] = self._statement().execute(connection, [row])
             check_results.insert(connection, [(result, probe_id, target_id)])
             return probe_id
 
@@ -107,8 +145,9 @@ class Recorder:
                     )
                     payload_id = self._payload_id(connection, result.request_payload)
                     dictionary = self._encoders.for_result(connection, config_id, result)
-                    rows.append(_probe_values(result, target_id, config_id, payload_id,
-                                              dictionary))
+                    row = _probe_values(result, target_id, config_id, payload_id, dictionary)
+                    self._facet_ids.take(connection, row)
+                    rows.append(row)
                 ids = self._statement().execute(connection, rows)
                 check_results.insert(connection, [(result, probe_id, row["target_id"])
                                                   for (result, _), probe_id, row
@@ -139,7 +178,9 @@ class Recorder:
                 )
                 payload_id = self._payload_id(connection, result.request_payload)
                 dictionary = self._encoders.for_result(connection, config_id, result)
-                rows.append(_probe_values(result, target_id, config_id, payload_id, dictionary))
+                row = _probe_values(result, target_id, config_id, payload_id, dictionary)
+                self._facet_ids.take(connection, row)
+                rows.append(row)
             connection.execute(
                 upsert(connection.dialect, probes).on_conflict_do_nothing(
                     index_elements=["uid"]), rows
@@ -166,6 +207,7 @@ class Recorder:
         self._target_ids.clear()
         self._config_ids.clear()
         self._payload_ids.clear()
+        self._facet_ids.forget()
         self._encoders.forget()
 
     def _target_id(self, connection: Any, name: str, traffic: bool = False) -> int:
@@ -240,7 +282,8 @@ def _probe_values(
     result: ProbeResult, target_id: int, config_id: int, payload_id: int,
     dictionary: codec.Dictionary | None = None,
 ) -> dict[str, Any]:
-    """The probe's row, its raw bytes compressed against `dictionary` if any (blobs.encoded)."""
+    """The probe's row, its raw bytes compressed against `dictionary` if any (blobs.encoded),
+    with its facet's values among the columns: FacetIds.take() turns them into facet_id."""
     limits, usage = result.rate_limits, result.usage
     values: dict[str, Any] = {
         "uid": result.uid,
