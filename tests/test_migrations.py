@@ -51,12 +51,14 @@ from tests.test_codec import varied
 def save_then(engine: Engine, result: ProbeResult) -> int:
     """Store a probe as the code of the database's revision did: only the columns its probes
     table has (today's Recorder writes columns added since), the uid and times as text (as
-    before 0012), the upstream ids and start times as text (as before 0013)."""
+    before 0012), the upstream ids and start times as text (as before 0013), the facet values
+    as columns of probes (as before 0014)."""
     recorder = Recorder(engine)
     columns = {column["name"] for column in inspect(engine).get_columns("probes")}
     revision = db.current_revision(engine) or ""
-    as_before: dict[str, TypeEngine[Any]] = {"x_request_id": Text(), "response_id": Text(),
-                                             "started_at": UtcDateTime()}
+    as_before: dict[str, TypeEngine[Any]] = {}
+    if revision < "0013":
+        as_before.update(x_request_id=Text(), response_id=Text(), started_at=UtcDateTime())
     if revision < "0012":
         as_before.update(uid=String(32), response_created_at=UtcDateTime())
     probes = Table("probes", MetaData(), *[
@@ -400,6 +402,51 @@ def test_0013_stores_start_times_as_microseconds_on_sqlite(empty_url: str) -> No
         with engine.connect() as connection:
             after = connection.execute(select(stored.c.started_at).order_by(stored.c.id)).all()
         assert after[:3] == before
+        db.upgrade(empty_url)
+    finally:
+        engine.dispose()
+
+
+def test_0014_moves_repeated_values_to_probe_facets_and_back(empty_url: str) -> None:
+    """Probes stored with their facet values as columns (before 0014) read back the same after
+    it, sharing one facet row per distinct combination across targets; a downgrade puts every
+    value back on its probe."""
+    from monitor.domain import RateLimits
+    from monitor.store.models import ProbeFacetRow
+    from monitor.store.probe_reads import probe_records
+    from monitor.store.schema import FACET_FIELDS
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0013")
+    engine = db.create(empty_url)
+    limits = RateLimits(limit_requests=500, limit_tokens=2**40, remaining_requests=7)
+    sent = [result(target_name="a", openai_version="2020-10-01", rate_limits=limits),
+            result(target_name="b", openai_version="2020-10-01", rate_limits=limits),
+            result(target_name="a", system_fingerprint="fp_\u00e9", service_tier="flex"),
+            result(target_name="a", ok=False, model=None, choices=(), rate_limits=RateLimits())]
+    try:
+        old = [save_then(engine, r) for r in sent]
+        stored = sa_table("probes", sa_column("id"), *[sa_column(n) for n in FACET_FIELDS])
+        with engine.connect() as connection:
+            before = connection.execute(select(stored).order_by(stored.c.id)).all()
+        assert before[0][1:] == before[1][1:] != before[2][1:]
+        db.upgrade(empty_url)
+        new = Recorder(engine).save(replace(sent[2], uid=uuid.uuid4().hex))
+        with engine.connect() as connection:
+            assert connection.execute(select(ProbeFacetRow.id).order_by(
+                ProbeFacetRow.id)).scalars().all() == [1, 2, 3]
+            facets = connection.execute(select(ProbeRow.facet_id).order_by(ProbeRow.id))
+            assert facets.scalars().all() == [1, 1, 2, 3, 2]
+        records = probe_records(engine, [*old, new])
+        assert [tuple(r[n] for n in FACET_FIELDS) for r in records] == [
+            tuple(row[1:]) for row in [*before, before[2]]]
+        assert [r["ratelimit_remaining_requests"] for r in records] == [7, 7, None, None, None]
+        command.downgrade(db.alembic_config(empty_url), "0013")
+        with engine.connect() as connection:
+            after = connection.execute(select(stored).order_by(stored.c.id)).all()
+            assert "probe_facets" not in inspect(connection).get_table_names()
+        assert [tuple(row) for row in after] == [
+            *[tuple(row) for row in before], (new, *before[2][1:])]
         db.upgrade(empty_url)
     finally:
         engine.dispose()

@@ -1,0 +1,199 @@
+"""probe_facets: the values a target's probes repeat are stored once, each probe refers to its
+own, and every reader sees the values as if they were the probe's columns."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from monitor.domain import ProbeResult, RateLimits
+from monitor.store import db
+from monitor.store.history import ObservationReader
+from monitor.store.models import ProbeFacetRow, ProbeRow, TargetRow
+from monitor.store.probe_reads import probe_records
+from monitor.store.records import FacetIds, Recorder
+from monitor.store.schema import FACET_FIELDS
+from tests.test_store import result
+
+LIMITS = RateLimits(limit_requests=500, limit_tokens=30_000, remaining_requests=499,
+                    remaining_tokens=29_000, limit_input_tokens=2**40)
+
+
+def facet_rows(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count(ProbeFacetRow.id))).scalar_one())
+
+
+def fields(record: dict[str, object]) -> dict[str, object]:
+    return {name: record[name] for name in FACET_FIELDS}
+
+
+def test_probes_of_several_targets_share_one_facet_and_read_it_back(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    same = {"openai_version": "2020-10-01", "openai_organization": "org-x",
+                "system_fingerprint": "fp_a", "service_tier": "default", "rate_limits": LIMITS}
+    stored = [result(target_name=name, **same) for name in ("a", "b", "a", "b")]
+    other = result(target_name="a", **{**same, "system_fingerprint": "fp_b"})
+    ids = [recorder.save(r) for r in stored]
+    ids.append(recorder.save_batch([(other, None)])[0])
+    assert facet_rows(engine) == 2
+    records = probe_records(engine, ids)
+    for record, sent in zip(records, [*stored, other], strict=True):
+        assert fields(record) == {
+            "openai_version": "2020-10-01", "openai_organization": "org-x",
+            "model": "gpt-4o-2024-08-06", "system_fingerprint": sent.system_fingerprint,
+            "service_tier": "default", "finish_reason": "stop",
+            "ratelimit_limit_requests": 500, "ratelimit_limit_tokens": 30_000,
+            "ratelimit_limit_input_tokens": 2**40, "ratelimit_limit_output_tokens": None}
+        assert record["ratelimit_remaining_requests"] == 499
+    # A second process knows nothing of the first's cache and finds the same rows.
+    Recorder(engine).save_many([result(target_name="c", **same)])
+    assert facet_rows(engine) == 2
+
+
+def test_a_facet_new_on_every_probe_still_reads_back_each_probe_exactly(engine: Engine) -> None:
+    """The worst case (a fingerprint that changes every probe): one facet row each, every
+    probe still with its own values, in the detectors' read too."""
+    recorder = Recorder(engine)
+    sent = [result(system_fingerprint=f"fp_{i}", rate_limits=RateLimits(limit_tokens=i))
+            for i in range(30)]
+    recorder.save_batch([(r, None) for r in sent[:10]])
+    recorder.save_many(sent[10:20])
+    ids = [recorder.save(r) for r in sent[20:]]
+    assert facet_rows(engine) == 30
+    with engine.connect() as connection:
+        [target] = connection.execute(select(TargetRow.id)).scalars().all()
+        observations = [o for _, o in ObservationReader().all(connection, target)]
+        [(_, columns)] = ObservationReader().all_columns(connection, target)
+    assert [o.system_fingerprint for o in observations] == [f"fp_{i}" for i in range(30)]
+    assert [o.rate_limits.limit_tokens for o in observations] == list(range(30))
+    assert list(columns.system_fingerprint) == [f"fp_{i}" for i in range(30)]
+    assert list(columns.limits["limit_tokens"]) == list(range(30))
+    assert [r["system_fingerprint"] for r in probe_records(engine, ids)] == [
+        f"fp_{i}" for i in range(20, 30)]
+
+
+def naive(probe: ProbeResult) -> ProbeResult:
+    """A result the database refuses (a naive start time: a poison record)."""
+    return replace(probe, started_at=datetime(2026, 11, 26, 1, 2, 3))
+
+
+@pytest.mark.parametrize("path", ["save_batch", "save_many"])
+def test_a_failed_transaction_leaves_no_facet_id_cached(engine: Engine, path: str) -> None:
+    """A facet created inside a transaction that rolled back is gone: its id, remembered, would
+    make every later probe with those values fail on the foreign key."""
+    recorder = Recorder(engine)
+    recorder.save(result())
+    new = {"system_fingerprint": "fp_rolled_back"}
+    batch = [result(**new), naive(result())]
+    with pytest.raises(Exception):  # noqa: B017 - whichever error the driver raises
+        if path == "save_batch":
+            recorder.save_batch([(r, None) for r in batch])
+        else:
+            recorder.save_many(batch)
+    assert facet_rows(engine) == 1
+    again = result(**new)
+    if path == "save_batch":
+        recorder.save_batch([(again, None)])
+    else:
+        recorder.save_many([again])
+    assert facet_rows(engine) == 2
+    assert recorder.probe_id(again.uid) is not None
+
+
+def test_two_writers_creating_the_same_facet_at_once_both_succeed(database_url: str) -> None:
+    """One writer's transaction holds a new facet uncommitted while another stores a probe with
+    the same values: the second waits (PostgreSQL on the conflict, SQLite on the write lock),
+    then finds the row the first committed."""
+    engines = [db.open_store(database_url) for _ in range(2)]
+    try:
+        Recorder(engines[0]).save(result())  # target, config and payload exist
+        values = {"system_fingerprint": "fp_raced", "rate_limits": LIMITS}
+        second = Recorder(engines[1])
+        saved: list[int] = []
+        with engines[0].begin() as connection:
+            row = {name: None for name in FACET_FIELDS} | {"system_fingerprint": "fp_raced"}
+            row |= {f"ratelimit_{k}": v for k, v in vars(LIMITS).items() if k.startswith("limit")}
+            row["model"], row["finish_reason"] = "gpt-4o-2024-08-06", "stop"
+            FacetIds().take(connection, row)
+            thread = threading.Thread(target=lambda: saved.append(second.save(result(**values))))
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # waiting for the first writer
+        thread.join(30)
+        assert saved and facet_rows(engines[0]) == 2
+        [record] = probe_records(engines[0], saved)
+        assert record["system_fingerprint"] == "fp_raced" and record["ratelimit_limit_tokens"] == 30_000
+        with engines[0].connect() as connection:
+            assert connection.execute(select(ProbeRow.facet_id).where(
+                ProbeRow.id == saved[0])).scalar_one() == row["facet_id"]
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_facet_values_beyond_what_a_column_holds_are_stored_as_any_other_column(
+    engine: Engine,
+) -> None:
+    """Scrubbed before the facet is looked up: a NUL in a fingerprint, a limit beyond 64 bits."""
+    recorder = Recorder(engine)
+    probe_id = recorder.save(result(system_fingerprint="fp\x00x",
+                                    rate_limits=RateLimits(limit_requests=2**70)))
+    [record] = probe_records(engine, [probe_id])
+    assert record["system_fingerprint"] == "fp\ufffdx"
+    assert record["ratelimit_limit_requests"] is None
+
+
+@pytest.mark.parametrize("read", ["report_points", "heartbeat", "detectors", "rollups"])
+def test_the_hot_reads_still_walk_their_index_with_the_facet_joined(
+        engine: Engine, read: str) -> None:
+    """The facet comes by primary key per probe (or, for the detectors, by id from what the
+    reader learnt: no join at all); the probes are still found through the same index, and no
+    read sorts on SQLite, where the index order is the result's order."""
+    from sqlalchemy import event
+
+    from monitor.store import history, rollups, timeline
+
+    recorder = Recorder(engine)
+    start = result().started_at
+    recorder.save_many([result(started_at=start.replace(minute=i), system_fingerprint=f"fp_{i % 3}")
+                        for i in range(30)])
+    until = start.replace(hour=start.hour + 1)
+    query, params, index = {
+        "report_points": (timeline._POINTS, {"target_id": 1, "since": start, "until": until},
+                          "ix_probes_target_id_started_at"),
+        "heartbeat": (timeline._LATEST, {"target_id": 1, "until": until, "limit": 10},
+                      "ix_probes_target_id_started_at"),
+        "detectors": (history._AFTER, {"target_id": 1, "after_id": 0, "limit": 5000},
+                      "ix_probes_target_id_id"),
+        "rollups": (rollups._NEW, {"after": 0, "limit": 2000}, "pk_probes"),
+    }[read]
+    sqlite = engine.dialect.name == "sqlite"
+    prefix = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN "
+
+    def explain(*args: object) -> tuple[object, object]:
+        return prefix + str(args[2]), args[3]
+
+    with engine.connect() as connection:
+        if not sqlite:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+        event.listen(connection, "before_cursor_execute", explain, retval=True)
+        plan = " | ".join(str(row[-1]) for row in connection.execute(query, params))
+        event.remove(connection, "before_cursor_execute", explain)
+        if not sqlite:
+            connection.exec_driver_sql("RESET enable_seqscan")
+    if sqlite:
+        # The rowid is the primary key: SQLite names no index for it.
+        assert (index in plan) if index != "pk_probes" else ("SCAN probes" in plan
+                                                               or "USING INTEGER PRIMARY KEY" in plan)
+        assert "TEMP B-TREE" not in plan
+        assert ("probe_facets" in plan) == (read != "detectors")
+        if read != "detectors":
+            assert "SEARCH probe_facets USING INTEGER PRIMARY KEY" in plan
+    else:
+        assert index in plan and "Seq Scan on probes" not in plan
+        assert ("probe_facets" in plan) == (read != "detectors")
