@@ -48,7 +48,7 @@ from monitor.health import build_report
 from monitor.sim import SimClient, Simulator
 from monitor.store import blobs, db, rollups
 from monitor.store.models import ProbeRow
-from monitor.store.records import FacetIds, Recorder, _probe_values
+from monitor.store.records import AnswerIds, FacetIds, Recorder, _probe_values
 from monitor.store.retention import prune
 
 RAW_RETENTION = timedelta(milliseconds=RAW_RETENTION_MS)
@@ -72,7 +72,10 @@ class Rows:
         self.error_values = _probe_values(failed, 0, 0, 0)
         self.days = days
         self.rng = random.Random(1)
-        self.facets = FacetIds()  # each row's model, fingerprint, limits: by facet id
+        # As the Recorder stores them: model, fingerprint, limits by facet id, a repeated
+        # answer by answer id.
+        self.facets = FacetIds()
+        self.answers = AnswerIds()
 
     def one(self, keys: tuple[int, int, int], index: int, at: datetime,
             stream: bool) -> dict[str, Any]:
@@ -132,6 +135,7 @@ def build_history(engine: Engine, rows: Rows, keys: list[tuple[int, ...]], days:
                 with engine.begin() as connection:
                     for row in batch:
                         rows.facets.take(connection, row)
+                        rows.answers.take(connection, row)
                     connection.execute(insert(ProbeRow), batch)
                 spent["insert_s"] += time.perf_counter() - started
                 batch = []

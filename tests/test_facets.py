@@ -10,10 +10,10 @@ from datetime import datetime
 import pytest
 from sqlalchemy import Engine, func, select
 
-from monitor.domain import ProbeResult, RateLimits
-from monitor.store import db
+from monitor.domain import Choice, ProbeResult, RateLimits
+from monitor.store import check_results, db, replays
 from monitor.store.history import ObservationReader
-from monitor.store.models import ProbeFacetRow, ProbeRow, TargetRow
+from monitor.store.models import ProbeAnswerRow, ProbeFacetRow, ProbeRow, TargetRow
 from monitor.store.probe_reads import probe_records
 from monitor.store.records import FacetIds, Recorder
 from monitor.store.schema import FACET_FIELDS
@@ -26,6 +26,15 @@ LIMITS = RateLimits(limit_requests=500, limit_tokens=30_000, remaining_requests=
 def facet_rows(engine: Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count(ProbeFacetRow.id))).scalar_one())
+
+
+def answer_rows(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count(ProbeAnswerRow.id))).scalar_one())
+
+
+def answered(text: str) -> ProbeResult:
+    return result(choices=(Choice(index=0, finish_reason="stop", content=text),))
 
 
 def fields(record: dict[str, object]) -> dict[str, object]:
@@ -83,26 +92,28 @@ def naive(probe: ProbeResult) -> ProbeResult:
 
 
 @pytest.mark.parametrize("path", ["save_batch", "save_many"])
-def test_a_failed_transaction_leaves_no_facet_id_cached(engine: Engine, path: str) -> None:
+def test_a_failed_transaction_leaves_no_facet_or_answer_id_cached(engine: Engine, path: str) -> None:
     """A facet created inside a transaction that rolled back is gone: its id, remembered, would
     make every later probe with those values fail on the foreign key."""
     recorder = Recorder(engine)
     recorder.save(result())
-    new = {"system_fingerprint": "fp_rolled_back"}
-    batch = [result(**new), naive(result())]
+    new = {"system_fingerprint": "fp_rolled_back", "choices": answered("again").choices}
+    # The second stores the answer the first left on its probe in probe_answers.
+    batch = [result(**new), result(**new), naive(result())]
     with pytest.raises(Exception):  # noqa: B017 - whichever error the driver raises
         if path == "save_batch":
             recorder.save_batch([(r, None) for r in batch])
         else:
             recorder.save_many(batch)
-    assert facet_rows(engine) == 1
+    assert facet_rows(engine) == 1 and answer_rows(engine) == 0
     again = result(**new)
     if path == "save_batch":
         recorder.save_batch([(again, None)])
     else:
         recorder.save_many([again])
-    assert facet_rows(engine) == 2
-    assert recorder.probe_id(again.uid) is not None
+    assert facet_rows(engine) == 2 and answer_rows(engine) == 1
+    [record] = probe_records(engine, [recorder.probe_id(again.uid) or 0])
+    assert record["choices"][0]["content"] == "again"
 
 
 def test_two_writers_creating_the_same_facet_at_once_both_succeed(database_url: str) -> None:
@@ -197,3 +208,42 @@ def test_the_hot_reads_still_walk_their_index_with_the_facet_joined(
     else:
         assert index in plan and "Seq Scan on probes" not in plan
         assert ("probe_facets" in plan) == (read != "detectors")
+
+
+def test_a_repeated_answer_is_stored_once_and_every_reader_sees_it_on_each_probe(
+    engine: Engine,
+) -> None:
+    """The first probe keeps its answer (it has not repeated yet); from the second on, the
+    probes refer to one probe_answers row. Every reader gives the same choices either way."""
+    recorder = Recorder(engine)
+    sent = [answered("pong") for _ in range(3)] + [answered("other")] + [answered("pong")]
+    ids = [recorder.save(r) for r in sent[:2]] + recorder.save_batch(
+        [(r, None) for r in sent[2:4]]) + [recorder.save(sent[4])]
+    assert answer_rows(engine) == 1
+    with engine.connect() as connection:
+        stored = connection.execute(select(ProbeRow.answer_id, ProbeRow.choices)
+                                    .order_by(ProbeRow.id)).all()
+        [target] = connection.execute(select(TargetRow.id)).scalars().all()
+        contents = [o.content for _, o in ObservationReader().all(connection, target)]
+        [(_, columns)] = ObservationReader().all_columns(connection, target)
+        answers = check_results.answers(connection, ids)
+    assert [answer_id is None for answer_id, _ in stored] == [True, False, False, True, False]
+    assert [choices is None for _, choices in stored] == [False, True, True, False, True]
+    texts = ["pong", "pong", "pong", "other", "pong"]
+    assert contents == texts and list(columns.content) == texts
+    assert [r["choices"] for r in probe_records(engine, ids)] == [
+        [{"index": 0, "finish_reason": "stop", "content": text}] for text in texts]
+    assert [answers[i][1][0]["content"] for i in ids] == texts  # type: ignore[index]
+    assert [a.content for a in replays.answers(engine, ids).values()] == texts
+
+
+def test_answers_that_never_repeat_stay_on_their_probes(engine: Engine) -> None:
+    """Recorded traffic whose every answer differs: nothing goes to probe_answers, so each
+    probe costs what it did before (an empty answer_id besides)."""
+    recorder = Recorder(engine)
+    sent = [answered(f"answer {i}") for i in range(12)]
+    recorder.save_many(sent[:6])
+    ids = [recorder.save(r) for r in sent[6:]]
+    assert answer_rows(engine) == 0
+    assert [r["choices"][0]["content"] for r in probe_records(engine, ids)] == [
+        f"answer {i}" for i in range(6, 12)]

@@ -38,6 +38,7 @@ from monitor.store.models import (
     PROBE_FIELDS,
     PROBES_WITH_FACETS,
     Base,
+    Json,
     ProbeFacetRow,
     ProbeRow,
     UtcDateTime,
@@ -408,11 +409,12 @@ def test_0013_stores_start_times_as_microseconds_on_sqlite(empty_url: str) -> No
 
 
 def test_0014_moves_repeated_values_to_probe_facets_and_back(empty_url: str) -> None:
-    """Probes stored with their facet values as columns (before 0014) read back the same after
-    it, sharing one facet row per distinct combination across targets; a downgrade puts every
-    value back on its probe."""
-    from monitor.domain import RateLimits
-    from monitor.store.models import ProbeFacetRow
+    """Probes stored with their facet values and answers as columns (before 0014) read back the
+    same after it, sharing one facet row per distinct combination across targets and one
+    answer row per answer stored more than once; a downgrade puts every value back on its
+    probe."""
+    from monitor.domain import Choice, RateLimits
+    from monitor.store.models import ProbeAnswerRow, ProbeFacetRow
     from monitor.store.probe_reads import probe_records
     from monitor.store.schema import FACET_FIELDS
     from tests.test_store import result
@@ -422,11 +424,13 @@ def test_0014_moves_repeated_values_to_probe_facets_and_back(empty_url: str) -> 
     limits = RateLimits(limit_requests=500, limit_tokens=2**40, remaining_requests=7)
     sent = [result(target_name="a", openai_version="2020-10-01", rate_limits=limits),
             result(target_name="b", openai_version="2020-10-01", rate_limits=limits),
-            result(target_name="a", system_fingerprint="fp_\u00e9", service_tier="flex"),
+            result(target_name="a", system_fingerprint="fp_\u00e9", service_tier="flex",
+                   choices=(Choice(index=0, finish_reason="stop", content="once"),)),
             result(target_name="a", ok=False, model=None, choices=(), rate_limits=RateLimits())]
     try:
         old = [save_then(engine, r) for r in sent]
-        stored = sa_table("probes", sa_column("id"), *[sa_column(n) for n in FACET_FIELDS])
+        stored = sa_table("probes", sa_column("id"), *[sa_column(n) for n in FACET_FIELDS],
+                          sa_column("choices", Json()))
         with engine.connect() as connection:
             before = connection.execute(select(stored).order_by(stored.c.id)).all()
         assert before[0][1:] == before[1][1:] != before[2][1:]
@@ -437,8 +441,14 @@ def test_0014_moves_repeated_values_to_probe_facets_and_back(empty_url: str) -> 
                 ProbeFacetRow.id)).scalars().all() == [1, 2, 3]
             facets = connection.execute(select(ProbeRow.facet_id).order_by(ProbeRow.id))
             assert facets.scalars().all() == [1, 1, 2, 3, 2]
+            # The answer of the first two, once; the others' stay (the new probe's was not
+            # seen repeating by its Recorder).
+            assert connection.execute(select(ProbeAnswerRow.choices)).scalars().all() == [
+                before[0][-1]]
+            answers = connection.execute(select(ProbeRow.answer_id).order_by(ProbeRow.id))
+            assert answers.scalars().all() == [1, 1, None, None, None]
         records = probe_records(engine, [*old, new])
-        assert [tuple(r[n] for n in FACET_FIELDS) for r in records] == [
+        assert [tuple(r[n] for n in (*FACET_FIELDS, "choices")) for r in records] == [
             tuple(row[1:]) for row in [*before, before[2]]]
         assert [r["ratelimit_remaining_requests"] for r in records] == [7, 7, None, None, None]
         command.downgrade(db.alembic_config(empty_url), "0013")

@@ -34,6 +34,8 @@ from monitor.render.metrics import exposition_registry, render_metrics
 from monitor.sim import SimClient, Simulator
 from monitor.store import blobs, codec, db, rollups
 from monitor.store.models import (
+    PROBE_FIELDS,
+    PROBES_WITH_ANSWERS,
     PROBES_WITH_FACETS,
     AlertRow,
     Base,
@@ -74,7 +76,8 @@ def stored(engine: Engine, count: int) -> list[ProbeRow]:
     """The traffic probes once `count` of them are stored, oldest first."""
     def read() -> list[ProbeRow] | None:
         with engine.connect() as connection:
-            rows = connection.execute(select(ProbeRow).order_by(ProbeRow.id)).all()
+            rows = connection.execute(select(*PROBE_FIELDS).select_from(PROBES_WITH_ANSWERS)
+                                      .order_by(ProbeRow.id)).all()
         return list(rows) if len(rows) >= count else None
 
     return wait_until(read, f"{count} stored traffic probes")

@@ -1,18 +1,21 @@
-"""probe facets: the values a target's probes repeat, stored once and referenced
+"""probe facets and answers: the values a target's probes repeat, stored once and referenced
 
 openai_version, openai_organization, model, system_fingerprint, service_tier, finish_reason
 and the four rate limits move from probes to probe_facets, one row per distinct combination
 keyed by the sha256 of the values (records.facet_digest, computed the same way here), and
-each probe gets facet_id. ~70 bytes a probe less on SQLite, ~75 on PostgreSQL.
+each probe gets facet_id. An answer (choices) stored on more than one probe moves to
+probe_answers (keyed by records.answer_digest) and those probes get answer_id; an answer
+stored once stays where it is, as the Recorder leaves answers that do not repeat.
 
-The upgrade reads probes in id order, batch by batch, creating each new combination's row as
-it first appears, and sets the references with one UPDATE per facet and batch (a canary has a
-handful of facets, so a few statements per 10,000 probes). Then the columns go: SQLite
+The upgrade reads probes in id order, batch by batch, creating each new facet's and repeated
+answer's row as it first appears, and sets the references with one UPDATE per facet or
+answer and batch (a canary has a handful of each, so a few statements per 10,000 probes).
+Then the columns go: SQLite
 recreates the table (batch mode, foreign keys off as in 0007; the partial indexes are made
 again after, as a table copy cannot be trusted to keep their WHERE); PostgreSQL drops them in
 place (their bytes are freed as rows are rewritten, or at once by VACUUM FULL).
 
-Downgrading puts the values back on every probe and drops the table.
+Downgrading puts the values and answers back on every probe and drops the tables.
 
 Revision ID: 0014
 Revises: 0013
@@ -28,6 +31,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+
+from monitor.store.models import Json
 
 revision: str = '0014'
 down_revision: str | None = '0013'
@@ -58,10 +63,13 @@ PARTIAL_INDEXES = [
 ]
 
 
-def _digest(values: Sequence[Any]) -> str:
-    """records.facet_digest, as of this revision."""
-    text = json.dumps(list(values), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(value: Any) -> str:
+    """records.facet_digest (of a list) and records.answer_digest, as of this revision."""
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()
 
 
 def _foreign_keys_off() -> None:
@@ -104,41 +112,74 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('id', name=op.f('pk_probe_facets')),
         sa.UniqueConstraint('sha256', name=op.f('uq_probe_facets_sha256')),
     )
+    op.create_table(
+        'probe_answers',
+        sa.Column('id', id_type, nullable=False),
+        sa.Column('sha256', sa.String(length=64), nullable=False),
+        sa.Column('choices', Json(), nullable=False),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_probe_answers')),
+        sa.UniqueConstraint('sha256', name=op.f('uq_probe_answers_sha256')),
+    )
     op.add_column('probes', sa.Column('facet_id', id_type, nullable=True))
+    op.add_column('probes', sa.Column('answer_id', id_type, nullable=True))
     connection = op.get_bind()
     _fill(connection)
     with _partial_indexes_remade(), op.batch_alter_table('probes', schema=None) as batch_op:
         batch_op.alter_column('facet_id', existing_type=id_type, nullable=False)
         batch_op.create_foreign_key(op.f('fk_probes_facet_id_probe_facets'), 'probe_facets',
                                     ['facet_id'], ['id'])
+        batch_op.create_foreign_key(op.f('fk_probes_answer_id_probe_answers'), 'probe_answers',
+                                    ['answer_id'], ['id'])
         for name in NAMES:
             batch_op.drop_column(name)
 
 
 def _fill(connection: sa.Connection) -> None:
-    """Create every distinct facet and point each probe at its own."""
+    """Create every distinct facet and every repeated answer, and point each probe at its
+    own."""
     facets = sa.table('probe_facets', sa.column('id'), sa.column('sha256'),
                       *[sa.column(name) for name in NAMES])
+    answers = sa.table('probe_answers', sa.column('id'), sa.column('sha256'),
+                       sa.column('choices', Json()))
+    probes = sa.table('probes', sa.column('id'), sa.column('choices', Json()),
+                      *[sa.column(name) for name in NAMES])
+    # The answers on more than one probe, by their canonical JSON: grouped by the database
+    # (jsonb on PostgreSQL, the stored text on SQLite), so only those come to Python.
+    repeated = {_canonical(choices) for choices in connection.execute(
+        sa.select(probes.c.choices).where(probes.c.choices.is_not(None))
+        .group_by(probes.c.choices).having(sa.func.count() > 1)).scalars()}
     known: dict[tuple[Any, ...], int] = {}
+    known_answers: dict[str, int] = {}
     after = 0
     while True:
-        rows = connection.execute(sa.text(
-            f"SELECT id, {', '.join(NAMES)} FROM probes WHERE id > :after ORDER BY id "
-            f"LIMIT {BATCH}"), {"after": after}).all()
+        rows = connection.execute(
+            sa.select(probes.c.id, probes.c.choices, *[probes.c[name] for name in NAMES])
+            .where(probes.c.id > after).order_by(probes.c.id).limit(BATCH)).all()
         by_facet: dict[int, list[int]] = {}
-        for probe_id, *values in rows:
+        by_answer: dict[int, list[int]] = {}
+        for probe_id, choices, *values in rows:
             key = tuple(values)
             facet_id = known.get(key)
             if facet_id is None:
                 facet_id = known[key] = connection.execute(
-                    sa.insert(facets).values(sha256=_digest(key), **dict(zip(NAMES, key)))
+                    sa.insert(facets).values(sha256=_digest(list(key)), **dict(zip(NAMES, key)))
                     .returning(facets.c.id)).scalar_one()
             by_facet.setdefault(facet_id, []).append(probe_id)
-        for facet_id, ids in by_facet.items():
-            connection.execute(
-                sa.text("UPDATE probes SET facet_id = :facet_id WHERE id IN :ids")
-                .bindparams(sa.bindparam('ids', expanding=True)),
-                {"facet_id": facet_id, "ids": ids})
+            text = None if choices is None else _canonical(choices)
+            if text in repeated:
+                answer_id = known_answers.get(text)
+                if answer_id is None:
+                    answer_id = known_answers[text] = connection.execute(
+                        sa.insert(answers).values(sha256=_digest(choices), choices=choices)
+                        .returning(answers.c.id)).scalar_one()
+                by_answer.setdefault(answer_id, []).append(probe_id)
+        for column, found in (('facet_id', by_facet), ('answer_id', by_answer)):
+            moved = ", choices = NULL" if column == 'answer_id' else ""
+            for reference, ids in found.items():
+                connection.execute(
+                    sa.text(f"UPDATE probes SET {column} = :reference{moved} WHERE id IN :ids")
+                    .bindparams(sa.bindparam('ids', expanding=True)),
+                    {"reference": reference, "ids": ids})
         if len(rows) < BATCH:
             return
         after = rows[-1].id
@@ -152,7 +193,12 @@ def downgrade() -> None:
     op.execute(
         f"UPDATE probes SET ({', '.join(NAMES)}) = "
         f"(SELECT {', '.join(NAMES)} FROM probe_facets WHERE probe_facets.id = probes.facet_id)")
+    op.execute("UPDATE probes SET choices = (SELECT choices FROM probe_answers "
+               "WHERE probe_answers.id = probes.answer_id) WHERE answer_id IS NOT NULL")
     with _partial_indexes_remade(), op.batch_alter_table('probes', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('fk_probes_facet_id_probe_facets'), type_='foreignkey')
+        batch_op.drop_constraint(op.f('fk_probes_answer_id_probe_answers'), type_='foreignkey')
         batch_op.drop_column('facet_id')
+        batch_op.drop_column('answer_id')
+    op.drop_table('probe_answers')
     op.drop_table('probe_facets')

@@ -36,6 +36,7 @@ from monitor.store.schema import (
     CANARY,
     detector_states,
     drift_events,
+    probe_answers,
     probe_facets,
     probes,
     request_payloads,
@@ -43,6 +44,11 @@ from monitor.store.schema import (
 
 # Probes read per query while folding a long history.
 CHUNK = 5000
+
+
+def _first_content(choices: Any) -> Any:
+    return choices[(0, "content")].as_string()
+
 
 _COLUMNS = (
     probes.c.id, probes.c.uid, probes.c.started_at, probes.c.ok, probes.c.error_kind,
@@ -53,8 +59,9 @@ _COLUMNS = (
     probes.c.ratelimit_remaining_input_tokens, probes.c.ratelimit_remaining_output_tokens,
     # The first choice's text, taken out by the database: parsing every probe's choices JSON
     # was a third of the time of folding a long history. (The text is always a string or
-    # null: probe.completion stores nothing else.)
-    probes.c.choices[(0, "content")].as_string(), probes.c.prompt_tokens,
+    # null: probe.completion stores nothing else.) An answer that repeats is in
+    # probe_answers instead: its text by answer_id, as the facets below.
+    _first_content(probes.c.choices), probes.c.answer_id, probes.c.prompt_tokens,
     # The facet's values (model, fingerprint, limits, finish reason) by its id, looked up in
     # what the reader learnt (a handful of rows a target): no join per probe.
     probes.c.facet_id, probes.c.request_payload_id,
@@ -123,6 +130,8 @@ class ObservationReader:
         self._payloads: dict[int, tuple[str, str | None, bool]] = {}
         # facet id -> its values, as _FACET lists them (a facet never changes)
         self._facets: dict[int, tuple[Any, ...]] = {}
+        # answer id -> the first choice's text (an answer never changes either)
+        self._answers: dict[int, str | None] = {}
 
     def after(self, connection: Connection, target_id: int, after_id: int, *,
               checks: bool = False, limit: int | None = None) -> list[tuple[int, Observation]]:
@@ -215,6 +224,12 @@ class ObservationReader:
             for facet_id, *values in connection.execute(
                     select(probe_facets.c.id, *_FACET).where(probe_facets.c.id.in_(facets))):
                 self._facets[facet_id] = tuple(values)
+        answers = {row[-4] for row in rows} - self._answers.keys() - {None}
+        if answers:
+            for answer_id, text in connection.execute(
+                    select(probe_answers.c.id, _first_content(probe_answers.c.choices))
+                    .where(probe_answers.c.id.in_(answers))):
+                self._answers[answer_id] = text
         missing = {row[-1] for row in rows} - self._payloads.keys()
         if not missing:
             return
@@ -234,8 +249,10 @@ class ObservationReader:
         # without columns, for live detection.)
         (_, uid, started_at, ok, error_kind, http_status, total_ms, ttft_ms, processing_ms,
          remaining_requests, remaining_tokens, reset_requests_s, reset_tokens_s,
-         remaining_input_tokens, remaining_output_tokens, content, prompt_tokens, facet_id,
-         payload_id) = row
+         remaining_input_tokens, remaining_output_tokens, content, answer_id, prompt_tokens,
+         facet_id, payload_id) = row
+        if answer_id is not None:
+            content = self._answers[answer_id]
         (model, system_fingerprint, limit_requests, limit_tokens, limit_input_tokens,
          limit_output_tokens, finish_reason) = self._facets[facet_id]
         digest, requested_model, deterministic = self._payloads[payload_id]
@@ -282,8 +299,11 @@ class ObservationReader:
         # up by name, which adds up over a year).
         (_, uid, started_at, ok, error_kind, http_status, total_ms, ttft_ms, processing_ms,
          remaining_requests, remaining_tokens, reset_requests_s, reset_tokens_s,
-         remaining_input_tokens, remaining_output_tokens, content, prompt_tokens, facet_ids,
-         payload_ids) = zip(*rows, strict=True)
+         remaining_input_tokens, remaining_output_tokens, inline, answer_ids, prompt_tokens,
+         facet_ids, payload_ids) = zip(*rows, strict=True)
+        answers = self._answers
+        content = [text if answer_id is None else answers[answer_id]
+                   for text, answer_id in zip(inline, answer_ids, strict=True)]
         # Each facet's values expanded into columns, also transposed in C.
         facets = self._facets
         (model, system_fingerprint, limit_requests, limit_tokens, limit_input_tokens,

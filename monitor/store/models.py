@@ -22,6 +22,8 @@ schema.add_partial_indexes()
 CANARY = schema.CANARY
 PROBES_WITH_FACETS = schema.PROBES_WITH_FACETS
 PROBE_FIELDS = schema.PROBE_FIELDS
+PROBES_WITH_ANSWERS = schema.PROBES_WITH_ANSWERS
+CHOICES = schema.CHOICES
 TargetKind = schema.TargetKind
 # Migrations name the column types as monitor.store.models.UtcDateTime (and the others below).
 UtcDateTime = schema.UtcDateTime
@@ -29,6 +31,7 @@ UtcSeconds = schema.UtcSeconds
 UtcMicros = schema.UtcMicros
 HexUuid = schema.HexUuid
 UpstreamId = schema.UpstreamId
+Json = schema.Json
 
 
 class Base(DeclarativeBase):
@@ -87,6 +90,16 @@ class ProbeFacetRow(Base):
     ratelimit_limit_output_tokens: Mapped[int | None]
 
 
+class ProbeAnswerRow(Base):
+    """A row of probe_answers."""
+
+    __table__ = schema.probe_answers
+
+    id: Mapped[int]
+    sha256: Mapped[str]
+    choices: Mapped[list[dict[str, Any]]]
+
+
 class ProbeRow(Base):
     """A row of probes."""
 
@@ -122,6 +135,7 @@ class ProbeRow(Base):
     response_id: Mapped[str | None]
     response_created_at: Mapped[datetime | None]
     choices: Mapped[list[dict[str, Any]] | None]
+    answer_id: Mapped[int | None]
     stream_chunks: Mapped[int | None]
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]

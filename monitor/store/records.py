@@ -23,6 +23,7 @@ from monitor.store.schema import (
     CANARY,
     FACET_FIELDS,
     TargetKind,
+    probe_answers,
     probe_facets,
     probes,
     request_payloads,
@@ -69,6 +70,55 @@ class FacetIds:
         self._ids.clear()
 
 
+class AnswerIds:
+    """Moves a probe row's answer (its choices) to probe_answers once the answer repeats: an
+    answer seen among the target's last RECENT ones is stored there (once, by digest) and
+    referenced; any other stays on the probe. A canary's second probe onwards costs an id
+    where the answer's JSON was; answers that never repeat (recorded traffic) cost nothing
+    more than before. Ids are cached like FacetIds' (forget() after a failed transaction)."""
+
+    RECENT = 8
+
+    def __init__(self) -> None:
+        # By repr(), which tells JSON values apart as exactly as the canonical text does
+        # (as Recorder's payload cache).
+        self._ids: dict[str, int] = {}
+        # target id -> the answers last stored on its probes, oldest first.
+        self._recent: dict[int, dict[str, None]] = {}
+
+    def take(self, connection: Any, row: dict[str, Any]) -> None:
+        """Replace a probe row's choices by an answer_id when the answer repeats."""
+        choices = row["choices"]
+        row["answer_id"] = None
+        if choices is None:
+            return
+        seen = repr(choices)
+        found = self._ids.get(seen)
+        if found is None:
+            recent = self._recent.setdefault(row["target_id"], {})
+            if seen not in recent:
+                recent[seen] = None
+                if len(recent) > self.RECENT:
+                    del recent[next(iter(recent))]
+                return
+            found = self._ids[seen] = _get_or_create(
+                connection, probe_answers, {"sha256": answer_digest(choices)},
+                {"choices": choices})
+        row["choices"], row["answer_id"] = None, found
+
+    def __bool__(self) -> bool:
+        return bool(self._ids)
+
+    def forget(self) -> None:
+        # The recent answers are only a guess at what repeats: kept.
+        self._ids.clear()
+
+
+def answer_digest(choices: Any) -> str:
+    """The probe_answers key of stored choices. Revision 0014 computes the same."""
+    return hashlib.sha256(canonical_json(choices).encode()).hexdigest()
+
+
 class Recorder:
     """Saves probe results, one transaction each; remembers the ids of targets, configurations
     and payloads it has seen so a steady stream of canaries costs one INSERT per probe."""
@@ -79,6 +129,7 @@ class Recorder:
         self._config_ids: dict[tuple[str, str], int] = {}
         self._payload_ids: dict[str, int] = {}
         self._facet_ids = FacetIds()
+        self._answer_ids = AnswerIds()
         self._encoders = blobs.Encoders()
         self._probe_insert: ProbeInsert | None = None
 
@@ -93,7 +144,7 @@ class Recorder:
         """Store one probe and return its id. A uid already stored returns the existing id,
         which is what makes replaying a spool after a crash safe."""
         cached = bool(self._target_ids or self._config_ids or self._payload_ids
-                      or self._facet_ids)
+                      or self._facet_ids or self._answer_ids)
         try:
             return self._insert(result, config)
         except IntegrityError:
@@ -125,7 +176,7 @@ class Recorder:
             payload_id = self._payload_id(connection, result.request_payload)
             dictionary = self._encoders.for_result(connection, config_id, result)
             row = _probe_values(result, target_id, config_id, payload_id, dictionary)
-            self._facet_ids.take(connection, row)
+            self._shared(connection, row)
             [probe_id] = self._statement().execute(connection, [row])
             check_results.insert(connection, [(result, probe_id, target_id)])
             return probe_id
@@ -146,7 +197,7 @@ class Recorder:
                     payload_id = self._payload_id(connection, result.request_payload)
                     dictionary = self._encoders.for_result(connection, config_id, result)
                     row = _probe_values(result, target_id, config_id, payload_id, dictionary)
-                    self._facet_ids.take(connection, row)
+                    self._shared(connection, row)
                     rows.append(row)
                 ids = self._statement().execute(connection, rows)
                 check_results.insert(connection, [(result, probe_id, row["target_id"])
@@ -179,13 +230,18 @@ class Recorder:
                 payload_id = self._payload_id(connection, result.request_payload)
                 dictionary = self._encoders.for_result(connection, config_id, result)
                 row = _probe_values(result, target_id, config_id, payload_id, dictionary)
-                self._facet_ids.take(connection, row)
+                self._shared(connection, row)
                 rows.append(row)
             connection.execute(
                 upsert(connection.dialect, probes).on_conflict_do_nothing(
                     index_elements=["uid"]), rows
             )
             check_results.insert_by_uid(connection, [(r, row["target_id"]) for r, row in zip(results, rows)])
+
+    def _shared(self, connection: Any, row: dict[str, Any]) -> None:
+        """Refer a probe row to its facet, and to its answer when that repeats."""
+        self._facet_ids.take(connection, row)
+        self._answer_ids.take(connection, row)
 
     def _statement(self) -> ProbeInsert:
         if self._probe_insert is None:
@@ -208,6 +264,7 @@ class Recorder:
         self._config_ids.clear()
         self._payload_ids.clear()
         self._facet_ids.forget()
+        self._answer_ids.forget()
         self._encoders.forget()
 
     def _target_id(self, connection: Any, name: str, traffic: bool = False) -> int:

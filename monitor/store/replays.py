@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import ProbeResult, ReplayState
 from monitor.store.models import (
+    CHOICES,
+    ProbeAnswerRow,
     ProbeFacetRow,
     ProbeRow,
     ReplayItemRow,
@@ -102,13 +104,14 @@ class Claim:
 _ANSWER = (
     ProbeRow.id, TargetRow.name, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
     ProbeRow.error_detail, ProbeRow.http_status, ProbeFacetRow.model,
-    ProbeFacetRow.system_fingerprint, ProbeFacetRow.finish_reason, ProbeRow.choices,
+    ProbeFacetRow.system_fingerprint, ProbeFacetRow.finish_reason, CHOICES,
     ProbeRow.prompt_tokens, ProbeRow.completion_tokens, ProbeRow.total_tokens,
     ProbeRow.total_ms, ProbeRow.time_to_first_token_ms, ProbeFacetRow.ratelimit_limit_requests,
     ProbeRow.ratelimit_remaining_requests, ProbeFacetRow.ratelimit_limit_tokens,
     ProbeRow.ratelimit_remaining_tokens, ProbeRow.replay_of,
 )
 _WITH_FACET = (ProbeFacetRow, ProbeFacetRow.id == ProbeRow.facet_id)
+_WITH_ANSWER = (ProbeAnswerRow, ProbeAnswerRow.id == ProbeRow.answer_id)
 
 
 def _answer(row: Any) -> StoredAnswer:
@@ -136,7 +139,7 @@ def answers(engine: Engine, ids: Iterable[int]) -> dict[int, StoredAnswer]:
     with engine.connect() as connection:
         for start in range(0, len(wanted), _CHUNK):
             query = (select(*_ANSWER).join(TargetRow, TargetRow.id == ProbeRow.target_id)
-                     .join(*_WITH_FACET)
+                     .join(*_WITH_FACET).outerjoin(*_WITH_ANSWER)
                      .where(ProbeRow.id.in_(wanted[start:start + _CHUNK])))
             found.update((row.id, _answer(row)) for row in connection.execute(query))
     return found
@@ -145,6 +148,7 @@ def answers(engine: Engine, ids: Iterable[int]) -> dict[int, StoredAnswer]:
 def stored_request(engine: Engine, probe_id: int) -> StoredRequest | None:
     query = (select(*_ANSWER, RequestPayloadRow.payload)
              .join(TargetRow, TargetRow.id == ProbeRow.target_id).join(*_WITH_FACET)
+             .outerjoin(*_WITH_ANSWER)
              .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
              .where(ProbeRow.id == probe_id))
     with engine.connect() as connection:
@@ -222,7 +226,7 @@ class LinkedWriter:
         digest = facet_digest(list(facet.values()))
         values["facet_id"] = known(("facet", digest), ProbeFacetRow.__table__,
                                    {"sha256": digest}, facet)
-        values["replay_of"] = replay_of
+        values["replay_of"] = replay_of  # its answer stays on it: replays are few
         return int(connection.execute(
             insert(ProbeRow).returning(ProbeRow.id), values).scalar_one())
 

@@ -33,8 +33,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     text,
 )
+from sqlalchemy.sql.elements import NamedColumn
 from sqlalchemy.types import TypeEngine
 
 from monitor.store import upstream_ids
@@ -319,6 +321,17 @@ probe_facets = Table(
 FACET_FIELDS = tuple(column.key for column in probe_facets.columns
                      if column.key not in ("id", "sha256"))
 
+# An answer (a probe's choices) that came more than once, stored once, keyed by a sha256 of
+# its canonical JSON (records.answer_digest): a canary mostly gets the same answer every
+# time. An answer not seen repeating stays on its probe (probes.choices), so traffic whose
+# answers all differ costs nothing more (records.AnswerIds decides). Rows are never deleted.
+probe_answers = Table(
+    "probe_answers", metadata,
+    Column("id", Id, primary_key=True),
+    Column("sha256", String(64), unique=True, nullable=False),
+    Column("choices", Json, nullable=False),
+)
+
 # One canary call: queryable columns for every captured field, plus the raw exchange.
 probes = Table(
     "probes", metadata,
@@ -355,7 +368,9 @@ probes = Table(
     Column("ratelimit_reset_output_tokens_s", Float),
     Column("response_id", UpstreamId),
     Column("response_created_at", UtcSeconds),
+    # The answer, here or (when it repeats) in probe_answers: one of the two, or neither.
     Column("choices", Json),
+    Column("answer_id", ForeignKey("probe_answers.id")),
     Column("stream_chunks", BigInteger),
     Column("prompt_tokens", BigInteger),
     Column("completion_tokens", BigInteger),
@@ -404,6 +419,11 @@ CANARY = probes.c.replay_of.is_(None)
 # Probes with their facet's values, for readers: select_from() this, then name a facet value
 # as probe_facets.c.model (an inner join: every probe has a facet).
 PROBES_WITH_FACETS = probes.join(probe_facets, probe_facets.c.id == probes.c.facet_id)
+# A probe's answer wherever it is stored (select from PROBES_WITH_ANSWERS, or outer-join
+# probe_answers yourself).
+CHOICES = func.coalesce(probe_answers.c.choices, probes.c.choices, type_=Json).label("choices")
+PROBES_WITH_ANSWERS = PROBES_WITH_FACETS.outerjoin(
+    probe_answers, probe_answers.c.id == probes.c.answer_id)
 # Where each facet value stood among the probe's columns before revision 0014: readers list
 # a probe's fields in that order (`monitor show --json`, export lines), as they did.
 _FACETS_BEFORE = {
@@ -413,12 +433,13 @@ _FACETS_BEFORE = {
     "ratelimit_remaining_output_tokens": ("ratelimit_limit_output_tokens",),
     "choices": ("model", "system_fingerprint", "service_tier", "finish_reason"),
 }
-# A probe's fields as readers know them (from PROBES_WITH_FACETS): every column of probes
-# but facet_id, and the facet's values in their old places.
-PROBE_FIELDS: tuple[Column[Any], ...] = tuple(
+# A probe's fields as readers know them (from PROBES_WITH_ANSWERS): every column of probes
+# but the references, the facet's values in their old places, and CHOICES for choices.
+PROBE_FIELDS: tuple[NamedColumn[Any], ...] = tuple(
     column
-    for own in probes.columns if own.key != "facet_id"
-    for column in (*(probe_facets.c[name] for name in _FACETS_BEFORE.get(own.key, ())), own)
+    for own in probes.columns if own.key not in ("facet_id", "answer_id")
+    for column in (*(probe_facets.c[name] for name in _FACETS_BEFORE.get(own.key, ())),
+                   CHOICES if own.key == "choices" else own)
 )
 
 # What a configuration's exchanges look like: the headers and body of one of its probes,

@@ -46,6 +46,7 @@ from monitor.store import blobs, check_results
 from monitor.store.db import head_revision
 from monitor.store.models import (
     PROBE_FIELDS,
+    ProbeAnswerRow,
     ProbeFacetRow,
     ProbeRow,
     RequestPayloadRow,
@@ -54,7 +55,7 @@ from monitor.store.models import (
     TargetRow,
     UtcDateTime,
 )
-from monitor.store.records import FacetIds, _get_or_create, canonical_json
+from monitor.store.records import AnswerIds, FacetIds, _get_or_create, canonical_json
 
 FORMAT = "monitor-export"
 VERSION = 1
@@ -67,7 +68,7 @@ _NOT_EXPORTED = {"id", "target_id", "target_config_id", "request_payload_id", "r
 _PROBES: Table = ProbeRow.__table__
 _COLUMNS = [c for c in PROBE_FIELDS if c.key not in _NOT_EXPORTED]
 _TIMES = {c.key for c in _COLUMNS if isinstance(c.type, UtcDateTime)}
-_REQUIRED = {c.key for c in _COLUMNS if not c.nullable}
+_REQUIRED = {c.key for c in _COLUMNS if not getattr(c, "nullable", True)}
 _UID = re.compile("[0-9a-f]{32}")  # a uuid4's hex, as probes get them (stored as 16 bytes)
 _REFERENCES = {"kind", "target", "config_hash", "request_sha256", "replay_of_uid",
                "response_headers", "raw_response", "raw_response_base64", "checks"}
@@ -111,6 +112,7 @@ def export(engine: Engine, out: IO[str], target: str | None = None,
                original.uid.label("replay_of_uid"))
         .join(TargetRow, TargetRow.id == ProbeRow.target_id)
         .join(ProbeFacetRow, ProbeFacetRow.id == ProbeRow.facet_id)
+        .outerjoin(ProbeAnswerRow, ProbeAnswerRow.id == ProbeRow.answer_id)
         .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
         .outerjoin(original, original.id == ProbeRow.replay_of)
         .order_by(ProbeRow.id)
@@ -224,6 +226,7 @@ class _Importer:
         self.configs: dict[tuple[str, str], int] = {}
         self.payloads: dict[str, int] = {}
         self.facets = FacetIds()
+        self.answers = AnswerIds()
         self.encoders = blobs.Encoders()
         self.rows: list[dict[str, Any]] = []
         self.checks: dict[str, list[dict[str, Any]]] = {}  # uid -> its check_results rows
@@ -332,6 +335,7 @@ class _Importer:
         # database and the row's own columns.
         headers = record["response_headers"]
         self.facets.take(connection, row)
+        self.answers.take(connection, row)
         return blobs.encoded(row, headers, body, self.encoders.dictionary(
             connection, config_id, bool(row["ok"]), headers, body))
 
