@@ -247,3 +247,25 @@ def test_answers_that_never_repeat_stay_on_their_probes(engine: Engine) -> None:
     assert answer_rows(engine) == 0
     assert [r["choices"][0]["content"] for r in probe_records(engine, ids)] == [
         f"answer {i}" for i in range(6, 12)]
+
+
+def test_a_known_facet_and_answer_cost_no_statement(engine: Engine) -> None:
+    """Once a target's facet and repeated answer are known, storing a probe is still one
+    INSERT, on each write path."""
+    from sqlalchemy import event
+
+    recorder = Recorder(engine)
+    for _ in range(2):
+        recorder.save(answered("pong"))
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]).split()[0])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        recorder.save(answered("pong"))
+        recorder.save_batch([(answered("pong"), None)])
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert statements == ["INSERT", "INSERT"]

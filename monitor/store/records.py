@@ -120,8 +120,9 @@ def answer_digest(choices: Any) -> str:
 
 
 class Recorder:
-    """Saves probe results, one transaction each; remembers the ids of targets, configurations
-    and payloads it has seen so a steady stream of canaries costs one INSERT per probe."""
+    """Saves probe results, one transaction each; remembers the ids of targets, configurations,
+    payloads, facets and answers it has seen so a steady stream of canaries costs one INSERT
+    per probe."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

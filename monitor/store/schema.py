@@ -300,8 +300,9 @@ request_payloads = Table(
 # answer ended. Stored once per distinct combination, keyed by a sha256 of the values
 # (records.facet_digest) and referenced by probes.facet_id: ~70 bytes a probe less
 # (docs/benchmarks.md, revision 0014). Values that vary from probe to probe (remaining
-# quota, usage, the answer itself) stay on probes, so a probe whose facet is new each time
-# costs one small row more, not a row as large as itself. Rows are never deleted.
+# quota, usage) stay on probes, and the answer has a table of its own (probe_answers), so a
+# probe whose facet is new each time costs one small row more, not a row as large as itself.
+# Rows are never deleted.
 probe_facets = Table(
     "probe_facets", metadata,
     Column("id", Id, primary_key=True),
