@@ -47,6 +47,7 @@ CHUNK = 5000
 
 
 def _first_content(choices: Any) -> Any:
+    """The first choice's text of stored choices, as the database extracts it."""
     return choices[(0, "content")].as_string()
 
 
@@ -123,7 +124,7 @@ _SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("
 
 class ObservationReader:
     """Turns stored probes into Observations, or columns of them; remembers what it learnt of
-    each payload and each facet."""
+    each payload, facet and repeated answer."""
 
     def __init__(self) -> None:
         # payload id -> (sha256, requested model, deterministic)
@@ -218,7 +219,7 @@ class ObservationReader:
         return rows
 
     def _learn(self, connection: Connection, rows: Sequence[Any]) -> None:
-        """Read the payloads and facets of `rows` not seen before."""
+        """Read the payloads, facets and answers of `rows` not seen before."""
         facets = {row[-2] for row in rows} - self._facets.keys()
         if facets:
             for facet_id, *values in connection.execute(
