@@ -7,7 +7,9 @@ canary answers: the same answer, two fingerprints), `answers` (every answer diff
 recorded traffic), `everything` (every answer and every fingerprint different, and the token
 limit too: a new facet on every probe). Bytes are the SQLite file after VACUUM and the
 monitor's tables, TOAST and indexes after VACUUM FULL on PostgreSQL, as bench/write_path.py
-counts them. Runs on any revision of the store (the same script measures the code before).
+counts them, less those of the empty schema (each of its tables and indexes takes a page or
+two, which a few thousand probes would otherwise share). Runs on any revision of the store
+(the same script measures the code before).
 
     python bench/distinct_values.py [--probes 3000] [--postgres postgresql://...]
 """
@@ -76,22 +78,32 @@ def main() -> None:
     print(f"{args.probes} probes of the standard canary ({len(distinct)} real ones, "
           f"{len(answers)} distinct answers); bytes on disk per probe")
     print(f"  {'history':<12} {'SQLite':>8} {'PostgreSQL':>11}")
+    empty = (sqlite_bytes([]), postgres_bytes(args.postgres, []))
+    print(f"  {'(empty)':<12} {empty[0]:8.0f} {empty[1]:11.0f}  bytes in all")
     for kind in ("repeating", "answers", "everything"):
         results = history(kind, distinct, args.probes)
-        with tempfile.TemporaryDirectory() as workdir:
-            path = Path(workdir) / "bench.db"
-            url = f"sqlite:///{path}"
-            db.upgrade(url)
-            store(url, results)
-            sqlite, _ = sqlite_bytes_per_probe(path, url, args.probes)
-        pg_url = fresh_postgres(args.postgres)
-        try:
-            db.upgrade(pg_url)
-            store(pg_url, results)
-            postgres, _ = postgres_bytes_per_probe(pg_url, args.probes)
-        finally:
-            drop_postgres(args.postgres, pg_url)
+        sqlite = (sqlite_bytes(results) - empty[0]) / args.probes
+        postgres = (postgres_bytes(args.postgres, results) - empty[1]) / args.probes
         print(f"  {kind:<12} {sqlite:8.0f} {postgres:11.0f}")
+
+
+def sqlite_bytes(results: list[ProbeResult]) -> float:
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "bench.db"
+        url = f"sqlite:///{path}"
+        db.upgrade(url)
+        store(url, results)
+        return sqlite_bytes_per_probe(path, url, 1)[0]
+
+
+def postgres_bytes(admin_url: str, results: list[ProbeResult]) -> float:
+    url = fresh_postgres(admin_url)
+    try:
+        db.upgrade(url)
+        store(url, results)
+        return postgres_bytes_per_probe(url, 1)[0]
+    finally:
+        drop_postgres(admin_url, url)
 
 
 if __name__ == "__main__":
