@@ -227,6 +227,9 @@ def test_a_repeated_answer_is_stored_once_and_every_reader_sees_it_on_each_probe
         contents = [o.content for _, o in ObservationReader().all(connection, target)]
         [(_, columns)] = ObservationReader().all_columns(connection, target)
         answers = check_results.answers(connection, ids)
+        # SQL NULL, not JSON null: no bytes where the answer is elsewhere.
+        empty = connection.execute(select(func.count()).where(ProbeRow.choices.is_(None)))
+        assert empty.scalar_one() == 3
     assert [answer_id is None for answer_id, _ in stored] == [True, False, False, True, False]
     assert [choices is None for _, choices in stored] == [False, True, True, False, True]
     texts = ["pong", "pong", "pong", "other", "pong"]
