@@ -48,8 +48,9 @@ from monitor.health import build_report
 from monitor.sim import SimClient, Simulator
 from monitor.store import blobs, db, rollups
 from monitor.store.models import ProbeRow
-from monitor.store.records import AnswerIds, FacetIds, Recorder, _probe_values
+from monitor.store.records import Recorder, _probe_values
 from monitor.store.retention import prune
+from monitor.store.shared import AnswerIds, FacetIds
 
 RAW_RETENTION = timedelta(milliseconds=RAW_RETENTION_MS)
 

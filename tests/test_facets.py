@@ -15,8 +15,9 @@ from monitor.store import check_results, db, replays
 from monitor.store.history import ObservationReader
 from monitor.store.models import ProbeAnswerRow, ProbeFacetRow, ProbeRow, TargetRow
 from monitor.store.probe_reads import probe_records
-from monitor.store.records import FacetIds, Recorder
+from monitor.store.records import Recorder
 from monitor.store.schema import FACET_FIELDS
+from monitor.store.shared import FacetIds
 from tests.test_store import result
 
 LIMITS = RateLimits(limit_requests=500, limit_tokens=30_000, remaining_requests=499,

@@ -27,7 +27,8 @@ from monitor.store.models import (
     RollupStateRow,
     RollupTotalRow,
 )
-from monitor.store.records import FacetIds, Recorder, _probe_values
+from monitor.store.records import Recorder, _probe_values
+from monitor.store.shared import FacetIds
 from tests.conftest import empty_postgres
 
 START = datetime(2026, 11, 1, tzinfo=UTC)

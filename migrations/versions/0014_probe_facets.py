@@ -2,9 +2,9 @@
 
 openai_version, openai_organization, model, system_fingerprint, service_tier, finish_reason
 and the four rate limits move from probes to probe_facets, one row per distinct combination
-keyed by the sha256 of the values (records.facet_digest, computed the same way here), and
+keyed by the sha256 of the values (shared.facet_digest, computed the same way here), and
 each probe gets facet_id. An answer (choices) stored on more than one probe moves to
-probe_answers (keyed by records.answer_digest) and those probes get answer_id; an answer
+probe_answers (keyed by shared.answer_digest) and those probes get answer_id; an answer
 stored once stays where it is, as the Recorder leaves answers that do not repeat.
 
 The upgrade reads probes in id order, batch by batch, creating each new facet's and repeated
@@ -68,7 +68,7 @@ def _canonical(value: Any) -> str:
 
 
 def _digest(value: Any) -> str:
-    """records.facet_digest (of a list) and records.answer_digest, as of this revision."""
+    """shared.facet_digest (of a list) and shared.answer_digest, as of this revision."""
     return hashlib.sha256(_canonical(value).encode()).hexdigest()
 
 

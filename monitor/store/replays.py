@@ -30,8 +30,9 @@ from monitor.store.models import (
     TargetConfigRow,
     TargetRow,
 )
-from monitor.store.records import _get_or_create, _probe_values, canonical_json, facet_digest
+from monitor.store.records import _probe_values
 from monitor.store.schema import FACET_FIELDS
+from monitor.store.shared import canonical_json, facet_digest, get_or_create
 
 # Ids per IN (...) list: far below SQLite's 32,766 bound variables.
 _CHUNK = 5000
@@ -209,7 +210,7 @@ class LinkedWriter:
                   values: dict[str, Any]) -> int:
             found = self._ids.get(cache_key) or learnt.get(cache_key)
             if found is None:
-                found = learnt[cache_key] = _get_or_create(connection, table, key, values)
+                found = learnt[cache_key] = get_or_create(connection, table, key, values)
             return found
 
         now = datetime.now(UTC)

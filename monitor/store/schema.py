@@ -313,7 +313,7 @@ request_payloads = Table(
 # The values a target's probes repeat from one to the next: what the upstream says it is (API
 # version, organization, model, fingerprint, service tier), the account's limits, how the
 # answer ended. Stored once per distinct combination, keyed by a sha256 of the values
-# (records.facet_digest) and referenced by probes.facet_id: ~70 bytes a probe less
+# (shared.facet_digest) and referenced by probes.facet_id: ~70 bytes a probe less
 # (docs/benchmarks.md, revision 0014). Values that vary from probe to probe (remaining
 # quota, usage) stay on probes, and the answer has a table of its own (probe_answers), so a
 # probe whose facet is new each time costs one small row more, not a row as large as itself.
@@ -338,9 +338,9 @@ FACET_FIELDS = tuple(column.key for column in probe_facets.columns
                      if column.key not in ("id", "sha256"))
 
 # An answer (a probe's choices) that came more than once, stored once, keyed by a sha256 of
-# its canonical JSON (records.answer_digest): a canary mostly gets the same answer every
+# its canonical JSON (shared.answer_digest): a canary mostly gets the same answer every
 # time. An answer not seen repeating stays on its probe (probes.choices), so traffic whose
-# answers all differ costs nothing more (records.AnswerIds decides). Rows are never deleted.
+# answers all differ costs nothing more (shared.AnswerIds decides). Rows are never deleted.
 probe_answers = Table(
     "probe_answers", metadata,
     Column("id", Id, primary_key=True),

@@ -55,7 +55,7 @@ from monitor.store.models import (
     TargetRow,
     UtcDateTime,
 )
-from monitor.store.records import AnswerIds, FacetIds, _get_or_create, canonical_json
+from monitor.store.shared import AnswerIds, FacetIds, canonical_json, get_or_create
 
 FORMAT = "monitor-export"
 VERSION = 1
@@ -248,14 +248,14 @@ class _Importer:
             return
         try:
             if kind == "target":
-                self.targets[record["name"]] = _get_or_create(
+                self.targets[record["name"]] = get_or_create(
                     connection, TargetRow.__table__, {"name": record["name"]},
                     # Exports from before recorded traffic have only canaries.
                     {"created_at": _parse_time(record["created_at"]),
                      "kind": record.get("target_kind", TargetKind.CANARY)})
             elif kind == "config":
                 target_id = self._target(connection, record["target"], line)
-                self.configs[(record["target"], record["config_hash"])] = _get_or_create(
+                self.configs[(record["target"], record["config_hash"])] = get_or_create(
                     connection, TargetConfigRow.__table__,
                     {"target_id": target_id, "config_hash": record["config_hash"]},
                     {"config": record["config"],
@@ -265,7 +265,7 @@ class _Importer:
                 if digest != record["sha256"]:
                     raise self._fail(line, f"payload sha256 {record['sha256']} does not match "
                                            f"its content ({digest})")
-                self.payloads[digest] = _get_or_create(
+                self.payloads[digest] = get_or_create(
                     connection, RequestPayloadRow.__table__, {"sha256": digest},
                     {"payload": record["payload"]})
             elif kind == "probe":
