@@ -50,6 +50,7 @@ from monitor.store import blobs, db, rollups
 from monitor.store.models import ProbeRow
 from monitor.store.records import Recorder, _probe_values
 from monitor.store.retention import prune
+from monitor.store.shared import AnswerIds, FacetIds
 
 RAW_RETENTION = timedelta(milliseconds=RAW_RETENTION_MS)
 
@@ -72,6 +73,10 @@ class Rows:
         self.error_values = _probe_values(failed, 0, 0, 0)
         self.days = days
         self.rng = random.Random(1)
+        # As the Recorder stores them: model, fingerprint, limits by facet id, a repeated
+        # answer by answer id.
+        self.facets = FacetIds()
+        self.answers = AnswerIds()
 
     def one(self, keys: tuple[int, int, int], index: int, at: datetime,
             stream: bool) -> dict[str, Any]:
@@ -129,6 +134,9 @@ def build_history(engine: Engine, rows: Rows, keys: list[tuple[int, ...]], days:
             if len(batch) >= ROWS_PER_INSERT or minute == 1439:
                 started = time.perf_counter()
                 with engine.begin() as connection:
+                    for row in batch:
+                        rows.facets.take(connection, row)
+                        rows.answers.take(connection, row)
                     connection.execute(insert(ProbeRow), batch)
                 spent["insert_s"] += time.perf_counter() - started
                 batch = []

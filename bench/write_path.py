@@ -32,7 +32,8 @@ from monitor.domain import ProbeResult, Target
 from monitor.probe import providers
 from monitor.sim import SimClient, Simulator
 from monitor.store import codec, db
-from monitor.store.records import Recorder, _storable_headers, canonical_json
+from monitor.store.records import Recorder, _storable_headers
+from monitor.store.shared import canonical_json
 from monitor.store.writer import GroupWriter
 
 

@@ -51,7 +51,15 @@ from monitor.store.aggregate import (
     seen,
     segments,
 )
-from monitor.store.models import CANARY, AlertRow, ProbeRow, TargetKind, TargetRow
+from monitor.store.models import (
+    CANARY,
+    PROBES_WITH_FACETS,
+    AlertRow,
+    ProbeFacetRow,
+    ProbeRow,
+    TargetKind,
+    TargetRow,
+)
 from monitor.store.records import newest_probe
 
 VERSION = 3
@@ -379,16 +387,18 @@ def _open_alerts(connection: Connection) -> dict[int, dict[tuple[str, str], int]
 
 # Both walk ix_probes_target_id_started_at backwards and stop at the first canary that matches.
 _NEWEST_OK = (
-    select(ProbeRow.system_fingerprint, ProbeRow.model)
+    select(ProbeFacetRow.system_fingerprint, ProbeFacetRow.model)
+    .select_from(PROBES_WITH_FACETS)
     .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.ok.is_(True), CANARY)
     .order_by(ProbeRow.started_at.desc()).limit(1)
 )
 _NEWEST_LIMITS = (
-    select(ProbeRow.ratelimit_limit_requests, ProbeRow.ratelimit_limit_tokens,
+    select(ProbeFacetRow.ratelimit_limit_requests, ProbeFacetRow.ratelimit_limit_tokens,
            ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens)
+    .select_from(PROBES_WITH_FACETS)
     .where(ProbeRow.target_id == bindparam("target_id"), CANARY,
-           ProbeRow.ratelimit_limit_requests.is_not(None)
-           | ProbeRow.ratelimit_limit_tokens.is_not(None)
+           ProbeFacetRow.ratelimit_limit_requests.is_not(None)
+           | ProbeFacetRow.ratelimit_limit_tokens.is_not(None)
            | ProbeRow.ratelimit_remaining_requests.is_not(None)
            | ProbeRow.ratelimit_remaining_tokens.is_not(None))
     .order_by(ProbeRow.started_at.desc()).limit(1)

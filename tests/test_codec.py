@@ -158,9 +158,11 @@ def test_rows_written_by_the_old_codec_stay_readable(engine: Engine) -> None:
         target = recorder._target_id(connection, old.target_name)
         config = recorder._config_id(connection, old.target_name, target, old.config_hash, {})
         payload = recorder._payload_id(connection, old.request_payload)
+        rows = [_probe_values(r, target, config, payload) for r in (old, pruned)]
+        for row in rows:
+            recorder._facet_ids.take(connection, row)
         old_ids = [int(connection.execute(
-            insert(ProbeRow).returning(ProbeRow.id),
-            _probe_values(r, target, config, payload)).scalar_one()) for r in (old, pruned)]
+            insert(ProbeRow).returning(ProbeRow.id), row).scalar_one()) for row in rows]
         connection.execute(update(ProbeRow).where(ProbeRow.id == old_ids[1]).values(
             response_headers_zlib=codec.compress_headers({}),
             raw_response_zlib=codec.compress(b"")))

@@ -12,7 +12,8 @@ from sqlalchemy import Engine
 
 from monitor.domain import ErrorKind, Observation, ProbeResult, RateLimits
 from monitor.store import history
-from monitor.store.records import Recorder, canonical_json
+from monitor.store.records import Recorder
+from monitor.store.shared import canonical_json
 from tests.test_store import result
 
 

@@ -34,7 +34,15 @@ from sqlalchemy.types import TypeEngine
 from monitor.domain import ProbeResult
 from monitor.errors import SchemaNotAtHead
 from monitor.store import codec, db
-from monitor.store.models import Base, ProbeRow, UtcDateTime
+from monitor.store.models import (
+    PROBE_FIELDS,
+    PROBES_WITH_FACETS,
+    Base,
+    Json,
+    ProbeFacetRow,
+    ProbeRow,
+    UtcDateTime,
+)
 from monitor.store.records import Recorder, _probe_values
 from monitor.store.retention import EMPTY_BODY, EMPTY_HEADERS
 from tests.conftest import POSTGRES_URL, _postgres_admin
@@ -44,17 +52,19 @@ from tests.test_codec import varied
 def save_then(engine: Engine, result: ProbeResult) -> int:
     """Store a probe as the code of the database's revision did: only the columns its probes
     table has (today's Recorder writes columns added since), the uid and times as text (as
-    before 0012), the upstream ids and start times as text (as before 0013)."""
+    before 0012), the upstream ids and start times as text (as before 0013), the facet values
+    as columns of probes (as before 0014)."""
     recorder = Recorder(engine)
     columns = {column["name"] for column in inspect(engine).get_columns("probes")}
     revision = db.current_revision(engine) or ""
-    as_before: dict[str, TypeEngine[Any]] = {"x_request_id": Text(), "response_id": Text(),
-                                             "started_at": UtcDateTime()}
+    as_before: dict[str, TypeEngine[Any]] = {}
+    if revision < "0013":
+        as_before.update(x_request_id=Text(), response_id=Text(), started_at=UtcDateTime())
     if revision < "0012":
         as_before.update(uid=String(32), response_created_at=UtcDateTime())
     probes = Table("probes", MetaData(), *[
         Column(c.name, as_before.get(c.name, c.type), primary_key=c.primary_key)
-        for c in ProbeRow.__table__.columns if c.name in columns])
+        for c in (*PROBE_FIELDS, ProbeRow.__table__.c.facet_id) if c.name in columns])
     with engine.begin() as connection:
         target = recorder._target_id(connection, result.target_name)
         config = recorder._config_id(connection, result.target_name, target,
@@ -170,7 +180,8 @@ def test_0007_keeps_every_row_and_then_takes_unbounded_values(empty_url: str) ->
         long = Recorder(engine).save(result(model="m" * 300, system_fingerprint="f" * 300))
         with engine.connect() as connection:
             assert connection.execute(
-                select(ProbeRow.model).where(ProbeRow.id == long)).scalar_one() == "m" * 300
+                select(ProbeFacetRow.model).select_from(PROBES_WITH_FACETS)
+                .where(ProbeRow.id == long)).scalar_one() == "m" * 300
     finally:
         engine.dispose()
 
@@ -193,7 +204,6 @@ def test_0008_gives_old_skips_their_kind_and_refolds_rollups_that_counted_replay
     try:
         original = save_then(engine, result())
         replay = save_then(engine, result())
-        rollups.catch_up(engine)  # as the code before 0008 did, the replay among them
         at = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
         reasons = ["rate limited: HTTP 429, waiting 30 s until ...",
                    "daily token budget spent (20 of 20 tokens today, UTC)",
@@ -205,6 +215,10 @@ def test_0008_gives_old_skips_their_kind_and_refolds_rollups_that_counted_replay
             connection.execute(update(ProbeRow).where(ProbeRow.id == replay)
                                .values(replay_of=original))
             target = connection.execute(select(ProbeRow.target_id)).scalars().first()
+            # What the code before 0008 folded, the replay among them (today's catch_up
+            # reads columns of later revisions).
+            connection.execute(insert(RollupTotalRow), {
+                "target_id": target, "probes": 2, "ok": 2, "errors": {}})
             connection.execute(insert(SlotRow.__table__), [
                 {"target_id": target, "slot_at": at + timedelta(seconds=n), "instance_id": "i",
                  "state": "skipped", "reason": reason} for n, reason in enumerate(reasons)]
@@ -389,6 +403,60 @@ def test_0013_stores_start_times_as_microseconds_on_sqlite(empty_url: str) -> No
         with engine.connect() as connection:
             after = connection.execute(select(stored.c.started_at).order_by(stored.c.id)).all()
         assert after[:3] == before
+        db.upgrade(empty_url)
+    finally:
+        engine.dispose()
+
+
+def test_0014_moves_repeated_values_to_probe_facets_and_back(empty_url: str) -> None:
+    """Probes stored with their facet values and answers as columns (before 0014) read back the
+    same after it, sharing one facet row per distinct combination across targets and one
+    answer row per answer stored more than once; a downgrade puts every value back on its
+    probe."""
+    from monitor.domain import Choice, RateLimits
+    from monitor.store.models import ProbeAnswerRow, ProbeFacetRow
+    from monitor.store.probe_reads import probe_records
+    from monitor.store.schema import FACET_FIELDS
+    from tests.test_store import result
+
+    db.upgrade(empty_url, "0013")
+    engine = db.create(empty_url)
+    limits = RateLimits(limit_requests=500, limit_tokens=2**40, remaining_requests=7)
+    sent = [result(target_name="a", openai_version="2020-10-01", rate_limits=limits),
+            result(target_name="b", openai_version="2020-10-01", rate_limits=limits),
+            result(target_name="a", system_fingerprint="fp_\u00e9", service_tier="flex",
+                   choices=(Choice(index=0, finish_reason="stop", content="once"),)),
+            result(target_name="a", ok=False, model=None, choices=(), rate_limits=RateLimits())]
+    try:
+        old = [save_then(engine, r) for r in sent]
+        stored = sa_table("probes", sa_column("id"), *[sa_column(n) for n in FACET_FIELDS],
+                          sa_column("choices", Json()))
+        with engine.connect() as connection:
+            before = connection.execute(select(stored).order_by(stored.c.id)).all()
+        assert before[0][1:] == before[1][1:] != before[2][1:]
+        db.upgrade(empty_url)
+        new = Recorder(engine).save(replace(sent[2], uid=uuid.uuid4().hex))
+        with engine.connect() as connection:
+            assert connection.execute(select(ProbeFacetRow.id).order_by(
+                ProbeFacetRow.id)).scalars().all() == [1, 2, 3]
+            facets = connection.execute(select(ProbeRow.facet_id).order_by(ProbeRow.id))
+            assert facets.scalars().all() == [1, 1, 2, 3, 2]
+            # The answer of the first two, once; the others' stay (the new probe's was not
+            # seen repeating by its Recorder).
+            assert connection.execute(select(ProbeAnswerRow.choices)).scalars().all() == [
+                before[0][-1]]
+            answers = connection.execute(select(ProbeRow.answer_id).order_by(ProbeRow.id))
+            assert answers.scalars().all() == [1, 1, None, None, None]
+        records = probe_records(engine, [*old, new])
+        assert [tuple(r[n] for n in (*FACET_FIELDS, "choices")) for r in records] == [
+            tuple(row[1:]) for row in [*before, before[2]]]
+        assert [r["ratelimit_remaining_requests"] for r in records] == [7, 7, None, None, None]
+        command.downgrade(db.alembic_config(empty_url), "0013")
+        with engine.connect() as connection:
+            after = connection.execute(select(stored).order_by(stored.c.id)).all()
+            assert "probe_facets" not in inspect(connection).get_table_names()
+        assert [tuple(row) for row in after] == [
+            *[tuple(row) for row in before], (new, *before[2][1:])]
         db.upgrade(empty_url)
     finally:
         engine.dispose()

@@ -28,7 +28,7 @@ from monitor.domain import DriftEvent, DriftKind, ProbeResult, Settings, Severit
 from monitor.errors import ConfigError
 from monitor.otel.export import DURATION_BUCKETS_S, TOKEN_BUCKETS, ExportFailures, probe_ids
 from monitor.sim import Simulator
-from monitor.store.models import ProbeRow
+from monitor.store.models import PROBE_FIELDS, PROBES_WITH_ANSWERS, ProbeRow
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool
 from tests.conftest import TEST_KEY, toml_value, write_config
@@ -89,7 +89,8 @@ def exporting(engine: Engine, tmp_path: Path, collector: Collector, sim_server: 
 
 def stored(engine: Engine, uid: str) -> ProbeRow:
     with engine.connect() as connection:
-        row: Any = connection.execute(select(ProbeRow).where(ProbeRow.uid == uid)).one()
+        row: Any = connection.execute(select(*PROBE_FIELDS).select_from(PROBES_WITH_ANSWERS)
+                                      .where(ProbeRow.uid == uid)).one()
     return row  # type: ignore[no-any-return]
 
 

@@ -23,7 +23,7 @@ from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store import spool as spool_module
 from monitor.store.failures import Failure, classify
-from monitor.store.models import ProbeRow, TargetRow
+from monitor.store.models import PROBE_FIELDS, PROBES_WITH_ANSWERS, ProbeRow, TargetRow
 from monitor.store.probe_reads import probe_records
 from monitor.store.records import Recorder
 from monitor.store.spool import Spool, decode, encode
@@ -100,8 +100,9 @@ def test_odd_upstream_values_are_stored(
     recorder = Recorder(engine)
     probe_id = recorder.save(result(**changes))
     with engine.connect() as connection:
-        value = connection.execute(
-            select(getattr(ProbeRow, column)).where(ProbeRow.id == probe_id)).scalar_one()
+        field = next(c for c in PROBE_FIELDS if c.key == column)
+        value = connection.execute(select(field).select_from(PROBES_WITH_ANSWERS)
+                                   .where(ProbeRow.id == probe_id)).scalar_one()
     assert value == stored
 
 

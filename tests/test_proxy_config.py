@@ -173,7 +173,8 @@ def test_monitor_proxy_forwards_records_each_call_and_stops_on_sigterm(
     assert TEST_KEY not in logged and "hello" not in logged
     if record:  # stored by the time the command has stopped, the key nowhere in the file
         with sqlite3.connect(tmp_path / "monitor.db") as db:
-            stored = db.execute("SELECT t.name, t.kind, p.model FROM probes p "
-                                "JOIN targets t ON t.id = p.target_id").fetchall()
+            stored = db.execute("SELECT t.name, t.kind, f.model FROM probes p "
+                                "JOIN targets t ON t.id = p.target_id "
+                                "JOIN probe_facets f ON f.id = p.facet_id").fetchall()
         assert stored == [("openai/gpt-4o", "traffic", reply.model)]
         assert TEST_KEY.encode() not in (tmp_path / "monitor.db").read_bytes()

@@ -34,9 +34,13 @@ from monitor.render.metrics import exposition_registry, render_metrics
 from monitor.sim import SimClient, Simulator
 from monitor.store import blobs, codec, db, rollups
 from monitor.store.models import (
+    PROBE_FIELDS,
+    PROBES_WITH_ANSWERS,
+    PROBES_WITH_FACETS,
     AlertRow,
     Base,
     HourlyRollupRow,
+    ProbeFacetRow,
     ProbeRow,
     RequestPayloadRow,
     TargetKind,
@@ -72,7 +76,8 @@ def stored(engine: Engine, count: int) -> list[ProbeRow]:
     """The traffic probes once `count` of them are stored, oldest first."""
     def read() -> list[ProbeRow] | None:
         with engine.connect() as connection:
-            rows = connection.execute(select(ProbeRow).order_by(ProbeRow.id)).all()
+            rows = connection.execute(select(*PROBE_FIELDS).select_from(PROBES_WITH_ANSWERS)
+                                      .order_by(ProbeRow.id)).all()
         return list(rows) if len(rows) >= count else None
 
     return wait_until(read, f"{count} stored traffic probes")
@@ -499,7 +504,8 @@ def test_batch_replay_sends_a_sample_of_a_routes_traffic_to_a_candidate(
     assert (summary["items"], summary["done"], summary["failed"]) == (3, 3, 0)
     with engine.connect() as connection:
         sent = connection.execute(
-            select(ProbeRow.replay_of, ProbeRow.model).where(ProbeRow.replay_of.is_not(None))
+            select(ProbeRow.replay_of, ProbeFacetRow.model).select_from(PROBES_WITH_FACETS)
+            .where(ProbeRow.replay_of.is_not(None))
             .order_by(ProbeRow.replay_of)).all()
     # Spread over the range: the 1st, 3rd and 5th of the six calls, sent to the candidate.
     assert [r.replay_of for r in sent] == [originals[i].id for i in (0, 2, 4)]

@@ -28,6 +28,7 @@ from monitor.store.models import (
     RollupTotalRow,
 )
 from monitor.store.records import Recorder, _probe_values
+from monitor.store.shared import FacetIds
 from tests.conftest import empty_postgres
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -220,8 +221,11 @@ def test_an_id_committed_after_a_higher_one_is_still_folded(postgres_url: str) -
         with engine.connect() as connection:
             row = connection.execute(select(ProbeRow.__table__)).one()
             keys = (row.target_id, row.target_config_id, row.request_payload_id)
+        row = _probe_values(late, *keys)
+        with engine.begin() as connection:
+            FacetIds().take(connection, row)
         with engine.connect() as slow:
-            slow.execute(insert(ProbeRow), _probe_values(late, *keys))  # takes id 2
+            slow.execute(insert(ProbeRow), row)  # takes id 2
             recorder.save(early)  # id 3, committed first
             assert rollups.catch_up(engine) == 2
             assert rollups.settled_id(engine) == 1

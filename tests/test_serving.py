@@ -25,7 +25,7 @@ from sqlalchemy import select
 from monitor.cli import cli
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
-from monitor.store.models import ProbeRow
+from monitor.store.models import PROBES_WITH_FACETS, ProbeFacetRow, ProbeRow
 from tests.conftest import write_config
 from tests.proxy import Proxy
 from tests.waiting import Lines, wait_until
@@ -103,7 +103,7 @@ def test_prune_empties_old_raw_bodies_and_keeps_the_rest(probed: Path,
     assert "emptied the raw body and headers of 7 probes" in result.output
     engine = db.open_store(database_url)
     with engine.connect() as connection:
-        kept = connection.execute(select(ProbeRow.model, ProbeRow.total_ms)).all()
+        kept = connection.execute(select(ProbeFacetRow.model, ProbeRow.total_ms).select_from(PROBES_WITH_FACETS)).all()
     engine.dispose()
     assert len(kept) == 7 and all(total is not None for _, total in kept)
     # Reports still come from the rollups.

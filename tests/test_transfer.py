@@ -27,6 +27,8 @@ from monitor.replay.send import replay_probe
 from monitor.sim import SimClient
 from monitor.store import blobs, db, transfer
 from monitor.store.models import (
+    PROBE_FIELDS,
+    PROBES_WITH_ANSWERS,
     CheckResultRow,
     ProbeRow,
     RequestPayloadRow,
@@ -72,11 +74,15 @@ def a_varied_history(sim: SimClient, make_settings: MakeSettings, engine: Engine
 
 
 def snapshot(engine: Engine) -> dict[str, dict[str, Any]]:
-    """Every probe by uid, every column, with ids replaced by what they point at."""
+    """Every probe by uid, every field (the facet's and the answer's wherever they are
+    stored), with ids replaced by what they point at."""
     original = aliased(ProbeRow)
-    query = (select(ProbeRow, TargetRow.name, TargetRow.created_at, TargetConfigRow.config_hash,
+    query = (select(*PROBE_FIELDS, ProbeRow.response_headers_zlib, ProbeRow.raw_response_zlib,
+                    TargetRow.name, TargetRow.created_at, TargetConfigRow.config_hash,
                     TargetConfigRow.config, TargetConfigRow.first_seen_at,
-                    RequestPayloadRow.sha256, RequestPayloadRow.payload, original.uid)
+                    RequestPayloadRow.sha256, RequestPayloadRow.payload,
+                    original.uid.label("original_uid"))
+             .select_from(PROBES_WITH_ANSWERS)
              .join(TargetRow, TargetRow.id == ProbeRow.target_id)
              .join(TargetConfigRow, TargetConfigRow.id == ProbeRow.target_config_id)
              .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
@@ -85,19 +91,19 @@ def snapshot(engine: Engine) -> dict[str, dict[str, Any]]:
     dictionaries = blobs.Dictionaries()
     with Session(engine) as session:
         for row in session.execute(query):
-            probe_row = row[0]
             # The blobs' own bytes name a dictionary of their database: what must survive is
             # what they decode to.
-            record = {c.key: getattr(probe_row, c.key) for c in ProbeRow.__table__.columns
+            record = {c.key: getattr(row, c.key) for c in PROBE_FIELDS
                       if c.key not in ("id", "target_id", "target_config_id",
                                        "request_payload_id", "replay_of",
                                        "response_headers_zlib", "raw_response_zlib")}
-            record.update(target=row[1], target_created_at=row[2], config_hash=row[3],
-                          config=row[4], config_first_seen_at=row[5], payload_sha256=row[6],
-                          payload=row[7], replay_of_uid=row[8],
-                          body=blobs.body(session.connection(), probe_row, dictionaries),
-                          headers=blobs.headers(session.connection(), probe_row, dictionaries))
-            found[probe_row.uid] = record
+            record.update(target=row.name, target_created_at=row.created_at,
+                          config_hash=row.config_hash, config=row.config,
+                          config_first_seen_at=row.first_seen_at, payload_sha256=row.sha256,
+                          payload=row.payload, replay_of_uid=row.original_uid,
+                          body=blobs.body(session.connection(), row, dictionaries),
+                          headers=blobs.headers(session.connection(), row, dictionaries))
+            found[row.uid] = record
     return found
 
 

@@ -35,8 +35,9 @@ from monitor.probe import providers
 from monitor.probe.checks import evaluate, stored_answer
 from monitor.replay.send import Plan, ReplayError, plan
 from monitor.store import check_results, replays
-from monitor.store.records import Recorder, canonical_json, target_id_of, usage_since
+from monitor.store.records import Recorder, target_id_of, usage_since
 from monitor.store.replays import Claim, LinkedWriter, RunSpec, StoredAnswer
+from monitor.store.shared import canonical_json
 
 # A 429 that outlasts this many waits is the answer (insufficient_quota never resets): the
 # replay stores it rather than retrying forever.

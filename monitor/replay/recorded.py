@@ -35,7 +35,8 @@ from monitor.errors import MonitorError
 from monitor.sim import responses
 from monitor.store import blobs
 from monitor.store.models import ProbeRow, RequestPayloadRow
-from monitor.store.records import canonical_json, target_id_of
+from monitor.store.records import target_id_of
+from monitor.store.shared import canonical_json
 
 # Answers recorded while the server runs are served once a cached entry expires.
 CACHE_TTL_S = 10.0

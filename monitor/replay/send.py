@@ -24,8 +24,8 @@ from monitor.errors import MonitorError
 from monitor.probe import providers
 from monitor.probe.checks import evaluate, stored_answer
 from monitor.store import check_results, replays
-from monitor.store.records import canonical_json
 from monitor.store.replays import LinkedWriter, StoredAnswer
+from monitor.store.shared import canonical_json
 
 
 class ReplayError(MonitorError):

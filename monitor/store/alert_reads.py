@@ -9,7 +9,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, func, select, update
 
 from monitor.domain import AlertState
-from monitor.store.schema import CANARY, alerts, deliveries, drift_events, probes, targets
+from monitor.store.schema import (
+    CANARY,
+    PROBES_WITH_FACETS,
+    alerts,
+    deliveries,
+    drift_events,
+    probe_facets,
+    probes,
+    targets,
+)
 
 # Core, not the ORM: `monitor alerts` and `status` read these, and loading the ORM would cost
 # them more than the reading (docs/benchmarks.md, "Command start-up").
@@ -92,11 +101,13 @@ def fingerprint_history(engine: Engine, *, target: str | None = None,
     last seen, count and share of the fingerprinted probes; and the timeline of fingerprint
     changes the detectors reported."""
     counts = (
-        select(targets.c.name, probes.c.system_fingerprint, func.min(probes.c.started_at),
-               func.max(probes.c.started_at), func.count(probes.c.id))
+        select(targets.c.name, probe_facets.c.system_fingerprint,
+               func.min(probes.c.started_at), func.max(probes.c.started_at),
+               func.count(probes.c.id))
+        .select_from(PROBES_WITH_FACETS)
         .join(targets, targets.c.id == probes.c.target_id)
-        .where(probes.c.system_fingerprint.is_not(None), CANARY)
-        .group_by(targets.c.name, probes.c.system_fingerprint)
+        .where(probe_facets.c.system_fingerprint.is_not(None), CANARY)
+        .group_by(targets.c.name, probe_facets.c.system_fingerprint)
     )
     events = (
         select(targets.c.name.label("target"), drift_events)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, func, select
 
 from monitor.domain import CheckOutcome, CheckResult, ProbeResult
 from monitor.store.db import upsert
-from monitor.store.schema import check_results, probes
+from monitor.store.schema import CHOICES, check_results, probe_answers, probes
 
 
 def insert(connection: Connection, stored: Sequence[tuple[ProbeResult, int, int]]) -> None:
@@ -70,7 +70,9 @@ def answers(connection: Connection, probe_ids: Sequence[int]
             ) -> dict[int, tuple[int | None, list[dict[str, Any]] | None]]:
     """(completion tokens, stored choices) of these probes: what checks read beyond an
     Observation, for judging stored answers again (`monitor detect`)."""
-    query = (select(probes.c.id, probes.c.completion_tokens, probes.c.choices)
+    query = (select(probes.c.id, probes.c.completion_tokens, CHOICES)
+             .select_from(probes.outerjoin(probe_answers,
+                                           probe_answers.c.id == probes.c.answer_id))
              .where(probes.c.id.in_(probe_ids)))
     return {probe_id: (tokens, choices) for probe_id, tokens, choices in connection.execute(query)}
 

@@ -32,26 +32,46 @@ from monitor.domain import (
 )
 from monitor.store import check_results
 from monitor.store.db import upsert
-from monitor.store.schema import CANARY, detector_states, drift_events, probes, request_payloads
+from monitor.store.schema import (
+    CANARY,
+    detector_states,
+    drift_events,
+    probe_answers,
+    probe_facets,
+    probes,
+    request_payloads,
+)
 
 # Probes read per query while folding a long history.
 CHUNK = 5000
 
+
+def _first_content(choices: Any) -> Any:
+    """The first choice's text of stored choices, as the database extracts it."""
+    return choices[(0, "content")].as_string()
+
+
 _COLUMNS = (
     probes.c.id, probes.c.uid, probes.c.started_at, probes.c.ok, probes.c.error_kind,
-    probes.c.http_status, probes.c.model, probes.c.system_fingerprint, probes.c.total_ms,
+    probes.c.http_status, probes.c.total_ms,
     probes.c.time_to_first_token_ms, probes.c.openai_processing_ms,
-    probes.c.ratelimit_limit_requests, probes.c.ratelimit_limit_tokens,
     probes.c.ratelimit_remaining_requests, probes.c.ratelimit_remaining_tokens,
     probes.c.ratelimit_reset_requests_s, probes.c.ratelimit_reset_tokens_s,
-    probes.c.ratelimit_limit_input_tokens, probes.c.ratelimit_remaining_input_tokens,
-    probes.c.ratelimit_limit_output_tokens, probes.c.ratelimit_remaining_output_tokens,
+    probes.c.ratelimit_remaining_input_tokens, probes.c.ratelimit_remaining_output_tokens,
     # The first choice's text, taken out by the database: parsing every probe's choices JSON
     # was a third of the time of folding a long history. (The text is always a string or
-    # null: probe.completion stores nothing else.)
-    probes.c.choices[(0, "content")].as_string(), probes.c.finish_reason, probes.c.prompt_tokens,
-    probes.c.request_payload_id,
+    # null: probe.completion stores nothing else.) An answer that repeats is in
+    # probe_answers instead: its text by answer_id, as the facets below.
+    _first_content(probes.c.choices), probes.c.answer_id, probes.c.prompt_tokens,
+    # The facet's values (model, fingerprint, limits, finish reason) by its id, looked up in
+    # what the reader learnt (a handful of rows a target): no join per probe.
+    probes.c.facet_id, probes.c.request_payload_id,
 )
+# The facet values an Observation takes, in the order _learn keeps them.
+_FACET = (probe_facets.c.model, probe_facets.c.system_fingerprint,
+          probe_facets.c.ratelimit_limit_requests, probe_facets.c.ratelimit_limit_tokens,
+          probe_facets.c.ratelimit_limit_input_tokens,
+          probe_facets.c.ratelimit_limit_output_tokens, probe_facets.c.finish_reason)
 
 
 # Built once: constructing a statement costs more than running it on a small table.
@@ -104,11 +124,15 @@ _SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("
 
 class ObservationReader:
     """Turns stored probes into Observations, or columns of them; remembers what it learnt of
-    each payload."""
+    each payload, facet and repeated answer."""
 
     def __init__(self) -> None:
         # payload id -> (sha256, requested model, deterministic)
         self._payloads: dict[int, tuple[str, str | None, bool]] = {}
+        # facet id -> its values, as _FACET lists them (a facet never changes)
+        self._facets: dict[int, tuple[Any, ...]] = {}
+        # answer id -> the first choice's text (an answer never changes either)
+        self._answers: dict[int, str | None] = {}
 
     def after(self, connection: Connection, target_id: int, after_id: int, *,
               checks: bool = False, limit: int | None = None) -> list[tuple[int, Observation]]:
@@ -136,7 +160,7 @@ class ObservationReader:
         read = [row[3:] for row in rows if row[3] is not None]
         if read and read[0][0] <= position[1]:
             return position, None
-        self._learn(connection, {row[-1] for row in read})
+        self._learn(connection, read)
         outcomes = check_results.of_probes(connection, [row[0] for row in read]) if checks else {}
         return position, [(row[0], self._observation(row, outcomes.get(row[0], ())))
                           for row in read]
@@ -191,11 +215,23 @@ class ObservationReader:
         rows = connection.execute(
             _AFTER, {"target_id": target_id, "after_id": after_id,
                      "limit": limit or CHUNK}).all()
-        self._learn(connection, {row[-1] for row in rows})
+        self._learn(connection, rows)
         return rows
 
-    def _learn(self, connection: Connection, payload_ids: set[int]) -> None:
-        missing = payload_ids - self._payloads.keys()
+    def _learn(self, connection: Connection, rows: Sequence[Any]) -> None:
+        """Read the payloads, facets and answers of `rows` not seen before."""
+        facets = {row[-2] for row in rows} - self._facets.keys()
+        if facets:
+            for facet_id, *values in connection.execute(
+                    select(probe_facets.c.id, *_FACET).where(probe_facets.c.id.in_(facets))):
+                self._facets[facet_id] = tuple(values)
+        answers = {row[-4] for row in rows} - self._answers.keys() - {None}
+        if answers:
+            for answer_id, text in connection.execute(
+                    select(probe_answers.c.id, _first_content(probe_answers.c.choices))
+                    .where(probe_answers.c.id.in_(answers))):
+                self._answers[answer_id] = text
+        missing = {row[-1] for row in rows} - self._payloads.keys()
         if not missing:
             return
         query = select(request_payloads.c.id, request_payloads.c.sha256, request_payloads.c.payload)
@@ -212,11 +248,14 @@ class ObservationReader:
         # By position: a Row's attributes are looked up by name, which adds up over a year.
         # (Columns.observation builds the same from columns; a single probe is read this way,
         # without columns, for live detection.)
-        (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
-         ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
-         remaining_tokens, reset_requests_s, reset_tokens_s, limit_input_tokens,
-         remaining_input_tokens, limit_output_tokens, remaining_output_tokens, content,
-         finish_reason, prompt_tokens, payload_id) = row
+        (_, uid, started_at, ok, error_kind, http_status, total_ms, ttft_ms, processing_ms,
+         remaining_requests, remaining_tokens, reset_requests_s, reset_tokens_s,
+         remaining_input_tokens, remaining_output_tokens, content, answer_id, prompt_tokens,
+         facet_id, payload_id) = row
+        if answer_id is not None:
+            content = self._answers[answer_id]
+        (model, system_fingerprint, limit_requests, limit_tokens, limit_input_tokens,
+         limit_output_tokens, finish_reason) = self._facets[facet_id]
         digest, requested_model, deterministic = self._payloads[payload_id]
         return frozen(Observation, {
             "uid": uid,
@@ -259,11 +298,18 @@ class ObservationReader:
             return of_observations([])
         # Transposed in C; the columns are read by position (a Row's attributes are looked
         # up by name, which adds up over a year).
-        (_, uid, started_at, ok, error_kind, http_status, model, system_fingerprint, total_ms,
-         ttft_ms, processing_ms, limit_requests, limit_tokens, remaining_requests,
-         remaining_tokens, reset_requests_s, reset_tokens_s, limit_input_tokens,
-         remaining_input_tokens, limit_output_tokens, remaining_output_tokens, content,
-         finish_reason, prompt_tokens, payload_ids) = zip(*rows, strict=True)
+        (_, uid, started_at, ok, error_kind, http_status, total_ms, ttft_ms, processing_ms,
+         remaining_requests, remaining_tokens, reset_requests_s, reset_tokens_s,
+         remaining_input_tokens, remaining_output_tokens, inline, answer_ids, prompt_tokens,
+         facet_ids, payload_ids) = zip(*rows, strict=True)
+        answers = self._answers
+        content = [text if answer_id is None else answers[answer_id]
+                   for text, answer_id in zip(inline, answer_ids, strict=True)]
+        # Each facet's values expanded into columns, also transposed in C.
+        facets = self._facets
+        (model, system_fingerprint, limit_requests, limit_tokens, limit_input_tokens,
+         limit_output_tokens, finish_reason) = zip(
+            *[facets[facet_id] for facet_id in facet_ids], strict=True)
         payloads = [self._payloads[payload_id] for payload_id in payload_ids]
         unsent = (None,) * count
         return Columns(

@@ -20,6 +20,10 @@ from monitor.store import schema
 schema.add_partial_indexes()
 
 CANARY = schema.CANARY
+PROBES_WITH_FACETS = schema.PROBES_WITH_FACETS
+PROBE_FIELDS = schema.PROBE_FIELDS
+PROBES_WITH_ANSWERS = schema.PROBES_WITH_ANSWERS
+CHOICES = schema.CHOICES
 TargetKind = schema.TargetKind
 # Migrations name the column types as monitor.store.models.UtcDateTime (and the others below).
 UtcDateTime = schema.UtcDateTime
@@ -27,6 +31,7 @@ UtcSeconds = schema.UtcSeconds
 UtcMicros = schema.UtcMicros
 HexUuid = schema.HexUuid
 UpstreamId = schema.UpstreamId
+Json = schema.Json
 
 
 class Base(DeclarativeBase):
@@ -66,6 +71,35 @@ class RequestPayloadRow(Base):
     payload: Mapped[dict[str, Any]]
 
 
+class ProbeFacetRow(Base):
+    """A row of probe_facets."""
+
+    __table__ = schema.probe_facets
+
+    id: Mapped[int]
+    sha256: Mapped[str]
+    openai_version: Mapped[str | None]
+    openai_organization: Mapped[str | None]
+    model: Mapped[str | None]
+    system_fingerprint: Mapped[str | None]
+    service_tier: Mapped[str | None]
+    finish_reason: Mapped[str | None]
+    ratelimit_limit_requests: Mapped[int | None]
+    ratelimit_limit_tokens: Mapped[int | None]
+    ratelimit_limit_input_tokens: Mapped[int | None]
+    ratelimit_limit_output_tokens: Mapped[int | None]
+
+
+class ProbeAnswerRow(Base):
+    """A row of probe_answers."""
+
+    __table__ = schema.probe_answers
+
+    id: Mapped[int]
+    sha256: Mapped[str]
+    choices: Mapped[list[dict[str, Any]]]
+
+
 class ProbeRow(Base):
     """A row of probes."""
 
@@ -76,6 +110,7 @@ class ProbeRow(Base):
     target_id: Mapped[int]
     target_config_id: Mapped[int]
     request_payload_id: Mapped[int]
+    facet_id: Mapped[int]
     started_at: Mapped[datetime]
     stream: Mapped[bool]
     ok: Mapped[bool]
@@ -87,29 +122,20 @@ class ProbeRow(Base):
     time_to_first_token_ms: Mapped[float | None]
     output_tokens_per_s: Mapped[float | None]
     openai_processing_ms: Mapped[float | None]
-    openai_version: Mapped[str | None]
-    openai_organization: Mapped[str | None]
     x_request_id: Mapped[str | None]
     retry_after_s: Mapped[float | None]
-    ratelimit_limit_requests: Mapped[int | None]
-    ratelimit_limit_tokens: Mapped[int | None]
     ratelimit_remaining_requests: Mapped[int | None]
     ratelimit_remaining_tokens: Mapped[int | None]
     ratelimit_reset_requests_s: Mapped[float | None]
     ratelimit_reset_tokens_s: Mapped[float | None]
-    ratelimit_limit_input_tokens: Mapped[int | None]
     ratelimit_remaining_input_tokens: Mapped[int | None]
     ratelimit_reset_input_tokens_s: Mapped[float | None]
-    ratelimit_limit_output_tokens: Mapped[int | None]
     ratelimit_remaining_output_tokens: Mapped[int | None]
     ratelimit_reset_output_tokens_s: Mapped[float | None]
     response_id: Mapped[str | None]
     response_created_at: Mapped[datetime | None]
-    model: Mapped[str | None]
-    system_fingerprint: Mapped[str | None]
-    service_tier: Mapped[str | None]
-    finish_reason: Mapped[str | None]
     choices: Mapped[list[dict[str, Any]] | None]
+    answer_id: Mapped[int | None]
     stream_chunks: Mapped[int | None]
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]

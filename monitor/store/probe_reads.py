@@ -18,7 +18,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, select
 
 from monitor.store import blobs
-from monitor.store.schema import probes, request_payloads, targets
+from monitor.store.schema import (
+    PROBE_FIELDS,
+    PROBES_WITH_ANSWERS,
+    probes,
+    request_payloads,
+    targets,
+)
 
 # The fields `show` compares between a probe and the one before it, in the order it lists them.
 COMPARED = ("ok", "http_status", "error_kind", "model", "system_fingerprint", "service_tier",
@@ -116,8 +122,9 @@ def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
     if not ids:
         return []
     query = (
-        select(probes, targets.c.name.label("target_name"),
+        select(*PROBE_FIELDS, targets.c.name.label("target_name"),
                request_payloads.c.payload.label("request_payload"))
+        .select_from(PROBES_WITH_ANSWERS)
         .join(targets, targets.c.id == probes.c.target_id)
         .join(request_payloads, request_payloads.c.id == probes.c.request_payload_id)
         .where(probes.c.id.in_(ids))
@@ -129,9 +136,9 @@ def probe_records(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def _record(connection: Connection, dictionaries: blobs.Dictionaries,
-            probe: Row[Any]) -> dict[str, Any]:
+            probe: Row[Any, *tuple[Any, ...]]) -> dict[str, Any]:
     record: dict[str, Any] = {"id": probe.id, "target": probe.target_name}
-    for column in probes.columns:
+    for column in PROBE_FIELDS:
         if column.key in ("id", "raw_response_zlib", "response_headers_zlib"):
             continue
         value = getattr(probe, column.key)

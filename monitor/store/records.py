@@ -6,13 +6,12 @@ The store knows nothing of HTTP: it takes plain ProbeResults and gives back plai
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import Choice, ProbeResult, RateLimits
@@ -28,21 +27,21 @@ from monitor.store.schema import (
     targets,
 )
 from monitor.store.scrub import scrubbed, storable
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+from monitor.store.shared import AnswerIds, FacetIds, canonical_json, get_or_create
 
 
 class Recorder:
-    """Saves probe results, one transaction each; remembers the ids of targets, configurations
-    and payloads it has seen so a steady stream of canaries costs one INSERT per probe."""
+    """Saves probe results, one transaction each; remembers the ids of targets, configurations,
+    payloads, facets and answers it has seen so a steady stream of canaries costs one INSERT
+    per probe."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._target_ids: dict[str, int] = {}
         self._config_ids: dict[tuple[str, str], int] = {}
         self._payload_ids: dict[str, int] = {}
+        self._facet_ids = FacetIds()
+        self._answer_ids = AnswerIds()
         self._encoders = blobs.Encoders()
         self._probe_insert: ProbeInsert | None = None
 
@@ -58,7 +57,8 @@ class Recorder:
         """Store one probe and return its id; with `slot_at`, mark the target's slot then as
         probed by it in the same transaction (leases.settle). A uid already stored returns the
         existing id, which is what makes replaying a spool after a crash safe."""
-        cached = bool(self._target_ids or self._config_ids or self._payload_ids)
+        cached = bool(self._target_ids or self._config_ids or self._payload_ids
+                      or self._facet_ids or self._answer_ids)
         try:
             return self._insert(result, config, slot_at)
         except IntegrityError:
@@ -90,8 +90,9 @@ class Recorder:
             )
             payload_id = self._payload_id(connection, result.request_payload)
             dictionary = self._encoders.for_result(connection, config_id, result)
-            [probe_id] = self._statement().execute(
-                connection, [_probe_values(result, target_id, config_id, payload_id, dictionary)])
+            row = _probe_values(result, target_id, config_id, payload_id, dictionary)
+            self._shared(connection, row)
+            [probe_id] = self._statement().execute(connection, [row])
             check_results.insert(connection, [(result, probe_id, target_id)])
             if slot_at is not None:
                 leases.settle_in(connection, [(target_id, slot_at, result.uid)])
@@ -114,8 +115,9 @@ class Recorder:
                     )
                     payload_id = self._payload_id(connection, result.request_payload)
                     dictionary = self._encoders.for_result(connection, config_id, result)
-                    rows.append(_probe_values(result, target_id, config_id, payload_id,
-                                              dictionary))
+                    row = _probe_values(result, target_id, config_id, payload_id, dictionary)
+                    self._shared(connection, row)
+                    rows.append(row)
                 ids = self._statement().execute(connection, rows)
                 check_results.insert(connection, [(result, probe_id, row["target_id"])
                                                   for (result, _), probe_id, row
@@ -150,12 +152,19 @@ class Recorder:
                 )
                 payload_id = self._payload_id(connection, result.request_payload)
                 dictionary = self._encoders.for_result(connection, config_id, result)
-                rows.append(_probe_values(result, target_id, config_id, payload_id, dictionary))
+                row = _probe_values(result, target_id, config_id, payload_id, dictionary)
+                self._shared(connection, row)
+                rows.append(row)
             connection.execute(
                 upsert(connection.dialect, probes).on_conflict_do_nothing(
                     index_elements=["uid"]), rows
             )
             check_results.insert_by_uid(connection, [(r, row["target_id"]) for r, row in zip(results, rows)])
+
+    def _shared(self, connection: Any, row: dict[str, Any]) -> None:
+        """Refer a probe row to its facet, and to its answer when that repeats."""
+        self._facet_ids.take(connection, row)
+        self._answer_ids.take(connection, row)
 
     def _statement(self) -> ProbeInsert:
         if self._probe_insert is None:
@@ -177,6 +186,8 @@ class Recorder:
         self._target_ids.clear()
         self._config_ids.clear()
         self._payload_ids.clear()
+        self._facet_ids.forget()
+        self._answer_ids.forget()
         self._encoders.forget()
 
     def _target_id(self, connection: Any, name: str, traffic: bool = False) -> int:
@@ -187,7 +198,7 @@ class Recorder:
             return self._target_ids[name]
         # A canary takes the column's default ('canary').
         kind = {"kind": TargetKind.TRAFFIC} if traffic else {}
-        found = _get_or_create(
+        found = get_or_create(
             connection, targets, {"name": name}, {"created_at": datetime.now(UTC), **kind}
         )
         self._target_ids[name] = found
@@ -204,7 +215,7 @@ class Recorder:
         key = (name, config_hash)
         if key in self._config_ids:
             return self._config_ids[key]
-        found = _get_or_create(
+        found = get_or_create(
             connection,
             target_configs,
             {"target_id": target_id, "config_hash": config_hash},
@@ -223,35 +234,19 @@ class Recorder:
         if seen in self._payload_ids:
             return self._payload_ids[seen]
         digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-        found = _get_or_create(
+        found = get_or_create(
             connection, request_payloads, {"sha256": digest}, {"payload": storable(payload)}
         )
         self._payload_ids[seen] = found
         return found
 
 
-def _get_or_create(
-    connection: Any, table: Table, key: dict[str, Any], values: dict[str, Any]
-) -> int:
-    """The id of the row with `key`, inserting it if missing. ON CONFLICT DO NOTHING makes two
-    daemons registering the same target at once both succeed, with one row."""
-    where = [table.c[column] == value for column, value in key.items()]
-    found = connection.execute(select(table.c.id).where(*where)).scalar()
-    if found is None:
-        connection.execute(
-            upsert(connection.dialect, table).values(**key, **values).on_conflict_do_nothing(
-                index_elements=list(key)
-            )
-        )
-        found = connection.execute(select(table.c.id).where(*where)).scalar_one()
-    return int(found)
-
-
 def _probe_values(
     result: ProbeResult, target_id: int, config_id: int, payload_id: int,
     dictionary: codec.Dictionary | None = None,
 ) -> dict[str, Any]:
-    """The probe's row, its raw bytes compressed against `dictionary` if any (blobs.encoded)."""
+    """The probe's row, its raw bytes compressed against `dictionary` if any (blobs.encoded),
+    with its facet's values among the columns: FacetIds.take() turns them into facet_id."""
     limits, usage = result.rate_limits, result.usage
     values: dict[str, Any] = {
         "uid": result.uid,

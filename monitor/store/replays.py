@@ -20,6 +20,9 @@ from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import ProbeResult, ReplayState
 from monitor.store.models import (
+    CHOICES,
+    ProbeAnswerRow,
+    ProbeFacetRow,
     ProbeRow,
     ReplayItemRow,
     ReplayRunRow,
@@ -27,7 +30,9 @@ from monitor.store.models import (
     TargetConfigRow,
     TargetRow,
 )
-from monitor.store.records import _get_or_create, _probe_values, canonical_json
+from monitor.store.records import _probe_values
+from monitor.store.schema import FACET_FIELDS
+from monitor.store.shared import canonical_json, facet_digest, get_or_create
 
 # Ids per IN (...) list: far below SQLite's 32,766 bound variables.
 _CHUNK = 5000
@@ -99,13 +104,15 @@ class Claim:
 
 _ANSWER = (
     ProbeRow.id, TargetRow.name, ProbeRow.started_at, ProbeRow.ok, ProbeRow.error_kind,
-    ProbeRow.error_detail, ProbeRow.http_status, ProbeRow.model, ProbeRow.system_fingerprint,
-    ProbeRow.finish_reason, ProbeRow.choices, ProbeRow.prompt_tokens,
-    ProbeRow.completion_tokens, ProbeRow.total_tokens, ProbeRow.total_ms,
-    ProbeRow.time_to_first_token_ms, ProbeRow.ratelimit_limit_requests,
-    ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_limit_tokens,
+    ProbeRow.error_detail, ProbeRow.http_status, ProbeFacetRow.model,
+    ProbeFacetRow.system_fingerprint, ProbeFacetRow.finish_reason, CHOICES,
+    ProbeRow.prompt_tokens, ProbeRow.completion_tokens, ProbeRow.total_tokens,
+    ProbeRow.total_ms, ProbeRow.time_to_first_token_ms, ProbeFacetRow.ratelimit_limit_requests,
+    ProbeRow.ratelimit_remaining_requests, ProbeFacetRow.ratelimit_limit_tokens,
     ProbeRow.ratelimit_remaining_tokens, ProbeRow.replay_of,
 )
+_WITH_FACET = (ProbeFacetRow, ProbeFacetRow.id == ProbeRow.facet_id)
+_WITH_ANSWER = (ProbeAnswerRow, ProbeAnswerRow.id == ProbeRow.answer_id)
 
 
 def _answer(row: Any) -> StoredAnswer:
@@ -133,6 +140,7 @@ def answers(engine: Engine, ids: Iterable[int]) -> dict[int, StoredAnswer]:
     with engine.connect() as connection:
         for start in range(0, len(wanted), _CHUNK):
             query = (select(*_ANSWER).join(TargetRow, TargetRow.id == ProbeRow.target_id)
+                     .join(*_WITH_FACET).outerjoin(*_WITH_ANSWER)
                      .where(ProbeRow.id.in_(wanted[start:start + _CHUNK])))
             found.update((row.id, _answer(row)) for row in connection.execute(query))
     return found
@@ -140,7 +148,8 @@ def answers(engine: Engine, ids: Iterable[int]) -> dict[int, StoredAnswer]:
 
 def stored_request(engine: Engine, probe_id: int) -> StoredRequest | None:
     query = (select(*_ANSWER, RequestPayloadRow.payload)
-             .join(TargetRow, TargetRow.id == ProbeRow.target_id)
+             .join(TargetRow, TargetRow.id == ProbeRow.target_id).join(*_WITH_FACET)
+             .outerjoin(*_WITH_ANSWER)
              .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
              .where(ProbeRow.id == probe_id))
     with engine.connect() as connection:
@@ -157,8 +166,8 @@ def payload(engine: Engine, request_payload_id: int) -> dict[str, Any]:
 
 
 _LISTED = (ProbeRow.id, ProbeRow.replay_of, TargetRow.name, ProbeRow.started_at, ProbeRow.ok,
-           ProbeRow.error_kind, ProbeRow.http_status, ProbeRow.model,
-           ProbeRow.system_fingerprint, ProbeRow.total_ms)
+           ProbeRow.error_kind, ProbeRow.http_status, ProbeFacetRow.model,
+           ProbeFacetRow.system_fingerprint, ProbeRow.total_ms)
 
 
 def listed(connection: Connection, since: datetime, until: datetime, target_ids: Sequence[int],
@@ -166,6 +175,7 @@ def listed(connection: Connection, since: datetime, until: datetime, target_ids:
     """The `newest` replays sent to the targets in [since, until), oldest first, as rows of
     _LISTED, read through a partial index of replays only (models.ProbeRow)."""
     query = (select(*_LISTED).join(TargetRow, TargetRow.id == ProbeRow.target_id)
+             .join(*_WITH_FACET)
              .where(ProbeRow.replay_of.is_not(None), ProbeRow.target_id.in_(target_ids),
                     ProbeRow.started_at >= since, ProbeRow.started_at < until)
              .order_by(ProbeRow.started_at.desc(), ProbeRow.id.desc()).limit(newest))
@@ -200,7 +210,7 @@ class LinkedWriter:
                   values: dict[str, Any]) -> int:
             found = self._ids.get(cache_key) or learnt.get(cache_key)
             if found is None:
-                found = learnt[cache_key] = _get_or_create(connection, table, key, values)
+                found = learnt[cache_key] = get_or_create(connection, table, key, values)
             return found
 
         now = datetime.now(UTC)
@@ -213,7 +223,11 @@ class LinkedWriter:
         payload_id = known(("payload", digest), RequestPayloadRow.__table__, {"sha256": digest},
                            {"payload": result.request_payload})
         values = _probe_values(result, target_id, config_id, payload_id)
-        values["replay_of"] = replay_of
+        facet = {name: values.pop(name) for name in FACET_FIELDS}
+        digest = facet_digest(list(facet.values()))
+        values["facet_id"] = known(("facet", digest), ProbeFacetRow.__table__,
+                                   {"sha256": digest}, facet)
+        values["replay_of"] = replay_of  # its answer stays on it: replays are few
         return int(connection.execute(
             insert(ProbeRow).returning(ProbeRow.id), values).scalar_one())
 

@@ -29,8 +29,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from monitor.store.aggregate import _MICROSECOND, Aggregate, floor_day, floor_hour, micros
 from monitor.store.models import (
     CANARY,
+    PROBES_WITH_FACETS,
     DailyRollupRow,
     HourlyRollupRow,
+    ProbeFacetRow,
     ProbeRow,
     RollupStateRow,
     RollupTotalRow,
@@ -49,13 +51,13 @@ PROBE_COLUMNS = (
     ProbeRow.http_status, ProbeRow.error_detail, ProbeRow.total_ms, ProbeRow.time_to_headers_ms,
     ProbeRow.time_to_first_token_ms, ProbeRow.openai_processing_ms, ProbeRow.output_tokens_per_s,
     ProbeRow.prompt_tokens, ProbeRow.completion_tokens, ProbeRow.total_tokens,
-    ProbeRow.system_fingerprint, ProbeRow.model, ProbeRow.ratelimit_limit_requests,
-    ProbeRow.ratelimit_limit_tokens, ProbeRow.ratelimit_remaining_requests,
-    ProbeRow.ratelimit_remaining_tokens,
+    ProbeFacetRow.system_fingerprint, ProbeFacetRow.model,
+    ProbeFacetRow.ratelimit_limit_requests, ProbeFacetRow.ratelimit_limit_tokens,
+    ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens,
 )
 # Every stored probe, replays included, so that the watermark and its gaps follow the ids.
 _READ_COLUMNS = (*PROBE_COLUMNS, ProbeRow.replay_of)
-_NEW = (select(*_READ_COLUMNS).where(ProbeRow.id > bindparam("after"))
+_NEW = (select(*_READ_COLUMNS).select_from(PROBES_WITH_FACETS).where(ProbeRow.id > bindparam("after"))
         .order_by(ProbeRow.id).limit(bindparam("limit")))
 _LOCK = (update(RollupStateRow).where(RollupStateRow.id == 1)
          .values(updated_at=bindparam("now"))
@@ -138,7 +140,7 @@ def _fold_batch(connection: Connection, batch: int, now: datetime) -> tuple[int,
     rows = connection.execute(_NEW, {"after": last, "limit": batch}).all()
     late: Sequence[Any] = []
     if gaps:
-        late = connection.execute(select(*_READ_COLUMNS).where(
+        late = connection.execute(select(*_READ_COLUMNS).select_from(PROBES_WITH_FACETS).where(
             or_(*[ProbeRow.id.between(lo, hi) for lo, hi, _ in gaps]))).all()
     new_ids = [row.id for row in rows]
     still_missing = _next_gaps(gaps, sorted(row.id for row in late), last, new_ids,
@@ -241,7 +243,7 @@ def read_probes(connection: Connection, since: datetime, until: datetime,
                 target_ids: Sequence[int]) -> Iterator[Any]:
     """The targets' canary probes (no replays) started in [since, until), as rows of
     PROBE_COLUMNS in id order."""
-    query = select(*PROBE_COLUMNS).where(
+    query = select(*PROBE_COLUMNS).select_from(PROBES_WITH_FACETS).where(
         CANARY, ProbeRow.target_id.in_(target_ids), ProbeRow.started_at >= since,
         ProbeRow.started_at < until).order_by(ProbeRow.id)
     yield from connection.execute(query)

@@ -33,8 +33,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     text,
 )
+from sqlalchemy.sql.elements import NamedColumn
 from sqlalchemy.types import TypeEngine
 
 from monitor.store import upstream_ids
@@ -236,6 +238,21 @@ class Json(TypeDecorator[Any]):
         return dialect.type_descriptor(JSON())
 
 
+class JsonOrNull(Json):
+    """Json whose Python None is SQL NULL, which takes no bytes (JSON null takes 4 on SQLite
+    and ~8 on PostgreSQL): probes.choices, empty on every probe whose answer is in
+    probe_answers or that got none. Both read back as None."""
+
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+
 class Blob(TypeDecorator[bytes]):
     """BYTEA on PostgreSQL, BLOB elsewhere (imported when used, as for Json)."""
 
@@ -293,6 +310,44 @@ request_payloads = Table(
     Column("payload", Json, nullable=False),
 )
 
+# The values a target's probes repeat from one to the next: what the upstream says it is (API
+# version, organization, model, fingerprint, service tier), the account's limits, how the
+# answer ended. Stored once per distinct combination, keyed by a sha256 of the values
+# (shared.facet_digest) and referenced by probes.facet_id: ~70 bytes a probe less
+# (docs/benchmarks.md, revision 0014). Values that vary from probe to probe (remaining
+# quota, usage) stay on probes, and the answer has a table of its own (probe_answers), so a
+# probe whose facet is new each time costs one small row more, not a row as large as itself.
+# Rows are never deleted.
+probe_facets = Table(
+    "probe_facets", metadata,
+    Column("id", Id, primary_key=True),
+    Column("sha256", String(64), unique=True, nullable=False),
+    Column("openai_version", Text),
+    Column("openai_organization", Text),
+    Column("model", Text),
+    Column("system_fingerprint", Text),
+    Column("service_tier", Text),
+    Column("finish_reason", Text),  # of the first choice
+    Column("ratelimit_limit_requests", BigInteger),
+    Column("ratelimit_limit_tokens", BigInteger),
+    Column("ratelimit_limit_input_tokens", BigInteger),
+    Column("ratelimit_limit_output_tokens", BigInteger),
+)
+# The facet's values, in the order their digest takes them.
+FACET_FIELDS = tuple(column.key for column in probe_facets.columns
+                     if column.key not in ("id", "sha256"))
+
+# An answer (a probe's choices) that came more than once, stored once, keyed by a sha256 of
+# its canonical JSON (shared.answer_digest): a canary mostly gets the same answer every
+# time. An answer not seen repeating stays on its probe (probes.choices), so traffic whose
+# answers all differ costs nothing more (shared.AnswerIds decides). Rows are never deleted.
+probe_answers = Table(
+    "probe_answers", metadata,
+    Column("id", Id, primary_key=True),
+    Column("sha256", String(64), unique=True, nullable=False),
+    Column("choices", Json, nullable=False),
+)
+
 # One canary call: queryable columns for every captured field, plus the raw exchange.
 probes = Table(
     "probes", metadata,
@@ -303,6 +358,8 @@ probes = Table(
     Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
     Column("target_config_id", ForeignKey("target_configs.id"), nullable=False),
     Column("request_payload_id", ForeignKey("request_payloads.id"), nullable=False),
+    # What it has in common with the target's other probes (probe_facets, above).
+    Column("facet_id", ForeignKey("probe_facets.id"), nullable=False),
     Column("started_at", UtcMicros, nullable=False),
     Column("stream", Boolean, nullable=False),
     Column("ok", Boolean, nullable=False),
@@ -314,30 +371,22 @@ probes = Table(
     Column("time_to_first_token_ms", Float),
     Column("output_tokens_per_s", Float),
     Column("openai_processing_ms", Float),
-    Column("openai_version", Text),
-    Column("openai_organization", Text),
     Column("x_request_id", UpstreamId),
     Column("retry_after_s", Float),
-    Column("ratelimit_limit_requests", BigInteger),
-    Column("ratelimit_limit_tokens", BigInteger),
     Column("ratelimit_remaining_requests", BigInteger),
     Column("ratelimit_remaining_tokens", BigInteger),
     Column("ratelimit_reset_requests_s", Float),
     Column("ratelimit_reset_tokens_s", Float),
     # Anthropic limits input and output tokens apart (anthropic-ratelimit-input-tokens-*).
-    Column("ratelimit_limit_input_tokens", BigInteger),
     Column("ratelimit_remaining_input_tokens", BigInteger),
     Column("ratelimit_reset_input_tokens_s", Float),
-    Column("ratelimit_limit_output_tokens", BigInteger),
     Column("ratelimit_remaining_output_tokens", BigInteger),
     Column("ratelimit_reset_output_tokens_s", Float),
     Column("response_id", UpstreamId),
     Column("response_created_at", UtcSeconds),
-    Column("model", Text),
-    Column("system_fingerprint", Text),
-    Column("service_tier", Text),
-    Column("finish_reason", Text),  # of the first choice
-    Column("choices", Json),
+    # The answer, here or (when it repeats) in probe_answers: one of the two, or neither.
+    Column("choices", JsonOrNull),
+    Column("answer_id", ForeignKey("probe_answers.id")),
     Column("stream_chunks", BigInteger),
     Column("prompt_tokens", BigInteger),
     Column("completion_tokens", BigInteger),
@@ -382,6 +431,32 @@ probes = Table(
 # Rollups, reports, /metrics and detection read only these, so replaying changes no number.
 # (Recorded traffic is kept apart a level up: its probes belong to targets of kind 'traffic'.)
 CANARY = probes.c.replay_of.is_(None)
+
+# Probes with their facet's values, for readers: select_from() this, then name a facet value
+# as probe_facets.c.model (an inner join: every probe has a facet).
+PROBES_WITH_FACETS = probes.join(probe_facets, probe_facets.c.id == probes.c.facet_id)
+# A probe's answer wherever it is stored (select from PROBES_WITH_ANSWERS, or outer-join
+# probe_answers yourself).
+CHOICES = func.coalesce(probe_answers.c.choices, probes.c.choices, type_=Json).label("choices")
+PROBES_WITH_ANSWERS = PROBES_WITH_FACETS.outerjoin(
+    probe_answers, probe_answers.c.id == probes.c.answer_id)
+# Where each facet value stood among the probe's columns before revision 0014: readers list
+# a probe's fields in that order (`monitor show --json`, export lines), as they did.
+_FACETS_BEFORE = {
+    "x_request_id": ("openai_version", "openai_organization"),
+    "ratelimit_remaining_requests": ("ratelimit_limit_requests", "ratelimit_limit_tokens"),
+    "ratelimit_remaining_input_tokens": ("ratelimit_limit_input_tokens",),
+    "ratelimit_remaining_output_tokens": ("ratelimit_limit_output_tokens",),
+    "choices": ("model", "system_fingerprint", "service_tier", "finish_reason"),
+}
+# A probe's fields as readers know them (from PROBES_WITH_ANSWERS): every column of probes
+# but the references, the facet's values in their old places, and CHOICES for choices.
+PROBE_FIELDS: tuple[NamedColumn[Any], ...] = tuple(
+    column
+    for own in probes.columns if own.key not in ("facet_id", "answer_id")
+    for column in (*(probe_facets.c[name] for name in _FACETS_BEFORE.get(own.key, ())),
+                   CHOICES if own.key == "choices" else own)
+)
 
 # What a configuration's exchanges look like: the headers and body of one of its probes,
 # against which the raw bytes of its later probes are compressed (store/codec.py, format 2).

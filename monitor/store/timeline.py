@@ -28,7 +28,13 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 
 from monitor.store.aggregate import floor_hour
-from monitor.store.models import CANARY, HourlyRollupRow, ProbeRow
+from monitor.store.models import (
+    CANARY,
+    PROBES_WITH_FACETS,
+    HourlyRollupRow,
+    ProbeFacetRow,
+    ProbeRow,
+)
 
 
 class iso_utc(FunctionElement[str]):
@@ -98,9 +104,11 @@ PROBE_POINT_FIELDS = ("t", "probe_id", "ok", "error_kind", "http_status", "total
 _POINTS = (
     select(iso_utc(ProbeRow.started_at), ProbeRow.id, ProbeRow.ok, ProbeRow.error_kind,
            ProbeRow.http_status, ProbeRow.total_ms, ProbeRow.openai_processing_ms,
-           ProbeRow.system_fingerprint, ProbeRow.model,
-           headroom(ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_limit_requests),
-           headroom(ProbeRow.ratelimit_remaining_tokens, ProbeRow.ratelimit_limit_tokens))
+           ProbeFacetRow.system_fingerprint, ProbeFacetRow.model,
+           headroom(ProbeRow.ratelimit_remaining_requests,
+                    ProbeFacetRow.ratelimit_limit_requests),
+           headroom(ProbeRow.ratelimit_remaining_tokens, ProbeFacetRow.ratelimit_limit_tokens))
+    .select_from(PROBES_WITH_FACETS)
     .where(ProbeRow.target_id == bindparam("target_id"),
            ProbeRow.started_at >= bindparam("since"), ProbeRow.started_at < bindparam("until"),
            CANARY)
@@ -112,8 +120,9 @@ BEAT_FIELDS = ("probe_id", "t", "ok", "total_ms", "http_status", "error_kind", "
                "model")
 _LATEST = (
     select(ProbeRow.id, iso_utc(ProbeRow.started_at), ProbeRow.ok, ProbeRow.total_ms,
-           ProbeRow.http_status, ProbeRow.error_kind, ProbeRow.system_fingerprint,
-           ProbeRow.model)
+           ProbeRow.http_status, ProbeRow.error_kind, ProbeFacetRow.system_fingerprint,
+           ProbeFacetRow.model)
+    .select_from(PROBES_WITH_FACETS)
     .where(ProbeRow.target_id == bindparam("target_id"),
            ProbeRow.started_at < bindparam("until"), CANARY)
     .order_by(ProbeRow.started_at.desc(), ProbeRow.id.desc()).limit(bindparam("limit"))

@@ -45,6 +45,9 @@ from monitor.errors import MonitorError
 from monitor.store import blobs, check_results
 from monitor.store.db import head_revision
 from monitor.store.models import (
+    PROBE_FIELDS,
+    ProbeAnswerRow,
+    ProbeFacetRow,
     ProbeRow,
     RequestPayloadRow,
     TargetConfigRow,
@@ -52,19 +55,20 @@ from monitor.store.models import (
     TargetRow,
     UtcDateTime,
 )
-from monitor.store.records import _get_or_create, canonical_json
+from monitor.store.shared import AnswerIds, FacetIds, canonical_json, get_or_create
 
 FORMAT = "monitor-export"
 VERSION = 1
 # Probes inserted per transaction on import: large enough to amortise the commit.
 BATCH = 1000
-# Ids and the compressed blobs are not exported as they are; the rest is, column for column.
+# Ids and the compressed blobs are not exported as they are; the rest is, column for column,
+# the facet's values among them as if they were the probe's (as they were before 0014).
 _NOT_EXPORTED = {"id", "target_id", "target_config_id", "request_payload_id", "replay_of",
                  "response_headers_zlib", "raw_response_zlib"}
 _PROBES: Table = ProbeRow.__table__
-_COLUMNS = [c for c in ProbeRow.__table__.columns if c.key not in _NOT_EXPORTED]
+_COLUMNS = [c for c in PROBE_FIELDS if c.key not in _NOT_EXPORTED]
 _TIMES = {c.key for c in _COLUMNS if isinstance(c.type, UtcDateTime)}
-_REQUIRED = {c.key for c in _COLUMNS if not c.nullable}
+_REQUIRED = {c.key for c in _COLUMNS if not getattr(c, "nullable", True)}
 _UID = re.compile("[0-9a-f]{32}")  # a uuid4's hex, as probes get them (stored as 16 bytes)
 _REFERENCES = {"kind", "target", "config_hash", "request_sha256", "replay_of_uid",
                "response_headers", "raw_response", "raw_response_base64", "checks"}
@@ -107,6 +111,8 @@ def export(engine: Engine, out: IO[str], target: str | None = None,
                RequestPayloadRow.sha256.label("request_sha256"),
                original.uid.label("replay_of_uid"))
         .join(TargetRow, TargetRow.id == ProbeRow.target_id)
+        .join(ProbeFacetRow, ProbeFacetRow.id == ProbeRow.facet_id)
+        .outerjoin(ProbeAnswerRow, ProbeAnswerRow.id == ProbeRow.answer_id)
         .join(RequestPayloadRow, RequestPayloadRow.id == ProbeRow.request_payload_id)
         .outerjoin(original, original.id == ProbeRow.replay_of)
         .order_by(ProbeRow.id)
@@ -219,6 +225,8 @@ class _Importer:
         self.targets: dict[str, int] = {}
         self.configs: dict[tuple[str, str], int] = {}
         self.payloads: dict[str, int] = {}
+        self.facets = FacetIds()
+        self.answers = AnswerIds()
         self.encoders = blobs.Encoders()
         self.rows: list[dict[str, Any]] = []
         self.checks: dict[str, list[dict[str, Any]]] = {}  # uid -> its check_results rows
@@ -240,14 +248,14 @@ class _Importer:
             return
         try:
             if kind == "target":
-                self.targets[record["name"]] = _get_or_create(
+                self.targets[record["name"]] = get_or_create(
                     connection, TargetRow.__table__, {"name": record["name"]},
                     # Exports from before recorded traffic have only canaries.
                     {"created_at": _parse_time(record["created_at"]),
                      "kind": record.get("target_kind", TargetKind.CANARY)})
             elif kind == "config":
                 target_id = self._target(connection, record["target"], line)
-                self.configs[(record["target"], record["config_hash"])] = _get_or_create(
+                self.configs[(record["target"], record["config_hash"])] = get_or_create(
                     connection, TargetConfigRow.__table__,
                     {"target_id": target_id, "config_hash": record["config_hash"]},
                     {"config": record["config"],
@@ -257,13 +265,13 @@ class _Importer:
                 if digest != record["sha256"]:
                     raise self._fail(line, f"payload sha256 {record['sha256']} does not match "
                                            f"its content ({digest})")
-                self.payloads[digest] = _get_or_create(
+                self.payloads[digest] = get_or_create(
                     connection, RequestPayloadRow.__table__, {"sha256": digest},
                     {"payload": record["payload"]})
             elif kind == "probe":
                 row = self._probe_row(connection, record, line)
                 self.rows.append(row)
-                self.checks[row["uid"]] = _check_rows(record.get("checks", []), row)
+                self.checks[row["uid"]] = _check_rows(record.get("checks", []), row, record)
                 if record.get("replay_of_uid") is not None:
                     self.links[record["uid"]] = record["replay_of_uid"]
                 self.probes += 1
@@ -326,6 +334,8 @@ class _Importer:
         # Compressed as Recorder stores them: against the configuration's dictionary in this
         # database and the row's own columns.
         headers = record["response_headers"]
+        self.facets.take(connection, row)
+        self.answers.take(connection, row)
         return blobs.encoded(row, headers, body, self.encoders.dictionary(
             connection, config_id, bool(row["ok"]), headers, body))
 
@@ -360,8 +370,10 @@ class _Importer:
         self.links = {}
 
 
-def _check_rows(checks: Any, probe: dict[str, Any]) -> list[dict[str, Any]]:
-    """A probe record's "checks" as check_results rows, but for the probe's id."""
+def _check_rows(checks: Any, probe: dict[str, Any],
+                record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A probe record's "checks" as check_results rows (`probe` the row it becomes), but for
+    the probe's id."""
     if not isinstance(checks, list):
         raise TypeError("checks is not a list")
     rows = []
@@ -372,8 +384,8 @@ def _check_rows(checks: Any, probe: dict[str, Any]) -> list[dict[str, Any]]:
             raise TypeError("a check's name or reason is not a string")
         rows.append({"check_name": check["check"], "outcome": CheckOutcome(check["outcome"]).value,
                      "reason": check["reason"], "target_id": probe["target_id"],
-                     "started_at": probe["started_at"], "model": probe["model"],
-                     "system_fingerprint": probe["system_fingerprint"]})
+                     "started_at": probe["started_at"], "model": record.get("model"),
+                     "system_fingerprint": record.get("system_fingerprint")})
     return rows
 
 
