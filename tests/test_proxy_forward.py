@@ -490,8 +490,12 @@ def test_unknown_routes_are_a_404_and_calls_reuse_one_upstream_connection(
         proxy = make_proxy(route("api", origin.url))
         response, data = request(proxy.url, "GET", "/nope/echo")
         assert response.status == 404 and json.loads(data)["error"]["code"] == "unknown_route"
+        pool = proxy._routes["api"].upstream
         for _ in range(3):
             assert request(proxy.url, "POST", "/api/echo", b"{}")[0].status == 200
+            # The handler pools the connection just after the app has the whole answer: the
+            # next call may not arrive first (under load it did, and opened a second one).
+            wait_until(lambda: len(pool._idle) == 1, "the upstream connection to be pooled")
         assert len({seen.port for seen in origin.seen}) == 1  # one pooled connection
 
 
