@@ -23,15 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from write_path import (  # bench/ is on sys.path when run as a script
+    distinct_canaries,
     drop_postgres,
     fresh_postgres,
     postgres_bytes_per_probe,
     sqlite_bytes_per_probe,
-    standard_canaries,
 )
 
 from monitor.domain import ProbeResult
-from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.records import Recorder
 
@@ -71,9 +70,7 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=200)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    with Simulator(seed=1) as sim:
-        SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
-        _, distinct = standard_canaries(sim, args.distinct)
+    distinct = distinct_canaries(args.distinct)
     answers = {repr(probe.choices) for probe in distinct}
     print(f"{args.probes} probes of the standard canary ({len(distinct)} real ones, "
           f"{len(answers)} distinct answers); bytes on disk per probe")

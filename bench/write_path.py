@@ -52,6 +52,13 @@ def standard_canaries(sim: Simulator, count: int) -> tuple[Target, list[ProbeRes
     return target, results
 
 
+def distinct_canaries(count: int) -> list[ProbeResult]:
+    """`count` real probes of the default canary against a simulator answering at once."""
+    with Simulator(seed=1) as sim:
+        SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
+        return standard_canaries(sim, count)[1]
+
+
 def real_path_rate(url: str, results: list[ProbeResult]) -> float:
     engine = db.open_store(url)
     recorder = Recorder(engine)
@@ -194,9 +201,7 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=200)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    with Simulator(seed=1) as sim:
-        SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
-        _, distinct = standard_canaries(sim, args.distinct)
+    distinct = distinct_canaries(args.distinct)
     results = [replace(distinct[i % len(distinct)], uid=uuid.uuid4().hex)
                for i in range(args.probes)]
     grouped = [replace(distinct[i % len(distinct)], uid=uuid.uuid4().hex)
