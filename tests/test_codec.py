@@ -7,6 +7,7 @@ import base64
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
@@ -216,3 +217,28 @@ def test_a_uid_that_is_not_a_uuid_s_hex_is_refused_before_the_database_sees_it(
         Recorder(engine).save(varied(1, uid="canary-1"))
     with pytest.raises(StatementError, match="expected 32 lower-case hex"):
         Recorder(engine).save(varied(1, uid=uuid.uuid4().hex.upper()))
+
+
+def test_uids_and_times_read_back_as_written_whatever_the_session_s_time_zone(
+        engine: Engine) -> None:
+    """PostgreSQL hands back uuid objects and times in the session's zone; readers get the
+    32 hex digits written and aware UTC (the PostgreSQL result processors skip the generic
+    conversions, so this holds them to the same answers)."""
+    from sqlalchemy import event
+
+    if engine.dialect.name == "postgresql":
+        def zoned(connection: Any, _: object) -> None:
+            connection.execute("SET TIME ZONE 'Asia/Kathmandu'")  # +05:45: no slip unseen
+            connection.commit()  # else the pool's reset on return rolls it back
+
+        event.listen(engine, "connect", zoned)
+        engine.dispose()
+    sent = varied(1)
+    probe_id = Recorder(engine).save(sent)
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            assert connection.exec_driver_sql("SHOW TIME ZONE").scalar() == "Asia/Kathmandu"
+        uid, started_at = connection.execute(select(ProbeRow.uid, ProbeRow.started_at)
+                                             .where(ProbeRow.id == probe_id)).one()
+    assert uid == sent.uid and started_at == sent.started_at
+    assert started_at.utcoffset() == timedelta(0)
