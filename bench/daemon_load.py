@@ -51,6 +51,48 @@ def proc_sample(pid: int) -> tuple[float, float, float]:
     return rss_mb, anonymous_mb, (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size: each page shared between processes (the workers forked from
+    one parent share their imported code) counted once in all, as a share of it in each."""
+    with open(f"/proc/{pid}/smaps_rollup") as file:
+        for line in file:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1000
+    return 0.0
+
+
+def instance(pid: int) -> list[int]:
+    """The process and its children (`monitor run --workers N` forks N)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as file:
+        return [pid, *map(int, file.read().split())]
+
+
+def instance_sample(pid: int) -> tuple[float, float, float, float]:
+    """proc_sample() summed over the instance's processes, and their PSS in MB."""
+    rss = anonymous = cpu = pss = 0.0
+    for member in instance(pid):
+        sample = proc_sample(member)
+        rss, anonymous, cpu = rss + sample[0], anonymous + sample[1], cpu + sample[2]
+        pss += pss_mb(member)
+    return rss, anonymous, cpu, pss
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds so far of every PostgreSQL server process on this machine (the server's
+    share of the daemon's work when the database is local)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            total += proc_sample(int(entry.name))[2]
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
 def start_simulator(base_ms: int = 200, jitter_ms: int = 50) -> tuple[subprocess.Popen[str], str]:
     """`monitor sim` in its own process, with rate limits out of the way; (process, URL)."""
     process = subprocess.Popen([sys.executable, "-m", "monitor", "sim", "--port", "0"],
@@ -89,6 +131,7 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=60, help="seconds")
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--database", default="sqlite", help="sqlite or a PostgreSQL URL")
+    parser.add_argument("--workers", type=int, default=1, help="monitor run --workers")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
     sim, sim_url = start_simulator()
@@ -99,14 +142,17 @@ def main() -> None:
     log_file = open(workdir / "daemon.log", "w")  # noqa: SIM115  (outlives this block)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "monitor", "run", "-c", str(config),
-         "--spool", str(workdir / "spool.jsonl")],
+         "--spool", str(workdir / "spool.jsonl"), "--workers", str(args.workers)],
         stderr=log_file, cwd=workdir)
     started = time.monotonic()
-    samples: list[tuple[float, float, float, float]] = []
+    server_cpu_at_start = postgres_cpu_s()
+    samples: list[tuple[float, float, float, float, float]] = []
     while (elapsed := time.monotonic() - started) < args.minutes * 60:
         time.sleep(5)
-        rss, anonymous, cpu = proc_sample(daemon.pid)
-        samples.append((time.monotonic() - started, rss, anonymous, cpu))
+        rss, anonymous, cpu, pss = instance_sample(daemon.pid)
+        samples.append((time.monotonic() - started, rss, anonymous, cpu, pss))
+    server_cpu_s = postgres_cpu_s() - server_cpu_at_start
+    simulator_cpu_s = proc_sample(sim.pid)[2]
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=120)
     log_file.close()
@@ -140,20 +186,40 @@ def main() -> None:
         ordered = sorted(seen)  # type: ignore[type-var]
         missed += sum(round((b - a) / interval) - 1 for a, b in itertools.pairwise(ordered))
     cpu_s = samples[-1][3]
-    after_2 = [rss for t, rss, _, _ in samples if t >= 120]
-    anonymous_after_2 = [anonymous for t, _, anonymous, _ in samples if t >= 120]
+    after_2 = [rss for t, rss, _, _, _ in samples if t >= 120]
+    anonymous_after_2 = [anonymous for t, _, anonymous, _, _ in samples if t >= 120]
+    pss_after_2 = [pss for t, _, _, _, pss in samples if t >= 120]
     print(f"{args.targets} targets every {args.interval}s for {args.minutes:g} min on "
-          f"{'SQLite' if pg_name is None else 'PostgreSQL'} ({first:%H:%M:%S}-{last:%H:%M:%S})")
+          f"{'SQLite' if pg_name is None else 'PostgreSQL'}, {args.workers} worker"
+          f"{'s' if args.workers > 1 else ''} ({first:%H:%M:%S}-{last:%H:%M:%S})")
     print(f"  probes stored {probes} (failed {failed}), slots {slots}, "
           f"probed slots {len(rows)}, duplicated {probes - len(rows)}, missed {missed}, "
           f"targets never probed {args.targets - len(per_target)}")
     q = statistics.quantiles(lags, n=100)
     print(f"  schedule lag s: p50 {q[49]:.3f}  p99 {q[98]:.3f}  max {lags[-1]:.3f}")
-    print(f"  daemon CPU {cpu_s:.1f} s over {elapsed:.0f} s = {100 * cpu_s / elapsed:.1f}% of one core")
+    by_minute: dict[int, list[float]] = {}
+    for slot, started_at, _ in rows:
+        by_minute.setdefault(int((slot - first).total_seconds() // 60), []).append(
+            (started_at - slot).total_seconds())
+    print("  lag p99 s by minute: " + "  ".join(
+        f"{minute}: {statistics.quantiles(values, n=100)[98]:.2f}"
+        for minute, values in sorted(by_minute.items()) if len(values) >= 100))
+    print(f"  instance CPU {cpu_s:.1f} s over {elapsed:.0f} s = {100 * cpu_s / elapsed:.1f}% of one core"
+          f" ({1000 * cpu_s / max(probes, 1):.2f} ms a probe); simulator "
+          f"{100 * simulator_cpu_s / elapsed:.1f}%")
+    if pg_name is not None:
+        with psycopg.connect(args.database, autocommit=True) as admin:
+            sessions = admin.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s",
+                                     (pg_name,)).fetchone()
+        print(f"  PostgreSQL connections opened: {sessions[0] if sessions else '?'}")
+        print(f"  PostgreSQL server CPU {server_cpu_s:.1f} s = "
+              f"{100 * server_cpu_s / elapsed:.1f}% of one core "
+              f"({1000 * server_cpu_s / max(probes, 1):.2f} ms a probe)")
     if len(after_2) >= 2:
         # Flat means no growth with time: the least-squares slope of RSS over the samples.
-        times = [t for t, _, _, _ in samples if t >= 120]
-        for label, values in (("RSS", after_2), ("anonymous RSS", anonymous_after_2)):
+        times = [t for t, _, _, _, _ in samples if t >= 120]
+        for label, values in (("RSS", after_2), ("anonymous RSS", anonymous_after_2),
+                              ("PSS", pss_after_2)):
             slope = statistics.linear_regression(times, values).slope
             print(f"  {label} MB: at 2 min {values[0]:.1f}, end {values[-1]:.1f}, "
                   f"max {max(values):.1f}, slope after 2 min {60 * slope:+.2f} MB/min")

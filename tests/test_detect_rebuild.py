@@ -379,8 +379,9 @@ def test_a_catch_up_that_waited_for_another_daemons_fold_reads_after_the_positio
     later = [recorder.save(result) for result in results[30:]]
     reader = history.ObservationReader()
     with engine.begin() as connection:  # nobody else folding: the probes after it, at once
-        position, newer = reader.locked_after(connection, target_id)
+        position, packed, newer = reader.locked_after(connection, target_id)
         assert newer == reader.after(connection, target_id, later[0] - 1)
+        assert packed == history.load_state(connection, target_id)  # once, on the first row
     assert position == (watch.thresholds_hash(canary.detection), later[0] - 1)
 
     theirs, _ = full_fold(engine, canary, target_id, until=later[4])
@@ -396,7 +397,7 @@ def test_a_catch_up_that_waited_for_another_daemons_fold_reads_after_the_positio
             assert time.monotonic() < deadline, "the catch-up never waited for the lock"
             time.sleep(0.01)
     waiting.join(10)
-    assert got == [((position[0], later[4]), None)]
+    assert got == [((position[0], later[4]), history.pack_state(theirs.snapshot()), None)]
     # Then a catch-up here folds the probes after the position saved, not those before it.
     live = watcher.catch_up(canary, target_id, later[-1])
     everything, events = full_fold(engine, canary, target_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -221,6 +222,27 @@ def test_bursts_of_threads_reuse_the_pooled_connections(engine: Engine) -> None:
         for _ in range(5):
             list(pool.map(transaction, range(db.POOL_SIZE)))
     assert len(opened) <= db.POOL_SIZE
+
+
+def test_callers_beyond_the_pool_wait_for_a_connection_rather_than_open_one(
+        engine: Engine) -> None:
+    """Three times as many threads as the pool keeps, each holding a connection a moment
+    (a daemon that fell behind): they take turns on the pooled ones."""
+    opened: list[object] = []
+    event.listen(engine, "connect", lambda *_: opened.append(None))
+    holding = threading.Semaphore(0)
+
+    def transaction(_: int) -> None:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT 1"))
+            holding.release()
+            time.sleep(0.005)  # hold it: not a wait for anything, just a busy caller
+
+    with ThreadPoolExecutor(3 * db.POOL_SIZE) as pool:
+        for _ in range(3):
+            list(pool.map(transaction, range(3 * db.POOL_SIZE)))
+    assert len(opened) <= db.POOL_SIZE
+    assert holding.acquire(blocking=False)  # the transactions ran
 
 
 def test_each_concurrent_caller_gets_the_id_of_its_own_answer(engine: Engine) -> None:

@@ -76,12 +76,12 @@ class Watcher:
         self.clock = clock  # stamps the detectors' saved state; alerts move at probe times
         self.background = background
         self._reader = history.ObservationReader()
-        # name -> (last folded probe id, thresholds hash, packed detector state, whether the
-        # target has pending or open alerts): saves a query per probe while this daemon is the
-        # only one folding the target (no one else moved its state or alerts). The state is
-        # kept packed, as stored (~4 KB once a target's windows are full), not as the live
-        # detector (~37 KB): restoring it costs ~0.5 ms a probe, and ten thousand targets fit.
-        self._cache: dict[str, tuple[int, str, bytes, bool]] = {}
+        # name -> (last folded probe id, thresholds hash, whether the target has pending or
+        # open alerts): saves a query per probe while this daemon is the only one folding the
+        # target (no one else moved its state or alerts). The state itself is read with the
+        # lock (PostgreSQL: in the same round trip), not kept here: packed it grows to ~4 KB
+        # as a target's windows fill over hours, 40 MB more at ten thousand targets.
+        self._cache: dict[str, tuple[int, str, bool]] = {}
         # name -> (last folded probe id, thresholds hash, the detector folded that far),
         # most recent last; taken out while a catch-up steps it (LIVE_DETECTORS above).
         self._live: OrderedDict[str, tuple[int, str, TargetDetector]] = OrderedDict()
@@ -128,12 +128,13 @@ class Watcher:
         return events
 
     def _fold(self, connection: Connection, target: Target, target_id: int, probe_id: int
-              ) -> tuple[list[tuple[str, DriftEvent]], tuple[int, str, bytes, bool] | None,
+              ) -> tuple[list[tuple[str, DriftEvent]], tuple[int, str, bool] | None,
                          TargetDetector | None]:
         now = self.clock()
-        # On PostgreSQL the probes after the position come with its lock (one round trip).
-        position, newer = self._reader.locked_after(connection, target_id,
-                                                    checks=bool(target.checks))
+        # On PostgreSQL the state and the probes after the position come with its lock (one
+        # round trip).
+        position, packed, newer = self._reader.locked_after(connection, target_id,
+                                                            checks=bool(target.checks))
         if position is None:
             history.claim_state(connection, target_id, now)
             position = history.lock_position(connection, target_id)
@@ -144,19 +145,17 @@ class Watcher:
             cached = self._cache.get(target.name)
             # Taken, not shared: a second catch-up of the target meanwhile restores its own.
             kept = self._live.pop(target.name, None)
-        live = True  # unknown: ask the database
-        if cached is not None and cached[:2] == (last, wanted) and saved_hash == wanted:
+        # Whether the target may have pending or open alerts; unknown: ask the database.
+        live = (cached[2] if cached is not None and cached[:2] == (last, wanted)
+                and saved_hash == wanted else True)
+        if saved_hash == wanted:
             if kept is not None and kept[:2] == (last, wanted):
                 detector = kept[2]
             else:
+                if packed is None:
+                    packed = history.load_state(connection, target_id)
                 detector = TargetDetector.restore(target.name, target.detection,
-                                                  history.unpack_state(cached[2]),
-                                                  _kinds(target))
-            live = cached[3]
-        elif saved_hash == wanted:
-            detector = TargetDetector.restore(
-                target.name, target.detection,
-                history.unpack_state(history.load_state(connection, target_id)), _kinds(target))
+                                                  history.unpack_state(packed), _kinds(target))
         else:
             # New, or its thresholds changed: rebuild from history without alerting on it.
             until = last if saved_hash else probe_id - 1
@@ -181,9 +180,9 @@ class Watcher:
                 last = stored_id
             if len(chunk) < history.CHUNK:
                 break  # a short read is the end: no second query to learn it
-        packed = history.pack_state(detector.snapshot())
-        history.save_state(connection, target_id, wanted, last, packed, now)
-        return events, (last, wanted, packed, live), detector
+        history.save_state(connection, target_id, wanted, last,
+                           history.pack_state(detector.snapshot()), now)
+        return events, (last, wanted, live), detector
 
     def _step(self, connection: Connection, detector: TargetDetector, target: Target,
               target_id: int, observation: Observation,

@@ -93,16 +93,23 @@ def _address(value: str) -> tuple[str, int]:
               metavar="FILE", help="Where results wait while the database is unreachable.")
 @click.option("--http", "http_address", metavar="HOST:PORT",
               help="Also serve the dashboard, API and /metrics there (as `monitor serve`).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes sharing the targets (by name), to use more than one core: "
+                   "Python runs one thread at a time. Worker 0 also serves --http, rolls up "
+                   "and notifies; each other worker spools to FILE.workerN.")
 @allowed_host_option
 @insecure_public_option
 @config_option
 def run_command(once: bool, log_format: str, spool: str, http_address: str | None,
-                allowed_hosts: tuple[str, ...], insecure_public: bool,
+                workers: int, allowed_hosts: tuple[str, ...], insecure_public: bool,
                 config_path: str | None) -> None:
     """Probe every target on its interval until stopped (SIGTERM/SIGINT; SIGHUP reloads)."""
     if once and http_address is not None:
         raise click.UsageError("--http serves while the daemon runs and --once exits after one "
                                "round: give one or the other")
+    if once and workers > 1:
+        raise click.UsageError("--once probes every target once in one process: --workers "
+                               "is for the daemon")
     from monitor import daemon
     from monitor.store.spool import Spool
 
@@ -120,7 +127,7 @@ def run_command(once: bool, log_format: str, spool: str, http_address: str | Non
            if address is not None else None)
     daemon.run(settings, Spool(spool), once=once, clock=clock(),
                reload=lambda: load(config_path), web=web,
-               echo=lambda line: click.echo(line, err=True))
+               echo=lambda line: click.echo(line, err=True), workers=workers)
 
 
 @click.command("status")

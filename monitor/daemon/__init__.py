@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from monitor import otel
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from monitor.daemon.service import Service
     from monitor.daemon.slots import slot_at, slot_trigger
     from monitor.daemon.steps import Daemon
+    from monitor.daemon.workers import Family
     from monitor.otel.export import Telemetry
 
 __all__ = ["Daemon", "Prober", "Service", "WebOptions", "run", "slot_at", "slot_trigger"]
@@ -62,15 +66,58 @@ class WebOptions:
 
 def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
         reload: Callable[[], Settings], web: WebOptions | None = None,
-        echo: Callable[[str], None] = print) -> None:
+        echo: Callable[[str], None] = print, workers: int = 1) -> None:
     """`monitor run`: probe every target on its schedule until SIGTERM/SIGINT (or one round
-    with `once`), through database outages, with the dashboard alongside if `web` says where."""
+    with `once`), through database outages, with the dashboard alongside if `web` says where;
+    as `workers` processes, each with its share of the targets (workers.py)."""
     limit_malloc_arenas()
+    if workers == 1:
+        _run_worker(Worker(0, 1), settings, spool, once, clock, reload, web, echo)
+        return
+    from monitor.daemon import workers as processes
+
+    processes.preload(settings.database_url)
+    with _instance_lock(settings.database_url):  # held for every worker (inherited)
+        family = processes.spawn(workers, lambda index: _run_worker(
+            Worker(index, workers, locked=True), settings,
+            Spool(processes.spool_of(str(spool.path), index)), once, clock, reload, None,
+            echo))
+        try:
+            _run_worker(Worker(0, workers, locked=True, family=family), settings, spool, once,
+                        clock, reload, web, echo)
+        finally:
+            family.relay(signal.SIGTERM)  # a no-op when they were told already
+            family.join()
+    if family.failed:
+        raise SystemExit(1)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Which of the instance's worker processes this is (workers.py); worker 0 of 1 is the
+    plain daemon. `locked`: the parent holds the SQLite instance lock for all of them."""
+
+    index: int
+    count: int
+    locked: bool = False
+    family: Family | None = None  # worker 0's: the other workers
+
+    def share(self, settings: Settings) -> Settings:
+        if self.count == 1:
+            return settings
+        from monitor.daemon.workers import share
+
+        return replace(settings, targets=share(settings.targets, self.index, self.count))
+
+
+def _run_worker(worker: Worker, settings: Settings, spool: Spool, once: bool, clock: Clock,
+                reload: Callable[[], Settings], web: WebOptions | None,
+                echo: Callable[[str], None]) -> None:
     # [otel] is read once, first (a missing extra is said before anything is done); a reload
     # (SIGHUP) keeps the exporter the daemon began with.
     telemetry = otel.start(settings)
     try:
-        _run(settings, spool, once, clock, reload, web, echo, telemetry)
+        _run(worker, settings, spool, once, clock, reload, web, echo, telemetry)
     finally:
         if telemetry is not None:
             telemetry.shutdown()  # flushes what is queued, within a deadline
@@ -97,18 +144,26 @@ def limit_malloc_arenas() -> bool:
     return bool(mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
 
 
-def _run(settings: Settings, spool: Spool, once: bool, clock: Clock,
+@contextmanager
+def _instance_lock(database_url: str) -> Iterator[None]:
+    """SQLite has no leases that work across processes: one instance per file."""
+    lock = db.InstanceLock(database_url) if database_url.startswith("sqlite") else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(worker: Worker, settings: Settings, spool: Spool, once: bool, clock: Clock,
          reload: Callable[[], Settings], web: WebOptions | None,
          echo: Callable[[str], None], telemetry: Telemetry | None) -> None:
     from monitor.daemon.service import Service
     from monitor.daemon.steps import Daemon
 
-    # SQLite has no leases that work across processes: one daemon per file.
-    lock = db.InstanceLock(settings.database_url) if settings.database_url.startswith(
-        "sqlite") else None
-    if lock is not None:
-        lock.acquire()
-    try:
+    with nullcontext() if worker.locked else _instance_lock(settings.database_url):
         try:
             engine = db.open_store(settings.database_url)
         except StoreUnavailable as error:
@@ -116,21 +171,37 @@ def _run(settings: Settings, spool: Spool, once: bool, clock: Clock,
             log.error("%s; probing anyway and spooling to %s until it is back", error,
                       spool.path)
             engine = db.create(settings.database_url)
+        # The whole configuration, for the dashboard; the daemon probes its worker's share.
+        configured = [settings]
+
+        def reload_share() -> Settings:
+            configured[0] = reload()
+            return worker.share(configured[0])
+
         try:
-            daemon = Daemon(settings, Recorder(engine), spool, clock=clock, telemetry=telemetry)
+            daemon = Daemon(worker.share(settings), Recorder(engine), spool, clock=clock,
+                            telemetry=telemetry)
+            if worker.index == 0:
+                from monitor.daemon.workers import leftover_spools
+
+                daemon.adopt(leftover_spools(str(spool.path), worker.count))
             daemon.register()
+            if worker.count > 1:
+                log.info("worker %d of %d (pid %d): %d of the %d targets", worker.index,
+                         worker.count, os.getpid(), len(daemon.settings.targets),
+                         len(settings.targets))
             if once:
                 daemon.run_once()
             else:
-                _serve(Service(daemon, reload), web, echo)
+                service = Service(daemon, reload_share, shared_jobs=worker.index == 0,
+                                  family=worker.family)
+                _serve(service, lambda: configured[0], web, echo)
         finally:
             engine.dispose()
-    finally:
-        if lock is not None:
-            lock.release()
 
 
-def _serve(service: Service, web: WebOptions | None, echo: Callable[[str], None]) -> None:
+def _serve(service: Service, settings: Callable[[], Settings], web: WebOptions | None,
+           echo: Callable[[str], None]) -> None:
     """Run the schedule, with the dashboard beside it when asked for."""
     if web is None:
         service.run()
@@ -140,7 +211,7 @@ def _serve(service: Service, web: WebOptions | None, echo: Callable[[str], None]
     engine = service.daemon.recorder.engine
     daemon = service.daemon
     telemetry = daemon.telemetry
-    wsgi = serving.build_app(engine, web.token, lambda: daemon.settings,
+    wsgi = serving.build_app(engine, web.token, settings,
                              scheduler_alive=lambda: service.scheduler.running,
                              clock=daemon.clock,
                              otel_failures=telemetry.failures.snapshot if telemetry else None)

@@ -4,18 +4,22 @@ signal stops it (warm, then cold)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from monitor import defaults, httpd
 from monitor.daemon.slots import PROBE_SLOT_WARNINGS, misfire_grace_s, slot_at, slot_trigger
 from monitor.daemon.steps import Daemon
 from monitor.domain import Settings, Target
 from monitor.errors import MonitorError
+
+if TYPE_CHECKING:
+    from monitor.daemon.workers import Family
 
 log = logging.getLogger("monitor")
 T = TypeVar("T")
@@ -24,7 +28,8 @@ T = TypeVar("T")
 class Service:
     """`monitor run`: APScheduler jobs rebuilt from the config, signals, warm and cold stop."""
 
-    def __init__(self, daemon: Daemon, load_settings: Callable[[], Settings]) -> None:
+    def __init__(self, daemon: Daemon, load_settings: Callable[[], Settings], *,
+                 shared_jobs: bool = True, family: Family | None = None) -> None:
         from apscheduler.events import (
             EVENT_JOB_MAX_INSTANCES,
             EVENT_JOB_MISSED,
@@ -35,6 +40,10 @@ class Service:
 
         self.daemon = daemon
         self._load_settings = load_settings
+        # Rollups, notifications and pruning: one of each per instance, whose other workers
+        # (`monitor run --workers`) only probe, store, detect and drain their share.
+        self._shared_jobs = shared_jobs
+        self._family = family  # worker 0's: the other workers, told of each signal
         self._stopping = threading.Event()
         self._stop_by = 0.0  # time.monotonic() by which a warm stop should be done
         # Enough threads that a target hanging until its timeout never holds up another.
@@ -135,7 +144,12 @@ class Service:
                  len(new.keys() - old.keys()), len(old.keys() - new.keys()),
                  len([n for n in new.keys() & old.keys() if old[n] != new[n]]))
 
+    def _relay(self, received: signal.Signals) -> None:
+        if self._family is not None:
+            self._family.relay(received)
+
     def _warm_stop(self, received: signal.Signals) -> None:
+        self._relay(received)
         log.info("%s: finishing in-flight probes, then exiting (again to exit now)",
                  received.name)
         # In-flight probes end within their timeouts; the final drain gets what is left of that.
@@ -144,24 +158,36 @@ class Service:
         self._stopping.set()
         self.daemon.stopping.set()  # a drain under way ends at its next batch
 
+    def _cold_stop(self, received: signal.Signals) -> None:
+        self._relay(received)
+        log.warning("second %s: exiting now", received.name)
+
+    def _reload_signal(self) -> None:
+        self._relay(signal.SIGHUP)
+        self.reload()
+
     def run(self) -> None:
         """Schedule every job and run them until a signal stops the service (warm, then cold)."""
-        with httpd.stop_signals(self._warm_stop, cold_exit=1,
-                                cold=lambda s: log.warning("second %s: exiting now", s.name)):
+        with httpd.stop_signals(self._warm_stop, cold_exit=1, cold=self._cold_stop):
             self._run()
 
     def _run(self) -> None:
-        signal.signal(signal.SIGHUP, lambda *_: self.reload())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_signal())
+        if self._family is not None:  # a worker ending unasked stops this one, as a signal
+            self._family.watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
         self._schedule(self.daemon.settings.targets)
         self.scheduler.add_job(self.daemon.drain, "interval", seconds=defaults.DRAIN_EVERY_S,
                                id="drain", coalesce=True, max_instances=1)
-        self.scheduler.add_job(self.daemon.dispatch, "interval", seconds=defaults.DISPATCH_EVERY_S,
-                               id="dispatch", coalesce=True, max_instances=1)
-        self.scheduler.add_job(self.daemon.roll_up, "interval", seconds=defaults.ROLLUP_EVERY_S,
-                               id="rollups", coalesce=True, max_instances=1)
-        self.scheduler.add_job(self.daemon.prune, "interval", hours=24, id="prune",
-                               next_run_time=datetime.now(UTC) + defaults.PRUNE_FIRST_AFTER,
-                               coalesce=True, max_instances=1)
+        if self._shared_jobs:
+            self.scheduler.add_job(self.daemon.dispatch, "interval",
+                                   seconds=defaults.DISPATCH_EVERY_S, id="dispatch",
+                                   coalesce=True, max_instances=1)
+            self.scheduler.add_job(self.daemon.roll_up, "interval",
+                                   seconds=defaults.ROLLUP_EVERY_S, id="rollups",
+                                   coalesce=True, max_instances=1)
+            self.scheduler.add_job(self.daemon.prune, "interval", hours=24, id="prune",
+                                   next_run_time=datetime.now(UTC) + defaults.PRUNE_FIRST_AFTER,
+                                   coalesce=True, max_instances=1)
         self.daemon.heartbeat()
         self.scheduler.add_job(self.daemon.heartbeat, "interval", seconds=defaults.HEARTBEAT_EVERY_S,
                                id="heartbeat", coalesce=True, max_instances=1)
@@ -173,7 +199,8 @@ class Service:
         self.scheduler.shutdown(wait=True)
         # Bounded: the rest stays in the spool, in order, for the next start.
         self.daemon.drain(deadline=max(self._stop_by, time.monotonic() + defaults.SHUTDOWN_DRAIN_MIN_S))
-        self.daemon.roll_up()
-        self.daemon.dispatch()  # what is due now; the rest is sent by the next start
+        if self._shared_jobs:
+            self.daemon.roll_up()
+            self.daemon.dispatch()  # what is due now; the rest is sent by the next start
         self.daemon.close()
         log.info("stopped")

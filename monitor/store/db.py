@@ -37,13 +37,16 @@ if TYPE_CHECKING:
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Address space SQLite may map for reads; pages count as memory only once read.
 SQLITE_MMAP_BYTES = 256 * 1024 * 1024
-# Connections an engine keeps open, and as many more it may open for a burst. The daemon's
-# probe threads each hold one for a few short transactions per probe; with SQLAlchemy's
-# default of 5 kept, a fleet's bursts opened (and closed) a new connection for every third
-# or fourth probe: on PostgreSQL a backend the server starts, on SQLite its pragmas and a cold
-# page cache. 2 x 16 per daemon leaves room under PostgreSQL's default max_connections (100)
-# for a second daemon and the commands.
-POOL_SIZE = 16
+# Connections an engine keeps open, and the most it opens: more callers wait for one. The
+# daemon's probe threads each hold one for a few short transactions per probe. With
+# SQLAlchemy's default of 5 kept (and 10 more opened and closed for a burst), a fleet's bursts
+# opened a new connection for every third or fourth probe; with 16 kept and 16 more, a daemon
+# that fell behind at 10,000 targets still opened 7,292 in 3 minutes (bench/daemon_load.py):
+# on PostgreSQL a server backend each, on SQLite its pragmas and a cold page cache. Never
+# more than 32 opened 34 in all, and used the CPU that the connects had taken for probes.
+# Each worker process (`monitor run --workers`) has its own: 64 of PostgreSQL's default
+# max_connections (100) for two.
+POOL_SIZE = 32
 
 
 def normalize_url(url: str) -> str:
@@ -77,11 +80,11 @@ def create(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         # A file's engine pools (QueuePool); an in-memory one keeps a connection per thread.
-        pooled = {"pool_size": POOL_SIZE, "max_overflow": POOL_SIZE} if sqlite_path(url) else {}
+        pooled = {"pool_size": POOL_SIZE, "max_overflow": 0} if sqlite_path(url) else {}
         engine = create_engine(url, **pooled)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE,
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0,
                          connect_args={"connect_timeout": 10})
 
 

@@ -17,9 +17,9 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, func, select, true, update
+from sqlalchemy import Connection, bindparam, case, func, select, true, update
 
 from monitor.detect.columns import Columns, frozen, of_observations
 from monitor.domain import (
@@ -102,7 +102,7 @@ _LOCK_POSITION = _POSITION.add_columns(
     func.set_config("synchronous_commit", "off", True)).with_for_update()
 # PostgreSQL, the same lock and the probes after the locked position, in one round trip.
 _NEWER = (
-    select(*_COLUMNS)
+    select(*_COLUMNS, func.row_number().over(order_by=probes.c.id).label("nth"))
     .where(probes.c.target_id == detector_states.c.target_id,
            probes.c.id > detector_states.c.last_probe_id, CANARY)
     .order_by(probes.c.id)
@@ -111,7 +111,10 @@ _NEWER = (
 )
 _LOCK_AND_READ = (
     select(detector_states.c.thresholds_hash, detector_states.c.last_probe_id,
-           func.set_config("synchronous_commit", "off", True), *_NEWER.c)
+           func.set_config("synchronous_commit", "off", True),
+           # The packed state once, on the first row (a few KB; a long catch-up has thousands).
+           case((func.coalesce(_NEWER.c.nth, 1) == 1, detector_states.c.state_zlib)),
+           *[column for column in _NEWER.c if column.name != "nth"])
     .select_from(detector_states.outerjoin(_NEWER, true()))
     .where(detector_states.c.target_id == bindparam("target_id"))
     .order_by(_NEWER.c.id)
@@ -120,6 +123,16 @@ _LOCK_AND_READ = (
 _STATE = select(detector_states.c.state_zlib).where(
     detector_states.c.target_id == bindparam("target_id"))
 _SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("target_id_"))
+
+
+class Locked(NamedTuple):
+    """What locking a target's detection state read: its position (thresholds hash, last
+    folded probe id; None without a state row), its packed state and the probes after the
+    position, each None where they were not read in the same round trip."""
+
+    position: tuple[str, int] | None
+    packed: bytes | None
+    newer: list[tuple[int, Observation]] | None
 
 
 class ObservationReader:
@@ -144,26 +157,27 @@ class ObservationReader:
         return [(row[0], self._observation(row, outcomes.get(row[0], ()))) for row in rows]
 
     def locked_after(self, connection: Connection, target_id: int, *, checks: bool = False
-                     ) -> tuple[tuple[str, int] | None, list[tuple[int, Observation]] | None]:
-        """lock_position() and, on PostgreSQL, after() from that position in the same round
-        trip: (position, the probes after it, at most CHUNK), or (position, None) where they
-        must be read apart (SQLite, no state row yet). Also None when the lock waited for
-        another daemon's fold: PostgreSQL then returns the position it saved, with the probes
-        read from the one before (they are read again)."""
+                     ) -> Locked:
+        """lock_position() and, on PostgreSQL, the packed state and after() from that position
+        in the same round trip. Where they must be read apart (SQLite, no state row yet) the
+        state and probes are None; the probes also when the lock waited for another daemon's
+        fold: PostgreSQL then returns the position it saved, with the probes read from the
+        one before (they are read again)."""
         if connection.dialect.name != "postgresql":
-            return lock_position(connection, target_id), None
+            return Locked(lock_position(connection, target_id), None, None)
         rows = connection.execute(_LOCK_AND_READ, {"target_id": target_id,
                                                    "limit": CHUNK}).all()
         if not rows:
-            return None, None
+            return Locked(None, None, None)
         position = (rows[0][0], rows[0][1])
-        read = [row[3:] for row in rows if row[3] is not None]
+        packed = rows[0][3]
+        read = [row[4:] for row in rows if row[4] is not None]
         if read and read[0][0] <= position[1]:
-            return position, None
+            return Locked(position, packed, None)
         self._learn(connection, read)
         outcomes = check_results.of_probes(connection, [row[0] for row in read]) if checks else {}
-        return position, [(row[0], self._observation(row, outcomes.get(row[0], ())))
-                          for row in read]
+        return Locked(position, packed, [(row[0], self._observation(row, outcomes.get(row[0], ())))
+                                         for row in read])
 
     def columns_after(self, connection: Connection, target_id: int, after_id: int, *,
                       checks: bool = False, limit: int | None = None
