@@ -209,25 +209,28 @@ def test_bursts_of_threads_reuse_the_pooled_connections(engine: Engine) -> None:
     """As many threads as the pool keeps, each in a transaction at the same moment, burst
     after burst (the daemon's probe threads on the slot grid): the connections are opened
     once and kept, not opened and closed per burst (on PostgreSQL a server backend each)."""
+    kept = engine.pool.size()  # type: ignore[attr-defined]
+    assert kept == (db.POOL_SIZE if engine.dialect.name == "postgresql" else db.SQLITE_POOL_SIZE)
     opened: list[object] = []
     event.listen(engine, "connect", lambda *_: opened.append(None))
-    together = threading.Barrier(db.POOL_SIZE, timeout=60)
+    together = threading.Barrier(kept, timeout=60)
 
     def transaction(_: int) -> None:
         with engine.begin() as connection:
             connection.execute(text("SELECT 1"))
             together.wait()  # every thread holds a connection at once
 
-    with ThreadPoolExecutor(db.POOL_SIZE) as pool:
+    with ThreadPoolExecutor(kept) as pool:
         for _ in range(5):
-            list(pool.map(transaction, range(db.POOL_SIZE)))
-    assert len(opened) <= db.POOL_SIZE
+            list(pool.map(transaction, range(kept)))
+    assert len(opened) <= kept
 
 
 def test_callers_beyond_the_pool_wait_for_a_connection_rather_than_open_one(
         engine: Engine) -> None:
     """Three times as many threads as the pool keeps, each holding a connection a moment
     (a daemon that fell behind): they take turns on the pooled ones."""
+    kept = engine.pool.size()  # type: ignore[attr-defined]
     opened: list[object] = []
     event.listen(engine, "connect", lambda *_: opened.append(None))
     holding = threading.Semaphore(0)
@@ -238,10 +241,10 @@ def test_callers_beyond_the_pool_wait_for_a_connection_rather_than_open_one(
             holding.release()
             time.sleep(0.005)  # hold it: not a wait for anything, just a busy caller
 
-    with ThreadPoolExecutor(3 * db.POOL_SIZE) as pool:
+    with ThreadPoolExecutor(3 * kept) as pool:
         for _ in range(3):
-            list(pool.map(transaction, range(3 * db.POOL_SIZE)))
-    assert len(opened) <= db.POOL_SIZE
+            list(pool.map(transaction, range(3 * kept)))
+    assert len(opened) <= kept
     assert holding.acquire(blocking=False)  # the transactions ran
 
 

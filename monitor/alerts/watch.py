@@ -159,7 +159,7 @@ class Watcher:
         else:
             # New, or its thresholds changed: rebuild from history without alerting on it.
             until = last if saved_hash else probe_id - 1
-            if history.longer_than_chunk(connection, target_id, until):
+            if history.more_than(connection, target_id, history.CHUNK, until):
                 self._rebuild_later(target, target_id, position, until)
                 return [], None, None
             detector = TargetDetector(target.name, target.detection, _kinds(target))

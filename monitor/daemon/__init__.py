@@ -182,9 +182,9 @@ def _run(worker: Worker, settings: Settings, spool: Spool, once: bool, clock: Cl
             daemon = Daemon(worker.share(settings), Recorder(engine), spool, clock=clock,
                             telemetry=telemetry)
             if worker.index == 0:
-                from monitor.daemon.workers import leftover_spools
+                from monitor.daemon.workers import leftover_spools, store_leftovers
 
-                daemon.adopt(leftover_spools(str(spool.path), worker.count))
+                store_leftovers(daemon, leftover_spools(str(spool.path), worker.count))
             daemon.register()
             if worker.count > 1:
                 log.info("worker %d of %d (pid %d): %d of the %d targets", worker.index,

@@ -377,26 +377,6 @@ class Daemon:
         finally:
             self._draining.release()
 
-    def adopt(self, paths: list[str]) -> None:
-        """Write the results waiting in other spool files (left by workers of an earlier
-        run with more of them, workers.py) to the database, at start. What cannot be written
-        now stays in its file, for the next start."""
-        for path in paths:
-            leftover = Spool(path)
-            if leftover.empty():
-                continue
-            try:
-                written = leftover.drain(self.recorder.save_many) if self.register() else 0
-            except (SQLAlchemyError, OSError) as error:
-                log.warning("%s: %s", path, describe(error))
-                written = 0
-            if written:
-                log.info("wrote %d probes left in %s by a worker of an earlier run", written,
-                         path)
-            if not leftover.empty():
-                log.warning("%s still holds probes of an earlier run's worker: they wait "
-                            "for the next start", path)
-
     def _drain_stop(self, deadline: float | None) -> Callable[[], bool]:
         if deadline is not None:
             return lambda: time.monotonic() >= deadline

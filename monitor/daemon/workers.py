@@ -27,8 +27,12 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from monitor.domain import Target
+
+if TYPE_CHECKING:
+    from monitor.daemon.steps import Daemon
 
 log = logging.getLogger("monitor")
 
@@ -128,6 +132,31 @@ class Family:
         """Wait until every other worker has ended (after relaying a stop)."""
         for watcher in self._watchers:
             watcher.join()
+
+
+def store_leftovers(daemon: Daemon, paths: list[str]) -> None:
+    """Write the results waiting in spool files of workers that no longer exist
+    (leftover_spools) to the database, at start; what cannot be written now stays in its
+    file for the next start."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from monitor.store.failures import describe
+    from monitor.store.spool import Spool
+
+    for path in paths:
+        leftover = Spool(path)
+        if leftover.empty():
+            continue
+        try:
+            written = leftover.drain(daemon.recorder.save_many) if daemon.register() else 0
+        except (SQLAlchemyError, OSError) as error:
+            log.warning("%s: %s", path, describe(error))
+            written = 0
+        if written:
+            log.info("wrote %d probes left in %s by a worker of an earlier run", written, path)
+        if not leftover.empty():
+            log.warning("%s still holds probes of an earlier run's worker: they wait for the "
+                        "next start", path)
 
 
 def spawn(workers: int, run_worker: Callable[[int], None]) -> Family:

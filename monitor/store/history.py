@@ -83,14 +83,14 @@ _AFTER = (
     .order_by(probes.c.id)
     .limit(bindparam("limit"))
 )
-# Whether a history is long: is there a probe past the first chunk (reads CHUNK index entries,
-# not the probes themselves).
-_BEYOND_CHUNK = (
+# Whether a history is long: is there a probe past the first `count` (reads that many index
+# entries, not the probes themselves).
+_BEYOND = (
     select(probes.c.id)
     .where(probes.c.target_id == bindparam("target_id"), probes.c.id <= bindparam("until"),
            probes.c.replay_of.is_(None))
     .order_by(probes.c.id)
-    .offset(bindparam("chunk"))
+    .offset(bindparam("count"))
     .limit(1)
 )
 _POSITION = select(detector_states.c.thresholds_hash, detector_states.c.last_probe_id).where(
@@ -126,11 +126,9 @@ _SAVE = update(detector_states).where(detector_states.c.target_id == bindparam("
 
 
 class Locked(NamedTuple):
-    """What locking a target's detection state read: its position (thresholds hash, last
-    folded probe id; None without a state row), its packed state and the probes after the
-    position, each None where they were not read in the same round trip."""
+    """What locking a target's detection state read (ObservationReader.locked_after)."""
 
-    position: tuple[str, int] | None
+    position: tuple[str, int] | None  # (thresholds hash, last folded probe id)
     packed: bytes | None
     newer: list[tuple[int, Observation]] | None
 
@@ -158,11 +156,10 @@ class ObservationReader:
 
     def locked_after(self, connection: Connection, target_id: int, *, checks: bool = False
                      ) -> Locked:
-        """lock_position() and, on PostgreSQL, the packed state and after() from that position
-        in the same round trip. Where they must be read apart (SQLite, no state row yet) the
-        state and probes are None; the probes also when the lock waited for another daemon's
-        fold: PostgreSQL then returns the position it saved, with the probes read from the
-        one before (they are read again)."""
+        """lock_position() and, on PostgreSQL, the packed state and after() from there in the
+        same round trip; None where they must be read apart (SQLite, no state row yet), and
+        the probes None when the lock waited for another daemon's fold (PostgreSQL then
+        returns the position it saved, with probes read from the one before)."""
         if connection.dialect.name != "postgresql":
             return Locked(lock_position(connection, target_id), None, None)
         rows = connection.execute(_LOCK_AND_READ, {"target_id": target_id,
@@ -176,8 +173,8 @@ class ObservationReader:
             return Locked(position, packed, None)
         self._learn(connection, read)
         outcomes = check_results.of_probes(connection, [row[0] for row in read]) if checks else {}
-        return Locked(position, packed, [(row[0], self._observation(row, outcomes.get(row[0], ())))
-                                         for row in read])
+        return Locked(position, packed, [
+            (row[0], self._observation(row, outcomes.get(row[0], ()))) for row in read])
 
     def columns_after(self, connection: Connection, target_id: int, after_id: int, *,
                       checks: bool = False, limit: int | None = None
@@ -351,13 +348,6 @@ class ObservationReader:
         )
 
 
-def longer_than_chunk(connection: Connection, target_id: int, until: int) -> bool:
-    """Whether the target has more than CHUNK probes up to probe `until`."""
-    row = connection.execute(
-        _BEYOND_CHUNK, {"target_id": target_id, "until": until, "chunk": CHUNK}).first()
-    return row is not None
-
-
 def lock_position(connection: Connection, target_id: int) -> tuple[str, int] | None:
     """(thresholds hash, last folded probe id) of the target's saved detection state, locked
     until the transaction ends (PostgreSQL), so two daemons never fold the same probes at
@@ -367,12 +357,12 @@ def lock_position(connection: Connection, target_id: int) -> tuple[str, int] | N
     return None if row is None else (row.thresholds_hash, row.last_probe_id)
 
 
-def more_than(connection: Connection, target_id: int, count: int) -> bool:
-    """Whether folding the target's history from scratch would read more than `count` probes
-    (an index walk of `count` entries, not a count of them all)."""
-    return connection.execute(
-        select(probes.c.id).where(probes.c.target_id == target_id, probes.c.replay_of.is_(None))
-        .order_by(probes.c.id).offset(count).limit(1)).first() is not None
+def more_than(connection: Connection, target_id: int, count: int,
+              until: int = 2**63 - 1) -> bool:
+    """Whether folding the target's history (up to probe `until`) from scratch would read more
+    than `count` probes."""
+    return connection.execute(_BEYOND, {"target_id": target_id, "until": until,
+                                        "count": count}).first() is not None
 
 
 def position(connection: Connection, target_id: int) -> tuple[str, int] | None:
