@@ -227,25 +227,30 @@ def test_bursts_of_threads_reuse_the_pooled_connections(engine: Engine) -> None:
 
 
 def test_callers_beyond_the_pool_wait_for_a_connection_rather_than_open_one(
-        engine: Engine) -> None:
+        postgres_url: str) -> None:
     """Three times as many threads as the pool keeps, each holding a connection a moment
-    (a daemon that fell behind): they take turns on the pooled ones."""
+    (a daemon that fell behind): on PostgreSQL they take turns on the pooled connections, and
+    no backend is started and stopped for each."""
+    engine = db.open_store(postgres_url)
     kept = engine.pool.size()  # type: ignore[attr-defined]
     opened: list[object] = []
     event.listen(engine, "connect", lambda *_: opened.append(None))
-    holding = threading.Semaphore(0)
+    ran = threading.Semaphore(0)
 
     def transaction(_: int) -> None:
         with engine.begin() as connection:
             connection.execute(text("SELECT 1"))
-            holding.release()
+            ran.release()
             time.sleep(0.005)  # hold it: not a wait for anything, just a busy caller
 
-    with ThreadPoolExecutor(3 * kept) as pool:
-        for _ in range(3):
-            list(pool.map(transaction, range(3 * kept)))
-    assert len(opened) <= kept
-    assert holding.acquire(blocking=False)  # the transactions ran
+    try:
+        with ThreadPoolExecutor(3 * kept) as pool:
+            for _ in range(3):
+                list(pool.map(transaction, range(3 * kept)))
+    finally:
+        engine.dispose()
+    assert len(opened) <= kept == db.POOL_SIZE
+    assert ran.acquire(blocking=False)  # the transactions ran
 
 
 def test_each_concurrent_caller_gets_the_id_of_its_own_answer(engine: Engine) -> None:

@@ -47,10 +47,13 @@ SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 # Each worker process (`monitor run --workers`) has its own: 64 of PostgreSQL's default
 # max_connections (100) for two.
 POOL_SIZE = 32
-# SQLite takes one writer at a time, and nearly every transaction of the daemon writes: more
-# connections only wait in its busy handler (polling), and each keeps a page cache of its own
-# (2 MB): 32 of them grew the daemon by 70 MB over 10 minutes at 10,000 targets.
-SQLITE_POOL_SIZE = 8
+# A SQLite file's engine keeps 16 and opens up to 16 more for a burst, closed on return: a
+# connection opens in-process, without a server. Measured at 10,000 targets over 5 minutes
+# (bench/daemon_load.py): kept for good (8 or 32, no overflow), the daemon's memory grew
+# ~8 MB a minute after minute 2, in SQLite's and the driver's per-connection allocations (not
+# the page cache: a smaller cache_size changed nothing); with the overflow opened and closed,
+# +0.6 MB a minute, at ~5 % more CPU a probe.
+SQLITE_POOL_SIZE = 16
 
 
 def normalize_url(url: str) -> str:
@@ -84,7 +87,8 @@ def create(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         # A file's engine pools (QueuePool); an in-memory one keeps a connection per thread.
-        pooled = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": 0} if sqlite_path(url) else {}
+        pooled = ({"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_SIZE}
+                  if sqlite_path(url) else {})
         engine = create_engine(url, **pooled)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
