@@ -3,6 +3,7 @@ of them on every slot, reloads and stops relayed, leftover spools of earlier wor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,8 +11,10 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from monitor.cli import cli
 from monitor.config import load
 from monitor.daemon.workers import leftover_spools, share, spool_of
 from monitor.sim import SimClient, Simulator
@@ -155,3 +158,16 @@ def test_probes_left_in_an_earlier_workers_spool_are_stored(
         assert connection.execute(select(func.count()).select_from(ProbeRow).where(
             ProbeRow.uid == result.uid)).scalar_one() == 1
     engine.dispose()
+
+
+def test_status_counts_what_waits_in_every_workers_spool(
+    tmp_path: Path, sim_server: Simulator, database_url: str
+) -> None:
+    config = _config(tmp_path, sim_server, database_url, ["a"])
+    spool = str(tmp_path / "spool.jsonl")
+    Spool(spool).append(stored_result(target_name="a"))
+    for worker in (1, 2):
+        Spool(spool_of(spool, worker)).append(stored_result(target_name="a"))
+    status = CliRunner().invoke(cli, ["status", "--json", "-c", str(config), "--spool", spool])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["spool_backlog"] == 3

@@ -140,6 +140,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
     what it is waiting for (baselines still learning, backoff, budget, maintenance), and the
     open alerts."""
     with loading():
+        from monitor.daemon.workers import leftover_spools
         from monitor.defaults import ALIVE_WITHIN_S
         from monitor.render import text
         from monitor.store import alert_reads, db, leases
@@ -159,7 +160,9 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
             "targets": count_targets(engine),
             "traffic_targets": count_targets(engine, TargetKind.TRAFFIC),
             "bytes": db.size_bytes(engine),
-            "spool_backlog": Spool(spool).backlog(),
+            # The workers' spools too (`run --workers`: <spool>.workerN beside it).
+            "spool_backlog": sum(Spool(path).backlog()
+                                 for path in (spool, *leftover_spools(spool, 1))),
             "last_probes": last_probes(engine),
             "instances": leases.alive(engine, at,
                                       timedelta(seconds=ALIVE_WITHIN_S)),
