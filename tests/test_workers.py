@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 
 from monitor.cli import cli
 from monitor.config import load
-from monitor.daemon.workers import leftover_spools, share, spool_of
+from monitor.daemon.workers import leftover_spools, share, spawn, spool_of
 from monitor.sim import SimClient, Simulator
 from monitor.store import db
 from monitor.store.models import ProbeRow, SlotRow
@@ -171,3 +172,29 @@ def test_status_counts_what_waits_in_every_workers_spool(
     status = CliRunner().invoke(cli, ["status", "--json", "-c", str(config), "--spool", spool])
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["spool_backlog"] == 3
+
+
+def test_stopping_workers_already_told_to_stop_sends_no_second_sigterm(tmp_path: Path) -> None:
+    """Worker 0 relays the SIGTERM it gets, stops, then makes sure the others stop too: a
+    second SIGTERM would cut their warm stop short (exit 1, in-flight probes lost)."""
+    ready, stopping, received = tmp_path / "ready", tmp_path / "stopping", tmp_path / "received"
+
+    def worker(_: int) -> None:  # a worker's warm stop, in miniature
+        got: list[int] = []
+        signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+        ready.write_text("")
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopping.write_text("")
+        time.sleep(0.5)  # finishing in-flight work: when a second signal would land
+        received.write_text(str(len(got)))
+
+    family = spawn(2, worker)
+    wait_until(ready.exists, "the worker to be ready for signals")
+    family.relay(signal.SIGTERM)
+    wait_until(stopping.exists, "the worker to begin its warm stop")
+    family.stop()
+    family.join()
+    assert received.read_text() == "1"
+    assert not family.failed

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -86,7 +85,7 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
             _run_worker(Worker(0, workers, locked=True, family=family), settings, spool, once,
                         clock, reload, web, echo)
         finally:
-            family.relay(signal.SIGTERM)  # a no-op when they were told already
+            family.stop()  # worker 0 may have ended without a signal (an error)
             family.join()
     if family.failed:
         raise SystemExit(1)

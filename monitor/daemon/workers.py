@@ -104,6 +104,14 @@ class Family:
         for pid in pids:
             _signal(pid, signum)
 
+    def stop(self) -> None:
+        """Tell every other worker to stop (warm), unless they were told already: a second
+        SIGTERM would stop them cold."""
+        with self._lock:
+            if self._stopping:
+                return
+        self.relay(signal.SIGTERM)
+
     def watch(self, on_unasked_end: Callable[[], None]) -> None:
         """Call `on_unasked_end` (stop worker 0) when a worker ends before worker 0 was told
         to stop; at once if one already has."""
