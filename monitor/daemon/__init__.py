@@ -78,11 +78,11 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
     processes.preload(settings.database_url)
     with _instance_lock(settings.database_url):  # held for every worker (inherited)
         family = processes.spawn(workers, lambda index: _run_worker(
-            Worker(index, workers, locked=True), settings,
+            Worker(index, workers), settings,
             Spool(processes.spool_of(str(spool.path), index)), once, clock, reload, None,
             echo))
         try:
-            _run_worker(Worker(0, workers, locked=True, family=family), settings, spool, once,
+            _run_worker(Worker(0, workers, family=family), settings, spool, once,
                         clock, reload, web, echo)
         finally:
             family.stop()  # worker 0 may have ended without a signal (an error)
@@ -94,11 +94,11 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
 @dataclass(frozen=True)
 class Worker:
     """Which of the instance's worker processes this is (workers.py); worker 0 of 1 is the
-    plain daemon. `locked`: the parent holds the SQLite instance lock for all of them."""
+    plain daemon. With more than one, worker 0 takes the SQLite instance lock for them all
+    before forking the others (they inherit it)."""
 
     index: int
     count: int
-    locked: bool = False
     family: Family | None = None  # worker 0's: the other workers
 
     def share(self, settings: Settings) -> Settings:
@@ -162,7 +162,7 @@ def _run(worker: Worker, settings: Settings, spool: Spool, once: bool, clock: Cl
     from monitor.daemon.service import Service
     from monitor.daemon.steps import Daemon
 
-    with nullcontext() if worker.locked else _instance_lock(settings.database_url):
+    with nullcontext() if worker.count > 1 else _instance_lock(settings.database_url):
         try:
             engine = db.open_store(settings.database_url)
         except StoreUnavailable as error:
