@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, or_, select
+from sqlalchemy import Connection, Engine, func, or_, select
 
 from monitor.detect import SEVERITIES, TRAFFIC_KINDS
 from monitor.domain import AlertState, CheckOutcome, SkipKind
@@ -52,15 +52,10 @@ from monitor.store.aggregate import (
     segments,
 )
 from monitor.store.models import (
-    CANARY,
-    PROBES_WITH_FACETS,
     AlertRow,
-    ProbeFacetRow,
-    ProbeRow,
     TargetKind,
     TargetRow,
 )
-from monitor.store.records import newest_probe
 
 VERSION = 3
 # Every probe a point up to two days (2,880 at one a minute), so a change shows the minute it
@@ -313,29 +308,21 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
-    """Per stored target: latency histograms and outcomes over all history (rollup totals,
-    as last caught up), the newest successful probe's fingerprint and model, the newest
-    rate-limit values (replays left out of all of these), open alerts by kind and severity,
-    skipped slots by kind, and the newest canary probe; and failed notification deliveries
-    by channel."""
+    """Per stored target, from its rollup totals (as last caught up; replays left out):
+    latency histograms, outcomes and check outcomes over all history, the newest probe, the
+    newest successful probe's fingerprint and model and the newest rate-limit values; open
+    alerts by kind and severity and skipped slots by kind; and failed notification
+    deliveries by channel. No probe is read, so a scrape costs the same after a year."""
     bounds_ms = [bound * 1000 for bound in LATENCY_BUCKETS_S]
     with engine.connect() as connection:
         names = _target_names(connection, None)
         totals = rollups.read_totals(connection)
         skipped = leases.skipped_counts(connection)
         open_alerts = _open_alerts(connection)
-        checked: dict[int, dict[tuple[str, str], int]] = {}
-        # Every stored outcome: a scan of check_results (fine for months of canaries; a rollup
-        # would be next if scrapes grow slow).
-        for c in check_results.counts(connection, list(names)):
-            tally = checked.setdefault(c.target_id, {})
-            tally[(c.check, c.outcome.value)] = tally.get((c.check, c.outcome.value), 0) + c.probes
         metrics = []
         for target_id in sorted(names, key=names.__getitem__):
             total = totals.get(target_id, Aggregate())
-            newest_ok = connection.execute(_NEWEST_OK, {"target_id": target_id}).first()
-            limits = connection.execute(_NEWEST_LIMITS, {"target_id": target_id}).first()
-            newest = newest_probe(connection, target_id)
+            limits, newest, served = total.limits, total.newest, total.served
             metrics.append(TargetMetrics(
                 target=names[target_id],
                 latency={phase: Histogram(
@@ -344,18 +331,20 @@ def metrics_snapshot(engine: Engine) -> MetricsSnapshot:
                     count=sketch.count, sum_s=sketch.sum / 1000)
                     for phase in TOTAL_PHASES if (sketch := total.sketch(phase))},
                 outcomes={"ok": total.ok, **total.errors} if total.probes else {},
-                fingerprint=newest_ok.system_fingerprint if newest_ok else None,
-                model=newest_ok.model if newest_ok else None,
-                limit_requests=limits.ratelimit_limit_requests if limits else None,
-                limit_tokens=limits.ratelimit_limit_tokens if limits else None,
-                remaining_requests=limits.ratelimit_remaining_requests if limits else None,
-                remaining_tokens=limits.ratelimit_remaining_tokens if limits else None,
+                fingerprint=served.fingerprint if served else None,
+                model=served.model if served else None,
+                limit_requests=limits.limit_requests if limits else None,
+                limit_tokens=limits.limit_tokens if limits else None,
+                remaining_requests=limits.remaining_requests if limits else None,
+                remaining_tokens=limits.remaining_tokens if limits else None,
                 open_alerts=_ZERO_ALERTS | open_alerts.get(target_id, {}),
                 skipped_slots={kind.value: skipped.get(target_id, {}).get(kind.value, 0)
                                for kind in SkipKind},
-                last_probe_timestamp_s=newest.started_at.timestamp() if newest else None,
+                last_probe_timestamp_s=newest.at.timestamp() if newest else None,
                 last_probe_ok=newest.ok if newest else None,
-                check_results=checked.get(target_id, {}),
+                check_results={(check, outcome): count
+                               for check, outcomes in total.checks.items()
+                               for outcome, count in outcomes.items()},
             ))
         failed = alert_reads.failed_attempts(connection)
         traffic = [TrafficMetrics(route, model, {"ok": calls.ok, **calls.errors},
@@ -383,23 +372,3 @@ def _open_alerts(connection: Connection) -> dict[int, dict[tuple[str, str], int]
             .group_by(AlertRow.target_id, AlertRow.kind, AlertRow.severity)):
         found.setdefault(target_id, {})[(kind, severity)] = count
     return found
-
-
-# Both walk ix_probes_target_id_started_at backwards and stop at the first canary that matches.
-_NEWEST_OK = (
-    select(ProbeFacetRow.system_fingerprint, ProbeFacetRow.model)
-    .select_from(PROBES_WITH_FACETS)
-    .where(ProbeRow.target_id == bindparam("target_id"), ProbeRow.ok.is_(True), CANARY)
-    .order_by(ProbeRow.started_at.desc()).limit(1)
-)
-_NEWEST_LIMITS = (
-    select(ProbeFacetRow.ratelimit_limit_requests, ProbeFacetRow.ratelimit_limit_tokens,
-           ProbeRow.ratelimit_remaining_requests, ProbeRow.ratelimit_remaining_tokens)
-    .select_from(PROBES_WITH_FACETS)
-    .where(ProbeRow.target_id == bindparam("target_id"), CANARY,
-           ProbeFacetRow.ratelimit_limit_requests.is_not(None)
-           | ProbeFacetRow.ratelimit_limit_tokens.is_not(None)
-           | ProbeRow.ratelimit_remaining_requests.is_not(None)
-           | ProbeRow.ratelimit_remaining_tokens.is_not(None))
-    .order_by(ProbeRow.started_at.desc()).limit(1)
-)

@@ -460,3 +460,75 @@ def test_0014_moves_repeated_values_to_probe_facets_and_back(empty_url: str) -> 
         db.upgrade(empty_url)
     finally:
         engine.dispose()
+
+
+def test_0015_fills_totals_from_what_they_had_folded(empty_url: str) -> None:
+    """Totals folded before 0015 get the newest probe, answer and rate limits of the history
+    (never a replay's) and the check outcomes of the probes they hold: not those of probes in
+    the fold's gaps or beyond its watermark, which the next fold adds. After it they equal a
+    fold from scratch."""
+    from monitor.store import rollups
+    from monitor.store.aggregate import micros
+    from monitor.store.models import RollupStateRow, RollupTotalRow
+    from monitor.store.replays import LinkedWriter
+    from monitor.store.schema import check_results
+    from tests.test_rollups import checked, varied_history
+
+    new_columns = (RollupTotalRow.newest_at, RollupTotalRow.newest_ok, RollupTotalRow.ok_at,
+                   RollupTotalRow.ok_fingerprint, RollupTotalRow.ok_model,
+                   RollupTotalRow.limits_at, RollupTotalRow.limit_requests,
+                   RollupTotalRow.limit_tokens, RollupTotalRow.remaining_requests,
+                   RollupTotalRow.remaining_tokens, RollupTotalRow.checks)
+    db.upgrade(empty_url, "0014")
+    engine = db.create(empty_url)
+    results = checked(varied_history(60, seed=21))
+    try:
+        recorder = Recorder(engine)
+        ids = [recorder.save(r) for r in results[:40]]
+        replay = LinkedWriter(engine).save(
+            replace(results[39], uid=uuid.uuid4().hex, started_at=datetime.now(UTC)), {},
+            replay_of=ids[0])
+        totals = sa_table("rollup_totals", sa_column("target_id"), sa_column("probes"),
+                          sa_column("ok"), sa_column("errors", Json()))
+        with engine.begin() as connection:
+            connection.execute(insert(check_results), {  # as `monitor import` stores one
+                "probe_id": replay, "check_name": "answer_format", "target_id": 1,
+                "started_at": results[39].started_at, "outcome": "fail"})
+            # As the code before 0015 left it: everything up to the replay folded but ids[3:7].
+            connection.execute(insert(totals), {"target_id": 1, "probes": 37, "ok": 0,
+                                                "errors": {}})
+            connection.execute(insert(RollupStateRow.__table__), {
+                "id": 1, "last_probe_id": replay, "updated_at": datetime.now(UTC),
+                "gaps": [[ids[3], ids[6], micros(datetime.now(UTC))]]})
+        db.upgrade(empty_url)
+        held = [r for i, r in enumerate(results[:40]) if not 3 <= i <= 6]
+        with engine.connect() as connection:
+            row = connection.execute(select(*new_columns)).one()
+        newest = max(results[:40], key=lambda r: r.started_at)
+        served = max((r for r in results[:40] if r.ok), key=lambda r: r.started_at)
+        limited = max((r for r in results[:40] if r.rate_limits.remaining_requests),
+                      key=lambda r: r.started_at)
+        assert (row.newest_at, row.newest_ok) == (newest.started_at, newest.ok)
+        assert (row.ok_at, row.ok_fingerprint, row.ok_model) == (
+            served.started_at, served.system_fingerprint, served.model)
+        assert (row.limits_at, row.remaining_requests) == (
+            limited.started_at, limited.rate_limits.remaining_requests)
+        counted: dict[str, dict[str, int]] = {}
+        for check in (c for r in held for c in r.checks):
+            outcomes = counted.setdefault(check.check, {})
+            outcomes[check.outcome.value] = outcomes.get(check.outcome.value, 0) + 1
+        assert row.checks == counted
+        recorder = Recorder(engine)
+        for result in results[40:]:
+            recorder.save(result)
+        rollups.catch_up(engine)
+        with engine.connect() as connection:
+            upgraded = connection.execute(select(*new_columns)).one()
+        with engine.begin() as connection:
+            for table in ("hourly_rollups", "daily_rollups", "rollup_totals", "rollup_state"):
+                connection.execute(sa_table(table).delete())
+        rollups.catch_up(engine)
+        with engine.connect() as connection:
+            assert connection.execute(select(*new_columns)).one() == upgraded
+    finally:
+        engine.dispose()

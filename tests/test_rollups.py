@@ -8,13 +8,14 @@ import random
 import threading
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, event, func, insert, select
 
-from monitor.domain import ErrorKind, ProbeResult, RateLimits, Usage
+from monitor.domain import CheckOutcome, CheckResult, ErrorKind, ProbeResult, RateLimits, Usage
 from monitor.health import metrics_snapshot
 from monitor.sketch import Sketch
 from monitor.snapshot import LATENCY_BUCKETS_S
@@ -28,6 +29,8 @@ from monitor.store.models import (
     RollupTotalRow,
 )
 from monitor.store.records import Recorder, _probe_values
+from monitor.store.replays import LinkedWriter
+from monitor.store.schema import check_results
 from monitor.store.shared import FacetIds
 from tests.conftest import empty_postgres
 
@@ -167,7 +170,7 @@ def test_a_probe_drained_late_lands_in_its_own_old_hour(engine: Engine) -> None:
 
 def test_folding_in_many_small_batches_equals_folding_at_once(
         engine: Engine, database_url: str) -> None:
-    results = varied_history(150, seed=5)
+    results = checked(varied_history(150, seed=5))
     store(engine, results)
     rollups.catch_up(engine, batch=7)
     small = _everything(engine)
@@ -186,11 +189,16 @@ def _everything(engine: Engine) -> list[tuple[Any, ...]]:
             HourlyRollupRow.target_id, HourlyRollupRow.start_at)),
                 *connection.execute(select(DailyRollupRow.__table__).order_by(
                     DailyRollupRow.target_id, DailyRollupRow.start_at))]
+        totals = connection.execute(select(
+            RollupTotalRow.target_id, RollupTotalRow.probes, RollupTotalRow.newest_at,
+            RollupTotalRow.newest_ok, RollupTotalRow.ok_at, RollupTotalRow.ok_fingerprint,
+            RollupTotalRow.ok_model, RollupTotalRow.limits_at, RollupTotalRow.remaining_requests,
+            RollupTotalRow.checks)).all()
     # Sketch sums may differ in the last bit with the order of addition.
-    return [(r.start_at, r.probes, r.errors, r.fingerprints, r.models, r.limits_at,
-             r.min_headroom_tokens, r.last_error_at,
-             Sketch.from_bytes(r.total_ms_sketch)._buckets() if r.total_ms_sketch else None)
-            for r in rows]
+    return [*[(r.start_at, r.probes, r.errors, r.fingerprints, r.models, r.limits_at,
+               r.min_headroom_tokens, r.last_error_at,
+               Sketch.from_bytes(r.total_ms_sketch)._buckets() if r.total_ms_sketch else None)
+              for r in rows], *map(tuple, totals)]
 
 
 def test_concurrent_callers_fold_each_probe_once(engine: Engine, database_url: str) -> None:
@@ -274,3 +282,57 @@ def test_metrics_come_from_totals_and_the_newest_probes(engine: Engine) -> None:
     assert (metrics.last_probe_timestamp_s, metrics.last_probe_ok) == (
         last.started_at.timestamp(), last.ok)
     assert snapshot.notifications_failed == {"log": 0}
+
+
+def checked(results: list[ProbeResult]) -> list[ProbeResult]:
+    """Every third probe with two checks, as a quality canary stores them."""
+    return [replace(r, checks=(
+        CheckResult("answer_format", CheckOutcome.PASS if r.ok else CheckOutcome.NOT_APPLICABLE),
+        CheckResult("json_schema", CheckOutcome.FAIL if i % 2 else CheckOutcome.PASS),
+    )) if i % 3 == 0 else r for i, r in enumerate(results)]
+
+
+def test_totals_count_each_check_outcome_once_and_none_of_replays(engine: Engine) -> None:
+    results = checked(varied_history(150, seed=6))
+    store(engine, results[:90])
+    rollups.catch_up(engine, batch=7)
+    store(engine, results[90:])
+    LinkedWriter(engine).save(replace(results[0], uid=uuid.uuid4().hex), {}, replay_of=1)
+    with engine.begin() as connection:
+        replay = connection.execute(select(func.max(ProbeRow.id))).scalar_one()
+        connection.execute(insert(check_results), {  # as `monitor import` stores a replay's
+            "probe_id": replay, "check_name": "answer_format", "target_id": 1,
+            "started_at": results[0].started_at, "outcome": "fail"})
+    rollups.catch_up(engine, batch=11)
+    expected = Counter((c.check, c.outcome.value) for r in results for c in r.checks)
+    [metrics] = metrics_snapshot(engine).targets
+    assert metrics.check_results == dict(expected)
+    assert rollups.catch_up(engine) == 0
+    assert metrics_snapshot(engine).targets[0].check_results == dict(expected)
+
+
+def test_a_scrape_runs_as_many_statements_for_many_targets_as_for_one(
+        engine: Engine) -> None:
+    """/metrics reads totals, never the probes target by target: at 10,000 targets those
+    were 30,000 statements a scrape (bench/metrics_scrape.py)."""
+    def statements() -> int:
+        counted = []
+
+        def count(*_: object) -> None:
+            counted.append(1)
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            metrics_snapshot(engine)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return len(counted)
+
+    store(engine, varied_history(20, seed=8))
+    rollups.catch_up(engine)
+    one = statements()
+    for i in range(5):
+        store(engine, varied_history(20, target=f"other-{i}", seed=9 + i))
+    rollups.catch_up(engine)
+    assert len(metrics_snapshot(engine).targets) == 6
+    assert statements() == one

@@ -94,6 +94,23 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Newest:
+    """The newest probe: when, and whether it succeeded."""
+
+    at: datetime
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the newest successful probe said it was."""
+
+    at: datetime
+    fingerprint: str | None
+    model: str | None
+
+
+@dataclass(frozen=True)
 class LastError:
     at: datetime
     kind: str | None
@@ -121,14 +138,22 @@ class Aggregate:
     min_headroom_requests: float | None = None
     min_headroom_tokens: float | None = None
     last_error: LastError | None = None
+    # Kept in totals only (rollup_totals), for /metrics.
+    newest: Newest | None = None
+    served: Served | None = None
+    checks: dict[str, dict[str, int]] = field(default_factory=dict)  # check -> outcome -> probes
 
     def add(self, probe: Any) -> None:
         """Fold one probe (a row of PROBE_COLUMNS). Probes come in id order: of two at the
         same instant, the later-stored one is the newer."""
         at = probe.started_at
         self.probes += 1
+        if self.newest is None or at >= self.newest.at:
+            self.newest = Newest(at, probe.ok)
         if probe.ok:
             self.ok += 1
+            if self.served is None or at >= self.served.at:
+                self.served = Served(at, probe.system_fingerprint, probe.model)
             self.prompt_tokens += probe.prompt_tokens or 0
             self.completion_tokens += probe.completion_tokens or 0
             self.total_tokens += probe.total_tokens or 0
@@ -157,6 +182,11 @@ class Aggregate:
                                                      limits.limit_requests))
             self.min_headroom_tokens = _lowest(
                 self.min_headroom_tokens, headroom(limits.remaining_tokens, limits.limit_tokens))
+
+    def add_check(self, check: str, outcome: str) -> None:
+        """Count one check outcome of a folded probe."""
+        outcomes = self.checks.setdefault(check, {})
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
 
     def merge(self, other: Aggregate) -> None:
         self.probes += other.probes
@@ -188,6 +218,16 @@ class Aggregate:
         if other.last_error is not None and (self.last_error is None
                                              or other.last_error.at >= self.last_error.at):
             self.last_error = other.last_error
+        if other.newest is not None and (self.newest is None
+                                         or other.newest.at >= self.newest.at):
+            self.newest = other.newest
+        if other.served is not None and (self.served is None
+                                         or other.served.at >= self.served.at):
+            self.served = other.served
+        for check, outcomes in other.checks.items():
+            counted = self.checks.setdefault(check, {})
+            for outcome, count in outcomes.items():
+                counted[outcome] = counted.get(outcome, 0) + count
 
     def sketch(self, phase: str) -> Sketch:
         """The phase's sketch; an empty one if nothing was measured."""
@@ -221,23 +261,28 @@ class Aggregate:
 
     @classmethod
     def from_total(cls, row: Any) -> Aggregate:
-        """From a stored rollup_totals row: outcomes and latency sketches only."""
+        """From a stored rollup_totals row: outcomes, latency sketches, the newest probe,
+        the newest successful one, the newest rate limits and the check outcomes."""
         return cls(probes=row.probes, ok=row.ok, errors=row.errors,
-                   sketches=_sketches(row, TOTAL_PHASES))
+                   sketches=_sketches(row, TOTAL_PHASES),
+                   limits=None if row.limits_at is None else Limits(
+                       row.limits_at, row.limit_requests, row.limit_tokens,
+                       row.remaining_requests, row.remaining_tokens),
+                   newest=None if row.newest_at is None else Newest(row.newest_at,
+                                                                    row.newest_ok),
+                   served=None if row.ok_at is None else Served(row.ok_at, row.ok_fingerprint,
+                                                                row.ok_model),
+                   checks=row.checks)
 
     def row_values(self) -> dict[str, Any]:
-        limits, error = self.limits, self.last_error
+        error = self.last_error
         return {
             "probes": self.probes, "ok": self.ok, "errors": self.errors,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             **self._sketch_values(PHASES),
             "fingerprints": self.fingerprints, "models": self.models,
-            "limits_at": limits.at if limits else None,
-            "limit_requests": limits.limit_requests if limits else None,
-            "limit_tokens": limits.limit_tokens if limits else None,
-            "remaining_requests": limits.remaining_requests if limits else None,
-            "remaining_tokens": limits.remaining_tokens if limits else None,
+            **self._limit_values(),
             "min_headroom_requests": self.min_headroom_requests,
             "min_headroom_tokens": self.min_headroom_tokens,
             "last_error_at": error.at if error else None,
@@ -247,8 +292,23 @@ class Aggregate:
         }
 
     def total_values(self) -> dict[str, Any]:
+        newest, served = self.newest, self.served
         return {"probes": self.probes, "ok": self.ok, "errors": self.errors,
-                **self._sketch_values(TOTAL_PHASES)}
+                **self._sketch_values(TOTAL_PHASES),
+                "newest_at": newest.at if newest else None,
+                "newest_ok": newest.ok if newest else None,
+                "ok_at": served.at if served else None,
+                "ok_fingerprint": served.fingerprint if served else None,
+                "ok_model": served.model if served else None,
+                **self._limit_values(), "checks": self.checks}
+
+    def _limit_values(self) -> dict[str, Any]:
+        limits = self.limits
+        return {"limits_at": limits.at if limits else None,
+                "limit_requests": limits.limit_requests if limits else None,
+                "limit_tokens": limits.limit_tokens if limits else None,
+                "remaining_requests": limits.remaining_requests if limits else None,
+                "remaining_tokens": limits.remaining_tokens if limits else None}
 
     def _sketch_values(self, phases: Iterable[str]) -> dict[str, bytes | None]:
         # An empty sketch is stored as NULL: most targets never measure ttft or tokens/s.

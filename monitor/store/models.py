@@ -370,6 +370,17 @@ class RollupTotalRow(Base):
     headers_ms_sketch: Mapped[bytes | None]
     ttft_ms_sketch: Mapped[bytes | None]
     processing_ms_sketch: Mapped[bytes | None]
+    newest_at: Mapped[datetime | None]
+    newest_ok: Mapped[bool | None]
+    ok_at: Mapped[datetime | None]
+    ok_fingerprint: Mapped[str | None]
+    ok_model: Mapped[str | None]
+    limits_at: Mapped[datetime | None]
+    limit_requests: Mapped[int | None]
+    limit_tokens: Mapped[int | None]
+    remaining_requests: Mapped[int | None]
+    remaining_tokens: Mapped[int | None]
+    checks: Mapped[dict[str, dict[str, int]]]
 
 
 class RollupStateRow(Base):

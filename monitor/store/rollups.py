@@ -2,7 +2,8 @@
 
 `catch_up(engine)` folds every stored probe not folded yet into the hour and the day it started
 in (a probe drained late from the spool lands in its own old hour) and into its target's
-totals, in the transaction that moves the watermark: a second call folds nothing, and a crash
+totals (which also keep its newest probe and its check outcomes, for /metrics), in the
+transaction that moves the watermark: a second call folds nothing, and a crash
 loses a batch's fold whole or not at all. Several daemons may call it at once: each first locks
 the one state row (a row lock on PostgreSQL, the write lock on SQLite), so every probe is
 folded exactly once. Folding reads parsed columns only, never raw bodies, so retention may
@@ -37,6 +38,7 @@ from monitor.store.models import (
     RollupStateRow,
     RollupTotalRow,
 )
+from monitor.store.schema import check_results
 
 # Probes folded per transaction: about a tenth of a second of work, so the state lock (and on
 # SQLite the write lock) is never held long.
@@ -77,6 +79,12 @@ _STORED_TOTALS = select(_TOTALS).where(
 _INSERT_TOTAL = insert(RollupTotalRow)
 _UPDATE_TOTAL = update(RollupTotalRow).where(RollupTotalRow.target_id == bindparam("row_target_id"))
 _SAVE_STATE = update(RollupStateRow).where(RollupStateRow.id == 1)
+_CHECKS = select(check_results.c.probe_id, check_results.c.target_id,
+                 check_results.c.check_name, check_results.c.outcome)
+# New probes are a contiguous id range (a range scan of check_results' primary key); the late
+# ones found in gaps are few and anywhere, so they are looked up by id.
+_CHECKS_BETWEEN = _CHECKS.where(check_results.c.probe_id.between(bindparam("lo"), bindparam("hi")))
+_CHECKS_OF = _CHECKS.where(check_results.c.probe_id.in_(bindparam("ids", expanding=True)))
 
 
 # --- catching up ----------------------------------------------------------------------------
@@ -147,7 +155,8 @@ def _fold_batch(connection: Connection, batch: int, now: datetime) -> tuple[int,
                                micros(now))
     canaries = [row for row in (*rows, *late) if row.replay_of is None]
     if canaries:
-        _fold(connection, canaries)
+        _fold(connection, canaries, _check_outcomes(connection, rows, late,
+                                                    {row.id for row in canaries}))
     if rows or still_missing != gaps:
         connection.execute(_SAVE_STATE, {"last_probe_id": new_ids[-1] if new_ids else last,
                                          "gaps": still_missing, "updated_at": now})
@@ -179,10 +188,24 @@ def _next_gaps(gaps: list[list[int]], found: list[int], last: int, new_ids: list
     return kept[-MAX_GAPS:]
 
 
-def _fold(connection: Connection, probes: Sequence[Any]) -> None:
-    """Add the probes to their hours, days and targets' totals: the deltas are built in
-    memory (an hour's probes into the hour, hours into days, days into totals), then each
-    touched row is read, merged and written back once."""
+def _check_outcomes(connection: Connection, rows: Sequence[Any], late: Sequence[Any],
+                    canary_ids: set[int]) -> list[tuple[int, str, str]]:
+    """(target id, check, outcome) of each check of the canaries being folded: a probe's
+    outcomes are stored in the transaction that stores it, so they are there when it is."""
+    found: list[Any] = []
+    if rows:
+        found += connection.execute(_CHECKS_BETWEEN, {"lo": rows[0].id, "hi": rows[-1].id}).all()
+    if late:
+        found += connection.execute(_CHECKS_OF, {"ids": [row.id for row in late]}).all()
+    return [(target_id, check, outcome) for probe_id, target_id, check, outcome in found
+            if probe_id in canary_ids]
+
+
+def _fold(connection: Connection, probes: Sequence[Any],
+          checks: Sequence[tuple[int, str, str]]) -> None:
+    """Add the probes to their hours, days and targets' totals, and their check outcomes to
+    the totals: the deltas are built in memory (an hour's probes into the hour, hours into
+    days, days into totals), then each touched row is read, merged and written back once."""
     hours: dict[tuple[int, datetime], Aggregate] = {}
     for probe in sorted(probes, key=lambda p: p.id):
         key = (probe.target_id, floor_hour(probe.started_at))
@@ -193,6 +216,8 @@ def _fold(connection: Connection, probes: Sequence[Any]) -> None:
     totals: dict[int, Aggregate] = {}
     for (target_id, _), delta in days.items():
         totals.setdefault(target_id, Aggregate()).merge(delta)
+    for target_id, check, outcome in checks:
+        totals[target_id].add_check(check, outcome)
 
     for span, deltas in (("hour", hours), ("day", days)):
         stored = connection.execute(_STORED[span], {

@@ -707,7 +707,8 @@ daily_rollups = Table(
     UniqueConstraint("target_id", "start_at"),
 )
 
-# One target's outcomes and latency sketches over all its history, for /metrics.
+# One target's numbers over all its history, for /metrics: a scrape reads this table and
+# never the probes, whatever the fleet's size or the history's length.
 rollup_totals = Table(
     "rollup_totals", metadata,
     Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), primary_key=True),
@@ -718,6 +719,20 @@ rollup_totals = Table(
     Column("headers_ms_sketch", Blob),
     Column("ttft_ms_sketch", Blob),
     Column("processing_ms_sketch", Blob),
+    # The newest probe, and what the newest successful one said it was.
+    Column("newest_at", UtcDateTime),
+    Column("newest_ok", Boolean),
+    Column("ok_at", UtcDateTime),
+    Column("ok_fingerprint", Text),
+    Column("ok_model", Text),
+    # The newest probe that carried rate-limit headers (as in _rollup_columns).
+    Column("limits_at", UtcDateTime),
+    Column("limit_requests", BigInteger),
+    Column("limit_tokens", BigInteger),
+    Column("remaining_requests", BigInteger),
+    Column("remaining_tokens", BigInteger),
+    # Check outcomes of the probes: check name -> outcome -> probes.
+    Column("checks", Json, server_default=text("'{}'"), nullable=False),
 )
 
 # How far rollups have folded probes (one row, id 1; locked by each catch_up). Ids up to
