@@ -41,6 +41,15 @@ def test_every_target_belongs_to_exactly_one_worker(make_settings: MakeSettings)
         t.name for t in share(targets, 1, 2) if t in targets[:50])
 
 
+def test_workers_share_the_postgresql_connections(postgres_url: str) -> None:
+    """Each worker keeps its share of the pool, so an instance of any size stays within
+    PostgreSQL's default max_connections (100)."""
+    for workers, kept in ((1, db.POOL_SIZE), (2, db.POOL_SIZE // 2), (8, db.MIN_POOL_SIZE)):
+        engine = db.create(postgres_url, workers)
+        assert engine.pool.size() == kept  # type: ignore[attr-defined]
+        engine.dispose()
+
+
 def test_leftover_spools_are_those_of_workers_beyond_the_count(tmp_path: Path) -> None:
     path = str(tmp_path / "spool.jsonl")
     for worker in (1, 2, 5):

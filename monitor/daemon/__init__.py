@@ -164,12 +164,12 @@ def _run(worker: Worker, settings: Settings, spool: Spool, once: bool, clock: Cl
 
     with nullcontext() if worker.count > 1 else _instance_lock(settings.database_url):
         try:
-            engine = db.open_store(settings.database_url)
+            engine = db.open_store(settings.database_url, worker.count)
         except StoreUnavailable as error:
             # The canary matters most when things are failing: probe now, spool, store later.
             log.error("%s; probing anyway and spooling to %s until it is back", error,
                       spool.path)
-            engine = db.create(settings.database_url)
+            engine = db.create(settings.database_url, worker.count)
         # The whole configuration, for the dashboard; the daemon probes its worker's share.
         configured = [settings]
 

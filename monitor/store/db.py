@@ -44,9 +44,11 @@ SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 # that fell behind at 10,000 targets still opened 7,292 in 3 minutes (bench/daemon_load.py):
 # on PostgreSQL a server backend each, on SQLite its pragmas and a cold page cache. Never
 # more than 32 opened 34 in all, and used the CPU that the connects had taken for probes.
-# Each worker process (`monitor run --workers`) has its own: 64 of PostgreSQL's default
-# max_connections (100) for two.
+# The worker processes of `monitor run --workers` share them, each with its share of the
+# targets (but never fewer than MIN_POOL_SIZE): two workers of 32 each took 64 of
+# PostgreSQL's default max_connections (100), and four would have been refused.
 POOL_SIZE = 32
+MIN_POOL_SIZE = 8
 # A SQLite file's engine keeps 16 and opens up to 16 more for a burst, closed on return: a
 # connection opens in-process, without a server. Measured at 10,000 targets over 5 minutes
 # (bench/daemon_load.py): kept for good (8 or 32, no overflow), the daemon's memory grew
@@ -82,8 +84,9 @@ def upsert(dialect: Dialect, table: Table) -> postgresql.Insert | sqlite.Insert:
     return sqlite_insert(table)
 
 
-def create(url: str) -> Engine:
-    """An engine with the per-connection settings each backend needs."""
+def create(url: str, workers: int = 1) -> Engine:
+    """An engine with the per-connection settings each backend needs; `workers`: how many
+    processes of one instance share the PostgreSQL connections (POOL_SIZE)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         # A file's engine pools (QueuePool); an in-memory one keeps a connection per thread.
@@ -92,7 +95,8 @@ def create(url: str) -> Engine:
         engine = create_engine(url, **pooled)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0,
+    return create_engine(url, pool_pre_ping=True,
+                         pool_size=max(POOL_SIZE // workers, MIN_POOL_SIZE), max_overflow=0,
                          connect_args={"connect_timeout": 10})
 
 
@@ -195,10 +199,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def open_store(url: str) -> Engine:
+def open_store(url: str, workers: int = 1) -> Engine:
     """An engine for a database at head; SchemaNotAtHead (or StoreUnavailable) otherwise."""
     _ensure_sqlite_dir(url)
-    engine = create(url)
+    engine = create(url, workers)
     try:
         check_schema(engine)
     except StoreError:
