@@ -322,6 +322,17 @@ def compacted_size(engine: Engine) -> int:
     return db.size_bytes(engine) or 0
 
 
+def templates() -> tuple[ProbeResult, ProbeResult, ProbeResult]:
+    """Two real probes of the standard canary against the simulator (answering at once), and
+    a failed probe with no response made from the first."""
+    with Simulator(seed=1) as sim:
+        SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
+        _, (template, second) = standard_canaries(sim, 2)
+    failed = replace(template, ok=False, raw_response=b"", response_headers={}, choices=(),
+                     usage=Usage(), model=None, system_fingerprint=None, response_id=None)
+    return template, second, failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=20)
@@ -332,11 +343,7 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR")
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each report")
     args = parser.parse_args()
-    with Simulator(seed=1) as sim:
-        SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
-        _, (template, second) = standard_canaries(sim, 2)
-    failed = replace(template, ok=False, raw_response=b"", response_headers={}, choices=(),
-                     usage=Usage(), model=None, system_fingerprint=None, response_id=None)
+    template, second, failed = templates()
     print(f"{args.targets} targets x {args.days} days at one probe a minute; "
           f"retention {RAW_RETENTION.days} days of raw, pruned every {args.prune_every} days",
           flush=True)

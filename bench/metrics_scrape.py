@@ -25,15 +25,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from history_scale import START, Rows, backend_pids, server_cpu_s  # bench/ is on sys.path
+from history_scale import (  # bench/ is on sys.path
+    START,
+    Rows,
+    backend_pids,
+    server_cpu_s,
+    templates,
+)
 from sqlalchemy import Engine, insert, select
-from write_path import standard_canaries
+from write_path import drop_postgres, fresh_postgres
 
-from monitor.domain import ProbeResult, Usage
+from monitor.domain import ProbeResult
 from monitor.health import metrics_snapshot
 from monitor.render.metrics import exposition_registry, render_metrics
-from monitor.sim import SimClient, Simulator
 from monitor.store import db, rollups
 from monitor.store.records import Recorder
 from monitor.store.schema import check_results, probes
@@ -149,25 +153,17 @@ def main() -> None:
     parser.add_argument("--backend", choices=["both", "sqlite", "postgresql"], default="both")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    with Simulator(seed=1) as sim:
-        SimClient(sim.url).update(latency={"base_ms": 0, "jitter_ms": 0})
-        _, (template, second) = standard_canaries(sim, 2)
-    failed = replace(template, ok=False, raw_response=b"", response_headers={}, choices=(),
-                     usage=Usage(), model=None, system_fingerprint=None, response_id=None)
+    template, second, failed = templates()
     if args.backend in ("both", "sqlite"):
         with tempfile.TemporaryDirectory(dir="/var/tmp") as workdir:
             measure(f"sqlite:///{Path(workdir) / 'scrape.db'}", template, second, failed,
                     args.targets, args.minutes, args.runs)
     if args.backend in ("both", "postgresql"):
-        name = f"monitor_scrape_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(args.postgres, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
+        url = fresh_postgres(args.postgres)
         try:
-            measure(args.postgres.rsplit("/", 1)[0] + f"/{name}", template, second, failed,
-                    args.targets, args.minutes, args.runs)
+            measure(url, template, second, failed, args.targets, args.minutes, args.runs)
         finally:
-            with psycopg.connect(args.postgres, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            drop_postgres(args.postgres, url)
 
 
 if __name__ == "__main__":
