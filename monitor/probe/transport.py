@@ -7,7 +7,8 @@ The upstream is not trusted, so three limits hold whatever it does:
   reused while it is active registers its socket with it, and when the deadline passes the
   watchdog shuts the socket down. Any read blocked on it (status line, headers, body, stream)
   returns at once, so the whole exchange ends within the deadline, whatever its phase. The
-  caller then sees an exception or an early end of body and asks `Deadline.expired`.
+  caller then sees an exception or an early end of body and asks `Deadline.expired`. One
+  watchdog thread per process serves every deadline (probe/watchdog.py).
   A socket registers as soon as its TCP connection is made, so a TLS handshake is under the
   deadline too. (Not covered: DNS resolution, which happens before there is a socket; it is
   bounded by the resolver's own timeouts.)
@@ -37,6 +38,8 @@ import urllib3.connectionpool
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
+from monitor.probe import watchdog
+
 # Compressed bytes per read, and decoded bytes per decompression step: small enough that one
 # step of a bomb (zlib expands up to ~1000:1) is cheap, large enough to read a body quickly.
 READ_SIZE = 16 * 1024
@@ -61,8 +64,7 @@ class Deadline:
         self._sockets: list[socket.socket] = []
         self._expired = False
         self._done = False
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self._handle: int | None = None  # the watchdog's, while active
 
     @property
     def expired(self) -> bool:
@@ -73,12 +75,13 @@ class Deadline:
 
     def __enter__(self) -> Self:
         _active.deadline = self
-        self._timer.start()
+        self._handle = watchdog.call_at(self._at, self._expire)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         _active.deadline = None
-        self._timer.cancel()
+        if self._handle is not None:
+            watchdog.cancel(self._handle)
         with self._lock:
             self._done = True
             self._sockets.clear()
