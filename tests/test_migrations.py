@@ -532,3 +532,52 @@ def test_0015_fills_totals_from_what_they_had_folded(empty_url: str) -> None:
             assert connection.execute(select(*new_columns)).one() == upgraded
     finally:
         engine.dispose()
+
+
+def test_0016_keeps_every_count_and_shrinks_a_probe_on_postgresql(empty_url: str) -> None:
+    """Token counts, stream chunks and the body's length become NUMERIC on PostgreSQL: the same
+    ints come back through the upgrade and the downgrade, and a canary's row is smaller."""
+    from monitor.domain import Usage
+    from monitor.store.schema import Count
+    from tests.test_store import result
+
+    usage = Usage(prompt_tokens=27, completion_tokens=9_999, total_tokens=10_026,
+                  cached_tokens=0, prompt_audio_tokens=0, reasoning_tokens=2**63 - 1,
+                  completion_audio_tokens=0, accepted_prediction_tokens=0,
+                  rejected_prediction_tokens=0)
+    counts = [c for c in ProbeRow.__table__.c if isinstance(c.type, Count)]
+    assert len(counts) == 12  # the columns revision 0016 retypes
+
+    def read(engine: Engine, probe_id: int) -> list[Any]:
+        with engine.connect() as connection:
+            return list(connection.execute(
+                select(*counts).where(ProbeRow.id == probe_id)).one())
+
+    def row_bytes(engine: Engine, probe_id: int) -> int:
+        with engine.connect() as connection:
+            return int(connection.exec_driver_sql(
+                f"SELECT pg_column_size(p.*) FROM probes p WHERE id = {probe_id}").scalar_one())
+
+    db.upgrade(empty_url, "0015")
+    engine = db.create(empty_url)
+    try:
+        before = Recorder(engine).save(result(usage=usage, stream_chunks=12))
+        as_stored = read(engine, before)
+        assert as_stored[:3] == [12, 27, 9_999]  # stream_chunks, prompt, completion
+        postgres = engine.dialect.name == "postgresql"
+        bytes_before = row_bytes(engine, before) if postgres else 0
+        db.upgrade(empty_url)
+        engine.dispose()
+        upgraded = read(engine, before)
+        assert upgraded == as_stored
+        assert all(type(value) is int for value in upgraded if value is not None)
+        after = Recorder(engine).save(result(usage=usage, stream_chunks=12))
+        assert read(engine, after) == as_stored
+        if postgres:
+            # Eleven 8-byte values, most of them 0, each in 3-5 bytes now.
+            assert row_bytes(engine, before) <= bytes_before - 30
+        command.downgrade(db.alembic_config(empty_url), "0015")
+        engine.dispose()
+        assert read(engine, before) == as_stored
+    finally:
+        engine.dispose()

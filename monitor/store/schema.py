@@ -28,6 +28,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     SmallInteger,
     String,
     Table,
@@ -290,6 +291,33 @@ class Blob(TypeDecorator[bytes]):
         return dialect.type_descriptor(LargeBinary())
 
 
+class Count(TypeDecorator[int]):
+    """A count (tokens, chunks, bytes) that is usually small and often 0: SQLite's INTEGER
+    already stores it in as few bytes as it needs; on PostgreSQL, NUMERIC does (3 bytes for 0,
+    5 up to 9,999, 7 up to 99,999,999) where bigint always takes 8 and its alignment. Python
+    sees an int either way, and nothing above 64 bits is refused (revision 0007)."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric())
+        return dialect.type_descriptor(BigInteger())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return None  # an int binds as it is; PostgreSQL casts it to the column's numeric
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name == "postgresql":
+            return _int_or_none  # psycopg reads numeric as Decimal
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids for years of probes.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -410,17 +438,17 @@ probes = Table(
     # The answer, here or (when it repeats) in probe_answers: one of the two, or neither.
     Column("choices", JsonOrNull),
     Column("answer_id", ForeignKey("probe_answers.id")),
-    Column("stream_chunks", BigInteger),
-    Column("prompt_tokens", BigInteger),
-    Column("completion_tokens", BigInteger),
-    Column("total_tokens", BigInteger),
-    Column("cached_tokens", BigInteger),
-    Column("prompt_audio_tokens", BigInteger),
-    Column("reasoning_tokens", BigInteger),
-    Column("completion_audio_tokens", BigInteger),
-    Column("accepted_prediction_tokens", BigInteger),
-    Column("rejected_prediction_tokens", BigInteger),
-    Column("cache_creation_input_tokens", BigInteger),  # Anthropic
+    Column("stream_chunks", Count),
+    Column("prompt_tokens", Count),
+    Column("completion_tokens", Count),
+    Column("total_tokens", Count),
+    Column("cached_tokens", Count),
+    Column("prompt_audio_tokens", Count),
+    Column("reasoning_tokens", Count),
+    Column("completion_audio_tokens", Count),
+    Column("accepted_prediction_tokens", Count),
+    Column("rejected_prediction_tokens", Count),
+    Column("cache_creation_input_tokens", Count),  # Anthropic
     # The headers (already redacted) as JSON and the body exactly as received (SSE bytes for
     # streams), each compressed by store/codec.py against its configuration's dictionary
     # (codec_dictionaries) and this row's x_request_id, response_id and response_created_at:
@@ -428,7 +456,7 @@ probes = Table(
     # columns above are the ones to query.
     Column("response_headers_zlib", Blob, nullable=False),
     Column("raw_response_zlib", Blob, nullable=False),
-    Column("raw_response_bytes", BigInteger, nullable=False),
+    Column("raw_response_bytes", Count, nullable=False),
     # The probe whose stored request this one re-sent (`monitor replay`); None for a canary.
     # Indexed (replays only, above) for finding an original's replays and for export, which
     # carries the link along.
