@@ -35,10 +35,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    cast,
     func,
     text,
 )
-from sqlalchemy.sql.elements import NamedColumn
+from sqlalchemy.sql.elements import ColumnElement, NamedColumn
 from sqlalchemy.types import TypeEngine
 
 from monitor.store import upstream_ids
@@ -308,9 +309,15 @@ class Count(TypeDecorator[int]):
     def bind_processor(self, dialect: Dialect) -> Any:
         return None  # an int binds as it is; PostgreSQL casts it to the column's numeric
 
+    def column_expression(self, column: ColumnElement[int]) -> ColumnElement[int]:
+        # Selected as bigint: psycopg reads numeric as a Decimal, ~0.3 us a value, a tenth of
+        # a second for each count a year's first fold reads. Every stored count fits 64 bits
+        # (scrub.storable drops larger integers). On SQLite the cast changes nothing.
+        return cast(column, BigInteger)
+
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         if dialect.name == "postgresql":
-            return _int_or_none  # psycopg reads numeric as Decimal
+            return _int_or_none  # a numeric read some other way (a subquery's column)
         return None
 
 
