@@ -1,8 +1,7 @@
 """One thread per process that runs each exchange's action when its deadline passes.
 
 A `threading.Timer` per exchange starts and ends a thread per probe: at 10,000 targets a
-minute that is ~170 threads a second, each paying its start-up CPU, and, under glibc, thread
-churn across malloc's per-thread arenas that the process never gives back. Here the pending
+minute that is ~170 threads a second, each paying its start-up and exit. Here the pending
 deadlines wait in a heap watched by one thread, started on first use in each process (so a
 forked worker gets its own).
 """
