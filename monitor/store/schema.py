@@ -296,7 +296,7 @@ class Count(TypeDecorator[int]):
     """A count (tokens, chunks, bytes) that is usually small and often 0: SQLite's INTEGER
     already stores it in as few bytes as it needs; on PostgreSQL, NUMERIC does (3 bytes for 0,
     5 up to 9,999, 7 up to 99,999,999) where bigint always takes 8 and its alignment. Python
-    sees an int either way, and nothing above 64 bits is refused (revision 0007)."""
+    sees an int either way."""
 
     impl = BigInteger
     cache_ok = True
@@ -312,17 +312,9 @@ class Count(TypeDecorator[int]):
     def column_expression(self, column: ColumnElement[int]) -> ColumnElement[int]:
         # Selected as bigint: psycopg reads numeric as a Decimal, ~0.3 us a value, a tenth of
         # a second for each count a year's first fold reads. Every stored count fits 64 bits
-        # (scrub.storable drops larger integers). On SQLite the cast changes nothing.
+        # (scrub.storable drops larger integers). On SQLite the cast changes nothing. SQLAlchemy
+        # casts wherever the column is selected, a subquery's column and a sum() included.
         return cast(column, BigInteger)
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
-        if dialect.name == "postgresql":
-            return _int_or_none  # a numeric read some other way (a subquery's column)
-        return None
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids for years of probes.
