@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,30 @@ def test_a_target_the_database_refuses_does_not_hold_up_the_others(
         assert stored_uids(engine) == {good.uid}
         assert logged.matching(f"target {long_name} cannot be registered: database refused")
         assert not logged.matching("database unavailable")
+    finally:
+        daemon.close()
+        engine.dispose()
+
+
+def test_many_threads_storing_before_the_targets_are_registered_lose_nothing(
+    postgres_url: str, make_settings: MakeSettings, tmp_path: Path, logged: Lines
+) -> None:
+    """As after a reload that adds targets, or a database that was down at start: every
+    probe thread finds the targets unregistered and stores at once. A target id cached by
+    one thread's registration before it committed made another's fail its foreign key, and
+    that target's results were quarantined for good."""
+    empty_postgres(postgres_url)
+    engine = db.open_store(postgres_url)
+    settings = make_settings(*({"name": f"t{i:03d}"} for i in range(120)))
+    daemon = Daemon(settings, Recorder(engine), Spool(tmp_path / "spool.jsonl"))
+    results = [result(**for_target(daemon, target.name)) for target in settings.targets]
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            ids = list(pool.map(daemon.store, results))
+        assert None not in ids
+        assert stored_uids(engine) == {item.uid for item in results}
+        assert quarantined_uids(daemon.spool) == []
+        assert not logged.matching("cannot be registered")
     finally:
         daemon.close()
         engine.dispose()

@@ -61,6 +61,8 @@ class Daemon:
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
         self._spooling = not spool.empty()  # keep order: while anything waits, new results queue
         self._registered = False
+        self._registering = threading.Lock()
+        self._register_attempts = 0  # registrations begun, so waiters know one ended
         self._spool_trouble = False  # the last drain could not write the spool's files
         # (target, slots, kind, reason) skipped while the database was down, recorded when it
         # is back
@@ -294,18 +296,29 @@ class Daemon:
         done, so results wait in the spool rather than land without their configuration."""
         if self._registered:
             return True
-        try:
-            db.check_schema(self.recorder.engine)
-            for target in self.settings.targets:
-                self._register(target)
-        except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.warning("%s for registering targets", self._trouble(exc))
-            return False
-        except StoreError as error:
-            log.error("%s; results wait in the spool", error)
-            return False
-        self._registered = True
-        return True
+        attempts = self._register_attempts
+        # One thread registers; probe threads that find it doing so wait and take its outcome
+        # instead of registering the same targets at once (which cost each target a foreign
+        # key error: ids are cached before their transaction commits).
+        with self._registering:
+            if self._register_attempts != attempts:
+                return self._registered
+            self._register_attempts += 1
+            settings = self.settings
+            try:
+                db.check_schema(self.recorder.engine)
+                for target in settings.targets:
+                    self._register(target)
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                log.warning("%s for registering targets", self._trouble(exc))
+                return False
+            except StoreError as error:
+                log.error("%s; results wait in the spool", error)
+                return False
+            # A reload (use()) during the attempt brought targets it did not register: the
+            # next store registers them.
+            self._registered = settings is self.settings
+            return True
 
     def _register(self, target: Target) -> None:
         """One target; a configuration the database refuses for good is logged and skipped
