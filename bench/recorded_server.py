@@ -34,7 +34,8 @@ from monitor.detect.stats import percentile
 from monitor.probe import providers
 from monitor.sim import Simulator
 from monitor.store import db
-from monitor.store.records import Recorder, count_probes
+from monitor.store.records import Recorder
+from monitor.store.rollups import count_probes
 
 BATCH = 5000
 

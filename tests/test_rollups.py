@@ -237,7 +237,9 @@ def test_an_id_committed_after_a_higher_one_is_still_folded(postgres_url: str) -
             recorder.save(early)  # id 3, committed first
             assert rollups.catch_up(engine) == 2
             assert rollups.settled_id(engine) == 1
+            assert rollups.count_probes(engine) == 2
             slow.commit()
+        assert rollups.count_probes(engine) == 3  # id 2, in the watermark's gap
         assert rollups.catch_up(engine) == 1
         assert rollups.catch_up(engine) == 0
         with engine.connect() as connection:
@@ -282,6 +284,25 @@ def test_metrics_come_from_totals_and_the_newest_probes(engine: Engine) -> None:
     assert (metrics.last_probe_timestamp_s, metrics.last_probe_ok) == (
         last.started_at.timestamp(), last.ok)
     assert snapshot.notifications_failed == {"log": 0}
+
+
+def test_probes_are_counted_exactly_from_the_totals_and_what_is_not_folded(
+        engine: Engine) -> None:
+    def counted() -> tuple[int, int]:
+        with engine.connect() as connection:
+            return (rollups.count_probes(engine),
+                    connection.execute(select(func.count(ProbeRow.id))).scalar_one())
+
+    results = varied_history(120, seed=8)
+    store(engine, results[:50])
+    assert counted() == (50, 50)  # never rolled up: all counted one by one
+    rollups.catch_up(engine, batch=7)
+    assert counted() == (50, 50)  # all from the totals
+    store(engine, results[50:])
+    LinkedWriter(engine).save(replace(results[0], uid=uuid.uuid4().hex), {}, replay_of=1)
+    assert counted() == (121, 121)  # 50 folded, 70 above the watermark, a replay
+    rollups.catch_up(engine)
+    assert counted() == (121, 121)  # the replay is never folded, but still counted
 
 
 def checked(results: list[ProbeResult]) -> list[ProbeResult]:
