@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -93,6 +93,38 @@ def postgres_cpu_s() -> float:
     return total
 
 
+def new_maintenance(url: str, seen: dict[str, int], at: float) -> list[tuple[float, str]]:
+    """The autovacuum and autoanalyze runs PostgreSQL finished on the database's tables since
+    the last call (counted in `seen`), as (at, "autoanalyze probes")."""
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"),
+                         autocommit=True) as connection:
+        rows = connection.execute("SELECT relname, autovacuum_count, autoanalyze_count "
+                                  "FROM pg_stat_user_tables").fetchall()
+    happened = []
+    for table, vacuums, analyzes in rows:
+        for kind, count in (("autovacuum", vacuums), ("autoanalyze", analyzes)):
+            if count > seen.get(f"{kind} {table}", 0):
+                happened.append((at, f"{kind} {table}"))
+            seen[f"{kind} {table}"] = count
+    return happened
+
+
+def per_minute_cpu_ms(cpu: list[tuple[float, float]], probes_by_minute: dict[int, int],
+                      offset_s: float) -> str:
+    """CPU ms a probe in each whole minute of the run: the CPU spent over that minute (from
+    (s since start, CPU s so far) samples) over the probes started in it. `offset_s`: the
+    first slot's time, in seconds since the samples' start."""
+    parts = []
+    for minute, count in sorted(probes_by_minute.items()):
+        start, end = offset_s + 60 * minute, offset_s + 60 * (minute + 1)
+        inside = [(t, c) for t, c in cpu if start <= t <= end]
+        if len(inside) >= 2 and count >= 100:
+            spent_s = inside[-1][1] - inside[0][1]
+            covered = (inside[-1][0] - inside[0][0]) / 60
+            parts.append(f"{minute}: {1000 * spent_s / covered / count:.2f}")
+    return "  ".join(parts)
+
+
 def start_simulator(base_ms: int = 200, jitter_ms: int = 50) -> tuple[subprocess.Popen[str], str]:
     """`monitor sim` in its own process, with rate limits out of the way; (process, URL)."""
     process = subprocess.Popen([sys.executable, "-m", "monitor", "sim", "--port", "0"],
@@ -144,13 +176,20 @@ def main() -> None:
         [sys.executable, "-m", "monitor", "run", "-c", str(config),
          "--spool", str(workdir / "spool.jsonl"), "--workers", str(args.workers)],
         stderr=log_file, cwd=workdir)
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), datetime.now(UTC)
     server_cpu_at_start = postgres_cpu_s()
     samples: list[tuple[float, float, float, float, float]] = []
+    server_samples: list[tuple[float, float]] = []  # (s since start, server CPU s so far)
+    maintenance: list[tuple[float, str]] = []  # (s since start, "autovacuum probes", ...)
+    maintained: dict[str, int] = {}
     while (elapsed := time.monotonic() - started) < args.minutes * 60:
         time.sleep(5)
         rss, anonymous, cpu, pss = instance_sample(daemon.pid)
-        samples.append((time.monotonic() - started, rss, anonymous, cpu, pss))
+        at = time.monotonic() - started
+        samples.append((at, rss, anonymous, cpu, pss))
+        if pg_name is not None:
+            server_samples.append((at, postgres_cpu_s() - server_cpu_at_start))
+            maintenance += new_maintenance(url, maintained, at)
     server_cpu_s = postgres_cpu_s() - server_cpu_at_start
     simulator_cpu_s = proc_sample(sim.pid)[2]
     daemon.send_signal(signal.SIGTERM)
@@ -204,6 +243,19 @@ def main() -> None:
     print("  lag p99 s by minute: " + "  ".join(
         f"{minute}: {statistics.quantiles(values, n=100)[98]:.2f}"
         for minute, values in sorted(by_minute.items()) if len(values) >= 100))
+    # CPU is spent when a probe runs, which is its slot's time only while on schedule.
+    started_by_minute: dict[int, int] = {}
+    for _, started_at, _ in rows:
+        minute = int((started_at - first).total_seconds() // 60)
+        started_by_minute[minute] = started_by_minute.get(minute, 0) + 1
+    offset_s = (first - started_wall).total_seconds()
+    print("  instance CPU ms a probe by minute: " + per_minute_cpu_ms(
+        [(t, cpu) for t, _, _, cpu, _ in samples], started_by_minute, offset_s))
+    if pg_name is not None:
+        print("  PostgreSQL server CPU ms a probe by minute: " + per_minute_cpu_ms(
+            server_samples, started_by_minute, offset_s))
+        print("  autovacuum and autoanalyze (minute, table): " + ", ".join(
+            f"{(at - offset_s) / 60:.1f} {what}" for at, what in maintenance))
     print(f"  instance CPU {cpu_s:.1f} s over {elapsed:.0f} s = {100 * cpu_s / elapsed:.1f}% of one core"
           f" ({1000 * cpu_s / max(probes, 1):.2f} ms a probe); simulator "
           f"{100 * simulator_cpu_s / elapsed:.1f}%")
