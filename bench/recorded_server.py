@@ -34,8 +34,7 @@ from monitor.detect.stats import percentile
 from monitor.probe import providers
 from monitor.sim import Simulator
 from monitor.store import db
-from monitor.store.records import Recorder
-from monitor.store.rollups import count_probes
+from monitor.store.records import Recorder, count_probes
 
 BATCH = 5000
 

@@ -31,8 +31,7 @@ from monitor.errors import MonitorError
 from monitor.render import text
 from monitor.sim import SimClient, Simulator
 from monitor.store import alert_reads, db, probe_reads
-from monitor.store.records import Recorder
-from monitor.store.rollups import count_probes
+from monitor.store.records import Recorder, count_probes
 from monitor.store.spool import Spool
 
 DEFAULT_DATABASE = "sqlite:///monitor-demo.db"

@@ -28,7 +28,7 @@ from monitor.store.models import (
     RollupStateRow,
     RollupTotalRow,
 )
-from monitor.store.records import Recorder, _probe_values
+from monitor.store.records import Recorder, _probe_values, count_probes
 from monitor.store.replays import LinkedWriter
 from monitor.store.schema import check_results
 from monitor.store.shared import FacetIds
@@ -237,9 +237,9 @@ def test_an_id_committed_after_a_higher_one_is_still_folded(postgres_url: str) -
             recorder.save(early)  # id 3, committed first
             assert rollups.catch_up(engine) == 2
             assert rollups.settled_id(engine) == 1
-            assert rollups.count_probes(engine) == 2
+            assert count_probes(engine) == 2
             slow.commit()
-        assert rollups.count_probes(engine) == 3  # id 2, in the watermark's gap
+        assert count_probes(engine) == 3  # id 2, in the watermark's gap
         assert rollups.catch_up(engine) == 1
         assert rollups.catch_up(engine) == 0
         with engine.connect() as connection:
@@ -290,7 +290,7 @@ def test_probes_are_counted_exactly_from_the_totals_and_what_is_not_folded(
         engine: Engine) -> None:
     def counted() -> tuple[int, int]:
         with engine.connect() as connection:
-            return (rollups.count_probes(engine),
+            return (count_probes(engine),
                     connection.execute(select(func.count(ProbeRow.id))).scalar_one())
 
     results = varied_history(120, seed=8)

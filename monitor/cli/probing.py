@@ -144,8 +144,7 @@ def status_command(as_json: bool, spool: str, config_path: str | None) -> None:
         from monitor.defaults import ALIVE_WITHIN_S
         from monitor.render import text
         from monitor.store import alert_reads, db, leases
-        from monitor.store.records import count_targets, last_probes
-        from monitor.store.rollups import count_probes
+        from monitor.store.records import count_probes, count_targets, last_probes
         from monitor.store.schema import TargetKind
         from monitor.store.spool import Spool
         from monitor.watching import read_states, states_json

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from monitor.domain import Choice, ProbeResult, RateLimits
@@ -23,6 +23,8 @@ from monitor.store.schema import (
     TargetKind,
     probes,
     request_payloads,
+    rollup_state,
+    rollup_totals,
     target_configs,
     targets,
 )
@@ -316,6 +318,31 @@ def _timestamp(created: int | None) -> datetime | None:
         return datetime.fromtimestamp(created, UTC)
     except (OverflowError, OSError, ValueError):
         return None
+
+
+def count_probes(engine: Engine) -> int:
+    """How many probes the database holds, replays included, without reading every row: the
+    totals of what the rollups folded (store/rollups.py), plus a count of the rest through
+    indexes (probes above the watermark or in its gaps, and replays, which are never folded).
+    While a daemon keeps the rollups up, the rest is a few seconds' probes.
+
+    The watermark, its gaps and the totals are read in one statement, so they agree (a
+    catch-up moves them in one transaction); probes folded after that read are counted as
+    unfolded, which they were then, and no probe is ever deleted. A probe whose id appears
+    after its gap expired (rollups.GAP_WAIT: a transaction open for an hour) is never folded,
+    nor counted here."""
+    with engine.connect() as connection:
+        state = connection.execute(select(
+            rollup_state.c.last_probe_id, rollup_state.c.gaps,
+            select(func.coalesce(func.sum(rollup_totals.c.probes), 0)).scalar_subquery(),
+        ).where(rollup_state.c.id == 1)).first()
+        last, gaps, folded = (0, [], 0) if state is None else state
+        unfolded = or_(probes.c.id > last, *[probes.c.id.between(lo, hi) for lo, hi, _ in gaps])
+        rest = connection.execute(select(
+            select(func.count()).where(CANARY, unfolded).scalar_subquery(),
+            select(func.count()).where(probes.c.replay_of.is_not(None)).scalar_subquery(),
+        )).one()
+    return int(folded) + int(rest[0]) + int(rest[1])
 
 
 def last_probes(engine: Engine) -> list[dict[str, Any]]:

@@ -114,31 +114,6 @@ def behind(engine: Engine) -> bool:
     return state is None or bool(state.gaps) or newest > state.last_probe_id
 
 
-def count_probes(engine: Engine) -> int:
-    """How many probes the database holds, replays included, without reading every row: the
-    totals of what the rollups folded, plus a count of the rest through indexes (probes above
-    the watermark or in its gaps, and replays, which are never folded). While a daemon keeps
-    the rollups up, the rest is a few seconds' probes, whatever the history's length.
-
-    The watermark, its gaps and the totals are read in one statement, so they agree (a
-    catch-up moves them in one transaction); probes folded after that read are counted as
-    unfolded, which they were then, and no probe is ever deleted. A probe whose id appears
-    after its gap expired (GAP_WAIT: a transaction open for an hour) is never folded, nor
-    counted here."""
-    with engine.connect() as connection:
-        state = connection.execute(select(
-            RollupStateRow.last_probe_id, RollupStateRow.gaps,
-            select(func.coalesce(func.sum(_TOTALS.c.probes), 0)).scalar_subquery(),
-        ).where(RollupStateRow.id == 1)).first()
-        last, gaps, folded = (0, [], 0) if state is None else state
-        unfolded = or_(ProbeRow.id > last, *[ProbeRow.id.between(lo, hi) for lo, hi, _ in gaps])
-        rest = connection.execute(select(
-            select(func.count()).where(CANARY, unfolded).scalar_subquery(),
-            select(func.count()).where(ProbeRow.replay_of.is_not(None)).scalar_subquery(),
-        )).one()
-    return int(folded) + int(rest[0]) + int(rest[1])
-
-
 def settled_id(engine: Engine) -> int:
     """The highest probe id below which every probe is folded (or will never appear)."""
     with engine.connect() as connection:
