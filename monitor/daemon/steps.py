@@ -19,9 +19,10 @@ from monitor.alerts.dispatch import Dispatcher
 from monitor.alerts.watch import Watcher
 from monitor.clock import Clock, utc_now
 from monitor.daemon.prober import Prober
+from monitor.daemon.registration import Registration
 from monitor.daemon.slots import slot_at, slots_before
 from monitor.domain import DriftEvent, ErrorKind, ProbeResult, Settings, SkipKind, Target
-from monitor.errors import StoreError, StoreUnavailable
+from monitor.errors import StoreError
 from monitor.render import text as report
 from monitor.store import db, leases, retention, rollups
 from monitor.store.failures import Failure, classify, describe
@@ -53,6 +54,7 @@ class Daemon:
         self.recorder = recorder
         self.spool = spool
         self.prober = Prober(recorder)
+        self.registration = Registration(self.prober, recorder.engine, self._trouble)
         # Targets finish in bursts on the slot grid: their results share commits.
         self.writer = GroupWriter(recorder)
         self._backoff: dict[str, tuple[datetime, str]] = {}  # name -> (until, reason)
@@ -60,9 +62,6 @@ class Daemon:
         self._next_due: dict[str, datetime] = {}
         self._usage: dict[str, tuple[datetime, int, int]] = {}  # name -> (UTC day, requests, tokens)
         self._spooling = not spool.empty()  # keep order: while anything waits, new results queue
-        self._registered = False
-        self._registering = threading.Lock()
-        self._register_attempts = 0  # registrations begun, so waiters know one ended
         self._spool_trouble = False  # the last drain could not write the spool's files
         # (target, slots, kind, reason) skipped while the database was down, recorded when it
         # is back
@@ -292,50 +291,16 @@ class Daemon:
 
     def register(self) -> bool:
         """Store the targets' configurations (once per config; at start, or when the database
-        is back if it was down then) after checking the schema; False while that cannot be
-        done, so results wait in the spool rather than land without their configuration."""
-        if self._registered:
-            return True
-        attempts = self._register_attempts
-        # One thread registers; probe threads that find it doing so wait and take its outcome
-        # instead of registering the same targets at once (which cost each target a foreign
-        # key error: ids are cached before their transaction commits).
-        with self._registering:
-            if self._register_attempts != attempts:
-                return self._registered
-            self._register_attempts += 1
-            settings = self.settings
-            try:
-                db.check_schema(self.recorder.engine)
-                for target in settings.targets:
-                    self._register(target)
-            except (SQLAlchemyError, StoreUnavailable) as exc:
-                log.warning("%s for registering targets", self._trouble(exc))
-                return False
-            except StoreError as error:
-                log.error("%s; results wait in the spool", error)
-                return False
-            # A reload (use()) during the attempt brought targets it did not register: the
-            # next store registers them.
-            self._registered = settings is self.settings
-            return True
-
-    def _register(self, target: Target) -> None:
-        """One target; a configuration the database refuses for good is logged and skipped
-        (that target's results are then quarantined) instead of holding up every target."""
-        try:
-            self.prober.register([target])
-        except SQLAlchemyError as exc:
-            if classify(exc) is not Failure.POISON:
-                raise
-            log.error("target %s cannot be registered: %s", target.name, self._trouble(exc))
+        is back if it was down then); False while that cannot be done, so results wait in the
+        spool rather than land without their configuration."""
+        return self.registration.ensure(lambda: self.settings)
 
     def use(self, settings: Settings) -> None:
         """Switch to a new configuration (SIGHUP); its targets are registered at once, or when
         the database can take them."""
         self.settings = settings
         self.watcher.policy = self.dispatcher.policy = settings.alerts
-        self._registered = False
+        self.registration.done = False
         self.register()
 
     def drain(self, *, deadline: float | None = None) -> int:
