@@ -3,6 +3,7 @@
 
     prober.py   Prober: one round of probes, stored (`monitor probe`, `demo`)
     steps.py    Daemon: the step functions (probe a slot, store or spool, detect, drain, ...)
+    registration.py  Registration: the targets' configurations stored, by one thread at a time
     slots.py    the slot grid every instance computes alike, and its APScheduler trigger
     service.py  Service: APScheduler drives the steps until a signal stops it
 
