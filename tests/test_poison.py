@@ -219,8 +219,8 @@ def test_many_threads_storing_before_the_targets_are_registered_lose_nothing(
 ) -> None:
     """As after a reload that adds targets, or a database that was down at start: every
     probe thread finds the targets unregistered and stores at once. A target id cached by
-    one thread's registration before it committed made another's fail its foreign key, and
-    that target's results were quarantined for good."""
+    one thread's registration before it committed made another's fail its foreign key, each
+    logged as a target the database refuses (the results got in only through save's retry)."""
     empty_postgres(postgres_url)
     engine = db.open_store(postgres_url)
     settings = make_settings(*({"name": f"t{i:03d}"} for i in range(120)))
