@@ -157,6 +157,16 @@ def fleet_config(workdir: Path, url: str, sim_url: str, interval_s: float, targe
     return path
 
 
+def every(samples: list[tuple[float, float, float, float, float]], step_s: float
+          ) -> list[tuple[float, float, float, float, float]]:
+    """The first sample at or after each multiple of `step_s` seconds."""
+    picked: list[tuple[float, float, float, float, float]] = []
+    for sample in samples:
+        if sample[0] >= step_s * len(picked):
+            picked.append(sample)
+    return picked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=2000)
@@ -275,6 +285,11 @@ def main() -> None:
             slope = statistics.linear_regression(times, values).slope
             print(f"  {label} MB: at 2 min {values[0]:.1f}, end {values[-1]:.1f}, "
                   f"max {max(values):.1f}, slope after 2 min {60 * slope:+.2f} MB/min")
+        # A long run's shape: whether memory levels off once the detector windows are full.
+        step_s = 600 if args.minutes > 30 else 60
+        print(f"  RSS / anonymous MB every {step_s // 60} min: " + "  ".join(
+            f"{int(t // 60)}: {rss:.0f}/{anonymous:.0f}"
+            for (t, rss, anonymous, _, _) in every(samples, step_s)))
     print(f"  machine: nproc {os.cpu_count()}, load average at start {load_at_start:.2f}, "
           f"at end {os.getloadavg()[0]:.2f}")
     if pg_name is not None:
