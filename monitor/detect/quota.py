@@ -20,7 +20,7 @@ says 0 remaining by definition, which is rate_limited's business.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from monitor.detect.base import MAX_UIDS, Detector, Warmup, duration, ms
@@ -219,7 +219,7 @@ class QuotaDetector(Detector):
     def dump(self) -> dict[str, Any]:
         return {
             "learned": self.learned,
-            "limits": {header: asdict(limit) for header, limit in self.limits.items()},
+            "limits": {header: vars(limit).copy() for header, limit in self.limits.items()},
             "throttled": list(self.throttled),
             "throttled_uids": list(self.throttled_uids),
             "calm": self.calm,
