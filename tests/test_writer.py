@@ -276,3 +276,59 @@ def test_a_database_gone_after_ids_were_cached_fails_every_caller(
     folder.rename(tmp_path / "moved")  # no file to open any more
     every_caller_finds_it_unavailable(GroupWriter(recorder))
     engine.dispose()
+
+
+def _terminate_pool_backend(postgres_url: str, engine: Engine) -> None:
+    """What a server restart or a firewall's idle timeout does to a pooled connection: the
+    server ends it while it sits in the pool (the engine's pool holds one here)."""
+    with engine.connect() as connection:
+        own = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    admin = db.create(postgres_url)
+    try:
+        with admin.connect() as connection:
+            ended = connection.execute(text("SELECT pg_terminate_backend(:pid)"),
+                                       {"pid": own}).scalar_one()
+    finally:
+        admin.dispose()
+    assert ended
+
+
+def test_a_connection_closed_while_idle_is_replaced_before_use(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection that sat idle past PING_IDLE_S is pinged before use; the server
+    having closed it meanwhile, the caller gets a new one and never sees an error."""
+    engine = db.create(postgres_url)
+    try:
+        _terminate_pool_backend(postgres_url, engine)
+        monkeypatch.setattr(db, "PING_IDLE_S", 0.0)  # every pooled connection counts as idle
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_in_steady_use_is_not_pinged_and_a_dead_one_fails_only_once(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ping before a connection used a moment ago (a busy daemon's: a round trip saved per
+    transaction). If the server closed it anyway, the first statement fails, the engine drops
+    the pool, and the next caller gets a fresh connection: the daemon's retries and its spool
+    keep the probe."""
+    monkeypatch.setattr(db, "PING_IDLE_S", 3600.0)
+    engine = db.create(postgres_url)
+    pings: list[object] = []
+    original_ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping",
+                        lambda conn: pings.append(conn) or original_ping(conn))
+    try:
+        for _ in range(3):
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        assert pings == []
+        _terminate_pool_backend(postgres_url, engine)
+        with pytest.raises(Exception) as failed, engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        assert classify(failed.value) is Failure.UNAVAILABLE
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()

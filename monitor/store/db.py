@@ -12,12 +12,13 @@ import fcntl
 import os
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Dialect, Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 import monitor.migrations
@@ -56,6 +57,9 @@ MIN_POOL_SIZE = 8
 # the page cache: a smaller cache_size changed nothing); with the overflow opened and closed,
 # +0.6 MB a minute, at ~5 % more CPU a probe.
 SQLITE_POOL_SIZE = 16
+# A pooled PostgreSQL connection unused for this long is pinged before it is used again.
+PING_IDLE_S = 5.0
+_IDLE_SINCE = "monitor_idle_since"  # its key in the pool entry's info
 
 
 def normalize_url(url: str) -> str:
@@ -95,9 +99,36 @@ def create(url: str, workers: int = 1) -> Engine:
         engine = create_engine(url, **pooled)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True,
-                         pool_size=max(POOL_SIZE // workers, MIN_POOL_SIZE), max_overflow=0,
-                         connect_args={"connect_timeout": 10})
+    engine = create_engine(url, pool_size=max(POOL_SIZE // workers, MIN_POOL_SIZE),
+                           max_overflow=0, connect_args={"connect_timeout": 10})
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use only if it sat idle for PING_IDLE_S: the server may
+    have restarted or a firewall dropped it meanwhile. A dead one is replaced (the pool tries
+    again). SQLAlchemy's pool_pre_ping pings at every checkout: in a busy daemon that is a round
+    trip and a GIL hand-off before each of a probe's transactions, for connections used a
+    moment ago; if the server goes away while they are busy, the first statement fails, the
+    engine discards the whole pool, and the caller's retry (or the spool) keeps the probe."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def idle_from(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return  # just opened, or in use a moment ago
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error:
+            alive = False
+        if not alive:
+            raise DisconnectionError("a pooled connection was closed while idle")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
