@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--tracemalloc", action="store_true")
     parser.add_argument("--default-arenas", action="store_true",
                         help="leave glibc's malloc arenas as they are (`monitor run` limits them)")
-    parser.add_argument("--profile", help="write a cProfile of rounds 2.. here (text)")
+    parser.add_argument("--profile", help="write a cProfile of rounds 2.. here (text; "
+                        "and FILE.pstats for pstats)")
     args = parser.parse_args()
     if not args.default_arenas:
         limit_malloc_arenas()  # as `monitor run` does, before any thread
@@ -119,6 +120,7 @@ def main() -> None:
                 stats = pstats.Stats(*profilers, stream=out)
                 stats.sort_stats("tottime").print_stats(60)
                 stats.sort_stats("cumulative").print_stats(80)
+                stats.dump_stats(f"{args.profile}.pstats")  # for callers and callees
         if args.tracemalloc:
             last = tracemalloc.take_snapshot()
             assert first is not None
