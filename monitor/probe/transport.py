@@ -166,9 +166,9 @@ class WatchedAdapter(requests.adapters.HTTPAdapter):
 
     def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
         """requests' own, less parsing the Set-Cookie headers into the response's cookie jar:
-        nothing reads it (a probe keeps no cookies, providers.new_session), and the parse was
-        ~5 % of a probe's CPU in a daemon of thousands of targets (OpenAI and the simulator
-        send a cookie with every answer). The headers themselves are kept as they came."""
+        nothing reads it (a probe keeps no cookies, providers.new_session), and the parse cost
+        ~0.14 ms a probe, a tenth of `probe.run`'s CPU against the simulator (OpenAI and the
+        simulator send a cookie with every answer). The headers are kept as they came."""
         response = requests.Response()
         response.status_code = resp.status
         response.headers = CaseInsensitiveDict(resp.headers)
