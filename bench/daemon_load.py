@@ -51,12 +51,13 @@ def proc_sample(pid: int) -> tuple[float, float, float]:
     return rss_mb, anonymous_mb, (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def pss_mb(pid: int) -> float:
-    """Proportional set size: each page shared between processes (the workers forked from
-    one parent share their imported code) counted once in all, as a share of it in each."""
+def smaps_mb(pid: int, field: str) -> float:
+    """One field of /proc/PID/smaps_rollup in MB: "Pss" (each page shared between processes,
+    such as the workers' imported code forked from one parent, counted once in all, as a share
+    of it in each) or "Private_Dirty" (the pages only this process has written)."""
     with open(f"/proc/{pid}/smaps_rollup") as file:
         for line in file:
-            if line.startswith("Pss:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1000
     return 0.0
 
@@ -73,7 +74,7 @@ def instance_sample(pid: int) -> tuple[float, float, float, float]:
     for member in instance(pid):
         sample = proc_sample(member)
         rss, anonymous, cpu = rss + sample[0], anonymous + sample[1], cpu + sample[2]
-        pss += pss_mb(member)
+        pss += smaps_mb(member, "Pss")
     return rss, anonymous, cpu, pss
 
 
@@ -201,6 +202,8 @@ def main() -> None:
             server_samples.append((at, postgres_cpu_s() - server_cpu_at_start))
             maintenance += new_maintenance(url, maintained, at)
     server_cpu_s = postgres_cpu_s() - server_cpu_at_start
+    # Per worker: worker 0 also rolls up, notifies and prunes, and has held more than the others.
+    private_mb = [smaps_mb(member, "Private_Dirty") for member in instance(daemon.pid)]
     simulator_cpu_s = proc_sample(sim.pid)[2]
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=120)
@@ -290,6 +293,8 @@ def main() -> None:
         print(f"  RSS / anonymous MB every {step_s // 60} min: " + "  ".join(
             f"{int(t // 60)}: {rss:.0f}/{anonymous:.0f}"
             for (t, rss, anonymous, _, _) in every(samples, step_s)))
+    print("  private memory MB by worker at the end: " + "  ".join(
+        f"{index}: {mb:.0f}" for index, mb in enumerate(private_mb)))
     print(f"  machine: nproc {os.cpu_count()}, load average at start {load_at_start:.2f}, "
           f"at end {os.getloadavg()[0]:.2f}")
     if pg_name is not None:
