@@ -149,11 +149,12 @@ def database_url(choice: str, workdir: Path) -> tuple[str, str | None]:
 
 
 def fleet_config(workdir: Path, url: str, sim_url: str, interval_s: float, targets: int) -> Path:
-    """A monitor.toml of `targets` alike canaries of the simulator, every `interval_s`."""
+    """A monitor.toml of `targets` alike canaries of the simulator, every `interval_s`. The
+    timeout is 10 s, or the interval when shorter (the config refuses a longer one)."""
     path = workdir / "monitor.toml"
     path.write_text(f'[database]\nurl = "{url}"\n\n[defaults]\nprovider = "openai-compatible"\n'
                     f'base_url = "{sim_url}/v1"\nmodel = "gpt-4o"\ninterval = "{interval_s:g}s"\n'
-                    'timeout = "10s"\n\n' + "".join(
+                    f'timeout = "{min(10.0, interval_s):g}s"\n\n' + "".join(
                         f'[[targets]]\nname = "t{i:05d}"\n\n' for i in range(targets)))
     return path
 
@@ -171,7 +172,7 @@ def every(samples: list[tuple[float, float, float, float, float]], step_s: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=2000)
-    parser.add_argument("--interval", type=int, default=60, help="seconds")
+    parser.add_argument("--interval", type=float, default=60, help="seconds")
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--database", default="sqlite", help="sqlite or a PostgreSQL URL")
     parser.add_argument("--workers", type=int, default=1, help="monitor run --workers")
