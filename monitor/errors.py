@@ -7,6 +7,7 @@
      │    └── StoreUnavailable  the database cannot be reached or refused a write
      │         ├── StoreCorrupt     a SQLite file that is not (or no longer) a database
      │         └── StoreReadOnly    a SQLite file that cannot be written
+     ├── SpoolInUse             another process holds the spool file
      ├── SimulatorError         a simulator scenario is invalid
      └── ProxyError             `monitor proxy` cannot or may not listen where it was asked
 
@@ -71,6 +72,15 @@ class StoreReadOnly(StoreUnavailable):
     def __init__(self, path: str):
         self.path = path
         super().__init__(f"{path} is read-only")
+
+
+class SpoolInUse(MonitorError):
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(
+            f"another monitor process is spooling to {path}: give each instance its own "
+            "--spool (two processes sharing one would delete each other's unwritten results)"
+        )
 
 
 class SimulatorError(MonitorError):

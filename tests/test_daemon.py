@@ -174,10 +174,11 @@ class Run:
         self.log.close()
 
 
-def start(config: Path, *args: str) -> Run:
+def start(config: Path, *args: str, spool: str = "spool.jsonl") -> Run:
+    """`monitor run` on `config`, spooling to `spool` beside it (each instance needs its own)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "monitor", "run", "--config", str(config),
-         "--spool", str(config.parent / "spool.jsonl"), *args],
+         "--spool", str(config.parent / spool), *args],
         stderr=subprocess.PIPE, text=True, cwd=config.parent,
     )
     assert process.stderr is not None
@@ -282,9 +283,34 @@ def test_a_second_instance_on_the_same_sqlite_file_is_refused(
     first = start(config)
     try:
         first.wait_for("running: 1 targets")
-        second = start(config)
+        second = start(config, spool="second-spool.jsonl")
         assert second.stop(signal_it=False) == 1
         assert "another `monitor run` is already using" in second.log.text()
+    finally:
+        assert first.stop() == 0
+
+
+def test_a_second_instance_on_the_same_spool_is_refused(
+    sim: SimClient, tmp_path: Path, sim_server: Simulator, postgres_url: str
+) -> None:
+    """Two processes draining one spool file would each delete lines the other had not yet
+    stored; PostgreSQL takes several instances, so only the spool's own lock stops this."""
+    empty_postgres(postgres_url)
+    config = write_config(
+        tmp_path / "monitor.toml",
+        [{"name": "a", "provider": "openai-compatible", "base_url": f"{sim_server.url}/v1",
+          "model": "gpt-4o", "interval": "1m"}],
+        postgres_url,
+    )
+    first = start(config, "--workers", "2")
+    try:
+        first.wait_for("running:")
+        second = start(config, "--once")
+        assert second.stop(signal_it=False) == 1
+        assert (f"another monitor process is spooling to {tmp_path / 'spool.jsonl'}"
+                in second.log.text())
+        third = start(config, "--once", spool="third-spool.jsonl")
+        assert third.stop(signal_it=False) == 0
     finally:
         assert first.stop() == 0
 
@@ -319,7 +345,7 @@ def test_several_instances_on_postgresql_probe_each_slot_exactly_once(
     )
     engine = db.open_store(postgres_url)
     try:
-        runs = [start(config) for _ in range(instances)]
+        runs = [start(config, spool=f"spool{index}.jsonl") for index in range(instances)]
         try:
             for run in runs:
                 run.wait_for("running: 2 targets")

@@ -162,6 +162,11 @@ def test_monitor_proxy_forwards_records_each_call_and_stops_on_sigterm(
         assert reply.choices[0].message.content
         if not record:
             assert err.wait_for("openai POST /v1/chat/completions 200")
+        else:  # a second recording proxy here would share the running one's spool
+            second = CliRunner().invoke(cli, ["proxy", "--port", "0"])
+            assert second.exit_code == 1, second.output
+            assert ("another monitor process is spooling to monitor-proxy-spool.jsonl"
+                    in second.output)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:

@@ -245,16 +245,21 @@ def spool_path(value: str, option: str = "--spool") -> str:
     if not existing.is_dir():
         raise click.BadParameter(f"{value!r}: {str(existing)!r} is not a directory",
                                  param_hint=option)
-    existed = path.exists()
+    import tempfile  # here: it is not free, and most commands never spool
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            pass
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            # A file of our own beside it, never the spool itself: a daemon may be creating
+            # that one this instant, and deleting it would lose what it wrote.
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
     except OSError as error:
         raise click.BadParameter(f"{value!r} cannot be written: {error.strerror or error}",
                                  param_hint=option) from None
-    if not existed:
-        path.unlink()
     return value
 
 

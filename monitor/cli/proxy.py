@@ -4,6 +4,8 @@ probe (or, with --no-record, only logs it)."""
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +18,9 @@ from monitor.cli.common import (
     setup_logging,
     spool_path,
 )
+
+if TYPE_CHECKING:
+    from monitor.config import ProxySettings
 
 # Read from the environment, never a flag: `ps` would show a flag to every local user.
 PROXY_TOKEN_ENV = "MONITOR_PROXY_TOKEN"
@@ -40,10 +45,10 @@ def proxy_command(host: str, port: int, insecure_public: bool, no_record: bool, 
                   log_format: str, config_path: str | None) -> None:
     """Forward calls under /ROUTE/ to that route's upstream API and record each one.
     Apps point their base URL at it, e.g. OPENAI_BASE_URL=http://127.0.0.1:8788/openai/v1."""
-    from monitor import config, httpd
+    from monitor import config
     from monitor.errors import ProxyError
-    from monitor.proxy.server import Proxy, refuse_public
-    from monitor.proxy.sink import make_sink
+    from monitor.proxy.server import refuse_public
+    from monitor.store.spool import claimed
 
     if not no_record:
         spool_path(spool)
@@ -55,6 +60,18 @@ def proxy_command(host: str, port: int, insecure_public: bool, no_record: bool, 
         refuse_public(host, token, insecure_public)  # before the store is opened
     except ProxyError as error:
         raise SetupError(str(error)) from None
+    with nullcontext() if no_record else claimed(spool):
+        _forward(loaded, host, port, token, insecure_public, no_record, spool)
+
+
+def _forward(loaded: ProxySettings, host: str, port: int, token: str | None,
+             insecure_public: bool, no_record: bool, spool: str) -> None:
+    """Listen and forward until a signal, then let the calls in flight finish."""
+    from monitor import httpd
+    from monitor.errors import ProxyError
+    from monitor.proxy.server import Proxy
+    from monitor.proxy.sink import make_sink
+
     sink = make_sink(loaded.settings, loaded.routes, record=not no_record, spool_path=spool)
     try:
         proxy = Proxy(loaded.routes, sink, host, port, token=token,

@@ -7,7 +7,7 @@
     slots.py    the slot grid every instance computes alike, and its APScheduler trigger
     service.py  Service: APScheduler drives the steps until a signal stops it
 
-`run()` is `monitor run`: the instance lock, the outage fallback, the daemon, the schedule and
+`run()` is `monitor run`: the spool's and the instance's locks, the outage fallback, the daemon, the schedule and
 the optional web server; the CLI only parses options and calls it.
 """
 
@@ -27,7 +27,7 @@ from monitor.domain import Settings
 from monitor.errors import StoreUnavailable
 from monitor.store import db
 from monitor.store.records import Recorder
-from monitor.store.spool import Spool
+from monitor.store.spool import Spool, claimed
 
 if TYPE_CHECKING:
     from monitor.daemon.prober import Prober
@@ -71,6 +71,13 @@ def run(settings: Settings, spool: Spool, *, once: bool, clock: Clock,
     with `once`), through database outages, with the dashboard alongside if `web` says where;
     as `workers` processes, each with its share of the targets (workers.py)."""
     limit_malloc_arenas()
+    with claimed(spool.path):  # the workers' spools (<spool>.workerN) are this instance's too
+        _run_workers(settings, spool, once, clock, reload, web, echo, workers)
+
+
+def _run_workers(settings: Settings, spool: Spool, once: bool, clock: Clock,
+                 reload: Callable[[], Settings], web: WebOptions | None,
+                 echo: Callable[[str], None], workers: int) -> None:
     if workers == 1:
         _run_worker(Worker(0, 1), settings, spool, once, clock, reload, web, echo)
         return

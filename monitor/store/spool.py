@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ from monitor.domain import (
     ToolCall,
     Usage,
 )
+from monitor.errors import SpoolInUse
 from monitor.store.failures import Failure, classify, describe
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,22 @@ DRAIN_BATCH = 500
 # KB; the bytes bound holds when the bodies are large).
 MEMORY_RESULTS = 1000
 MEMORY_BYTES = 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def claimed(path: str | Path) -> Iterator[None]:
+    """Hold the spool at `path` for this process and the workers it forks, or raise
+    SpoolInUse. A Spool is safe between threads, not between processes: each would drain the
+    file and delete it under the other's unwritten lines. The lock is an flock on
+    `<spool>.lock`, released by the OS if the process dies."""
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpoolInUse(str(path)) from None
+        yield
 
 
 class Spool:
