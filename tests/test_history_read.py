@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from monitor.domain import ErrorKind, Observation, ProbeResult, RateLimits
 from monitor.store import history
 from monitor.store.records import Recorder
+from monitor.store.schema import float32
 from monitor.store.shared import canonical_json
 from tests.test_store import result
 
@@ -25,12 +26,15 @@ def expected(stored: ProbeResult) -> Observation:
         uid=stored.uid, started_at=stored.started_at, ok=stored.ok,
         error_kind=stored.error_kind, http_status=stored.http_status,
         requested_model=payload.get("model"), model=stored.model,
-        system_fingerprint=stored.system_fingerprint, total_ms=stored.total_ms,
-        time_to_first_token_ms=stored.time_to_first_token_ms,
-        openai_processing_ms=stored.openai_processing_ms,
+        # Measured values come back as float32 holds them (schema.Float32).
+        system_fingerprint=stored.system_fingerprint, total_ms=float32(stored.total_ms),
+        time_to_first_token_ms=float32(stored.time_to_first_token_ms),
+        openai_processing_ms=float32(stored.openai_processing_ms),
         # The reader leaves out what no detector reads: the input and output token resets.
         rate_limits=dataclasses.replace(limits, reset_input_tokens_s=None,
-                                        reset_output_tokens_s=None),
+                                        reset_output_tokens_s=None,
+                                        reset_requests_s=float32(limits.reset_requests_s),
+                                        reset_tokens_s=float32(limits.reset_tokens_s)),
         content=stored.content, finish_reason=stored.finish_reason,
         prompt_tokens=stored.usage.prompt_tokens,
         request_hash=hashlib.sha256(canonical_json(payload).encode()).hexdigest(),

@@ -25,6 +25,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy import column as sa_column
@@ -579,5 +580,72 @@ def test_0016_keeps_every_count_and_shrinks_a_probe_on_postgresql(empty_url: str
         command.downgrade(db.alembic_config(empty_url), "0015")
         engine.dispose()
         assert read(engine, before) == as_stored
+    finally:
+        engine.dispose()
+
+
+def test_0017_keeps_measured_values_to_float32_and_shrinks_a_probe_on_postgresql(
+        empty_url: str) -> None:
+    """Durations, rates and reset times become real and the target's, configuration's and
+    facet's ids integer on PostgreSQL: values come back as float32 holds them (the same on
+    both databases), one beyond float32's range becomes NULL instead of stopping the upgrade,
+    and a canary's row is smaller. SQLite's columns are untouched."""
+    from monitor.domain import RateLimits
+    from monitor.store.schema import Float32, float32
+    from tests.test_store import result
+
+    measured = [c for c in ProbeRow.__table__.c if isinstance(c.type, Float32)]
+    assert len(measured) == 11  # the columns revision 0017 retypes
+    precise = 230.14901945408266  # as perf_counter measures: more digits than float32 holds
+
+    def read(engine: Engine, probe_id: int) -> Any:
+        with engine.connect() as connection:
+            return connection.execute(
+                select(ProbeRow.total_ms, ProbeRow.time_to_headers_ms, ProbeRow.retry_after_s,
+                       ProbeRow.ratelimit_reset_tokens_s, ProbeRow.target_id)
+                .where(ProbeRow.id == probe_id)).one()
+
+    def row_bytes(engine: Engine, probe_id: int) -> int:
+        with engine.connect() as connection:
+            return int(connection.exec_driver_sql(
+                f"SELECT pg_column_size(p.*) FROM probes p WHERE id = {probe_id}").scalar_one())
+
+    canary = result(time_to_headers_ms=101.3, openai_processing_ms=88.0,
+                    rate_limits=RateLimits(limit_requests=500, reset_requests_s=0.006,
+                                           reset_tokens_s=59.992))
+    db.upgrade(empty_url, "0016")
+    engine = db.create(empty_url)
+    try:
+        before = Recorder(engine).save(canary)
+        with engine.begin() as connection:  # as code before 0017 stored them: every digit
+            connection.execute(text("UPDATE probes SET total_ms = :total, retry_after_s = 1e300 "
+                                    "WHERE id = :id"), {"total": precise, "id": before})
+        postgres = engine.dialect.name == "postgresql"
+        bytes_before = row_bytes(engine, before) if postgres else 0
+        db.upgrade(empty_url)
+        engine.dispose()
+        upgraded = read(engine, before)
+        if postgres:
+            assert upgraded == (float32(precise), float32(101.3), None, float32(59.992), 1)
+            # Eight bytes less for each of four measured values and two ids (alignment aside).
+            assert row_bytes(engine, before) <= bytes_before - 24
+            with engine.connect() as connection:
+                types = dict(connection.exec_driver_sql(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = 'probes' AND column_name IN "
+                    "('total_ms', 'target_id', 'facet_id', 'request_payload_id')").all())
+            assert types == {"total_ms": "real", "target_id": "integer",
+                             "facet_id": "integer", "request_payload_id": "bigint"}
+        else:
+            assert upgraded == (precise, float32(101.3), 1e300, float32(59.992), 1)
+        # New values are rounded to float32 on both databases alike; an absurd one is None.
+        after = Recorder(engine).save(replace(canary, uid=uuid.uuid4().hex, total_ms=precise,
+                                              retry_after_s=1e300))
+        assert read(engine, after) == (float32(precise), float32(101.3), None,
+                                       float32(59.992), 1)
+        assert float32(precise) != precise and abs(float32(precise) - precise) < 1e-4
+        command.downgrade(db.alembic_config(empty_url), "0016")
+        engine.dispose()
+        assert read(engine, after)[:2] == (float32(precise), float32(101.3))
     finally:
         engine.dispose()

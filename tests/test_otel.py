@@ -30,6 +30,7 @@ from monitor.otel.export import DURATION_BUCKETS_S, TOKEN_BUCKETS, ExportFailure
 from monitor.sim import Simulator
 from monitor.store.models import PROBE_FIELDS, PROBES_WITH_ANSWERS, ProbeRow
 from monitor.store.records import Recorder
+from monitor.store.schema import float32
 from monitor.store.spool import Spool
 from tests.conftest import TEST_KEY, toml_value, write_config
 from tests.otlp_collector import Collector, Span
@@ -123,9 +124,11 @@ def test_each_stored_probe_is_one_span_with_the_conventions_attributes(
         assert span.kind == CLIENT
         assert span.scope == "monitor"
         assert span.resource["service.name"] == "canaries"
-        # The probe's own times: started_at, and started_at + total_ms.
+        # The probe's own times: started_at, and started_at + total_ms (as measured: the row
+        # keeps it to float32's precision).
         assert span.start_ns == ns(row.started_at)
-        assert span.end_ns == ns(row.started_at) + round(row.total_ms * 1_000_000)
+        assert span.end_ns == ns(row.started_at) + round(a["monitor.total_ms"] * 1_000_000)
+        assert float32(a["monitor.total_ms"]) == row.total_ms
         assert (span.trace_id, span.span_id) == tuple(
             f"{n:0{width}x}" for n, width in zip(probe_ids(row.uid), (32, 16)))
         assert a["gen_ai.operation.name"] == "chat"
@@ -134,7 +137,6 @@ def test_each_stored_probe_is_one_span_with_the_conventions_attributes(
         assert (a["server.address"], a["server.port"]) == ("127.0.0.1", port)
         assert a["monitor.target"] == name and a["monitor.probe.uid"] == row.uid
         assert a["monitor.stream"] is row.stream
-        assert a["monitor.total_ms"] == row.total_ms
         assert a["http.response.status_code"] == row.http_status
         if row.ok:
             assert span.status_code == 0 and "error.type" not in a
@@ -146,8 +148,9 @@ def test_each_stored_probe_is_one_span_with_the_conventions_attributes(
             assert a["gen_ai.usage.input_tokens"] == row.prompt_tokens + (
                 cached if name == "claude" else 0)
         if row.stream:
-            assert a["monitor.time_to_first_token_ms"] == row.time_to_first_token_ms
-            assert a["gen_ai.response.time_to_first_chunk"] == row.time_to_first_token_ms / 1000
+            assert float32(a["monitor.time_to_first_token_ms"]) == row.time_to_first_token_ms
+            assert a["gen_ai.response.time_to_first_chunk"] == (
+                a["monitor.time_to_first_token_ms"] / 1000)
         if name == "claude":  # openai.* belong to OpenAI's flavour of the conventions
             assert not [key for key in a if key.startswith("openai.")]
         elif row.ok:

@@ -47,6 +47,7 @@ from monitor.store.models import (
     TargetRow,
 )
 from monitor.store.records import count_targets, last_probes
+from monitor.store.schema import float32
 from monitor.store.spool import Spool
 from tests.conftest import TEST_KEY
 from tests.proxy import Proxy
@@ -130,9 +131,10 @@ def test_calls_are_stored_like_probes_with_every_field(
                            for name, value in exchange.response_headers.items()}
         assert row.http_status == exchange.status
         assert row.started_at == exchange.started_at
-        assert row.total_ms == exchange.upstream_total_ms
-        assert row.time_to_headers_ms == exchange.time_to_headers_ms
-        assert row.proxy_added_ms == exchange.proxy_added_ms
+        # Measured values as float32 holds them (schema.Float32).
+        assert row.total_ms == float32(exchange.upstream_total_ms)
+        assert row.time_to_headers_ms == float32(exchange.time_to_headers_ms)
+        assert row.proxy_added_ms == float32(exchange.proxy_added_ms)
         assert row.request_truncated is False and row.response_truncated is False
     key_hash = hashlib.sha256(TEST_KEY.encode()).hexdigest()
     assert [r.credential_hash for r in rows[:4]] == [key_hash] * 4
@@ -148,7 +150,7 @@ def test_calls_are_stored_like_probes_with_every_field(
     assert plain.request_path is None and plain.stream is False
     assert streamed.stream and streamed.stream_chunks and streamed.completion_tokens
     assert streamed.system_fingerprint == plain.system_fingerprint
-    assert streamed.time_to_first_token_ms == exchanges[2].time_to_first_byte_ms
+    assert streamed.time_to_first_token_ms == float32(exchanges[2].time_to_first_byte_ms)
     assert (failed.ok, failed.error_kind, failed.http_status) == (
         False, "http_server_error", 500)
     assert failed.error_detail.startswith("HTTP 500 Internal Server Error")

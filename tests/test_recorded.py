@@ -238,4 +238,12 @@ def test_the_newest_answer_is_found_through_the_index_of_successful_probes(
         else:
             connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
             plan = connection.exec_driver_sql(f"EXPLAIN {sql}").all()
-    assert "ix_probes_ok_request_payload_id_id" in " ".join(str(row[-1]) for row in plan)
+    described = " ".join(str(row[-1]) for row in plan)
+    if of_target and engine.dialect.name == "postgresql":
+        # One target's newest: PostgreSQL may walk that target's probes backwards instead
+        # (ix_probes_target_id_id is in the query's order too); either way no scan or sort.
+        assert ("ix_probes_ok_request_payload_id_id" in described
+                or "ix_probes_target_id_id" in described), described
+        assert "Sort" not in described and "Seq Scan" not in described, described
+    else:
+        assert "ix_probes_ok_request_payload_id_id" in described, described

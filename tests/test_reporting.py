@@ -19,6 +19,7 @@ from monitor.health import build_report, metrics_snapshot
 from monitor.store import aggregate, rollups, timeline
 from monitor.store.models import AlertRow, ProbeRow, SlotRow, TargetRow
 from monitor.store.replays import LinkedWriter
+from monitor.store.schema import float32
 from tests.test_rollups import START, nearest_rank, store, varied_history
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -71,7 +72,25 @@ def history(engine: Engine) -> History:
             if state is SlotState.SKIPPED:
                 skips.append((name, slot, kind.value))
     rollups.catch_up(engine)
-    return History(stored, replays, skips)
+    return History({name: [as_stored(r) for r in results] for name, results in stored.items()},
+                   [(probe_id, original, as_stored(r)) for probe_id, original, r in replays],
+                   skips)
+
+
+def as_stored(result: ProbeResult) -> ProbeResult:
+    """`result` with its measured values as the store keeps them (schema.Float32)."""
+    limits = result.rate_limits
+    return replace(
+        result, total_ms=float32(result.total_ms),
+        time_to_headers_ms=float32(result.time_to_headers_ms),
+        time_to_first_token_ms=float32(result.time_to_first_token_ms),
+        output_tokens_per_s=float32(result.output_tokens_per_s),
+        openai_processing_ms=float32(result.openai_processing_ms),
+        retry_after_s=float32(result.retry_after_s),
+        rate_limits=replace(limits, reset_requests_s=float32(limits.reset_requests_s),
+                            reset_tokens_s=float32(limits.reset_tokens_s),
+                            reset_input_tokens_s=float32(limits.reset_input_tokens_s),
+                            reset_output_tokens_s=float32(limits.reset_output_tokens_s)))
 
 
 def expected(results: list[ProbeResult], since: datetime, until: datetime,

@@ -11,12 +11,14 @@ Units are in column names (`total_ms`, `reset_requests_s`); every timestamp is a
 
 from __future__ import annotations
 
+import struct
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    REAL,
     BigInteger,
     Boolean,
     Column,
@@ -317,6 +319,45 @@ class Count(TypeDecorator[int]):
         return cast(column, BigInteger)
 
 
+class Float32(TypeDecorator[float]):
+    """A measured value (a duration, a rate, a reset time) kept to float32's precision, about
+    7 significant digits (4 us at 60,000 ms), far finer than a network timing's noise:
+    PostgreSQL stores it as real, 4 bytes where double precision takes 8 and its alignment.
+    The value is rounded to float32 when bound, on SQLite too, and PostgreSQL's real is read
+    as double precision (its exact value, not the shortest decimal that real's text gives), so
+    both databases return the same floats. A value beyond float32's range (an absurd header)
+    is stored as None, as scrub does with integers beyond 64 bits."""
+
+    impl = Float
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return REAL()
+        return dialect.type_descriptor(Float())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return float32
+
+    def column_expression(self, column: ColumnElement[float]) -> ColumnElement[float]:
+        # On SQLite the cast changes nothing: REAL is already a double.
+        return cast(column, Float)
+
+
+_SINGLE = struct.Struct("<f")
+
+
+def float32(value: float | None) -> float | None:
+    """`value` as Float32 stores it: rounded to the nearest float32, or None beyond its range."""
+    if value is None:
+        return None
+    try:
+        single: float = _SINGLE.unpack(_SINGLE.pack(value))[0]
+    except OverflowError:
+        return None
+    return single
+
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids for years of probes.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -405,33 +446,34 @@ probes = Table(
     # The probe's own id, fixed before it is stored: a spooled result replayed twice is one row.
     # 32 hex digits, stored as 16 bytes (HexUuid).
     Column("uid", HexUuid, unique=True, nullable=False),
-    Column("target_id", ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
-    Column("target_config_id", ForeignKey("target_configs.id"), nullable=False),
+    Column("target_id", Integer, ForeignKey("targets.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("target_config_id", Integer, ForeignKey("target_configs.id"), nullable=False),
     Column("request_payload_id", ForeignKey("request_payloads.id"), nullable=False),
     # What it has in common with the target's other probes (probe_facets, above).
-    Column("facet_id", ForeignKey("probe_facets.id"), nullable=False),
+    Column("facet_id", Integer, ForeignKey("probe_facets.id"), nullable=False),
     Column("started_at", UtcMicros, nullable=False),
     Column("stream", Boolean, nullable=False),
     Column("ok", Boolean, nullable=False),
     Column("error_kind", String(40)),
     Column("error_detail", Text),
     Column("http_status", SmallInteger),
-    Column("time_to_headers_ms", Float),
-    Column("total_ms", Float),
-    Column("time_to_first_token_ms", Float),
-    Column("output_tokens_per_s", Float),
-    Column("openai_processing_ms", Float),
+    Column("time_to_headers_ms", Float32),
+    Column("total_ms", Float32),
+    Column("time_to_first_token_ms", Float32),
+    Column("output_tokens_per_s", Float32),
+    Column("openai_processing_ms", Float32),
     Column("x_request_id", UpstreamId),
-    Column("retry_after_s", Float),
+    Column("retry_after_s", Float32),
     Column("ratelimit_remaining_requests", BigInteger),
     Column("ratelimit_remaining_tokens", BigInteger),
-    Column("ratelimit_reset_requests_s", Float),
-    Column("ratelimit_reset_tokens_s", Float),
+    Column("ratelimit_reset_requests_s", Float32),
+    Column("ratelimit_reset_tokens_s", Float32),
     # Anthropic limits input and output tokens apart (anthropic-ratelimit-input-tokens-*).
     Column("ratelimit_remaining_input_tokens", BigInteger),
-    Column("ratelimit_reset_input_tokens_s", Float),
+    Column("ratelimit_reset_input_tokens_s", Float32),
     Column("ratelimit_remaining_output_tokens", BigInteger),
-    Column("ratelimit_reset_output_tokens_s", Float),
+    Column("ratelimit_reset_output_tokens_s", Float32),
     Column("response_id", UpstreamId),
     Column("response_created_at", UtcSeconds),
     # The answer, here or (when it repeats) in probe_answers: one of the two, or neither.
@@ -466,7 +508,7 @@ probes = Table(
     # added time; and whether the request or answer body was cut at the route's size cap.
     Column("credential_hash", String(64)),
     Column("request_path", Text),
-    Column("proxy_added_ms", Float),
+    Column("proxy_added_ms", Float32),
     Column("request_truncated", Boolean),
     Column("response_truncated", Boolean),
     # Detectors, reports and `monitor probe` read one target's history in time order.
