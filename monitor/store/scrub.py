@@ -40,9 +40,10 @@ def storable(value: Any) -> Any:
 
 def scrubbed(values: dict[str, Any]) -> dict[str, Any]:
     """`values` with storable() applied to what can carry an unstorable string or integer (the
-    keys are ours; floats, times and bytes are stored as they are). Nearly always every string
-    is ASCII without NUL and every integer fits: one check of them all, then only containers
-    (the choices) are walked, instead of a call per column."""
+    keys are ours; floats, times and bytes are left to their columns' types: schema.Float32
+    drops a float beyond float32's range). Nearly always every string is ASCII without NUL and
+    every integer fits: one check of them all, then only containers (the choices) are walked,
+    instead of a call per column."""
     text = "".join([value for value in values.values() if type(value) is str])
     ints = [value for value in values.values() if type(value) is int]
     if text.isascii() and "\x00" not in text and (
