@@ -19,7 +19,7 @@ Create Date: 2026-12-02 13:30:00.000000
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from alembic import op
 
@@ -44,17 +44,18 @@ def _in_range(name: str) -> str:
             f"AND {name} <> 'NaN' THEN NULL ELSE {name}::real END")
 
 
-def upgrade() -> None:
+def _alter(measured_to: str, ids_to: str, using: Callable[[str], str]) -> None:
     if op.get_bind().dialect.name != 'postgresql':
         return
-    clauses = [f'ALTER COLUMN {name} TYPE real USING {_in_range(name)}' for name in MEASURED]
-    clauses += [f'ALTER COLUMN {name} TYPE integer' for name in IDS]
+    clauses = [f'ALTER COLUMN {name} TYPE {measured_to} USING {using(name)}'
+               for name in MEASURED]
+    clauses += [f'ALTER COLUMN {name} TYPE {ids_to}' for name in IDS]
     op.execute(f'ALTER TABLE probes {", ".join(clauses)}')
+
+
+def upgrade() -> None:
+    _alter('real', 'integer', _in_range)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != 'postgresql':
-        return
-    clauses = [f'ALTER COLUMN {name} TYPE double precision' for name in MEASURED]
-    clauses += [f'ALTER COLUMN {name} TYPE bigint' for name in IDS]
-    op.execute(f'ALTER TABLE probes {", ".join(clauses)}')
+    _alter('double precision', 'bigint', lambda name: name)
