@@ -7,8 +7,8 @@
     slots.py    the slot grid every instance computes alike, and its APScheduler trigger
     service.py  Service: APScheduler drives the steps until a signal stops it
 
-`run()` is `monitor run`: the spool's and the instance's locks, the outage fallback, the daemon, the schedule and
-the optional web server; the CLI only parses options and calls it.
+`run()` is `monitor run`: the spool's and the instance's locks, the outage fallback, the
+daemon, the schedule and the optional web server; the CLI only parses options and calls it.
 """
 
 from __future__ import annotations
