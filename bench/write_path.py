@@ -169,6 +169,13 @@ def sqlite_bytes_per_probe(path: Path, url: str, count: int) -> tuple[float, lis
 def postgres_bytes_per_probe(url: str, count: int) -> tuple[float, list[Part]]:
     """The monitor's tables, their TOAST and indexes per probe after VACUUM FULL (the rows as a
     fresh copy holds them), and the largest of them."""
+    total, parts = postgres_bytes(url)
+    return total / count, [(name, size / count) for name, size in parts[:6]]
+
+
+def postgres_bytes(url: str) -> tuple[int, list[tuple[str, int]]]:
+    """Bytes of the monitor's tables, their TOAST and indexes after VACUUM FULL, and each
+    table's and index's own, largest first."""
     engine = db.create(url)
     with engine.connect() as connection:
         autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -182,8 +189,8 @@ def postgres_bytes_per_probe(url: str, count: int) -> tuple[float, list[Part]]:
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'public' AND c.reltoastrelid <> 0").scalar_one()
     engine.dispose()
-    total = sum(int(size) for _, size in parts) + int(toast)
-    return total / count, [(str(n), int(s) / count) for n, s in parts[:6]]
+    return (sum(int(size) for _, size in parts) + int(toast),
+            [(str(name), int(size)) for name, size in parts])
 
 
 Part = tuple[str, float]
@@ -221,15 +228,19 @@ def main() -> None:
         bare = bare_sqlite_rate(Path(workdir) / "bare.db", results)
         report("SQLite", single, group, per_commit, bare)
         size, parts = sqlite_bytes_per_probe(path, url, 2 * args.probes)
-        report_size("SQLite", size, parts, f"the file after VACUUM; empty schema {empty} bytes")
+        report_size("SQLite", size, parts, f"the file after VACUUM; "
+                    f"{size - empty / (2 * args.probes):.0f} beyond the empty schema's {empty} bytes")
     pg_url = fresh_postgres(args.postgres)
     try:
         db.upgrade(pg_url)
+        empty_pg, _ = postgres_bytes(pg_url)
         single = real_path_rate(pg_url, results)
         group, per_commit = group_commit_rate(pg_url, grouped, args.writers)
         report("PostgreSQL", single, group, per_commit, bare_postgres_rate(pg_url, results))
         size, parts = postgres_bytes_per_probe(pg_url, 2 * args.probes)
-        report_size("PostgreSQL", size, parts, "tables, TOAST and indexes after VACUUM FULL")
+        beyond = size - empty_pg / (2 * args.probes)
+        report_size("PostgreSQL", size, parts, "tables, TOAST and indexes after VACUUM FULL; "
+                    f"{beyond:.0f} beyond the empty schema's {empty_pg} bytes")
     finally:
         drop_postgres(args.postgres, pg_url)
 
