@@ -183,3 +183,39 @@ def test_the_orm_classes_type_exactly_the_columns_of_their_tables() -> None:
         annotated = {name for klass in cls.__mro__ if klass.__module__ == models.__name__
                      for name in vars(klass).get("__annotations__", {})}
         assert annotated == set(cls.__table__.columns.keys()), cls.__name__
+
+
+def test_measured_values_read_back_alike_on_both_databases_as_float32s_shortest_decimal(
+        engine: Engine) -> None:
+    """schema.Float32 binds the shortest decimal of a value's float32; PostgreSQL's real prints
+    that same decimal, so both databases return what float32() gives: 61.307, not its float32's
+    exact 61.30699920654297, and nothing beyond float32's range."""
+    import random
+    import struct
+
+    from sqlalchemy import Column, Integer, MetaData, Table, insert
+
+    from monitor.store.schema import Float32, float32
+
+    rng = random.Random(17)
+    values = [rng.uniform(0, 10) ** rng.uniform(-3, 6) for _ in range(3000)]
+    values += [61.307, 0.006, 59.992, 412.0, 1e-50, 3.4028235e38, 1e300, -1e39, float("inf")]
+    table = Table("float32_check", MetaData(), Column("n", Integer, primary_key=True),
+                  Column("v", Float32))
+    table.create(engine)
+    try:
+        with engine.begin() as connection:
+            connection.execute(insert(table), [{"n": n, "v": v} for n, v in enumerate(values)])
+        with engine.connect() as connection:
+            read = connection.execute(select(table.c.v).order_by(table.c.n)).scalars().all()
+    finally:
+        table.drop(engine)
+    assert read == [float32(v) for v in values]
+    assert read[-9:] == [61.307, 0.006, 59.992, 412.0, 0.0, 3.4028235e38, None, None,
+                         float("inf")]
+    single = struct.Struct("<f")
+    assert all(single.pack(r) == single.pack(v) for r, v in zip(read[:3000], values))
+    # Decimals of at most 9 digits, where float32's exact values mostly need 17 or more.
+    assert all(float(f"{r:.9g}") == r for r in read[:3000])
+    assert sum(float(f"{single.unpack(single.pack(v))[0]:.9g}") !=
+               single.unpack(single.pack(v))[0] for v in values[:3000]) > 2000

@@ -6,8 +6,8 @@ become real (schema.Float32), 4 bytes. The ids of its target, configuration and 
 integer: those tables hold one row per target, per configuration change, per distinct set of
 facet values, never near 2**31. About 32 bytes less a probe's row (docs/benchmarks.md,
 "Smaller history"). One ALTER rewrites the table and its indexes once. SQLite is unchanged:
-its REAL and INTEGER columns already hold these (the code rounds new values to float32 there
-too, so both databases read alike).
+its REAL and INTEGER columns already hold these (the code binds new values there as it does
+on PostgreSQL, as float32's shortest decimal, so both databases read alike).
 
 A stored value beyond float32's range (an absurd header parsed before this) becomes NULL, as
 the code now stores such a value. Downgrading widens the columns again; the values stay as

@@ -99,8 +99,12 @@ def create(url: str, workers: int = 1) -> Engine:
         engine = create_engine(url, **pooled)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    # extra_float_digits: a real is printed as the shortest decimal that reads back as the
+    # same value (the default since PostgreSQL 12; a server configured otherwise would round
+    # schema.Float32's values to 6 digits).
     engine = create_engine(url, pool_size=max(POOL_SIZE // workers, MIN_POOL_SIZE),
-                           max_overflow=0, connect_args={"connect_timeout": 10})
+                           max_overflow=0, connect_args={
+                               "connect_timeout": 10, "options": "-c extra_float_digits=1"})
     _ping_when_idle(engine)
     return engine
 

@@ -323,10 +323,12 @@ class Float32(TypeDecorator[float]):
     """A measured value (a duration, a rate, a reset time) kept to float32's precision, about
     7 significant digits (4 us at 60,000 ms), far finer than a network timing's noise:
     PostgreSQL stores it as real, 4 bytes where double precision takes 8 and its alignment.
-    The value is rounded to float32 when bound, on SQLite too, and PostgreSQL's real is read
-    as double precision (its exact value, not the shortest decimal that real's text gives), so
-    both databases return the same floats. A value beyond float32's range (an absurd header)
-    is stored as None, as scrub does with integers beyond 64 bits."""
+    The value bound is the shortest decimal that rounds to the same float32 (61.307, not
+    61.3070068359375), on SQLite too; PostgreSQL prints a real as that same shortest decimal
+    (extra_float_digits >= 1, its default since version 12, which db.create sets), so both
+    databases return the same floats, and JSON shows them as they were measured. A value
+    beyond float32's range (an absurd header) is stored as None, as scrub does with integers
+    beyond 64 bits."""
 
     impl = Float
     cache_ok = True
@@ -339,23 +341,30 @@ class Float32(TypeDecorator[float]):
     def bind_processor(self, dialect: Dialect) -> Any:
         return float32
 
-    def column_expression(self, column: ColumnElement[float]) -> ColumnElement[float]:
-        # On SQLite the cast changes nothing: REAL is already a double.
-        return cast(column, Float)
-
 
 _SINGLE = struct.Struct("<f")
 
 
 def float32(value: float | None) -> float | None:
-    """`value` as Float32 stores it: rounded to the nearest float32, or None beyond its range."""
+    """`value` as Float32 stores it: the shortest decimal that rounds to the same float32 as
+    `value`, or None beyond float32's range."""
     if value is None:
         return None
     try:
-        single: float = _SINGLE.unpack(_SINGLE.pack(value))[0]
+        single = _SINGLE.pack(value)
     except OverflowError:
         return None
-    return single
+    exact: float = _SINGLE.unpack(single)[0]
+    if exact - exact != 0:  # inf or nan: as they are
+        return exact
+    # Each try is the closest decimal of that many digits ("g" drops trailing zeros, so 6
+    # covers fewer); the first that rounds back to the same float32 is the shortest. 9 always
+    # does. Most measured values need 7 or 8.
+    for digits in (6, 7, 8):
+        shortest = float(f"{exact:.{digits}g}")
+        if _SINGLE.pack(shortest) == single:
+            return shortest
+    return float(f"{exact:.9g}")
 
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids for years of probes.

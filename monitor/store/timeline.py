@@ -8,7 +8,7 @@ reads count them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -18,9 +18,12 @@ from sqlalchemy import (
     Float,
     FunctionElement,
     Integer,
+    Select,
     String,
+    Text,
     bindparam,
     case,
+    cast,
     func,
     select,
 )
@@ -101,19 +104,30 @@ def _headroom_double(element: headroom, compiler: Any, **kw: Any) -> str:
 PROBE_POINT_FIELDS = ("t", "probe_id", "ok", "error_kind", "http_status", "total_ms",
                       "processing_ms", "fingerprint", "model", "headroom_requests",
                       "headroom_tokens")
-_POINTS = (
-    select(iso_utc(ProbeRow.started_at), ProbeRow.id, ProbeRow.ok, ProbeRow.error_kind,
-           ProbeRow.http_status, ProbeRow.total_ms, ProbeRow.openai_processing_ms,
-           ProbeFacetRow.system_fingerprint, ProbeFacetRow.model,
-           headroom(ProbeRow.ratelimit_remaining_requests,
-                    ProbeFacetRow.ratelimit_limit_requests),
-           headroom(ProbeRow.ratelimit_remaining_tokens, ProbeFacetRow.ratelimit_limit_tokens))
-    .select_from(PROBES_WITH_FACETS)
-    .where(ProbeRow.target_id == bindparam("target_id"),
-           ProbeRow.started_at >= bindparam("since"), ProbeRow.started_at < bindparam("until"),
-           CANARY)
-    .order_by(ProbeRow.started_at, ProbeRow.id)
-)
+
+
+def _points(measured: Callable[[Any], Any]) -> Select[Any]:
+    return (
+        select(iso_utc(ProbeRow.started_at), ProbeRow.id, ProbeRow.ok, ProbeRow.error_kind,
+               ProbeRow.http_status, measured(ProbeRow.total_ms),
+               measured(ProbeRow.openai_processing_ms),
+               ProbeFacetRow.system_fingerprint, ProbeFacetRow.model,
+               headroom(ProbeRow.ratelimit_remaining_requests,
+                        ProbeFacetRow.ratelimit_limit_requests),
+               headroom(ProbeRow.ratelimit_remaining_tokens,
+                        ProbeFacetRow.ratelimit_limit_tokens))
+        .select_from(PROBES_WITH_FACETS)
+        .where(ProbeRow.target_id == bindparam("target_id"),
+               ProbeRow.started_at >= bindparam("since"),
+               ProbeRow.started_at < bindparam("until"), CANARY)
+        .order_by(ProbeRow.started_at, ProbeRow.id)
+    )
+
+
+_POINTS = _points(lambda column: column)
+# psycopg's binary rows give a real as its exact float32 (471.5149230957031); through its text
+# it is the shortest decimal every other read returns (471.51492, schema.Float32).
+_BINARY_POINTS = _points(lambda column: cast(cast(column, Text), Float))
 # Walks ix_probes_target_id_started_at backwards from `until` and stops after `limit` rows.
 # A heartbeat's fields (docs/report.md), in the order read.
 BEAT_FIELDS = ("probe_id", "t", "ok", "total_ms", "http_status", "error_kind", "fingerprint",
@@ -170,7 +184,7 @@ def _binary_rows(connection: Connection, parameters: dict[str, Any]) -> Sequence
 
 @cache
 def _compiled(dialect: Dialect) -> str:
-    return str(_POINTS.compile(dialect=dialect))
+    return str(_BINARY_POINTS.compile(dialect=dialect))
 
 
 def read_latest(connection: Connection, target_id: int, until: datetime,
