@@ -11,7 +11,7 @@ on PostgreSQL, as float32's shortest decimal, so both databases read alike).
 
 A stored value beyond float32's range (an absurd header parsed before this) becomes NULL, as
 the code now stores such a value. Downgrading widens the columns again; the values stay as
-rounded.
+rounded, as the shortest decimals the code read.
 
 Revision ID: 0017
 Revises: 0016
@@ -58,4 +58,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    _alter('double precision', 'bigint', lambda name: name)
+    # Through text: a real's shortest decimal (230.14902), as the code reads it, rather than
+    # its float32's exact value (230.14901733398438).
+    _alter('double precision', 'bigint', lambda name: f'{name}::text::double precision')
