@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
+import struct
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, func, insert, select
 
 from monitor.domain import Choice, ErrorKind, ProbeResult, RateLimits, Usage
 from monitor.store import codec
 from monitor.store.models import ProbeRow
 from monitor.store.probe_reads import probe_records
 from monitor.store.records import Recorder
+from monitor.store.schema import Float32, float32
 from monitor.store.spool import Spool, decode, encode
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "openai-chat-completion.json"
@@ -190,13 +193,6 @@ def test_measured_values_read_back_alike_on_both_databases_as_float32s_shortest_
     """schema.Float32 binds the shortest decimal of a value's float32; PostgreSQL's real prints
     that same decimal, so both databases return what float32() gives: 61.307, not its float32's
     exact 61.30699920654297, and nothing beyond float32's range."""
-    import random
-    import struct
-
-    from sqlalchemy import Column, Integer, MetaData, Table, insert
-
-    from monitor.store.schema import Float32, float32
-
     rng = random.Random(17)
     values = [rng.uniform(0, 10) ** rng.uniform(-3, 6) for _ in range(3000)]
     values += [61.307, 0.006, 59.992, 412.0, 1e-50, 3.4028235e38, 1e300, -1e39, float("inf")]
